@@ -1,0 +1,61 @@
+//! Maps and load-time globals shared by the programs. Names are listed in
+//! `profiler_common::names`; userspace addresses them by those names.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use profiler_common::stat;
+
+/// Events to userspace. Userspace resizes it at load time to fit the sampling rate.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// tgid → 1 for the processes being profiled, when not profiling the whole host.
+#[map]
+pub static TARGET_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(8192, 0);
+
+/// Per-CPU counters, indexed by `profiler_common::stat`. Per-CPU because BPF has no cheap
+/// 64-bit atomics on every kernel, and userspace sums them anyway.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+// Globals set by userspace before load (aya `EbpfLoader::set_global`). Read with read_volatile so
+// the compiler does not constant-fold the zero initialiser.
+#[unsafe(no_mangle)]
+static TARGET_ALL: u8 = 0;
+#[unsafe(no_mangle)]
+static KERNEL_STACKS: u8 = 0;
+#[unsafe(no_mangle)]
+static SELF_PID: u32 = 0;
+
+#[inline(always)]
+pub fn target_all() -> bool {
+    unsafe { core::ptr::read_volatile(&TARGET_ALL) != 0 }
+}
+
+#[inline(always)]
+pub fn kernel_stacks() -> bool {
+    unsafe { core::ptr::read_volatile(&KERNEL_STACKS) != 0 }
+}
+
+#[inline(always)]
+pub fn self_pid() -> u32 {
+    unsafe { core::ptr::read_volatile(&SELF_PID) }
+}
+
+/// Is this process one we profile?
+#[inline(always)]
+pub fn is_target(tgid: u32) -> bool {
+    if tgid == self_pid() {
+        return false;
+    }
+    target_all() || TARGET_PIDS.get_ptr(tgid).is_some()
+}
+
+#[inline(always)]
+pub fn bump(counter: u32) {
+    if let Some(p) = STATS.get_ptr_mut(counter) {
+        // Per-CPU slot, and perf-event programs do not nest on one CPU: no race.
+        unsafe { *p += 1 };
+    }
+}

@@ -1,0 +1,176 @@
+//! Loads the embedded eBPF object, configures it and attaches it; reads its maps.
+use std::os::fd::OwnedFd;
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{
+        PerfEvent,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use profiler_common::{MAX_NATIVE_FRAMES, SampleEvent, names, stat};
+
+use crate::error::{ExitCode, fatal};
+
+/// The eBPF object built by build.rs from the profiler-ebpf crate.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
+
+pub struct BpfConfig {
+    /// Sample every process (true) or only pids added with [`Bpf::add_target`].
+    pub target_all: bool,
+    pub kernel_stacks: bool,
+    /// Samples per second per CPU.
+    pub frequency: u32,
+    /// Turn on the kernel's per-program run time accounting while we run.
+    pub bpf_stats: bool,
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counters {
+    pub lost: u64,
+}
+
+/// Run count and time of one of our programs, from the kernel's BPF stats.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProgramStats {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+pub struct Bpf {
+    ebpf: Ebpf,
+    events: RingBuf<MapData>,
+    stats: PerCpuArray<MapData, u64>,
+    targets: HashMap<MapData, u32, u8>,
+    /// Keeps BPF run-time accounting on for as long as we hold it.
+    _stats_fd: Option<OwnedFd>,
+    pub cpus: usize,
+}
+
+/// Ring buffer big enough for two seconds of samples at the configured rate (it is drained every
+/// few tens of milliseconds), as a power of two of at least 1 MiB as the kernel requires.
+fn ring_buffer_bytes(frequency: u32, cpus: usize) -> u32 {
+    let per_second = frequency as u64 * cpus as u64 * (size_of::<SampleEvent>() as u64 + 8);
+    (2 * per_second).clamp(1 << 20, 256 << 20).next_power_of_two() as u32
+}
+
+impl Bpf {
+    pub fn load(cfg: &BpfConfig) -> anyhow::Result<Self> {
+        let cpu_list = online_cpus()
+            .map_err(|(path, e)| fatal(ExitCode::Kernel, format!("cannot read the online CPUs from {path}: {e}")))?;
+        let stats_fd = if cfg.bpf_stats {
+            Some(aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| {
+                fatal(ExitCode::Kernel, format!("cannot enable BPF run-time statistics (needs Linux 5.8+): {e}"))
+            })?)
+        } else {
+            None
+        };
+
+        let target_all = cfg.target_all as u8;
+        let kernel_stacks = cfg.kernel_stacks as u8;
+        let self_pid = std::process::id();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(names::GLOBAL_TARGET_ALL, &target_all, true)
+            .override_global(names::GLOBAL_KERNEL_STACKS, &kernel_stacks, true)
+            .override_global(names::GLOBAL_SELF_PID, &self_pid, true)
+            .map_max_entries(names::MAP_EVENTS, ring_buffer_bytes(cfg.frequency, cpu_list.len()))
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                fatal(
+                    ExitCode::Kernel,
+                    format!(
+                        "the kernel refused pyebpf's eBPF programs ({}); pyebpf needs Linux 5.8+ with BPF, BTF and ring buffers",
+                        error_chain(&e)
+                    ),
+                )
+            })?;
+
+        let program: &mut PerfEvent = ebpf
+            .program_mut(names::PROG_ON_CPU)
+            .context("on-CPU program missing from the eBPF object")?
+            .try_into()?;
+        program.load().map_err(|e| {
+            fatal(ExitCode::Kernel, format!("the kernel refused the on-CPU sampling program: {}", error_chain(&e)))
+        })?;
+        // A fixed period, not a frequency: each sample then stands for exactly 1/F s of CPU time.
+        let period_ns = 1_000_000_000u64 / cfg.frequency as u64;
+        for &cpu in &cpu_list {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(period_ns.max(1)),
+                    false,
+                )
+                .map_err(|e| {
+                    fatal(
+                        ExitCode::Kernel,
+                        format!("cannot open a cpu-clock perf event on CPU {cpu}: {}", error_chain(&e)),
+                    )
+                })?;
+        }
+
+        let events = RingBuf::try_from(ebpf.take_map(names::MAP_EVENTS).context("EVENTS map missing")?)?;
+        let stats = PerCpuArray::try_from(ebpf.take_map(names::MAP_STATS).context("STATS map missing")?)?;
+        let targets = HashMap::try_from(ebpf.take_map(names::MAP_TARGET_PIDS).context("TARGET_PIDS map missing")?)?;
+        Ok(Self { ebpf, events, stats, targets, _stats_fd: stats_fd, cpus: cpu_list.len() })
+    }
+
+    /// Starts sampling process `pid` (all its threads).
+    pub fn add_target(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.targets
+            .insert(pid, 1, 0)
+            .with_context(|| format!("cannot add pid {pid} to the BPF target map"))
+    }
+
+    /// Hands every record waiting in the ring buffer to `f`; returns how many there were.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
+        let mut n = 0;
+        while let Some(item) = self.events.next() {
+            f(&item);
+            n += 1;
+        }
+        n
+    }
+
+    pub fn counters(&self) -> Counters {
+        let read = |idx: u32| -> u64 {
+            self.stats.get(&idx, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
+        };
+        Counters { lost: read(stat::LOST) }
+    }
+
+    /// Run counts and times of our programs (meaningful with `bpf_stats`).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let info = prog.info().ok()?;
+                Some(ProgramStats {
+                    program: name.to_string(),
+                    run_count: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
+    }
+}
+
+/// "outer: inner: innermost" for an error and its sources; verifier logs are kept whole.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        src = s.source();
+    }
+    out
+}
+
+const _: () = assert!(MAX_NATIVE_FRAMES <= 127, "bpf_get_stack cannot return more than perf_event_max_stack");

@@ -1,0 +1,167 @@
+//! Command-line interface (clap).
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pyebpf",
+    version,
+    about = "System-wide eBPF profiler for Python services",
+    long_about = "System-wide eBPF profiler for Python services.\n\n\
+        Samples running threads with a perf cpu-clock event on every CPU and unwinds their stacks \
+        in the kernel: no target is paused, restarted or instrumented. Needs root (or CAP_BPF and \
+        CAP_PERFMON)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Sample processes and write flame graphs, folded stacks or JSON, then print a summary.
+    Profile(ProfileArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(
+    ArgGroup::new("target").required(true).multiple(false).args(["all", "pids", "command"])
+))]
+pub struct ProfileArgs {
+    /// Profile every process on the host.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Profile this process and all its threads (repeatable).
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+
+    /// Stop after this long: seconds ("10", "2.5") or with a unit ("500ms", "30s", "2m").
+    /// Default: until Ctrl-C, or until the profiled command or pids exit.
+    #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Samples per second per CPU.
+    #[arg(short = 'F', long, value_name = "HZ", default_value_t = 99,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub frequency: u32,
+
+    /// Write the profile here (repeatable). The format comes from the extension
+    /// (.svg, .folded, .json) unless --format is given.
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub outputs: Vec<PathBuf>,
+
+    /// Format of every --output, overriding the extension.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub format: Option<Format>,
+
+    /// Include kernel frames in stacks.
+    #[arg(long)]
+    pub kernel: bool,
+
+    /// Measure the BPF programs' own cost (run count and time) and report it.
+    #[arg(long)]
+    pub bpf_stats: bool,
+
+    /// Do not print the terminal summary.
+    #[arg(long)]
+    pub no_summary: bool,
+
+    /// Command to start and profile until it exits (after `--`).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Interactive flame graph (inferno).
+    Svg,
+    /// Collapsed stacks, one `frame;frame;frame count` line per stack, root first.
+    Folded,
+    /// The whole profile as one JSON object.
+    Json,
+}
+
+impl Format {
+    /// The format a path's extension names, if any.
+    pub fn from_path(path: &std::path::Path) -> Option<Self> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "svg" => Some(Self::Svg),
+            "folded" | "collapsed" => Some(Self::Folded),
+            "json" => Some(Self::Json),
+            _ => None,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Svg => "flame graph",
+            Self::Folded => "folded stacks",
+            Self::Json => "JSON profile",
+        }
+    }
+}
+
+/// Parses "10", "2.5", "500ms", "30s", "2m" into a positive duration.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim();
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration: use seconds (10, 2.5) or 500ms, 30s, 2m"))?;
+    let secs = value * scale;
+    if !secs.is_finite() || secs <= 0.0 {
+        return Err(format!("duration must be greater than zero, got '{text}'"));
+    }
+    if secs > 366.0 * 86400.0 {
+        return Err(format!("duration '{text}' is longer than a year"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("2.5").unwrap(), Duration::from_millis(2500));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("nan").is_err());
+    }
+
+    #[test]
+    fn formats_from_extension() {
+        use std::path::Path;
+        assert_eq!(Format::from_path(Path::new("a/b.svg")), Some(Format::Svg));
+        assert_eq!(Format::from_path(Path::new("x.FOLDED")), Some(Format::Folded));
+        assert_eq!(Format::from_path(Path::new("x.json")), Some(Format::Json));
+        assert_eq!(Format::from_path(Path::new("x")), None);
+        assert_eq!(Format::from_path(Path::new("x.png")), None);
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,129 @@
+//! Decoding of ring-buffer records into typed events.
+//!
+//! Records are read with `bytes::Buf` rather than by casting pointers: a record that is short or
+//! of an unknown kind is rejected and counted, never trusted.
+use bytes::Buf;
+use profiler_common::{EventKind, MAX_NATIVE_FRAMES, SampleEvent, TASK_COMM_LEN};
+
+/// An on-CPU sample, stacks leaf first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    pub cpu: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub time_ns: u64,
+    pub comm: [u8; TASK_COMM_LEN],
+    pub kernel_stack: Vec<u64>,
+    pub user_stack: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    Sample(Sample),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Short { len: usize },
+    UnknownKind(u32),
+}
+
+/// Decodes one ring-buffer record.
+pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
+    if buf.len() < 4 {
+        return Err(DecodeError::Short { len: buf.len() });
+    }
+    let kind = u32::from_ne_bytes(buf[..4].try_into().unwrap());
+    match EventKind::from_u32(kind) {
+        Some(EventKind::OnCpuSample) => {
+            let len = buf.len();
+            if len < size_of::<SampleEvent>() {
+                return Err(DecodeError::Short { len });
+            }
+            buf.advance(4);
+            let cpu = buf.get_u32_ne();
+            let pid = buf.get_u32_ne();
+            let tid = buf.get_u32_ne();
+            let time_ns = buf.get_u64_ne();
+            let kernel_len = (buf.get_u32_ne() as usize).min(MAX_NATIVE_FRAMES);
+            let user_len = (buf.get_u32_ne() as usize).min(MAX_NATIVE_FRAMES);
+            let mut comm = [0u8; TASK_COMM_LEN];
+            buf.copy_to_slice(&mut comm);
+            let kernel_stack = read_stack(&mut buf, kernel_len);
+            let user_stack = read_stack(&mut buf, user_len);
+            Ok(Event::Sample(Sample { cpu, pid, tid, time_ns, comm, kernel_stack, user_stack }))
+        }
+        None => Err(DecodeError::UnknownKind(kind)),
+    }
+}
+
+/// Reads `len` addresses from a fixed `MAX_NATIVE_FRAMES` array and skips the rest of it.
+fn read_stack(buf: &mut &[u8], len: usize) -> Vec<u64> {
+    let mut stack = Vec::with_capacity(len);
+    for _ in 0..len {
+        stack.push(buf.get_u64_ne());
+    }
+    buf.advance((MAX_NATIVE_FRAMES - len) * 8);
+    stack
+}
+
+/// A thread name from a NUL-padded `comm`.
+pub fn comm_str(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw_sample(kernel: &[u64], user: &[u64]) -> Vec<u8> {
+        let mut ev = SampleEvent {
+            kind: EventKind::OnCpuSample as u32,
+            cpu: 1,
+            pid: 100,
+            tid: 101,
+            time_ns: 123_456,
+            kernel_stack_len: kernel.len() as u32,
+            user_stack_len: user.len() as u32,
+            comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
+            kernel_stack: [0; MAX_NATIVE_FRAMES],
+            user_stack: [0; MAX_NATIVE_FRAMES],
+        };
+        ev.kernel_stack[..kernel.len()].copy_from_slice(kernel);
+        ev.user_stack[..user.len()].copy_from_slice(user);
+        // SAFETY: SampleEvent is repr(C) plain integers without padding.
+        unsafe {
+            std::slice::from_raw_parts((&ev as *const SampleEvent).cast::<u8>(), size_of::<SampleEvent>())
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_sample_as_laid_out_by_the_kernel() {
+        let raw = raw_sample(&[0xffff_ffff_8100_0000], &[0x401000, 0x401100, 0x401200]);
+        let Event::Sample(s) = decode(&raw).unwrap();
+        assert_eq!((s.cpu, s.pid, s.tid, s.time_ns), (1, 100, 101, 123_456));
+        assert_eq!(comm_str(&s.comm), "worker");
+        assert_eq!(s.kernel_stack, vec![0xffff_ffff_8100_0000]);
+        assert_eq!(s.user_stack, vec![0x401000, 0x401100, 0x401200]);
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        let raw = raw_sample(&[], &[1]);
+        assert_eq!(decode(&raw[..100]), Err(DecodeError::Short { len: 100 }));
+        assert_eq!(decode(&[1, 2]), Err(DecodeError::Short { len: 2 }));
+        let mut bad = raw.clone();
+        bad[..4].copy_from_slice(&77u32.to_ne_bytes());
+        assert_eq!(decode(&bad), Err(DecodeError::UnknownKind(77)));
+    }
+
+    #[test]
+    fn clamps_lengths_from_a_corrupt_record() {
+        let mut raw = raw_sample(&[], &[]);
+        raw[24..28].copy_from_slice(&9999u32.to_ne_bytes());
+        let Event::Sample(s) = decode(&raw).unwrap();
+        assert_eq!(s.kernel_stack.len(), MAX_NATIVE_FRAMES);
+    }
+}

@@ -1,0 +1,136 @@
+//! `pyebpf profile`: load, sample until told to stop, then write outputs and the summary.
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    aggregate::Aggregator,
+    bpf::{Bpf, BpfConfig},
+    cli::ProfileArgs,
+    events::{self, Event},
+    output, privileges,
+    profile::{FORMAT_NAME, FORMAT_VERSION, Profile},
+    summary,
+    symbols::Symbols,
+    target::TargetSpec,
+};
+
+/// How often the ring buffer is drained. The buffer holds ~2 s of samples, and the kernel is
+/// asked not to wake us per event: polling is cheaper at these rates.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// How often new addresses are symbolized and targets checked for exit.
+const HOUSEKEEPING_EVERY: u32 = 5;
+
+pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
+    let outputs = output::plan(&args.outputs, args.format)?;
+    privileges::check()?;
+    let target = TargetSpec::resolve(args.all, &args.pids, &args.command)?;
+    check_frequency(args.frequency)?;
+
+    let mut bpf = Bpf::load(&BpfConfig {
+        target_all: matches!(target, TargetSpec::All),
+        kernel_stacks: args.kernel,
+        frequency: args.frequency,
+        bpf_stats: args.bpf_stats,
+    })?;
+
+    // Signals first: a Ctrl-C from now on ends profiling cleanly instead of killing us.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+
+    let start_wall = SystemTime::now();
+    let start = Instant::now();
+    let mut running = target.start(&mut bpf)?;
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
+
+    let mut agg = Aggregator::default();
+    let mut symbols = Symbols::new();
+    let mut decode_errors = 0u64;
+    let mut drain = |bpf: &mut Bpf, agg: &mut Aggregator, symbols: &mut Symbols| {
+        bpf.drain(|record| match events::decode(record) {
+            Ok(Event::Sample(s)) => agg.add(s, symbols),
+            Err(e) => {
+                log::debug!("undecodable record: {e:?}");
+                decode_errors += 1;
+            }
+        });
+    };
+
+    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticks = 0u32;
+    let stop_reason = loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                drain(&mut bpf, &mut agg, &mut symbols);
+                ticks += 1;
+                if ticks % HOUSEKEEPING_EVERY == 0 {
+                    symbols.resolve_pending();
+                    if let Some(reason) = running.finished() {
+                        break reason;
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => break "duration reached".to_string(),
+            _ = sigint.recv() => break "interrupted".to_string(),
+            _ = sigterm.recv() => break "terminated".to_string(),
+            _ = sighup.recv() => break "hung up".to_string(),
+        }
+    };
+    let elapsed = start.elapsed();
+    drain(&mut bpf, &mut agg, &mut symbols);
+    symbols.resolve_pending();
+    running.stop();
+    log::info!("profiling stopped: {stop_reason}");
+
+    let counters = bpf.counters();
+    let profile = Profile {
+        format: FORMAT_NAME,
+        version: FORMAT_VERSION,
+        duration_ns: elapsed.as_nanos() as u64,
+        frequency_hz: args.frequency,
+        cpus: bpf.cpus,
+        lost_events: counters.lost + decode_errors,
+        samples: agg.samples,
+        start_time_unix: start_wall.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        processes: agg.build(&symbols),
+        bpf_stats: args.bpf_stats.then(|| bpf.program_stats()),
+    };
+    drop(bpf);
+
+    let mut notes = running.notes();
+    notes.insert(0, format!("stopped: {stop_reason}"));
+    for spec in &outputs {
+        output::write(&profile, spec)?;
+        notes.push(format!("wrote {} ({})", spec.path.display(), spec.format.describe()));
+    }
+    if !args.no_summary {
+        let stdout = std::io::stdout();
+        // A closed stdout (e.g. piped into `head`) must not turn a finished profile into an error.
+        let _ = summary::write(&profile, &notes, &mut stdout.lock());
+    }
+    Ok(())
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The kernel caps perf sampling rates (kernel.perf_event_max_sample_rate); say so up front.
+fn check_frequency(hz: u32) -> anyhow::Result<()> {
+    use crate::error::{ExitCode, fatal};
+    let max = std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match max {
+        Some(max) if hz as u64 > max => Err(fatal(
+            ExitCode::Usage,
+            format!("--frequency {hz} is above the kernel's limit of {max} Hz (kernel.perf_event_max_sample_rate): use a lower rate"),
+        )),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,114 @@
+//! Native symbols: user frames per process and kernel frames, through blazesym.
+//!
+//! Addresses are collected as samples arrive and symbolized in batches (one blazesym call per
+//! process per batch), then cached for the rest of the run. Batches run every few hundred
+//! milliseconds, so a process that exits soon after it was sampled has usually been symbolized
+//! already; if not, its frames stay `[unknown]`.
+use std::collections::{BTreeSet, HashMap};
+
+use blazesym::{
+    Pid,
+    symbolize::{
+        Input, Symbolized, Symbolizer,
+        source::{Kernel, Process, Source},
+    },
+};
+
+use crate::procinfo;
+
+pub const UNKNOWN: &str = "[unknown]";
+
+pub struct Symbols {
+    symbolizer: Symbolizer,
+    /// (pid, address as sampled) → frame text.
+    user: HashMap<(u32, u64), String>,
+    kernel: HashMap<u64, String>,
+    pending_user: HashMap<u32, BTreeSet<u64>>,
+    pending_kernel: BTreeSet<u64>,
+}
+
+/// Return addresses point after the call; look up the call itself (the leaf is a real IP).
+fn lookup_addr(addr: u64, is_leaf: bool) -> u64 {
+    if is_leaf { addr } else { addr.saturating_sub(1) }
+}
+
+impl Symbols {
+    pub fn new() -> Self {
+        let symbolizer = Symbolizer::builder()
+            .enable_code_info(false)
+            .enable_inlined_fns(false)
+            .enable_demangling(true)
+            .build();
+        Self {
+            symbolizer,
+            user: HashMap::new(),
+            kernel: HashMap::new(),
+            pending_user: HashMap::new(),
+            pending_kernel: BTreeSet::new(),
+        }
+    }
+
+    /// Remembers addresses of a leaf-first user stack that have no symbol yet.
+    pub fn note_user_stack(&mut self, pid: u32, stack: &[u64]) {
+        for (i, &addr) in stack.iter().enumerate() {
+            let key = (pid, lookup_addr(addr, i == 0));
+            if !self.user.contains_key(&key) {
+                self.pending_user.entry(pid).or_default().insert(key.1);
+            }
+        }
+    }
+
+    pub fn note_kernel_stack(&mut self, stack: &[u64]) {
+        for (i, &addr) in stack.iter().enumerate() {
+            let a = lookup_addr(addr, i == 0);
+            if !self.kernel.contains_key(&a) {
+                self.pending_kernel.insert(a);
+            }
+        }
+    }
+
+    /// Symbolizes everything noted since the last call.
+    pub fn resolve_pending(&mut self) {
+        for (pid, addrs) in std::mem::take(&mut self.pending_user) {
+            let addrs: Vec<u64> = addrs.into_iter().collect();
+            let src = Source::Process(Process::new(Pid::from(pid)));
+            let results = self.symbolizer.symbolize(&src, Input::AbsAddr(&addrs)).ok();
+            let mut mappings = None;
+            for (i, &addr) in addrs.iter().enumerate() {
+                let name = match results.as_ref().and_then(|r| r.get(i)) {
+                    Some(Symbolized::Sym(sym)) => sym.name.to_string(),
+                    _ => {
+                        // Name the module, so "[unknown] (libfoo.so)" still says where.
+                        let maps = mappings.get_or_insert_with(|| procinfo::mapped_files(pid));
+                        match maps.iter().find(|(lo, hi, _)| (*lo..*hi).contains(&addr)) {
+                            Some((_, _, module)) => format!("{UNKNOWN} ({module})"),
+                            None => UNKNOWN.to_string(),
+                        }
+                    }
+                };
+                self.user.insert((pid, addr), name);
+            }
+        }
+        if !self.pending_kernel.is_empty() {
+            let addrs: Vec<u64> = std::mem::take(&mut self.pending_kernel).into_iter().collect();
+            let src = Source::Kernel(Kernel::default());
+            let results = self.symbolizer.symbolize(&src, Input::AbsAddr(&addrs)).ok();
+            for (i, &addr) in addrs.iter().enumerate() {
+                let name = match results.as_ref().and_then(|r| r.get(i)) {
+                    Some(Symbolized::Sym(sym)) => format!("[kernel] {}", sym.name),
+                    _ => format!("[kernel] {UNKNOWN}"),
+                };
+                self.kernel.insert(addr, name);
+            }
+        }
+    }
+
+    /// Frame text for a user stack entry (index 0 = leaf).
+    pub fn user_frame(&self, pid: u32, addr: u64, index: usize) -> &str {
+        self.user.get(&(pid, lookup_addr(addr, index == 0))).map_or(UNKNOWN, String::as_str)
+    }
+
+    pub fn kernel_frame(&self, addr: u64, index: usize) -> &str {
+        self.kernel.get(&lookup_addr(addr, index == 0)).map_or("[kernel] [unknown]", String::as_str)
+    }
+}
