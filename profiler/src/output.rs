@@ -26,6 +26,7 @@ pub fn plan(paths: &[PathBuf], format: Option<Format>) -> anyhow::Result<Vec<Out
     let mut seen = HashSet::new();
     let mut specs = Vec::new();
     for path in paths {
+        check_writable(path)?;
         let format = format.or_else(|| Format::from_path(path)).ok_or_else(|| {
             fatal(
                 ExitCode::Usage,
@@ -38,7 +39,6 @@ pub fn plan(paths: &[PathBuf], format: Option<Format>) -> anyhow::Result<Vec<Out
         if !seen.insert(path.clone()) {
             return Err(fatal(ExitCode::Usage, format!("output '{}' is given twice", path.display())));
         }
-        check_writable(path)?;
         specs.push(OutputSpec { path: path.clone(), format });
     }
     Ok(specs)

@@ -1,9 +1,5 @@
 //! What to profile: the whole host, given pids, or a command we start.
-use std::{
-    ffi::OsString,
-    os::unix::process::CommandExt,
-    process::{Child, ExitStatus},
-};
+use std::ffi::{CString, OsString};
 
 use crate::{
     bpf::Bpf,
@@ -56,70 +52,143 @@ impl TargetSpec {
                 Ok(Running::Pids { pids, gone: Vec::new() })
             }
             Self::Command(argv) => {
-                let child = spawn_gated(&argv, bpf)?;
-                Ok(Running::Command { child, exited: None })
+                Ok(Running::Command(spawn_gated(&argv, bpf)?))
             }
         }
     }
 }
 
-/// Starts `argv` so that it cannot run a single instruction of the program before its pid is in
-/// the BPF target map: the child blocks on a pipe between fork and exec until we say go.
-fn spawn_gated(argv: &[OsString], bpf: &mut Bpf) -> anyhow::Result<Child> {
+/// A command we started: its pid, and its wait status once reaped.
+pub struct Launched {
+    pid: u32,
+    status: Option<i32>,
+}
+
+/// Finds the program like execvp would, so that a missing one fails here with a clear message.
+fn resolve_program(name: &OsString) -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let not_found = |why: &str| {
+        fatal(ExitCode::Target, format!("cannot start '{}': {why}", name.to_string_lossy()))
+    };
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    };
+    let path = std::path::Path::new(name);
+    if name.as_encoded_bytes().contains(&b'/') {
+        if !path.exists() {
+            return Err(not_found("no such file"));
+        }
+        if !executable(path) {
+            return Err(not_found("not an executable file"));
+        }
+        return Ok(path.to_path_buf());
+    }
+    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&search)
+        .map(|dir| dir.join(name))
+        .find(|p| executable(p))
+        .ok_or_else(|| not_found("command not found in PATH"))
+}
+
+fn cstring(s: &std::ffi::OsStr) -> anyhow::Result<CString> {
+    CString::new(s.as_encoded_bytes())
+        .map_err(|_| fatal(ExitCode::Usage, format!("argument '{}' contains a NUL byte", s.to_string_lossy())))
+}
+
+fn pipe() -> std::io::Result<(i32, i32)> {
     let mut fds = [0i32; 2];
     // SAFETY: plain syscall on a valid array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((fds[0], fds[1]))
+}
+
+/// Starts `argv` so that it cannot run one instruction of the program before its pid is in the
+/// BPF target map: the forked child waits on a pipe until we say go, then execs.
+///
+/// This is fork+exec by hand because std's `Command::spawn` waits for the exec to happen, which
+/// would deadlock with a child that waits for us.
+fn spawn_gated(argv: &[OsString], bpf: &mut Bpf) -> anyhow::Result<Launched> {
+    let program = cstring(resolve_program(&argv[0])?.as_os_str())?;
+    let args = argv.iter().map(|a| cstring(a)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    arg_ptrs.push(std::ptr::null());
+    let (gate_r, gate_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+
+    // SAFETY: after fork the child only makes async-signal-safe calls (close, read, execv,
+    // write, _exit) on memory prepared before the fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
         return Err(std::io::Error::last_os_error().into());
     }
-    let (read_fd, write_fd) = (fds[0], fds[1]);
-    let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
-    // SAFETY: the closure only makes async-signal-safe syscalls (close, read).
-    unsafe {
-        cmd.pre_exec(move || {
-            libc::close(write_fd);
+    if pid == 0 {
+        unsafe {
+            libc::close(gate_w);
+            libc::close(err_r);
             let mut byte = 0u8;
-            loop {
-                match libc::read(read_fd, (&mut byte as *mut u8).cast(), 1) {
-                    1 => return Ok(()),
-                    0 => return Err(std::io::Error::other("pyebpf stopped before the command could start")),
-                    _ => {
-                        let err = std::io::Error::last_os_error();
-                        if err.kind() != std::io::ErrorKind::Interrupted {
-                            return Err(err);
-                        }
-                    }
+            let go = loop {
+                let n = libc::read(gate_r, (&mut byte as *mut u8).cast(), 1);
+                if n >= 0 || *libc::__errno_location() != libc::EINTR {
+                    break n == 1;
                 }
+            };
+            if go {
+                libc::execv(program.as_ptr(), arg_ptrs.as_ptr());
             }
-        });
-    }
-    let spawned = cmd.spawn();
-    // SAFETY: closing our copy of the read end, which we own.
-    unsafe { libc::close(read_fd) };
-    let child = match spawned {
-        Ok(child) => child,
-        Err(e) => {
-            unsafe { libc::close(write_fd) };
-            return Err(fatal(
-                ExitCode::Target,
-                format!("cannot start '{}': {e}", argv[0].to_string_lossy()),
-            ));
+            let errno: i32 = if go { *libc::__errno_location() } else { 0 };
+            libc::write(err_w, (&errno as *const i32).cast(), 4);
+            libc::_exit(127);
         }
-    };
-    let registered = bpf.add_target(child.id());
-    // Closing without writing makes the child fail its exec instead of running unprofiled.
-    if registered.is_ok() {
-        unsafe { libc::write(write_fd, [1u8].as_ptr().cast(), 1) };
     }
-    unsafe { libc::close(write_fd) };
-    registered?;
-    Ok(child)
+
+    let pid = pid as u32;
+    unsafe {
+        libc::close(gate_r);
+        libc::close(err_w);
+    }
+    let registered = bpf.add_target(pid);
+    // Closing the gate without a byte makes the child exit instead of running unprofiled.
+    if registered.is_ok() {
+        unsafe { libc::write(gate_w, [1u8].as_ptr().cast(), 1) };
+    }
+    unsafe { libc::close(gate_w) };
+    // The error pipe closes on a successful exec (O_CLOEXEC) or carries exec's errno.
+    let mut errno = 0i32;
+    let n = unsafe { libc::read(err_r, (&mut errno as *mut i32).cast(), 4) };
+    unsafe { libc::close(err_r) };
+    let mut launched = Launched { pid, status: None };
+    if n == 4 || registered.is_err() {
+        launched.wait(true);
+        registered?;
+        return Err(fatal(
+            ExitCode::Target,
+            format!("cannot start '{}': {}", argv[0].to_string_lossy(), std::io::Error::from_raw_os_error(errno)),
+        ));
+    }
+    Ok(launched)
+}
+
+impl Launched {
+    /// Reaps the child if it has exited (or waits for it when `block`).
+    fn wait(&mut self, block: bool) -> Option<i32> {
+        if self.status.is_none() {
+            let mut status = 0;
+            let flags = if block { 0 } else { libc::WNOHANG };
+            // SAFETY: waiting for our own child.
+            if unsafe { libc::waitpid(self.pid as i32, &mut status, flags) } == self.pid as i32 {
+                self.status = Some(status);
+            }
+        }
+        self.status
+    }
 }
 
 pub enum Running {
     All,
     Pids { pids: Vec<u32>, gone: Vec<u32> },
-    Command { child: Child, exited: Option<ExitStatus> },
+    Command(Launched),
 }
 
 impl Running {
@@ -138,11 +207,8 @@ impl Running {
                     _ => "all target processes exited".to_string(),
                 })
             }
-            Self::Command { child, exited } => {
-                if exited.is_none() {
-                    *exited = child.try_wait().ok().flatten();
-                }
-                exited.map(|status| format!("command exited ({})", describe_status(status)))
+            Self::Command(child) => {
+                child.wait(false).map(|status| format!("command exited ({})", describe_status(status)))
             }
         }
     }
@@ -161,29 +227,29 @@ impl Running {
     /// When profiling stops before the command we started has exited, stop it too: it was
     /// started for this profile. SIGTERM first, SIGKILL after a grace period.
     pub fn stop(&mut self) {
-        let Self::Command { child, exited } = self else { return };
-        if exited.is_some() || matches!(child.try_wait(), Ok(Some(_))) {
+        let Self::Command(child) = self else { return };
+        if child.wait(false).is_some() {
             return;
         }
         // SAFETY: signalling our own child, which has not been reaped.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.pid as i32, libc::SIGTERM) };
         for _ in 0..40 {
-            if let Ok(Some(status)) = child.try_wait() {
-                *exited = Some(status);
+            if child.wait(false).is_some() {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let _ = child.kill();
-        *exited = child.wait().ok();
+        unsafe { libc::kill(child.pid as i32, libc::SIGKILL) };
+        child.wait(true);
     }
 }
 
-fn describe_status(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("status {code}"),
-        (None, Some(sig)) => format!("signal {sig}"),
-        _ => "unknown status".to_string(),
+fn describe_status(status: i32) -> String {
+    if libc::WIFEXITED(status) {
+        format!("status {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        format!("signal {}", libc::WTERMSIG(status))
+    } else {
+        "unknown status".to_string()
     }
 }

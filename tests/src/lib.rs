@@ -1,1 +1,183 @@
-//! Helpers shared by the integration tests.
+//! Harness shared by the integration tests: finds the `pyebpf` binary built by `cargo xtask
+//! test`, runs it, builds small native workloads, and reads its outputs.
+//!
+//! These tests load real BPF programs and profile real processes, so they need root. They fail
+//! (not skip) without it: a skipped profiler test proves nothing.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+pub use serde_json::Value;
+
+/// The pyebpf binary: `$PYEBPF_BIN` (set by `cargo xtask test`), else target/release/pyebpf.
+pub fn pyebpf_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let bin = std::env::var_os("PYEBPF_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pyebpf")
+        });
+        assert!(bin.exists(), "{} not found: run the tests with `cargo xtask test`", bin.display());
+        bin
+    })
+    .clone()
+}
+
+pub fn require_root() {
+    // SAFETY: geteuid cannot fail.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "integration tests load BPF programs: run them as root (`cargo xtask test`)");
+}
+
+pub fn pyebpf() -> Command {
+    require_root();
+    Command::new(pyebpf_bin())
+}
+
+/// Runs pyebpf to completion, with a generous timeout so a hang fails instead of blocking CI.
+pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start pyebpf");
+    wait_output(child, timeout)
+}
+
+/// Waits for a child's output, killing it (and failing the test) after `timeout`.
+pub fn wait_output(mut child: Child, timeout: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("collect output");
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("collect output");
+            panic!(
+                "timed out after {timeout:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Asserts success and no panic, showing the output otherwise.
+pub fn assert_success(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("panicked"),
+        "pyebpf failed: {:?}\nstdout: {}\nstderr: {stderr}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
+}
+
+/// The process with `pid` in a JSON profile.
+pub fn process<'a>(profile: &'a Value, pid: u32) -> Option<&'a Value> {
+    profile["processes"].as_array()?.iter().find(|p| p["pid"] == pid)
+}
+
+/// A C program compiled with frame pointers (so user stacks unwind), built once into cargo's
+/// tmp dir for integration tests and keyed by a hash of its source.
+pub fn c_program(name: &str, source: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    source.hash(&mut h);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c-programs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join(format!("{name}-{:016x}", h.finish()));
+    if !bin.exists() {
+        // Unique scratch names: tests in several processes may build the same program at once.
+        let unique = format!("{name}-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], "");
+        let src = dir.join(format!("{unique}.c"));
+        let tmp = dir.join(format!("{unique}.bin"));
+        std::fs::write(&src, source).unwrap();
+        let status = Command::new("cc")
+            .args(["-O0", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+            .arg(&tmp)
+            .arg(&src)
+            .status()
+            .expect("run cc");
+        let _ = std::fs::remove_file(&src);
+        assert!(status.success(), "cc failed for {name}");
+        std::fs::rename(&tmp, &bin).unwrap();
+    }
+    bin
+}
+
+/// `spin SECONDS [THREADS]`: burns CPU in main → outer → inner_spin (and in extra threads:
+/// thread_main → outer → inner_spin) for SECONDS, then exits.
+pub const SPIN_C: &str = r#"
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+static volatile unsigned long sink;
+static double deadline;
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+__attribute__((noinline)) void inner_spin(void) { for (unsigned long i = 0; i < 2000000UL; i++) sink += i; }
+__attribute__((noinline)) void outer(void) { while (now() < deadline) inner_spin(); }
+__attribute__((noinline)) void *thread_main(void *arg) { (void)arg; outer(); return 0; }
+int main(int argc, char **argv) {
+    deadline = now() + (argc > 1 ? atof(argv[1]) : 3.0);
+    int threads = argc > 2 ? atoi(argv[2]) : 0;
+    pthread_t t[64];
+    for (int i = 0; i < threads && i < 64; i++) pthread_create(&t[i], 0, thread_main, 0);
+    outer();
+    for (int i = 0; i < threads && i < 64; i++) pthread_join(t[i], 0);
+    return 0;
+}
+"#;
+
+pub fn spin_program() -> PathBuf {
+    c_program("spin", SPIN_C)
+}
+
+/// Starts `spin` for `secs` seconds with `threads` extra threads.
+pub fn start_spin(secs: f64, threads: u32) -> Child {
+    Command::new(spin_program())
+        .args([secs.to_string(), threads.to_string()])
+        .spawn()
+        .expect("start spin")
+}
+
+/// Kills a child on drop, so a failing test does not leave workloads running.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl KillOnDrop {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+/// Fraction of a process's samples whose stack holds `chain` as consecutive frames, in order.
+pub fn share_with_chain(process: &Value, chain: &[&str]) -> f64 {
+    let mut total = 0u64;
+    let mut matching = 0u64;
+    for stack in process["stacks"].as_array().unwrap() {
+        let samples = stack["samples"].as_u64().unwrap();
+        let frames: Vec<&str> = stack["frames"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+        total += samples;
+        if frames.windows(chain.len()).any(|w| w == chain) {
+            matching += samples;
+        }
+    }
+    if total == 0 { 0.0 } else { matching as f64 / total as f64 }
+}
+
+/// A pid that no process has (for error tests).
+pub fn unused_pid() -> u32 {
+    let max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    (2..max).rev().find(|p| !Path::new(&format!("/proc/{p}")).exists()).unwrap()
+}

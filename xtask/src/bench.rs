@@ -1,0 +1,136 @@
+//! Benchmarks. Every figure is measured side by side in one run on this machine and printed;
+//! nothing here asserts a time (machines are shared and noisy).
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+
+use crate::util;
+
+#[derive(Clone, Copy, Subcommand)]
+pub enum Which {
+    /// The profiler's own CPU% and RSS sampling `--all`, idle and busy host, and the kernel
+    /// cost per sample (BPF run-time stats).
+    OnCpu {
+        /// Seconds per scenario.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+}
+
+impl Default for Which {
+    fn default() -> Self {
+        Self::OnCpu { seconds: 10 }
+    }
+}
+
+pub fn run(_root: &Path, bin: &Path, which: Which) -> anyhow::Result<()> {
+    util::require_root("benchmarks load BPF programs")?;
+    match which {
+        Which::OnCpu { seconds } => on_cpu(bin, seconds),
+    }
+}
+
+/// What one profiler run cost, from wait4's rusage and the profile's own statistics.
+struct Measured {
+    wall: Duration,
+    cpu: Duration,
+    max_rss_kib: i64,
+    samples: u64,
+    lost: u64,
+    bpf_runs: u64,
+    bpf_ns: u64,
+}
+
+fn on_cpu(bin: &Path, seconds: u64) -> anyhow::Result<()> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("pyebpf on-CPU benchmark: `pyebpf profile --all` for {seconds} s per scenario, {cpus} CPUs");
+    println!(
+        "{:<28} {:>8} {:>6} {:>10} {:>9} {:>14}",
+        "scenario", "samples", "lost", "pyebpf CPU", "max RSS", "kernel ns/run"
+    );
+    for (name, hz, busy) in [("idle host, 99 Hz", 99, false), ("busy host, 99 Hz", 99, true), ("busy host, 999 Hz", 999, true)] {
+        let load = if busy { spin_all_cpus(cpus)? } else { Vec::new() };
+        let m = measure(bin, hz, seconds);
+        for mut child in load {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let m = m?;
+        println!(
+            "{:<28} {:>8} {:>6} {:>9.2}% {:>6.1} MiB {:>14.0}",
+            name,
+            m.samples,
+            m.lost,
+            100.0 * m.cpu.as_secs_f64() / m.wall.as_secs_f64(),
+            m.max_rss_kib as f64 / 1024.0,
+            if m.bpf_runs > 0 { m.bpf_ns as f64 / m.bpf_runs as f64 } else { 0.0 },
+        );
+    }
+    println!("(pyebpf CPU = user+system time of the profiler / wall time; kernel ns/run = BPF run time / runs of the sampling program)");
+    Ok(())
+}
+
+/// One CPU-bound Python loop per CPU.
+fn spin_all_cpus(cpus: usize) -> anyhow::Result<Vec<Child>> {
+    (0..cpus)
+        .map(|_| {
+            Command::new("python3")
+                .args(["-c", "while True: pass"])
+                .stdout(Stdio::null())
+                .spawn()
+                .context("cannot start python3 for the busy scenario")
+        })
+        .collect()
+}
+
+fn measure(bin: &Path, hz: u32, seconds: u64) -> anyhow::Result<Measured> {
+    let dir = tempfile::tempdir()?;
+    let json = dir.path().join("profile.json");
+    let start = Instant::now();
+    let child = Command::new(bin)
+        .args(["profile", "--all", "--bpf-stats", "--no-summary", "-F", &hz.to_string(), "-d", &seconds.to_string(), "-o"])
+        .arg(&json)
+        .spawn()
+        .context("cannot start pyebpf")?;
+    let (status, usage) = wait4(child.id() as i32)?;
+    let wall = start.elapsed();
+    if status != 0 {
+        bail!("pyebpf exited with wait status {status}");
+    }
+    let profile: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let stats = profile["bpf_stats"].as_array().cloned().unwrap_or_default();
+    let on_cpu = stats.iter().find(|s| s["program"] == "on_cpu_sample");
+    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    Ok(Measured {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        max_rss_kib: usage.ru_maxrss,
+        samples: profile["samples"].as_u64().unwrap_or(0),
+        lost: profile["lost_events"].as_u64().unwrap_or(0),
+        bpf_runs: on_cpu.and_then(|s| s["run_count"].as_u64()).unwrap_or(0),
+        bpf_ns: on_cpu.and_then(|s| s["run_time_ns"].as_u64()).unwrap_or(0),
+    })
+}
+
+/// Waits for a child and returns its wait status and resource usage (std's wait has no rusage).
+fn wait4(pid: i32) -> anyhow::Result<(i32, libc::rusage)> {
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: waiting for our own child with valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r == pid {
+            return Ok((status, usage));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err.into());
+        }
+    }
+}
