@@ -18,7 +18,9 @@ fn share(part: u64, total: u64) -> f64 {
     if total > 0 { 100.0 * part as f64 / total as f64 } else { 0.0 }
 }
 
+/// Fits `text` in `width` columns on one line (command lines can hold newlines and tabs).
 fn truncate(text: &str, width: usize) -> String {
+    let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     if text.chars().count() <= width {
         text.to_string()
     } else {
@@ -51,7 +53,7 @@ pub fn write(profile: &Profile, notes: &[String], w: &mut dyn Write) -> std::io:
     }
 
     writeln!(w)?;
-    writeln!(w, "{:>8}  {:<16} {:>8} {:>7}  COMMAND", "PID", "PROCESS", "SAMPLES", "CPU%")?;
+    writeln!(w, "{:>8}  {:<16} {:>8} {:>7}  COMMAND", "PID/└TID", "PROCESS/THREAD", "SAMPLES", "CPU%")?;
     for p in profile.processes.iter().take(TOP_PROCESSES) {
         writeln!(
             w,
@@ -66,15 +68,15 @@ pub fn write(profile: &Profile, notes: &[String], w: &mut dyn Write) -> std::io:
             for t in p.threads.iter().take(TOP_THREADS) {
                 writeln!(
                     w,
-                    "{:>8}    {:<14} {:>8} {:>6.1}%  thread",
-                    t.tid,
-                    truncate(&t.name, 14),
+                    "{:>8}  {:<16} {:>8} {:>6.1}%",
+                    format!("└{}", t.tid),
+                    truncate(&t.name, 16),
                     t.samples,
                     cpu_percent(profile, t.samples),
                 )?;
             }
             if p.threads.len() > TOP_THREADS {
-                writeln!(w, "{:>8}    … {} more threads", "", p.threads.len() - TOP_THREADS)?;
+                writeln!(w, "{:>8}  … {} more threads", "└", p.threads.len() - TOP_THREADS)?;
             }
         }
     }

@@ -82,15 +82,19 @@ pub fn process<'a>(profile: &'a Value, pid: u32) -> Option<&'a Value> {
     profile["processes"].as_array()?.iter().find(|p| p["pid"] == pid)
 }
 
-/// A C program compiled with frame pointers (so user stacks unwind), built once into cargo's
-/// tmp dir for integration tests and keyed by a hash of its source.
+/// A C program compiled with frame pointers (so user stacks unwind), built once into
+/// target/tmp and keyed by a hash of its source.
 pub fn c_program(name: &str, source: &str) -> PathBuf {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     source.hash(&mut h);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c-programs");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    // One directory per source hash, so the binary keeps its own name (tests check `comm`).
+    let dir = target.join(format!("tmp/c-programs/{:016x}", h.finish()));
     std::fs::create_dir_all(&dir).unwrap();
-    let bin = dir.join(format!("{name}-{:016x}", h.finish()));
+    let bin = dir.join(name);
     if !bin.exists() {
         // Unique scratch names: tests in several processes may build the same program at once.
         let unique = format!("{name}-{}-{:?}", std::process::id(), std::thread::current().id()).replace(['(', ')'], "");

@@ -3,6 +3,7 @@
 //! Everything the project needs on a fresh machine is installed from here, idempotently: each
 //! step checks first and does nothing when already done.
 mod bench;
+mod python_offsets;
 mod setup;
 mod util;
 
@@ -39,6 +40,9 @@ enum Task {
         #[command(subcommand)]
         which: Option<bench::Which>,
     },
+    /// Regenerate profiler/src/python/offsets_generated.rs from the CPython headers of every
+    /// pyenv 3.8+ interpreter found (compiles an offsetof probe per version).
+    GenPythonOffsets,
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +65,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             util::run_as_root(&bin, &args)
         }
         Task::Test { args } => test(&root, &args),
+        Task::GenPythonOffsets => {
+            python_offsets::generate(&root.join("profiler/src/python/offsets_generated.rs"))
+        }
         Task::Bench { which } => {
             let bin = build(&root)?;
             bench::run(&root, &bin, which.unwrap_or_default())

@@ -309,8 +309,9 @@ int main(void)
     FIELD("bytes_data", offsetof(PyBytesObject, ob_sval));
 
     FIELD("unicode_length", offsetof(PyASCIIObject, length));
-    /* `state` directly follows `hash` in every supported version; a reorder
-     * would also move the bits the reader tests, so refuse it. */
+    /* `state` is an ordinary member (only its members are bitfields), so
+     * offsetof is exact; it has always directly followed `hash`, and a layout
+     * where it does not is new enough to deserve a look before trusting it. */
     if (offsetof(PyASCIIObject, state) != offsetof(PyASCIIObject, hash) + sizeof(Py_hash_t)) {
         fprintf(stderr, "PyASCIIObject.state no longer follows hash\n");
         return 1;
