@@ -8,6 +8,10 @@
 
 /// Deepest native stack `bpf_get_stack` records (the kernel's default `perf_event_max_stack`).
 pub const MAX_NATIVE_FRAMES: usize = 127;
+/// Most Python frames one sample can carry; `--max-depth` chooses a bound up to this.
+pub const MAX_PY_FRAMES: usize = 128;
+/// Offsets in [`PyProcInfo`] that do not exist in a given CPython version.
+pub const PY_OFFSET_NONE: u16 = u16::MAX;
 /// Length of a task's `comm` (thread name), NUL padded.
 pub const TASK_COMM_LEN: usize = 16;
 
@@ -48,18 +52,86 @@ pub struct SampleEvent {
     pub kernel_stack_len: u32,
     /// Number of valid entries in `user_stack` (0 for kernel threads or on fault).
     pub user_stack_len: u32,
+    /// Number of valid entries in `py_frames`.
+    pub py_frames_len: u32,
+    /// [`py_status`] bits: what the Python unwinder found.
+    pub py_status: u32,
     /// Thread name at sample time.
     pub comm: [u8; TASK_COMM_LEN],
     pub kernel_stack: [u64; MAX_NATIVE_FRAMES],
     pub user_stack: [u64; MAX_NATIVE_FRAMES],
+    /// Python frames, innermost first.
+    pub py_frames: [PyFrameRecord; MAX_PY_FRAMES],
+}
+
+/// One Python frame as read from the interpreter. Userspace turns it into a name and a line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PyFrameRecord {
+    /// Address of the frame's code object (3.13+: `f_executable`, which may not be code).
+    pub code: u64,
+    /// The instruction: `f_lasti` (3.8–3.10) or the `prev_instr` / `instr_ptr` pointer (3.11+).
+    pub instr: u64,
+    /// `co_firstlineno` read from the code object: tells a code object apart from a later one
+    /// allocated at the same address.
+    pub fingerprint: u32,
+    /// `_PyInterpreterFrame.owner` (3.11+), 0 before.
+    pub owner: u32,
+}
+
+/// Bits of [`SampleEvent::py_status`].
+pub mod py_status {
+    /// The process is a known CPython process: a Python walk was attempted.
+    pub const PYTHON_PROCESS: u32 = 1;
+    /// The thread's `PyThreadState` was found.
+    pub const THREAD_FOUND: u32 = 2;
+    /// The walk stopped at the depth bound with frames left: the stack is truncated.
+    pub const TRUNCATED: u32 = 4;
+    /// A read of interpreter memory failed mid-walk (frames so far are kept).
+    pub const READ_ERROR: u32 = 8;
+}
+
+/// Where a CPython process keeps its threads and frames: `_PyRuntime`'s address and the member
+/// offsets of its version (from `profiler/src/python/offsets_generated.rs`). Userspace fills
+/// one per Python process in `PY_PROCS`; the kernel unwinder reads nothing else.
+/// Offsets are bytes; [`PY_OFFSET_NONE`] where the version has no such member.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyProcInfo {
+    /// Address of `_PyRuntime` in the process.
+    pub runtime_addr: u64,
+    pub runtime_interpreters_head: u16,
+    pub interp_threads_head: u16,
+    pub interp_next: u16,
+    pub tstate_next: u16,
+    /// `PyThreadState.thread_id`: the thread's `pthread_t`, which is its fs base on x86-64.
+    pub tstate_thread_id: u16,
+    /// `PyThreadState.native_thread_id` (3.11+): the kernel tid.
+    pub tstate_native_thread_id: u16,
+    /// `frame` (3.8–3.10), `cframe` (3.11–3.12) or `current_frame` (3.13+).
+    pub tstate_frame: u16,
+    /// `_PyCFrame.current_frame` (3.11–3.12 only): a second hop from `tstate_frame`.
+    pub cframe_current_frame: u16,
+    pub frame_previous: u16,
+    pub frame_code: u16,
+    /// `f_lasti` (3.8–3.10) or `prev_instr` / `instr_ptr` (3.11+).
+    pub frame_instr: u16,
+    /// Width of `frame_instr`: 4 (`int f_lasti`) or 8 (a pointer).
+    pub frame_instr_size: u16,
+    /// `_PyInterpreterFrame.owner` (a byte), 3.11+.
+    pub frame_owner: u16,
+    pub code_firstlineno: u16,
+    pub _reserved: [u16; 2],
 }
 
 /// Indices into the per-CPU `STATS` counter array.
 pub mod stat {
     /// Samples dropped because the ring buffer was full.
     pub const LOST: u32 = 0;
+    /// Full scans of a Python process's thread list (tid → thread state cache misses).
+    pub const PY_THREAD_SCANS: u32 = 1;
     /// Number of counters.
-    pub const COUNT: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// Names of the globals and maps the userspace loader addresses by name.
@@ -72,6 +144,12 @@ pub mod names {
     pub const GLOBAL_SELF_PID: &str = "SELF_PID";
     /// Hash map tgid → 1 of profiled processes when `TARGET_ALL` is 0.
     pub const MAP_TARGET_PIDS: &str = "TARGET_PIDS";
+    /// `u32` global: byte offset of the fs base in `task_struct` (from kernel BTF), 0 if unknown.
+    pub const GLOBAL_FSBASE_OFFSET: &str = "FSBASE_OFFSET";
+    /// `u32` global: Python frames to walk at most (≤ `MAX_PY_FRAMES`).
+    pub const GLOBAL_PY_MAX_DEPTH: &str = "PY_MAX_DEPTH";
+    /// Hash map tgid → [`super::PyProcInfo`] of CPython processes.
+    pub const MAP_PY_PROCS: &str = "PY_PROCS";
     /// Ring buffer of events.
     pub const MAP_EVENTS: &str = "EVENTS";
     /// Per-CPU `u64` counters indexed by [`super::stat`].
@@ -84,8 +162,13 @@ pub mod names {
 mod pod {
     // SAFETY: plain-old-data, repr(C), no padding.
     unsafe impl aya::Pod for super::SampleEvent {}
+    unsafe impl aya::Pod for super::PyProcInfo {}
 }
 
 // Layout checks: a mismatch here is a compile error on both sides.
-const _: () = assert!(core::mem::size_of::<SampleEvent>() == 48 + 2 * 8 * MAX_NATIVE_FRAMES);
+const _: () = assert!(
+    core::mem::size_of::<SampleEvent>() == 56 + 2 * 8 * MAX_NATIVE_FRAMES + 24 * MAX_PY_FRAMES
+);
+const _: () = assert!(core::mem::size_of::<PyFrameRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<PyProcInfo>() == 40);
 const _: () = assert!(core::mem::align_of::<SampleEvent>() == 8);

@@ -4,6 +4,7 @@
 
 mod maps;
 mod on_cpu;
+mod python;
 
 #[cfg(not(test))]
 #[panic_handler]

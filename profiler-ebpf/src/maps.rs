@@ -2,9 +2,9 @@
 //! `profiler_common::names`; userspace addresses them by those names.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use profiler_common::stat;
+use profiler_common::{PyProcInfo, stat};
 
 /// Events to userspace. Userspace resizes it at load time to fit the sampling rate.
 #[map]
@@ -13,6 +13,23 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 /// tgid → 1 for the processes being profiled, when not profiling the whole host.
 #[map]
 pub static TARGET_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(8192, 0);
+
+/// tgid → where that CPython process keeps its threads, and its version's offsets.
+#[map]
+pub static PY_PROCS: HashMap<u32, PyProcInfo> = HashMap::with_max_entries(8192, 0);
+
+/// tid → the thread's `PyThreadState` (0: none found, recheck after a while), so that the thread
+/// list is only scanned for threads not seen before. LRU: threads come and go.
+#[map]
+pub static TSTATE_CACHE: LruHashMap<u32, TstateEntry> = LruHashMap::with_max_entries(65536, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TstateEntry {
+    pub tstate: u64,
+    /// When the entry was made (bpf_ktime_get_ns), to expire negative entries.
+    pub checked_ns: u64,
+}
 
 /// Per-CPU counters, indexed by `profiler_common::stat`. Per-CPU because BPF has no cheap
 /// 64-bit atomics on every kernel, and userspace sums them anyway.
@@ -27,6 +44,10 @@ static TARGET_ALL: u8 = 0;
 static KERNEL_STACKS: u8 = 0;
 #[unsafe(no_mangle)]
 static SELF_PID: u32 = 0;
+#[unsafe(no_mangle)]
+static FSBASE_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static PY_MAX_DEPTH: u32 = 0;
 
 #[inline(always)]
 pub fn target_all() -> bool {
@@ -36,6 +57,16 @@ pub fn target_all() -> bool {
 #[inline(always)]
 pub fn kernel_stacks() -> bool {
     unsafe { core::ptr::read_volatile(&KERNEL_STACKS) != 0 }
+}
+
+#[inline(always)]
+pub fn fsbase_offset() -> u32 {
+    unsafe { core::ptr::read_volatile(&FSBASE_OFFSET) }
+}
+
+#[inline(always)]
+pub fn py_max_depth() -> u32 {
+    unsafe { core::ptr::read_volatile(&PY_MAX_DEPTH) }
 }
 
 #[inline(always)]

@@ -9,7 +9,10 @@ use aya_ebpf::{
 };
 use profiler_common::{EventKind, MAX_NATIVE_FRAMES, SampleEvent, stat};
 
-use crate::maps::{EVENTS, bump, is_target, kernel_stacks};
+use crate::{
+    maps::{EVENTS, PY_PROCS, bump, is_target, kernel_stacks},
+    python,
+};
 
 const STACK_BYTES: u32 = (MAX_NATIVE_FRAMES * 8) as u32;
 
@@ -58,6 +61,12 @@ fn sample(ctx: &PerfEventContext) {
             BPF_F_USER_STACK as u64,
         );
         (*ev).user_stack_len = if n > 0 { (n / 8) as u32 } else { 0 };
+
+        (*ev).py_frames_len = 0;
+        (*ev).py_status = match PY_PROCS.get(&tgid) {
+            Some(info) => python::unwind(info, tid, &mut (*ev).py_frames, &mut (*ev).py_frames_len),
+            None => 0,
+        };
     }
     // No wakeup per event: userspace polls the buffer on a timer, which costs less at these rates.
     entry.submit(BPF_RB_NO_WAKEUP as u64);

@@ -11,7 +11,7 @@ use aya::{
     },
     util::online_cpus,
 };
-use profiler_common::{MAX_NATIVE_FRAMES, SampleEvent, names, stat};
+use profiler_common::{MAX_NATIVE_FRAMES, PyProcInfo, SampleEvent, names, stat};
 
 use crate::error::{ExitCode, fatal};
 
@@ -26,12 +26,15 @@ pub struct BpfConfig {
     pub frequency: u32,
     /// Turn on the kernel's per-program run time accounting while we run.
     pub bpf_stats: bool,
+    /// Python frames walked at most per sample.
+    pub py_max_depth: u32,
 }
 
 /// Kernel-side counters, summed over CPUs.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Counters {
     pub lost: u64,
+    pub py_thread_scans: u64,
 }
 
 /// Run count and time of one of our programs, from the kernel's BPF stats.
@@ -47,6 +50,7 @@ pub struct Bpf {
     events: RingBuf<MapData>,
     stats: PerCpuArray<MapData, u64>,
     targets: HashMap<MapData, u32, u8>,
+    py_procs: HashMap<MapData, u32, PyProcInfo>,
     /// Keeps BPF run-time accounting on for as long as we hold it.
     _stats_fd: Option<OwnedFd>,
     pub cpus: usize,
@@ -74,10 +78,18 @@ impl Bpf {
         let target_all = cfg.target_all as u8;
         let kernel_stacks = cfg.kernel_stacks as u8;
         let self_pid = std::process::id();
+        // Only CPython 3.8–3.10 need it (their thread states hold a pthread_t, not a tid).
+        let fsbase_offset = crate::kernel_btf::fsbase_offset().unwrap_or_else(|| {
+            log::warn!("no task_struct.thread.fsbase in the kernel's BTF: CPython 3.8-3.10 threads cannot be matched");
+            0
+        });
+        let py_max_depth = cfg.py_max_depth.min(profiler_common::MAX_PY_FRAMES as u32);
         let mut ebpf = EbpfLoader::new()
             .override_global(names::GLOBAL_TARGET_ALL, &target_all, true)
             .override_global(names::GLOBAL_KERNEL_STACKS, &kernel_stacks, true)
             .override_global(names::GLOBAL_SELF_PID, &self_pid, true)
+            .override_global(names::GLOBAL_FSBASE_OFFSET, &fsbase_offset, true)
+            .override_global(names::GLOBAL_PY_MAX_DEPTH, &py_max_depth, true)
             .map_max_entries(names::MAP_EVENTS, ring_buffer_bytes(cfg.frequency, cpu_list.len()))
             .load(EBPF_OBJECT)
             .map_err(|e| {
@@ -118,7 +130,8 @@ impl Bpf {
         let events = RingBuf::try_from(ebpf.take_map(names::MAP_EVENTS).context("EVENTS map missing")?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map(names::MAP_STATS).context("STATS map missing")?)?;
         let targets = HashMap::try_from(ebpf.take_map(names::MAP_TARGET_PIDS).context("TARGET_PIDS map missing")?)?;
-        Ok(Self { ebpf, events, stats, targets, _stats_fd: stats_fd, cpus: cpu_list.len() })
+        let py_procs = HashMap::try_from(ebpf.take_map(names::MAP_PY_PROCS).context("PY_PROCS map missing")?)?;
+        Ok(Self { ebpf, events, stats, targets, py_procs, _stats_fd: stats_fd, cpus: cpu_list.len() })
     }
 
     /// Starts sampling process `pid` (all its threads).
@@ -126,6 +139,13 @@ impl Bpf {
         self.targets
             .insert(pid, 1, 0)
             .with_context(|| format!("cannot add pid {pid} to the BPF target map"))
+    }
+
+    /// Tells the unwinder where process `pid` keeps its Python threads and frames.
+    pub fn set_python(&mut self, pid: u32, info: &PyProcInfo) -> anyhow::Result<()> {
+        self.py_procs
+            .insert(pid, *info, 0)
+            .with_context(|| format!("cannot add pid {pid} to the BPF Python process map"))
     }
 
     /// Hands every record waiting in the ring buffer to `f`; returns how many there were.
@@ -142,7 +162,7 @@ impl Bpf {
         let read = |idx: u32| -> u64 {
             self.stats.get(&idx, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
         };
-        Counters { lost: read(stat::LOST) }
+        Counters { lost: read(stat::LOST), py_thread_scans: read(stat::PY_THREAD_SCANS) }
     }
 
     /// Run counts and times of our programs (meaningful with `bpf_stats`).

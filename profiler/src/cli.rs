@@ -60,6 +60,12 @@ pub struct ProfileArgs {
     #[arg(long)]
     pub kernel: bool,
 
+    /// Python frames walked per sample at most; deeper stacks are cut at the root and marked
+    /// `[truncated]`.
+    #[arg(long, value_name = "FRAMES", default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(1..=profiler_common::MAX_PY_FRAMES as i64))]
+    pub max_depth: u32,
+
     /// Measure the BPF programs' own cost (run count and time) and report it.
     #[arg(long)]
     pub bpf_stats: bool,

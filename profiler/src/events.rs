@@ -3,7 +3,7 @@
 //! Records are read with `bytes::Buf` rather than by casting pointers: a record that is short or
 //! of an unknown kind is rejected and counted, never trusted.
 use bytes::Buf;
-use profiler_common::{EventKind, MAX_NATIVE_FRAMES, SampleEvent, TASK_COMM_LEN};
+use profiler_common::{EventKind, MAX_NATIVE_FRAMES, MAX_PY_FRAMES, PyFrameRecord, SampleEvent, TASK_COMM_LEN};
 
 /// An on-CPU sample, stacks leaf first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +15,10 @@ pub struct Sample {
     pub comm: [u8; TASK_COMM_LEN],
     pub kernel_stack: Vec<u64>,
     pub user_stack: Vec<u64>,
+    /// `profiler_common::py_status` bits.
+    pub py_status: u32,
+    /// Python frames, innermost first.
+    pub py_frames: Vec<PyFrameRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,11 +51,22 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
             let time_ns = buf.get_u64_ne();
             let kernel_len = (buf.get_u32_ne() as usize).min(MAX_NATIVE_FRAMES);
             let user_len = (buf.get_u32_ne() as usize).min(MAX_NATIVE_FRAMES);
+            let py_len = (buf.get_u32_ne() as usize).min(MAX_PY_FRAMES);
+            let py_status = buf.get_u32_ne();
             let mut comm = [0u8; TASK_COMM_LEN];
             buf.copy_to_slice(&mut comm);
             let kernel_stack = read_stack(&mut buf, kernel_len);
             let user_stack = read_stack(&mut buf, user_len);
-            Ok(Event::Sample(Sample { cpu, pid, tid, time_ns, comm, kernel_stack, user_stack }))
+            let mut py_frames = Vec::with_capacity(py_len);
+            for _ in 0..py_len {
+                py_frames.push(PyFrameRecord {
+                    code: buf.get_u64_ne(),
+                    instr: buf.get_u64_ne(),
+                    fingerprint: buf.get_u32_ne(),
+                    owner: buf.get_u32_ne(),
+                });
+            }
+            Ok(Event::Sample(Sample { cpu, pid, tid, time_ns, comm, kernel_stack, user_stack, py_status, py_frames }))
         }
         None => Err(DecodeError::UnknownKind(kind)),
     }
@@ -87,9 +102,13 @@ mod tests {
             kernel_stack_len: kernel.len() as u32,
             user_stack_len: user.len() as u32,
             comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
+            py_frames_len: 1,
+            py_status: 3,
             kernel_stack: [0; MAX_NATIVE_FRAMES],
             user_stack: [0; MAX_NATIVE_FRAMES],
+            py_frames: [PyFrameRecord::default(); MAX_PY_FRAMES],
         };
+        ev.py_frames[0] = PyFrameRecord { code: 0xc0de, instr: 0x1a57, fingerprint: 42, owner: 1 };
         ev.kernel_stack[..kernel.len()].copy_from_slice(kernel);
         ev.user_stack[..user.len()].copy_from_slice(user);
         // SAFETY: SampleEvent is repr(C) plain integers without padding.
@@ -107,6 +126,8 @@ mod tests {
         assert_eq!(comm_str(&s.comm), "worker");
         assert_eq!(s.kernel_stack, vec![0xffff_ffff_8100_0000]);
         assert_eq!(s.user_stack, vec![0x401000, 0x401100, 0x401200]);
+        assert_eq!(s.py_status, 3);
+        assert_eq!(s.py_frames, vec![PyFrameRecord { code: 0xc0de, instr: 0x1a57, fingerprint: 42, owner: 1 }]);
     }
 
     #[test]

@@ -1,24 +1,11 @@
 //! pyebpf: a system-wide eBPF profiler for Python services.
-mod aggregate;
-mod bpf;
-mod cli;
-mod error;
-mod events;
-mod flamegraph;
-mod output;
-mod privileges;
-mod procinfo;
-mod profile;
-mod run;
-mod summary;
-mod symbols;
-mod target;
 
 use clap::Parser as _;
 
-use crate::{
+use profiler::{
     cli::{Cli, Command},
     error::{ExitCode, Fatal},
+    run,
 };
 
 fn main() -> std::process::ExitCode {

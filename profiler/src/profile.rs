@@ -32,6 +32,8 @@ pub struct ProcessProfile {
     pub pid: u32,
     pub comm: String,
     pub cmdline: Option<String>,
+    /// CPython version when this is a Python process we unwound.
+    pub python_version: Option<String>,
     pub samples: u64,
     pub threads: Vec<ThreadProfile>,
     pub stacks: Vec<StackProfile>,
@@ -48,9 +50,19 @@ pub struct ThreadProfile {
 pub struct StackProfile {
     pub tid: u32,
     pub thread: String,
-    /// Root first.
+    /// Root first: every frame as text (Python, native, kernel).
     pub frames: Vec<String>,
+    /// The Python frames of `frames`, root first, as structured data.
+    pub python_frames: Vec<PythonFrameProfile>,
     pub samples: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PythonFrameProfile {
+    /// Qualified name (3.11+), else the function name; `<module>` for module-level code.
+    pub function: String,
+    pub file: String,
+    pub line: Option<i32>,
 }
 
 impl Profile {
@@ -100,12 +112,14 @@ mod tests {
                 pid: 10,
                 comm: "app".into(),
                 cmdline: None,
+                python_version: None,
                 samples: 3,
                 threads: vec![ThreadProfile { tid: 11, name: "w;1".into(), samples: 3 }],
                 stacks: vec![StackProfile {
                     tid: 11,
                     thread: "w;1".into(),
                     frames: vec!["main".into(), "a::b;c".into()],
+                    python_frames: vec![],
                     samples: 3,
                 }],
             }],

@@ -10,6 +10,7 @@ use crate::{
     events::{self, Event},
     output, privileges,
     profile::{FORMAT_NAME, FORMAT_VERSION, Profile},
+    python::PythonRegistry,
     summary,
     symbols::Symbols,
     target::TargetSpec,
@@ -32,6 +33,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         kernel_stacks: args.kernel,
         frequency: args.frequency,
         bpf_stats: args.bpf_stats,
+        py_max_depth: args.max_depth,
     })?;
 
     // Signals first: a Ctrl-C from now on ends profiling cleanly instead of killing us.
@@ -46,15 +48,22 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
 
     let mut agg = Aggregator::default();
     let mut symbols = Symbols::new();
+    let mut python = PythonRegistry::default();
+    // Known targets are looked at before their first sample, so it already has Python frames.
+    for pid in running.initial_pids() {
+        python.observe(pid);
+    }
+    register_python(&mut bpf, &mut python);
     let mut decode_errors = 0u64;
-    let mut drain = |bpf: &mut Bpf, agg: &mut Aggregator, symbols: &mut Symbols| {
+    let mut drain = |bpf: &mut Bpf, agg: &mut Aggregator, symbols: &mut Symbols, python: &mut PythonRegistry| {
         bpf.drain(|record| match events::decode(record) {
-            Ok(Event::Sample(s)) => agg.add(s, symbols),
+            Ok(Event::Sample(s)) => agg.add(s, symbols, python),
             Err(e) => {
                 log::debug!("undecodable record: {e:?}");
                 decode_errors += 1;
             }
         });
+        register_python(bpf, python);
     };
 
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
@@ -63,7 +72,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     let stop_reason = loop {
         tokio::select! {
             _ = tick.tick() => {
-                drain(&mut bpf, &mut agg, &mut symbols);
+                drain(&mut bpf, &mut agg, &mut symbols, &mut python);
                 ticks += 1;
                 if ticks % HOUSEKEEPING_EVERY == 0 {
                     symbols.resolve_pending();
@@ -79,7 +88,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         }
     };
     let elapsed = start.elapsed();
-    drain(&mut bpf, &mut agg, &mut symbols);
+    drain(&mut bpf, &mut agg, &mut symbols, &mut python);
     symbols.resolve_pending();
     running.stop();
     log::info!("profiling stopped: {stop_reason}");
@@ -94,13 +103,20 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         lost_events: counters.lost + decode_errors,
         samples: agg.samples,
         start_time_unix: start_wall.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
-        processes: agg.build(&symbols),
+        processes: agg.build(&symbols, &python),
         bpf_stats: args.bpf_stats.then(|| bpf.program_stats()),
     };
     drop(bpf);
 
     let mut notes = running.notes();
     notes.insert(0, format!("stopped: {stop_reason}"));
+    notes.extend(python.notes.iter().cloned());
+    log::info!(
+        "python samples: {} of which {} with frames; thread-list scans: {}",
+        agg.python_samples,
+        agg.python_samples_with_frames,
+        counters.py_thread_scans
+    );
     for spec in &outputs {
         output::write(&profile, spec)?;
         notes.push(format!("wrote {} ({})", spec.path.display(), spec.format.describe()));
@@ -111,6 +127,15 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         let _ = summary::write(&profile, &notes, &mut stdout.lock());
     }
     Ok(())
+}
+
+/// Hands the kernel the layout of Python processes found since the last call.
+fn register_python(bpf: &mut Bpf, python: &mut PythonRegistry) {
+    for (pid, info) in python.take_pending() {
+        if let Err(e) = bpf.set_python(pid, &info) {
+            log::warn!("{e:#}");
+        }
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -192,6 +192,17 @@ pub enum Running {
 }
 
 impl Running {
+    /// Processes known to be targets from the start (for `--all`, every process now running).
+    pub fn initial_pids(&self) -> Vec<u32> {
+        match self {
+            Self::All => procfs::process::all_processes()
+                .map(|all| all.filter_map(|p| p.ok()).map(|p| p.pid as u32).collect())
+                .unwrap_or_default(),
+            Self::Pids { pids, .. } => pids.clone(),
+            Self::Command(_) => Vec::new(),
+        }
+    }
+
     /// Polls the targets; `Some(reason)` once there is nothing left to profile.
     pub fn finished(&mut self) -> Option<String> {
         match self {

@@ -1,0 +1,149 @@
+//! The CPython unwinder: finds the current thread's `PyThreadState` and walks its frame chain
+//! in user memory, recording per frame the code object, the instruction and a fingerprint.
+//! Everything version-specific comes from the `PyProcInfo` userspace wrote for the process;
+//! names and line numbers are worked out in userspace.
+//!
+//! Bounded everywhere: interpreters, threads scanned and frames walked all have fixed caps, and
+//! any failed read of user memory ends the walk (a corrupt or cyclic chain cannot loop).
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_current_task};
+use profiler_common::{MAX_PY_FRAMES, PY_OFFSET_NONE, PyFrameRecord, PyProcInfo, py_status, stat};
+
+use crate::maps::{TSTATE_CACHE, TstateEntry, bump, fsbase_offset, py_max_depth};
+
+/// Sub-interpreters walked at most.
+const MAX_INTERPRETERS: u32 = 4;
+/// Threads scanned per interpreter at most when looking for a thread's state.
+const MAX_THREADS: u32 = 1024;
+/// A thread with no `PyThreadState` (a native thread, or one not yet registered) is looked up
+/// again after this long, so threads that start running Python later are found.
+const NEGATIVE_TTL_NS: u64 = 50_000_000;
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+#[inline(always)]
+fn read_u32(addr: u64) -> Option<u32> {
+    unsafe { bpf_probe_read_user(addr as *const u32) }.ok()
+}
+
+#[inline(always)]
+fn at(base: u64, off: u16) -> u64 {
+    base.wrapping_add(off as u64)
+}
+
+/// What identifies the current thread in a `PyThreadState`, and at which offset: the kernel
+/// tid in `native_thread_id` (3.11+), else the `pthread_t` in `thread_id`, which on x86-64 is
+/// the thread's fs base.
+#[inline(always)]
+fn thread_key(info: &PyProcInfo, tid: u32) -> Option<(u16, u64)> {
+    if info.tstate_native_thread_id != PY_OFFSET_NONE {
+        return Some((info.tstate_native_thread_id, tid as u64));
+    }
+    let off = fsbase_offset();
+    if off == 0 {
+        return None;
+    }
+    let task = unsafe { bpf_get_current_task() };
+    let fsbase = unsafe { bpf_probe_read_kernel((task + off as u64) as *const u64) }.ok()?;
+    Some((info.tstate_thread_id, fsbase))
+}
+
+/// The current thread's `PyThreadState`, from the cache or by scanning the thread lists.
+#[inline(always)]
+fn find_tstate(info: &PyProcInfo, tid: u32) -> Option<u64> {
+    let (id_off, want) = thread_key(info, tid)?;
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(entry) = unsafe { TSTATE_CACHE.get(&tid) } {
+        if entry.tstate != 0 {
+            // Still this thread's? (the state may have been freed and its memory reused)
+            if read_u64(at(entry.tstate, id_off)) == Some(want) {
+                return Some(entry.tstate);
+            }
+        } else if now.wrapping_sub(entry.checked_ns) < NEGATIVE_TTL_NS {
+            return None;
+        }
+    }
+    bump(stat::PY_THREAD_SCANS);
+    let mut found = 0u64;
+    let mut interp = read_u64(at(info.runtime_addr, info.runtime_interpreters_head)).unwrap_or(0);
+    for _ in 0..MAX_INTERPRETERS {
+        if interp == 0 {
+            break;
+        }
+        let mut tstate = read_u64(at(interp, info.interp_threads_head)).unwrap_or(0);
+        for _ in 0..MAX_THREADS {
+            if tstate == 0 {
+                break;
+            }
+            if read_u64(at(tstate, id_off)) == Some(want) {
+                found = tstate;
+                break;
+            }
+            tstate = read_u64(at(tstate, info.tstate_next)).unwrap_or(0);
+        }
+        if found != 0 {
+            break;
+        }
+        interp = read_u64(at(interp, info.interp_next)).unwrap_or(0);
+    }
+    let _ = TSTATE_CACHE.insert(&tid, &TstateEntry { tstate: found, checked_ns: now }, 0);
+    (found != 0).then_some(found)
+}
+
+/// Walks the current thread's Python frames into `out` (innermost first). Returns the
+/// `py_status` bits and sets `*len`.
+#[inline(always)]
+pub fn unwind(info: &PyProcInfo, tid: u32, out: &mut [PyFrameRecord; MAX_PY_FRAMES], len: &mut u32) -> u32 {
+    let mut status = py_status::PYTHON_PROCESS;
+    *len = 0;
+    let Some(tstate) = find_tstate(info, tid) else {
+        return status;
+    };
+    status |= py_status::THREAD_FOUND;
+    let Some(mut frame) = read_u64(at(tstate, info.tstate_frame)) else {
+        return status | py_status::READ_ERROR;
+    };
+    if info.cframe_current_frame != PY_OFFSET_NONE && frame != 0 {
+        match read_u64(at(frame, info.cframe_current_frame)) {
+            Some(f) => frame = f,
+            None => return status | py_status::READ_ERROR,
+        }
+    }
+    let depth = py_max_depth();
+    let mut n = 0u32;
+    for i in 0..MAX_PY_FRAMES {
+        if frame == 0 {
+            break;
+        }
+        if i as u32 >= depth {
+            status |= py_status::TRUNCATED;
+            break;
+        }
+        let code = read_u64(at(frame, info.frame_code)).unwrap_or(0);
+        let instr = if info.frame_instr_size == 4 {
+            read_u32(at(frame, info.frame_instr)).map(|v| v as u64)
+        } else {
+            read_u64(at(frame, info.frame_instr))
+        }
+        .unwrap_or(0);
+        let owner = if info.frame_owner != PY_OFFSET_NONE {
+            unsafe { bpf_probe_read_user(at(frame, info.frame_owner) as *const u8) }.unwrap_or(0) as u32
+        } else {
+            0
+        };
+        let fingerprint = if code != 0 { read_u32(at(code, info.code_firstlineno)).unwrap_or(0) } else { 0 };
+        out[i] = PyFrameRecord { code, instr, fingerprint, owner };
+        n = i as u32 + 1;
+        match read_u64(at(frame, info.frame_previous)) {
+            Some(prev) => frame = prev,
+            None => {
+                status |= py_status::READ_ERROR;
+                break;
+            }
+        }
+    }
+    *len = n;
+    status
+}

@@ -1,0 +1,144 @@
+//! Struct member offsets from the kernel's own BTF (/sys/kernel/btf/vmlinux).
+//!
+//! aya has no CO-RE for Rust programs, so kernel struct offsets the BPF side needs (today only
+//! the fs base of a task, which is the thread's `pthread_t` on x86-64) are computed here and
+//! passed in as load-time globals. This reads just enough of the BTF format: type records to
+//! find a struct and walk its members.
+use std::collections::HashMap;
+
+const BTF_MAGIC: u16 = 0xeb9f;
+const KIND_INT: u32 = 1;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_ENUM64: u32 = 19;
+
+struct Member {
+    name: String,
+    type_id: u32,
+    bit_offset: u32,
+}
+
+/// Structs and unions by type id, with their members.
+pub struct KernelBtf {
+    structs: HashMap<u32, (String, Vec<Member>)>,
+}
+
+fn u32_at(data: &[u8], off: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(data.get(off..off + 4)?.try_into().ok()?))
+}
+
+impl KernelBtf {
+    pub fn load() -> Option<Self> {
+        Self::parse(&std::fs::read("/sys/kernel/btf/vmlinux").ok()?)
+    }
+
+    pub fn parse(data: &[u8]) -> Option<Self> {
+        if u16::from_le_bytes(data.get(0..2)?.try_into().ok()?) != BTF_MAGIC {
+            return None;
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let type_off = hdr_len + u32_at(data, 8)? as usize;
+        let type_len = u32_at(data, 12)? as usize;
+        let str_off = hdr_len + u32_at(data, 16)? as usize;
+        let str_len = u32_at(data, 20)? as usize;
+        let strings = data.get(str_off..str_off + str_len)?;
+        let name = |off: u32| -> String {
+            let s = strings.get(off as usize..).unwrap_or_default();
+            let end = s.iter().position(|&b| b == 0).unwrap_or(s.len());
+            String::from_utf8_lossy(&s[..end]).into_owned()
+        };
+        let types = data.get(type_off..type_off + type_len)?;
+        let mut structs = HashMap::new();
+        let mut pos = 0usize;
+        let mut id = 1u32;
+        while pos + 12 <= types.len() {
+            let name_off = u32_at(types, pos)?;
+            let info = u32_at(types, pos + 4)?;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let kind_flag = info >> 31 == 1;
+            pos += 12;
+            let extra = match kind {
+                KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+                KIND_ARRAY => 12,
+                KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => 12 * vlen,
+                KIND_ENUM | KIND_FUNC_PROTO => 8 * vlen,
+                _ => 0,
+            };
+            if kind == KIND_STRUCT || kind == KIND_UNION {
+                let mut members = Vec::with_capacity(vlen);
+                for m in 0..vlen {
+                    let at = pos + 12 * m;
+                    let offset = u32_at(types, at + 8)?;
+                    members.push(Member {
+                        name: name(u32_at(types, at)?),
+                        type_id: u32_at(types, at + 4)?,
+                        // With kind_flag, the top 8 bits hold a bitfield size.
+                        bit_offset: if kind_flag { offset & 0x00ff_ffff } else { offset },
+                    });
+                }
+                structs.insert(id, (name(name_off), members));
+            }
+            pos += extra;
+            id += 1;
+        }
+        Some(Self { structs })
+    }
+
+    /// Byte offset of `path` (e.g. `["thread", "fsbase"]`) inside struct `name`, following
+    /// nested struct members (anonymous unions and structs are searched through).
+    pub fn offset_of(&self, name: &str, path: &[&str]) -> Option<u32> {
+        let (&id, _) = self.structs.iter().find(|(_, (n, _))| n == name)?;
+        let mut bits = 0u32;
+        let mut current = id;
+        for field in path {
+            let (member_bits, member_type) = self.find_member(current, field, 0)?;
+            bits += member_bits;
+            current = member_type;
+        }
+        (bits % 8 == 0).then_some(bits / 8)
+    }
+
+    fn find_member(&self, struct_id: u32, field: &str, depth: u32) -> Option<(u32, u32)> {
+        let (_, members) = self.structs.get(&struct_id)?;
+        for m in members {
+            if m.name == field {
+                return Some((m.bit_offset, m.type_id));
+            }
+        }
+        if depth > 4 {
+            return None;
+        }
+        // Anonymous members: look inside.
+        for m in members.iter().filter(|m| m.name.is_empty()) {
+            if let Some((bits, ty)) = self.find_member(m.type_id, field, depth + 1) {
+                return Some((m.bit_offset + bits, ty));
+            }
+        }
+        None
+    }
+}
+
+/// Offset of the fs base register in `task_struct` (x86-64: `thread.fsbase`), or None.
+pub fn fsbase_offset() -> Option<u32> {
+    if !cfg!(target_arch = "x86_64") {
+        return None;
+    }
+    KernelBtf::load()?.offset_of("task_struct", &["thread", "fsbase"])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_fsbase_in_the_running_kernel() {
+        // Every kernel this project supports has BTF; a missing one is a real failure.
+        let off = super::fsbase_offset().expect("task_struct.thread.fsbase in /sys/kernel/btf/vmlinux");
+        assert!(off > 1000 && off % 8 == 0, "implausible offset {off}");
+    }
+}

@@ -1,0 +1,105 @@
+//! Reading another process's memory with process_vm_readv: one syscall per read, no ptrace
+//! attach, the target keeps running. Every read can fail (the process exited, the address is
+//! unmapped, the memory is garbage); callers treat failure as "unknown", never as fatal.
+
+/// A process's address space, for reads.
+#[derive(Clone, Copy, Debug)]
+pub struct Memory {
+    pub pid: u32,
+}
+
+/// Longest string or byte object we agree to read out of a target (names, file names, line
+/// tables). Anything longer is treated as corrupt.
+pub const MAX_OBJECT_BYTES: usize = 1 << 20;
+
+impl Memory {
+    pub fn new(pid: u32) -> Self {
+        Self { pid }
+    }
+
+    /// Fills `buf` from `addr`; false unless every byte was read.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        if buf.is_empty() {
+            return true;
+        }
+        if addr == 0 {
+            return false;
+        }
+        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+        let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: buf.len() };
+        // SAFETY: `local` covers exactly `buf`; the kernel checks `remote`.
+        let n = unsafe { libc::process_vm_readv(self.pid as i32, &local, 1, &remote, 1, 0) };
+        n == buf.len() as isize
+    }
+
+    pub fn bytes(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        if len > MAX_OBJECT_BYTES {
+            return None;
+        }
+        let mut buf = vec![0u8; len];
+        self.read(addr, &mut buf).then_some(buf)
+    }
+
+    pub fn u64(&self, addr: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b).then(|| u64::from_ne_bytes(b))
+    }
+
+    /// A NUL-terminated C string of at most `max` bytes.
+    pub fn c_string(&self, addr: u64, max: usize) -> Option<String> {
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 64];
+        while out.len() < max {
+            // Read in small chunks: a longer read could cross into an unmapped page.
+            let want = chunk.len().min(max - out.len());
+            let page_left = 4096 - (addr as usize + out.len()) % 4096;
+            let want = want.min(page_left);
+            if !self.read(addr + out.len() as u64, &mut chunk[..want]) {
+                return None;
+            }
+            if let Some(end) = chunk[..want].iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..end]);
+                return Some(String::from_utf8_lossy(&out).into_owned());
+            }
+            out.extend_from_slice(&chunk[..want]);
+        }
+        None
+    }
+}
+
+/// Reads a little-endian integer field out of a struct already copied into `buf`.
+pub fn field_u64(buf: &[u8], off: i64) -> Option<u64> {
+    let off = usize::try_from(off).ok()?;
+    Some(u64::from_ne_bytes(buf.get(off..off + 8)?.try_into().ok()?))
+}
+
+pub fn field_i32(buf: &[u8], off: i64) -> Option<i32> {
+    let off = usize::try_from(off).ok()?;
+    Some(i32::from_ne_bytes(buf.get(off..off + 4)?.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_own_memory_and_rejects_bad_addresses() {
+        let me = Memory::new(std::process::id());
+        let value: u64 = 0x1122_3344_5566_7788;
+        assert_eq!(me.u64(&value as *const u64 as u64), Some(value));
+        assert_eq!(me.u64(0), None);
+        assert_eq!(me.u64(8), None);
+        let s = b"hello\0world";
+        assert_eq!(me.c_string(s.as_ptr() as u64, 100).as_deref(), Some("hello"));
+        assert_eq!(me.c_string(s.as_ptr() as u64, 3), None);
+    }
+
+    #[test]
+    fn fields_are_bounds_checked() {
+        let buf = [1u8, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0];
+        assert_eq!(field_u64(&buf, 0), Some(1));
+        assert_eq!(field_i32(&buf, 8), Some(2));
+        assert_eq!(field_u64(&buf, 8), None);
+        assert_eq!(field_u64(&buf, -1), None);
+    }
+}

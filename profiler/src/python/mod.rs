@@ -1,0 +1,242 @@
+//! CPython support in userspace: finding Python processes, handing the kernel their layout,
+//! and turning the frames the kernel recorded into names, files and lines.
+pub mod code;
+pub mod discover;
+pub mod linetable;
+pub mod memory;
+pub mod offsets;
+mod offsets_generated;
+
+use std::{
+    collections::HashMap,
+    fmt,
+    time::{Duration, Instant},
+};
+
+use profiler_common::{PY_OFFSET_NONE, PyFrameRecord, PyProcInfo};
+
+use self::{
+    code::{CodeObject, FrameLine},
+    discover::{Inspection, Inspector, Interpreter},
+    memory::Memory,
+    offsets::PyOffsets,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PyVersion {
+    pub major: u8,
+    pub minor: u8,
+    pub patch: Option<u8>,
+}
+
+impl PyVersion {
+    /// From `PY_VERSION_HEX` (0xMMmmpp..).
+    pub fn from_hex(hex: u32) -> Self {
+        Self { major: (hex >> 24) as u8, minor: (hex >> 16) as u8, patch: Some((hex >> 8) as u8) }
+    }
+}
+
+impl fmt::Display for PyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.patch {
+            Some(p) => write!(f, "{}.{}.{}", self.major, self.minor, p),
+            None => write!(f, "{}.{}", self.major, self.minor),
+        }
+    }
+}
+
+/// The kernel's view of a process: `_PyRuntime` and the offsets it walks.
+pub fn proc_info(runtime_addr: u64, o: &PyOffsets) -> PyProcInfo {
+    let off = |v: i64| u16::try_from(v).unwrap_or(PY_OFFSET_NONE);
+    let (instr, instr_size) = if o.frame_lasti >= 0 { (o.frame_lasti, o.frame_lasti_size) } else { (o.frame_instr_ptr, 8) };
+    PyProcInfo {
+        runtime_addr,
+        runtime_interpreters_head: off(o.runtime_interpreters_head),
+        interp_threads_head: off(o.interp_threads_head),
+        interp_next: off(o.interp_next),
+        tstate_next: off(o.tstate_next),
+        tstate_thread_id: off(o.tstate_thread_id),
+        tstate_native_thread_id: off(o.tstate_native_thread_id),
+        tstate_frame: off(o.tstate_frame),
+        cframe_current_frame: off(o.cframe_current_frame),
+        frame_previous: off(o.frame_previous),
+        frame_code: off(o.frame_code),
+        frame_instr: off(instr),
+        frame_instr_size: instr_size as u16,
+        frame_owner: off(o.frame_owner),
+        code_firstlineno: off(o.code_firstlineno),
+        _reserved: [0; 2],
+    }
+}
+
+/// A Python frame, named.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PyFrame {
+    pub function: String,
+    pub file: String,
+    pub line: Option<i32>,
+}
+
+impl fmt::Display for PyFrame {
+    /// py-spy's form: `qualname (path/file.py:LINE)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{} ({}:{})", self.function, self.file, line),
+            None => write!(f, "{} ({})", self.function, self.file),
+        }
+    }
+}
+
+/// What one recorded frame turns into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    Frame(PyFrame),
+    /// Not a frame a user wrote (C-stack shims, frames still being set up): left out.
+    Hidden,
+    /// The code object could not be read (freed, corrupt, or the process is gone).
+    Unknown,
+}
+
+/// A profiled CPython process: its interpreter and the code objects read from it so far.
+pub struct PythonProcess {
+    pub interpreter: Interpreter,
+    offsets: &'static PyOffsets,
+    mem: Memory,
+    code_type: Option<u64>,
+    /// (code address, fingerprint) → code object; None when it could not be read.
+    codes: HashMap<(u64, u32), Option<CodeObject>>,
+}
+
+impl PythonProcess {
+    pub fn version(&self) -> PyVersion {
+        self.interpreter.version
+    }
+
+    /// Is `addr` inside the interpreter's own machine code?
+    pub fn in_interpreter(&self, addr: u64) -> bool {
+        self.interpreter.code_ranges.iter().any(|&(lo, hi)| (lo..hi).contains(&addr))
+    }
+
+    pub fn resolve(&mut self, rec: &PyFrameRecord) -> Resolved {
+        let o = self.offsets;
+        if o.frame_owned_by_cstack >= 0 && rec.owner as i64 == o.frame_owned_by_cstack {
+            return Resolved::Hidden;
+        }
+        if rec.code == 0 {
+            return Resolved::Unknown;
+        }
+        let (mem, code_type) = (&self.mem, &mut self.code_type);
+        let code = self
+            .codes
+            .entry((rec.code, rec.fingerprint))
+            .or_insert_with(|| {
+                if !code::is_code(mem, o, rec.code, code_type) {
+                    return None;
+                }
+                code::read_code(mem, o, rec.code).filter(|c| c.firstlineno as u32 == rec.fingerprint)
+            });
+        let Some(code) = code else { return Resolved::Unknown };
+        let generator = o.frame_owned_by_generator >= 0 && rec.owner as i64 == o.frame_owned_by_generator;
+        match code.line(self.interpreter.version, rec.instr, generator) {
+            FrameLine::Incomplete => Resolved::Hidden,
+            FrameLine::Line(line) => Resolved::Frame(PyFrame {
+                function: code.name.clone(),
+                file: code.filename.clone(),
+                line,
+            }),
+        }
+    }
+}
+
+enum Known {
+    Python(Box<PythonProcess>),
+    /// Not (yet) Python. Young processes are looked at again for a while: a shared libpython
+    /// is mapped by the dynamic loader after exec, and the interpreter may only come later.
+    NotPython { checked: Instant, recheck_until: Option<Instant> },
+    Unsupported,
+}
+
+/// How long after a process starts it is re-inspected if it did not look like Python.
+const YOUNG: Duration = Duration::from_secs(3);
+const RECHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// All processes seen so far, and which of them are Python.
+#[derive(Default)]
+pub struct PythonRegistry {
+    inspector: Inspector,
+    known: HashMap<u32, Known>,
+    /// Newly found Python processes whose layout the kernel needs.
+    pending: Vec<(u32, PyProcInfo)>,
+    /// One line per process we could not unwind, for the summary.
+    pub notes: Vec<String>,
+}
+
+impl PythonRegistry {
+    /// Looks at `pid` if it has not been looked at (or is young and due another look).
+    pub fn observe(&mut self, pid: u32) {
+        match self.known.get(&pid) {
+            Some(Known::NotPython { checked, recheck_until: Some(until) })
+                if checked.elapsed() >= RECHECK_EVERY && Instant::now() < *until => {}
+            Some(_) => return,
+            None => {}
+        }
+        let known = match self.inspector.inspect(pid) {
+            Inspection::Python(interpreter) => match offsets::for_version(interpreter.version.major, interpreter.version.minor) {
+                Some(offsets) => {
+                    log::info!("pid {pid}: CPython {} ({})", interpreter.version, interpreter.path.display());
+                    self.pending.push((pid, proc_info(interpreter.runtime_addr, offsets)));
+                    Known::Python(Box::new(PythonProcess {
+                        interpreter,
+                        offsets,
+                        mem: Memory::new(pid),
+                        code_type: None,
+                        codes: HashMap::new(),
+                    }))
+                }
+                None => self.unsupported(pid, &interpreter.version.to_string(), "no layout for this version"),
+            },
+            Inspection::Unsupported { version, reason } => self.unsupported(pid, &version, &reason),
+            Inspection::NotPython => {
+                let now = Instant::now();
+                let recheck_until = process_age(pid).filter(|age| *age < YOUNG).map(|age| now + (YOUNG - age));
+                Known::NotPython { checked: now, recheck_until }
+            }
+        };
+        self.known.insert(pid, known);
+    }
+
+    fn unsupported(&mut self, pid: u32, version: &str, reason: &str) -> Known {
+        let note = format!("pid {pid}: CPython {version} cannot be unwound ({reason}); native stacks only");
+        log::warn!("{note}");
+        self.notes.push(note);
+        Known::Unsupported
+    }
+
+    pub fn get_mut(&mut self, pid: u32) -> Option<&mut PythonProcess> {
+        match self.known.get_mut(&pid) {
+            Some(Known::Python(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    pub fn version(&self, pid: u32) -> Option<PyVersion> {
+        match self.known.get(&pid) {
+            Some(Known::Python(p)) => Some(p.version()),
+            _ => None,
+        }
+    }
+
+    pub fn take_pending(&mut self) -> Vec<(u32, PyProcInfo)> {
+        std::mem::take(&mut self.pending)
+    }
+}
+
+/// How long ago the process started, from /proc.
+fn process_age(pid: u32) -> Option<Duration> {
+    let stat = procfs::process::Process::new(pid as i32).ok()?.stat().ok()?;
+    let ticks = procfs::ticks_per_second() as f64;
+    use procfs::Current as _;
+    let uptime = procfs::Uptime::current().ok()?.uptime;
+    let age = uptime - stat.starttime as f64 / ticks;
+    Some(Duration::from_secs_f64(age.max(0.0)))
+}
