@@ -144,6 +144,11 @@ pub fn unwind(info: &PyProcInfo, tid: u32, out: &mut [PyFrameRecord; MAX_PY_FRAM
             }
         }
     }
+    // Frames left beyond the bound (the loop ends at MAX_PY_FRAMES without the check firing
+    // when the bound is MAX_PY_FRAMES itself).
+    if frame != 0 && n >= depth {
+        status |= py_status::TRUNCATED;
+    }
     *len = n;
     status
 }

@@ -12,6 +12,8 @@ use std::{
 
 pub use serde_json::Value;
 
+pub mod python;
+
 /// The pyebpf binary: `$PYEBPF_BIN` (set by `cargo xtask test`), else target/release/pyebpf.
 pub fn pyebpf_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();

@@ -1,0 +1,209 @@
+//! CPython frames unwound in the kernel, on every CPython 3.8+ on this machine.
+//! Each test runs its workload on every interpreter and reports all failures together.
+use std::{path::Path, process::Child, time::Duration};
+
+use integration_tests::{python::*, *};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Profiles `pid` for `seconds` into JSON and returns the process's entry.
+fn profile_pid(pid: u32, seconds: &str, extra: &[&str]) -> (Value, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("p.json");
+    let out = run(
+        pyebpf().args(["profile", "-F", "199", "-d", seconds, "--pid", &pid.to_string()]).args(extra).arg("-o").arg(&json),
+        TIMEOUT,
+    );
+    assert_success(&out);
+    let profile = read_json(&json);
+    let p = process(&profile, pid).cloned().unwrap_or_else(|| panic!("pid {pid} not in profile"));
+    (profile, p)
+}
+
+/// Names as CPython reports them: qualified names from 3.11, plain names before.
+fn name(minor: u8, qualified: &str) -> String {
+    if minor >= 11 { qualified.to_string() } else { qualified.rsplit('.').next().unwrap().to_string() }
+}
+
+fn check_all(what: &str, mut check: impl FnMut(&Interpreter) -> Result<(), String>) {
+    let failures: Vec<String> = interpreters()
+        .iter()
+        .filter_map(|i| check(i).err().map(|e| format!("{}: {e}", i.label)))
+        .collect();
+    assert!(failures.is_empty(), "{what} failed on:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn known_chain_in_every_thread_with_names_and_call_site_lines() {
+    let script = workload("chain.py");
+    let line = |m: &str| line_of(&script, m);
+    check_all("chain", |interp| {
+        let m = interp.minor;
+        let child = start_ready(&interp.path, &script, &["6", "2"]);
+        let (_, p) = profile_pid(child.pid(), "2", &[]);
+        let chain = [
+            Expect::at("run", line("# CALL work")),
+            Expect::at(&name(m, "Worker.work"), line("# CALL inner")),
+            Expect::at(&name(m, "Worker.work.<locals>.inner"), line("# CALL burn")),
+            Expect { function: "burn".into(), lines: line("# LOOP start")..=line("# LOOP end") },
+        ];
+        if p["python_version"].as_str().is_none_or(|v| !v.starts_with(&format!("3.{m}"))) {
+            return Err(format!("python_version {}", p["python_version"]));
+        }
+        let (hit, total) = count(&p, None, |s| has_chain(s, &script, &chain));
+        let share = hit as f64 / total.max(1) as f64;
+        if total < 100 || share < 0.95 {
+            let top: Vec<_> = p["stacks"].as_array().unwrap().iter().take(3).map(|s| s["frames"].clone()).collect();
+            return Err(format!("{hit}/{total} samples with the chain; top stacks: {top:?}"));
+        }
+        // Every thread (main + 2 burners) shows the chain, the main thread from module code.
+        let threads = p["threads"].as_array().unwrap();
+        if threads.len() != 3 {
+            return Err(format!("{} threads", threads.len()));
+        }
+        let main_chain: Vec<Expect> =
+            std::iter::once(Expect::at("<module>", line("# CALL run-main"))).chain(chain.iter().cloned()).collect();
+        let main_tid = p["pid"].as_u64();
+        let (main_hit, main_total) = count(&p, main_tid, |s| has_chain(s, &script, &main_chain));
+        if main_hit * 10 < main_total * 9 {
+            return Err(format!("main thread: {main_hit}/{main_total} samples from <module>"));
+        }
+        for t in threads {
+            let (h, n) = count(&p, t["tid"].as_u64(), |s| has_chain(s, &script, &chain));
+            if n == 0 || h * 10 < n * 9 {
+                return Err(format!("thread {}: {h}/{n} samples with the chain", t["tid"]));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
+    let script = workload("features.py");
+    check_all("features", |interp| {
+        let m = interp.minor;
+        // Started by pyebpf, so that the first phase is profiled from its first instruction.
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("p.json");
+        let out = run(
+            pyebpf().args(["profile", "-F", "199", "-o"]).arg(&json).arg("--").arg(&interp.path).arg(&script).arg("0.4"),
+            TIMEOUT,
+        );
+        assert_success(&out);
+        let profile = read_json(&json);
+        let p = &profile["processes"][0];
+        let stacks = p["stacks"].as_array().unwrap();
+        let functions = |s: &Value| -> Vec<String> {
+            s["python_frames"].as_array().unwrap().iter().map(|f| f["function"].as_str().unwrap().to_string()).collect()
+        };
+        // (caller, callee) pairs that must appear adjacent in some stacks.
+        let pairs = [
+            (name(m, "consume_generator"), name(m, "numbers")),
+            (name(m, "numbers"), "spin".to_string()),
+            (name(m, "coroutine_work"), "spin".to_string()),
+            ("<lambda>".to_string(), "spin".to_string()),
+            (name(m, "timed.<locals>.wrapper"), "decorated".to_string()),
+            ("<module>".to_string(), "calcul_énergie".to_string()),
+            ("<module>".to_string(), "计算".to_string()),
+        ];
+        for (caller, callee) in &pairs {
+            let samples: u64 = stacks
+                .iter()
+                .filter(|s| functions(s).windows(2).any(|w| &w[0] == caller && &w[1] == callee))
+                .map(|s| s["samples"].as_u64().unwrap())
+                .sum();
+            if samples < 10 {
+                return Err(format!("{caller} -> {callee}: {samples} samples"));
+            }
+        }
+        // 300-deep recursion: bounded at 128 frames, marked truncated at the root.
+        let deep: Vec<&Value> = stacks.iter().filter(|s| functions(s).iter().filter(|f| *f == "recurse").count() > 50).collect();
+        if deep.is_empty() {
+            return Err("no deep recursion samples".into());
+        }
+        for s in deep {
+            let frames = s["frames"].as_array().unwrap();
+            if frames[0] != "[truncated]" || s["python_frames"].as_array().unwrap().len() != 128 {
+                return Err(format!("deep stack not truncated at 128: {} frames, root {}", frames.len(), frames[0]));
+            }
+        }
+        // The workload's own frames are all named. (Module code run by an import can be freed
+        // before userspace reads it, so import-time frames may be unknown: a known limit.)
+        let mine = |s: &&Value| s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "spin");
+        let unknown: u64 = stacks
+            .iter()
+            .filter(mine)
+            .filter(|s| s["frames"].as_array().unwrap().iter().any(|f| f == "[unknown python frame]"))
+            .map(|s| s["samples"].as_u64().unwrap())
+            .sum();
+        if unknown > 0 {
+            return Err(format!("{unknown} workload samples with unknown python frames"));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn two_hundred_threads_a_few_busy() {
+    let script = workload("many_threads.py");
+    check_all("200 threads", |interp| {
+        let child = start_ready(&interp.path, &script, &["5", "200", "3"]);
+        let (_, p) = profile_pid(child.pid(), "2", &[]);
+        let busy: Vec<&Value> = p["threads"].as_array().unwrap().iter().filter(|t| t["samples"].as_u64().unwrap() > 20).collect();
+        if busy.len() < 3 {
+            return Err(format!("{} busy threads sampled", busy.len()));
+        }
+        for t in busy {
+            let (h, n) = count(&p, t["tid"].as_u64(), |s| {
+                s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "busy_loop")
+            });
+            if h * 100 < n * 95 {
+                return Err(format!("thread {}: {h}/{n} samples in busy_loop", t["tid"]));
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn short_lived_process_started_after_profiling_began_keeps_its_names() {
+    let script = workload("short_lived.py");
+    let interps = interpreters();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("p.json");
+    let profiler = pyebpf()
+        .args(["profile", "--all", "-F", "499", "-d", &(2 + interps.len()).to_string(), "-o"])
+        .arg(&json)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let mut pids = Vec::new();
+    for interp in &interps {
+        let mut child: Child = std::process::Command::new(&interp.path).arg(&script).spawn().unwrap();
+        pids.push((interp.label.clone(), child.id()));
+        child.wait().unwrap();
+    }
+    let out = wait_output(profiler, TIMEOUT);
+    assert_success(&out);
+    let profile = read_json(&json);
+    let mut failures = Vec::new();
+    for (label, pid) in pids {
+        let Some(p) = process(&profile, pid) else {
+            failures.push(format!("{label}: pid {pid} not in the profile"));
+            continue;
+        };
+        let (h, n) = count(p, None, |s| {
+            s["python_frames"].as_array().unwrap().iter().any(|f| {
+                f["function"] == "short_lived_burn" && Path::new(f["file"].as_str().unwrap()) == script
+            })
+        });
+        // The first samples may precede discovery; most of the 0.3 s must be named.
+        if h * 2 < n || h < 20 {
+            failures.push(format!("{label}: {h}/{n} samples in short_lived_burn"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
