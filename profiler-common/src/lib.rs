@@ -21,15 +21,28 @@ pub const TASK_COMM_LEN: usize = 16;
 pub enum EventKind {
     /// A `cpu-clock` sample of a running thread: a [`SampleEvent`].
     OnCpuSample = 1,
+    /// A profiled process called exec: an [`ExecEvent`].
+    Exec = 2,
 }
 
 impl EventKind {
     pub const fn from_u32(v: u32) -> Option<Self> {
         match v {
             1 => Some(Self::OnCpuSample),
+            2 => Some(Self::Exec),
             _ => None,
         }
     }
+}
+
+/// A profiled process replaced its program (exec): what userspace knew of it is stale, and the
+/// kernel has already dropped its `PY_PROCS` entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExecEvent {
+    /// [`EventKind`] as `u32`.
+    pub kind: u32,
+    pub pid: u32,
 }
 
 /// One on-CPU sample, as written by the perf-event program into the ring buffer.
@@ -156,6 +169,8 @@ pub mod names {
     pub const MAP_STATS: &str = "STATS";
     /// The perf-event sampling program.
     pub const PROG_ON_CPU: &str = "on_cpu_sample";
+    /// The `sched_process_exec` raw tracepoint program.
+    pub const PROG_EXEC: &str = "process_exec";
 }
 
 #[cfg(feature = "user")]

@@ -2,6 +2,7 @@
 #![no_std]
 #![no_main]
 
+mod exec;
 mod maps;
 mod on_cpu;
 mod python;

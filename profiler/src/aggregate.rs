@@ -116,6 +116,16 @@ impl Aggregator {
         *self.stacks.entry(key).or_insert(0) += 1;
     }
 
+    /// Process `pid` called exec: read its name and command line again; frames resolved for
+    /// its old program no longer apply.
+    pub fn exec(&mut self, pid: u32) {
+        if let Some(info) = self.processes.get_mut(&pid) {
+            info.comm = procinfo::comm(pid).unwrap_or_else(|| info.comm.clone());
+            info.cmdline = procinfo::cmdline(pid).or_else(|| info.cmdline.take());
+        }
+        self.py_frames.retain(|(p, ..), _| *p != pid);
+    }
+
     /// The sample's Python frames, interned, root first.
     fn python_frames(&mut self, s: &Sample, python: &mut PythonRegistry) -> Vec<u32> {
         if s.py_frames.is_empty() {

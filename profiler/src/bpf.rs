@@ -6,7 +6,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        PerfEvent,
+        PerfEvent, RawTracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
     },
     util::online_cpus,
@@ -126,6 +126,17 @@ impl Bpf {
                     )
                 })?;
         }
+
+        let exec: &mut RawTracePoint = ebpf
+            .program_mut(names::PROG_EXEC)
+            .context("exec program missing from the eBPF object")?
+            .try_into()?;
+        exec.load().map_err(|e| {
+            fatal(ExitCode::Kernel, format!("the kernel refused the exec tracepoint program: {}", error_chain(&e)))
+        })?;
+        exec.attach("sched_process_exec").map_err(|e| {
+            fatal(ExitCode::Kernel, format!("cannot attach to the sched_process_exec raw tracepoint: {}", error_chain(&e)))
+        })?;
 
         let events = RingBuf::try_from(ebpf.take_map(names::MAP_EVENTS).context("EVENTS map missing")?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map(names::MAP_STATS).context("STATS map missing")?)?;

@@ -3,7 +3,7 @@
 //! Records are read with `bytes::Buf` rather than by casting pointers: a record that is short or
 //! of an unknown kind is rejected and counted, never trusted.
 use bytes::Buf;
-use profiler_common::{EventKind, MAX_NATIVE_FRAMES, MAX_PY_FRAMES, PyFrameRecord, SampleEvent, TASK_COMM_LEN};
+use profiler_common::{EventKind, ExecEvent, MAX_NATIVE_FRAMES, MAX_PY_FRAMES, PyFrameRecord, SampleEvent, TASK_COMM_LEN};
 
 /// An on-CPU sample, stacks leaf first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,8 @@ pub struct Sample {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Sample(Sample),
+    /// Process `pid` called exec.
+    Exec { pid: u32 },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +69,13 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
                 });
             }
             Ok(Event::Sample(Sample { cpu, pid, tid, time_ns, comm, kernel_stack, user_stack, py_status, py_frames }))
+        }
+        Some(EventKind::Exec) => {
+            if buf.len() < size_of::<ExecEvent>() {
+                return Err(DecodeError::Short { len: buf.len() });
+            }
+            buf.advance(4);
+            Ok(Event::Exec { pid: buf.get_u32_ne() })
         }
         None => Err(DecodeError::UnknownKind(kind)),
     }
@@ -121,13 +130,22 @@ mod tests {
     #[test]
     fn decodes_a_sample_as_laid_out_by_the_kernel() {
         let raw = raw_sample(&[0xffff_ffff_8100_0000], &[0x401000, 0x401100, 0x401200]);
-        let Event::Sample(s) = decode(&raw).unwrap();
+        let Ok(Event::Sample(s)) = decode(&raw) else { panic!("not a sample") };
         assert_eq!((s.cpu, s.pid, s.tid, s.time_ns), (1, 100, 101, 123_456));
         assert_eq!(comm_str(&s.comm), "worker");
         assert_eq!(s.kernel_stack, vec![0xffff_ffff_8100_0000]);
         assert_eq!(s.user_stack, vec![0x401000, 0x401100, 0x401200]);
         assert_eq!(s.py_status, 3);
         assert_eq!(s.py_frames, vec![PyFrameRecord { code: 0xc0de, instr: 0x1a57, fingerprint: 42, owner: 1 }]);
+    }
+
+    #[test]
+    fn decodes_exec() {
+        let mut raw = Vec::new();
+        raw.extend_from_slice(&(EventKind::Exec as u32).to_ne_bytes());
+        raw.extend_from_slice(&4321u32.to_ne_bytes());
+        assert_eq!(decode(&raw), Ok(Event::Exec { pid: 4321 }));
+        assert_eq!(decode(&raw[..6]), Err(DecodeError::Short { len: 6 }));
     }
 
     #[test]
@@ -144,7 +162,7 @@ mod tests {
     fn clamps_lengths_from_a_corrupt_record() {
         let mut raw = raw_sample(&[], &[]);
         raw[24..28].copy_from_slice(&9999u32.to_ne_bytes());
-        let Event::Sample(s) = decode(&raw).unwrap();
+        let Ok(Event::Sample(s)) = decode(&raw) else { panic!("not a sample") };
         assert_eq!(s.kernel_stack.len(), MAX_NATIVE_FRAMES);
     }
 }

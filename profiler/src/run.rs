@@ -58,6 +58,12 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     let mut drain = |bpf: &mut Bpf, agg: &mut Aggregator, symbols: &mut Symbols, python: &mut PythonRegistry| {
         bpf.drain(|record| match events::decode(record) {
             Ok(Event::Sample(s)) => agg.add(s, symbols, python),
+            Ok(Event::Exec { pid }) => {
+                // A new program in the same pid: forget what we knew and look again.
+                python.exec(pid);
+                symbols.forget(pid);
+                agg.exec(pid);
+            }
             Err(e) => {
                 log::debug!("undecodable record: {e:?}");
                 decode_errors += 1;

@@ -111,4 +111,10 @@ impl Symbols {
     pub fn kernel_frame(&self, addr: u64, index: usize) -> &str {
         self.kernel.get(&lookup_addr(addr, index == 0)).map_or("[kernel] [unknown]", String::as_str)
     }
+
+    /// Drops a process's cached symbols: after an exec its addresses mean other things.
+    pub fn forget(&mut self, pid: u32) {
+        self.user.retain(|(p, _), _| *p != pid);
+        self.pending_user.remove(&pid);
+    }
 }

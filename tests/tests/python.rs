@@ -207,3 +207,25 @@ fn short_lived_process_started_after_profiling_began_keeps_its_names() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+#[test]
+fn a_process_that_execs_into_python_is_unwound_after_the_exec() {
+    let script = workload("chain.py");
+    let interp = interpreters().pop().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("p.json");
+    // The shell burns CPU first (same pid, not Python), then becomes Python.
+    let shell = format!(
+        "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; exec {} {} 1.5 0",
+        interp.path.display(),
+        script.display()
+    );
+    let out = run(pyebpf().args(["profile", "-F", "199", "-o"]).arg(&json).args(["--", "/bin/sh", "-c", &shell]), TIMEOUT);
+    assert_success(&out);
+    let profile = read_json(&json);
+    let p = &profile["processes"][0];
+    assert!(p["comm"].as_str().unwrap().starts_with("python"), "{}", p["comm"]);
+    let burn = Expect { function: "burn".into(), lines: 1..=1000 };
+    let (h, n) = count(p, None, |s| has_chain(s, &script, std::slice::from_ref(&burn)));
+    assert!(h > 150, "{h}/{n} samples in burn after the exec");
+}

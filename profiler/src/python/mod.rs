@@ -212,6 +212,11 @@ impl PythonRegistry {
         Known::Unsupported
     }
 
+    /// Process `pid` called exec: inspect it afresh, for a while, as a new process.
+    pub fn exec(&mut self, pid: u32) {
+        self.known.insert(pid, Known::NotPython { checked: Instant::now() - RECHECK_EVERY, recheck_until: Some(Instant::now() + YOUNG) });
+    }
+
     pub fn get_mut(&mut self, pid: u32) -> Option<&mut PythonProcess> {
         match self.known.get_mut(&pid) {
             Some(Known::Python(p)) => Some(p),
