@@ -20,6 +20,8 @@ pub fn write_svg(profile: &Profile, w: &mut dyn Write) -> anyhow::Result<()> {
     opts.count_name = "samples".to_string();
     opts.colors = Palette::Basic(BasicPalette::Hot);
     opts.deterministic = true;
+    // Keep the start of a frame's text when it does not fit: the function name, not the path.
+    opts.text_truncate_direction = inferno::flamegraph::TextTruncateDirection::Right;
     if lines.is_empty() {
         // inferno refuses empty input; an empty profile is still a valid answer.
         opts.title = "pyebpf: on-CPU (no samples)".to_string();

@@ -128,6 +128,20 @@ fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
                 return Err(format!("deep stack not truncated at 128: {} frames, root {}", frames.len(), frames[0]));
             }
         }
+        // Native leaf outside the interpreter: read_clock calls time.time() → clock_gettime
+        // (libc or vDSO), shown after the Python frames.
+        let native_leaf: u64 = stacks
+            .iter()
+            .filter(|s| {
+                let frames = s["frames"].as_array().unwrap();
+                let last = frames.last().and_then(|f| f.as_str()).unwrap_or("");
+                functions(s).last().is_some_and(|f| f == "read_clock") && last.contains("clock_gettime")
+            })
+            .map(|s| s["samples"].as_u64().unwrap())
+            .sum();
+        if native_leaf < 10 {
+            return Err(format!("{native_leaf} samples with a native clock_gettime leaf under read_clock"));
+        }
         // The workload's own frames are all named. (Module code run by an import can be freed
         // before userspace reads it, so import-time frames may be unknown: a known limit.)
         let mine = |s: &&Value| s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "spin");

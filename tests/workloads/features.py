@@ -1,5 +1,5 @@
 """Python constructs whose frames must be named right: a generator, an asyncio coroutine, a
-lambda, a decorated function, non-ASCII names, deep recursion. Each phase burns CPU for
+lambda, a decorated function, non-ASCII names, a native leaf, deep recursion. Each phase burns CPU for
 SECONDS; prints "ready" first.
 """
 import asyncio
@@ -52,6 +52,14 @@ def 计算(seconds):
     return spin(seconds)
 
 
+def read_clock(seconds):
+    # Mostly inside clock_gettime (libc / vDSO): a native leaf outside the interpreter.
+    end = time.time() + seconds
+    while time.time() < end:
+        time.time()
+        time.time()
+
+
 def recurse(depth, seconds):
     if depth == 0:
         return spin(seconds)
@@ -67,4 +75,5 @@ if __name__ == "__main__":
     decorated(seconds)
     calcul_énergie(seconds)
     计算(seconds)
+    read_clock(seconds)
     recurse(300, seconds)
