@@ -23,6 +23,13 @@ pub enum EventKind {
     OnCpuSample = 1,
     /// A profiled process called exec: an [`ExecEvent`].
     Exec = 2,
+    /// A blocking syscall that kept its thread off-CPU for at least the threshold: a
+    /// [`SampleEvent`] whose `off` fields say how long and in what, with the thread's stacks
+    /// taken when the syscall returned (still the stacks it blocked in).
+    OffCpu = 3,
+    /// The unwinder found no `PyThreadState` for a thread within its bounded scan: a
+    /// [`ThreadMissEvent`] asking userspace to look (it has no bound) and fill `TSTATE_CACHE`.
+    ThreadMiss = 4,
 }
 
 impl EventKind {
@@ -30,6 +37,8 @@ impl EventKind {
         match v {
             1 => Some(Self::OnCpuSample),
             2 => Some(Self::Exec),
+            3 => Some(Self::OffCpu),
+            4 => Some(Self::ThreadMiss),
             _ => None,
         }
     }
@@ -43,6 +52,30 @@ pub struct ExecEvent {
     /// [`EventKind`] as `u32`.
     pub kind: u32,
     pub pid: u32,
+}
+
+/// See [`EventKind::ThreadMiss`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadMissEvent {
+    /// [`EventKind`] as `u32`.
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    /// Offset in `PyThreadState` of the field that identifies the thread.
+    pub key_offset: u32,
+    /// The value that field must hold: the tid (3.11+) or the thread's fs base (pthread_t).
+    pub key: u64,
+}
+
+/// Value of `TSTATE_CACHE` (key: tid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TstateEntry {
+    /// The thread's `PyThreadState`, or 0 for "none found".
+    pub tstate: u64,
+    /// When the entry was made (bpf_ktime_get_ns), to expire negative entries.
+    pub checked_ns: u64,
 }
 
 /// One on-CPU sample, as written by the perf-event program into the ring buffer.
@@ -71,10 +104,93 @@ pub struct SampleEvent {
     pub py_status: u32,
     /// Thread name at sample time.
     pub comm: [u8; TASK_COMM_LEN],
+    /// Off-CPU events only: what the thread was blocked in.
+    pub off: OffCpuInfo,
     pub kernel_stack: [u64; MAX_NATIVE_FRAMES],
     pub user_stack: [u64; MAX_NATIVE_FRAMES],
     /// Python frames, innermost first.
     pub py_frames: [PyFrameRecord; MAX_PY_FRAMES],
+}
+
+/// Why and how long a thread was off-CPU during one syscall (all zero in on-CPU samples).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuInfo {
+    /// Time asleep or waiting on I/O (switched out until woken).
+    pub blocked_ns: u64,
+    /// Time runnable but waiting for a CPU (after the wakeup, or after a preemption).
+    pub runq_ns: u64,
+    /// Syscall number.
+    pub syscall_nr: i64,
+    /// Its first argument (an fd, a futex address...).
+    pub arg0: u64,
+    /// [`off_state`] class of the last switch-out.
+    pub state: u32,
+    /// How many times the thread was switched out during the syscall.
+    pub switches: u32,
+}
+
+/// Classes of the task state a thread was switched out in.
+pub mod off_state {
+    /// Preempted while runnable (`R`): the time off-CPU is run-queue wait.
+    pub const RUNNABLE: u32 = 0;
+    /// Interruptible sleep (`S`).
+    pub const SLEEPING: u32 = 1;
+    /// Uninterruptible sleep (`D`), usually disk I/O.
+    pub const UNINTERRUPTIBLE: u32 = 2;
+}
+
+/// Key of the per-thread off-CPU sums: every interval of a profiled thread is added to one,
+/// short or long, so per-thread totals are exact whatever the stack threshold.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct OffCpuKey {
+    pub tid: u32,
+    /// [`off_state`] class.
+    pub state: u32,
+    /// Syscall in flight, or -1.
+    pub syscall_nr: i64,
+    /// Its first argument, or 0.
+    pub arg0: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OffCpuSum {
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
+    pub count: u64,
+}
+
+/// Per-thread scheduling times, keyed by tid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadTimes {
+    /// Total time on a CPU while profiled (exact, from switch timestamps).
+    pub oncpu_ns: u64,
+    /// When it was last switched in (0 while off-CPU or unknown).
+    pub on_since_ns: u64,
+    /// When it was last switched out (0 while on-CPU).
+    pub off_since_ns: u64,
+    /// When it was woken after its last switch-out (0 if not yet).
+    pub wake_ns: u64,
+    /// [`off_state`] class of the last switch-out.
+    pub off_state: u32,
+    /// The tgid, for userspace.
+    pub pid: u32,
+}
+
+/// A syscall in flight on a thread, keyed by tid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlight {
+    pub syscall_nr: i64,
+    pub arg0: u64,
+    pub entry_ns: u64,
+    pub blocked_ns: u64,
+    pub runq_ns: u64,
+    pub state: u32,
+    pub switches: u32,
 }
 
 /// One Python frame as read from the interpreter. Userspace turns it into a name and a line.
@@ -161,6 +277,24 @@ pub mod names {
     pub const GLOBAL_FSBASE_OFFSET: &str = "FSBASE_OFFSET";
     /// `u32` global: Python frames to walk at most (≤ `MAX_PY_FRAMES`).
     pub const GLOBAL_PY_MAX_DEPTH: &str = "PY_MAX_DEPTH";
+    /// `u8` global: 1 = track off-CPU time (scheduler and syscall hooks).
+    pub const GLOBAL_OFFCPU: &str = "OFFCPU";
+    /// `u64` global: blocked intervals at least this long carry a stack.
+    pub const GLOBAL_OFFCPU_THRESHOLD_NS: &str = "OFFCPU_THRESHOLD_NS";
+    /// `u32` globals: offsets of `pid` and `tgid` in `task_struct` (from kernel BTF).
+    pub const GLOBAL_TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
+    pub const GLOBAL_TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+    /// Hash map [`super::OffCpuKey`] → [`super::OffCpuSum`].
+    pub const MAP_OFFCPU_SUMS: &str = "OFFCPU_SUMS";
+    /// Hash map tid → [`super::ThreadTimes`].
+    pub const MAP_THREAD_TIMES: &str = "THREAD_TIMES";
+    /// Raw tracepoint programs of the off-CPU tracker.
+    pub const PROG_SCHED_SWITCH: &str = "sched_switch";
+    pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
+    pub const PROG_SYS_ENTER: &str = "sys_enter";
+    pub const PROG_SYS_EXIT: &str = "sys_exit";
+    /// LRU map tid → [`super::TstateEntry`].
+    pub const MAP_TSTATE_CACHE: &str = "TSTATE_CACHE";
     /// Hash map tgid → [`super::PyProcInfo`] of CPython processes.
     pub const MAP_PY_PROCS: &str = "PY_PROCS";
     /// Ring buffer of events.
@@ -178,12 +312,20 @@ mod pod {
     // SAFETY: plain-old-data, repr(C), no padding.
     unsafe impl aya::Pod for super::SampleEvent {}
     unsafe impl aya::Pod for super::PyProcInfo {}
+    unsafe impl aya::Pod for super::OffCpuKey {}
+    unsafe impl aya::Pod for super::TstateEntry {}
+    unsafe impl aya::Pod for super::OffCpuSum {}
+    unsafe impl aya::Pod for super::ThreadTimes {}
 }
 
 // Layout checks: a mismatch here is a compile error on both sides.
 const _: () = assert!(
-    core::mem::size_of::<SampleEvent>() == 56 + 2 * 8 * MAX_NATIVE_FRAMES + 24 * MAX_PY_FRAMES
+    core::mem::size_of::<SampleEvent>() == 56 + 40 + 2 * 8 * MAX_NATIVE_FRAMES + 24 * MAX_PY_FRAMES
 );
 const _: () = assert!(core::mem::size_of::<PyFrameRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<OffCpuInfo>() == 40);
+const _: () = assert!(core::mem::size_of::<OffCpuKey>() == 24);
+const _: () = assert!(core::mem::size_of::<ThreadTimes>() == 40);
+const _: () = assert!(core::mem::size_of::<InFlight>() == 48);
 const _: () = assert!(core::mem::size_of::<PyProcInfo>() == 40);
 const _: () = assert!(core::mem::align_of::<SampleEvent>() == 8);

@@ -4,8 +4,10 @@
 
 mod exec;
 mod maps;
+mod off_cpu;
 mod on_cpu;
 mod python;
+mod stacks;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use profiler_common::{PyProcInfo, stat};
+use profiler_common::{InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, stat};
 
 /// Events to userspace. Userspace resizes it at load time to fit the sampling rate.
 #[map]
@@ -23,13 +23,18 @@ pub static PY_PROCS: HashMap<u32, PyProcInfo> = HashMap::with_max_entries(8192, 
 #[map]
 pub static TSTATE_CACHE: LruHashMap<u32, TstateEntry> = LruHashMap::with_max_entries(65536, 0);
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct TstateEntry {
-    pub tstate: u64,
-    /// When the entry was made (bpf_ktime_get_ns), to expire negative entries.
-    pub checked_ns: u64,
-}
+/// Exact off-CPU sums per (thread, state, syscall, first argument). Userspace reads them at
+/// the end; 64K distinct keys is far beyond a profile's worth of threads × fds.
+#[map]
+pub static OFFCPU_SUMS: HashMap<OffCpuKey, OffCpuSum> = HashMap::with_max_entries(65536, 0);
+
+/// Per-thread scheduling timestamps and exact on-CPU time.
+#[map]
+pub static THREAD_TIMES: LruHashMap<u32, ThreadTimes> = LruHashMap::with_max_entries(65536, 0);
+
+/// The syscall each tracked thread is in. LRU: a thread killed mid-syscall never exits it.
+#[map]
+pub static IN_FLIGHT: LruHashMap<u32, InFlight> = LruHashMap::with_max_entries(65536, 0);
 
 /// Per-CPU counters, indexed by `profiler_common::stat`. Per-CPU because BPF has no cheap
 /// 64-bit atomics on every kernel, and userspace sums them anyway.
@@ -48,6 +53,34 @@ static SELF_PID: u32 = 0;
 static FSBASE_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static PY_MAX_DEPTH: u32 = 0;
+#[unsafe(no_mangle)]
+static OFFCPU: u8 = 0;
+#[unsafe(no_mangle)]
+static OFFCPU_THRESHOLD_NS: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_PID_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_TGID_OFFSET: u32 = 0;
+
+#[inline(always)]
+pub fn offcpu_threshold_ns() -> u64 {
+    unsafe { core::ptr::read_volatile(&OFFCPU_THRESHOLD_NS) }
+}
+
+/// Offsets of `pid` and `tgid` in `task_struct`.
+#[inline(always)]
+pub fn task_pid_offsets() -> (u32, u32) {
+    unsafe { (core::ptr::read_volatile(&TASK_PID_OFFSET), core::ptr::read_volatile(&TASK_TGID_OFFSET)) }
+}
+
+/// Is off-CPU time of this process tracked? Python processes, and explicit targets.
+#[inline(always)]
+pub fn is_offcpu_target(tgid: u32) -> bool {
+    if unsafe { core::ptr::read_volatile(&OFFCPU) } == 0 || tgid == self_pid() {
+        return false;
+    }
+    PY_PROCS.get_ptr(tgid).is_some() || (!target_all() && TARGET_PIDS.get_ptr(tgid).is_some())
+}
 
 #[inline(always)]
 pub fn target_all() -> bool {

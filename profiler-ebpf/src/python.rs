@@ -6,14 +6,18 @@
 //! Bounded everywhere: interpreters, threads scanned and frames walked all have fixed caps, and
 //! any failed read of user memory ends the walk (a corrupt or cyclic chain cannot loop).
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_current_task};
-use profiler_common::{MAX_PY_FRAMES, PY_OFFSET_NONE, PyFrameRecord, PyProcInfo, py_status, stat};
+use profiler_common::{
+    EventKind, MAX_PY_FRAMES, PY_OFFSET_NONE, PyFrameRecord, PyProcInfo, ThreadMissEvent, TstateEntry, py_status, stat,
+};
 
-use crate::maps::{TSTATE_CACHE, TstateEntry, bump, fsbase_offset, py_max_depth};
+use crate::maps::{EVENTS, TSTATE_CACHE, bump, fsbase_offset, py_max_depth};
 
-/// Sub-interpreters walked at most.
-const MAX_INTERPRETERS: u32 = 4;
-/// Threads scanned per interpreter at most when looking for a thread's state.
-const MAX_THREADS: u32 = 1024;
+/// Sub-interpreters walked at most (the main interpreter is the last in the list).
+const MAX_INTERPRETERS: u32 = 2;
+/// Threads looked at per interpreter when searching a thread's state. Kept small: the verifier
+/// walks every iteration. A thread not found within it is reported to userspace (a
+/// `ThreadMiss` event), which searches the whole list and fills `TSTATE_CACHE`.
+const MAX_THREADS: u32 = 48;
 /// A thread with no `PyThreadState` (a native thread, or one not yet registered) is looked up
 /// again after this long, so threads that start running Python later are found.
 const NEGATIVE_TTL_NS: u64 = 50_000_000;
@@ -52,7 +56,7 @@ fn thread_key(info: &PyProcInfo, tid: u32) -> Option<(u16, u64)> {
 
 /// The current thread's `PyThreadState`, from the cache or by scanning the thread lists.
 #[inline(always)]
-fn find_tstate(info: &PyProcInfo, tid: u32) -> Option<u64> {
+fn find_tstate(info: &PyProcInfo, tgid: u32, tid: u32) -> Option<u64> {
     let (id_off, want) = thread_key(info, tid)?;
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(entry) = unsafe { TSTATE_CACHE.get(&tid) } {
@@ -89,16 +93,22 @@ fn find_tstate(info: &PyProcInfo, tid: u32) -> Option<u64> {
         interp = read_u64(at(interp, info.interp_next)).unwrap_or(0);
     }
     let _ = TSTATE_CACHE.insert(&tid, &TstateEntry { tstate: found, checked_ns: now }, 0);
-    (found != 0).then_some(found)
+    if found == 0 {
+        // At most once per negative-entry lifetime per thread.
+        let miss = ThreadMissEvent { kind: EventKind::ThreadMiss as u32, pid: tgid, tid, key_offset: id_off as u32, key: want };
+        let _ = EVENTS.output::<ThreadMissEvent>(&miss, 0);
+        return None;
+    }
+    Some(found)
 }
 
 /// Walks the current thread's Python frames into `out` (innermost first). Returns the
 /// `py_status` bits and sets `*len`.
 #[inline(always)]
-pub fn unwind(info: &PyProcInfo, tid: u32, out: &mut [PyFrameRecord; MAX_PY_FRAMES], len: &mut u32) -> u32 {
+pub fn unwind(info: &PyProcInfo, tgid: u32, tid: u32, out: &mut [PyFrameRecord; MAX_PY_FRAMES], len: &mut u32) -> u32 {
     let mut status = py_status::PYTHON_PROCESS;
     *len = 0;
-    let Some(tstate) = find_tstate(info, tid) else {
+    let Some(tstate) = find_tstate(info, tgid, tid) else {
         return status;
     };
     status |= py_status::THREAD_FOUND;

@@ -71,6 +71,7 @@ pub struct Aggregator {
     /// Samples of Python processes, and how many of them carried Python frames.
     pub python_samples: u64,
     pub python_samples_with_frames: u64,
+    pub off_cpu_events: u64,
 }
 
 impl Aggregator {
@@ -114,6 +115,11 @@ impl Aggregator {
             kernel: s.kernel_stack.into_boxed_slice(),
         };
         *self.stacks.entry(key).or_insert(0) += 1;
+    }
+
+    pub fn add_off_cpu(&mut self, s: Sample, _symbols: &mut Symbols, _python: &mut PythonRegistry) {
+        log::debug!("off-cpu: pid {} tid {} {:?}", s.pid, s.tid, s.off);
+        self.off_cpu_events += 1;
     }
 
     /// Process `pid` called exec: read its name and command line again; frames resolved for
@@ -181,11 +187,20 @@ impl Aggregator {
                     .threads
                     .iter()
                     .filter(|((p, _), _)| *p == pid)
-                    .map(|(&(_, tid), (name, samples))| ThreadProfile { tid, name: name.clone(), samples: *samples })
+                    .map(|(&(_, tid), (name, samples))| ThreadProfile {
+                        tid,
+                        name: name.clone(),
+                        python_name: python.thread_name(pid, tid).map(str::to_string),
+                        samples: *samples,
+                    })
                     .collect();
                 threads.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.tid.cmp(&b.tid)));
                 let thread_name = |tid: u32| {
-                    threads.iter().find(|t| t.tid == tid).map(|t| t.name.clone()).unwrap_or_default()
+                    threads
+                        .iter()
+                        .find(|t| t.tid == tid)
+                        .map(|t| t.python_name.clone().unwrap_or_else(|| t.name.clone()))
+                        .unwrap_or_default()
                 };
                 let mut stacks: Vec<StackProfile> = stacks
                     .into_iter()

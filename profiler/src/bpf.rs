@@ -11,7 +11,9 @@ use aya::{
     },
     util::online_cpus,
 };
-use profiler_common::{MAX_NATIVE_FRAMES, PyProcInfo, SampleEvent, names, stat};
+use profiler_common::{
+    MAX_NATIVE_FRAMES, OffCpuKey, OffCpuSum, PyProcInfo, SampleEvent, ThreadTimes, TstateEntry, names, stat,
+};
 
 use crate::error::{ExitCode, fatal};
 
@@ -28,6 +30,10 @@ pub struct BpfConfig {
     pub bpf_stats: bool,
     /// Python frames walked at most per sample.
     pub py_max_depth: u32,
+    /// Track off-CPU time (scheduler and syscall hooks).
+    pub off_cpu: bool,
+    /// Blocked syscalls at least this long are reported with their stacks.
+    pub off_cpu_threshold_ns: u64,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -51,6 +57,9 @@ pub struct Bpf {
     stats: PerCpuArray<MapData, u64>,
     targets: HashMap<MapData, u32, u8>,
     py_procs: HashMap<MapData, u32, PyProcInfo>,
+    tstate_cache: HashMap<MapData, u32, TstateEntry>,
+    offcpu_sums: HashMap<MapData, OffCpuKey, OffCpuSum>,
+    thread_times: HashMap<MapData, u32, ThreadTimes>,
     /// Keeps BPF run-time accounting on for as long as we hold it.
     _stats_fd: Option<OwnedFd>,
     pub cpus: usize,
@@ -84,12 +93,26 @@ impl Bpf {
             0
         });
         let py_max_depth = cfg.py_max_depth.min(profiler_common::MAX_PY_FRAMES as u32);
+        let btf = crate::kernel_btf::KernelBtf::load();
+        let task_pid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["pid"])).unwrap_or(0);
+        let task_tgid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["tgid"])).unwrap_or(0);
+        if cfg.off_cpu && (task_pid == 0 || task_tgid == 0) {
+            return Err(fatal(
+                ExitCode::Kernel,
+                "off-CPU tracking needs task_struct.pid/tgid from the kernel's BTF (/sys/kernel/btf/vmlinux); use --no-off-cpu",
+            ));
+        }
+        let off_cpu = cfg.off_cpu as u8;
         let mut ebpf = EbpfLoader::new()
             .override_global(names::GLOBAL_TARGET_ALL, &target_all, true)
             .override_global(names::GLOBAL_KERNEL_STACKS, &kernel_stacks, true)
             .override_global(names::GLOBAL_SELF_PID, &self_pid, true)
             .override_global(names::GLOBAL_FSBASE_OFFSET, &fsbase_offset, true)
             .override_global(names::GLOBAL_PY_MAX_DEPTH, &py_max_depth, true)
+            .override_global(names::GLOBAL_OFFCPU, &off_cpu, true)
+            .override_global(names::GLOBAL_OFFCPU_THRESHOLD_NS, &cfg.off_cpu_threshold_ns, true)
+            .override_global(names::GLOBAL_TASK_PID_OFFSET, &task_pid, true)
+            .override_global(names::GLOBAL_TASK_TGID_OFFSET, &task_tgid, true)
             .map_max_entries(names::MAP_EVENTS, ring_buffer_bytes(cfg.frequency, cpu_list.len()))
             .load(EBPF_OBJECT)
             .map_err(|e| {
@@ -127,22 +150,37 @@ impl Bpf {
                 })?;
         }
 
-        let exec: &mut RawTracePoint = ebpf
-            .program_mut(names::PROG_EXEC)
-            .context("exec program missing from the eBPF object")?
-            .try_into()?;
-        exec.load().map_err(|e| {
-            fatal(ExitCode::Kernel, format!("the kernel refused the exec tracepoint program: {}", error_chain(&e)))
-        })?;
-        exec.attach("sched_process_exec").map_err(|e| {
-            fatal(ExitCode::Kernel, format!("cannot attach to the sched_process_exec raw tracepoint: {}", error_chain(&e)))
-        })?;
+        attach_raw_tracepoint(&mut ebpf, names::PROG_EXEC, "sched_process_exec")?;
+        if cfg.off_cpu {
+            for (prog, tracepoint) in [
+                (names::PROG_SCHED_SWITCH, "sched_switch"),
+                (names::PROG_SCHED_WAKEUP, "sched_wakeup"),
+                (names::PROG_SYS_ENTER, "sys_enter"),
+                (names::PROG_SYS_EXIT, "sys_exit"),
+            ] {
+                attach_raw_tracepoint(&mut ebpf, prog, tracepoint)?;
+            }
+        }
 
         let events = RingBuf::try_from(ebpf.take_map(names::MAP_EVENTS).context("EVENTS map missing")?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map(names::MAP_STATS).context("STATS map missing")?)?;
         let targets = HashMap::try_from(ebpf.take_map(names::MAP_TARGET_PIDS).context("TARGET_PIDS map missing")?)?;
         let py_procs = HashMap::try_from(ebpf.take_map(names::MAP_PY_PROCS).context("PY_PROCS map missing")?)?;
-        Ok(Self { ebpf, events, stats, targets, py_procs, _stats_fd: stats_fd, cpus: cpu_list.len() })
+        let tstate_cache = HashMap::try_from(ebpf.take_map(names::MAP_TSTATE_CACHE).context("TSTATE_CACHE map missing")?)?;
+        let offcpu_sums = HashMap::try_from(ebpf.take_map(names::MAP_OFFCPU_SUMS).context("OFFCPU_SUMS map missing")?)?;
+        let thread_times = HashMap::try_from(ebpf.take_map(names::MAP_THREAD_TIMES).context("THREAD_TIMES map missing")?)?;
+        Ok(Self {
+            ebpf,
+            events,
+            stats,
+            targets,
+            py_procs,
+            tstate_cache,
+            offcpu_sums,
+            thread_times,
+            _stats_fd: stats_fd,
+            cpus: cpu_list.len(),
+        })
     }
 
     /// Starts sampling process `pid` (all its threads).
@@ -159,6 +197,13 @@ impl Bpf {
             .with_context(|| format!("cannot add pid {pid} to the BPF Python process map"))
     }
 
+    /// Tells the unwinder which `PyThreadState` belongs to thread `tid`.
+    pub fn set_tstate(&mut self, tid: u32, tstate: u64) -> anyhow::Result<()> {
+        // checked_ns is only read for negative entries.
+        let entry = TstateEntry { tstate, checked_ns: 0 };
+        self.tstate_cache.insert(tid, entry, 0).with_context(|| format!("cannot cache thread {tid}'s state"))
+    }
+
     /// Hands every record waiting in the ring buffer to `f`; returns how many there were.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
         let mut n = 0;
@@ -167,6 +212,16 @@ impl Bpf {
             n += 1;
         }
         n
+    }
+
+    /// Every thread's exact off-CPU sums, per (state, syscall, first argument).
+    pub fn offcpu_sums(&self) -> Vec<(OffCpuKey, OffCpuSum)> {
+        self.offcpu_sums.iter().filter_map(Result::ok).collect()
+    }
+
+    /// Every tracked thread's scheduling times.
+    pub fn thread_times(&self) -> Vec<(u32, ThreadTimes)> {
+        self.thread_times.iter().filter_map(Result::ok).collect()
     }
 
     pub fn counters(&self) -> Counters {
@@ -182,6 +237,7 @@ impl Bpf {
             .programs()
             .filter_map(|(name, prog)| {
                 let info = prog.info().ok()?;
+                log::debug!("{name}: {:?} verified instructions", info.verified_instruction_count());
                 Some(ProgramStats {
                     program: name.to_string(),
                     run_count: info.run_count(),
@@ -190,6 +246,18 @@ impl Bpf {
             })
             .collect()
     }
+}
+
+fn attach_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, tracepoint: &str) -> anyhow::Result<()> {
+    let program: &mut RawTracePoint =
+        ebpf.program_mut(prog).with_context(|| format!("{prog} missing from the eBPF object"))?.try_into()?;
+    program.load().map_err(|e| {
+        fatal(ExitCode::Kernel, format!("the kernel refused the {prog} program: {}", error_chain(&e)))
+    })?;
+    program.attach(tracepoint).map_err(|e| {
+        fatal(ExitCode::Kernel, format!("cannot attach to the {tracepoint} raw tracepoint: {}", error_chain(&e)))
+    })?;
+    Ok(())
 }
 
 /// "outer: inner: innermost" for an error and its sources; verifier logs are kept whole.

@@ -66,6 +66,15 @@ pub struct ProfileArgs {
           value_parser = clap::value_parser!(u32).range(1..=profiler_common::MAX_PY_FRAMES as i64))]
     pub max_depth: u32,
 
+    /// Experimental, not yet reported: track off-CPU time (scheduler and syscall hooks) for
+    /// Python and targeted processes. Work in progress toward off-CPU reports.
+    #[arg(long, hide = true)]
+    pub off_cpu: bool,
+
+    /// With --off-cpu: blocked syscalls shorter than this (microseconds) carry no stack.
+    #[arg(long, hide = true, value_name = "MICROSECONDS", default_value_t = 100)]
+    pub off_cpu_threshold_us: u64,
+
     /// Measure the BPF programs' own cost (run count and time) and report it.
     #[arg(long)]
     pub bpf_stats: bool,

@@ -3,7 +3,7 @@
 //! Records are read with `bytes::Buf` rather than by casting pointers: a record that is short or
 //! of an unknown kind is rejected and counted, never trusted.
 use bytes::Buf;
-use profiler_common::{EventKind, ExecEvent, MAX_NATIVE_FRAMES, MAX_PY_FRAMES, PyFrameRecord, SampleEvent, TASK_COMM_LEN};
+use profiler_common::{EventKind, ExecEvent, MAX_NATIVE_FRAMES, OffCpuInfo, ThreadMissEvent, MAX_PY_FRAMES, PyFrameRecord, SampleEvent, TASK_COMM_LEN};
 
 /// An on-CPU sample, stacks leaf first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +19,8 @@ pub struct Sample {
     pub py_status: u32,
     /// Python frames, innermost first.
     pub py_frames: Vec<PyFrameRecord>,
+    /// Off-CPU events: what the thread was blocked in (zero for on-CPU samples).
+    pub off: OffCpuInfo,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +28,11 @@ pub enum Event {
     Sample(Sample),
     /// Process `pid` called exec.
     Exec { pid: u32 },
+    /// A long blocking syscall, with the stacks it blocked in.
+    OffCpu(Sample),
+    /// The kernel could not find thread `tid`'s `PyThreadState` in its bounded scan: the one
+    /// whose field at `key_offset` holds `key`.
+    ThreadMiss { pid: u32, tid: u32, key_offset: u32, key: u64 },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -41,7 +48,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
     }
     let kind = u32::from_ne_bytes(buf[..4].try_into().unwrap());
     match EventKind::from_u32(kind) {
-        Some(EventKind::OnCpuSample) => {
+        Some(kind @ (EventKind::OnCpuSample | EventKind::OffCpu)) => {
             let len = buf.len();
             if len < size_of::<SampleEvent>() {
                 return Err(DecodeError::Short { len });
@@ -57,6 +64,14 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
             let py_status = buf.get_u32_ne();
             let mut comm = [0u8; TASK_COMM_LEN];
             buf.copy_to_slice(&mut comm);
+            let off = OffCpuInfo {
+                blocked_ns: buf.get_u64_ne(),
+                runq_ns: buf.get_u64_ne(),
+                syscall_nr: buf.get_i64_ne(),
+                arg0: buf.get_u64_ne(),
+                state: buf.get_u32_ne(),
+                switches: buf.get_u32_ne(),
+            };
             let kernel_stack = read_stack(&mut buf, kernel_len);
             let user_stack = read_stack(&mut buf, user_len);
             let mut py_frames = Vec::with_capacity(py_len);
@@ -68,7 +83,8 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
                     owner: buf.get_u32_ne(),
                 });
             }
-            Ok(Event::Sample(Sample { cpu, pid, tid, time_ns, comm, kernel_stack, user_stack, py_status, py_frames }))
+            let sample = Sample { cpu, pid, tid, time_ns, comm, kernel_stack, user_stack, py_status, py_frames, off };
+            Ok(if kind == EventKind::OffCpu { Event::OffCpu(sample) } else { Event::Sample(sample) })
         }
         Some(EventKind::Exec) => {
             if buf.len() < size_of::<ExecEvent>() {
@@ -76,6 +92,14 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
             }
             buf.advance(4);
             Ok(Event::Exec { pid: buf.get_u32_ne() })
+        }
+        Some(EventKind::ThreadMiss) => {
+            if buf.len() < size_of::<ThreadMissEvent>() {
+                return Err(DecodeError::Short { len: buf.len() });
+            }
+            buf.advance(4);
+            let (pid, tid, key_offset) = (buf.get_u32_ne(), buf.get_u32_ne(), buf.get_u32_ne());
+            Ok(Event::ThreadMiss { pid, tid, key_offset, key: buf.get_u64_ne() })
         }
         None => Err(DecodeError::UnknownKind(kind)),
     }
@@ -111,6 +135,7 @@ mod tests {
             kernel_stack_len: kernel.len() as u32,
             user_stack_len: user.len() as u32,
             comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
+            off: OffCpuInfo::default(),
             py_frames_len: 1,
             py_status: 3,
             kernel_stack: [0; MAX_NATIVE_FRAMES],

@@ -42,13 +42,17 @@ pub struct ProcessProfile {
 #[derive(Debug, Serialize)]
 pub struct ThreadProfile {
     pub tid: u32,
+    /// OS thread name (`comm`).
     pub name: String,
+    /// `threading.Thread.name`, when it could be read.
+    pub python_name: Option<String>,
     pub samples: u64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct StackProfile {
     pub tid: u32,
+    /// The thread's Python name when known, else its OS name.
     pub thread: String,
     /// Root first: every frame as text (Python, native, kernel).
     pub frames: Vec<String>,
@@ -114,7 +118,7 @@ mod tests {
                 cmdline: None,
                 python_version: None,
                 samples: 3,
-                threads: vec![ThreadProfile { tid: 11, name: "w;1".into(), samples: 3 }],
+                threads: vec![ThreadProfile { tid: 11, name: "w;1".into(), python_name: None, samples: 3 }],
                 stacks: vec![StackProfile {
                     tid: 11,
                     thread: "w;1".into(),

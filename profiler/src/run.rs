@@ -34,6 +34,8 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         frequency: args.frequency,
         bpf_stats: args.bpf_stats,
         py_max_depth: args.max_depth,
+        off_cpu: args.off_cpu,
+        off_cpu_threshold_ns: args.off_cpu_threshold_us.saturating_mul(1000),
     })?;
 
     // Signals first: a Ctrl-C from now on ends profiling cleanly instead of killing us.
@@ -58,6 +60,8 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     let mut drain = |bpf: &mut Bpf, agg: &mut Aggregator, symbols: &mut Symbols, python: &mut PythonRegistry| {
         bpf.drain(|record| match events::decode(record) {
             Ok(Event::Sample(s)) => agg.add(s, symbols, python),
+            Ok(Event::OffCpu(s)) => agg.add_off_cpu(s, symbols, python),
+            Ok(Event::ThreadMiss { pid, tid, key_offset, key }) => python.thread_miss(pid, tid, key_offset, key),
             Ok(Event::Exec { pid }) => {
                 // A new program in the same pid: forget what we knew and look again.
                 python.exec(pid);
@@ -82,6 +86,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
                 ticks += 1;
                 if ticks % HOUSEKEEPING_EVERY == 0 {
                     symbols.resolve_pending();
+                    python.refresh_thread_names();
                     if let Some(reason) = running.finished() {
                         break reason;
                     }
@@ -96,10 +101,12 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     let elapsed = start.elapsed();
     drain(&mut bpf, &mut agg, &mut symbols, &mut python);
     symbols.resolve_pending();
+    python.refresh_thread_names();
     running.stop();
     log::info!("profiling stopped: {stop_reason}");
 
     let counters = bpf.counters();
+    let (offcpu_sums, thread_times) = (bpf.offcpu_sums().len(), bpf.thread_times().len());
     let profile = Profile {
         format: FORMAT_NAME,
         version: FORMAT_VERSION,
@@ -118,10 +125,13 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     notes.insert(0, format!("stopped: {stop_reason}"));
     notes.extend(python.notes.iter().cloned());
     log::info!(
-        "python samples: {} of which {} with frames; thread-list scans: {}",
+        "python samples: {} of which {} with frames; thread-list scans: {}; off-CPU events: {}, sums: {}, threads timed: {}",
         agg.python_samples,
         agg.python_samples_with_frames,
-        counters.py_thread_scans
+        counters.py_thread_scans,
+        agg.off_cpu_events,
+        offcpu_sums,
+        thread_times,
     );
     for spec in &outputs {
         output::write(&profile, spec)?;
@@ -139,6 +149,11 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
 fn register_python(bpf: &mut Bpf, python: &mut PythonRegistry) {
     for (pid, info) in python.take_pending() {
         if let Err(e) = bpf.set_python(pid, &info) {
+            log::warn!("{e:#}");
+        }
+    }
+    for (tid, tstate) in python.take_pending_tstates() {
+        if let Err(e) = bpf.set_tstate(tid, tstate) {
             log::warn!("{e:#}");
         }
     }

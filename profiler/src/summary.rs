@@ -70,7 +70,7 @@ pub fn write(profile: &Profile, notes: &[String], w: &mut dyn Write) -> std::io:
                     w,
                     "{:>8}  {:<16} {:>8} {:>6.1}%",
                     format!("└{}", t.tid),
-                    truncate(&t.name, 16),
+                    truncate(t.python_name.as_deref().unwrap_or(&t.name), 16),
                     t.samples,
                     cpu_percent(profile, t.samples),
                 )?;

@@ -6,7 +6,9 @@
 //! compiles `python_offsets_probe.c` against that version's own (internal)
 //! headers, runs it, and commits the `offsetof` results it prints. Only the
 //! layout of the headers matters, so any patch release of a minor version will
-//! do; the highest installed one is used.
+//! do; the highest installed one is used. When the install has a shared
+//! libpython the probe is linked against it and also reads live objects back
+//! through the printed layout (see `check_live_layouts` in the probe).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -65,6 +67,46 @@ const FIELDS: &[&str] = &[
     "unicode_kind_mask",
     "unicode_compact_shift",
     "unicode_ascii_shift",
+    "interp_modules",
+    "module_dict",
+    "type_flags",
+    "type_dictoffset",
+    "heap_type_cached_keys",
+    "type_flag_heaptype",
+    "type_flag_long_subclass",
+    "type_flag_unicode_subclass",
+    "type_flag_dict_subclass",
+    "type_flag_managed_dict",
+    "type_flag_inline_values",
+    "object_managed_dict_before",
+    "object_managed_values_before",
+    "object_managed_values_tag",
+    "object_inline_values",
+    "dict_used",
+    "dict_keys",
+    "dict_values",
+    "dict_values_array",
+    "dict_values_capacity",
+    "dict_values_valid",
+    "dict_keys_size",
+    "dict_keys_log2_size",
+    "dict_keys_log2_index_bytes",
+    "dict_keys_kind",
+    "dict_keys_kind_general",
+    "dict_keys_nentries",
+    "dict_keys_indices",
+    "dict_entry_size",
+    "dict_entry_key",
+    "dict_entry_value",
+    "dict_unicode_entry_size",
+    "dict_unicode_entry_key",
+    "dict_unicode_entry_value",
+    "long_size",
+    "long_tag",
+    "long_tag_sign_mask",
+    "long_tag_size_shift",
+    "long_digits",
+    "long_digit_bits",
 ];
 
 /// A pyenv install of one minor version.
@@ -194,11 +236,14 @@ fn probe(install: Install, source: &Path, scratch: &Path) -> Result<Probed> {
         .arg(source)
         .arg("-o")
         .arg(&exe);
-    // 3.13+ can check itself against the _Py_DebugOffsets the real library was
-    // built with; that needs the library, which older versions' probes do not.
+    // Linked against the real library, the probe checks the dict, instance,
+    // int and module layouts against live objects (the only check the structs
+    // it has to mirror for 3.8-3.10 get), and 3.13+ also against the
+    // _Py_DebugOffsets the library was built with. Without a shared libpython
+    // it still probes, and says in a note what went unchecked.
     let lib_dir = install.prefix.join("lib");
     let libpython = lib_dir.join(format!("libpython3.{}.so", install.minor));
-    if install.minor >= 13 && libpython.exists() {
+    if libpython.exists() {
         cmd.arg("-DPROBE_LINKED_LIBPYTHON")
             .arg("-L")
             .arg(&lib_dir)

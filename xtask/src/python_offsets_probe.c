@@ -5,8 +5,9 @@
  *
  *     cc -DPy_BUILD_CORE -I<inc> -I<inc>/internal python_offsets_probe.c
  *
- * (for 3.13+ also linked against libpython, see PROBE_LINKED_LIBPYTHON below),
- * then run. It prints one `name value` line per PyOffsets field, -1 for a field
+ * (and, when the install has a shared libpython, linked against it with
+ * -DPROBE_LINKED_LIBPYTHON: the probe then checks 3.13+'s _Py_DebugOffsets and
+ * reads live objects back through its own numbers), then run. It prints one `name value` line per PyOffsets field, -1 for a field
  * that this version does not have, and `# ...` lines that the generator copies
  * into the generated table as comments. Anything it cannot vouch for makes it
  * fail (compile error, or a message on stderr and exit status 1), so a new
@@ -51,6 +52,57 @@
 #include "internal/pycore_frame.h"
 #endif
 
+/*
+ * For reading Python objects' contents (thread names: sys.modules → the
+ * threading module → its dict → Thread instances' attributes): ints, module
+ * objects, dicts and where an instance keeps its attributes. Python.h only
+ * includes longintrepr.h itself from 3.11; the module object became a header
+ * in 3.10 and the dict keys object in 3.11 (see the mirrors below for older).
+ */
+#if PY_MINOR_VERSION <= 10
+#include <longintrepr.h>
+#endif
+#if PY_MINOR_VERSION >= 10
+#include "internal/pycore_moduleobject.h"
+#endif
+#if PY_MINOR_VERSION >= 11
+#include "internal/pycore_dict.h"
+#include "internal/pycore_object.h"
+#endif
+
+/*
+ * Up to 3.10 the dict keys object (Objects/dict-common.h) and, up to 3.9, the
+ * module object (Objects/moduleobject.c) are private to their .c files, so no
+ * installed header describes them. These mirror those versions' sources (the
+ * leading members only, as far as the reader goes). offsetof cannot vouch for
+ * a mirror, so when the probe is linked against libpython it checks them, and
+ * the rest of the dict layout, against live objects (check_live_layouts).
+ */
+#if PY_MINOR_VERSION <= 10
+typedef struct {
+    Py_ssize_t dk_refcnt;
+    Py_ssize_t dk_size;
+    void *dk_lookup; /* dict_lookup_func */
+    Py_ssize_t dk_usable;
+    Py_ssize_t dk_nentries;
+    char dk_indices[];
+} ProbeDictKeysObject;
+
+typedef struct {
+    Py_hash_t me_hash;
+    PyObject *me_key;
+    PyObject *me_value;
+} ProbeDictKeyEntry;
+#endif
+#if PY_MINOR_VERSION <= 9
+typedef struct {
+    PyObject_HEAD
+    PyObject *md_dict;
+} ProbeModuleObject;
+#else
+typedef PyModuleObject ProbeModuleObject;
+#endif
+
 #define FIELD(name, value) printf("%s %lld\n", (name), (long long)(value))
 #define ABSENT(name) FIELD((name), -1)
 #define SIZEOF_MEMBER(type, member) sizeof(((type *)0)->member)
@@ -71,6 +123,26 @@ _Static_assert(SIZEOF_MEMBER(PyVarObject, ob_size) == 8, "ob_size is read as i64
 _Static_assert(SIZEOF_MEMBER(PyThreadState, native_thread_id) == 8, "native tid is read as u64");
 _Static_assert(SIZEOF_MEMBER(_PyInterpreterFrame, owner) == 1, "frame owner is read as u8");
 _Static_assert(SIZEOF_MEMBER(PyCodeObject, _co_firsttraceable) == 4, "read as i32");
+#endif
+_Static_assert(SIZEOF_MEMBER(PyTypeObject, tp_flags) == 8, "tp_flags is read as u64");
+_Static_assert(SIZEOF_MEMBER(PyTypeObject, tp_dictoffset) == 8, "tp_dictoffset is read as i64");
+_Static_assert(SIZEOF_MEMBER(PyDictObject, ma_used) == 8, "ma_used is read as i64");
+_Static_assert(sizeof(digit) == 4, "int digits are read as u32");
+#if PY_MINOR_VERSION <= 10
+_Static_assert(SIZEOF_MEMBER(ProbeDictKeysObject, dk_size) == 8, "dk_size is read as i64");
+_Static_assert(SIZEOF_MEMBER(ProbeDictKeysObject, dk_nentries) == 8, "read as i64");
+#else
+_Static_assert(SIZEOF_MEMBER(PyDictKeysObject, dk_log2_size) == 1, "read as u8");
+_Static_assert(SIZEOF_MEMBER(PyDictKeysObject, dk_log2_index_bytes) == 1, "read as u8");
+_Static_assert(SIZEOF_MEMBER(PyDictKeysObject, dk_kind) == 1, "read as u8");
+_Static_assert(SIZEOF_MEMBER(PyDictKeysObject, dk_nentries) == 8, "read as i64");
+#endif
+#if PY_MINOR_VERSION >= 12
+_Static_assert(SIZEOF_MEMBER(PyLongObject, long_value.lv_tag) == 8, "lv_tag is read as u64");
+#endif
+#if PY_MINOR_VERSION >= 13
+_Static_assert(SIZEOF_MEMBER(PyDictValues, capacity) == 1, "read as u8");
+_Static_assert(SIZEOF_MEMBER(PyDictValues, valid) == 1, "read as u8");
 #endif
 
 /*
@@ -202,6 +274,427 @@ static void check_debug_offsets(void)
 }
 #endif
 
+/*
+ * Dict layout. One struct feeds both the printed fields and the live check,
+ * so what gets checked is exactly what gets printed.
+ */
+struct dict_layout {
+    long long used, keys, values;
+    long long values_array, values_capacity, values_valid;
+    long long keys_size, keys_log2_size, keys_log2_index_bytes, keys_kind, keys_kind_general;
+    long long keys_nentries, keys_indices;
+    long long entry_size, entry_key, entry_value;
+    long long unicode_entry_size, unicode_entry_key, unicode_entry_value;
+};
+
+static struct dict_layout get_dict_layout(void)
+{
+    struct dict_layout l;
+    l.used = offsetof(PyDictObject, ma_used);
+    l.keys = offsetof(PyDictObject, ma_keys);
+    l.values = offsetof(PyDictObject, ma_values);
+#if PY_MINOR_VERSION <= 10
+    /* ma_values is a bare PyObject ** array; index width follows dk_size. */
+    l.values_array = 0;
+    l.values_capacity = -1;
+    l.values_valid = -1;
+    l.keys_size = offsetof(ProbeDictKeysObject, dk_size);
+    l.keys_log2_size = -1;
+    l.keys_log2_index_bytes = -1;
+    l.keys_kind = -1;
+    l.keys_kind_general = -1;
+    l.keys_nentries = offsetof(ProbeDictKeysObject, dk_nentries);
+    l.keys_indices = offsetof(ProbeDictKeysObject, dk_indices);
+    l.entry_size = sizeof(ProbeDictKeyEntry);
+    l.entry_key = offsetof(ProbeDictKeyEntry, me_key);
+    l.entry_value = offsetof(ProbeDictKeyEntry, me_value);
+    l.unicode_entry_size = -1;
+    l.unicode_entry_key = -1;
+    l.unicode_entry_value = -1;
+#else
+    l.values_array = offsetof(PyDictValues, values);
+#if PY_MINOR_VERSION >= 13
+    l.values_capacity = offsetof(PyDictValues, capacity);
+    l.values_valid = offsetof(PyDictValues, valid);
+#else
+    l.values_capacity = -1;
+    l.values_valid = -1;
+#endif
+    l.keys_size = -1;
+    l.keys_log2_size = offsetof(PyDictKeysObject, dk_log2_size);
+    l.keys_log2_index_bytes = offsetof(PyDictKeysObject, dk_log2_index_bytes);
+    l.keys_kind = offsetof(PyDictKeysObject, dk_kind);
+    l.keys_kind_general = DICT_KEYS_GENERAL;
+    l.keys_nentries = offsetof(PyDictKeysObject, dk_nentries);
+    l.keys_indices = offsetof(PyDictKeysObject, dk_indices);
+    l.entry_size = sizeof(PyDictKeyEntry);
+    l.entry_key = offsetof(PyDictKeyEntry, me_key);
+    l.entry_value = offsetof(PyDictKeyEntry, me_value);
+    l.unicode_entry_size = sizeof(PyDictUnicodeEntry);
+    l.unicode_entry_key = offsetof(PyDictUnicodeEntry, me_key);
+    l.unicode_entry_value = offsetof(PyDictUnicodeEntry, me_value);
+#endif
+    return l;
+}
+
+/* int layout: sign and digit count in ob_size up to 3.11, in lv_tag from 3.12. */
+struct long_layout {
+    long long size, tag, tag_sign_mask, tag_size_shift, digits, digit_bits;
+};
+
+static struct long_layout get_long_layout(void)
+{
+    struct long_layout l;
+#if PY_MINOR_VERSION <= 11
+    l.size = offsetof(PyLongObject, ob_base.ob_size);
+    l.tag = -1;
+    l.tag_sign_mask = -1;
+    l.tag_size_shift = -1;
+    l.digits = offsetof(PyLongObject, ob_digit);
+#else
+    l.size = -1;
+    l.tag = offsetof(PyLongObject, long_value.lv_tag);
+    l.tag_sign_mask = _PyLong_SIGN_MASK;
+    l.tag_size_shift = _PyLong_NON_SIZE_BITS;
+    l.digits = offsetof(PyLongObject, long_value.ob_digit);
+#endif
+    l.digit_bits = PyLong_SHIFT;
+    return l;
+}
+
+/*
+ * Where a managed-dict (3.11+) instance keeps its attributes. The pre-header
+ * before the object is only described by the headers' accessor functions, so
+ * they are called on a fake object whose type has the flags they assert.
+ * Distances before the object are reported as positive numbers.
+ */
+struct instance_layout {
+    long long managed_dict_before, managed_values_before, managed_values_tag, inline_values;
+};
+
+#if PY_MINOR_VERSION >= 11
+static PyTypeObject fake_type;
+static struct {
+    PyObject *pre_header[8];
+    PyObject object;
+    PyObject *rest[8];
+} fake;
+
+static long long before_fake(const void *p)
+{
+    return (long long)((const char *)&fake.object - (const char *)p);
+}
+#endif
+
+static struct instance_layout get_instance_layout(void)
+{
+    struct instance_layout l = {-1, -1, -1, -1};
+#if PY_MINOR_VERSION >= 11
+    fake_type.tp_flags = Py_TPFLAGS_MANAGED_DICT;
+#if PY_MINOR_VERSION >= 13
+    fake_type.tp_flags |= Py_TPFLAGS_INLINE_VALUES;
+#endif
+    fake_type.tp_basicsize = sizeof(PyObject);
+    fake.object.ob_type = &fake_type;
+    PyObject *obj = &fake.object;
+#if PY_MINOR_VERSION == 11
+    /* Separate slots: values (attributes not yet in a dict), then the dict. */
+    l.managed_values_before = before_fake(_PyObject_ValuesPointer(obj));
+    l.managed_dict_before = before_fake(_PyObject_ManagedDictPointer(obj));
+    if (l.managed_dict_before != -MANAGED_DICT_OFFSET) {
+        fprintf(stderr, "3.11 managed dict accessor disagrees with MANAGED_DICT_OFFSET\n");
+        exit(1);
+    }
+#elif PY_MINOR_VERSION == 12
+    /* One slot, PyDictOrValues: a dict pointer, or a values pointer stored
+     * minus `tag` so that the tag bit is set (values are pointer aligned). */
+    l.managed_dict_before = before_fake(_PyObject_DictOrValuesPointer(obj));
+    l.managed_values_before = l.managed_dict_before;
+    PyDictValues *values = (PyDictValues *)(uintptr_t)0x1000;
+    PyDictOrValues dorv;
+    _PyDictOrValues_SetValues(&dorv, values);
+    l.managed_values_tag = (long long)((uintptr_t)values - (uintptr_t)dorv.values);
+    PyDictOrValues as_dict;
+    as_dict.dict = (PyObject *)(uintptr_t)0x2000;
+    if (l.managed_values_tag <= 0 || ((uintptr_t)dorv.values & l.managed_values_tag) == 0 ||
+        !_PyDictOrValues_IsValues(dorv) || _PyDictOrValues_GetValues(dorv) != values ||
+        _PyDictOrValues_IsValues(as_dict) ||
+        ((uintptr_t)as_dict.dict & l.managed_values_tag) != 0) {
+        fprintf(stderr, "3.12 PyDictOrValues tagging is not a low-bit tag\n");
+        exit(1);
+    }
+#else
+    l.managed_dict_before = before_fake(_PyObject_ManagedDictPointer(obj));
+    if (l.managed_dict_before != -MANAGED_DICT_OFFSET) {
+        fprintf(stderr, "managed dict accessor disagrees with MANAGED_DICT_OFFSET\n");
+        exit(1);
+    }
+    /* Inline values directly after the object (types whose instances have
+     * nothing but a PyObject header and their attributes). */
+    l.inline_values = -before_fake(_PyObject_InlineValues(obj));
+#endif
+    if (l.managed_dict_before <= 0 || l.managed_dict_before > (long long)sizeof(fake.pre_header) ||
+        l.managed_values_before > (long long)sizeof(fake.pre_header)) {
+        fprintf(stderr, "managed dict pointers are not in the pre-header\n");
+        exit(1);
+    }
+#endif
+    return l;
+}
+
+/*
+ * With the real libpython: builds dicts, an instance, a module and ints, and
+ * reads them back through nothing but the layout numbers above, the way the
+ * profiler reads another process's memory. This is what vouches for the
+ * mirrored structs of 3.8-3.10, and for the reader's understanding of the
+ * index width, entry kinds, split values and the instance pre-header.
+ */
+#ifdef PROBE_LINKED_LIBPYTHON
+static int live_failures;
+
+#define LIVE_CHECK(cond, ...)                                   \
+    do {                                                        \
+        if (!(cond)) {                                          \
+            fprintf(stderr, "live layout check failed: ");      \
+            fprintf(stderr, __VA_ARGS__);                       \
+            fputc('\n', stderr);                                \
+            live_failures++;                                    \
+        }                                                       \
+    } while (0)
+
+static uint64_t rd64(const void *base, long long off)
+{
+    uint64_t v;
+    memcpy(&v, (const char *)base + off, sizeof(v));
+    return v;
+}
+
+static uint8_t rd8(const void *base, long long off)
+{
+    return *((const uint8_t *)base + off);
+}
+
+static int key_is(uint64_t key, const char *name)
+{
+    PyObject *k = (PyObject *)(uintptr_t)key;
+    return PyUnicode_Check(k) && PyUnicode_CompareWithASCIIString(k, name) == 0;
+}
+
+/* The value stored under `name` in a keys table (with a split table's values
+ * array, or NULL for a combined table); counts the live entries. */
+static PyObject *walk_keys(const struct dict_layout *l, const char *keys, const char *values,
+                           const char *name, long long *live)
+{
+    long long nentries = (long long)rd64(keys, l->keys_nentries);
+    size_t index_bytes;
+    int unicode = 0;
+    if (l->keys_size >= 0) {
+        uint64_t size = rd64(keys, l->keys_size);
+        size_t width = size <= 0xff ? 1 : size <= 0xffff ? 2 : size <= 0xffffffffu ? 4 : 8;
+        index_bytes = size * width;
+    } else {
+        index_bytes = (size_t)1 << rd8(keys, l->keys_log2_index_bytes);
+        unicode = rd8(keys, l->keys_kind) != l->keys_kind_general;
+    }
+    const char *entries = keys + l->keys_indices + index_bytes;
+    long long size = unicode ? l->unicode_entry_size : l->entry_size;
+    long long key_off = unicode ? l->unicode_entry_key : l->entry_key;
+    long long value_off = unicode ? l->unicode_entry_value : l->entry_value;
+    if (values != NULL && l->values_capacity >= 0) {
+        LIVE_CHECK(nentries <= rd8(values, l->values_capacity), "more keys than values");
+    }
+    PyObject *found = NULL;
+    *live = 0;
+    for (long long i = 0; i < nentries; i++) {
+        const char *entry = entries + i * size;
+        uint64_t key = rd64(entry, key_off);
+        uint64_t value = values != NULL ? rd64(values, l->values_array + i * 8)
+                                        : rd64(entry, value_off);
+        if (key == 0 || value == 0) {
+            continue;
+        }
+        (*live)++;
+        if (name != NULL && key_is(key, name)) {
+            found = (PyObject *)(uintptr_t)value;
+        }
+    }
+    return found;
+}
+
+static PyObject *walk_dict(const struct dict_layout *l, PyObject *dict, const char *name)
+{
+    const char *d = (const char *)dict;
+    const char *keys = (const char *)(uintptr_t)rd64(d, l->keys);
+    const char *values = (const char *)(uintptr_t)rd64(d, l->values);
+    long long live;
+    PyObject *found = walk_keys(l, keys, values, name, &live);
+    LIVE_CHECK(live == (long long)rd64(d, l->used), "dict walk found %lld entries, ma_used %lld",
+               live, (long long)rd64(d, l->used));
+    LIVE_CHECK(live == PyDict_Size(dict), "dict walk found %lld entries, len %zd", live,
+               PyDict_Size(dict));
+    return found;
+}
+
+/* An instance attribute, found the way the reader does for each version. */
+static PyObject *walk_attribute(const struct dict_layout *dl, const struct instance_layout *il,
+                                PyObject *obj, const char *name)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    const char *o = (const char *)obj;
+#if PY_MINOR_VERSION >= 11
+    if (tp->tp_flags & Py_TPFLAGS_MANAGED_DICT) {
+        uint64_t dict = rd64(o, -il->managed_dict_before);
+        uint64_t values = 0;
+        if (il->managed_values_tag > 0) {
+            if (dict & (uint64_t)il->managed_values_tag) {
+                values = dict + (uint64_t)il->managed_values_tag;
+                dict = 0;
+            }
+        } else if (il->managed_values_before > 0) {
+            values = rd64(o, -il->managed_values_before);
+        }
+#if PY_MINOR_VERSION >= 13
+        if (values == 0 && dict == 0 && (tp->tp_flags & Py_TPFLAGS_INLINE_VALUES) &&
+            rd8(o + il->inline_values, dl->values_valid)) {
+            values = (uint64_t)(uintptr_t)(o + il->inline_values);
+        }
+#endif
+        if (values != 0) {
+            const char *keys = (const char *)((PyHeapTypeObject *)tp)->ht_cached_keys;
+            long long live;
+            return walk_keys(dl, keys, (const char *)(uintptr_t)values, name, &live);
+        }
+        return dict != 0 ? walk_dict(dl, (PyObject *)(uintptr_t)dict, name) : NULL;
+    }
+#else
+    (void)il;
+#endif
+    /* A negative tp_dictoffset (from the end of a variable-size object) is
+     * not followed by the reader either: Thread objects never have one. */
+    Py_ssize_t offset = tp->tp_dictoffset;
+    if (offset <= 0) {
+        return NULL;
+    }
+    uint64_t dict = rd64(o, offset);
+    return dict != 0 ? walk_dict(dl, (PyObject *)(uintptr_t)dict, name) : NULL;
+}
+
+static int walk_long(const struct long_layout *l, PyObject *obj, long long *out)
+{
+    const char *o = (const char *)obj;
+    long long sign, ndigits;
+    if (l->size >= 0) {
+        long long size = (long long)rd64(o, l->size);
+        sign = size < 0 ? -1 : size > 0;
+        ndigits = size < 0 ? -size : size;
+    } else {
+        uint64_t tag = rd64(o, l->tag);
+        sign = 1 - (long long)(tag & (uint64_t)l->tag_sign_mask);
+        ndigits = (long long)(tag >> l->tag_size_shift);
+    }
+    if (ndigits > 2) {
+        return 0;
+    }
+    uint64_t magnitude = 0;
+    for (long long i = 0; i < ndigits; i++) {
+        uint32_t d;
+        memcpy(&d, o + l->digits + i * 4, sizeof(d));
+        magnitude |= (uint64_t)d << (l->digit_bits * i);
+    }
+    *out = sign * (long long)magnitude;
+    return 1;
+}
+
+static PyObject *run_python(const char *source)
+{
+    PyObject *globals = PyDict_New();
+    PyDict_SetItemString(globals, "__builtins__", PyEval_GetBuiltins());
+    PyObject *result = PyRun_String(source, Py_file_input, globals, globals);
+    if (result == NULL) {
+        PyErr_Print();
+        fprintf(stderr, "live layout check: the Python snippet failed\n");
+        exit(1);
+    }
+    Py_DECREF(result);
+    return globals;
+}
+
+static void check_live_layouts(void)
+{
+    PyConfig config;
+    PyConfig_InitIsolatedConfig(&config);
+    PyStatus status = Py_InitializeFromConfig(&config);
+    PyConfig_Clear(&config);
+    if (PyStatus_Exception(status)) {
+        fprintf(stderr, "live layout check: cannot initialize the linked libpython\n");
+        exit(1);
+    }
+    const struct dict_layout dl = get_dict_layout();
+    const struct instance_layout il = get_instance_layout();
+    const struct long_layout ll = get_long_layout();
+
+    /* Small and large str-keyed dicts (1- and 2-byte indices), an int-keyed
+     * one (general entries from 3.11), instances with values only, with a
+     * materialized dict and with more attributes than shared keys allow. */
+    PyObject *g = run_python(
+        "small = {'k%d' % i: i for i in range(5)}\n"
+        "large = {'k%d' % i: i for i in range(1000)}\n"
+        "general = {i: i for i in range(5)}\n"
+        "general['k3'] = 3\n"
+        "class C:\n"
+        "    def __init__(self):\n"
+        "        self.a = 1\n"
+        "        self.b = 2\n"
+        "plain = C()\n"
+        "materialized = C()\n"
+        "split = materialized.__dict__\n"
+        "wide = C()\n"
+        "for i in range(40):\n"
+        "    setattr(wide, 'x%d' % i, i)\n"
+        "ints = [0, 1, -5, 2**30 + 7, -(2**59 + 3), 12345678901234]\n");
+    static const char *const dicts[] = {"small", "large", "general"};
+    for (size_t i = 0; i < sizeof(dicts) / sizeof(dicts[0]); i++) {
+        PyObject *found = walk_dict(&dl, PyDict_GetItemString(g, dicts[i]), "k3");
+        LIVE_CHECK(found != NULL && PyLong_AsLong(found) == 3, "%s['k3'] not found", dicts[i]);
+    }
+    PyObject *split = PyDict_GetItemString(g, "split");
+    LIVE_CHECK(rd64(split, dl.values) != 0, "an instance __dict__ is not a split table");
+    PyObject *b = walk_dict(&dl, split, "b");
+    LIVE_CHECK(b != NULL && PyLong_AsLong(b) == 2, "split dict entry not found");
+    static const char *const instances[] = {"plain", "materialized", "wide"};
+    for (size_t i = 0; i < sizeof(instances) / sizeof(instances[0]); i++) {
+        PyObject *obj = PyDict_GetItemString(g, instances[i]);
+        PyObject *a = walk_attribute(&dl, &il, obj, "a");
+        LIVE_CHECK(a != NULL && PyLong_AsLong(a) == 1, "%s.a not found", instances[i]);
+    }
+    PyObject *x39 = walk_attribute(&dl, &il, PyDict_GetItemString(g, "wide"), "x39");
+    LIVE_CHECK(x39 != NULL && PyLong_AsLong(x39) == 39, "wide.x39 not found");
+
+    PyObject *ints = PyDict_GetItemString(g, "ints");
+    for (Py_ssize_t i = 0; i < PyList_Size(ints); i++) {
+        PyObject *n = PyList_GetItem(ints, i);
+        long long value;
+        LIVE_CHECK(walk_long(&ll, n, &value) && value == PyLong_AsLongLong(n),
+                   "int %lld decodes wrongly", PyLong_AsLongLong(n));
+    }
+
+    PyObject *module = PyModule_New("probe");
+    LIVE_CHECK(rd64(module, offsetof(ProbeModuleObject, md_dict)) ==
+                   (uint64_t)(uintptr_t)PyModule_GetDict(module),
+               "md_dict is not where the module keeps its dict");
+    Py_DECREF(module);
+    Py_DECREF(g);
+
+    if (live_failures != 0) {
+        fprintf(stderr, "%d live layout checks failed\n", live_failures);
+        exit(1);
+    }
+    printf("# %d.%d: dict, instance attribute, int and module layouts checked against live objects "
+           "in the linked libpython\n",
+           PY_MAJOR_VERSION, PY_MINOR_VERSION);
+}
+#endif
+
 int main(void)
 {
     /* Lets the generator check it compiled against the version it meant to. */
@@ -323,8 +816,76 @@ int main(void)
     STATE_BITS(compact, "unicode_compact_shift", NULL);
     STATE_BITS(ascii, "unicode_ascii_shift", NULL);
 
+    /* sys.modules, the start of every walk over Python-level objects. */
+#if PY_MINOR_VERSION <= 11
+    FIELD("interp_modules", offsetof(PyInterpreterState, modules));
+#else
+    FIELD("interp_modules", offsetof(PyInterpreterState, imports.modules));
+#endif
+    FIELD("module_dict", offsetof(ProbeModuleObject, md_dict));
+
+    FIELD("type_flags", offsetof(PyTypeObject, tp_flags));
+    FIELD("type_dictoffset", offsetof(PyTypeObject, tp_dictoffset));
+    FIELD("heap_type_cached_keys", offsetof(PyHeapTypeObject, ht_cached_keys));
+    FIELD("type_flag_heaptype", Py_TPFLAGS_HEAPTYPE);
+    FIELD("type_flag_long_subclass", Py_TPFLAGS_LONG_SUBCLASS);
+    FIELD("type_flag_unicode_subclass", Py_TPFLAGS_UNICODE_SUBCLASS);
+    FIELD("type_flag_dict_subclass", Py_TPFLAGS_DICT_SUBCLASS);
+#if PY_MINOR_VERSION >= 11
+    FIELD("type_flag_managed_dict", Py_TPFLAGS_MANAGED_DICT);
+#else
+    ABSENT("type_flag_managed_dict");
+#endif
+#if PY_MINOR_VERSION >= 13
+    FIELD("type_flag_inline_values", Py_TPFLAGS_INLINE_VALUES);
+#else
+    ABSENT("type_flag_inline_values");
+#endif
+
+    const struct instance_layout il = get_instance_layout();
+    FIELD("object_managed_dict_before", il.managed_dict_before);
+    FIELD("object_managed_values_before", il.managed_values_before);
+    FIELD("object_managed_values_tag", il.managed_values_tag);
+    FIELD("object_inline_values", il.inline_values);
+
+    const struct dict_layout dl = get_dict_layout();
+    FIELD("dict_used", dl.used);
+    FIELD("dict_keys", dl.keys);
+    FIELD("dict_values", dl.values);
+    FIELD("dict_values_array", dl.values_array);
+    FIELD("dict_values_capacity", dl.values_capacity);
+    FIELD("dict_values_valid", dl.values_valid);
+    FIELD("dict_keys_size", dl.keys_size);
+    FIELD("dict_keys_log2_size", dl.keys_log2_size);
+    FIELD("dict_keys_log2_index_bytes", dl.keys_log2_index_bytes);
+    FIELD("dict_keys_kind", dl.keys_kind);
+    FIELD("dict_keys_kind_general", dl.keys_kind_general);
+    FIELD("dict_keys_nentries", dl.keys_nentries);
+    FIELD("dict_keys_indices", dl.keys_indices);
+    FIELD("dict_entry_size", dl.entry_size);
+    FIELD("dict_entry_key", dl.entry_key);
+    FIELD("dict_entry_value", dl.entry_value);
+    FIELD("dict_unicode_entry_size", dl.unicode_entry_size);
+    FIELD("dict_unicode_entry_key", dl.unicode_entry_key);
+    FIELD("dict_unicode_entry_value", dl.unicode_entry_value);
+
+    const struct long_layout ll = get_long_layout();
+    FIELD("long_size", ll.size);
+    FIELD("long_tag", ll.tag);
+    FIELD("long_tag_sign_mask", ll.tag_sign_mask);
+    FIELD("long_tag_size_shift", ll.tag_size_shift);
+    FIELD("long_digits", ll.digits);
+    FIELD("long_digit_bits", ll.digit_bits);
+
 #if PY_MINOR_VERSION >= 13
     check_debug_offsets();
+#endif
+#ifdef PROBE_LINKED_LIBPYTHON
+    check_live_layouts();
+#else
+    printf("# %d.%d: dict, instance attribute, int and module layouts not checked against live objects "
+           "(probe was not linked against libpython)\n",
+           PY_MAJOR_VERSION, PY_MINOR_VERSION);
 #endif
     return 0;
 }

@@ -6,6 +6,7 @@ pub mod linetable;
 pub mod memory;
 pub mod offsets;
 mod offsets_generated;
+pub mod thread_names;
 
 use std::{
     collections::HashMap,
@@ -105,11 +106,61 @@ pub struct PythonProcess {
     code_type: Option<u64>,
     /// (code address, fingerprint) → code object; None when it could not be read.
     codes: HashMap<(u64, u32), Option<CodeObject>>,
+    /// tid → `threading.Thread.name`, as last read.
+    thread_names: HashMap<u32, String>,
+    names_read: Option<Instant>,
 }
 
 impl PythonProcess {
     pub fn version(&self) -> PyVersion {
         self.interpreter.version
+    }
+
+    /// Reads the Python thread names again, at most once per `THREAD_NAMES_EVERY`. Names of
+    /// threads that have ended are kept: their samples still need them.
+    pub fn refresh_thread_names(&mut self) {
+        if self.names_read.is_some_and(|t| t.elapsed() < THREAD_NAMES_EVERY) {
+            return;
+        }
+        self.names_read = Some(Instant::now());
+        let names = thread_names::thread_names(&self.mem, self.offsets, self.interpreter.version, self.interpreter.runtime_addr);
+        self.thread_names.extend(names);
+    }
+
+    pub fn thread_name(&self, tid: u32) -> Option<&str> {
+        self.thread_names.get(&tid).map(String::as_str)
+    }
+
+    /// Every `PyThreadState` of every interpreter, with no bound but a sanity cap, as
+    /// (address, value of the field at `key_offset`). Userspace has no verifier to please, so
+    /// this is where threads beyond the kernel's short scan are found.
+    pub fn thread_states(&self, key_offset: u64) -> Vec<(u64, u64)> {
+        const MAX_WALK: usize = 100_000;
+        let o = self.offsets;
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut interp = self.mem.u64(self.interpreter.runtime_addr + o.runtime_interpreters_head as u64).unwrap_or(0);
+        while interp != 0 && seen.insert(interp) && seen.len() < MAX_WALK {
+            let mut tstate = self.mem.u64(interp + o.interp_threads_head as u64).unwrap_or(0);
+            while tstate != 0 && seen.insert(tstate) && seen.len() < MAX_WALK {
+                if let Some(key) = self.mem.u64(tstate + key_offset) {
+                    out.push((tstate, key));
+                }
+                tstate = self.mem.u64(tstate + o.tstate_next as u64).unwrap_or(0);
+            }
+            interp = self.mem.u64(interp + o.interp_next as u64).unwrap_or(0);
+        }
+        out
+    }
+
+    /// tid → `PyThreadState` for every thread whose state names its tid (3.11+), so the kernel
+    /// needs no scan for threads that exist when the process is found.
+    pub fn native_thread_states(&self) -> Vec<(u32, u64)> {
+        let off = self.offsets.tstate_native_thread_id;
+        if off < 0 {
+            return Vec::new();
+        }
+        self.thread_states(off as u64).into_iter().map(|(tstate, tid)| (tid as u32, tstate)).collect()
     }
 
     /// Is `addr` inside the interpreter's own machine code?
@@ -159,6 +210,8 @@ enum Known {
 /// How long after a process starts it is re-inspected if it did not look like Python.
 const YOUNG: Duration = Duration::from_secs(3);
 const RECHECK_EVERY: Duration = Duration::from_millis(100);
+/// Python thread names are read from the process this often (a read costs a few ms).
+const THREAD_NAMES_EVERY: Duration = Duration::from_secs(1);
 
 /// All processes seen so far, and which of them are Python.
 #[derive(Default)]
@@ -167,6 +220,8 @@ pub struct PythonRegistry {
     known: HashMap<u32, Known>,
     /// Newly found Python processes whose layout the kernel needs.
     pending: Vec<(u32, PyProcInfo)>,
+    /// Thread states found in userspace for the kernel's cache: (tid, tstate).
+    pending_tstates: Vec<(u32, u64)>,
     /// One line per process we could not unwind, for the summary.
     pub notes: Vec<String>,
 }
@@ -185,13 +240,17 @@ impl PythonRegistry {
                 Some(offsets) => {
                     log::info!("pid {pid}: CPython {} ({})", interpreter.version, interpreter.path.display());
                     self.pending.push((pid, proc_info(interpreter.runtime_addr, offsets)));
-                    Known::Python(Box::new(PythonProcess {
+                    let process = PythonProcess {
                         interpreter,
                         offsets,
                         mem: Memory::new(pid),
                         code_type: None,
                         codes: HashMap::new(),
-                    }))
+                        thread_names: HashMap::new(),
+                        names_read: None,
+                    };
+                    self.pending_tstates.extend(process.native_thread_states());
+                    Known::Python(Box::new(process))
                 }
                 None => self.unsupported(pid, &interpreter.version.to_string(), "no layout for this version"),
             },
@@ -229,6 +288,36 @@ impl PythonRegistry {
             Some(Known::Python(p)) => Some(p.version()),
             _ => None,
         }
+    }
+
+    /// Refreshes the Python thread names of every Python process (rate-limited per process).
+    pub fn refresh_thread_names(&mut self) {
+        for known in self.known.values_mut() {
+            if let Known::Python(p) = known {
+                p.refresh_thread_names();
+            }
+        }
+    }
+
+    /// `threading.Thread.name` of a thread, when it could be read.
+    pub fn thread_name(&self, pid: u32, tid: u32) -> Option<&str> {
+        match self.known.get(&pid) {
+            Some(Known::Python(p)) => p.thread_name(tid),
+            _ => None,
+        }
+    }
+
+    /// The kernel could not find a thread's state in its short scan: search the whole list.
+    pub fn thread_miss(&mut self, pid: u32, tid: u32, key_offset: u32, key: u64) {
+        let Some(Known::Python(p)) = self.known.get(&pid) else { return };
+        match p.thread_states(key_offset as u64).into_iter().find(|&(_, k)| k == key) {
+            Some((tstate, _)) => self.pending_tstates.push((tid, tstate)),
+            None => log::debug!("pid {pid} tid {tid}: no PyThreadState (not a Python thread yet)"),
+        }
+    }
+
+    pub fn take_pending_tstates(&mut self) -> Vec<(u32, u64)> {
+        std::mem::take(&mut self.pending_tstates)
     }
 
     pub fn take_pending(&mut self) -> Vec<(u32, PyProcInfo)> {

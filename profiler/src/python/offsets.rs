@@ -128,6 +128,122 @@ pub struct PyOffsets {
     pub unicode_compact_shift: i64,
     /// Bit position of the one-bit `state.ascii` flag.
     pub unicode_ascii_shift: i64,
+
+    // Python-level objects (thread names): sys.modules → a module's dict →
+    // dict entries → instance attributes → str / int values.
+    /// `sys.modules` (a dict): `PyInterpreterState.modules` in 3.8–3.11,
+    /// `PyInterpreterState.imports.modules` in 3.12+.
+    pub interp_modules: i64,
+    /// `PyModuleObject.md_dict`: the module's `__dict__`.
+    pub module_dict: i64,
+
+    /// `PyTypeObject.tp_flags` (u64).
+    pub type_flags: i64,
+    /// `PyTypeObject.tp_dictoffset` (i64): where an instance keeps its `__dict__`
+    /// pointer when the type has no managed dict. Positive: from the object's
+    /// start; negative: from its end (variable-size objects, which the reader
+    /// does not follow); 0: no `__dict__`.
+    pub type_dictoffset: i64,
+    /// `PyHeapTypeObject.ht_cached_keys`: the keys shared by the instances'
+    /// split dicts, and (3.11+) the keys of attribute values stored without a
+    /// dict. Only valid on heap types (`type_flag_heaptype`).
+    pub heap_type_cached_keys: i64,
+    /// Value of `Py_TPFLAGS_HEAPTYPE` (a bit mask, not an offset).
+    pub type_flag_heaptype: i64,
+    /// Value of `Py_TPFLAGS_LONG_SUBCLASS`: the type is `int` or a subclass.
+    pub type_flag_long_subclass: i64,
+    /// Value of `Py_TPFLAGS_UNICODE_SUBCLASS`: `str` or a subclass.
+    pub type_flag_unicode_subclass: i64,
+    /// Value of `Py_TPFLAGS_DICT_SUBCLASS`: `dict` or a subclass.
+    pub type_flag_dict_subclass: i64,
+    /// Value of `Py_TPFLAGS_MANAGED_DICT` (3.11+): instances keep their
+    /// attributes in the pre-header fields below, not at `tp_dictoffset`.
+    pub type_flag_managed_dict: i64,
+    /// Value of `Py_TPFLAGS_INLINE_VALUES` (3.13+): instances carry their
+    /// attribute values inline at `object_inline_values`.
+    pub type_flag_inline_values: i64,
+
+    /// Managed-dict instances (3.11+): the `__dict__` pointer (NULL until a
+    /// dict is materialized) is this many bytes *before* the object's start.
+    pub object_managed_dict_before: i64,
+    /// Managed-dict instances: the `PyDictValues*` holding attribute values
+    /// without a dict (keys: the type's `ht_cached_keys`), this many bytes
+    /// before the object. 3.11: its own slot, NULL once a dict exists; 3.12:
+    /// the same slot as the dict, told apart by `object_managed_values_tag`.
+    pub object_managed_values_before: i64,
+    /// 3.12 only: the slot shared by dict and values holds the values pointer
+    /// minus this tag, so the tag bit is set (a dict pointer never has it):
+    /// `if slot & tag != 0 { values = slot + tag }`.
+    pub object_managed_values_tag: i64,
+    /// 3.13+: offset from the object's start of its inline `PyDictValues`
+    /// (types with `type_flag_inline_values`), valid while
+    /// `dict_values_valid` is set; a materialized dict, if any, wins.
+    pub object_inline_values: i64,
+
+    /// `PyDictObject.ma_used`: number of items (i64).
+    pub dict_used: i64,
+    /// `PyDictObject.ma_keys`: the `PyDictKeysObject*`.
+    pub dict_keys: i64,
+    /// `PyDictObject.ma_values`: NULL for a combined table; for a split table
+    /// the values, in keys-entry order (`PyObject**` up to 3.10, then a
+    /// `PyDictValues*`).
+    pub dict_values: i64,
+    /// Offset of the values array from what `ma_values` (or a managed values
+    /// pointer) points to: 0 up to 3.12, `PyDictValues.values` (8) in 3.13.
+    pub dict_values_array: i64,
+    /// `PyDictValues.capacity` (u8, 3.13+): length of the values array.
+    pub dict_values_capacity: i64,
+    /// `PyDictValues.valid` (u8, 3.13+): inline values still hold the
+    /// attributes (cleared when they move into a combined dict).
+    pub dict_values_valid: i64,
+    /// `PyDictKeysObject.dk_size` (i64, 3.8–3.10): slots in the index table;
+    /// each index is 1, 2, 4 or 8 bytes for sizes up to 0xff, 0xffff,
+    /// 0xffffffff, or beyond.
+    pub dict_keys_size: i64,
+    /// `PyDictKeysObject.dk_log2_size` (u8, 3.11+).
+    pub dict_keys_log2_size: i64,
+    /// `PyDictKeysObject.dk_log2_index_bytes` (u8, 3.11+): the index table is
+    /// `1 << dk_log2_index_bytes` bytes; the entries follow it.
+    pub dict_keys_log2_index_bytes: i64,
+    /// `PyDictKeysObject.dk_kind` (u8, 3.11+): any value other than
+    /// `dict_keys_kind_general` means `PyDictUnicodeEntry` entries.
+    pub dict_keys_kind: i64,
+    /// Value of `DICT_KEYS_GENERAL` (3.11+): entries are `PyDictKeyEntry`.
+    pub dict_keys_kind_general: i64,
+    /// `PyDictKeysObject.dk_nentries` (i64): entries used so far, including
+    /// deleted ones (whose key or value is NULL).
+    pub dict_keys_nentries: i64,
+    /// `PyDictKeysObject.dk_indices`: start of the index table.
+    pub dict_keys_indices: i64,
+    /// `sizeof(PyDictKeyEntry)` {hash, key, value}: the entries of 3.8–3.10
+    /// dicts, and of 3.11+ dicts with general (non-str) keys.
+    pub dict_entry_size: i64,
+    /// `PyDictKeyEntry.me_key`.
+    pub dict_entry_key: i64,
+    /// `PyDictKeyEntry.me_value` (unused by split tables).
+    pub dict_entry_value: i64,
+    /// `sizeof(PyDictUnicodeEntry)` {key, value} (3.11+): entries of str-keyed
+    /// and split dicts.
+    pub dict_unicode_entry_size: i64,
+    /// `PyDictUnicodeEntry.me_key` (3.11+).
+    pub dict_unicode_entry_key: i64,
+    /// `PyDictUnicodeEntry.me_value` (3.11+; unused by split tables).
+    pub dict_unicode_entry_value: i64,
+
+    /// `ob_size` of an `int` (i64, 3.8–3.11): the digit count, negated for a
+    /// negative number.
+    pub long_size: i64,
+    /// `PyLongObject.long_value.lv_tag` (u64, 3.12+): digit count shifted
+    /// left by `long_tag_size_shift`, sign in the low bits.
+    pub long_tag: i64,
+    /// `_PyLong_SIGN_MASK` (3.12+): `1 - (lv_tag & mask)` is the sign (1, 0, -1).
+    pub long_tag_sign_mask: i64,
+    /// `_PyLong_NON_SIZE_BITS` (3.12+): `lv_tag >> shift` is the digit count.
+    pub long_tag_size_shift: i64,
+    /// The digits (u32 each, least significant first).
+    pub long_digits: i64,
+    /// `PyLong_SHIFT`: value bits per digit (a bit count).
+    pub long_digit_bits: i64,
 }
 
 /// The offsets for CPython `major.minor`, if the table covers it.
@@ -199,6 +315,67 @@ mod tests {
                 o.unicode_ascii_data,
                 o.unicode_compact_data,
                 o.unicode_kind_shift,
+            ] {
+                assert!(required >= 0, "3.{minor}: {o:?}");
+            }
+        }
+    }
+
+    /// Same for the object model the thread-name reader relies on: which dict
+    /// keys layout, where instance attributes live, and how ints are encoded.
+    #[test]
+    fn fields_present_match_the_object_model() {
+        for ((_, minor), o) in TABLE {
+            let minor = *minor;
+            let log2_keys = minor >= 11;
+            assert_eq!(o.dict_keys_size >= 0, !log2_keys, "3.{minor}");
+            for field in [
+                o.dict_keys_log2_size,
+                o.dict_keys_log2_index_bytes,
+                o.dict_keys_kind,
+                o.dict_keys_kind_general,
+            ] {
+                assert_eq!(field >= 0, log2_keys, "3.{minor}");
+            }
+            assert_eq!(o.dict_unicode_entry_size >= 0, log2_keys, "3.{minor}");
+            assert_eq!(o.type_flag_managed_dict >= 0, minor >= 11, "3.{minor}");
+            assert_eq!(o.object_managed_dict_before > 0, minor >= 11, "3.{minor}");
+            assert_eq!(
+                o.object_managed_values_before > 0,
+                (11..=12).contains(&minor),
+                "3.{minor}"
+            );
+            assert_eq!(o.object_managed_values_tag > 0, minor == 12, "3.{minor}");
+            let inline = minor >= 13;
+            assert_eq!(o.type_flag_inline_values >= 0, inline, "3.{minor}");
+            assert_eq!(o.object_inline_values >= 0, inline, "3.{minor}");
+            assert_eq!(o.dict_values_valid >= 0, inline, "3.{minor}");
+            assert_eq!(o.dict_values_capacity >= 0, inline, "3.{minor}");
+            assert_eq!(o.long_size >= 0, minor <= 11, "3.{minor}");
+            assert_eq!(o.long_tag >= 0, minor >= 12, "3.{minor}");
+            assert_eq!(o.long_tag_sign_mask >= 0, minor >= 12, "3.{minor}");
+            assert_eq!(o.long_tag_size_shift >= 0, minor >= 12, "3.{minor}");
+            for required in [
+                o.interp_modules,
+                o.module_dict,
+                o.type_flags,
+                o.type_dictoffset,
+                o.heap_type_cached_keys,
+                o.type_flag_heaptype,
+                o.type_flag_long_subclass,
+                o.type_flag_unicode_subclass,
+                o.type_flag_dict_subclass,
+                o.dict_used,
+                o.dict_keys,
+                o.dict_values,
+                o.dict_values_array,
+                o.dict_keys_nentries,
+                o.dict_keys_indices,
+                o.dict_entry_size,
+                o.dict_entry_key,
+                o.dict_entry_value,
+                o.long_digits,
+                o.long_digit_bits,
             ] {
                 assert!(required >= 0, "3.{minor}: {o:?}");
             }

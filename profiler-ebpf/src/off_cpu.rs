@@ -1,0 +1,182 @@
+//! Off-CPU time: why and how long each profiled thread is not running.
+//!
+//! - `sched_switch`: closes the on-CPU interval of the thread going out and opens its off-CPU
+//!   interval; closes the off-CPU interval of the thread coming in, splitting it into blocked
+//!   time and run-queue wait (from `sched_wakeup`), and adds it to that thread's exact sums,
+//!   keyed by the syscall it is blocked in.
+//! - `sys_enter` / `sys_exit`: the syscall in flight per thread (number, first argument). A
+//!   syscall whose blocked time reaches the threshold is reported at `sys_exit` with the
+//!   thread's stacks: the thread is back in its own context there, and its Python and user
+//!   stacks are still the ones it blocked in, so one unwind covers every switch of the call.
+//!
+//! Only threads of Python processes (or explicitly targeted ones) are tracked; everything is
+//! per-tid, never per-CPU, since a thread can block on one CPU and wake on another.
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use profiler_common::{EventKind, InFlight, OffCpuInfo, OffCpuKey, OffCpuSum, SampleEvent, ThreadTimes, off_state, stat};
+
+use crate::{
+    maps::{EVENTS, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, bump, is_offcpu_target, offcpu_threshold_ns, task_pid_offsets},
+    stacks,
+};
+
+/// `prev_state` bit of an uninterruptible sleep.
+const TASK_UNINTERRUPTIBLE: u64 = 0x2;
+/// x86-64 `struct pt_regs` offset of `di`, the first syscall argument (uapi, stable).
+const PT_REGS_DI: u64 = 112;
+
+/// (tid, tgid) of a task that is not the current one.
+#[inline(always)]
+fn task_ids(task: u64) -> Option<(u32, u32)> {
+    let (pid_off, tgid_off) = task_pid_offsets();
+    if pid_off == 0 {
+        return None;
+    }
+    let tid = unsafe { bpf_probe_read_kernel((task + pid_off as u64) as *const u32) }.ok()?;
+    let tgid = unsafe { bpf_probe_read_kernel((task + tgid_off as u64) as *const u32) }.ok()?;
+    Some((tid, tgid))
+}
+
+#[inline(always)]
+fn times(tid: u32, tgid: u32) -> Option<*mut ThreadTimes> {
+    if let Some(t) = THREAD_TIMES.get_ptr_mut(&tid) {
+        return Some(t);
+    }
+    let fresh = ThreadTimes { pid: tgid, ..Default::default() };
+    THREAD_TIMES.insert(&tid, &fresh, 0).ok()?;
+    THREAD_TIMES.get_ptr_mut(&tid)
+}
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let preempt: u64 = ctx.arg(0);
+    let next: u64 = ctx.arg(2);
+    let prev_state: u64 = ctx.arg(3);
+
+    // The thread going out is the current one.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (prev_tgid, prev_tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if prev_tid != 0 && is_offcpu_target(prev_tgid) {
+        if let Some(t) = times(prev_tid, prev_tgid) {
+            let t = unsafe { &mut *t };
+            if t.on_since_ns != 0 {
+                t.oncpu_ns += now.saturating_sub(t.on_since_ns);
+            }
+            t.on_since_ns = 0;
+            t.off_since_ns = now;
+            t.wake_ns = 0;
+            t.off_state = if preempt & 1 != 0 || prev_state == 0 {
+                off_state::RUNNABLE
+            } else if prev_state & TASK_UNINTERRUPTIBLE != 0 {
+                off_state::UNINTERRUPTIBLE
+            } else {
+                off_state::SLEEPING
+            };
+        }
+    }
+
+    let Some((next_tid, next_tgid)) = task_ids(next) else { return 0 };
+    if next_tid == 0 || !is_offcpu_target(next_tgid) {
+        return 0;
+    }
+    let Some(t) = times(next_tid, next_tgid) else { return 0 };
+    let t = unsafe { &mut *t };
+    if t.off_since_ns != 0 {
+        let off = now.saturating_sub(t.off_since_ns);
+        let (blocked, runq) = if t.off_state == off_state::RUNNABLE {
+            (0, off)
+        } else if t.wake_ns >= t.off_since_ns && t.wake_ns <= now {
+            (t.wake_ns - t.off_since_ns, now - t.wake_ns)
+        } else {
+            (off, 0)
+        };
+        let mut key = OffCpuKey { tid: next_tid, state: t.off_state, syscall_nr: -1, arg0: 0 };
+        if let Some(call) = IN_FLIGHT.get_ptr_mut(&next_tid) {
+            let call = unsafe { &mut *call };
+            key.syscall_nr = call.syscall_nr;
+            key.arg0 = call.arg0;
+            call.blocked_ns += blocked;
+            call.runq_ns += runq;
+            call.state = t.off_state;
+            call.switches += 1;
+        }
+        match OFFCPU_SUMS.get_ptr_mut(&key) {
+            Some(sum) => unsafe {
+                (*sum).blocked_ns += blocked;
+                (*sum).runq_ns += runq;
+                (*sum).count += 1;
+            },
+            None => {
+                let _ = OFFCPU_SUMS.insert(&key, &OffCpuSum { blocked_ns: blocked, runq_ns: runq, count: 1 }, 0);
+            }
+        }
+    }
+    t.on_since_ns = now;
+    t.off_since_ns = 0;
+    t.wake_ns = 0;
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sched_wakeup")]
+pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
+    let task: u64 = ctx.arg(0);
+    let Some((tid, _)) = task_ids(task) else { return 0 };
+    if let Some(t) = THREAD_TIMES.get_ptr_mut(&tid) {
+        let t = unsafe { &mut *t };
+        if t.off_since_ns != 0 && t.wake_ns == 0 {
+            t.wake_ns = unsafe { bpf_ktime_get_ns() };
+        }
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if !is_offcpu_target(tgid) {
+        return 0;
+    }
+    let regs: u64 = ctx.arg(0);
+    let nr: i64 = ctx.arg(1);
+    let arg0 = unsafe { bpf_probe_read_kernel((regs + PT_REGS_DI) as *const u64) }.unwrap_or(0);
+    let call = InFlight { syscall_nr: nr, arg0, entry_ns: unsafe { bpf_ktime_get_ns() }, ..Default::default() };
+    let _ = IN_FLIGHT.insert(&tid, &call, 0);
+    0
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let Some(call) = (unsafe { IN_FLIGHT.get(&tid) }) else { return 0 };
+    let call = *call;
+    let _ = IN_FLIGHT.remove(&tid);
+    if call.switches == 0 || call.blocked_ns + call.runq_ns < offcpu_threshold_ns() || !is_offcpu_target(tgid) {
+        return 0;
+    }
+    let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) else {
+        bump(stat::LOST);
+        return 0;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: a reserved, exclusively owned ring-buffer slot of the right size.
+    unsafe {
+        stacks::fill(ctx.as_ptr(), ev, EventKind::OffCpu as u32, tgid, tid);
+        (*ev).off = OffCpuInfo {
+            blocked_ns: call.blocked_ns,
+            runq_ns: call.runq_ns,
+            syscall_nr: call.syscall_nr,
+            arg0: call.arg0,
+            state: call.state,
+            switches: call.switches,
+        };
+    }
+    entry.submit(aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64);
+    0
+}

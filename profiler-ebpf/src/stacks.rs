@@ -1,0 +1,50 @@
+//! Fills a [`SampleEvent`] with the current thread's identity and stacks (native user,
+//! optionally kernel, and Python): shared by on-CPU samples and off-CPU events, which both
+//! run in the thread's own context.
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::BPF_F_USER_STACK,
+    helpers::{bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns, generated::bpf_get_stack},
+};
+use profiler_common::{MAX_NATIVE_FRAMES, OffCpuInfo, SampleEvent};
+
+use crate::{
+    maps::{PY_PROCS, kernel_stacks},
+    python,
+};
+
+const STACK_BYTES: u32 = (MAX_NATIVE_FRAMES * 8) as u32;
+
+/// # Safety
+/// `ev` must point at a writable `SampleEvent` (a reserved ring-buffer slot) and `ctx` be the
+/// running program's context.
+#[inline(always)]
+pub unsafe fn fill(ctx: *mut c_void, ev: *mut SampleEvent, kind: u32, tgid: u32, tid: u32) {
+    unsafe {
+        (*ev).kind = kind;
+        (*ev).cpu = bpf_get_smp_processor_id();
+        (*ev).pid = tgid;
+        (*ev).tid = tid;
+        (*ev).time_ns = bpf_ktime_get_ns();
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).off = OffCpuInfo::default();
+
+        (*ev).kernel_stack_len = 0;
+        if kernel_stacks() {
+            let n = bpf_get_stack(ctx, (*ev).kernel_stack.as_mut_ptr().cast(), STACK_BYTES, 0);
+            if n > 0 {
+                (*ev).kernel_stack_len = (n / 8) as u32;
+            }
+        }
+        // User stacks unwind by frame pointers only; the leaf (the sampled IP) is always right.
+        let n = bpf_get_stack(ctx, (*ev).user_stack.as_mut_ptr().cast(), STACK_BYTES, BPF_F_USER_STACK as u64);
+        (*ev).user_stack_len = if n > 0 { (n / 8) as u32 } else { 0 };
+
+        (*ev).py_frames_len = 0;
+        (*ev).py_status = match PY_PROCS.get(&tgid) {
+            Some(info) => python::unwind(info, tgid, tid, &mut (*ev).py_frames, &mut (*ev).py_frames_len),
+            None => 0,
+        };
+    }
+}
