@@ -250,7 +250,9 @@ pub struct PyProcInfo {
     /// `_PyInterpreterFrame.owner` (a byte), 3.11+.
     pub frame_owner: u16,
     pub code_firstlineno: u16,
-    pub _reserved: [u16; 2],
+    /// Bytes of a frame to read at once to get all its fields above (≤ 128).
+    pub frame_read_len: u16,
+    pub _reserved: u16,
 }
 
 /// Indices into the per-CPU `STATS` counter array.

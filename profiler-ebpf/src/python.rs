@@ -5,7 +5,9 @@
 //!
 //! Bounded everywhere: interpreters, threads scanned and frames walked all have fixed caps, and
 //! any failed read of user memory ends the walk (a corrupt or cyclic chain cannot loop).
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_current_task};
+use aya_ebpf::helpers::{
+    bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_get_current_task,
+};
 use profiler_common::{
     EventKind, MAX_PY_FRAMES, PY_OFFSET_NONE, PyFrameRecord, PyProcInfo, ThreadMissEvent, TstateEntry, py_status, stat,
 };
@@ -30,6 +32,26 @@ fn read_u64(addr: u64) -> Option<u64> {
 #[inline(always)]
 fn read_u32(addr: u64) -> Option<u32> {
     unsafe { bpf_probe_read_user(addr as *const u32) }.ok()
+}
+
+/// Bytes of a frame read at once (every field the walk needs lies within them).
+const FRAME_BYTES: usize = 128;
+const FRAME_WORDS: usize = FRAME_BYTES / 8;
+
+/// A little-endian field of `size` bytes (1, 4 or 8) at byte offset `off` of a frame chunk.
+/// Fields never straddle words: they are naturally aligned in CPython's structs.
+#[inline(always)]
+fn field(chunk: &[u64; FRAME_WORDS], off: u16, size: u16) -> u64 {
+    let word = (off >> 3) as usize;
+    if word >= FRAME_WORDS {
+        return 0;
+    }
+    let value = chunk[word] >> ((off & 7) * 8);
+    match size {
+        1 => value & 0xff,
+        4 => value & 0xffff_ffff,
+        _ => value,
+    }
 }
 
 #[inline(always)]
@@ -122,7 +144,9 @@ pub fn unwind(info: &PyProcInfo, tgid: u32, tid: u32, out: &mut [PyFrameRecord; 
         }
     }
     let depth = py_max_depth();
+    let read_len = (info.frame_read_len as usize).min(FRAME_BYTES);
     let mut n = 0u32;
+    let mut chunk = [0u64; FRAME_WORDS];
     for i in 0..MAX_PY_FRAMES {
         if frame == 0 {
             break;
@@ -131,28 +155,19 @@ pub fn unwind(info: &PyProcInfo, tgid: u32, tid: u32, out: &mut [PyFrameRecord; 
             status |= py_status::TRUNCATED;
             break;
         }
-        let code = read_u64(at(frame, info.frame_code)).unwrap_or(0);
-        let instr = if info.frame_instr_size == 4 {
-            read_u32(at(frame, info.frame_instr)).map(|v| v as u64)
-        } else {
-            read_u64(at(frame, info.frame_instr))
+        // One read for all the frame's fields: the reads, not the arithmetic, are the cost.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast::<u8>(), read_len) };
+        if unsafe { bpf_probe_read_user_buf(frame as *const u8, bytes) }.is_err() {
+            status |= py_status::READ_ERROR;
+            break;
         }
-        .unwrap_or(0);
-        let owner = if info.frame_owner != PY_OFFSET_NONE {
-            unsafe { bpf_probe_read_user(at(frame, info.frame_owner) as *const u8) }.unwrap_or(0) as u32
-        } else {
-            0
-        };
+        let code = field(&chunk, info.frame_code, 8);
+        let instr = field(&chunk, info.frame_instr, info.frame_instr_size);
+        let owner = if info.frame_owner != PY_OFFSET_NONE { field(&chunk, info.frame_owner, 1) as u32 } else { 0 };
         let fingerprint = if code != 0 { read_u32(at(code, info.code_firstlineno)).unwrap_or(0) } else { 0 };
         out[i] = PyFrameRecord { code, instr, fingerprint, owner };
         n = i as u32 + 1;
-        match read_u64(at(frame, info.frame_previous)) {
-            Some(prev) => frame = prev,
-            None => {
-                status |= py_status::READ_ERROR;
-                break;
-            }
-        }
+        frame = field(&chunk, info.frame_previous, 8);
     }
     // Frames left beyond the bound (the loop ends at MAX_PY_FRAMES without the check firing
     // when the bound is MAX_PY_FRAMES itself).

@@ -65,11 +65,12 @@ pub struct Bpf {
     pub cpus: usize,
 }
 
-/// Ring buffer big enough for two seconds of samples at the configured rate (it is drained every
-/// few tens of milliseconds), as a power of two of at least 1 MiB as the kernel requires.
+/// Ring buffer for half a second of samples at the configured rate: it is drained every 50 ms,
+/// so that is a 10x margin, and its pages count in our RSS once touched. A power of two of at
+/// least 1 MiB, as the kernel requires.
 fn ring_buffer_bytes(frequency: u32, cpus: usize) -> u32 {
     let per_second = frequency as u64 * cpus as u64 * (size_of::<SampleEvent>() as u64 + 8);
-    (2 * per_second).clamp(1 << 20, 256 << 20).next_power_of_two() as u32
+    (per_second / 2).clamp(1 << 20, 256 << 20).next_power_of_two() as u32
 }
 
 impl Bpf {

@@ -57,11 +57,15 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     }
     register_python(&mut bpf, &mut python);
     let mut decode_errors = 0u64;
+    // Samples of the command we start count from its exec on (see Running::launched_pid).
+    let mut awaiting_exec = running.launched_pid();
     let mut drain = |bpf: &mut Bpf, agg: &mut Aggregator, symbols: &mut Symbols, python: &mut PythonRegistry| {
         bpf.drain(|record| match events::decode(record) {
+            Ok(Event::Sample(s)) if awaiting_exec == Some(s.pid) => {}
             Ok(Event::Sample(s)) => agg.add(s, symbols, python),
             Ok(Event::OffCpu(s)) => agg.add_off_cpu(s, symbols, python),
             Ok(Event::ThreadMiss { pid, tid, key_offset, key }) => python.thread_miss(pid, tid, key_offset, key),
+            Ok(Event::Exec { pid }) if awaiting_exec == Some(pid) => awaiting_exec = None,
             Ok(Event::Exec { pid }) => {
                 // A new program in the same pid: forget what we knew and look again.
                 python.exec(pid);

@@ -203,6 +203,15 @@ impl Running {
         }
     }
 
+    /// The command we started, until its exec is seen: its samples before that are our own
+    /// forked child between fork and exec, not the command.
+    pub fn launched_pid(&self) -> Option<u32> {
+        match self {
+            Self::Command(child) => Some(child.pid),
+            _ => None,
+        }
+    }
+
     /// Polls the targets; `Some(reason)` once there is nothing left to profile.
     pub fn finished(&mut self) -> Option<String> {
         match self {

@@ -122,16 +122,23 @@ fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
                 return Err(format!("{caller} -> {callee}: {samples} samples"));
             }
         }
-        // 300-deep recursion: bounded at 128 frames, marked truncated at the root.
-        let deep: Vec<&Value> = stacks.iter().filter(|s| functions(s).iter().filter(|f| *f == "recurse").count() > 50).collect();
-        if deep.is_empty() {
-            return Err("no deep recursion samples".into());
-        }
-        for s in deep {
+        // 300-deep recursion: bounded at 128 frames, marked truncated at the root. (Stacks
+        // sampled while the recursion is still shallow are complete and not marked.)
+        let mut truncated = 0;
+        for s in stacks {
             let frames = s["frames"].as_array().unwrap();
-            if frames[0] != "[truncated]" || s["python_frames"].as_array().unwrap().len() != 128 {
-                return Err(format!("deep stack not truncated at 128: {} frames, root {}", frames.len(), frames[0]));
+            let depth = s["python_frames"].as_array().unwrap().len();
+            let root = frames.first().and_then(|f| f.as_str()).unwrap_or("");
+            let marked = root == "[truncated]";
+            if marked != (depth >= 128) || depth > 128 {
+                return Err(format!("stack of {depth} Python frames with root {root}"));
             }
+            if marked {
+                truncated += s["samples"].as_u64().unwrap();
+            }
+        }
+        if truncated < 20 {
+            return Err(format!("{truncated} samples of the 300-deep recursion"));
         }
         // Native leaf outside the interpreter: read_clock calls time.time() → clock_gettime
         // (libc or vDSO), shown after the Python frames.
@@ -167,8 +174,8 @@ fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
 fn two_hundred_threads_a_few_busy() {
     let script = workload("many_threads.py");
     check_all("200 threads", |interp| {
-        let child = start_ready(&interp.path, &script, &["3", "200", "3"]);
-        let (_, p) = profile_pid(child.pid(), "2", &[]);
+        let child = start_ready(&interp.path, &script, &["3.5", "200", "3"]);
+        let (_, p) = profile_pid(child.pid(), "2.5", &[]);
         let busy: Vec<&Value> = p["threads"].as_array().unwrap().iter().filter(|t| t["samples"].as_u64().unwrap() > 20).collect();
         if busy.len() < 3 {
             return Err(format!("{} busy threads sampled", busy.len()));
@@ -177,7 +184,9 @@ fn two_hundred_threads_a_few_busy() {
             let (h, n) = count(&p, t["tid"].as_u64(), |s| {
                 s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "busy_loop")
             });
-            if h * 100 < n * 95 {
+            // Threads at the tail of a 200-long list are found by userspace after the kernel's
+            // short scan misses (3.8–3.10: on their first sample), so allow their first ~50 ms.
+            if h * 100 < n * 90 {
                 return Err(format!("thread {}: {h}/{n} samples in busy_loop", t["tid"]));
             }
         }

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::Subcommand;
 
-use crate::util;
+use crate::{bench_python, util};
 
 #[derive(Clone, Copy, Subcommand)]
 pub enum Which {
@@ -20,6 +20,19 @@ pub enum Which {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Slowdown of a CPU-bound Python workload (30-frame stack) under pyebpf and py-spy, the
+    /// kernel cost per sample of that stack, and whether pyebpf's samples hold all of it.
+    Python {
+        /// Seconds of work per timed run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Rounds; each runs every configuration once, interleaved with baselines.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Do not pin the workload to one CPU and the profilers to the others.
+        #[arg(long)]
+        no_pin: bool,
+    },
 }
 
 impl Default for Which {
@@ -28,10 +41,13 @@ impl Default for Which {
     }
 }
 
-pub fn run(_root: &Path, bin: &Path, which: Which) -> anyhow::Result<()> {
+pub fn run(root: &Path, bin: &Path, which: Which) -> anyhow::Result<()> {
     util::require_root("benchmarks load BPF programs")?;
     match which {
         Which::OnCpu { seconds } => on_cpu(bin, seconds),
+        Which::Python { seconds, rounds, no_pin } => {
+            bench_python::run(root, bin, bench_python::Options { seconds, rounds, pin: !no_pin })
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! Everything the project needs on a fresh machine is installed from here, idempotently: each
 //! step checks first and does nothing when already done.
 mod bench;
+mod bench_python;
 mod python_offsets;
 mod setup;
 mod util;
@@ -87,5 +88,11 @@ fn test(root: &std::path::Path, extra: &[String]) -> anyhow::Result<()> {
     util::require_root("the integration tests load BPF programs and profile real processes")?;
     let mut args = vec!["test", "--release"];
     args.extend(extra.iter().map(String::as_str));
+    // One test at a time: they burn CPU on purpose and check sample shares, which two cores
+    // shared between concurrent workloads would make flaky.
+    if !extra.iter().any(|a| a == "--") {
+        args.push("--");
+    }
+    args.push("--test-threads=1");
     util::cargo_with_env(root, &args, &[("PYEBPF_BIN", bin.as_os_str())])
 }

@@ -23,6 +23,17 @@ use self::{
     offsets::PyOffsets,
 };
 
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn frame_fields_fit_the_kernels_single_read() {
+        for ((major, minor), o) in super::offsets_generated::TABLE {
+            let len = super::frame_read_len(o);
+            assert!(len > 0 && len <= 128, "{major}.{minor}: {len}");
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PyVersion {
     pub major: u8,
@@ -66,8 +77,16 @@ pub fn proc_info(runtime_addr: u64, o: &PyOffsets) -> PyProcInfo {
         frame_instr_size: instr_size as u16,
         frame_owner: off(o.frame_owner),
         code_firstlineno: off(o.code_firstlineno),
-        _reserved: [0; 2],
+        frame_read_len: frame_read_len(o),
+        _reserved: 0,
     }
+}
+
+/// Bytes from a frame's start that cover every field the kernel reads from it.
+fn frame_read_len(o: &PyOffsets) -> u16 {
+    let instr_end = if o.frame_lasti >= 0 { o.frame_lasti + o.frame_lasti_size } else { o.frame_instr_ptr + 8 };
+    let end = [o.frame_previous + 8, o.frame_code + 8, instr_end, o.frame_owner + 1].into_iter().max().unwrap_or(0);
+    (((end + 7) / 8) * 8) as u16
 }
 
 /// A Python frame, named.
