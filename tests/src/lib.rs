@@ -37,6 +37,11 @@ pub fn pyebpf() -> Command {
     Command::new(pyebpf_bin())
 }
 
+/// Starts a command with its output captured, for tests that signal or wait on it themselves.
+pub fn spawn_piped(cmd: &mut Command) -> Child {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start pyebpf")
+}
+
 /// Runs pyebpf to completion, with a generous timeout so a hang fails instead of blocking CI.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start pyebpf");

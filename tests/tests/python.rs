@@ -11,18 +11,36 @@ fn profile_pid(pid: u32, seconds: &str, extra: &[&str]) -> (Value, Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
     let out = run(
-        pyebpf().args(["profile", "-F", "199", "-d", seconds, "--pid", &pid.to_string()]).args(extra).arg("-o").arg(&json),
+        pyebpf()
+            .args([
+                "profile",
+                "-F",
+                "199",
+                "-d",
+                seconds,
+                "--pid",
+                &pid.to_string(),
+            ])
+            .args(extra)
+            .arg("-o")
+            .arg(&json),
         TIMEOUT,
     );
     assert_success(&out);
     let profile = read_json(&json);
-    let p = process(&profile, pid).cloned().unwrap_or_else(|| panic!("pid {pid} not in profile"));
+    let p = process(&profile, pid)
+        .cloned()
+        .unwrap_or_else(|| panic!("pid {pid} not in profile"));
     (profile, p)
 }
 
 /// Names as CPython reports them: qualified names from 3.11, plain names before.
 fn name(minor: u8, qualified: &str) -> String {
-    if minor >= 11 { qualified.to_string() } else { qualified.rsplit('.').next().unwrap().to_string() }
+    if minor >= 11 {
+        qualified.to_string()
+    } else {
+        qualified.rsplit('.').next().unwrap().to_string()
+    }
 }
 
 fn check_all(what: &str, mut check: impl FnMut(&Interpreter) -> Result<(), String>) {
@@ -30,7 +48,11 @@ fn check_all(what: &str, mut check: impl FnMut(&Interpreter) -> Result<(), Strin
         .iter()
         .filter_map(|i| check(i).err().map(|e| format!("{}: {e}", i.label)))
         .collect();
-    assert!(failures.is_empty(), "{what} failed on:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{what} failed on:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -45,16 +67,30 @@ fn known_chain_in_every_thread_with_names_and_call_site_lines() {
             Expect::at("run", line("# CALL work")),
             Expect::at(&name(m, "Worker.work"), line("# CALL inner")),
             Expect::at(&name(m, "Worker.work.<locals>.inner"), line("# CALL burn")),
-            Expect { function: "burn".into(), lines: line("# LOOP start")..=line("# LOOP end") },
+            Expect {
+                function: "burn".into(),
+                lines: line("# LOOP start")..=line("# LOOP end"),
+            },
         ];
-        if p["python_version"].as_str().is_none_or(|v| !v.starts_with(&format!("3.{m}"))) {
+        if p["python_version"]
+            .as_str()
+            .is_none_or(|v| !v.starts_with(&format!("3.{m}")))
+        {
             return Err(format!("python_version {}", p["python_version"]));
         }
         let (hit, total) = count(&p, None, |s| has_chain(s, &script, &chain));
         let share = hit as f64 / total.max(1) as f64;
         if total < 100 || share < 0.95 {
-            let top: Vec<_> = p["stacks"].as_array().unwrap().iter().take(3).map(|s| s["frames"].clone()).collect();
-            return Err(format!("{hit}/{total} samples with the chain; top stacks: {top:?}"));
+            let top: Vec<_> = p["stacks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .take(3)
+                .map(|s| s["frames"].clone())
+                .collect();
+            return Err(format!(
+                "{hit}/{total} samples with the chain; top stacks: {top:?}"
+            ));
         }
         // Every thread (main + 2 burners) shows the chain, the main thread from module code.
         let threads = p["threads"].as_array().unwrap();
@@ -62,13 +98,20 @@ fn known_chain_in_every_thread_with_names_and_call_site_lines() {
             return Err(format!("{} threads", threads.len()));
         }
         let main_chain: Vec<Expect> =
-            std::iter::once(Expect::at("<module>", line("# CALL run-main"))).chain(chain.iter().cloned()).collect();
+            std::iter::once(Expect::at("<module>", line("# CALL run-main")))
+                .chain(chain.iter().cloned())
+                .collect();
         let main_tid = p["pid"].as_u64();
         let (main_hit, main_total) = count(&p, main_tid, |s| has_chain(s, &script, &main_chain));
         if main_hit * 10 < main_total * 9 {
-            return Err(format!("main thread: {main_hit}/{main_total} samples from <module>"));
+            return Err(format!(
+                "main thread: {main_hit}/{main_total} samples from <module>"
+            ));
         }
-        let mut names: Vec<&str> = threads.iter().filter_map(|t| t["python_name"].as_str()).collect();
+        let mut names: Vec<&str> = threads
+            .iter()
+            .filter_map(|t| t["python_name"].as_str())
+            .collect();
         names.sort();
         if names != ["MainThread", "burner-0", "burner-1"] {
             return Err(format!("Python thread names {names:?}"));
@@ -76,7 +119,10 @@ fn known_chain_in_every_thread_with_names_and_call_site_lines() {
         for t in threads {
             let (h, n) = count(&p, t["tid"].as_u64(), |s| has_chain(s, &script, &chain));
             if n == 0 || h * 10 < n * 9 {
-                return Err(format!("thread {}: {h}/{n} samples with the chain", t["tid"]));
+                return Err(format!(
+                    "thread {}: {h}/{n} samples with the chain",
+                    t["tid"]
+                ));
             }
         }
         Ok(())
@@ -92,7 +138,13 @@ fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("p.json");
         let out = run(
-            pyebpf().args(["profile", "-F", "199", "-o"]).arg(&json).arg("--").arg(&interp.path).arg(&script).arg("0.4"),
+            pyebpf()
+                .args(["profile", "-F", "199", "-o"])
+                .arg(&json)
+                .arg("--")
+                .arg(&interp.path)
+                .arg(&script)
+                .arg("0.4"),
             TIMEOUT,
         );
         assert_success(&out);
@@ -100,7 +152,12 @@ fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
         let p = &profile["processes"][0];
         let stacks = p["stacks"].as_array().unwrap();
         let functions = |s: &Value| -> Vec<String> {
-            s["python_frames"].as_array().unwrap().iter().map(|f| f["function"].as_str().unwrap().to_string()).collect()
+            s["python_frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f["function"].as_str().unwrap().to_string())
+                .collect()
         };
         // (caller, callee) pairs that must appear adjacent in some stacks.
         let pairs = [
@@ -115,7 +172,11 @@ fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
         for (caller, callee) in &pairs {
             let samples: u64 = stacks
                 .iter()
-                .filter(|s| functions(s).windows(2).any(|w| &w[0] == caller && &w[1] == callee))
+                .filter(|s| {
+                    functions(s)
+                        .windows(2)
+                        .any(|w| &w[0] == caller && &w[1] == callee)
+                })
                 .map(|s| s["samples"].as_u64().unwrap())
                 .sum();
             if samples < 10 {
@@ -147,24 +208,41 @@ fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
             .filter(|s| {
                 let frames = s["frames"].as_array().unwrap();
                 let last = frames.last().and_then(|f| f.as_str()).unwrap_or("");
-                functions(s).last().is_some_and(|f| f == "read_clock") && last.contains("clock_gettime")
+                functions(s).last().is_some_and(|f| f == "read_clock")
+                    && last.contains("clock_gettime")
             })
             .map(|s| s["samples"].as_u64().unwrap())
             .sum();
         if native_leaf < 10 {
-            return Err(format!("{native_leaf} samples with a native clock_gettime leaf under read_clock"));
+            return Err(format!(
+                "{native_leaf} samples with a native clock_gettime leaf under read_clock"
+            ));
         }
         // The workload's own frames are all named. (Module code run by an import can be freed
         // before userspace reads it, so import-time frames may be unknown: a known limit.)
-        let mine = |s: &&Value| s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "spin");
+        let mine = |s: &&Value| {
+            s["python_frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["function"] == "spin")
+        };
         let unknown: u64 = stacks
             .iter()
             .filter(mine)
-            .filter(|s| s["frames"].as_array().unwrap().iter().any(|f| f == "[unknown python frame]"))
+            .filter(|s| {
+                s["frames"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f == "[unknown python frame]")
+            })
             .map(|s| s["samples"].as_u64().unwrap())
             .sum();
         if unknown > 0 {
-            return Err(format!("{unknown} workload samples with unknown python frames"));
+            return Err(format!(
+                "{unknown} workload samples with unknown python frames"
+            ));
         }
         Ok(())
     });
@@ -176,13 +254,22 @@ fn two_hundred_threads_a_few_busy() {
     check_all("200 threads", |interp| {
         let child = start_ready(&interp.path, &script, &["3.5", "200", "3"]);
         let (_, p) = profile_pid(child.pid(), "2.5", &[]);
-        let busy: Vec<&Value> = p["threads"].as_array().unwrap().iter().filter(|t| t["samples"].as_u64().unwrap() > 20).collect();
+        let busy: Vec<&Value> = p["threads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["samples"].as_u64().unwrap() > 20)
+            .collect();
         if busy.len() < 3 {
             return Err(format!("{} busy threads sampled", busy.len()));
         }
         for t in busy {
             let (h, n) = count(&p, t["tid"].as_u64(), |s| {
-                s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "busy_loop")
+                s["python_frames"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|f| f["function"] == "busy_loop")
             });
             // Threads at the tail of a 200-long list are found by userspace after the kernel's
             // short scan misses (3.8–3.10: on their first sample), so allow their first ~50 ms.
@@ -200,17 +287,26 @@ fn short_lived_process_started_after_profiling_began_keeps_its_names() {
     let interps = interpreters();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
-    let profiler = pyebpf()
-        .args(["profile", "--all", "-F", "499", "-d", &(2 + interps.len()).to_string(), "-o"])
-        .arg(&json)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let profiler = spawn_piped(
+        pyebpf()
+            .args([
+                "profile",
+                "--all",
+                "-F",
+                "499",
+                "-d",
+                &(2 + interps.len()).to_string(),
+                "-o",
+            ])
+            .arg(&json),
+    );
     std::thread::sleep(Duration::from_millis(800));
     let mut pids = Vec::new();
     for interp in &interps {
-        let mut child: Child = std::process::Command::new(&interp.path).arg(&script).spawn().unwrap();
+        let mut child: Child = std::process::Command::new(&interp.path)
+            .arg(&script)
+            .spawn()
+            .unwrap();
         pids.push((interp.label.clone(), child.id()));
         child.wait().unwrap();
     }
@@ -225,7 +321,8 @@ fn short_lived_process_started_after_profiling_began_keeps_its_names() {
         };
         let (h, n) = count(p, None, |s| {
             s["python_frames"].as_array().unwrap().iter().any(|f| {
-                f["function"] == "short_lived_burn" && Path::new(f["file"].as_str().unwrap()) == script
+                f["function"] == "short_lived_burn"
+                    && Path::new(f["file"].as_str().unwrap()) == script
             })
         });
         // The first samples may precede discovery; most of the 0.3 s must be named.
@@ -248,12 +345,27 @@ fn a_process_that_execs_into_python_is_unwound_after_the_exec() {
         interp.path.display(),
         script.display()
     );
-    let out = run(pyebpf().args(["profile", "-F", "199", "-o"]).arg(&json).args(["--", "/bin/sh", "-c", &shell]), TIMEOUT);
+    let out = run(
+        pyebpf()
+            .args(["profile", "-F", "199", "-o"])
+            .arg(&json)
+            .args(["--", "/bin/sh", "-c", &shell]),
+        TIMEOUT,
+    );
     assert_success(&out);
     let profile = read_json(&json);
     let p = &profile["processes"][0];
-    assert!(p["comm"].as_str().unwrap().starts_with("python"), "{}", p["comm"]);
-    let burn = Expect { function: "burn".into(), lines: 1..=1000 };
-    let (h, n) = count(p, None, |s| has_chain(s, &script, std::slice::from_ref(&burn)));
+    assert!(
+        p["comm"].as_str().unwrap().starts_with("python"),
+        "{}",
+        p["comm"]
+    );
+    let burn = Expect {
+        function: "burn".into(),
+        lines: 1..=1000,
+    };
+    let (h, n) = count(p, None, |s| {
+        has_chain(s, &script, std::slice::from_ref(&burn))
+    });
     assert!(h > 150, "{h}/{n} samples in burn after the exec");
 }
