@@ -14,9 +14,13 @@
 //! pinned to the last CPU (no migrations mid-run) and the profilers to the others: on a 2-CPU
 //! VM a profiler's userspace landing on the workload's CPU would otherwise dominate, and what
 //! is measured is what the profiler does to the workload itself (interrupt and BPF program for
-//! pyebpf, ptrace stops and memory reads for py-spy), as on a host with a spare core. Per run,
-//! the workload's CPU time / wall time and the other CPUs' busy share are printed too: a
-//! baseline under 100% on-CPU, or other CPUs busy in a baseline, means the host was not quiet.
+//! pyebpf, ptrace stops and memory reads for py-spy), as on a host with a spare core.
+//!
+//! Two noise sources remain, and both are reported rather than hidden. Other work on the host:
+//! per run the workload's CPU time / wall time and the other CPUs' busy share are printed, and
+//! rounds whose baselines saw either are left out when enough quiet rounds remain. The
+//! hypervisor: it takes the vCPU away unseen by the guest, so the workload also times ~0.1 s
+//! chunks and a second slowdown is computed from its fast chunks (see `Run::fast_throughput`).
 use std::{
     fs::File,
     io::{BufRead as _, BufReader, Write as _},
@@ -357,8 +361,8 @@ impl Bench {
             None => None,
         };
 
-        // Dropping stdin after the line closes it; the workload only reads one line.
         let before = cpu_times();
+        // Dropping stdin after the line closes it; the workload only reads one line.
         workload.child().stdin.take().expect("piped").write_all(b"go\n")?;
         let result = last_json_line(&read_to_end(&mut stdout)?)?;
         let others_busy = self.others_busy(&before, &cpu_times());
