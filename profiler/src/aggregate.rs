@@ -1,14 +1,15 @@
 //! Accumulates decoded samples while profiling; turns them into a symbolized [`Profile`] at
 //! the end. Native addresses are kept raw and symbolized in batches; Python frames are named
 //! as they arrive (their code objects are read while the process is surely alive).
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use profiler_common::py_status;
 
 use crate::{
     events::{Sample, comm_str},
     procinfo,
-    profile::{ProcessProfile, PythonFrameProfile, StackProfile, ThreadProfile},
+    offcpu::{CATEGORIES, Category, Classifier, Wait},
+    profile::{FunctionProfile, ProcessProfile, PythonFrameProfile, StackProfile, ThreadProfile},
     python::{PyFrame, PythonRegistry, Resolved},
     symbols::Symbols,
 };
@@ -43,6 +44,8 @@ impl Frames {
 struct RawStack {
     pid: u32,
     tid: u32,
+    /// Interned [`Wait`] of an off-CPU stack; [`ON_CPU`] for on-CPU samples.
+    wait: u32,
     /// Interned Python frames, root first (empty for native-only stacks).
     python: Box<[u32]>,
     /// Native user addresses, leaf first. With Python frames, at most the native leaf.
@@ -55,12 +58,26 @@ struct ProcessInfo {
     cmdline: Option<String>,
 }
 
+/// `RawStack::wait` of on-CPU samples.
+const ON_CPU: u32 = u32::MAX;
+
+/// How much a stack weighs: samples (or off-CPU intervals) and nanoseconds.
+#[derive(Default, Clone, Copy)]
+struct Weight {
+    samples: u64,
+    ns: u64,
+}
+
 /// Key of a resolved Python frame: (pid, code, fingerprint, instruction, owner).
 type PyFrameKey = (u32, u64, u32, u64, u32);
 
 #[derive(Default)]
 pub struct Aggregator {
-    stacks: HashMap<RawStack, u64>,
+    /// Nanoseconds one on-CPU sample stands for (the sampling period).
+    period_ns: u64,
+    stacks: HashMap<RawStack, Weight>,
+    waits: Vec<Wait>,
+    wait_ids: HashMap<Wait, u32>,
     /// (pid, tid) → (latest thread name, samples).
     threads: HashMap<(u32, u32), (String, u64)>,
     processes: HashMap<u32, ProcessInfo>,
@@ -75,8 +92,46 @@ pub struct Aggregator {
 }
 
 impl Aggregator {
+    pub fn new(frequency_hz: u32) -> Self {
+        Self { period_ns: 1_000_000_000 / frequency_hz.max(1) as u64, ..Default::default() }
+    }
+
     pub fn add(&mut self, s: Sample, symbols: &mut Symbols, python: &mut PythonRegistry) {
         self.samples += 1;
+        let period = self.period_ns;
+        self.add_stack(s, ON_CPU, period, true, symbols, python);
+    }
+
+    /// A long blocking syscall: its blocked time goes to the wait's category, its run-queue
+    /// time (after the wakeup) to `runqueue`, both on the stack it blocked in.
+    pub fn add_off_cpu(&mut self, s: Sample, symbols: &mut Symbols, python: &mut PythonRegistry, classifier: &mut Classifier) {
+        self.off_cpu_events += 1;
+        python.observe(s.pid);
+        let wait = classifier.classify(s.pid, s.off.state, s.off.syscall_nr, s.off.arg0);
+        let runq = Wait { category: Category::Runqueue, syscall: wait.syscall.clone(), target: None };
+        let (blocked_ns, runq_ns) = (s.off.blocked_ns, s.off.runq_ns);
+        if runq_ns > 0 {
+            let id = self.intern_wait(runq);
+            let sample = Sample { py_frames: s.py_frames.clone(), user_stack: s.user_stack.clone(), kernel_stack: s.kernel_stack.clone(), ..s.clone() };
+            self.add_stack(sample, id, runq_ns, false, symbols, python);
+        }
+        if blocked_ns > 0 {
+            let id = self.intern_wait(wait);
+            self.add_stack(s, id, blocked_ns, false, symbols, python);
+        }
+    }
+
+    fn intern_wait(&mut self, wait: Wait) -> u32 {
+        if let Some(&id) = self.wait_ids.get(&wait) {
+            return id;
+        }
+        let id = self.waits.len() as u32;
+        self.wait_ids.insert(wait.clone(), id);
+        self.waits.push(wait);
+        id
+    }
+
+    fn add_stack(&mut self, s: Sample, wait: u32, ns: u64, on_cpu: bool, symbols: &mut Symbols, python: &mut PythonRegistry) {
         let thread_name = comm_str(&s.comm);
         self.processes.entry(s.pid).or_insert_with(|| {
             // Read eagerly: the process may be gone by the time the profile is written.
@@ -87,15 +142,15 @@ impl Aggregator {
         });
         let t = self.threads.entry((s.pid, s.tid)).or_insert_with(|| (String::new(), 0));
         t.0 = thread_name;
-        t.1 += 1;
+        t.1 += on_cpu as u64;
 
         python.observe(s.pid);
         let python_ids = self.python_frames(&s, python);
         let mut user = s.user_stack;
         if let Some(proc) = python.get_mut(s.pid) {
-            self.python_samples += 1;
+            self.python_samples += on_cpu as u64;
             if !python_ids.is_empty() {
-                self.python_samples_with_frames += 1;
+                self.python_samples_with_frames += on_cpu as u64;
                 // Python frames replace the native stack, which cannot be unwound through the
                 // interpreter (no frame pointers); the native leaf stays when it is outside the
                 // interpreter (a C extension, libc, a syscall wrapper).
@@ -110,16 +165,14 @@ impl Aggregator {
         let key = RawStack {
             pid: s.pid,
             tid: s.tid,
+            wait,
             python: python_ids.into_boxed_slice(),
             user: user.into_boxed_slice(),
             kernel: s.kernel_stack.into_boxed_slice(),
         };
-        *self.stacks.entry(key).or_insert(0) += 1;
-    }
-
-    pub fn add_off_cpu(&mut self, s: Sample, _symbols: &mut Symbols, _python: &mut PythonRegistry) {
-        log::debug!("off-cpu: pid {} tid {} {:?}", s.pid, s.tid, s.off);
-        self.off_cpu_events += 1;
+        let w = self.stacks.entry(key).or_default();
+        w.samples += 1;
+        w.ns += ns;
     }
 
     /// Process `pid` called exec: read its name and command line again; frames resolved for
@@ -163,10 +216,12 @@ impl Aggregator {
 
     /// Builds the symbolized per-process profile. Stacks are root first: Python frames (or the
     /// native user stack from its outermost frame), then the native leaf, then kernel frames.
-    pub fn build(&self, symbols: &Symbols, python: &PythonRegistry) -> Vec<ProcessProfile> {
-        type StackKey = (u32, Vec<String>, Vec<u32>);
-        let mut by_pid: HashMap<u32, HashMap<StackKey, u64>> = HashMap::new();
-        for (raw, &count) in &self.stacks {
+    /// `totals` holds each thread's exact time per category when off-CPU time was tracked; the
+    /// part of it no stack carries (intervals under the threshold) becomes a stackless entry.
+    pub fn build(&self, symbols: &Symbols, python: &PythonRegistry, totals: &ThreadTotals) -> Vec<ProcessProfile> {
+        type StackKey = (u32, u32, Vec<String>, Vec<u32>);
+        let mut by_pid: HashMap<u32, HashMap<StackKey, Weight>> = HashMap::new();
+        for (raw, w) in &self.stacks {
             let mut frames = Vec::with_capacity(raw.python.len() + raw.user.len() + raw.kernel.len());
             frames.extend(raw.python.iter().map(|&id| self.frames.text[id as usize].clone()));
             for (i, &addr) in raw.user.iter().enumerate().rev() {
@@ -176,59 +231,195 @@ impl Aggregator {
                 frames.push(symbols.kernel_frame(addr, i).to_string());
             }
             let py: Vec<u32> = raw.python.iter().copied().filter(|&id| self.frames.python[id as usize].is_some()).collect();
-            *by_pid.entry(raw.pid).or_default().entry((raw.tid, frames, py)).or_insert(0) += count;
+            let e = by_pid.entry(raw.pid).or_default().entry((raw.tid, raw.wait, frames, py)).or_default();
+            e.samples += w.samples;
+            e.ns += w.ns;
+        }
+        for &(pid, _) in totals.keys() {
+            by_pid.entry(pid).or_default();
         }
 
         let mut processes: Vec<ProcessProfile> = by_pid
             .into_iter()
-            .map(|(pid, stacks)| {
-                let info = &self.processes[&pid];
-                let mut threads: Vec<ThreadProfile> = self
-                    .threads
-                    .iter()
-                    .filter(|((p, _), _)| *p == pid)
-                    .map(|(&(_, tid), (name, samples))| ThreadProfile {
-                        tid,
-                        name: name.clone(),
-                        python_name: python.thread_name(pid, tid).map(str::to_string),
-                        samples: *samples,
-                    })
-                    .collect();
-                threads.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.tid.cmp(&b.tid)));
-                let thread_name = |tid: u32| {
-                    threads
-                        .iter()
-                        .find(|t| t.tid == tid)
-                        .map(|t| t.python_name.clone().unwrap_or_else(|| t.name.clone()))
-                        .unwrap_or_default()
+            .map(|(pid, stacks)| self.build_process(pid, stacks, python, totals))
+            .filter(|p| p.samples > 0 || p.wall_ns > 0)
+            .collect();
+        processes.sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then(b.samples.cmp(&a.samples)).then(a.pid.cmp(&b.pid)));
+        processes
+    }
+
+    fn build_process(
+        &self,
+        pid: u32,
+        stacks: HashMap<(u32, u32, Vec<String>, Vec<u32>), Weight>,
+        python: &PythonRegistry,
+        totals: &ThreadTotals,
+    ) -> ProcessProfile {
+        let info = self.processes.get(&pid);
+        let mut tids: Vec<u32> = self.threads.keys().filter(|(p, _)| *p == pid).map(|&(_, t)| t).collect();
+        tids.extend(totals.keys().filter(|(p, _)| *p == pid).map(|&(_, t)| t));
+        tids.sort_unstable();
+        tids.dedup();
+
+        let mut stacks: Vec<StackProfile> = stacks
+            .into_iter()
+            .map(|((tid, wait, frames, py), w)| {
+                let (category, syscall, target) = match self.waits.get(wait as usize) {
+                    Some(wt) => (wt.category, wt.syscall.clone(), wt.target.clone()),
+                    None => (Category::Cpu, None, None),
                 };
-                let mut stacks: Vec<StackProfile> = stacks
-                    .into_iter()
-                    .map(|((tid, frames, py), samples)| StackProfile {
-                        tid,
-                        thread: thread_name(tid),
-                        frames,
-                        python_frames: py
-                            .iter()
-                            .filter_map(|&id| self.frames.python[id as usize].as_ref())
-                            .map(|f| PythonFrameProfile { function: f.function.clone(), file: f.file.clone(), line: f.line })
-                            .collect(),
-                        samples,
-                    })
-                    .collect();
-                stacks.sort_by(|a, b| b.samples.cmp(&a.samples).then_with(|| (a.tid, &a.frames).cmp(&(b.tid, &b.frames))));
-                ProcessProfile {
-                    pid,
-                    comm: info.comm.clone(),
-                    cmdline: info.cmdline.clone(),
-                    python_version: python.version(pid).map(|v| v.to_string()),
-                    samples: threads.iter().map(|t| t.samples).sum(),
-                    threads,
-                    stacks,
+                StackProfile {
+                    tid,
+                    thread: String::new(),
+                    frames,
+                    python_frames: py
+                        .iter()
+                        .filter_map(|&id| self.frames.python[id as usize].as_ref())
+                        .map(|f| PythonFrameProfile { function: f.function.clone(), file: f.file.clone(), line: f.line })
+                        .collect(),
+                    samples: w.samples,
+                    category,
+                    weight_ns: w.ns,
+                    syscall,
+                    target,
                 }
             })
             .collect();
-        processes.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.pid.cmp(&b.pid)));
-        processes
+
+        let mut threads = Vec::new();
+        for tid in tids {
+            let (os_name, samples) = self.threads.get(&(pid, tid)).cloned().unwrap_or_else(|| {
+                (procinfo::thread_comm(pid, tid).unwrap_or_default(), 0)
+            });
+            let mut by_category: BTreeMap<Category, u64> = BTreeMap::new();
+            match totals.get(&(pid, tid)) {
+                Some(exact) => {
+                    for (c, &ns) in CATEGORIES.iter().zip(exact.iter()) {
+                        if ns > 0 {
+                            by_category.insert(*c, ns);
+                        }
+                    }
+                    // Waits no stack carries (shorter than the threshold): stackless entries.
+                    for c in &CATEGORIES[1..] {
+                        let total = by_category.get(c).copied().unwrap_or(0);
+                        let stacked: u64 =
+                            stacks.iter().filter(|s| s.tid == tid && s.category == *c).map(|s| s.weight_ns).sum();
+                        if total > stacked {
+                            stacks.push(StackProfile {
+                                tid,
+                                thread: String::new(),
+                                frames: Vec::new(),
+                                python_frames: Vec::new(),
+                                samples: 0,
+                                category: *c,
+                                weight_ns: total - stacked,
+                                syscall: None,
+                                target: Some(SHORT_WAITS.to_string()),
+                            });
+                        }
+                    }
+                }
+                None => {
+                    if samples > 0 {
+                        by_category.insert(Category::Cpu, samples * self.period_ns);
+                    }
+                }
+            }
+            let wall_ns = by_category.values().sum();
+            threads.push(ThreadProfile {
+                tid,
+                name: os_name,
+                python_name: python.thread_name(pid, tid).map(str::to_string),
+                samples,
+                wall_ns,
+                totals_ns: by_category.into_iter().map(|(c, ns)| (c.name().to_string(), ns)).collect(),
+            });
+        }
+        threads.sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then(b.samples.cmp(&a.samples)).then(a.tid.cmp(&b.tid)));
+        for s in &mut stacks {
+            s.thread = threads
+                .iter()
+                .find(|t| t.tid == s.tid)
+                .map(|t| t.python_name.clone().unwrap_or_else(|| t.name.clone()))
+                .unwrap_or_default();
+        }
+        stacks.sort_by(|a, b| b.weight_ns.cmp(&a.weight_ns).then_with(|| (a.tid, &a.frames).cmp(&(b.tid, &b.frames))));
+
+        let mut totals_ns: BTreeMap<String, u64> = BTreeMap::new();
+        for t in &threads {
+            for (c, ns) in &t.totals_ns {
+                *totals_ns.entry(c.clone()).or_insert(0) += ns;
+            }
+        }
+        ProcessProfile {
+            pid,
+            comm: info.map(|i| i.comm.clone()).or_else(|| procinfo::comm(pid)).unwrap_or_default(),
+            cmdline: info.and_then(|i| i.cmdline.clone()).or_else(|| procinfo::cmdline(pid)),
+            python_version: python.version(pid).map(|v| v.to_string()),
+            samples: threads.iter().map(|t| t.samples).sum(),
+            wall_ns: threads.iter().map(|t| t.wall_ns).sum(),
+            totals_ns,
+            functions: function_table(&stacks),
+            threads,
+            stacks,
+        }
     }
 }
+
+/// Target text of the stackless part of a thread's waits.
+pub const SHORT_WAITS: &str = "short waits (no stack)";
+
+/// Exact time per category (in [`CATEGORIES`] order) per (pid, tid).
+pub type ThreadTotals = HashMap<(u32, u32), [u64; 9]>;
+
+/// Adds the exact kernel sums into per-thread totals: on-CPU time per thread, and each
+/// off-CPU interval's blocked part in its wait's category and its run-queue part in runqueue.
+pub fn thread_totals(
+    times: &[(u32, profiler_common::ThreadTimes)],
+    sums: &[(profiler_common::OffCpuKey, profiler_common::OffCpuSum)],
+    classifier: &mut Classifier,
+) -> ThreadTotals {
+    let mut totals = ThreadTotals::new();
+    let pid_of: HashMap<u32, u32> = times.iter().map(|(tid, t)| (*tid, t.pid)).collect();
+    for (tid, t) in times {
+        totals.entry((t.pid, *tid)).or_default()[0] += t.oncpu_ns;
+    }
+    for (key, sum) in sums {
+        let Some(&pid) = pid_of.get(&key.tid) else { continue };
+        let wait = classifier.classify(pid, key.state, key.syscall_nr, key.arg0);
+        let entry = totals.entry((pid, key.tid)).or_default();
+        entry[wait.category as usize] += sum.blocked_ns;
+        entry[Category::Runqueue as usize] += sum.runq_ns;
+    }
+    totals
+}
+
+/// The top Python functions of a process by wall time, inclusive (a function counts once per
+/// stack it is on), with their split by category.
+fn function_table(stacks: &[StackProfile]) -> Vec<FunctionProfile> {
+    let mut by_function: HashMap<(String, String), BTreeMap<Category, u64>> = HashMap::new();
+    for s in stacks {
+        let mut seen = std::collections::HashSet::new();
+        for f in &s.python_frames {
+            let key = (f.function.clone(), f.file.clone());
+            if seen.insert(key.clone()) {
+                *by_function.entry(key).or_default().entry(s.category).or_insert(0) += s.weight_ns;
+            }
+        }
+    }
+    let mut table: Vec<FunctionProfile> = by_function
+        .into_iter()
+        .map(|((function, file), split)| FunctionProfile {
+            function,
+            file,
+            wall_ns: split.values().sum(),
+            totals_ns: split.into_iter().map(|(c, ns)| (c.name().to_string(), ns)).collect(),
+        })
+        .collect();
+    table.sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then_with(|| a.function.cmp(&b.function)));
+    table.truncate(MAX_FUNCTIONS);
+    table
+}
+
+/// Functions listed per process in the JSON.
+const MAX_FUNCTIONS: usize = 50;

@@ -66,14 +66,20 @@ pub struct ProfileArgs {
           value_parser = clap::value_parser!(u32).range(1..=profiler_common::MAX_PY_FRAMES as i64))]
     pub max_depth: u32,
 
-    /// Experimental, not yet reported: track off-CPU time (scheduler and syscall hooks) for
-    /// Python and targeted processes. Work in progress toward off-CPU reports.
-    #[arg(long, hide = true)]
-    pub off_cpu: bool,
+    /// On-CPU only: no scheduler or syscall tracking (off-CPU time is tracked by default for
+    /// Python processes and explicit targets).
+    #[arg(long)]
+    pub no_off_cpu: bool,
 
-    /// With --off-cpu: blocked syscalls shorter than this (microseconds) carry no stack.
-    #[arg(long, hide = true, value_name = "MICROSECONDS", default_value_t = 100)]
+    /// Off-CPU waits shorter than this (microseconds) are counted per thread but carry no stack.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 100)]
     pub off_cpu_threshold_us: u64,
+
+    /// What flame graphs and folded stacks weigh: `wall` (on- and off-CPU time, each stack
+    /// ending in a frame naming its category; the default with off-CPU tracking) or `cpu`
+    /// (on-CPU samples only).
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
 
     /// Measure the BPF programs' own cost (run count and time) and report it.
     #[arg(long)]
@@ -86,6 +92,14 @@ pub struct ProfileArgs {
     /// Command to start and profile until it exits (after `--`).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// What stacks weigh in flame graphs and folded output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Cpu,
+    Wall,
 }
 
 /// Output formats.

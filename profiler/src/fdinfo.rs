@@ -139,6 +139,9 @@ pub struct FdCache {
 
 struct Entry {
     target: FdTarget,
+    /// What /proc/PID/fd/FD pointed to when resolved: a different link means the fd number was
+    /// closed and reused for something else.
+    link: Option<String>,
     /// `None`: valid until invalidated.
     expires: Option<Instant>,
 }
@@ -158,8 +161,13 @@ impl FdCache {
     /// What `fd` of `pid` refers to, from the cache or resolved now.
     pub fn describe(&mut self, pid: u32, fd: i32) -> Option<&FdTarget> {
         let now = Instant::now();
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok().map(|p| p.to_string_lossy().into_owned());
         let fds = self.processes.entry(pid).or_default();
-        let cached = fds.get(&fd).is_some_and(|e| e.expires.is_none_or(|at| now < at));
+        // Once the fd (or the process) is gone, the last answer stands: waits are often
+        // classified after the fact.
+        let cached = fds.get(&fd).is_some_and(|e| {
+            link.is_none() || (e.link == link && e.expires.is_none_or(|at| now < at))
+        });
         if !cached {
             let Some(resolved) = resolve(pid, fd, &mut self.net) else {
                 fds.remove(&fd);
@@ -169,7 +177,7 @@ impl FdCache {
                 return None;
             };
             let expires = (!resolved.complete).then(|| now + self.net.max_age);
-            fds.insert(fd, Entry { target: resolved.target, expires });
+            fds.insert(fd, Entry { target: resolved.target, link, expires });
         }
         self.processes.get(&pid)?.get(&fd).map(|entry| &entry.target)
     }

@@ -3,12 +3,31 @@ use std::io::Write;
 
 use inferno::flamegraph::{self, Options, color::{BasicPalette, Palette}};
 
-use crate::profile::Profile;
+use inferno::flamegraph::color::{PaletteMap, parse_hex_color};
+
+use crate::{cli::Mode, offcpu::Category, profile::Profile};
+
+/// Colours of off-CPU leaf frames: blues for I/O, purples for waiting on others, greys for
+/// time asleep.
+fn category_color(c: Category) -> &'static str {
+    match c {
+        Category::Cpu => "#e8743b",
+        Category::Runqueue => "#f2c94c",
+        Category::Net => "#2f80ed",
+        Category::Disk => "#27ae60",
+        Category::Lock => "#9b51e0",
+        Category::Gil => "#eb5757",
+        Category::Sleep => "#bdbdbd",
+        Category::Ipc => "#56ccf2",
+        Category::Other => "#828282",
+    }
+}
 
 pub fn write_svg(profile: &Profile, w: &mut dyn Write) -> anyhow::Result<()> {
     let lines = profile.folded_lines();
     let mut opts = Options::default();
-    opts.title = "pyebpf: on-CPU".to_string();
+    let wall = profile.mode == Mode::Wall;
+    opts.title = if wall { "pyebpf: wall clock (on- and off-CPU)" } else { "pyebpf: on-CPU" }.to_string();
     opts.subtitle = Some(format!(
         "{} samples at {} Hz over {:.1} s on {} CPUs{}",
         profile.samples,
@@ -17,14 +36,24 @@ pub fn write_svg(profile: &Profile, w: &mut dyn Write) -> anyhow::Result<()> {
         profile.cpus,
         if profile.lost_events > 0 { format!(", {} lost", profile.lost_events) } else { String::new() }
     ));
-    opts.count_name = "samples".to_string();
+    opts.count_name = if wall { "µs" } else { "samples" }.to_string();
+    // Off-CPU leaf frames coloured by category, so waits stand out from the hot-palette CPU.
+    let mut palette = PaletteMap::default();
+    for p in &profile.processes {
+        for s in &p.stacks {
+            if let (Some(leaf), Some(color)) = (s.wait_frame(), parse_hex_color(category_color(s.category))) {
+                palette.insert(leaf.replace(';', ":"), color);
+            }
+        }
+    }
+    opts.palette_map = Some(&mut palette);
     opts.colors = Palette::Basic(BasicPalette::Hot);
     opts.deterministic = true;
     // Keep the start of a frame's text when it does not fit: the function name, not the path.
     opts.text_truncate_direction = inferno::flamegraph::TextTruncateDirection::Right;
     if lines.is_empty() {
         // inferno refuses empty input; an empty profile is still a valid answer.
-        opts.title = "pyebpf: on-CPU (no samples)".to_string();
+        opts.title = format!("{} (no samples)", opts.title);
         let placeholder = ["[no samples] 1"];
         flamegraph::from_lines(&mut opts, placeholder.iter().copied(), w)?;
     } else {

@@ -7,6 +7,7 @@ pub mod events;
 pub mod fdinfo;
 pub mod flamegraph;
 pub mod kernel_btf;
+pub mod offcpu;
 pub mod output;
 pub mod privileges;
 pub mod procinfo;

@@ -6,6 +6,12 @@ pub fn comm(pid: u32) -> Option<String> {
     Process::new(pid as i32).ok()?.stat().ok().map(|s| s.comm)
 }
 
+/// A thread's name (`comm`).
+pub fn thread_comm(pid: u32, tid: u32) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).ok()?;
+    Some(text.trim_end().to_string())
+}
+
 /// Command line, arguments joined by spaces; `None` for kernel threads and vanished processes.
 pub fn cmdline(pid: u32) -> Option<String> {
     let args = Process::new(pid as i32).ok()?.cmdline().ok()?;

@@ -1,8 +1,14 @@
 //! The finished profile: what every output format and the summary are made from.
 //! Serialized as is for `--format json` (versioned by `format`/`version`).
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
-use crate::bpf::ProgramStats;
+use crate::{
+    bpf::ProgramStats,
+    cli::Mode,
+    offcpu::{Category, Wait},
+};
 
 pub const FORMAT_NAME: &str = "pyebpf-profile";
 /// Bump when a field changes meaning or disappears; adding fields keeps the version.
@@ -20,6 +26,12 @@ pub struct Profile {
     /// Samples the kernel could not hand over (ring buffer full) or userspace could not decode.
     pub lost_events: u64,
     pub samples: u64,
+    /// What flame graphs and folded stacks weigh: `cpu` (samples) or `wall` (microseconds).
+    pub mode: Mode,
+    /// Whether off-CPU time was tracked (then totals cover wall-clock time).
+    pub off_cpu: bool,
+    /// Off-CPU waits shorter than this carry no stack.
+    pub off_cpu_threshold_ns: u64,
     /// Unix time the profile started, in seconds.
     pub start_time_unix: f64,
     pub processes: Vec<ProcessProfile>,
@@ -35,8 +47,22 @@ pub struct ProcessProfile {
     /// CPython version when this is a Python process we unwound.
     pub python_version: Option<String>,
     pub samples: u64,
+    /// Sum of its threads' `wall_ns`.
+    pub wall_ns: u64,
+    /// Nanoseconds per category (cpu, runqueue, net, disk, lock, gil, sleep, ipc, other).
+    pub totals_ns: BTreeMap<String, u64>,
     pub threads: Vec<ThreadProfile>,
+    /// Top Python functions by wall time, inclusive, with their split by category.
+    pub functions: Vec<FunctionProfile>,
     pub stacks: Vec<StackProfile>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FunctionProfile {
+    pub function: String,
+    pub file: String,
+    pub wall_ns: u64,
+    pub totals_ns: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -46,7 +72,12 @@ pub struct ThreadProfile {
     pub name: String,
     /// `threading.Thread.name`, when it could be read.
     pub python_name: Option<String>,
+    /// On-CPU samples.
     pub samples: u64,
+    /// Time accounted while profiled: on-CPU plus off-CPU (exact when off-CPU was tracked,
+    /// else samples × period).
+    pub wall_ns: u64,
+    pub totals_ns: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -58,7 +89,15 @@ pub struct StackProfile {
     pub frames: Vec<String>,
     /// The Python frames of `frames`, root first, as structured data.
     pub python_frames: Vec<PythonFrameProfile>,
+    /// On-CPU samples, or off-CPU intervals.
     pub samples: u64,
+    pub category: Category,
+    /// Time this stack stands for, in its category.
+    pub weight_ns: u64,
+    /// The syscall an off-CPU stack was blocked in.
+    pub syscall: Option<String>,
+    /// What it waited on: `tcp 127.0.0.1:5432`, `file /var/lib/x.db`...
+    pub target: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,24 +109,48 @@ pub struct PythonFrameProfile {
 }
 
 impl Profile {
-    /// Folded-stack lines (`process;thread;frame;...;leaf count`), sorted, for folded and SVG output.
+    /// Folded-stack lines (`process;thread;frame;...;leaf count`), sorted, for folded and SVG
+    /// output. In `cpu` mode: on-CPU stacks, counted in samples. In `wall` mode: every stack,
+    /// off-CPU ones ending in a frame naming their wait (`[net] recv tcp 10.0.0.5:5432`),
+    /// weighted in microseconds.
     pub fn folded_lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for p in &self.processes {
             let process = format!("{} ({})", sanitize(&p.comm), p.pid);
             for s in &p.stacks {
+                let count = match self.mode {
+                    Mode::Cpu if s.category == Category::Cpu => s.samples,
+                    Mode::Cpu => continue,
+                    Mode::Wall => s.weight_ns / 1000,
+                };
+                if count == 0 {
+                    continue;
+                }
                 let mut line = format!("{process};{} ({})", sanitize(&s.thread), s.tid);
                 for f in &s.frames {
                     line.push(';');
                     line.push_str(&sanitize(f));
                 }
+                if let Some(leaf) = s.wait_frame() {
+                    line.push(';');
+                    line.push_str(&sanitize(&leaf));
+                }
                 line.push(' ');
-                line.push_str(&s.samples.to_string());
+                line.push_str(&count.to_string());
                 lines.push(line);
             }
         }
         lines.sort();
         lines
+    }
+}
+
+impl StackProfile {
+    /// The synthetic leaf frame of an off-CPU stack.
+    pub fn wait_frame(&self) -> Option<String> {
+        (self.category != Category::Cpu).then(|| {
+            Wait { category: self.category, syscall: self.syscall.clone(), target: self.target.clone() }.leaf_frame()
+        })
     }
 }
 
@@ -100,16 +163,29 @@ fn sanitize(frame: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn folded_lines_are_root_first_and_prefixed_by_process_and_thread() {
-        let profile = Profile {
+    fn profile(mode: Mode) -> Profile {
+        let stack = |frames: &[&str], category, samples, weight_ns, syscall: Option<&str>, target: Option<&str>| StackProfile {
+            tid: 11,
+            thread: "w;1".into(),
+            frames: frames.iter().map(|f| f.to_string()).collect(),
+            python_frames: vec![],
+            samples,
+            category,
+            weight_ns,
+            syscall: syscall.map(str::to_string),
+            target: target.map(str::to_string),
+        };
+        Profile {
             format: FORMAT_NAME,
             version: FORMAT_VERSION,
             duration_ns: 1,
-            frequency_hz: 99,
+            frequency_hz: 100,
             cpus: 1,
             lost_events: 0,
             samples: 3,
+            mode,
+            off_cpu: true,
+            off_cpu_threshold_ns: 0,
             start_time_unix: 0.0,
             bpf_stats: None,
             processes: vec![ProcessProfile {
@@ -118,16 +194,31 @@ mod tests {
                 cmdline: None,
                 python_version: None,
                 samples: 3,
-                threads: vec![ThreadProfile { tid: 11, name: "w;1".into(), python_name: None, samples: 3 }],
-                stacks: vec![StackProfile {
-                    tid: 11,
-                    thread: "w;1".into(),
-                    frames: vec!["main".into(), "a::b;c".into()],
-                    python_frames: vec![],
-                    samples: 3,
-                }],
+                wall_ns: 0,
+                totals_ns: Default::default(),
+                functions: vec![],
+                threads: vec![],
+                stacks: vec![
+                    stack(&["main", "a::b;c"], Category::Cpu, 3, 30_000_000, None, None),
+                    stack(&["main", "get"], Category::Net, 2, 5_000_000, Some("recvfrom"), Some("tcp 127.0.0.1:5432")),
+                ],
             }],
-        };
-        assert_eq!(profile.folded_lines(), vec!["app (10);w:1 (11);main;a::b:c 3".to_string()]);
+        }
+    }
+
+    #[test]
+    fn folded_cpu_mode_counts_on_cpu_samples_root_first() {
+        assert_eq!(profile(Mode::Cpu).folded_lines(), vec!["app (10);w:1 (11);main;a::b:c 3".to_string()]);
+    }
+
+    #[test]
+    fn folded_wall_mode_weighs_microseconds_and_names_waits() {
+        assert_eq!(
+            profile(Mode::Wall).folded_lines(),
+            vec![
+                "app (10);w:1 (11);main;a::b:c 30000".to_string(),
+                "app (10);w:1 (11);main;get;[net] recvfrom tcp 127.0.0.1:5432 5000".to_string(),
+            ]
+        );
     }
 }

@@ -4,10 +4,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    aggregate::Aggregator,
+    aggregate::{Aggregator, thread_totals},
     bpf::{Bpf, BpfConfig},
     cli::ProfileArgs,
     events::{self, Event},
+    offcpu::Classifier,
     output, privileges,
     profile::{FORMAT_NAME, FORMAT_VERSION, Profile},
     python::PythonRegistry,
@@ -27,6 +28,17 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     privileges::check()?;
     let target = TargetSpec::resolve(args.all, &args.pids, &args.command)?;
     check_frequency(args.frequency)?;
+    let mode = match (args.mode, args.no_off_cpu) {
+        (Some(crate::cli::Mode::Wall), true) => {
+            return Err(crate::error::fatal(
+                crate::error::ExitCode::Usage,
+                "--mode wall needs off-CPU tracking: drop --no-off-cpu",
+            ));
+        }
+        (Some(mode), _) => mode,
+        (None, true) => crate::cli::Mode::Cpu,
+        (None, false) => crate::cli::Mode::Wall,
+    };
 
     let mut bpf = Bpf::load(&BpfConfig {
         target_all: matches!(target, TargetSpec::All),
@@ -34,7 +46,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         frequency: args.frequency,
         bpf_stats: args.bpf_stats,
         py_max_depth: args.max_depth,
-        off_cpu: args.off_cpu,
+        off_cpu: !args.no_off_cpu,
         off_cpu_threshold_ns: args.off_cpu_threshold_us.saturating_mul(1000),
     })?;
 
@@ -48,22 +60,27 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     let mut running = target.start(&mut bpf)?;
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
 
-    let mut agg = Aggregator::default();
+    let mut agg = Aggregator::new(args.frequency);
+    let mut classifier = Classifier::default();
     let mut symbols = Symbols::new();
     let mut python = PythonRegistry::default();
     // Known targets are looked at before their first sample, so it already has Python frames.
     for pid in running.initial_pids() {
         python.observe(pid);
     }
-    register_python(&mut bpf, &mut python);
+    register_python(&mut bpf, &mut python, &mut classifier);
     let mut decode_errors = 0u64;
     // Samples of the command we start count from its exec on (see Running::launched_pid).
     let mut awaiting_exec = running.launched_pid();
-    let mut drain = |bpf: &mut Bpf, agg: &mut Aggregator, symbols: &mut Symbols, python: &mut PythonRegistry| {
+    let mut drain = |bpf: &mut Bpf,
+                     agg: &mut Aggregator,
+                     symbols: &mut Symbols,
+                     python: &mut PythonRegistry,
+                     classifier: &mut Classifier| {
         bpf.drain(|record| match events::decode(record) {
             Ok(Event::Sample(s)) if awaiting_exec == Some(s.pid) => {}
             Ok(Event::Sample(s)) => agg.add(s, symbols, python),
-            Ok(Event::OffCpu(s)) => agg.add_off_cpu(s, symbols, python),
+            Ok(Event::OffCpu(s)) => agg.add_off_cpu(s, symbols, python, classifier),
             Ok(Event::ThreadMiss { pid, tid, key_offset, key }) => python.thread_miss(pid, tid, key_offset, key),
             Ok(Event::Exec { pid }) if awaiting_exec == Some(pid) => awaiting_exec = None,
             Ok(Event::Exec { pid }) => {
@@ -77,7 +94,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
                 decode_errors += 1;
             }
         });
-        register_python(bpf, python);
+        register_python(bpf, python, classifier);
     };
 
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);
@@ -86,11 +103,13 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     let stop_reason = loop {
         tokio::select! {
             _ = tick.tick() => {
-                drain(&mut bpf, &mut agg, &mut symbols, &mut python);
+                drain(&mut bpf, &mut agg, &mut symbols, &mut python, &mut classifier);
                 ticks += 1;
                 if ticks % HOUSEKEEPING_EVERY == 0 {
                     symbols.resolve_pending();
                     python.refresh_thread_names();
+                    // Classify new waits while their fds are still open.
+                    thread_totals(&bpf.thread_times(), &bpf.offcpu_sums(), &mut classifier);
                     if let Some(reason) = running.finished() {
                         break reason;
                     }
@@ -103,14 +122,16 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         }
     };
     let elapsed = start.elapsed();
-    drain(&mut bpf, &mut agg, &mut symbols, &mut python);
+    drain(&mut bpf, &mut agg, &mut symbols, &mut python, &mut classifier);
     symbols.resolve_pending();
     python.refresh_thread_names();
     running.stop();
     log::info!("profiling stopped: {stop_reason}");
 
     let counters = bpf.counters();
-    let (offcpu_sums, thread_times) = (bpf.offcpu_sums().len(), bpf.thread_times().len());
+    let (sums, times) = (bpf.offcpu_sums(), bpf.thread_times());
+    let (offcpu_sums, thread_times) = (sums.len(), times.len());
+    let totals = thread_totals(&times, &sums, &mut classifier);
     let profile = Profile {
         format: FORMAT_NAME,
         version: FORMAT_VERSION,
@@ -120,7 +141,10 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         lost_events: counters.lost + decode_errors,
         samples: agg.samples,
         start_time_unix: start_wall.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
-        processes: agg.build(&symbols, &python),
+        mode,
+        off_cpu: !args.no_off_cpu,
+        off_cpu_threshold_ns: args.off_cpu_threshold_us.saturating_mul(1000),
+        processes: agg.build(&symbols, &python, &totals),
         bpf_stats: args.bpf_stats.then(|| bpf.program_stats()),
     };
     drop(bpf);
@@ -150,7 +174,10 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
 }
 
 /// Hands the kernel the layout of Python processes found since the last call.
-fn register_python(bpf: &mut Bpf, python: &mut PythonRegistry) {
+fn register_python(bpf: &mut Bpf, python: &mut PythonRegistry, classifier: &mut Classifier) {
+    for (pid, range) in python.gil_ranges() {
+        classifier.set_gil(pid, range);
+    }
     for (pid, info) in python.take_pending() {
         if let Err(e) = bpf.set_python(pid, &info) {
             log::warn!("{e:#}");

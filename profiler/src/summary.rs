@@ -1,18 +1,19 @@
-//! The terminal summary printed when profiling ends.
+//! The terminal summary printed when profiling ends: where each process's and thread's time
+//! went (CPU versus each kind of waiting), the stacks that spent it, and the Python functions
+//! that are CPU- or I/O-bound.
 use std::io::Write;
 
-use crate::profile::Profile;
+use crate::{
+    cli::Mode,
+    offcpu::CATEGORIES,
+    profile::{ProcessProfile, Profile, StackProfile},
+};
 
 const TOP_PROCESSES: usize = 15;
-const TOP_THREADS: usize = 5;
+const TOP_THREADS: usize = 6;
 const TOP_STACKS: usize = 8;
-const STACK_FRAMES_SHOWN: usize = 6;
-
-/// Percent of one CPU that `samples` stand for over the profile.
-fn cpu_percent(profile: &Profile, samples: u64) -> f64 {
-    let possible = profile.duration_ns as f64 / 1e9 * profile.frequency_hz as f64;
-    if possible > 0.0 { 100.0 * samples as f64 / possible } else { 0.0 }
-}
+const TOP_FUNCTIONS: usize = 8;
+const STACK_FRAMES_SHOWN: usize = 5;
 
 fn share(part: u64, total: u64) -> f64 {
     if total > 0 { 100.0 * part as f64 / total as f64 } else { 0.0 }
@@ -22,7 +23,7 @@ fn share(part: u64, total: u64) -> f64 {
 fn truncate(text: &str, width: usize) -> String {
     let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     if text.chars().count() <= width {
-        text.to_string()
+        text
     } else {
         let mut t: String = text.chars().take(width.saturating_sub(1)).collect();
         t.push('…');
@@ -30,19 +31,27 @@ fn truncate(text: &str, width: usize) -> String {
     }
 }
 
+/// "cpu 41%  net 52%  sleep 7%": categories above half a percent, largest first.
+fn split(totals: &std::collections::BTreeMap<String, u64>, wall: u64) -> String {
+    let mut parts: Vec<(&String, u64)> = totals.iter().map(|(c, ns)| (c, *ns)).filter(|(_, ns)| share(*ns, wall) >= 0.5).collect();
+    parts.sort_by(|a, b| b.1.cmp(&a.1));
+    parts.iter().map(|(c, ns)| format!("{c} {:.0}%", share(*ns, wall))).collect::<Vec<_>>().join("  ")
+}
+
 pub fn write(profile: &Profile, notes: &[String], w: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         w,
-        "pyebpf: profiled {:.2} s at {} Hz on {} CPUs: {} samples from {} processes, {} lost events",
+        "pyebpf: profiled {:.2} s at {} Hz on {} CPUs{}: {} samples from {} processes, {} lost events",
         profile.duration_ns as f64 / 1e9,
         profile.frequency_hz,
         profile.cpus,
+        if profile.off_cpu { " with off-CPU tracking" } else { "" },
         profile.samples,
         profile.processes.len(),
         profile.lost_events,
     )?;
     if profile.lost_events > 0 {
-        writeln!(w, "  warning: {} samples were lost (ring buffer full); try a lower --frequency", profile.lost_events)?;
+        writeln!(w, "  warning: {} events were lost (ring buffer full); try a lower --frequency", profile.lost_events)?;
     }
     for note in notes {
         writeln!(w, "  note: {note}")?;
@@ -52,27 +61,29 @@ pub fn write(profile: &Profile, notes: &[String], w: &mut dyn Write) -> std::io:
         return Ok(());
     }
 
+    let wall_secs = |ns: u64| ns as f64 / 1e9;
     writeln!(w)?;
-    writeln!(w, "{:>8}  {:<16} {:>8} {:>7}  COMMAND", "PID/└TID", "PROCESS/THREAD", "SAMPLES", "CPU%")?;
+    writeln!(w, "{:>8}  {:<16} {:>9}  {:<44} COMMAND", "PID/└TID", "PROCESS/THREAD", "TIME s", "WHERE THE TIME WENT")?;
     for p in profile.processes.iter().take(TOP_PROCESSES) {
         writeln!(
             w,
-            "{:>8}  {:<16} {:>8} {:>6.1}%  {}",
+            "{:>8}  {:<16} {:>9.2}  {:<44} {}{}",
             p.pid,
             truncate(&p.comm, 16),
-            p.samples,
-            cpu_percent(profile, p.samples),
-            truncate(p.cmdline.as_deref().unwrap_or("-"), 60),
+            wall_secs(p.wall_ns),
+            truncate(&split(&p.totals_ns, p.wall_ns), 44),
+            p.python_version.as_deref().map(|v| format!("[Python {v}] ")).unwrap_or_default(),
+            truncate(p.cmdline.as_deref().unwrap_or("-"), 50),
         )?;
         if p.threads.len() > 1 {
             for t in p.threads.iter().take(TOP_THREADS) {
                 writeln!(
                     w,
-                    "{:>8}  {:<16} {:>8} {:>6.1}%",
+                    "{:>8}  {:<16} {:>9.2}  {}",
                     format!("└{}", t.tid),
                     truncate(t.python_name.as_deref().unwrap_or(&t.name), 16),
-                    t.samples,
-                    cpu_percent(profile, t.samples),
+                    wall_secs(t.wall_ns),
+                    split(&t.totals_ns, t.wall_ns),
                 )?;
             }
             if p.threads.len() > TOP_THREADS {
@@ -84,35 +95,75 @@ pub fn write(profile: &Profile, notes: &[String], w: &mut dyn Write) -> std::io:
         writeln!(w, "  … {} more processes", profile.processes.len() - TOP_PROCESSES)?;
     }
 
-    let mut stacks: Vec<_> = profile
+    write_top_stacks(profile, w)?;
+    write_functions(profile, w)
+}
+
+/// The innermost Python frame of a stack, for "in get_user (app/db.py:42)".
+fn innermost_python(s: &StackProfile) -> Option<String> {
+    let f = s.python_frames.last()?;
+    Some(match f.line {
+        Some(line) => format!("{} ({}:{line})", f.function, f.file),
+        None => format!("{} ({})", f.function, f.file),
+    })
+}
+
+fn write_top_stacks(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()> {
+    let mut stacks: Vec<(&ProcessProfile, &StackProfile)> = profile
         .processes
         .iter()
         .flat_map(|p| p.stacks.iter().map(move |s| (p, s)))
+        .filter(|(_, s)| profile.mode == Mode::Wall || s.category == crate::offcpu::Category::Cpu)
         .collect();
-    stacks.sort_by(|a, b| b.1.samples.cmp(&a.1.samples));
+    stacks.sort_by(|a, b| b.1.weight_ns.cmp(&a.1.weight_ns));
     writeln!(w)?;
-    writeln!(w, "Top stacks (leaf first):")?;
+    writeln!(w, "Top stacks by {} (leaf first):", if profile.mode == Mode::Wall { "wall time" } else { "CPU samples" })?;
     for (p, s) in stacks.iter().take(TOP_STACKS) {
+        let thread_wall = p.threads.iter().find(|t| t.tid == s.tid).map_or(0, |t| t.wall_ns);
+        let mut what = format!("{:<8} {:>4.0}% of thread", s.category.name(), share(s.weight_ns, thread_wall));
+        for part in [&s.syscall, &s.target].into_iter().flatten() {
+            what.push_str("  ");
+            what.push_str(part);
+        }
+        if let Some(func) = innermost_python(s) {
+            what.push_str(&format!("  in {func}"));
+        }
+        writeln!(w, "  {:>7.3} s  {what}   [{} ({}) thread {} ({})]", s.weight_ns as f64 / 1e9, p.comm, p.pid, s.thread, s.tid)?;
+        let shown: Vec<&str> = s.frames.iter().rev().take(STACK_FRAMES_SHOWN).map(String::as_str).collect();
+        if !shown.is_empty() {
+            let more = s.frames.len().saturating_sub(STACK_FRAMES_SHOWN);
+            let mut line = shown.join(" <- ");
+            if more > 0 {
+                line.push_str(&format!(" <- … {more} more"));
+            }
+            writeln!(w, "             {line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Per Python function, inclusive wall time and its split: CPU-bound or waiting, and on what.
+fn write_functions(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()> {
+    let mut rows: Vec<(&ProcessProfile, &crate::profile::FunctionProfile)> =
+        profile.processes.iter().flat_map(|p| p.functions.iter().map(move |f| (p, f))).collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    rows.sort_by(|a, b| b.1.wall_ns.cmp(&a.1.wall_ns));
+    writeln!(w)?;
+    writeln!(w, "Python functions by inclusive time:")?;
+    for (p, f) in rows.iter().take(TOP_FUNCTIONS) {
+        let order: Vec<_> = CATEGORIES.iter().map(|c| c.name()).collect();
+        let mut totals: Vec<(&String, &u64)> = f.totals_ns.iter().collect();
+        totals.sort_by_key(|(c, _)| order.iter().position(|o| o == c));
         writeln!(
             w,
-            "  {:>5.1}% {:>7} samples  {} ({}) thread {} ({})",
-            share(s.samples, profile.samples),
-            s.samples,
-            p.comm,
-            p.pid,
-            s.thread,
-            s.tid
+            "  {:>7.3} s  {:<44} {}  [pid {}]",
+            f.wall_ns as f64 / 1e9,
+            truncate(&format!("{} ({})", f.function, f.file), 44),
+            split(&f.totals_ns, f.wall_ns),
+            p.pid
         )?;
-        let shown: Vec<&str> = s.frames.iter().rev().take(STACK_FRAMES_SHOWN).map(String::as_str).collect();
-        let more = s.frames.len().saturating_sub(STACK_FRAMES_SHOWN);
-        let mut line = shown.join(" <- ");
-        if more > 0 {
-            line.push_str(&format!(" <- … {more} more"));
-        }
-        if line.is_empty() {
-            line = "(no stack)".to_string();
-        }
-        writeln!(w, "          {line}")?;
     }
     Ok(())
 }

@@ -172,11 +172,11 @@ impl KillOnDrop {
     }
 }
 
-/// Fraction of a process's samples whose stack holds `chain` as consecutive frames, in order.
+/// Fraction of a process's on-CPU samples whose stack holds `chain` as consecutive frames.
 pub fn share_with_chain(process: &Value, chain: &[&str]) -> f64 {
     let mut total = 0u64;
     let mut matching = 0u64;
-    for stack in process["stacks"].as_array().unwrap() {
+    for stack in process["stacks"].as_array().unwrap().iter().filter(|s| s["category"] == "cpu") {
         let samples = stack["samples"].as_u64().unwrap();
         let frames: Vec<&str> = stack["frames"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
         total += samples;

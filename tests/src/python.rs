@@ -123,11 +123,11 @@ pub fn has_chain(stack: &Value, file: &Path, chain: &[Expect]) -> bool {
     })
 }
 
-/// Samples of `process` (optionally of one thread) whose stack satisfies `pred`, and all.
+/// On-CPU samples of `process` (optionally of one thread) whose stack satisfies `pred`, and all.
 pub fn count(process: &Value, tid: Option<u64>, pred: impl Fn(&Value) -> bool) -> (u64, u64) {
     let mut matching = 0;
     let mut total = 0;
-    for s in process["stacks"].as_array().unwrap() {
+    for s in process["stacks"].as_array().unwrap().iter().filter(|s| s["category"] == "cpu") {
         if tid.is_some_and(|t| s["tid"].as_u64() != Some(t)) {
             continue;
         }

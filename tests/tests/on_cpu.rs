@@ -16,7 +16,7 @@ fn command_target_unwinds_frame_pointer_chain_and_ends_with_the_command() {
     let start = Instant::now();
     let out = run(
         pyebpf()
-            .args(["profile", "-F", "499", "-o"])
+            .args(["profile", "--mode", "cpu", "-F", "499", "-o"])
             .arg(&json)
             .arg("-o")
             .arg(&folded)

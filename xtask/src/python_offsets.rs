@@ -107,6 +107,11 @@ const FIELDS: &[&str] = &[
     "long_tag_size_shift",
     "long_digits",
     "long_digit_bits",
+    "runtime_ceval_gil",
+    "interp_ceval_gil",
+    "gil_size",
+    "gil_locked",
+    "gil_last_holder",
 ];
 
 /// A pyenv install of one minor version.

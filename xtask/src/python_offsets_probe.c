@@ -144,6 +144,11 @@ _Static_assert(SIZEOF_MEMBER(PyLongObject, long_value.lv_tag) == 8, "lv_tag is r
 _Static_assert(SIZEOF_MEMBER(PyDictValues, capacity) == 1, "read as u8");
 _Static_assert(SIZEOF_MEMBER(PyDictValues, valid) == 1, "read as u8");
 #endif
+_Static_assert(SIZEOF_MEMBER(struct _gil_runtime_state, locked) == 4, "gil locked is read as i32");
+_Static_assert(SIZEOF_MEMBER(struct _gil_runtime_state, last_holder) == 8, "read as a pointer");
+#if PY_MINOR_VERSION >= 12
+_Static_assert(SIZEOF_MEMBER(PyInterpreterState, ceval.gil) == 8, "ceval.gil is a pointer");
+#endif
 
 /*
  * Locates one of the PyASCIIObject.state bitfields, whose layout offsetof
@@ -195,6 +200,36 @@ static void state_bits(const char *field, const PyASCIIObject *o, const char *sh
         o.state.f--;                                          \
         state_bits(#f, &o, (shift_name), (mask_name));        \
     } while (0)
+
+/*
+ * Where the GIL lives, so that a thread blocked in futex() on an address
+ * inside it can be told to be waiting for the GIL. Up to 3.11 there is one
+ * GIL, embedded in _PyRuntime (ceval.gil); from 3.12 each interpreter points
+ * at the GIL it uses (ceval.gil: its own _gil, or the main interpreter's when
+ * it shares). Waiters block in take_gil on gil->cond / gil->mutex, and the
+ * thread handing the GIL over on gil->switch_cond / switch_mutex: all four
+ * are pthread objects inside the struct, so [gil, gil + size) covers every
+ * futex word involved.
+ */
+struct gil_layout {
+    long long runtime_ceval_gil, interp_ceval_gil, size, locked, last_holder;
+};
+
+static struct gil_layout get_gil_layout(void)
+{
+    struct gil_layout l;
+#if PY_MINOR_VERSION <= 11
+    l.runtime_ceval_gil = offsetof(_PyRuntimeState, ceval.gil);
+    l.interp_ceval_gil = -1;
+#else
+    l.runtime_ceval_gil = -1;
+    l.interp_ceval_gil = offsetof(PyInterpreterState, ceval.gil);
+#endif
+    l.size = sizeof(struct _gil_runtime_state);
+    l.locked = offsetof(struct _gil_runtime_state, locked);
+    l.last_holder = offsetof(struct _gil_runtime_state, last_holder);
+    return l;
+}
 
 /*
  * 3.13 embeds _Py_DebugOffsets at the start of _PyRuntime for out-of-process
@@ -260,6 +295,14 @@ static void check_debug_offsets(void)
     DEBUG_CHECK(unicode_object, state, offsetof(PyASCIIObject, state));
     DEBUG_CHECK(unicode_object, length, offsetof(PyASCIIObject, length));
     DEBUG_CHECK(unicode_object, asciiobject_size, sizeof(PyASCIIObject));
+    /* The GIL: where the interpreter points at it, and its members as seen
+     * in the interpreter's own embedded _gil. */
+    const struct gil_layout gl = get_gil_layout();
+    const long long own_gil = offsetof(PyInterpreterState, _gil);
+    DEBUG_CHECK(interpreter_state, ceval_gil, gl.interp_ceval_gil);
+    DEBUG_CHECK(interpreter_state, gil_runtime_state, own_gil);
+    DEBUG_CHECK(interpreter_state, gil_runtime_state_locked, own_gil + gl.locked);
+    DEBUG_CHECK(interpreter_state, gil_runtime_state_holder, own_gil + gl.last_holder);
     if (debug_mismatches != 0) {
         fprintf(stderr, "%d of %d _Py_DebugOffsets members disagree with the headers\n",
                 debug_mismatches, debug_checked);
@@ -693,6 +736,76 @@ static void check_live_layouts(void)
            "in the linked libpython\n",
            PY_MAJOR_VERSION, PY_MINOR_VERSION);
 }
+
+static int32_t rd32(const void *base, long long off)
+{
+    int32_t v;
+    memcpy(&v, (const char *)base + off, sizeof(v));
+    return v;
+}
+
+/*
+ * Finds the GIL the way the profiler does, from _PyRuntime and the printed
+ * offsets alone, and checks it against the members the headers name: the
+ * range must hold the GIL's mutex and condition variable (what a waiting
+ * thread blocks on), `locked` must follow this thread dropping and retaking
+ * the GIL, and `last_holder` must be this thread's state. Runs after
+ * check_live_layouts, so the interpreter is initialized and this thread holds
+ * the GIL.
+ */
+static void check_live_gil(void)
+{
+    const struct gil_layout l = get_gil_layout();
+    PyThreadState *tstate = PyThreadState_Get();
+#if PY_MINOR_VERSION <= 11
+    const char *gil = (const char *)&_PyRuntime + l.runtime_ceval_gil;
+    const struct _gil_runtime_state *named = &_PyRuntime.ceval.gil;
+#else
+    /* The main interpreter, as the reader finds it: the last in the list. */
+    const char *interp =
+        (const char *)(uintptr_t)rd64(&_PyRuntime, offsetof(_PyRuntimeState, interpreters.head));
+    while (rd64(interp, offsetof(PyInterpreterState, next)) != 0) {
+        interp = (const char *)(uintptr_t)rd64(interp, offsetof(PyInterpreterState, next));
+    }
+    LIVE_CHECK(interp == (const char *)PyInterpreterState_Main(),
+               "the last interpreter in the list is not the main one");
+    const char *gil = (const char *)(uintptr_t)rd64(interp, l.interp_ceval_gil);
+    /* The main interpreter always has its own GIL. */
+    const struct _gil_runtime_state *named = &PyInterpreterState_Main()->_gil;
+    if (gil != (const char *)named) {
+        /* Reading on through a wrong pointer could crash the probe. */
+        fprintf(stderr, "live GIL check failed: interp->ceval.gil is %p, not &interp->_gil %p\n",
+                (const void *)gil, (const void *)named);
+        exit(1);
+    }
+#endif
+    const char *end = gil + l.size;
+    const void *members[] = {&named->mutex, &named->cond, &named->switch_mutex,
+                             &named->switch_cond};
+    for (size_t i = 0; i < sizeof(members) / sizeof(members[0]); i++) {
+        LIVE_CHECK((const char *)members[i] >= gil && (const char *)members[i] < end,
+                   "GIL synchronization object %zu at %p is outside [%p, %p)", i, members[i],
+                   (const void *)gil, (const void *)end);
+    }
+    LIVE_CHECK(rd32(gil, l.locked) == 1, "gil.locked reads %d while holding the GIL",
+               rd32(gil, l.locked));
+    LIVE_CHECK(rd64(gil, l.last_holder) == (uint64_t)(uintptr_t)tstate,
+               "gil.last_holder is not this thread's state");
+    PyThreadState *saved = PyEval_SaveThread();
+    int32_t released = rd32(gil, l.locked);
+    PyEval_RestoreThread(saved);
+    LIVE_CHECK(released == 0, "gil.locked reads %d after releasing the GIL", released);
+    LIVE_CHECK(rd32(gil, l.locked) == 1, "gil.locked reads %d after retaking the GIL",
+               rd32(gil, l.locked));
+
+    if (live_failures != 0) {
+        fprintf(stderr, "%d live GIL checks failed\n", live_failures);
+        exit(1);
+    }
+    printf("# %d.%d: GIL location, size, locked and last_holder checked against the live GIL "
+           "in the linked libpython\n",
+           PY_MAJOR_VERSION, PY_MINOR_VERSION);
+}
 #endif
 
 int main(void)
@@ -877,13 +990,24 @@ int main(void)
     FIELD("long_digits", ll.digits);
     FIELD("long_digit_bits", ll.digit_bits);
 
+    const struct gil_layout gl = get_gil_layout();
+    FIELD("runtime_ceval_gil", gl.runtime_ceval_gil);
+    FIELD("interp_ceval_gil", gl.interp_ceval_gil);
+    FIELD("gil_size", gl.size);
+    FIELD("gil_locked", gl.locked);
+    FIELD("gil_last_holder", gl.last_holder);
+
 #if PY_MINOR_VERSION >= 13
     check_debug_offsets();
 #endif
 #ifdef PROBE_LINKED_LIBPYTHON
     check_live_layouts();
+    check_live_gil();
 #else
     printf("# %d.%d: dict, instance attribute, int and module layouts not checked against live objects "
+           "(probe was not linked against libpython)\n",
+           PY_MAJOR_VERSION, PY_MINOR_VERSION);
+    printf("# %d.%d: GIL layout not checked against the live GIL "
            "(probe was not linked against libpython)\n",
            PY_MAJOR_VERSION, PY_MINOR_VERSION);
 #endif

@@ -182,6 +182,28 @@ impl PythonProcess {
         self.thread_states(off as u64).into_iter().map(|(tstate, tid)| (tid as u32, tstate)).collect()
     }
 
+    /// The GIL's address range: futex waits inside it are waits for the GIL. 3.8–3.11 embed it
+    /// in `_PyRuntime`; 3.12+ point to it from the main interpreter (the last in the list).
+    pub fn gil_range(&self) -> Option<(u64, u64)> {
+        let o = self.offsets;
+        let start = if o.runtime_ceval_gil >= 0 {
+            self.interpreter.runtime_addr + o.runtime_ceval_gil as u64
+        } else {
+            let mut interp = self.mem.u64(self.interpreter.runtime_addr + o.runtime_interpreters_head as u64)?;
+            for _ in 0..64 {
+                match self.mem.u64(interp + o.interp_next as u64) {
+                    Some(next) if next != 0 => interp = next,
+                    _ => break,
+                }
+            }
+            if interp == 0 || o.interp_ceval_gil < 0 {
+                return None;
+            }
+            self.mem.u64(interp + o.interp_ceval_gil as u64).filter(|&g| g != 0)?
+        };
+        Some((start, start + o.gil_size as u64))
+    }
+
     /// Is `addr` inside the interpreter's own machine code?
     pub fn in_interpreter(&self, addr: u64) -> bool {
         self.interpreter.code_ranges.iter().any(|&(lo, hi)| (lo..hi).contains(&addr))
@@ -337,6 +359,17 @@ impl PythonRegistry {
 
     pub fn take_pending_tstates(&mut self) -> Vec<(u32, u64)> {
         std::mem::take(&mut self.pending_tstates)
+    }
+
+    /// GIL address ranges of the Python processes whose GIL can be located now.
+    pub fn gil_ranges(&self) -> Vec<(u32, (u64, u64))> {
+        self.known
+            .iter()
+            .filter_map(|(&pid, k)| match k {
+                Known::Python(p) => Some((pid, p.gil_range()?)),
+                _ => None,
+            })
+            .collect()
     }
 
     pub fn take_pending(&mut self) -> Vec<(u32, PyProcInfo)> {

@@ -244,6 +244,27 @@ pub struct PyOffsets {
     pub long_digits: i64,
     /// `PyLong_SHIFT`: value bits per digit (a bit count).
     pub long_digit_bits: i64,
+
+    // The GIL (`struct _gil_runtime_state`), for telling a thread blocked in
+    // futex() on an address in [gil, gil + gil_size) to be waiting for the
+    // GIL: waiters sleep on its `cond`/`mutex`, and a thread handing the GIL
+    // over on its `switch_cond`/`switch_mutex`, all inside the struct.
+    /// `_PyRuntimeState.ceval.gil`, 3.8–3.11: the one GIL, embedded in
+    /// `_PyRuntime` (so the GIL is at `&_PyRuntime + runtime_ceval_gil`).
+    pub runtime_ceval_gil: i64,
+    /// `PyInterpreterState.ceval.gil`, 3.12+: a *pointer* to the GIL the
+    /// interpreter uses, normally its own embedded `_gil` (the main
+    /// interpreter's always is); a subinterpreter sharing the main GIL points
+    /// at the main interpreter's.
+    pub interp_ceval_gil: i64,
+    /// `sizeof(struct _gil_runtime_state)`.
+    pub gil_size: i64,
+    /// `_gil_runtime_state.locked` (i32): 1 while some thread holds the GIL,
+    /// 0 when free, -1 before it is created.
+    pub gil_locked: i64,
+    /// `_gil_runtime_state.last_holder`: the `PyThreadState*` holding or last
+    /// to have held the GIL (not cleared on release).
+    pub gil_last_holder: i64,
 }
 
 /// The offsets for CPython `major.minor`, if the table covers it.
@@ -378,6 +399,25 @@ mod tests {
                 o.long_digit_bits,
             ] {
                 assert!(required >= 0, "3.{minor}: {o:?}");
+            }
+        }
+    }
+
+    /// The GIL is embedded in `_PyRuntime` up to 3.11 and reached through a
+    /// per-interpreter pointer from 3.12: exactly one of the two is present.
+    #[test]
+    fn fields_present_match_the_gil_model() {
+        for ((_, minor), o) in TABLE {
+            let per_interpreter = *minor >= 12;
+            assert_eq!(o.runtime_ceval_gil >= 0, !per_interpreter, "3.{minor}");
+            assert_eq!(o.interp_ceval_gil >= 0, per_interpreter, "3.{minor}");
+            assert!(o.gil_size > 0, "3.{minor}: {o:?}");
+            // (offset, width read): i32 `locked`, pointer `last_holder`.
+            for (member, width) in [(o.gil_locked, 4), (o.gil_last_holder, 8)] {
+                assert!(
+                    member >= 0 && member + width <= o.gil_size,
+                    "3.{minor}: {o:?}"
+                );
             }
         }
     }

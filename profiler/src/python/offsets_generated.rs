@@ -3,12 +3,18 @@
 // Probed: 3.8.18, 3.9.18, 3.10.13, 3.11.7, 3.12.1, 3.13.0.
 // Not found (no pyenv install with headers): none.
 // 3.8: dict, instance attribute, int and module layouts checked against live objects in the linked libpython
+// 3.8: GIL location, size, locked and last_holder checked against the live GIL in the linked libpython
 // 3.9: dict, instance attribute, int and module layouts checked against live objects in the linked libpython
+// 3.9: GIL location, size, locked and last_holder checked against the live GIL in the linked libpython
 // 3.10: dict, instance attribute, int and module layouts checked against live objects in the linked libpython
+// 3.10: GIL location, size, locked and last_holder checked against the live GIL in the linked libpython
 // 3.11: dict, instance attribute, int and module layouts checked against live objects in the linked libpython
+// 3.11: GIL location, size, locked and last_holder checked against the live GIL in the linked libpython
 // 3.12: dict, instance attribute, int and module layouts checked against live objects in the linked libpython
-// 3.13: 27 fields agree with _Py_DebugOffsets in the linked libpython (0x30d00f0)
+// 3.12: GIL location, size, locked and last_holder checked against the live GIL in the linked libpython
+// 3.13: 31 fields agree with _Py_DebugOffsets in the linked libpython (0x30d00f0)
 // 3.13: dict, instance attribute, int and module layouts checked against live objects in the linked libpython
+// 3.13: GIL location, size, locked and last_holder checked against the live GIL in the linked libpython
 
 use super::offsets::PyOffsets;
 
@@ -96,6 +102,11 @@ pub const TABLE: &[((u8, u8), PyOffsets)] = &[
             long_tag_size_shift: -1,
             long_digits: 24,
             long_digit_bits: 30,
+            runtime_ceval_gil: 1152,
+            interp_ceval_gil: -1,
+            gil_size: 208,
+            gil_locked: 16,
+            gil_last_holder: 8,
         },
     ),
     // 3.9.18
@@ -181,6 +192,11 @@ pub const TABLE: &[((u8, u8), PyOffsets)] = &[
             long_tag_size_shift: -1,
             long_digits: 24,
             long_digit_bits: 30,
+            runtime_ceval_gil: 352,
+            interp_ceval_gil: -1,
+            gil_size: 208,
+            gil_locked: 16,
+            gil_last_holder: 8,
         },
     ),
     // 3.10.13
@@ -266,6 +282,11 @@ pub const TABLE: &[((u8, u8), PyOffsets)] = &[
             long_tag_size_shift: -1,
             long_digits: 24,
             long_digit_bits: 30,
+            runtime_ceval_gil: 352,
+            interp_ceval_gil: -1,
+            gil_size: 208,
+            gil_locked: 16,
+            gil_last_holder: 8,
         },
     ),
     // 3.11.7
@@ -351,6 +372,11 @@ pub const TABLE: &[((u8, u8), PyOffsets)] = &[
             long_tag_size_shift: -1,
             long_digits: 24,
             long_digit_bits: 30,
+            runtime_ceval_gil: 360,
+            interp_ceval_gil: -1,
+            gil_size: 208,
+            gil_locked: 16,
+            gil_last_holder: 8,
         },
     ),
     // 3.12.1
@@ -436,6 +462,11 @@ pub const TABLE: &[((u8, u8), PyOffsets)] = &[
             long_tag_size_shift: 3,
             long_digits: 24,
             long_digit_bits: 30,
+            runtime_ceval_gil: -1,
+            interp_ceval_gil: 384,
+            gil_size: 208,
+            gil_locked: 16,
+            gil_last_holder: 8,
         },
     ),
     // 3.13.0
@@ -521,6 +552,11 @@ pub const TABLE: &[((u8, u8), PyOffsets)] = &[
             long_tag_size_shift: 3,
             long_digits: 24,
             long_digit_bits: 30,
+            runtime_ceval_gil: -1,
+            interp_ceval_gil: 16,
+            gil_size: 208,
+            gil_locked: 16,
+            gil_last_holder: 8,
         },
     ),
 ];

@@ -1,0 +1,232 @@
+//! What a thread's off-CPU time was spent waiting for: the category, the syscall and the target
+//! (socket peer, file path...) behind each blocked interval.
+use std::collections::HashMap;
+
+use profiler_common::off_state;
+use serde::Serialize;
+
+use crate::{
+    fdinfo::{FdCache, FdTarget},
+    syscalls::{self, SyscallClass},
+};
+
+/// Where wall-clock time goes. The order is the order of reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    /// Running on a CPU.
+    Cpu,
+    /// Runnable, waiting for a CPU (preempted, or woken and not yet running).
+    Runqueue,
+    /// Blocked on a socket.
+    Net,
+    /// Blocked on a file or block device, or in uninterruptible sleep.
+    Disk,
+    /// Blocked on a futex that is not the GIL (locks, conditions, queues).
+    Lock,
+    /// Waiting to take the GIL.
+    Gil,
+    /// Sleeping (time.sleep, timed waits with no descriptor).
+    Sleep,
+    /// Pipes, child processes, event descriptors.
+    Ipc,
+    /// Anything else, named by its syscall.
+    Other,
+}
+
+pub const CATEGORIES: [Category; 9] = [
+    Category::Cpu,
+    Category::Runqueue,
+    Category::Net,
+    Category::Disk,
+    Category::Lock,
+    Category::Gil,
+    Category::Sleep,
+    Category::Ipc,
+    Category::Other,
+];
+
+impl Category {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Runqueue => "runqueue",
+            Self::Net => "net",
+            Self::Disk => "disk",
+            Self::Lock => "lock",
+            Self::Gil => "gil",
+            Self::Sleep => "sleep",
+            Self::Ipc => "ipc",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// A classified wait: category, syscall name and what it waited on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Wait {
+    pub category: Category,
+    pub syscall: Option<String>,
+    pub target: Option<String>,
+}
+
+impl Wait {
+    /// `[net] recv tcp 127.0.0.1:5432`: the synthetic leaf frame of wall-clock stacks.
+    pub fn leaf_frame(&self) -> String {
+        let mut s = format!("[{}]", self.category.name());
+        for part in [&self.syscall, &self.target].into_iter().flatten() {
+            s.push(' ');
+            s.push_str(part);
+        }
+        s
+    }
+}
+
+/// Turns (state, syscall, first argument) into a [`Wait`], looking fds up in /proc while the
+/// process still has them open. Results are cached per (pid, state, syscall, argument).
+pub struct Classifier {
+    fds: FdCache,
+    cache: HashMap<(u32, u32, i64, u64), Wait>,
+    /// pid → address range of its GIL, for telling GIL waits from other futex waits.
+    gil: HashMap<u32, (u64, u64)>,
+}
+
+impl Default for Classifier {
+    fn default() -> Self {
+        // Socket tables re-read at most 4 times a second: a connection made since the last
+        // read shows without its peer until then.
+        Self { fds: FdCache::new(std::time::Duration::from_millis(250)), cache: HashMap::new(), gil: HashMap::new() }
+    }
+}
+
+impl Classifier {
+    pub fn set_gil(&mut self, pid: u32, range: (u64, u64)) {
+        if self.gil.insert(pid, range) != Some(range) {
+            // Futex waits of this process classified before its GIL was known: look again.
+            self.cache.retain(|&(p, ..), _| p != pid);
+        }
+    }
+
+    /// The blocked part of an interval (its run-queue part is always [`Category::Runqueue`]).
+    pub fn classify(&mut self, pid: u32, state: u32, syscall_nr: i64, arg0: u64) -> Wait {
+        let key = (pid, state, syscall_nr, arg0);
+        let fd_based = syscall_nr >= 0 && syscalls::fd_arg(syscall_nr as u64);
+        if let Some(w) = self.cache.get(&key) {
+            if !fd_based {
+                return w.clone();
+            }
+            // An fd can be closed and reused, and a socket's peer may not be listed yet: look
+            // again while the process has it, keep the last answer once it is gone.
+            let fresh = self.classify_uncached(pid, state, syscall_nr, arg0);
+            if fresh.target.is_none() {
+                return self.cache[&key].clone();
+            }
+            self.cache.insert(key, fresh.clone());
+            return fresh;
+        }
+        let wait = self.classify_uncached(pid, state, syscall_nr, arg0);
+        self.cache.insert(key, wait.clone());
+        wait
+    }
+
+    fn classify_uncached(&mut self, pid: u32, state: u32, syscall_nr: i64, arg0: u64) -> Wait {
+        let uninterruptible = state == off_state::UNINTERRUPTIBLE;
+        if state == off_state::RUNNABLE {
+            return Wait { category: Category::Runqueue, syscall: None, target: None };
+        }
+        if syscall_nr < 0 {
+            let category = if uninterruptible { Category::Disk } else { Category::Other };
+            return Wait { category, syscall: None, target: None };
+        }
+        let nr = syscall_nr as u64;
+        let name = syscalls::name(nr).into_owned();
+        let (category, target) = match syscalls::class(nr) {
+            SyscallClass::FdIo | SyscallClass::Poll if syscalls::fd_arg(nr) => {
+                let fd = arg0 as i32;
+                match self.fds.describe(pid, fd).cloned() {
+                    Some(FdTarget::Epoll) => (epoll_category(pid, fd, &mut self.fds), None),
+                    Some(t) => (fd_category(&t, uninterruptible), Some(t.to_string())),
+                    None => (if uninterruptible { Category::Disk } else { Category::Other }, None),
+                }
+            }
+            // select() with no descriptors is how CPython 3.8–3.10 implement time.sleep.
+            SyscallClass::Poll if arg0 == 0 && matches!(name.as_str(), "select" | "pselect6") => (Category::Sleep, None),
+            SyscallClass::Poll => (Category::Ipc, None),
+            SyscallClass::FdIo => (if uninterruptible { Category::Disk } else { Category::Other }, None),
+            SyscallClass::Futex => {
+                let gil = self.gil.get(&pid).is_some_and(|&(lo, hi)| (lo..hi).contains(&arg0));
+                (if gil { Category::Gil } else { Category::Lock }, None)
+            }
+            SyscallClass::Sleep => (Category::Sleep, None),
+            SyscallClass::Wait => (Category::Ipc, None),
+            SyscallClass::PathIo => (Category::Disk, None),
+            SyscallClass::Other => (if uninterruptible { Category::Disk } else { Category::Other }, None),
+        };
+        Wait { category, syscall: Some(name), target }
+    }
+}
+
+fn fd_category(t: &FdTarget, uninterruptible: bool) -> Category {
+    match t {
+        FdTarget::Tcp { .. } | FdTarget::Udp { .. } | FdTarget::Unix { .. } | FdTarget::OtherSocket { .. } => Category::Net,
+        FdTarget::File { .. } | FdTarget::BlockDevice { .. } => Category::Disk,
+        FdTarget::Pipe { .. } | FdTarget::EventFd | FdTarget::SignalFd | FdTarget::TimerFd | FdTarget::Epoll => Category::Ipc,
+        FdTarget::CharDevice { .. } | FdTarget::Other { .. } => {
+            if uninterruptible { Category::Disk } else { Category::Other }
+        }
+    }
+}
+
+/// An epoll wait is a network wait when the set watches sockets (an event loop idling on its
+/// connections), else IPC. The set is listed in /proc/PID/fdinfo/EPFD (`tfd:` lines).
+fn epoll_category(pid: u32, epfd: i32, fds: &mut FdCache) -> Category {
+    let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}")) else { return Category::Ipc };
+    let watched: Vec<i32> = info
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("tfd:"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect();
+    let sockets = watched.iter().any(|&fd| {
+        matches!(
+            fds.describe(pid, fd),
+            Some(FdTarget::Tcp { .. } | FdTarget::Udp { .. } | FdTarget::Unix { .. } | FdTarget::OtherSocket { .. })
+        )
+    });
+    if sockets { Category::Net } else { Category::Ipc }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_by_state_and_syscall() {
+        let mut c = Classifier::default();
+        let me = std::process::id();
+        assert_eq!(c.classify(me, off_state::RUNNABLE, -1, 0).category, Category::Runqueue);
+        assert_eq!(c.classify(me, off_state::UNINTERRUPTIBLE, -1, 0).category, Category::Disk);
+        let sleep = c.classify(me, off_state::SLEEPING, libc::SYS_clock_nanosleep, 0);
+        assert_eq!((sleep.category, sleep.syscall.as_deref()), (Category::Sleep, Some("clock_nanosleep")));
+        c.set_gil(me, (0x1000, 0x1100));
+        assert_eq!(c.classify(me, off_state::SLEEPING, libc::SYS_futex, 0x1040).category, Category::Gil);
+        assert_eq!(c.classify(me, off_state::SLEEPING, libc::SYS_futex, 0x2000).category, Category::Lock);
+        assert_eq!(c.classify(me, off_state::SLEEPING, libc::SYS_wait4, 0).category, Category::Ipc);
+    }
+
+    #[test]
+    fn fds_give_the_category_and_target() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        use std::os::fd::AsRawFd;
+        let mut c = Classifier::default();
+        let me = std::process::id();
+        let net = c.classify(me, off_state::SLEEPING, libc::SYS_recvfrom, client.as_raw_fd() as u64);
+        assert_eq!(net.category, Category::Net);
+        assert_eq!(net.target.as_deref(), Some(format!("tcp {addr}").as_str()));
+        assert_eq!(net.leaf_frame(), format!("[net] recvfrom tcp {addr}"));
+        let disk = c.classify(me, off_state::SLEEPING, libc::SYS_read, file.as_raw_fd() as u64);
+        assert_eq!(disk.category, Category::Disk);
+    }
+}

@@ -1,0 +1,107 @@
+//! Off-CPU time by cause, against workloads whose truth is known by construction
+//! (tests/workloads/offcpu.py), on every CPython 3.8+ on this machine.
+use std::time::Duration;
+
+use integration_tests::{python::*, *};
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Profiles `offcpu.py SECONDS [extra]` under pyebpf and returns the process's JSON entry.
+fn profile_workload(interp: &Interpreter, extra: &[&str]) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("p.json");
+    let out = run(
+        pyebpf()
+            .args(["profile", "-o"])
+            .arg(&json)
+            .arg("--")
+            .arg(&interp.path)
+            .arg(workload("offcpu.py"))
+            .arg("2.5")
+            .args(extra),
+        TIMEOUT,
+    );
+    assert_success(&out);
+    read_json(&json)["processes"][0].clone()
+}
+
+fn thread<'a>(p: &'a Value, name: &str) -> Result<&'a Value, String> {
+    p["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["python_name"] == name)
+        .ok_or_else(|| format!("no thread named {name}"))
+}
+
+/// Percent of a thread's wall time in the given categories.
+fn pct(t: &Value, categories: &[&str]) -> f64 {
+    let wall = t["wall_ns"].as_u64().unwrap().max(1) as f64;
+    categories.iter().map(|c| t["totals_ns"][*c].as_u64().unwrap_or(0) as f64).sum::<f64>() * 100.0 / wall
+}
+
+fn check_all(what: &str, mut check: impl FnMut(&Interpreter) -> Result<(), String>) {
+    let failures: Vec<String> =
+        interpreters().iter().filter_map(|i| check(i).err().map(|e| format!("{}: {e}", i.label))).collect();
+    assert!(failures.is_empty(), "{what} failed on:\n{}", failures.join("\n"));
+}
+
+#[test]
+fn waits_are_split_by_cause_with_their_stacks_and_targets() {
+    check_all("off-CPU categories", |interp| {
+        let p = profile_workload(interp, &[]);
+        // compute 40 ms / sleep 60 ms: within 5 points. Computing time may be spent waiting for
+        // the GIL or a CPU, which is where it went.
+        let cs = thread(&p, "compute-sleep")?;
+        let (sleep, compute) = (pct(cs, &["sleep"]), pct(cs, &["cpu", "gil", "runqueue"]));
+        if (sleep - 60.0).abs() > 5.0 || (compute - 40.0).abs() > 5.0 {
+            return Err(format!("compute-sleep: sleep {sleep:.1}%, compute {compute:.1}%: {}", cs["totals_ns"]));
+        }
+        let net = pct(thread(&p, "net-client")?, &["net"]);
+        if net < 85.0 {
+            return Err(format!("net-client: net {net:.1}%"));
+        }
+        let lock = pct(thread(&p, "lock-waiter")?, &["lock"]);
+        if lock < 70.0 {
+            return Err(format!("lock-waiter: lock {lock:.1}%"));
+        }
+        // Stacks name the function and the target of the wait.
+        let stacks = p["stacks"].as_array().unwrap();
+        let find = |category: &str, function: &str, target: &str| {
+            stacks.iter().any(|s| {
+                s["category"] == category
+                    && s["target"].as_str().is_some_and(|t| t.starts_with(target))
+                    && s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == function)
+            })
+        };
+        if !find("net", "client_loop", "tcp 127.0.0.1:") {
+            return Err("no net stack in client_loop on tcp 127.0.0.1".into());
+        }
+        if !find("disk", "fsync_loop", "file /") {
+            return Err("no disk stack in fsync_loop with the file's path".into());
+        }
+        let sleeping = stacks.iter().any(|s| {
+            s["category"] == "sleep" && s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "compute_sleep")
+        });
+        if !sleeping {
+            return Err("no sleep stack in compute_sleep".into());
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn cpu_bound_threads_wait_for_the_gil() {
+    check_all("GIL", |interp| {
+        let p = profile_workload(interp, &["gil"]);
+        for name in ["gil-a", "gil-b"] {
+            let t = thread(&p, name)?;
+            let (gil, cpu) = (pct(t, &["gil"]), pct(t, &["cpu"]));
+            // Two threads, one GIL: each runs about half the time and waits the rest.
+            if gil < 25.0 || cpu < 25.0 {
+                return Err(format!("{name}: gil {gil:.1}%, cpu {cpu:.1}%: {}", t["totals_ns"]));
+            }
+        }
+        Ok(())
+    });
+}
