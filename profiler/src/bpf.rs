@@ -68,9 +68,12 @@ pub struct Bpf {
 /// Ring buffer for half a second of samples at the configured rate: it is drained every 50 ms,
 /// so that is a 10x margin, and its pages count in our RSS once touched. A power of two of at
 /// least 1 MiB, as the kernel requires.
-fn ring_buffer_bytes(frequency: u32, cpus: usize) -> u32 {
+/// Off-CPU events (one per long blocking syscall) come in bursts that no rate bounds, so with
+/// off-CPU tracking the buffer holds at least 8 MiB (about 1600 events per 50 ms drain).
+fn ring_buffer_bytes(frequency: u32, cpus: usize, off_cpu: bool) -> u32 {
     let per_second = frequency as u64 * cpus as u64 * (size_of::<SampleEvent>() as u64 + 8);
-    (per_second / 2).clamp(1 << 20, 256 << 20).next_power_of_two() as u32
+    let floor = if off_cpu { 8 << 20 } else { 1 << 20 };
+    (per_second / 2).clamp(floor, 256 << 20).next_power_of_two() as u32
 }
 
 impl Bpf {
@@ -114,7 +117,7 @@ impl Bpf {
             .override_global(names::GLOBAL_OFFCPU_THRESHOLD_NS, &cfg.off_cpu_threshold_ns, true)
             .override_global(names::GLOBAL_TASK_PID_OFFSET, &task_pid, true)
             .override_global(names::GLOBAL_TASK_TGID_OFFSET, &task_tgid, true)
-            .map_max_entries(names::MAP_EVENTS, ring_buffer_bytes(cfg.frequency, cpu_list.len()))
+            .map_max_entries(names::MAP_EVENTS, ring_buffer_bytes(cfg.frequency, cpu_list.len(), cfg.off_cpu))
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 fatal(
