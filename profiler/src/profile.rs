@@ -32,6 +32,8 @@ pub struct Profile {
     pub off_cpu: bool,
     /// Off-CPU waits shorter than this carry no stack.
     pub off_cpu_threshold_ns: u64,
+    /// Off-CPU events received (waits of at least the threshold, with their stacks).
+    pub off_cpu_events: u64,
     /// Unix time the profile started, in seconds.
     pub start_time_unix: f64,
     pub processes: Vec<ProcessProfile>,
@@ -186,6 +188,7 @@ mod tests {
             mode,
             off_cpu: true,
             off_cpu_threshold_ns: 0,
+            off_cpu_events: 0,
             start_time_unix: 0.0,
             bpf_stats: None,
             processes: vec![ProcessProfile {

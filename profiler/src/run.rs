@@ -144,6 +144,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         mode,
         off_cpu: !args.no_off_cpu,
         off_cpu_threshold_ns: args.off_cpu_threshold_us.saturating_mul(1000),
+        off_cpu_events: agg.off_cpu_events,
         processes: agg.build(&symbols, &python, &totals),
         bpf_stats: args.bpf_stats.then(|| bpf.program_stats()),
     };

@@ -20,6 +20,16 @@ pub enum Which {
         #[arg(long, default_value_t = 10)]
         seconds: u64,
     },
+    /// Off-CPU tracking: BPF cost per scheduler/syscall event, lost events at a high context
+    /// switch rate, slowdown of small TCP round trips, and category error on known workloads.
+    OffCpu {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        /// Interleaved rounds of the slowdown measurement.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Slowdown of a CPU-bound Python workload (30-frame stack) under pyebpf and py-spy, the
     /// kernel cost per sample of that stack, and whether pyebpf's samples hold all of it.
     Python {
@@ -45,6 +55,7 @@ pub fn run(root: &Path, bin: &Path, which: Which) -> anyhow::Result<()> {
     util::require_root("benchmarks load BPF programs")?;
     match which {
         Which::OnCpu { seconds } => on_cpu(bin, seconds),
+        Which::OffCpu { seconds, rounds } => crate::bench_offcpu::run(root, bin, seconds, rounds),
         Which::Python { seconds, rounds, no_pin } => {
             bench_python::run(root, bin, bench_python::Options { seconds, rounds, pin: !no_pin })
         }

@@ -167,7 +167,7 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
 }
 
 /// CPython 3.12 from pyenv if present, else the newest 3.x there, else `python3` on PATH.
-fn find_python() -> anyhow::Result<(PathBuf, String)> {
+pub(crate) fn find_python() -> anyhow::Result<(PathBuf, String)> {
     let versions = std::env::var_os("PYENV_ROOT")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".pyenv")))
