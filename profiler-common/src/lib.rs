@@ -30,6 +30,12 @@ pub enum EventKind {
     /// The unwinder found no `PyThreadState` for a thread within its bounded scan: a
     /// [`ThreadMissEvent`] asking userspace to look (it has no bound) and fill `TSTATE_CACHE`.
     ThreadMiss = 4,
+    /// A profiled thread was preempted outside a syscall: a [`SampleEvent`] with its stacks at
+    /// that moment, `time_ns` = the switch-out time. Its run-queue wait follows as a
+    /// [`PreemptEndEvent`] if it reaches the threshold.
+    Preempted = 5,
+    /// See [`EventKind::Preempted`].
+    PreemptEnd = 6,
 }
 
 impl EventKind {
@@ -39,6 +45,8 @@ impl EventKind {
             2 => Some(Self::Exec),
             3 => Some(Self::OffCpu),
             4 => Some(Self::ThreadMiss),
+            5 => Some(Self::Preempted),
+            6 => Some(Self::PreemptEnd),
             _ => None,
         }
     }
@@ -66,6 +74,20 @@ pub struct ThreadMissEvent {
     pub key_offset: u32,
     /// The value that field must hold: the tid (3.11+) or the thread's fs base (pthread_t).
     pub key: u64,
+}
+
+/// The end of a preemption's run-queue wait (see [`EventKind::Preempted`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct PreemptEndEvent {
+    /// [`EventKind`] as `u32`.
+    pub kind: u32,
+    pub pid: u32,
+    pub tid: u32,
+    pub _pad: u32,
+    /// Switch-out time: the `time_ns` of the matching `Preempted` event.
+    pub since_ns: u64,
+    pub runq_ns: u64,
 }
 
 /// Value of `TSTATE_CACHE` (key: tid).

@@ -17,7 +17,9 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use profiler_common::{EventKind, InFlight, OffCpuInfo, OffCpuKey, OffCpuSum, SampleEvent, ThreadTimes, off_state, stat};
+use profiler_common::{
+    EventKind, InFlight, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, SampleEvent, ThreadTimes, off_state, stat,
+};
 
 use crate::{
     maps::{EVENTS, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, bump, is_offcpu_target, offcpu_threshold_ns, task_pid_offsets},
@@ -77,6 +79,20 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
             } else {
                 off_state::SLEEPING
             };
+            // Preempted outside a syscall: no sys_exit will come to take the stack it waits
+            // in, so take it now, in its own context; userspace keeps it until the wait's end.
+            if t.off_state == off_state::RUNNABLE && IN_FLIGHT.get_ptr(&prev_tid).is_none() {
+                if let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) {
+                    let ev = entry.as_mut_ptr();
+                    unsafe {
+                        stacks::fill(ctx.as_ptr(), ev, EventKind::Preempted as u32, prev_tgid, prev_tid);
+                        (*ev).time_ns = now;
+                    }
+                    entry.submit(aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64);
+                } else {
+                    bump(stat::LOST);
+                }
+            }
         }
     }
 
@@ -96,6 +112,20 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
             (off, 0)
         };
         let mut key = OffCpuKey { tid: next_tid, state: t.off_state, syscall_nr: -1, arg0: 0 };
+        let in_syscall = IN_FLIGHT.get_ptr(&next_tid).is_some();
+        if t.off_state == off_state::RUNNABLE && !in_syscall && runq >= offcpu_threshold_ns() {
+            let end = PreemptEndEvent {
+                kind: EventKind::PreemptEnd as u32,
+                pid: next_tgid,
+                tid: next_tid,
+                _pad: 0,
+                since_ns: t.off_since_ns,
+                runq_ns: runq,
+            };
+            if EVENTS.output::<PreemptEndEvent>(&end, aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64).is_err() {
+                bump(stat::LOST);
+            }
+        }
         if let Some(call) = IN_FLIGHT.get_ptr_mut(&next_tid) {
             let call = unsafe { &mut *call };
             key.syscall_nr = call.syscall_nr;

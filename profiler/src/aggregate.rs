@@ -89,6 +89,8 @@ pub struct Aggregator {
     pub python_samples: u64,
     pub python_samples_with_frames: u64,
     pub off_cpu_events: u64,
+    /// tid → its latest preemption (stacks at the switch-out), until its wait's end arrives.
+    preempted: HashMap<u32, Sample>,
 }
 
 impl Aggregator {
@@ -119,6 +121,23 @@ impl Aggregator {
             let id = self.intern_wait(wait);
             self.add_stack(s, id, blocked_ns, false, symbols, python);
         }
+    }
+
+    /// A thread was preempted outside a syscall: keep its stacks until we learn how long it
+    /// waited for a CPU (only waits of at least the threshold are reported).
+    pub fn preempted(&mut self, s: Sample) {
+        self.preempted.insert(s.tid, s);
+    }
+
+    /// The run-queue wait after a preemption: weighs the stacks taken when it was preempted.
+    pub fn preempt_end(&mut self, tid: u32, since_ns: u64, runq_ns: u64, symbols: &mut Symbols, python: &mut PythonRegistry) {
+        let Some(s) = self.preempted.remove(&tid) else { return };
+        if s.time_ns != since_ns {
+            return;
+        }
+        self.off_cpu_events += 1;
+        let id = self.intern_wait(Wait { category: Category::Runqueue, syscall: None, target: Some("preempted".into()) });
+        self.add_stack(s, id, runq_ns, false, symbols, python);
     }
 
     fn intern_wait(&mut self, wait: Wait) -> u32 {

@@ -3,7 +3,7 @@
 //! Records are read with `bytes::Buf` rather than by casting pointers: a record that is short or
 //! of an unknown kind is rejected and counted, never trusted.
 use bytes::Buf;
-use profiler_common::{EventKind, ExecEvent, MAX_NATIVE_FRAMES, OffCpuInfo, ThreadMissEvent, MAX_PY_FRAMES, PyFrameRecord, SampleEvent, TASK_COMM_LEN};
+use profiler_common::{EventKind, ExecEvent, MAX_NATIVE_FRAMES, OffCpuInfo, PreemptEndEvent, ThreadMissEvent, MAX_PY_FRAMES, PyFrameRecord, SampleEvent, TASK_COMM_LEN};
 
 /// An on-CPU sample, stacks leaf first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,10 @@ pub enum Event {
     Exec { pid: u32 },
     /// A long blocking syscall, with the stacks it blocked in.
     OffCpu(Sample),
+    /// A thread preempted outside a syscall, with its stacks; `time_ns` is the switch-out.
+    Preempted(Sample),
+    /// The run-queue wait that followed the preemption at `since_ns`.
+    PreemptEnd { pid: u32, tid: u32, since_ns: u64, runq_ns: u64 },
     /// The kernel could not find thread `tid`'s `PyThreadState` in its bounded scan: the one
     /// whose field at `key_offset` holds `key`.
     ThreadMiss { pid: u32, tid: u32, key_offset: u32, key: u64 },
@@ -48,7 +52,7 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
     }
     let kind = u32::from_ne_bytes(buf[..4].try_into().unwrap());
     match EventKind::from_u32(kind) {
-        Some(kind @ (EventKind::OnCpuSample | EventKind::OffCpu)) => {
+        Some(kind @ (EventKind::OnCpuSample | EventKind::OffCpu | EventKind::Preempted)) => {
             let len = buf.len();
             if len < size_of::<SampleEvent>() {
                 return Err(DecodeError::Short { len });
@@ -84,7 +88,11 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
                 });
             }
             let sample = Sample { cpu, pid, tid, time_ns, comm, kernel_stack, user_stack, py_status, py_frames, off };
-            Ok(if kind == EventKind::OffCpu { Event::OffCpu(sample) } else { Event::Sample(sample) })
+            Ok(match kind {
+                EventKind::OffCpu => Event::OffCpu(sample),
+                EventKind::Preempted => Event::Preempted(sample),
+                _ => Event::Sample(sample),
+            })
         }
         Some(EventKind::Exec) => {
             if buf.len() < size_of::<ExecEvent>() {
@@ -100,6 +108,15 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
             buf.advance(4);
             let (pid, tid, key_offset) = (buf.get_u32_ne(), buf.get_u32_ne(), buf.get_u32_ne());
             Ok(Event::ThreadMiss { pid, tid, key_offset, key: buf.get_u64_ne() })
+        }
+        Some(EventKind::PreemptEnd) => {
+            if buf.len() < size_of::<PreemptEndEvent>() {
+                return Err(DecodeError::Short { len: buf.len() });
+            }
+            buf.advance(4);
+            let (pid, tid) = (buf.get_u32_ne(), buf.get_u32_ne());
+            buf.advance(4);
+            Ok(Event::PreemptEnd { pid, tid, since_ns: buf.get_u64_ne(), runq_ns: buf.get_u64_ne() })
         }
         None => Err(DecodeError::UnknownKind(kind)),
     }

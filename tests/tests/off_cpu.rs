@@ -105,3 +105,39 @@ fn cpu_bound_threads_wait_for_the_gil() {
         Ok(())
     });
 }
+
+#[test]
+fn run_queue_waits_after_preemption_carry_the_stack() {
+    // Three CPU-bound processes on fewer CPUs: each is preempted and waits for a CPU.
+    let interp = interpreters().pop().unwrap();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let code = "def spin_forever():\n    x = 0\n    while True:\n        x += 1\nspin_forever()\n";
+    let spinners: Vec<KillOnDrop> = (0..cpus + 1)
+        .map(|_| KillOnDrop(std::process::Command::new(&interp.path).args(["-c", code]).spawn().unwrap()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("p.json");
+    let mut cmd = pyebpf();
+    cmd.args(["profile", "-d", "2", "-o"]).arg(&json);
+    for s in &spinners {
+        cmd.args(["--pid", &s.pid().to_string()]);
+    }
+    assert_success(&run(&mut cmd, TIMEOUT));
+    let profile = read_json(&json);
+    for s in &spinners {
+        let p = process(&profile, s.pid()).expect("spinner profiled");
+        let runq = p["totals_ns"]["runqueue"].as_u64().unwrap_or(0) as f64 / p["wall_ns"].as_u64().unwrap().max(1) as f64;
+        assert!(runq > 0.1, "pid {}: run-queue share {runq:.2}", s.pid());
+        let stacked: u64 = p["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|st| st["category"] == "runqueue" && st["target"] == "preempted")
+            .filter(|st| st["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "spin_forever"))
+            .map(|st| st["weight_ns"].as_u64().unwrap())
+            .sum();
+        let total = p["totals_ns"]["runqueue"].as_u64().unwrap();
+        assert!(stacked * 10 >= total * 8, "pid {}: {stacked} of {total} ns of run-queue wait on spin_forever", s.pid());
+    }
+}
