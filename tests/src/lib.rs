@@ -68,6 +68,17 @@ pub fn wait_output(mut child: Child, timeout: Duration) -> Output {
     }
 }
 
+/// Runs pyebpf with the arguments `configure` gives it (the JSON output path is passed in, for
+/// `-o` before any `--`), asserts it succeeded, and returns the JSON profile.
+pub fn profile_json(configure: impl FnOnce(&mut Command, &Path)) -> Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("p.json");
+    let mut cmd = pyebpf();
+    configure(&mut cmd, &json);
+    assert_success(&run(&mut cmd, Duration::from_secs(90)));
+    read_json(&json)
+}
+
 /// Asserts success and no panic, showing the output otherwise.
 pub fn assert_success(out: &Output) {
     let stderr = String::from_utf8_lossy(&out.stderr);

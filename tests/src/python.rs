@@ -139,3 +139,11 @@ pub fn count(process: &Value, tid: Option<u64>, pred: impl Fn(&Value) -> bool) -
     }
     (matching, total)
 }
+
+/// Runs `check` on every interpreter and fails once with every version's failure listed, so one
+/// failing version does not hide the others.
+pub fn for_each_interpreter(what: &str, mut check: impl FnMut(&Interpreter) -> Result<(), String>) {
+    let failures: Vec<String> =
+        interpreters().iter().filter_map(|i| check(i).err().map(|e| format!("{}: {e}", i.label))).collect();
+    assert!(failures.is_empty(), "{what} failed on:\n{}", failures.join("\n"));
+}

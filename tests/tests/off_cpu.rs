@@ -4,25 +4,12 @@ use std::time::Duration;
 
 use integration_tests::{python::*, *};
 
-const TIMEOUT: Duration = Duration::from_secs(90);
-
 /// Profiles `offcpu.py SECONDS [extra]` under pyebpf and returns the process's JSON entry.
 fn profile_workload(interp: &Interpreter, extra: &[&str]) -> Value {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("p.json");
-    let out = run(
-        pyebpf()
-            .args(["profile", "-o"])
-            .arg(&json)
-            .arg("--")
-            .arg(&interp.path)
-            .arg(workload("offcpu.py"))
-            .arg("2.5")
-            .args(extra),
-        TIMEOUT,
-    );
-    assert_success(&out);
-    read_json(&json)["processes"][0].clone()
+    let profile = profile_json(|cmd, json| {
+        cmd.args(["profile", "-o"]).arg(json).arg("--").arg(&interp.path).arg(workload("offcpu.py")).arg("2.5").args(extra);
+    });
+    profile["processes"][0].clone()
 }
 
 fn thread<'a>(p: &'a Value, name: &str) -> Result<&'a Value, String> {
@@ -40,15 +27,10 @@ fn pct(t: &Value, categories: &[&str]) -> f64 {
     categories.iter().map(|c| t["totals_ns"][*c].as_u64().unwrap_or(0) as f64).sum::<f64>() * 100.0 / wall
 }
 
-fn check_all(what: &str, mut check: impl FnMut(&Interpreter) -> Result<(), String>) {
-    let failures: Vec<String> =
-        interpreters().iter().filter_map(|i| check(i).err().map(|e| format!("{}: {e}", i.label))).collect();
-    assert!(failures.is_empty(), "{what} failed on:\n{}", failures.join("\n"));
-}
 
 #[test]
 fn waits_are_split_by_cause_with_their_stacks_and_targets() {
-    check_all("off-CPU categories", |interp| {
+    for_each_interpreter("off-CPU categories", |interp| {
         let p = profile_workload(interp, &[]);
         // compute 40 ms / sleep 60 ms: within 5 points. Computing time may be spent waiting for
         // the GIL or a CPU, which is where it went.
@@ -92,7 +74,7 @@ fn waits_are_split_by_cause_with_their_stacks_and_targets() {
 
 #[test]
 fn cpu_bound_threads_wait_for_the_gil() {
-    check_all("GIL", |interp| {
+    for_each_interpreter("GIL", |interp| {
         let p = profile_workload(interp, &["gil"]);
         for name in ["gil-a", "gil-b"] {
             let t = thread(&p, name)?;
@@ -116,15 +98,12 @@ fn run_queue_waits_after_preemption_carry_the_stack() {
         .map(|_| KillOnDrop(std::process::Command::new(&interp.path).args(["-c", code]).spawn().unwrap()))
         .collect();
     std::thread::sleep(Duration::from_millis(300));
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("p.json");
-    let mut cmd = pyebpf();
-    cmd.args(["profile", "-d", "2", "-o"]).arg(&json);
-    for s in &spinners {
-        cmd.args(["--pid", &s.pid().to_string()]);
-    }
-    assert_success(&run(&mut cmd, TIMEOUT));
-    let profile = read_json(&json);
+    let profile = profile_json(|cmd, json| {
+        cmd.args(["profile", "-d", "2", "-o"]).arg(json);
+        for s in &spinners {
+            cmd.args(["--pid", &s.pid().to_string()]);
+        }
+    });
     for s in &spinners {
         let p = process(&profile, s.pid()).expect("spinner profiled");
         let runq = p["totals_ns"]["runqueue"].as_u64().unwrap_or(0) as f64 / p["wall_ns"].as_u64().unwrap().max(1) as f64;

@@ -8,29 +8,10 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Profiles `pid` for `seconds` into JSON and returns the process's entry.
 fn profile_pid(pid: u32, seconds: &str, extra: &[&str]) -> (Value, Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("p.json");
-    let out = run(
-        pyebpf()
-            .args([
-                "profile",
-                "-F",
-                "199",
-                "-d",
-                seconds,
-                "--pid",
-                &pid.to_string(),
-            ])
-            .args(extra)
-            .arg("-o")
-            .arg(&json),
-        TIMEOUT,
-    );
-    assert_success(&out);
-    let profile = read_json(&json);
-    let p = process(&profile, pid)
-        .cloned()
-        .unwrap_or_else(|| panic!("pid {pid} not in profile"));
+    let profile = profile_json(|cmd, json| {
+        cmd.args(["profile", "-F", "199", "-d", seconds, "--pid", &pid.to_string()]).args(extra).arg("-o").arg(json);
+    });
+    let p = process(&profile, pid).cloned().unwrap_or_else(|| panic!("pid {pid} not in profile"));
     (profile, p)
 }
 
@@ -43,23 +24,12 @@ fn name(minor: u8, qualified: &str) -> String {
     }
 }
 
-fn check_all(what: &str, mut check: impl FnMut(&Interpreter) -> Result<(), String>) {
-    let failures: Vec<String> = interpreters()
-        .iter()
-        .filter_map(|i| check(i).err().map(|e| format!("{}: {e}", i.label)))
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{what} failed on:\n{}",
-        failures.join("\n")
-    );
-}
 
 #[test]
 fn known_chain_in_every_thread_with_names_and_call_site_lines() {
     let script = workload("chain.py");
     let line = |m: &str| line_of(&script, m);
-    check_all("chain", |interp| {
+    for_each_interpreter("chain", |interp| {
         let m = interp.minor;
         let child = start_ready(&interp.path, &script, &["6", "2"]);
         let (_, p) = profile_pid(child.pid(), "2", &[]);
@@ -132,23 +102,12 @@ fn known_chain_in_every_thread_with_names_and_call_site_lines() {
 #[test]
 fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
     let script = workload("features.py");
-    check_all("features", |interp| {
+    for_each_interpreter("features", |interp| {
         let m = interp.minor;
         // Started by pyebpf, so that the first phase is profiled from its first instruction.
-        let dir = tempfile::tempdir().unwrap();
-        let json = dir.path().join("p.json");
-        let out = run(
-            pyebpf()
-                .args(["profile", "-F", "199", "-o"])
-                .arg(&json)
-                .arg("--")
-                .arg(&interp.path)
-                .arg(&script)
-                .arg("0.4"),
-            TIMEOUT,
-        );
-        assert_success(&out);
-        let profile = read_json(&json);
+        let profile = profile_json(|cmd, json| {
+            cmd.args(["profile", "-F", "199", "-o"]).arg(json).arg("--").arg(&interp.path).arg(&script).arg("0.4");
+        });
         let p = &profile["processes"][0];
         let stacks = p["stacks"].as_array().unwrap();
         let functions = |s: &Value| -> Vec<String> {
@@ -251,7 +210,7 @@ fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
 #[test]
 fn two_hundred_threads_a_few_busy() {
     let script = workload("many_threads.py");
-    check_all("200 threads", |interp| {
+    for_each_interpreter("200 threads", |interp| {
         let child = start_ready(&interp.path, &script, &["3.5", "200", "3"]);
         let (_, p) = profile_pid(child.pid(), "2.5", &[]);
         let busy: Vec<&Value> = p["threads"]
@@ -337,23 +296,15 @@ fn short_lived_process_started_after_profiling_began_keeps_its_names() {
 fn a_process_that_execs_into_python_is_unwound_after_the_exec() {
     let script = workload("chain.py");
     let interp = interpreters().pop().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("p.json");
     // The shell burns CPU first (same pid, not Python), then becomes Python.
     let shell = format!(
         "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; exec {} {} 1.5 0",
         interp.path.display(),
         script.display()
     );
-    let out = run(
-        pyebpf()
-            .args(["profile", "-F", "199", "-o"])
-            .arg(&json)
-            .args(["--", "/bin/sh", "-c", &shell]),
-        TIMEOUT,
-    );
-    assert_success(&out);
-    let profile = read_json(&json);
+    let profile = profile_json(|cmd, json| {
+        cmd.args(["profile", "-F", "199", "-o"]).arg(json).args(["--", "/bin/sh", "-c", &shell]);
+    });
     let p = &profile["processes"][0];
     assert!(
         p["comm"].as_str().unwrap().starts_with("python"),
