@@ -179,7 +179,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
 
 /// Hands the kernel the layout of Python processes found since the last call.
 fn register_python(bpf: &mut Bpf, python: &mut PythonRegistry, classifier: &mut Classifier) {
-    for (pid, range) in python.gil_ranges() {
+    for (pid, range) in python.take_gil_ranges() {
         classifier.set_gil(pid, range);
     }
     for (pid, info) in python.take_pending() {

@@ -263,6 +263,9 @@ pub struct PythonRegistry {
     pending: Vec<(u32, PyProcInfo)>,
     /// Thread states found in userspace for the kernel's cache: (tid, tstate).
     pending_tstates: Vec<(u32, u64)>,
+    /// Python processes whose GIL has not been located yet (3.12+ finds it through the main
+    /// interpreter, which may not exist yet right after exec).
+    gil_pending: std::collections::HashSet<u32>,
     /// One line per process we could not unwind, for the summary.
     pub notes: Vec<String>,
 }
@@ -291,6 +294,7 @@ impl PythonRegistry {
                         names_read: None,
                     };
                     self.pending_tstates.extend(process.native_thread_states());
+                    self.gil_pending.insert(pid);
                     Known::Python(Box::new(process))
                 }
                 None => self.unsupported(pid, &interpreter.version.to_string(), "no layout for this version"),
@@ -314,6 +318,7 @@ impl PythonRegistry {
 
     /// Process `pid` called exec: inspect it afresh, for a while, as a new process.
     pub fn exec(&mut self, pid: u32) {
+        self.gil_pending.remove(&pid);
         self.known.insert(pid, Known::NotPython { checked: Instant::now() - RECHECK_EVERY, recheck_until: Some(Instant::now() + YOUNG) });
     }
 
@@ -361,15 +366,22 @@ impl PythonRegistry {
         std::mem::take(&mut self.pending_tstates)
     }
 
-    /// GIL address ranges of the Python processes whose GIL can be located now.
-    pub fn gil_ranges(&self) -> Vec<(u32, (u64, u64))> {
-        self.known
-            .iter()
-            .filter_map(|(&pid, k)| match k {
-                Known::Python(p) => Some((pid, p.gil_range()?)),
-                _ => None,
-            })
-            .collect()
+    /// GIL address ranges of Python processes found since the last call, as soon as each can
+    /// be located; a process whose GIL cannot be located yet is tried again next time.
+    pub fn take_gil_ranges(&mut self) -> Vec<(u32, (u64, u64))> {
+        let mut found = Vec::new();
+        let known = &self.known;
+        self.gil_pending.retain(|&pid| match known.get(&pid) {
+            Some(Known::Python(p)) => match p.gil_range() {
+                Some(range) => {
+                    found.push((pid, range));
+                    false
+                }
+                None => true,
+            },
+            _ => false,
+        });
+        found
     }
 
     pub fn take_pending(&mut self) -> Vec<(u32, PyProcInfo)> {
