@@ -65,7 +65,7 @@ pub fn run(root: &Path, bin: &Path, seconds: u64, rounds: usize) -> anyhow::Resu
     // 3. Accuracy against known truth (tests/workloads/offcpu.py).
     println!("\nAccuracy (tests/workloads/offcpu.py, truth by construction):");
     let known = root.join("tests/workloads/offcpu.py");
-    let profile = profile_json(bin, &[], &python, &known, &["3"])?;
+    let (_, profile) = profile_run(bin, &[], &python, &known, &["3"])?;
     let p = &profile["processes"][0];
     let pct = |name: &str, cats: &[&str]| -> Option<f64> {
         let t = p["threads"].as_array()?.iter().find(|t| t["python_name"] == name)?;
@@ -108,8 +108,14 @@ fn unprofiled(python: &Path, script: &Path, mode: &str, seconds: u64) -> anyhow:
     last_json(&out.stdout)
 }
 
-/// Runs the workload under `pyebpf profile -- ...`; returns its own stats and the profile.
+/// Runs the workload under `pyebpf profile -- ...`; returns its own JSON stats and the profile.
 fn profiled(bin: &Path, python: &Path, script: &Path, mode: &str, seconds: u64, extra: &[&str]) -> anyhow::Result<(Value, Value)> {
+    let (stdout, profile) = profile_run(bin, extra, python, script, &[mode, &seconds.to_string()])?;
+    Ok((last_json(&stdout)?, profile))
+}
+
+/// `pyebpf profile --bpf-stats [extra] -- PYTHON SCRIPT ARGS`: the command's stdout and the profile.
+fn profile_run(bin: &Path, extra: &[&str], python: &Path, script: &Path, args: &[&str]) -> anyhow::Result<(Vec<u8>, Value)> {
     let dir = tempfile::tempdir()?;
     let json = dir.path().join("p.json");
     let out = Command::new(bin)
@@ -119,33 +125,14 @@ fn profiled(bin: &Path, python: &Path, script: &Path, mode: &str, seconds: u64, 
         .arg("--")
         .arg(python)
         .arg(script)
-        .args([mode, &seconds.to_string()])
+        .args(args)
         .stderr(Stdio::inherit())
         .output()
         .context("cannot run pyebpf")?;
     if !out.status.success() {
         bail!("pyebpf failed: {}", out.status);
     }
-    Ok((last_json(&out.stdout)?, serde_json::from_slice(&std::fs::read(&json)?)?))
-}
-
-fn profile_json(bin: &Path, extra: &[&str], python: &Path, script: &Path, args: &[&str]) -> anyhow::Result<Value> {
-    let dir = tempfile::tempdir()?;
-    let json = dir.path().join("p.json");
-    let status = Command::new(bin)
-        .args(["profile", "--no-summary", "-o"])
-        .arg(&json)
-        .args(extra)
-        .arg("--")
-        .arg(python)
-        .arg(script)
-        .args(args)
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("pyebpf failed: {status}");
-    }
-    Ok(serde_json::from_slice(&std::fs::read(&json)?)?)
+    Ok((out.stdout, serde_json::from_slice(&std::fs::read(&json)?)?))
 }
 
 /// The workload's JSON line (pyebpf's summary is off; the workload prints one line last).
