@@ -96,7 +96,41 @@ pub fn write(profile: &Profile, notes: &[String], w: &mut dyn Write) -> std::io:
     }
 
     write_top_stacks(profile, w)?;
+    write_loop_stalls(profile, w)?;
     write_functions(profile, w)
+}
+
+const TOP_STALLS: usize = 6;
+
+/// Blocking calls made on an event loop: the coroutine, the call and what it waited on.
+fn write_loop_stalls(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()> {
+    let mut stalls: Vec<(&ProcessProfile, &crate::profile::LoopStall)> =
+        profile.processes.iter().flat_map(|p| p.loop_stalls.iter().map(move |s| (p, s))).collect();
+    if stalls.is_empty() {
+        return Ok(());
+    }
+    stalls.sort_by(|a, b| b.1.wall_ns.cmp(&a.1.wall_ns));
+    writeln!(w)?;
+    writeln!(w, "Event loops held up by blocking calls (nothing else on the loop ran meanwhile):")?;
+    for (p, s) in stalls.iter().take(TOP_STALLS) {
+        let mut call = format!("[{}]", s.category.name());
+        for part in [&s.syscall, &s.target].into_iter().flatten() {
+            call.push(' ');
+            call.push_str(part);
+        }
+        writeln!(
+            w,
+            "  {:>7.3} s  {} blocked in {call} ({} calls)   [{} ({}) thread {} ({})]",
+            s.wall_ns as f64 / 1e9,
+            s.coroutine.as_deref().unwrap_or("a callback"),
+            s.count,
+            p.comm,
+            p.pid,
+            s.thread,
+            s.tid,
+        )?;
+    }
+    Ok(())
 }
 
 /// The innermost Python frame of a stack, for "in get_user (app/db.py:42)".
