@@ -531,30 +531,49 @@ pub fn thread_totals(
     totals
 }
 
-/// The top Python functions of a process by wall time, inclusive (a function counts once per
-/// stack it is on), with their split by category.
+/// The top Python functions of a process: inclusive time (a function counts once per stack it
+/// is on) and own time (it is the innermost Python frame: its own code, or a call it made into
+/// C or the kernel), each with its split by category.
 fn function_table(stacks: &[StackProfile]) -> Vec<FunctionProfile> {
-    let mut by_function: HashMap<(String, String), BTreeMap<Category, u64>> = HashMap::new();
+    #[derive(Default)]
+    struct Times {
+        total: BTreeMap<Category, u64>,
+        own: BTreeMap<Category, u64>,
+    }
+    let mut by_function: HashMap<(String, String), Times> = HashMap::new();
     for s in stacks {
         let mut seen = std::collections::HashSet::new();
         for f in &s.python_frames {
             let key = (f.function.clone(), f.file.clone());
             if seen.insert(key.clone()) {
-                *by_function.entry(key).or_default().entry(s.category).or_insert(0) += s.weight_ns;
+                *by_function.entry(key).or_default().total.entry(s.category).or_insert(0) += s.weight_ns;
             }
         }
+        if let Some(f) = s.python_frames.last() {
+            let key = (f.function.clone(), f.file.clone());
+            *by_function.entry(key).or_default().own.entry(s.category).or_insert(0) += s.weight_ns;
+        }
     }
+    let names = |split: BTreeMap<Category, u64>| split.into_iter().map(|(c, ns)| (c.name().to_string(), ns)).collect();
     let mut table: Vec<FunctionProfile> = by_function
         .into_iter()
-        .map(|((function, file), split)| FunctionProfile {
+        .map(|((function, file), t)| FunctionProfile {
             function,
             file,
-            wall_ns: split.values().sum(),
-            totals_ns: split.into_iter().map(|(c, ns)| (c.name().to_string(), ns)).collect(),
+            wall_ns: t.total.values().sum(),
+            own_ns: t.own.values().sum(),
+            totals_ns: names(t.total),
+            own_totals_ns: names(t.own),
         })
         .collect();
+    // Keep the heaviest by either measure: wrappers lead by inclusive time, the code that
+    // does the work (or the waiting) by own time.
+    table.sort_by(|a, b| b.own_ns.cmp(&a.own_ns).then_with(|| a.function.cmp(&b.function)));
+    let mut keep: std::collections::HashSet<(String, String)> =
+        table.iter().take(MAX_FUNCTIONS).map(|f| (f.function.clone(), f.file.clone())).collect();
     table.sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then_with(|| a.function.cmp(&b.function)));
-    table.truncate(MAX_FUNCTIONS);
+    keep.extend(table.iter().take(MAX_FUNCTIONS).map(|f| (f.function.clone(), f.file.clone())));
+    table.retain(|f| keep.contains(&(f.function.clone(), f.file.clone())));
     table
 }
 
@@ -591,5 +610,5 @@ fn loop_stalls(stacks: &[StackProfile]) -> Vec<LoopStall> {
     stalls
 }
 
-/// Functions listed per process in the JSON.
+/// Functions listed per process in the JSON: the top ones by inclusive time and by own time.
 const MAX_FUNCTIONS: usize = 50;

@@ -54,7 +54,8 @@ pub struct ProcessProfile {
     /// Nanoseconds per category (cpu, runqueue, net, disk, lock, gil, sleep, ipc, other).
     pub totals_ns: BTreeMap<String, u64>,
     pub threads: Vec<ThreadProfile>,
-    /// Top Python functions by wall time, inclusive, with their split by category.
+    /// Top Python functions by inclusive and by own time, with their split by category;
+    /// sorted by inclusive time.
     pub functions: Vec<FunctionProfile>,
     /// Blocking calls made while an event loop was running a coroutine or callback: the loop
     /// could run nothing else meanwhile. Largest first.
@@ -66,8 +67,12 @@ pub struct ProcessProfile {
 pub struct FunctionProfile {
     pub function: String,
     pub file: String,
+    /// Inclusive: time of every stack the function is on.
     pub wall_ns: u64,
     pub totals_ns: BTreeMap<String, u64>,
+    /// Own: time of the stacks where it is the innermost Python frame.
+    pub own_ns: u64,
+    pub own_totals_ns: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize)]
