@@ -95,15 +95,15 @@ pub struct PyFrame {
     pub function: String,
     pub file: String,
     pub line: Option<i32>,
+    /// `co_firstlineno`: where the function starts (pprof's `Function.start_line`).
+    pub first_line: i32,
 }
 
 impl fmt::Display for PyFrame {
     /// py-spy's form: `qualname (path/file.py:LINE)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{} ({}:{})", self.function, self.file, line),
-            None => write!(f, "{} ({})", self.function, self.file),
-        }
+        // One definition of the text, so outputs can pair it back with the structured frame.
+        f.write_str(&crate::profile::python_frame_text(&self.function, &self.file, self.line))
     }
 }
 
@@ -235,6 +235,7 @@ impl PythonProcess {
                 function: code.name.clone(),
                 file: code.filename.clone(),
                 line,
+                first_line: code.firstlineno,
             }),
         }
     }
