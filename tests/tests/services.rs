@@ -18,12 +18,10 @@ use integration_tests::{services::*, *};
 
 /// gunicorn sync workers.
 const WORKERS: u32 = 3;
-/// Seconds profiled, from when pyebpf is attached (about 0.3 s after it starts); the load runs
-/// inside this window.
-const PROFILE_SECS: f64 = 4.5;
-/// Seconds of load (wrk takes whole seconds), started ATTACH_WAIT after pyebpf.
+/// Seconds of load (wrk takes whole seconds), all of it inside the profile: it starts once
+/// pyebpf has found every process of the service, and pyebpf is stopped SETTLE after it.
 const LOAD_SECS: u64 = 3;
-const ATTACH_WAIT: Duration = Duration::from_millis(1000);
+const SETTLE: Duration = Duration::from_millis(500);
 /// Samples per second per CPU: enough for per-function CPU shares over a few seconds.
 const FREQUENCY: &str = "499";
 
@@ -40,20 +38,64 @@ struct Run {
     fsync_dir: Option<PathBuf>,
 }
 
-/// Profiles `--all` for PROFILE_SECS while wrk loads `port` with `paths` after ATTACH_WAIT.
-fn profile_under_load(name: &str, port: u16, paths: &[&str], connections: u32) -> (Value, PathBuf, LoadReport) {
+/// Profiles `--all` while wrk loads `port` with `paths`: starts pyebpf, waits until it has
+/// found every one of `pids` as a CPython process (its `RUST_LOG=info` line `pid N: CPython`;
+/// from then on their off-CPU time is tracked), runs the load, and stops pyebpf with SIGINT
+/// SETTLE later. On a busy machine inspecting every process of the host at start can take
+/// seconds; a fixed wait would let the profile miss part of the load.
+fn profile_under_load(
+    name: &str,
+    port: u16,
+    paths: &[&str],
+    connections: u32,
+    pids: &[u32],
+) -> (Value, PathBuf, LoadReport) {
+    use std::io::BufRead;
     let dir = target_dir().join("tmp/services-profiles");
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join(format!("{name}.json"));
     let _ = std::fs::remove_file(&json);
-    let profiler = spawn_piped(
+    // -d bounds a run that would not stop on SIGINT; the guard kills it if this panics.
+    let mut profiler = ChildGuard(Some(spawn_piped(
         pyebpf()
-            .args(["profile", "--all", "--no-summary", "-F", FREQUENCY, "-d", &PROFILE_SECS.to_string(), "-o"])
-            .arg(&json),
+            .args(["profile", "--all", "--no-summary", "-F", FREQUENCY, "-d", "60", "-o"])
+            .arg(&json)
+            .env("RUST_LOG", "info"),
+    )));
+    // Read stderr on a thread (it must keep draining), telling this one about each line.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = profiler.child().stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let started = Instant::now();
+    let mut missing: Vec<u32> = pids.to_vec();
+    while !missing.is_empty() {
+        match rx.recv_timeout(Duration::from_secs(30).saturating_sub(started.elapsed())) {
+            Ok(line) => missing.retain(|pid| !line.contains(&format!("pid {pid}: CPython "))),
+            Err(_) => {
+                drop(profiler);
+                panic!("pyebpf did not report CPython in pids {missing:?} within 30 s:\n{}", reader.join().unwrap());
+            }
+        }
+    }
+    eprintln!(
+        "{name}: pyebpf found the service's {} processes after {:.2} s",
+        pids.len(),
+        started.elapsed().as_secs_f64()
     );
-    std::thread::sleep(ATTACH_WAIT);
-    let load = Load::new(port, paths).duration_secs(LOAD_SECS).connections(connections).run();
-    let out = wait_output(profiler, Duration::from_secs(60));
+    let load = Load::new(port, paths).duration_secs(LOAD_SECS).connections(connections).start().wait();
+    std::thread::sleep(SETTLE);
+    // SAFETY: signalling our own child; SIGINT ends profiling and writes the outputs.
+    unsafe { libc::kill(profiler.child().id() as i32, libc::SIGINT) };
+    let mut out = wait_output(profiler.0.take().unwrap(), Duration::from_secs(60));
+    out.stderr = reader.join().unwrap().into_bytes();
     assert_success(&out);
     eprintln!(
         "{name}: {} requests, {:.0} req/s, latency p50 {:?} p99 {:?}; profile in {}",
@@ -65,6 +107,24 @@ fn profile_under_load(name: &str, port: u16, paths: &[&str], connections: u32) -
     );
     load.assert_clean();
     (read_json(&json), json, load)
+}
+
+/// Kills and reaps a child on drop unless taken out.
+struct ChildGuard(Option<std::process::Child>);
+
+impl ChildGuard {
+    fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 fn flask_run() -> &'static Run {
@@ -79,16 +139,18 @@ fn flask_run() -> &'static Run {
             .connections(WORKERS + 1)
             .run()
             .assert_clean();
+        let (main_pid, children) = (service.gunicorn.pid(), service.gunicorn.children());
+        let pids: Vec<u32> = std::iter::once(main_pid).chain(children.iter().copied()).collect();
         // One connection more than workers: every worker is kept busy.
         let (profile, json, load) =
-            profile_under_load("flask", port, &["/cpu", "/db", "/fsync", "/sleep"], WORKERS + 1);
+            profile_under_load("flask", port, &["/cpu", "/db", "/fsync", "/sleep"], WORKERS + 1, &pids);
         let run = Run {
             profile,
             json,
             load,
             pg_port: service.postgres.port(),
-            main_pid: service.gunicorn.pid(),
-            children: service.gunicorn.children(),
+            main_pid,
+            children,
             fsync_dir: Some(service.fsync_dir.path().to_path_buf()),
         };
         drop(service);
@@ -104,14 +166,15 @@ fn asgi_run() -> &'static Run {
         let service = AsgiService::start();
         let port = service.uvicorn.port();
         Load::new(port, &["/db", "/cpu", "/block"]).duration_secs(1).connections(2).run().assert_clean();
+        let main_pid = service.uvicorn.pid();
         // Few connections: the loop also waits for requests, so it has idle time to report.
-        let (profile, json, load) = profile_under_load("asgi", port, &["/cpu", "/db", "/block"], 2);
+        let (profile, json, load) = profile_under_load("asgi", port, &["/cpu", "/db", "/block"], 2, &[main_pid]);
         let run = Run {
             profile,
             json,
             load,
             pg_port: service.postgres.port(),
-            main_pid: service.uvicorn.pid(),
+            main_pid,
             children: service.uvicorn.children(),
             fsync_dir: None,
         };
@@ -128,6 +191,11 @@ impl Run {
 
     fn workers(&self) -> Vec<&Value> {
         self.children.iter().map(|&pid| self.process(pid)).collect()
+    }
+
+    /// Calls of an endpoint that is one request in `every` (wrk cycles through the paths).
+    fn calls(&self, every: f64) -> f64 {
+        self.load.requests as f64 / every
     }
 }
 
@@ -163,6 +231,19 @@ fn total(split: &BTreeMap<String, u64>) -> u64 {
 
 fn share(split: &BTreeMap<String, u64>, category: &str) -> f64 {
     split.get(category).copied().unwrap_or(0) as f64 / total(split).max(1) as f64
+}
+
+/// The share of a function's time not spent waiting for a CPU. How long a thread waits for a
+/// CPU after a wakeup or a preemption depends on the machine's load (2 CPUs, shared with wrk,
+/// PostgreSQL, the profiler and, on a developer's machine, anything else), not on the
+/// profiler, so shares of what a function waits for are judged against this.
+fn not_runqueue(split: &BTreeMap<String, u64>) -> f64 {
+    (1.0 - share(split, "runqueue")).max(1e-9)
+}
+
+/// The category with the most time, waiting for a CPU aside.
+fn largest(split: &BTreeMap<String, u64>) -> &str {
+    split.iter().filter(|(c, _)| *c != "runqueue").max_by_key(|(_, ns)| **ns).map(|(c, _)| c.as_str()).unwrap_or("")
 }
 
 /// `{cpu: 61.2%, net: 30.1%, ...} of 812.3 ms` for failure messages.
@@ -248,10 +329,10 @@ fn flask_db_view_waits_on_postgres_over_tcp() {
         .sum();
     let pg_share = on_pg as f64 / total(&split).max(1) as f64;
     eprintln!("db_view: {:.1}% waiting on {target}: {}", pg_share * 100.0, describe(&split));
-    // Each request waits 20 ms in pg_sleep for well under 1 ms of Python: most of the view's
-    // time is the wait on PostgreSQL's socket.
+    // Each request waits 20 ms in pg_sleep for well under 1 ms of Python: the view's time is
+    // the wait on PostgreSQL's socket, apart from waiting for a CPU after it (machine load).
     assert!(
-        share(&split, "net") > 0.6 && pg_share > 0.6,
+        largest(&split) == "net" && pg_share / not_runqueue(&split) > 0.8,
         "db_view: {:.1}% waiting on {target} (net {:.1}%): {}",
         pg_share * 100.0,
         share(&split, "net") * 100.0,
@@ -267,10 +348,14 @@ fn flask_cpu_view_is_on_cpu_and_sleep_view_sleeps() {
         assert_cpu_bound(&function_split(&workers, function, FLASK).0, function);
     }
     // One request in 4 is /cpu.
-    assert_burn_time(&function_split(&workers, "burn", FLASK).0, run.load.requests as f64 / 4.0);
+    assert_burn_time(&function_split(&workers, "burn", FLASK).0, run.calls(4.0));
     let (sleep, _) = function_split(&workers, "sleep_view", FLASK);
     eprintln!("sleep_view: {}", describe(&sleep));
-    assert!(share(&sleep, "sleep") > 0.6, "sleep_view: {}", describe(&sleep));
+    assert!(
+        largest(&sleep) == "sleep" && share(&sleep, "sleep") / not_runqueue(&sleep) > 0.8,
+        "sleep_view: {}",
+        describe(&sleep)
+    );
 }
 
 /// `burn(0.005)` loops until 5 ms of wall time have passed.
@@ -284,7 +369,7 @@ fn assert_cpu_bound(split: &BTreeMap<String, u64>, function: &str) {
     let (cpu, runq) = (share(split, "cpu"), share(split, "runqueue"));
     eprintln!("{function}: {}", describe(split));
     assert!(
-        total(split) > 0 && cpu + runq > 0.9 && cpu / (1.0 - runq).max(1e-9) > 0.9,
+        total(split) > 0 && cpu + runq > 0.9 && cpu / not_runqueue(split) > 0.9,
         "{function}: on CPU {:.1}%, waiting for a CPU {:.1}%: {}",
         cpu * 100.0,
         runq * 100.0,
@@ -293,9 +378,9 @@ fn assert_cpu_bound(split: &BTreeMap<String, u64>, function: &str) {
 }
 
 /// `calls` calls of `burn` each last at least BURN of wall time and use at most BURN of CPU
-/// (a preemption near the deadline makes the call longer, not busier). The profile window
-/// covers the whole load, so its times must agree: wall at least 80% of calls × 5 ms (the
-/// margin for requests at the window's edges), CPU at most 120% (sampling error).
+/// (a preemption near the deadline makes the call longer, not busier), and the profile covers
+/// the whole load, so its times must agree: wall at least 80% of calls × 5 ms, CPU at most
+/// 120% (sampling error).
 fn assert_burn_time(split: &BTreeMap<String, u64>, calls: f64) {
     let budget = calls * BURN.as_nanos() as f64;
     let cpu = split.get("cpu").copied().unwrap_or(0) as f64;
@@ -358,11 +443,15 @@ fn asyncio_endpoints_split_by_cause() {
     let p = run.process(run.main_pid);
     assert_cpu_bound(&function_split(&[p], "cpu_endpoint", ASGI).0, "cpu_endpoint");
     // One request in 3 is /cpu.
-    assert_burn_time(&function_split(&[p], "burn", ASGI).0, run.load.requests as f64 / 3.0);
+    assert_burn_time(&function_split(&[p], "burn", ASGI).0, run.calls(3.0));
     // The synchronous sleep inside `async def` is a sleep of the loop thread, in the coroutine.
     let (block, _) = function_split(&[p], "block_endpoint", ASGI);
     eprintln!("block_endpoint: {}", describe(&block));
-    assert!(share(&block, "sleep") > 0.6, "block_endpoint: {}", describe(&block));
+    assert!(
+        largest(&block) == "sleep" && share(&block, "sleep") / not_runqueue(&block) > 0.8,
+        "block_endpoint: {}",
+        describe(&block)
+    );
     // Awaiting PostgreSQL suspends the coroutine: db_endpoint holds the loop only briefly (it
     // is called as often as block_endpoint, which holds it 20 ms a call); the wait is the
     // loop's, in epoll.
@@ -411,6 +500,13 @@ fn asyncio_loop_stall_and_idle() {
         slept as f64 / 1e6,
         describe(&block_split)
     );
+    // One stall per /block request (one request in 3).
+    let count: u64 = block.iter().filter(|s| s["category"] == "sleep").map(|s| s["count"].as_u64().unwrap()).sum();
+    let calls = run.calls(3.0);
+    assert!(
+        count as f64 >= 0.8 * calls && count as f64 <= calls + 2.0,
+        "block_endpoint: {count} stalls for about {calls:.0} requests to /block"
+    );
     // Stacks blocked inside the coroutine name it.
     let (_, stacks) = function_split(&[p], "block_endpoint", ASGI);
     assert!(
@@ -438,9 +534,11 @@ fn asyncio_loop_stall_and_idle() {
             *m.entry(s["category"].as_str().unwrap().to_string()).or_insert(0) += s["weight_ns"].as_u64().unwrap();
             m
         });
+    // Run-queue time after a wakeup depends on the machine's load: judge the blocked part.
+    let idle_of_blocked = share(&epoll, "idle") / not_runqueue(&epoll);
     eprintln!("loop thread: {totals}; its epoll waits: {}", describe(&epoll));
     assert!(
-        ns("idle") > 0 && share(&epoll, "idle") > 0.9 && ns("net") * 10 < ns("idle"),
+        ns("idle") > 0 && idle_of_blocked > 0.9 && ns("net") * 10 < ns("idle"),
         "loop thread: idle {:.1} ms, net {:.1} ms; its epoll waits: {}",
         ns("idle") as f64 / 1e6,
         ns("net") as f64 / 1e6,
