@@ -38,18 +38,19 @@ struct Run {
     fsync_dir: Option<PathBuf>,
 }
 
-/// Profiles `--all` while wrk loads `port` with `paths`: starts pyebpf, waits until it has
-/// found every one of `pids` as a CPython process (its `RUST_LOG=info` line `pid N: CPython`;
-/// from then on their off-CPU time is tracked), runs the load, and stops pyebpf with SIGINT
-/// SETTLE later. On a busy machine inspecting every process of the host at start can take
-/// seconds; a fixed wait would let the profile miss part of the load.
-fn profile_under_load(
-    name: &str,
-    port: u16,
-    paths: &[&str],
-    connections: u32,
-    pids: &[u32],
-) -> (Value, PathBuf, LoadReport) {
+/// Warms `server` up with 1 s of the same load (every gunicorn worker opens its PostgreSQL
+/// connection), then profiles `--all` while wrk loads it with `paths`: starts pyebpf, waits
+/// until it has found the server's main process and children as CPython processes (its
+/// `RUST_LOG=info` line `pid N: CPython`; from then on their off-CPU time is tracked), runs
+/// the load, and stops pyebpf with SIGINT SETTLE later. On a busy machine inspecting every
+/// process of the host at start can take seconds; a fixed wait would let the profile miss
+/// part of the load.
+fn profile_under_load(name: &str, server: &WebServer, pg: &Postgres, paths: &[&str], connections: u32) -> Run {
+    let started = Instant::now();
+    let port = server.port();
+    Load::new(port, paths).duration_secs(1).connections(connections).run().assert_clean();
+    let (main_pid, children) = (server.pid(), server.children());
+    let pids: Vec<u32> = std::iter::once(main_pid).chain(children.iter().copied()).collect();
     use std::io::BufRead;
     let dir = target_dir().join("tmp/services-profiles");
     std::fs::create_dir_all(&dir).unwrap();
@@ -74,10 +75,10 @@ fn profile_under_load(
         }
         all
     });
-    let started = Instant::now();
+    let spawned = Instant::now();
     let mut missing: Vec<u32> = pids.to_vec();
     while !missing.is_empty() {
-        match rx.recv_timeout(Duration::from_secs(30).saturating_sub(started.elapsed())) {
+        match rx.recv_timeout(Duration::from_secs(30).saturating_sub(spawned.elapsed())) {
             Ok(line) => missing.retain(|pid| !line.contains(&format!("pid {pid}: CPython "))),
             Err(_) => {
                 drop(profiler);
@@ -88,7 +89,7 @@ fn profile_under_load(
     eprintln!(
         "{name}: pyebpf found the service's {} processes after {:.2} s",
         pids.len(),
-        started.elapsed().as_secs_f64()
+        spawned.elapsed().as_secs_f64()
     );
     let load = Load::new(port, paths).duration_secs(LOAD_SECS).connections(connections).start().wait();
     std::thread::sleep(SETTLE);
@@ -106,7 +107,8 @@ fn profile_under_load(
         json.display()
     );
     load.assert_clean();
-    (read_json(&json), json, load)
+    eprintln!("{name}: warm-up and profile took {:.1} s", started.elapsed().as_secs_f64());
+    Run { profile: read_json(&json), json, load, pg_port: pg.port(), main_pid, children, fsync_dir: None }
 }
 
 /// Kills and reaps a child on drop unless taken out.
@@ -130,57 +132,20 @@ impl Drop for ChildGuard {
 fn flask_run() -> &'static Run {
     static RUN: OnceLock<Run> = OnceLock::new();
     RUN.get_or_init(|| {
-        let started = Instant::now();
         let service = FlaskService::start(WORKERS);
-        let port = service.gunicorn.port();
-        // Every worker opens its PostgreSQL connection before profiling starts.
-        Load::new(port, &["/db", "/cpu", "/fsync", "/sleep"])
-            .duration_secs(1)
-            .connections(WORKERS + 1)
-            .run()
-            .assert_clean();
-        let (main_pid, children) = (service.gunicorn.pid(), service.gunicorn.children());
-        let pids: Vec<u32> = std::iter::once(main_pid).chain(children.iter().copied()).collect();
         // One connection more than workers: every worker is kept busy.
-        let (profile, json, load) =
-            profile_under_load("flask", port, &["/cpu", "/db", "/fsync", "/sleep"], WORKERS + 1, &pids);
-        let run = Run {
-            profile,
-            json,
-            load,
-            pg_port: service.postgres.port(),
-            main_pid,
-            children,
-            fsync_dir: Some(service.fsync_dir.path().to_path_buf()),
-        };
-        drop(service);
-        eprintln!("flask run: {:.1} s", started.elapsed().as_secs_f64());
-        run
+        let paths = ["/cpu", "/db", "/fsync", "/sleep"];
+        let run = profile_under_load("flask", &service.gunicorn, &service.postgres, &paths, WORKERS + 1);
+        Run { fsync_dir: Some(service.fsync_dir.path().to_path_buf()), ..run }
     })
 }
 
 fn asgi_run() -> &'static Run {
     static RUN: OnceLock<Run> = OnceLock::new();
     RUN.get_or_init(|| {
-        let started = Instant::now();
         let service = AsgiService::start();
-        let port = service.uvicorn.port();
-        Load::new(port, &["/db", "/cpu", "/block"]).duration_secs(1).connections(2).run().assert_clean();
-        let main_pid = service.uvicorn.pid();
         // Few connections: the loop also waits for requests, so it has idle time to report.
-        let (profile, json, load) = profile_under_load("asgi", port, &["/cpu", "/db", "/block"], 2, &[main_pid]);
-        let run = Run {
-            profile,
-            json,
-            load,
-            pg_port: service.postgres.port(),
-            main_pid,
-            children: service.uvicorn.children(),
-            fsync_dir: None,
-        };
-        drop(service);
-        eprintln!("asgi run: {:.1} s", started.elapsed().as_secs_f64());
-        run
+        profile_under_load("asgi", &service.uvicorn, &service.postgres, &["/cpu", "/db", "/block"], 2)
     })
 }
 
