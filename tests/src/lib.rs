@@ -14,6 +14,7 @@ pub use serde_json::Value;
 
 pub mod consumers;
 pub mod python;
+pub mod services;
 
 /// The pyebpf binary: `$PYEBPF_BIN` (set by `cargo xtask test`), else target/release/pyebpf.
 pub fn pyebpf_bin() -> PathBuf {
@@ -101,7 +102,8 @@ pub fn process<'a>(profile: &'a Value, pid: u32) -> Option<&'a Value> {
     profile["processes"].as_array()?.iter().find(|p| p["pid"] == pid)
 }
 
-/// Cargo's target directory (`$CARGO_TARGET_DIR`, else the workspace's `target`).
+/// The workspace's target directory (`$CARGO_TARGET_DIR`, else target/), where built and
+/// downloaded test helpers are cached.
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
