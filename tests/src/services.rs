@@ -499,13 +499,30 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 /// gunicorn serving tests/services/flask_app.py with `workers` sync workers on 127.0.0.1.
 /// The app is preloaded in the master, so workers are ready as soon as they are forked.
 pub fn start_gunicorn(env: &PythonEnv, pg: &Postgres, workers: u32, fsync_dir: &Path) -> WebServer {
+    start_gunicorn_with(env, pg, fsync_dir, &Gunicorn { workers, worker_class: "sync", threads: 1 })
+}
+
+/// How gunicorn runs the app: worker processes, worker class (`sync`, `gthread`), and
+/// threads per worker (gthread).
+#[derive(Debug, Clone)]
+pub struct Gunicorn {
+    pub workers: u32,
+    pub worker_class: &'static str,
+    pub threads: u32,
+}
+
+/// gunicorn serving tests/services/flask_app.py as configured, on 127.0.0.1.
+pub fn start_gunicorn_with(env: &PythonEnv, pg: &Postgres, fsync_dir: &Path, config: &Gunicorn) -> WebServer {
     let port = free_port();
+    let workers = config.workers;
     let args: Vec<String> = [
         "gunicorn",
         "--workers",
         &workers.to_string(),
         "--worker-class",
-        "sync",
+        config.worker_class,
+        "--threads",
+        &config.threads.to_string(),
         "--bind",
         &format!("127.0.0.1:{port}"),
         "--preload",
@@ -570,6 +587,10 @@ pub struct FlaskService {
 
 impl FlaskService {
     pub fn start(workers: u32) -> Self {
+        Self::start_with(&Gunicorn { workers, worker_class: "sync", threads: 1 })
+    }
+
+    pub fn start_with(config: &Gunicorn) -> Self {
         let env = python_env();
         let postgres = Postgres::start();
         let scratch = target_dir().join("tmp");
@@ -577,7 +598,7 @@ impl FlaskService {
         // Canonical, as the profiler reports files (from /proc/PID/fd links).
         let scratch = std::fs::canonicalize(scratch).unwrap();
         let fsync_dir = tempfile::Builder::new().prefix("pyebpf-fsync-").tempdir_in(scratch).unwrap();
-        let gunicorn = start_gunicorn(env, &postgres, workers, fsync_dir.path());
+        let gunicorn = start_gunicorn_with(env, &postgres, fsync_dir.path(), config);
         FlaskService { gunicorn, postgres, fsync_dir }
     }
 }

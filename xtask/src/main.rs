@@ -4,6 +4,7 @@
 //! step checks first and does nothing when already done.
 mod bench;
 mod bench_offcpu;
+mod bench_overhead;
 mod bench_python;
 mod python_offsets;
 mod setup;
