@@ -218,6 +218,13 @@ pub struct ThreadTimes {
     pub off_state: u32,
     /// The tgid, for userspace.
     pub pid: u32,
+    /// Budget for off-CPU stacks (a token bucket in nanoseconds of credit): each stack taken
+    /// costs `1e9 / OFFCPU_STACK_RATE`; credit accrues with time up to a burst.
+    pub stack_credit_ns: u64,
+    /// When `stack_credit_ns` was last topped up.
+    pub credit_at_ns: u64,
+    /// Off-CPU stacks not taken because the budget was spent (their time is still summed).
+    pub stacks_sampled_out: u64,
 }
 
 /// A syscall in flight on a thread, keyed by tid.
@@ -301,8 +308,10 @@ pub mod stat {
     pub const LOST: u32 = 0;
     /// Full scans of a Python process's thread list (tid → thread state cache misses).
     pub const PY_THREAD_SCANS: u32 = 1;
+    /// Off-CPU stacks not taken: the thread's stack budget was spent.
+    pub const OFFCPU_SAMPLED_OUT: u32 = 2;
     /// Number of counters.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Names of the globals and maps the userspace loader addresses by name.
@@ -323,6 +332,9 @@ pub mod names {
     pub const GLOBAL_OFFCPU: &str = "OFFCPU";
     /// `u64` global: blocked intervals at least this long carry a stack.
     pub const GLOBAL_OFFCPU_THRESHOLD_NS: &str = "OFFCPU_THRESHOLD_NS";
+    /// `u64` global: nanoseconds of stack budget one off-CPU stack costs (1e9 / stacks per
+    /// second per thread).
+    pub const GLOBAL_OFFCPU_STACK_COST_NS: &str = "OFFCPU_STACK_COST_NS";
     /// `u32` globals: offsets of `pid` and `tgid` in `task_struct` (from kernel BTF).
     pub const GLOBAL_TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
     pub const GLOBAL_TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
@@ -367,7 +379,7 @@ const _: () = assert!(
 const _: () = assert!(core::mem::size_of::<PyFrameRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<OffCpuInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<OffCpuKey>() == 24);
-const _: () = assert!(core::mem::size_of::<ThreadTimes>() == 40);
+const _: () = assert!(core::mem::size_of::<ThreadTimes>() == 64);
 const _: () = assert!(core::mem::size_of::<InFlight>() == 48);
 const _: () = assert!(core::mem::size_of::<PyProcInfo>() == 40);
 const _: () = assert!(core::mem::align_of::<SampleEvent>() == 8);

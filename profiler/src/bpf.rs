@@ -34,6 +34,8 @@ pub struct BpfConfig {
     pub off_cpu: bool,
     /// Blocked syscalls at least this long are reported with their stacks.
     pub off_cpu_threshold_ns: u64,
+    /// Off-CPU stacks per second per thread at most (0: unlimited).
+    pub off_cpu_stack_rate: u32,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -41,6 +43,8 @@ pub struct BpfConfig {
 pub struct Counters {
     pub lost: u64,
     pub py_thread_scans: u64,
+    /// Off-CPU stacks not taken: their thread's stack budget was spent.
+    pub offcpu_sampled_out: u64,
 }
 
 /// Run count and time of one of our programs, from the kernel's BPF stats.
@@ -107,6 +111,7 @@ impl Bpf {
             ));
         }
         let off_cpu = cfg.off_cpu as u8;
+        let stack_cost_ns: u64 = if cfg.off_cpu_stack_rate == 0 { 0 } else { 1_000_000_000 / cfg.off_cpu_stack_rate as u64 };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::GLOBAL_TARGET_ALL, &target_all, true)
             .override_global(names::GLOBAL_KERNEL_STACKS, &kernel_stacks, true)
@@ -115,6 +120,7 @@ impl Bpf {
             .override_global(names::GLOBAL_PY_MAX_DEPTH, &py_max_depth, true)
             .override_global(names::GLOBAL_OFFCPU, &off_cpu, true)
             .override_global(names::GLOBAL_OFFCPU_THRESHOLD_NS, &cfg.off_cpu_threshold_ns, true)
+            .override_global(names::GLOBAL_OFFCPU_STACK_COST_NS, &stack_cost_ns, true)
             .override_global(names::GLOBAL_TASK_PID_OFFSET, &task_pid, true)
             .override_global(names::GLOBAL_TASK_TGID_OFFSET, &task_tgid, true)
             .map_max_entries(names::MAP_EVENTS, ring_buffer_bytes(cfg.frequency, cpu_list.len(), cfg.off_cpu))
@@ -232,7 +238,11 @@ impl Bpf {
         let read = |idx: u32| -> u64 {
             self.stats.get(&idx, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
         };
-        Counters { lost: read(stat::LOST), py_thread_scans: read(stat::PY_THREAD_SCANS) }
+        Counters {
+            lost: read(stat::LOST),
+            py_thread_scans: read(stat::PY_THREAD_SCANS),
+            offcpu_sampled_out: read(stat::OFFCPU_SAMPLED_OUT),
+        }
     }
 
     /// Run counts and times of our programs (meaningful with `bpf_stats`).

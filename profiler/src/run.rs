@@ -48,6 +48,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         py_max_depth: args.max_depth,
         off_cpu: !args.no_off_cpu,
         off_cpu_threshold_ns: args.off_cpu_threshold_us.saturating_mul(1000),
+        off_cpu_stack_rate: args.off_cpu_stack_rate,
     })?;
 
     // Signals first: a Ctrl-C from now on ends profiling cleanly instead of killing us.
@@ -135,6 +136,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
     let (sums, times) = (bpf.offcpu_sums(), bpf.thread_times());
     let (offcpu_sums, thread_times) = (sums.len(), times.len());
     let totals = thread_totals(&times, &sums, &mut classifier);
+    agg.note_sampled_out(&times);
     let profile = Profile {
         format: FORMAT_NAME,
         version: FORMAT_VERSION,
@@ -148,6 +150,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         off_cpu: !args.no_off_cpu,
         off_cpu_threshold_ns: args.off_cpu_threshold_us.saturating_mul(1000),
         off_cpu_events: agg.off_cpu_events,
+        off_cpu_stacks_sampled_out: counters.offcpu_sampled_out,
         processes: agg.build(&symbols, &python, &totals),
         bpf_stats: args.bpf_stats.then(|| bpf.program_stats()),
     };
