@@ -22,6 +22,9 @@ pub struct Cli {
 pub enum Command {
     /// Sample processes and write flame graphs, folded stacks or JSON, then print a summary.
     Profile(ProfileArgs),
+    /// Compare two saved profiles (JSON or folded): a differential flame graph and the
+    /// functions whose time moved most.
+    Diff(crate::diff::DiffArgs),
 }
 
 #[derive(Debug, Args)]

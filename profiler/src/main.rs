@@ -23,6 +23,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Profile(args) => run::profile(args).await,
+            Command::Diff(args) => profiler::diff::run(args),
         }
     });
     match result {
