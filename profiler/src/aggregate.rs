@@ -415,7 +415,7 @@ pub fn thread_totals(
 
 /// The top Python functions of a process by wall time, inclusive (a function counts once per
 /// stack it is on), with their split by category.
-fn function_table(stacks: &[StackProfile]) -> Vec<FunctionProfile> {
+pub fn function_table(stacks: &[StackProfile]) -> Vec<FunctionProfile> {
     let mut by_function: HashMap<(String, String), BTreeMap<Category, u64>> = HashMap::new();
     for s in stacks {
         let mut seen = std::collections::HashSet::new();

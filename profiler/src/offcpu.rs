@@ -107,6 +107,13 @@ impl Classifier {
         }
     }
 
+    /// Process `pid` exited: drop its cached classes, descriptors and GIL range.
+    pub fn forget(&mut self, pid: u32) {
+        self.cache.retain(|&(p, ..), _| p != pid);
+        self.gil.remove(&pid);
+        self.fds.forget_process(pid);
+    }
+
     /// The blocked part of an interval (its run-queue part is always [`Category::Runqueue`]).
     pub fn classify(&mut self, pid: u32, state: u32, syscall_nr: i64, arg0: u64) -> Wait {
         let key = (pid, state, syscall_nr, arg0);
