@@ -25,6 +25,9 @@ pub enum Command {
     /// Compare two saved profiles (JSON or folded): a differential flame graph and the
     /// functions whose time moved most.
     Diff(crate::diff::DiffArgs),
+    /// Live view of where processes and threads spend their time (CPU and each kind of wait),
+    /// refreshed every second.
+    Top(crate::top::TopArgs),
 }
 
 #[derive(Debug, Args)]

@@ -20,4 +20,5 @@ pub mod summary;
 pub mod symbols;
 pub mod syscalls;
 pub mod target;
+pub mod top;
 pub mod window;

@@ -24,6 +24,7 @@ fn main() -> std::process::ExitCode {
         match cli.command {
             Command::Profile(args) => run::profile(args).await,
             Command::Diff(args) => profiler::diff::run(args),
+            Command::Top(args) => profiler::top::run(args).await,
         }
     });
     match result {
