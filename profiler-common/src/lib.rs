@@ -162,6 +162,24 @@ pub mod off_state {
     pub const UNINTERRUPTIBLE: u32 = 2;
 }
 
+/// What `arg0` holds for the poll family, whose first argument is not an fd. The kernel
+/// replaces it at `sys_enter` so waits can be told apart by the descriptors they wait on
+/// (a server waiting on its listening socket is idle, not doing network I/O).
+pub mod poll_arg {
+    /// x86-64 syscall numbers of the poll family.
+    pub const SYS_POLL: i64 = 7;
+    pub const SYS_SELECT: i64 = 23;
+    pub const SYS_PSELECT6: i64 = 270;
+    pub const SYS_PPOLL: i64 = 271;
+    /// `select`/`pselect6`: the first word of `readfds` (fds 0–63 as a bit set); 0 when no
+    /// descriptor is watched (a timed sleep); [`UNKNOWN`] when the watched ones are not in
+    /// the first word or could not be read.
+    /// `poll`/`ppoll`: 0 when no descriptor is watched, else [`FIRST_FD`] | the first
+    /// `pollfd.fd`, or [`UNKNOWN`].
+    pub const UNKNOWN: u64 = u64::MAX;
+    pub const FIRST_FD: u64 = 1 << 32;
+}
+
 /// Key of the per-thread off-CPU sums: every interval of a profiled thread is added to one,
 /// short or long, so per-thread totals are exact whatever the stack threshold.
 #[repr(C)]
@@ -172,7 +190,7 @@ pub struct OffCpuKey {
     pub state: u32,
     /// Syscall in flight, or -1.
     pub syscall_nr: i64,
-    /// Its first argument, or 0.
+    /// Its first argument, or 0 (see [`poll_arg`] for the poll family).
     pub arg0: u64,
 }
 

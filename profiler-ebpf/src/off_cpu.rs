@@ -13,12 +13,13 @@
 //! per-tid, never per-CPU, since a thread can block on one CPU and wake on another.
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use profiler_common::{
-    EventKind, InFlight, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, SampleEvent, ThreadTimes, off_state, stat,
+    EventKind, InFlight, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, SampleEvent, ThreadTimes, off_state, poll_arg,
+    stat,
 };
 
 use crate::{
@@ -30,6 +31,40 @@ use crate::{
 const TASK_UNINTERRUPTIBLE: u64 = 0x2;
 /// x86-64 `struct pt_regs` offset of `di`, the first syscall argument (uapi, stable).
 const PT_REGS_DI: u64 = 112;
+/// ... and of `si`, the second.
+const PT_REGS_SI: u64 = 104;
+
+/// The poll family's first argument is a count or a pointer: record which descriptors it
+/// waits on instead (one user read, only for these four syscalls; see [`poll_arg`]).
+#[inline(always)]
+fn poll_family_arg(nr: i64, regs: u64, arg0: u64) -> u64 {
+    let arg1 = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const u64) }.unwrap_or(0);
+    match nr {
+        poll_arg::SYS_SELECT | poll_arg::SYS_PSELECT6 => {
+            // arg0 = nfds, arg1 = readfds.
+            if arg0 == 0 {
+                return 0;
+            }
+            if arg1 == 0 {
+                return poll_arg::UNKNOWN;
+            }
+            match unsafe { bpf_probe_read_user(arg1 as *const u64) } {
+                Ok(word) if word != 0 => word,
+                _ => poll_arg::UNKNOWN,
+            }
+        }
+        _ => {
+            // arg0 = struct pollfd *, arg1 = nfds.
+            if arg1 == 0 {
+                return 0;
+            }
+            match unsafe { bpf_probe_read_user(arg0 as *const i32) } {
+                Ok(fd) if fd >= 0 => poll_arg::FIRST_FD | fd as u64,
+                _ => poll_arg::UNKNOWN,
+            }
+        }
+    }
+}
 
 /// (tid, tgid) of a task that is not the current one.
 #[inline(always)]
@@ -174,7 +209,10 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     }
     let regs: u64 = ctx.arg(0);
     let nr: i64 = ctx.arg(1);
-    let arg0 = unsafe { bpf_probe_read_kernel((regs + PT_REGS_DI) as *const u64) }.unwrap_or(0);
+    let mut arg0 = unsafe { bpf_probe_read_kernel((regs + PT_REGS_DI) as *const u64) }.unwrap_or(0);
+    if matches!(nr, poll_arg::SYS_POLL | poll_arg::SYS_SELECT | poll_arg::SYS_PSELECT6 | poll_arg::SYS_PPOLL) {
+        arg0 = poll_family_arg(nr, regs, arg0);
+    }
     let call = InFlight { syscall_nr: nr, arg0, entry_ns: unsafe { bpf_ktime_get_ns() }, ..Default::default() };
     let _ = IN_FLIGHT.insert(&tid, &call, 0);
     0

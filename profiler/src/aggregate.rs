@@ -9,7 +9,7 @@ use crate::{
     events::{Sample, comm_str},
     procinfo,
     offcpu::{CATEGORIES, Category, Classifier, Wait},
-    profile::{FunctionProfile, ProcessProfile, PythonFrameProfile, StackProfile, ThreadProfile},
+    profile::{FunctionProfile, LoopStall, ProcessProfile, PythonFrameProfile, StackProfile, ThreadProfile},
     python::{PyFrame, PythonRegistry, Resolved},
     symbols::Symbols,
 };
@@ -51,6 +51,67 @@ struct RawStack {
     /// Native user addresses, leaf first. With Python frames, at most the native leaf.
     user: Box<[u64]>,
     kernel: Box<[u64]>,
+    /// What the wait meant for a coroutine or event loop on the thread.
+    on_loop: LoopWait,
+}
+
+/// An off-CPU stack seen from an event loop's side.
+#[derive(Hash, PartialEq, Eq, Clone, Copy)]
+struct LoopWait {
+    /// Interned frame of the innermost coroutine (or loop callback) on the stack, [`NO_FRAME`]
+    /// when none.
+    coroutine: u32,
+    /// The thread runs an event loop and this wait held it up: nothing else on the loop could
+    /// run until the call returned.
+    stalled: bool,
+}
+
+const NO_FRAME: u32 = u32::MAX;
+
+enum LoopState {
+    /// No event loop on the stack; `coroutine` when a coroutine is running anyway (driven by
+    /// hand, or by a loop we do not know).
+    NotLoop { coroutine: Option<u32> },
+    /// The loop polling for events: nothing to run.
+    Idle,
+    /// The loop held up by what it runs (interned frame of the culprit, or [`NO_FRAME`]).
+    Stalled { coroutine: u32 },
+}
+
+/// Whether `file` is `module` (`asyncio/base_events.py`) of the standard library or a package:
+/// path separators are `/` on Linux, and the path may be relative or absolute.
+fn is_module(file: &str, module: &str) -> bool {
+    file == module || file.strip_suffix(module).is_some_and(|head| head.ends_with('/'))
+}
+
+/// The unqualified function name (`run` of `Runner.run`).
+fn short_name(function: &str) -> &str {
+    function.rsplit('.').next().unwrap_or(function)
+}
+
+/// An event loop's own frame, under which the loop polls and runs callbacks: asyncio's
+/// `run_forever`/`_run_once`/`run_until_complete`, `asyncio.run`, `uvloop.run`.
+fn is_loop_frame(f: &PyFrame) -> bool {
+    let name = short_name(&f.function);
+    (is_module(&f.file, "asyncio/base_events.py") && matches!(name, "_run_once" | "run_forever" | "run_until_complete"))
+        || (is_module(&f.file, "asyncio/runners.py") && name == "run")
+        || (is_module(&f.file, "uvloop/__init__.py") && name == "run")
+}
+
+/// The selector asyncio's loop polls through (`EpollSelector.select`...).
+fn is_selector_frame(f: &PyFrame) -> bool {
+    is_module(&f.file, "selectors.py") || is_module(&f.file, "asyncio/selector_events.py")
+}
+
+/// Frames by which a loop calls into a callback or task (`Handle._run`, `Task.__step` in the
+/// pure-Python fallback): not the culprit of a stall.
+fn is_loop_dispatch_frame(f: &PyFrame) -> bool {
+    (is_module(&f.file, "asyncio/events.py") && short_name(&f.function) == "_run")
+        || (is_module(&f.file, "asyncio/tasks.py") && matches!(short_name(&f.function), "__step" | "_Task__step" | "__step_run_and_handle_result"))
+}
+
+impl LoopWait {
+    const NONE: LoopWait = LoopWait { coroutine: NO_FRAME, stalled: false };
 }
 
 struct ProcessInfo {
@@ -101,7 +162,8 @@ impl Aggregator {
     pub fn add(&mut self, s: Sample, symbols: &mut Symbols, python: &mut PythonRegistry) {
         self.samples += 1;
         let period = self.period_ns;
-        self.add_stack(s, ON_CPU, period, true, symbols, python);
+        let ids = self.python_frames(&s, python);
+        self.add_stack(s, ids, ON_CPU, period, true, LoopWait::NONE, symbols, python);
     }
 
     /// A long blocking syscall: its blocked time goes to the wait's category, its run-queue
@@ -109,18 +171,56 @@ impl Aggregator {
     pub fn add_off_cpu(&mut self, s: Sample, symbols: &mut Symbols, python: &mut PythonRegistry, classifier: &mut Classifier) {
         self.off_cpu_events += 1;
         python.observe(s.pid);
-        let wait = classifier.classify(s.pid, s.off.state, s.off.syscall_nr, s.off.arg0);
+        let mut wait = classifier.classify(s.pid, s.off.state, s.off.syscall_nr, s.off.arg0);
+        let ids = self.python_frames(&s, python);
+        let on_loop = match self.loop_state(&ids, s.off.syscall_nr) {
+            LoopState::Idle if s.off.state == profiler_common::off_state::SLEEPING => {
+                // The loop waiting for work: idle, for this interval and, through the
+                // classifier, for every short one on the same poll that carries no stack.
+                classifier.mark_loop_idle(s.pid, s.off.syscall_nr, s.off.arg0);
+                wait = classifier.classify(s.pid, s.off.state, s.off.syscall_nr, s.off.arg0);
+                LoopWait::NONE
+            }
+            LoopState::Idle | LoopState::NotLoop { coroutine: None } => LoopWait::NONE,
+            LoopState::NotLoop { coroutine: Some(c) } => LoopWait { coroutine: c, stalled: false },
+            LoopState::Stalled { coroutine } => LoopWait { coroutine, stalled: true },
+        };
         let runq = Wait { category: Category::Runqueue, syscall: wait.syscall.clone(), target: None };
         let (blocked_ns, runq_ns) = (s.off.blocked_ns, s.off.runq_ns);
         if runq_ns > 0 {
             let id = self.intern_wait(runq);
             let sample = Sample { py_frames: s.py_frames.clone(), user_stack: s.user_stack.clone(), kernel_stack: s.kernel_stack.clone(), ..s.clone() };
-            self.add_stack(sample, id, runq_ns, false, symbols, python);
+            self.add_stack(sample, ids.clone(), id, runq_ns, false, on_loop, symbols, python);
         }
         if blocked_ns > 0 {
             let id = self.intern_wait(wait);
-            self.add_stack(s, id, blocked_ns, false, symbols, python);
+            self.add_stack(s, ids, id, blocked_ns, false, on_loop, symbols, python);
         }
+    }
+
+    /// Reads a blocked stack for an event loop: the loop's own poll for events (idle), or a
+    /// call made while a coroutine or callback ran on the loop (a stall: the loop could not
+    /// run anything else meanwhile). Works for asyncio's loop, whose Python frames are seen,
+    /// and for loops in C (uvloop), seen through `asyncio.run`/`run_until_complete`.
+    fn loop_state(&self, ids: &[u32], syscall_nr: i64) -> LoopState {
+        let frames: Vec<Option<&PyFrame>> = ids.iter().map(|&id| self.frames.python[id as usize].as_ref()).collect();
+        let innermost_coroutine = |from: usize| {
+            (from..frames.len()).rev().find(|&i| frames[i].is_some_and(|f| f.coroutine)).map(|i| ids[i])
+        };
+        let Some(marker) = frames.iter().rposition(|f| f.is_some_and(is_loop_frame)) else {
+            return LoopState::NotLoop { coroutine: innermost_coroutine(0) };
+        };
+        let below = &frames[marker + 1..];
+        if below.is_empty() || below.iter().all(|f| f.is_some_and(is_selector_frame)) {
+            let polls = syscall_nr >= 0 && crate::syscalls::class(syscall_nr as u64) == crate::syscalls::SyscallClass::Poll;
+            return if polls { LoopState::Idle } else { LoopState::NotLoop { coroutine: None } };
+        }
+        // Blocked inside what the loop runs: name the innermost coroutine, else the callback
+        // the loop called (the first frame below its own).
+        let callback = (marker + 1..frames.len())
+            .find(|&i| !frames[i].is_some_and(is_loop_dispatch_frame))
+            .map(|i| ids[i]);
+        LoopState::Stalled { coroutine: innermost_coroutine(marker + 1).or(callback).unwrap_or(NO_FRAME) }
     }
 
     /// A thread was preempted outside a syscall: keep its stacks until we learn how long it
@@ -137,7 +237,8 @@ impl Aggregator {
         }
         self.off_cpu_events += 1;
         let id = self.intern_wait(Wait { category: Category::Runqueue, syscall: None, target: Some("preempted".into()) });
-        self.add_stack(s, id, runq_ns, false, symbols, python);
+        let ids = self.python_frames(&s, python);
+        self.add_stack(s, ids, id, runq_ns, false, LoopWait::NONE, symbols, python);
     }
 
     fn intern_wait(&mut self, wait: Wait) -> u32 {
@@ -150,7 +251,18 @@ impl Aggregator {
         id
     }
 
-    fn add_stack(&mut self, s: Sample, wait: u32, ns: u64, on_cpu: bool, symbols: &mut Symbols, python: &mut PythonRegistry) {
+    #[allow(clippy::too_many_arguments)]
+    fn add_stack(
+        &mut self,
+        s: Sample,
+        python_ids: Vec<u32>,
+        wait: u32,
+        ns: u64,
+        on_cpu: bool,
+        on_loop: LoopWait,
+        symbols: &mut Symbols,
+        python: &mut PythonRegistry,
+    ) {
         let thread_name = comm_str(&s.comm);
         self.processes.entry(s.pid).or_insert_with(|| {
             // Read eagerly: the process may be gone by the time the profile is written.
@@ -164,7 +276,6 @@ impl Aggregator {
         t.1 += on_cpu as u64;
 
         python.observe(s.pid);
-        let python_ids = self.python_frames(&s, python);
         let mut user = s.user_stack;
         if let Some(proc) = python.get_mut(s.pid) {
             self.python_samples += on_cpu as u64;
@@ -188,6 +299,7 @@ impl Aggregator {
             python: python_ids.into_boxed_slice(),
             user: user.into_boxed_slice(),
             kernel: s.kernel_stack.into_boxed_slice(),
+            on_loop,
         };
         let w = self.stacks.entry(key).or_default();
         w.samples += 1;
@@ -206,6 +318,7 @@ impl Aggregator {
 
     /// The sample's Python frames, interned, root first.
     fn python_frames(&mut self, s: &Sample, python: &mut PythonRegistry) -> Vec<u32> {
+        python.observe(s.pid);
         if s.py_frames.is_empty() {
             return Vec::new();
         }
@@ -238,7 +351,7 @@ impl Aggregator {
     /// `totals` holds each thread's exact time per category when off-CPU time was tracked; the
     /// part of it no stack carries (intervals under the threshold) becomes a stackless entry.
     pub fn build(&self, symbols: &Symbols, python: &PythonRegistry, totals: &ThreadTotals) -> Vec<ProcessProfile> {
-        type StackKey = (u32, u32, Vec<String>, Vec<u32>);
+        type StackKey = (u32, u32, Vec<String>, Vec<u32>, LoopWait);
         let mut by_pid: HashMap<u32, HashMap<StackKey, Weight>> = HashMap::new();
         for (raw, w) in &self.stacks {
             let mut frames = Vec::with_capacity(raw.python.len() + raw.user.len() + raw.kernel.len());
@@ -250,7 +363,7 @@ impl Aggregator {
                 frames.push(symbols.kernel_frame(addr, i).to_string());
             }
             let py: Vec<u32> = raw.python.iter().copied().filter(|&id| self.frames.python[id as usize].is_some()).collect();
-            let e = by_pid.entry(raw.pid).or_default().entry((raw.tid, raw.wait, frames, py)).or_default();
+            let e = by_pid.entry(raw.pid).or_default().entry((raw.tid, raw.wait, frames, py, raw.on_loop)).or_default();
             e.samples += w.samples;
             e.ns += w.ns;
         }
@@ -270,7 +383,7 @@ impl Aggregator {
     fn build_process(
         &self,
         pid: u32,
-        stacks: HashMap<(u32, u32, Vec<String>, Vec<u32>), Weight>,
+        stacks: HashMap<(u32, u32, Vec<String>, Vec<u32>, LoopWait), Weight>,
         python: &PythonRegistry,
         totals: &ThreadTotals,
     ) -> ProcessProfile {
@@ -282,7 +395,7 @@ impl Aggregator {
 
         let mut stacks: Vec<StackProfile> = stacks
             .into_iter()
-            .map(|((tid, wait, frames, py), w)| {
+            .map(|((tid, wait, frames, py, on_loop), w)| {
                 let (category, syscall, target) = match self.waits.get(wait as usize) {
                     Some(wt) => (wt.category, wt.syscall.clone(), wt.target.clone()),
                     None => (Category::Cpu, None, None),
@@ -301,6 +414,8 @@ impl Aggregator {
                     weight_ns: w.ns,
                     syscall,
                     target,
+                    coroutine: (on_loop.coroutine != NO_FRAME).then(|| self.frames.text[on_loop.coroutine as usize].clone()),
+                    stalls_loop: on_loop.stalled,
                 }
             })
             .collect();
@@ -334,6 +449,8 @@ impl Aggregator {
                                 weight_ns: total - stacked,
                                 syscall: None,
                                 target: Some(SHORT_WAITS.to_string()),
+                                coroutine: None,
+                                stalls_loop: false,
                             });
                         }
                     }
@@ -379,6 +496,7 @@ impl Aggregator {
             wall_ns: threads.iter().map(|t| t.wall_ns).sum(),
             totals_ns,
             functions: function_table(&stacks),
+            loop_stalls: loop_stalls(&stacks),
             threads,
             stacks,
         }
@@ -389,7 +507,7 @@ impl Aggregator {
 pub const SHORT_WAITS: &str = "short waits (no stack)";
 
 /// Exact time per category (in [`CATEGORIES`] order) per (pid, tid).
-pub type ThreadTotals = HashMap<(u32, u32), [u64; 9]>;
+pub type ThreadTotals = HashMap<(u32, u32), [u64; CATEGORIES.len()]>;
 
 /// Adds the exact kernel sums into per-thread totals: on-CPU time per thread, and each
 /// off-CPU interval's blocked part in its wait's category and its run-queue part in runqueue.
@@ -413,32 +531,84 @@ pub fn thread_totals(
     totals
 }
 
-/// The top Python functions of a process by wall time, inclusive (a function counts once per
-/// stack it is on), with their split by category.
+/// The top Python functions of a process: inclusive time (a function counts once per stack it
+/// is on) and own time (it is the innermost Python frame: its own code, or a call it made into
+/// C or the kernel), each with its split by category.
 pub fn function_table(stacks: &[StackProfile]) -> Vec<FunctionProfile> {
-    let mut by_function: HashMap<(String, String), BTreeMap<Category, u64>> = HashMap::new();
+    #[derive(Default)]
+    struct Times {
+        total: BTreeMap<Category, u64>,
+        own: BTreeMap<Category, u64>,
+    }
+    let mut by_function: HashMap<(String, String), Times> = HashMap::new();
     for s in stacks {
         let mut seen = std::collections::HashSet::new();
         for f in &s.python_frames {
             let key = (f.function.clone(), f.file.clone());
             if seen.insert(key.clone()) {
-                *by_function.entry(key).or_default().entry(s.category).or_insert(0) += s.weight_ns;
+                *by_function.entry(key).or_default().total.entry(s.category).or_insert(0) += s.weight_ns;
             }
         }
+        if let Some(f) = s.python_frames.last() {
+            let key = (f.function.clone(), f.file.clone());
+            *by_function.entry(key).or_default().own.entry(s.category).or_insert(0) += s.weight_ns;
+        }
     }
+    let names = |split: BTreeMap<Category, u64>| split.into_iter().map(|(c, ns)| (c.name().to_string(), ns)).collect();
     let mut table: Vec<FunctionProfile> = by_function
         .into_iter()
-        .map(|((function, file), split)| FunctionProfile {
+        .map(|((function, file), t)| FunctionProfile {
             function,
             file,
-            wall_ns: split.values().sum(),
-            totals_ns: split.into_iter().map(|(c, ns)| (c.name().to_string(), ns)).collect(),
+            wall_ns: t.total.values().sum(),
+            own_ns: t.own.values().sum(),
+            totals_ns: names(t.total),
+            own_totals_ns: names(t.own),
         })
         .collect();
+    // Keep the heaviest by either measure: wrappers lead by inclusive time, the code that
+    // does the work (or the waiting) by own time.
+    table.sort_by(|a, b| b.own_ns.cmp(&a.own_ns).then_with(|| a.function.cmp(&b.function)));
+    let mut keep: std::collections::HashSet<(String, String)> =
+        table.iter().take(MAX_FUNCTIONS).map(|f| (f.function.clone(), f.file.clone())).collect();
     table.sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then_with(|| a.function.cmp(&b.function)));
-    table.truncate(MAX_FUNCTIONS);
+    keep.extend(table.iter().take(MAX_FUNCTIONS).map(|f| (f.function.clone(), f.file.clone())));
+    table.retain(|f| keep.contains(&(f.function.clone(), f.file.clone())));
     table
 }
 
-/// Functions listed per process in the JSON.
+/// Blocking calls that held up an event loop, per (thread, culprit, call), largest first. The
+/// run-queue wait after such a call (woken, waiting for a CPU) held the loop up too, and is
+/// counted with the call.
+pub fn loop_stalls(stacks: &[StackProfile]) -> Vec<LoopStall> {
+    let mut by_key: HashMap<(u32, Option<String>, Option<String>), LoopStall> = HashMap::new();
+    for s in stacks.iter().filter(|s| s.stalls_loop) {
+        let key = (s.tid, s.coroutine.clone(), s.syscall.clone());
+        let e = by_key.entry(key).or_insert_with(|| LoopStall {
+            tid: s.tid,
+            thread: s.thread.clone(),
+            coroutine: s.coroutine.clone(),
+            syscall: s.syscall.clone(),
+            target: None,
+            category: Category::Runqueue,
+            wall_ns: 0,
+            count: 0,
+        });
+        e.wall_ns += s.weight_ns;
+        if s.category != Category::Runqueue {
+            // Each call has a blocked part; only the calls that were never woken late lack a
+            // run-queue part, so count calls by their blocked parts.
+            e.count += s.samples;
+            if e.category == Category::Runqueue {
+                e.category = s.category;
+                e.target = s.target.clone();
+            }
+        }
+    }
+    let mut stalls: Vec<LoopStall> = by_key.into_values().collect();
+    stalls.sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then_with(|| a.tid.cmp(&b.tid)));
+    stalls
+}
+
+/// Functions listed per process in the JSON: the top ones by inclusive time and by own time.
 const MAX_FUNCTIONS: usize = 50;

@@ -64,6 +64,18 @@ pub enum FdTarget {
     },
 }
 
+impl FdTarget {
+    /// A TCP socket with no peer: listening for connections (a thread waiting on it is waiting
+    /// for work, not doing I/O).
+    pub fn is_listening(&self) -> bool {
+        matches!(self, FdTarget::Tcp { peer, .. } if is_unset(peer))
+    }
+
+    pub fn is_socket(&self) -> bool {
+        matches!(self, FdTarget::Tcp { .. } | FdTarget::Udp { .. } | FdTarget::Unix { .. } | FdTarget::OtherSocket { .. })
+    }
+}
+
 /// Short text for reports. A connected TCP or UDP socket shows its peer (what the thread is
 /// waiting for): `tcp 127.0.0.1:5432`, `tcp [::1]:8080`, `udp 10.0.0.1:53`; one without a peer
 /// shows its local address: `tcp listen 0.0.0.0:8080`, `udp local 0.0.0.0:5353`. IPv4-mapped

@@ -19,6 +19,7 @@ fn category_color(c: Category) -> &'static str {
         Category::Gil => "#eb5757",
         Category::Sleep => "#bdbdbd",
         Category::Ipc => "#56ccf2",
+        Category::Idle => "#e0e0e0",
         Category::Other => "#828282",
     }
 }

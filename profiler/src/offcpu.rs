@@ -2,7 +2,7 @@
 //! (socket peer, file path...) behind each blocked interval.
 use std::collections::HashMap;
 
-use profiler_common::off_state;
+use profiler_common::{off_state, poll_arg};
 use serde::Serialize;
 
 use crate::{
@@ -30,11 +30,14 @@ pub enum Category {
     Sleep,
     /// Pipes, child processes, event descriptors.
     Ipc,
+    /// Waiting for work: an event loop with nothing to run, a server waiting for connections.
+    /// Not I/O-bound time: the thread had nothing to do.
+    Idle,
     /// Anything else, named by its syscall.
     Other,
 }
 
-pub const CATEGORIES: [Category; 9] = [
+pub const CATEGORIES: [Category; 10] = [
     Category::Cpu,
     Category::Runqueue,
     Category::Net,
@@ -43,6 +46,7 @@ pub const CATEGORIES: [Category; 9] = [
     Category::Gil,
     Category::Sleep,
     Category::Ipc,
+    Category::Idle,
     Category::Other,
 ];
 
@@ -57,6 +61,7 @@ impl Category {
             Self::Gil => "gil",
             Self::Sleep => "sleep",
             Self::Ipc => "ipc",
+            Self::Idle => "idle",
             Self::Other => "other",
         }
     }
@@ -89,13 +94,21 @@ pub struct Classifier {
     cache: HashMap<(u32, u32, i64, u64), Wait>,
     /// pid → address range of its GIL, for telling GIL waits from other futex waits.
     gil: HashMap<u32, (u64, u64)>,
+    /// (pid, syscall, argument) of waits seen, from their stacks, to be an event loop waiting
+    /// for work: every interval with that key is idle time, stack or not.
+    loop_idle: std::collections::HashSet<(u32, i64, u64)>,
 }
 
 impl Default for Classifier {
     fn default() -> Self {
         // Socket tables re-read at most 4 times a second: a connection made since the last
         // read shows without its peer until then.
-        Self { fds: FdCache::new(std::time::Duration::from_millis(250)), cache: HashMap::new(), gil: HashMap::new() }
+        Self {
+            fds: FdCache::new(std::time::Duration::from_millis(250)),
+            cache: HashMap::new(),
+            gil: HashMap::new(),
+            loop_idle: Default::default(),
+        }
     }
 }
 
@@ -112,12 +125,28 @@ impl Classifier {
         self.cache.retain(|&(p, ..), _| p != pid);
         self.gil.remove(&pid);
         self.fds.forget_process(pid);
+        self.loop_idle.retain(|&(p, ..)| p != pid);
+    }
+
+    /// Marks a wait as an event loop's idle poll (seen so on a stack that had it): from now
+    /// on its intervals are [`Category::Idle`], including the short ones that carry no stack.
+    pub fn mark_loop_idle(&mut self, pid: u32, syscall_nr: i64, arg0: u64) {
+        self.loop_idle.insert((pid, syscall_nr, arg0));
     }
 
     /// The blocked part of an interval (its run-queue part is always [`Category::Runqueue`]).
     pub fn classify(&mut self, pid: u32, state: u32, syscall_nr: i64, arg0: u64) -> Wait {
+        let mut wait = self.classify_by_fd(pid, state, syscall_nr, arg0);
+        if state == off_state::SLEEPING && self.loop_idle.contains(&(pid, syscall_nr, arg0)) {
+            wait.category = Category::Idle;
+            wait.target.get_or_insert_with(|| LOOP_IDLE_TARGET.to_string());
+        }
+        wait
+    }
+
+    fn classify_by_fd(&mut self, pid: u32, state: u32, syscall_nr: i64, arg0: u64) -> Wait {
         let key = (pid, state, syscall_nr, arg0);
-        let fd_based = syscall_nr >= 0 && syscalls::fd_arg(syscall_nr as u64);
+        let fd_based = syscall_nr >= 0 && (syscalls::fd_arg(syscall_nr as u64) || is_poll_with_fds(syscall_nr, arg0));
         if let Some(w) = self.cache.get(&key) {
             if !fd_based {
                 return w.clone();
@@ -156,9 +185,13 @@ impl Classifier {
                     None => (if uninterruptible { Category::Disk } else { Category::Other }, None),
                 }
             }
-            // select() with no descriptors is how CPython 3.8–3.10 implement time.sleep.
-            SyscallClass::Poll if arg0 == 0 && matches!(name.as_str(), "select" | "pselect6") => (Category::Sleep, None),
-            SyscallClass::Poll => (Category::Ipc, None),
+            SyscallClass::Poll => match poll_fds(syscall_nr, arg0) {
+                // No descriptor: a timed sleep (select(0, ...) is how CPython 3.8–3.10
+                // implement time.sleep).
+                Some(fds) if fds.is_empty() => (Category::Sleep, None),
+                Some(fds) => self.poll_set_category(pid, &fds, uninterruptible),
+                None => (Category::Other, None),
+            },
             SyscallClass::FdIo => (if uninterruptible { Category::Disk } else { Category::Other }, None),
             SyscallClass::Futex => {
                 let gil = self.gil.get(&pid).is_some_and(|&(lo, hi)| (lo..hi).contains(&arg0));
@@ -173,7 +206,48 @@ impl Classifier {
     }
 }
 
+impl Classifier {
+    /// A select/poll over several descriptors: waiting on a listening socket is waiting for
+    /// work; else the first socket, else the first descriptor found decides.
+    fn poll_set_category(&mut self, pid: u32, fds: &[i32], uninterruptible: bool) -> (Category, Option<String>) {
+        let targets: Vec<FdTarget> = fds.iter().filter_map(|&fd| self.fds.describe(pid, fd).cloned()).collect();
+        let pick = targets
+            .iter()
+            .find(|t| t.is_listening())
+            .or_else(|| targets.iter().find(|t| t.is_socket()))
+            .or_else(|| targets.first());
+        match pick {
+            Some(t) => (fd_category(t, uninterruptible), Some(t.to_string())),
+            None => (Category::Other, None),
+        }
+    }
+}
+
+/// Target text of an event loop's idle waits whose descriptor says nothing more.
+pub const LOOP_IDLE_TARGET: &str = "event loop";
+
+fn is_poll_with_fds(syscall_nr: i64, arg0: u64) -> bool {
+    poll_fds(syscall_nr, arg0).is_some_and(|fds| !fds.is_empty())
+}
+
+/// The descriptors a select/poll waits on, from what the kernel recorded in place of its first
+/// argument (see [`poll_arg`]): empty for a timed sleep, None when unknown or not this family.
+fn poll_fds(syscall_nr: i64, arg0: u64) -> Option<Vec<i32>> {
+    if arg0 == poll_arg::UNKNOWN {
+        return None;
+    }
+    match syscall_nr {
+        poll_arg::SYS_SELECT | poll_arg::SYS_PSELECT6 => Some((0..64).filter(|b| (arg0 >> b) & 1 == 1).collect()),
+        poll_arg::SYS_POLL | poll_arg::SYS_PPOLL if arg0 == 0 => Some(Vec::new()),
+        poll_arg::SYS_POLL | poll_arg::SYS_PPOLL if arg0 & poll_arg::FIRST_FD != 0 => Some(vec![arg0 as u32 as i32]),
+        _ => None,
+    }
+}
+
 fn fd_category(t: &FdTarget, uninterruptible: bool) -> Category {
+    if t.is_listening() {
+        return Category::Idle;
+    }
     match t {
         FdTarget::Tcp { .. } | FdTarget::Udp { .. } | FdTarget::Unix { .. } | FdTarget::OtherSocket { .. } => Category::Net,
         FdTarget::File { .. } | FdTarget::BlockDevice { .. } => Category::Disk,
@@ -184,8 +258,9 @@ fn fd_category(t: &FdTarget, uninterruptible: bool) -> Category {
     }
 }
 
-/// An epoll wait is a network wait when the set watches sockets (an event loop idling on its
-/// connections), else IPC. The set is listed in /proc/PID/fdinfo/EPFD (`tfd:` lines).
+/// An epoll wait is a network wait when the set watches connected sockets, idle when it watches
+/// only listening ones, else IPC. (An event loop's idle polls are recognised from their stacks
+/// instead, see `aggregate::loop_state`.) The set is listed in /proc/PID/fdinfo/EPFD (`tfd:` lines).
 fn epoll_category(pid: u32, epfd: i32, fds: &mut FdCache) -> Category {
     let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{epfd}")) else { return Category::Ipc };
     let watched: Vec<i32> = info
@@ -193,13 +268,14 @@ fn epoll_category(pid: u32, epfd: i32, fds: &mut FdCache) -> Category {
         .filter_map(|l| l.trim_start().strip_prefix("tfd:"))
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .collect();
-    let sockets = watched.iter().any(|&fd| {
-        matches!(
-            fds.describe(pid, fd),
-            Some(FdTarget::Tcp { .. } | FdTarget::Udp { .. } | FdTarget::Unix { .. } | FdTarget::OtherSocket { .. })
-        )
-    });
-    if sockets { Category::Net } else { Category::Ipc }
+    let sockets: Vec<bool> =
+        watched.iter().filter_map(|&fd| fds.describe(pid, fd).filter(|t| t.is_socket()).map(|t| t.is_listening())).collect();
+    match sockets.as_slice() {
+        [] => Category::Ipc,
+        // Only listening sockets: a server waiting for connections.
+        all if all.iter().all(|&listening| listening) => Category::Idle,
+        _ => Category::Net,
+    }
 }
 
 #[cfg(test)]
@@ -235,5 +311,46 @@ mod tests {
         assert_eq!(net.leaf_frame(), format!("[net] recvfrom tcp {addr}"));
         let disk = c.classify(me, off_state::SLEEPING, libc::SYS_read, file.as_raw_fd() as u64);
         assert_eq!(disk.category, Category::Disk);
+    }
+
+    #[test]
+    fn poll_family_waits_are_told_by_their_descriptors() {
+        use std::os::fd::AsRawFd;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        let (lfd, cfd) = (listener.as_raw_fd() as u64, client.as_raw_fd() as u64);
+        assert!(lfd < 64 && cfd < 64);
+        let mut c = Classifier::default();
+        let me = std::process::id();
+        let select = libc::SYS_select;
+        // select() on a listening socket (and a client one): a server waiting for work.
+        let idle = c.classify(me, off_state::SLEEPING, select, (1 << lfd) | (1 << cfd));
+        assert_eq!(idle.category, Category::Idle);
+        assert_eq!(idle.target.as_deref(), Some(format!("tcp listen {addr}").as_str()));
+        // On a connected socket only: network I/O.
+        assert_eq!(c.classify(me, off_state::SLEEPING, select, 1 << cfd).category, Category::Net);
+        // poll() records its first descriptor.
+        let polled = c.classify(me, off_state::SLEEPING, libc::SYS_poll, poll_arg::FIRST_FD | cfd);
+        assert_eq!((polled.category, polled.target), (Category::Net, Some(format!("tcp {addr}"))));
+        // No descriptor: a timed sleep; descriptors not known: other.
+        assert_eq!(c.classify(me, off_state::SLEEPING, libc::SYS_pselect6, 0).category, Category::Sleep);
+        assert_eq!(c.classify(me, off_state::SLEEPING, libc::SYS_ppoll, 0).category, Category::Sleep);
+        assert_eq!(c.classify(me, off_state::SLEEPING, select, poll_arg::UNKNOWN).category, Category::Other);
+        // accept() on the listening socket is waiting for work too.
+        assert_eq!(c.classify(me, off_state::SLEEPING, libc::SYS_accept4, lfd).category, Category::Idle);
+    }
+
+    #[test]
+    fn loop_idle_marks_apply_to_every_interval_of_the_poll() {
+        let mut c = Classifier::default();
+        let me = std::process::id();
+        let before = c.classify(me, off_state::SLEEPING, libc::SYS_epoll_wait, 9999);
+        assert_ne!(before.category, Category::Idle);
+        c.mark_loop_idle(me, libc::SYS_epoll_wait, 9999);
+        let after = c.classify(me, off_state::SLEEPING, libc::SYS_epoll_wait, 9999);
+        assert_eq!((after.category, after.target.as_deref()), (Category::Idle, Some(LOOP_IDLE_TARGET)));
+        // Its run-queue part stays run-queue wait.
+        assert_eq!(c.classify(me, off_state::RUNNABLE, libc::SYS_epoll_wait, 9999).category, Category::Runqueue);
     }
 }

@@ -54,8 +54,12 @@ pub struct ProcessProfile {
     /// Nanoseconds per category (cpu, runqueue, net, disk, lock, gil, sleep, ipc, other).
     pub totals_ns: BTreeMap<String, u64>,
     pub threads: Vec<ThreadProfile>,
-    /// Top Python functions by wall time, inclusive, with their split by category.
+    /// Top Python functions by inclusive and by own time, with their split by category;
+    /// sorted by inclusive time.
     pub functions: Vec<FunctionProfile>,
+    /// Blocking calls made while an event loop was running a coroutine or callback: the loop
+    /// could run nothing else meanwhile. Largest first.
+    pub loop_stalls: Vec<LoopStall>,
     pub stacks: Vec<StackProfile>,
 }
 
@@ -63,8 +67,12 @@ pub struct ProcessProfile {
 pub struct FunctionProfile {
     pub function: String,
     pub file: String,
+    /// Inclusive: time of every stack the function is on.
     pub wall_ns: u64,
     pub totals_ns: BTreeMap<String, u64>,
+    /// Own: time of the stacks where it is the innermost Python frame.
+    pub own_ns: u64,
+    pub own_totals_ns: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,6 +108,26 @@ pub struct StackProfile {
     pub syscall: Option<String>,
     /// What it waited on: `tcp 127.0.0.1:5432`, `file /var/lib/x.db`...
     pub target: Option<String>,
+    /// For an off-CPU stack blocked while a coroutine ran on the thread: the innermost
+    /// coroutine frame (or, on an event loop, the callback it ran), `qualname (file:line)`.
+    pub coroutine: Option<String>,
+    /// This wait held up the event loop running on the thread.
+    pub stalls_loop: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LoopStall {
+    pub tid: u32,
+    pub thread: String,
+    /// The coroutine (or callback) that made the blocking call.
+    pub coroutine: Option<String>,
+    pub syscall: Option<String>,
+    pub target: Option<String>,
+    pub category: Category,
+    /// Time the loop was held up.
+    pub wall_ns: u64,
+    /// Blocking calls (off-CPU intervals) counted.
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -176,6 +204,8 @@ mod tests {
             weight_ns,
             syscall: syscall.map(str::to_string),
             target: target.map(str::to_string),
+            coroutine: None,
+            stalls_loop: false,
         };
         Profile {
             format: FORMAT_NAME,
@@ -200,6 +230,7 @@ mod tests {
                 wall_ns: 0,
                 totals_ns: Default::default(),
                 functions: vec![],
+                loop_stalls: vec![],
                 threads: vec![],
                 stacks: vec![
                     stack(&["main", "a::b;c"], Category::Cpu, 3, 30_000_000, None, None),

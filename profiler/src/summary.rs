@@ -5,7 +5,6 @@ use std::io::Write;
 
 use crate::{
     cli::Mode,
-    offcpu::CATEGORIES,
     profile::{ProcessProfile, Profile, StackProfile},
 };
 
@@ -96,7 +95,41 @@ pub fn write(profile: &Profile, notes: &[String], w: &mut dyn Write) -> std::io:
     }
 
     write_top_stacks(profile, w)?;
+    write_loop_stalls(profile, w)?;
     write_functions(profile, w)
+}
+
+const TOP_STALLS: usize = 6;
+
+/// Blocking calls made on an event loop: the coroutine, the call and what it waited on.
+fn write_loop_stalls(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()> {
+    let mut stalls: Vec<(&ProcessProfile, &crate::profile::LoopStall)> =
+        profile.processes.iter().flat_map(|p| p.loop_stalls.iter().map(move |s| (p, s))).collect();
+    if stalls.is_empty() {
+        return Ok(());
+    }
+    stalls.sort_by(|a, b| b.1.wall_ns.cmp(&a.1.wall_ns));
+    writeln!(w)?;
+    writeln!(w, "Event loops held up by blocking calls (nothing else on the loop ran meanwhile):")?;
+    for (p, s) in stalls.iter().take(TOP_STALLS) {
+        let mut call = format!("[{}]", s.category.name());
+        for part in [&s.syscall, &s.target].into_iter().flatten() {
+            call.push(' ');
+            call.push_str(part);
+        }
+        writeln!(
+            w,
+            "  {:>7.3} s  {} blocked in {call} ({} calls)   [{} ({}) thread {} ({})]",
+            s.wall_ns as f64 / 1e9,
+            s.coroutine.as_deref().unwrap_or("a callback"),
+            s.count,
+            p.comm,
+            p.pid,
+            s.thread,
+            s.tid,
+        )?;
+    }
+    Ok(())
 }
 
 /// The innermost Python frame of a stack, for "in get_user (app/db.py:42)".
@@ -142,26 +175,26 @@ fn write_top_stacks(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()>
     Ok(())
 }
 
-/// Per Python function, inclusive wall time and its split: CPU-bound or waiting, and on what.
+/// Per Python function, own time (where the time is spent: its code, or the calls it makes
+/// into C or the kernel) with its split, and inclusive time: what to fix first.
 fn write_functions(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()> {
     let mut rows: Vec<(&ProcessProfile, &crate::profile::FunctionProfile)> =
-        profile.processes.iter().flat_map(|p| p.functions.iter().map(move |f| (p, f))).collect();
+        profile.processes.iter().flat_map(|p| p.functions.iter().map(move |f| (p, f))).filter(|(_, f)| f.own_ns > 0).collect();
     if rows.is_empty() {
         return Ok(());
     }
-    rows.sort_by(|a, b| b.1.wall_ns.cmp(&a.1.wall_ns));
+    rows.sort_by(|a, b| b.1.own_ns.cmp(&a.1.own_ns));
     writeln!(w)?;
-    writeln!(w, "Python functions by inclusive time:")?;
+    writeln!(w, "Python functions by own time (innermost Python frame; TOTAL includes callees):")?;
+    writeln!(w, "  {:>7}  {:>7}  {:<44} {}", "OWN s", "TOTAL s", "FUNCTION", "OWN TIME WENT TO")?;
     for (p, f) in rows.iter().take(TOP_FUNCTIONS) {
-        let order: Vec<_> = CATEGORIES.iter().map(|c| c.name()).collect();
-        let mut totals: Vec<(&String, &u64)> = f.totals_ns.iter().collect();
-        totals.sort_by_key(|(c, _)| order.iter().position(|o| o == c));
         writeln!(
             w,
-            "  {:>7.3} s  {:<44} {}  [pid {}]",
+            "  {:>7.3}  {:>7.3}  {:<44} {}  [pid {}]",
+            f.own_ns as f64 / 1e9,
             f.wall_ns as f64 / 1e9,
             truncate(&format!("{} ({})", f.function, f.file), 44),
-            split(&f.totals_ns, f.wall_ns),
+            split(&f.own_totals_ns, f.own_ns),
             p.pid
         )?;
     }

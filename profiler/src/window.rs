@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::{
-    aggregate::function_table,
+    aggregate::{function_table, loop_stalls},
     offcpu::Category,
     profile::{ProcessProfile, Profile},
 };
@@ -62,15 +62,16 @@ fn merge_process(into: &mut ProcessProfile, other: &ProcessProfile) {
         }
     }
     into.threads.sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then(b.samples.cmp(&a.samples)).then(a.tid.cmp(&b.tid)));
-    type Key<'a> = (u32, Category, &'a [String], Option<&'a str>, Option<&'a str>);
+    type Key<'a> = (u32, Category, &'a [String], Option<&'a str>, Option<&'a str>, Option<&'a str>, bool);
     let mut index: HashMap<Key, usize> = HashMap::new();
     for (i, s) in into.stacks.iter().enumerate() {
-        index.insert((s.tid, s.category, &s.frames, s.syscall.as_deref(), s.target.as_deref()), i);
+        index.insert((s.tid, s.category, &s.frames, s.syscall.as_deref(), s.target.as_deref(), s.coroutine.as_deref(), s.stalls_loop), i);
     }
     let mut additions = Vec::new();
     let mut updates = Vec::new();
     for s in &other.stacks {
-        match index.get(&(s.tid, s.category, &s.frames[..], s.syscall.as_deref(), s.target.as_deref())) {
+        let key = (s.tid, s.category, &s.frames[..], s.syscall.as_deref(), s.target.as_deref(), s.coroutine.as_deref(), s.stalls_loop);
+        match index.get(&key) {
             Some(&i) => updates.push((i, s)),
             None => additions.push(s.clone()),
         }
@@ -85,6 +86,7 @@ fn merge_process(into: &mut ProcessProfile, other: &ProcessProfile) {
     into.stacks.extend(additions);
     into.stacks.sort_by(|a, b| b.weight_ns.cmp(&a.weight_ns).then_with(|| (a.tid, &a.frames).cmp(&(b.tid, &b.frames))));
     into.functions = function_table(&into.stacks);
+    into.loop_stalls = loop_stalls(&into.stacks);
 }
 
 /// The last `capacity` window profiles, oldest first.
@@ -155,6 +157,8 @@ mod tests {
             weight_ns: ns,
             syscall: None,
             target: None,
+            coroutine: None,
+            stalls_loop: false,
         };
         Profile {
             format: FORMAT_NAME,
@@ -179,6 +183,7 @@ mod tests {
                 wall_ns: cpu_ns + net_ns,
                 totals_ns: totals(cpu_ns, net_ns),
                 functions: vec![],
+                loop_stalls: vec![],
                 threads: vec![ThreadProfile {
                     tid: 2,
                     name: "w".into(),

@@ -120,3 +120,54 @@ fn run_queue_waits_after_preemption_carry_the_stack() {
         assert!(stacked * 10 >= total * 8, "pid {}: {stacked} of {total} ns of run-queue wait on spin_forever", s.pid());
     }
 }
+
+#[test]
+fn event_loop_stalls_are_named_and_idle_loops_are_not_io() {
+    for_each_interpreter("event loop", |interp| {
+        let script = workload("event_loop.py");
+        let profile = profile_json(|cmd, json| {
+            cmd.args(["profile", "-o"]).arg(json).arg("--").arg(&interp.path).arg(&script).arg("2.5");
+        });
+        let p = &profile["processes"][0];
+        // `stall_the_loop` sleeps 15 ms on the loop about 25 times a second: the stall list
+        // names it, with the sleep it made, and holds most of that time.
+        let stalls = p["loop_stalls"].as_array().unwrap();
+        let culprit = stalls.iter().find(|s| s["coroutine"].as_str().is_some_and(|c| c.starts_with("stall_the_loop (")));
+        let Some(culprit) = culprit else {
+            return Err(format!("stall_the_loop not among the loop stalls: {stalls:?}"));
+        };
+        let expected_line = format!(":{})", line_of(&script, "blocks the event loop"));
+        if !culprit["coroutine"].as_str().unwrap().ends_with(&expected_line) || culprit["category"] != "sleep" {
+            return Err(format!("stall should be the sleep at line {expected_line} in stall_the_loop: {culprit}"));
+        }
+        let stalled_s = culprit["wall_ns"].as_u64().unwrap() as f64 / 1e9;
+        if stalled_s < 0.15 {
+            return Err(format!("only {stalled_s:.3} s of loop stall in stall_the_loop: {culprit}"));
+        }
+        // Awaiting is not a stall.
+        if let Some(s) = stalls.iter().find(|s| s["coroutine"].as_str().is_some_and(|c| c.contains("be_polite"))) {
+            return Err(format!("be_polite awaits, yet is listed as stalling the loop: {s}"));
+        }
+        // The loop thread waits for requests most of the time: idle, not net.
+        let main = thread(p, "MainThread")?;
+        let (idle, net) = (pct(main, &["idle"]), pct(main, &["net"]));
+        if idle < 30.0 || net > 5.0 {
+            return Err(format!("event loop thread: idle {idle:.1}%, net {net:.1}%: {}", main["totals_ns"]));
+        }
+        // A thread waiting in select() on a listening socket is idle too, and says on what.
+        let sync = thread(p, "sync-server")?;
+        let idle = pct(sync, &["idle"]);
+        if idle < 80.0 {
+            return Err(format!("sync-server: idle {idle:.1}%: {}", sync["totals_ns"]));
+        }
+        let listen_stack = p["stacks"].as_array().unwrap().iter().any(|s| {
+            s["category"] == "idle"
+                && s["target"].as_str().is_some_and(|t| t.starts_with("tcp listen 127.0.0.1:"))
+                && s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "sync_server")
+        });
+        if !listen_stack {
+            return Err("no idle stack in sync_server waiting on its listening socket".into());
+        }
+        Ok(())
+    });
+}

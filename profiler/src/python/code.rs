@@ -13,6 +13,8 @@ pub struct CodeObject {
     pub name: String,
     pub filename: String,
     pub firstlineno: i32,
+    /// `co_flags`.
+    pub flags: i32,
     linetable: Vec<u8>,
     /// Address of the first code unit (3.11+: `co_code_adaptive`), for turning an instruction
     /// pointer into an index.
@@ -31,7 +33,18 @@ pub enum FrameLine {
     Incomplete,
 }
 
+/// `co_flags` bits of code that runs as a coroutine (`async def`, `@types.coroutine`
+/// generators, async generators); the same in every CPython 3.x.
+const CO_COROUTINE: i32 = 0x80;
+const CO_ITERABLE_COROUTINE: i32 = 0x100;
+const CO_ASYNC_GENERATOR: i32 = 0x200;
+
 impl CodeObject {
+    /// Whether frames of this code are coroutines, run by an event loop.
+    pub fn is_coroutine(&self) -> bool {
+        self.flags & (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR) != 0
+    }
+
     /// The line being executed for a frame's instruction field (`f_lasti` or the instruction
     /// pointer, as the kernel recorded it).
     pub fn line(&self, version: PyVersion, instr: u64, owned_by_generator: bool) -> FrameLine {
@@ -118,11 +131,12 @@ pub fn read_code(mem: &Memory, o: &PyOffsets, addr: u64) -> Option<CodeObject> {
     let name = read_unicode(mem, o, field_u64(&raw, name_field)?)?;
     let filename = read_unicode(mem, o, field_u64(&raw, o.code_filename)?)?;
     let firstlineno = field_i32(&raw, o.code_firstlineno)?;
+    let flags = field_i32(&raw, o.code_flags)?;
     let linetable = read_bytes(mem, o, field_u64(&raw, o.code_linetable)?).unwrap_or_default();
     let (code_start, first_traceable) = if o.code_code_adaptive >= 0 {
         (addr + o.code_code_adaptive as u64, field_i32(&raw, o.code_firsttraceable)? as i64)
     } else {
         (0, 0)
     };
-    Some(CodeObject { name, filename, firstlineno, linetable, code_start, first_traceable })
+    Some(CodeObject { name, filename, firstlineno, flags, linetable, code_start, first_traceable })
 }

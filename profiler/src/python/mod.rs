@@ -95,6 +95,8 @@ pub struct PyFrame {
     pub function: String,
     pub file: String,
     pub line: Option<i32>,
+    /// Its code is a coroutine (`async def`...): the frame runs under an event loop.
+    pub coroutine: bool,
 }
 
 impl fmt::Display for PyFrame {
@@ -235,6 +237,7 @@ impl PythonProcess {
                 function: code.name.clone(),
                 file: code.filename.clone(),
                 line,
+                coroutine: code.is_coroutine(),
             }),
         }
     }
