@@ -407,7 +407,12 @@ impl Aggregator {
                     python_frames: py
                         .iter()
                         .filter_map(|&id| self.frames.python[id as usize].as_ref())
-                        .map(|f| PythonFrameProfile { function: f.function.clone(), file: f.file.clone(), line: f.line })
+                        .map(|f| PythonFrameProfile {
+                            function: f.function.clone(),
+                            file: f.file.clone(),
+                            line: f.line,
+                            first_line: f.first_line,
+                        })
                         .collect(),
                     samples: w.samples,
                     category,

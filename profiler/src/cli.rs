@@ -20,7 +20,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Sample processes and write flame graphs, folded stacks or JSON, then print a summary.
+    /// Sample processes and write flame graphs, folded stacks, JSON, speedscope or pprof, then
+    /// print a summary.
     Profile(ProfileArgs),
     /// Compare two saved profiles (JSON or folded): a differential flame graph and the
     /// functions whose time moved most.
@@ -54,7 +55,7 @@ pub struct ProfileArgs {
     pub frequency: u32,
 
     /// Write the profile here (repeatable). The format comes from the extension
-    /// (.svg, .folded, .json) unless --format is given.
+    /// (.svg, .folded, .json, .speedscope.json, .pb.gz or .pprof) unless --format is given.
     #[arg(short = 'o', long = "output", value_name = "PATH")]
     pub outputs: Vec<PathBuf>,
 
@@ -117,25 +118,44 @@ pub enum Format {
     Folded,
     /// The whole profile as one JSON object.
     Json,
+    /// speedscope's file format: one sampled profile per thread.
+    Speedscope,
+    /// pprof's gzipped protobuf (`go tool pprof`, Pyroscope...): per-category values, labels
+    /// for process, thread and wait.
+    Pprof,
 }
 
 impl Format {
     /// The format a path's extension names, if any.
     pub fn from_path(path: &std::path::Path) -> Option<Self> {
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        // Two-part extensions first: `x.speedscope.json` is not pyebpf's JSON.
+        if name.ends_with(".speedscope.json") {
+            return Some(Self::Speedscope);
+        }
+        if name.ends_with(".pb.gz") {
+            return Some(Self::Pprof);
+        }
         let ext = path.extension()?.to_str()?.to_ascii_lowercase();
         match ext.as_str() {
             "svg" => Some(Self::Svg),
             "folded" | "collapsed" => Some(Self::Folded),
             "json" => Some(Self::Json),
+            "pprof" => Some(Self::Pprof),
             _ => None,
         }
     }
+
+    /// The extensions [`Format::from_path`] knows, for error messages.
+    pub const EXTENSIONS: &'static str = ".svg, .folded, .json, .speedscope.json, .pb.gz or .pprof";
 
     pub fn describe(self) -> &'static str {
         match self {
             Self::Svg => "flame graph",
             Self::Folded => "folded stacks",
             Self::Json => "JSON profile",
+            Self::Speedscope => "speedscope profile",
+            Self::Pprof => "pprof profile",
         }
     }
 }
@@ -190,6 +210,11 @@ mod tests {
         assert_eq!(Format::from_path(Path::new("a/b.svg")), Some(Format::Svg));
         assert_eq!(Format::from_path(Path::new("x.FOLDED")), Some(Format::Folded));
         assert_eq!(Format::from_path(Path::new("x.json")), Some(Format::Json));
+        assert_eq!(Format::from_path(Path::new("d.json/x.Speedscope.JSON")), Some(Format::Speedscope));
+        assert_eq!(Format::from_path(Path::new("speedscope.json")), Some(Format::Json));
+        assert_eq!(Format::from_path(Path::new("x.pb.gz")), Some(Format::Pprof));
+        assert_eq!(Format::from_path(Path::new("x.pprof")), Some(Format::Pprof));
+        assert_eq!(Format::from_path(Path::new("x.gz")), None);
         assert_eq!(Format::from_path(Path::new("x")), None);
         assert_eq!(Format::from_path(Path::new("x.png")), None);
     }

@@ -31,8 +31,9 @@ pub fn plan(paths: &[PathBuf], format: Option<Format>) -> anyhow::Result<Vec<Out
             fatal(
                 ExitCode::Usage,
                 format!(
-                    "cannot tell the format of '{}' from its extension: name it .svg, .folded or .json, or pass --format",
-                    path.display()
+                    "cannot tell the format of '{}' from its extension: name it {}, or pass --format",
+                    path.display(),
+                    Format::EXTENSIONS
                 ),
             )
         })?;
@@ -104,6 +105,8 @@ pub fn render(profile: &Profile, format: Format, w: &mut dyn Write) -> anyhow::R
             }
         }
         Format::Svg => crate::flamegraph::write_svg(profile, w)?,
+        Format::Speedscope => crate::speedscope::write(profile, w)?,
+        Format::Pprof => crate::pprof::write(profile, w)?,
     }
     Ok(())
 }

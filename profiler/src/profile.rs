@@ -115,7 +115,7 @@ pub struct StackProfile {
     pub stalls_loop: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LoopStall {
     pub tid: u32,
     pub thread: String,
@@ -130,12 +130,30 @@ pub struct LoopStall {
     pub count: u64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PythonFrameProfile {
     /// Qualified name (3.11+), else the function name; `<module>` for module-level code.
     pub function: String,
     pub file: String,
     pub line: Option<i32>,
+    /// Line the function starts at (`co_firstlineno`).
+    pub first_line: i32,
+}
+
+/// A Python frame's text in `frames`: py-spy's `qualname (path/file.py:LINE)`.
+pub fn python_frame_text(function: &str, file: &str, line: Option<i32>) -> String {
+    match line {
+        Some(line) => format!("{function} ({file}:{line})"),
+        None => format!("{function} ({file})"),
+    }
+}
+
+/// One frame of a stack, for formats that keep Python frames structured (speedscope, pprof).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Frame<'a> {
+    Python(&'a PythonFrameProfile),
+    /// Native, kernel, or a marker such as `[truncated]`: its text.
+    Other(&'a str),
 }
 
 impl Profile {
@@ -176,6 +194,16 @@ impl Profile {
 }
 
 impl StackProfile {
+    /// `frames`, root first, with each Python frame paired with its entry in `python_frames`
+    /// (they come in the same order; frames without structured data stay text).
+    pub fn structured_frames(&self) -> impl Iterator<Item = Frame<'_>> {
+        let mut python = self.python_frames.iter().peekable();
+        self.frames.iter().map(move |text| match python.next_if(|f| python_frame_text(&f.function, &f.file, f.line) == *text) {
+            Some(f) => Frame::Python(f),
+            None => Frame::Other(text),
+        })
+    }
+
     /// The synthetic leaf frame of an off-CPU stack.
     pub fn wait_frame(&self) -> Option<String> {
         (self.category != Category::Cpu).then(|| {
@@ -190,8 +218,63 @@ fn sanitize(frame: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A profile for the output formats' tests: process `app` (10) with threads `main` (11: an
+    /// on-CPU stack with a Python frame, a network wait) and `worker` (12: an on-CPU stack, a
+    /// stackless short sleep), sampled at 100 Hz.
+    pub(crate) fn sample_profile(mode: Mode) -> Profile {
+        let py = |function: &str, line, first_line| PythonFrameProfile {
+            function: function.into(),
+            file: "/srv/app.py".into(),
+            line: Some(line),
+            first_line,
+        };
+        let stack = |tid, thread: &str, python: Vec<PythonFrameProfile>, frames: Vec<String>, category, samples, weight_ns, wait: (Option<&str>, Option<&str>)| StackProfile {
+            tid,
+            thread: thread.into(),
+            frames,
+            python_frames: python,
+            samples,
+            category,
+            weight_ns,
+            syscall: wait.0.map(str::to_string),
+            target: wait.1.map(str::to_string),
+            coroutine: None,
+            stalls_loop: false,
+        };
+        let text = |f: &PythonFrameProfile| python_frame_text(&f.function, &f.file, f.line);
+        let (work, spin) = (py("work", 7, 5), py("spin", 20, 18));
+        let thread = |tid, name: &str, samples, cpu_ns: u64, off: (&str, u64)| ThreadProfile {
+            tid,
+            name: name.into(),
+            python_name: None,
+            samples,
+            wall_ns: cpu_ns + off.1,
+            totals_ns: [("cpu".to_string(), cpu_ns), (off.0.to_string(), off.1)].into(),
+        };
+        let mut p = profile(mode);
+        p.samples = 7;
+        p.start_time_unix = 1_700_000_000.5;
+        p.duration_ns = 2_000_000_000;
+        p.processes[0].threads = vec![thread(11, "main", 3, 30_000_000, ("net", 5_000_000)), thread(12, "worker", 4, 40_000_000, ("sleep", 1_000_000))];
+        p.processes[0].stacks = vec![
+            stack(12, "worker", vec![spin.clone()], vec!["main".into(), text(&spin)], Category::Cpu, 4, 40_000_000, (None, None)),
+            stack(11, "main", vec![work.clone()], vec!["main".into(), text(&work), "a::b;c".into()], Category::Cpu, 3, 30_000_000, (None, None)),
+            stack(11, "main", vec![], vec!["main".into(), "get".into()], Category::Net, 2, 5_000_000, (Some("recvfrom"), Some("tcp 127.0.0.1:5432"))),
+            stack(12, "worker", vec![], vec![], Category::Sleep, 0, 1_000_000, (None, Some("short waits (no stack)"))),
+        ];
+        p
+    }
+
+    #[test]
+    fn structured_frames_pair_python_frames_with_their_text() {
+        let p = sample_profile(Mode::Wall);
+        let s = &p.processes[0].stacks[1];
+        let frames: Vec<Frame> = s.structured_frames().collect();
+        assert_eq!(frames, vec![Frame::Other("main"), Frame::Python(&s.python_frames[0]), Frame::Other("a::b;c")]);
+    }
 
     fn profile(mode: Mode) -> Profile {
         let stack = |frames: &[&str], category, samples, weight_ns, syscall: Option<&str>, target: Option<&str>| StackProfile {

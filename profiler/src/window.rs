@@ -151,7 +151,7 @@ mod tests {
             tid: 2,
             thread: "w".into(),
             frames: vec!["main (a.py:1)".into()],
-            python_frames: vec![crate::profile::PythonFrameProfile { function: "main".into(), file: "a.py".into(), line: Some(1) }],
+            python_frames: vec![crate::profile::PythonFrameProfile { function: "main".into(), file: "a.py".into(), line: Some(1), first_line: 1 }],
             samples,
             category,
             weight_ns: ns,

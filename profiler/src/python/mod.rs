@@ -97,15 +97,15 @@ pub struct PyFrame {
     pub line: Option<i32>,
     /// Its code is a coroutine (`async def`...): the frame runs under an event loop.
     pub coroutine: bool,
+    /// `co_firstlineno`: where the function starts (pprof's `Function.start_line`).
+    pub first_line: i32,
 }
 
 impl fmt::Display for PyFrame {
     /// py-spy's form: `qualname (path/file.py:LINE)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.line {
-            Some(line) => write!(f, "{} ({}:{})", self.function, self.file, line),
-            None => write!(f, "{} ({})", self.function, self.file),
-        }
+        // One definition of the text, so outputs can pair it back with the structured frame.
+        f.write_str(&crate::profile::python_frame_text(&self.function, &self.file, self.line))
     }
 }
 
@@ -238,6 +238,7 @@ impl PythonProcess {
                 file: code.filename.clone(),
                 line,
                 coroutine: code.is_coroutine(),
+                first_line: code.firstlineno,
             }),
         }
     }

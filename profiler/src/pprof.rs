@@ -1,0 +1,362 @@
+//! pprof's format: a gzipped `perftools.profiles.Profile` protobuf (google/pprof's
+//! proto/profile.proto), read by `go tool pprof`, Pyroscope, Parca, Grafana...
+//!
+//! Each stack of the profile is one sample, locations leaf first as pprof expects. Every sample
+//! carries every value, so one file answers "where does CPU go" and "where does wall time go"
+//! (`-sample_index=cpu|wall`) and "what waits on the network" (`-sample_index=net`):
+//! `samples/count` (on-CPU samples, or off-CPU waits), `cpu/nanoseconds`, `wall/nanoseconds`,
+//! then one `<category>/nanoseconds` per off-CPU category, taken from [`CATEGORIES`] so new
+//! categories show up without touching this file. `--mode` only picks the default value.
+//! Off-CPU stacks end in the same wait frame as folded wall stacks (`[net] recvfrom tcp ...`),
+//! so `pprof -top` names the wait. Process and thread are labels (`-tagfocus thread=worker`),
+//! not frames as in folded output.
+use std::{collections::HashMap, io::Write};
+
+use flate2::{Compression, write::GzEncoder};
+use prost::Message as _;
+
+use crate::{
+    cli::Mode,
+    offcpu::{CATEGORIES, Category},
+    profile::{Frame, Profile, StackProfile},
+};
+
+/// profile.proto's messages, declared by hand with the proto's field numbers (prost derives the
+/// encoding; no protoc at build time). Fields pyebpf never sets are left out.
+mod proto {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Profile {
+        #[prost(message, repeated, tag = "1")]
+        pub sample_type: Vec<ValueType>,
+        #[prost(message, repeated, tag = "2")]
+        pub sample: Vec<Sample>,
+        #[prost(message, repeated, tag = "4")]
+        pub location: Vec<Location>,
+        #[prost(message, repeated, tag = "5")]
+        pub function: Vec<Function>,
+        #[prost(string, repeated, tag = "6")]
+        pub string_table: Vec<String>,
+        #[prost(int64, tag = "9")]
+        pub time_nanos: i64,
+        #[prost(int64, tag = "10")]
+        pub duration_nanos: i64,
+        #[prost(message, optional, tag = "11")]
+        pub period_type: Option<ValueType>,
+        #[prost(int64, tag = "12")]
+        pub period: i64,
+        #[prost(int64, repeated, tag = "13")]
+        pub comment: Vec<i64>,
+        #[prost(int64, tag = "14")]
+        pub default_sample_type: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ValueType {
+        #[prost(int64, tag = "1")]
+        pub r#type: i64,
+        #[prost(int64, tag = "2")]
+        pub unit: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Sample {
+        #[prost(uint64, repeated, tag = "1")]
+        pub location_id: Vec<u64>,
+        #[prost(int64, repeated, tag = "2")]
+        pub value: Vec<i64>,
+        #[prost(message, repeated, tag = "3")]
+        pub label: Vec<Label>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Label {
+        #[prost(int64, tag = "1")]
+        pub key: i64,
+        #[prost(int64, tag = "2")]
+        pub str: i64,
+        #[prost(int64, tag = "3")]
+        pub num: i64,
+    }
+
+    /// No `mapping_id`: frames are already symbolized, and the proto allows locations without
+    /// a mapping ("unknown or not applicable").
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Location {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(message, repeated, tag = "4")]
+        pub line: Vec<Line>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Line {
+        #[prost(uint64, tag = "1")]
+        pub function_id: u64,
+        #[prost(int64, tag = "2")]
+        pub line: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Function {
+        #[prost(uint64, tag = "1")]
+        pub id: u64,
+        #[prost(int64, tag = "2")]
+        pub name: i64,
+        #[prost(int64, tag = "3")]
+        pub system_name: i64,
+        #[prost(int64, tag = "4")]
+        pub filename: i64,
+        #[prost(int64, tag = "5")]
+        pub start_line: i64,
+    }
+}
+
+/// Builds the string, function and location tables as samples come.
+struct Builder {
+    out: proto::Profile,
+    strings: HashMap<String, i64>,
+    /// (name, filename, start line) → function id.
+    functions: HashMap<(i64, i64, i64), u64>,
+    /// (function id, line) → location id.
+    locations: HashMap<(u64, i64), u64>,
+}
+
+impl Builder {
+    fn new() -> Self {
+        // string_table[0] must be "".
+        let mut b = Self { out: proto::Profile::default(), strings: HashMap::new(), functions: HashMap::new(), locations: HashMap::new() };
+        b.string("");
+        b
+    }
+
+    fn string(&mut self, s: &str) -> i64 {
+        if let Some(&id) = self.strings.get(s) {
+            return id;
+        }
+        let id = self.out.string_table.len() as i64;
+        self.out.string_table.push(s.to_string());
+        self.strings.insert(s.to_string(), id);
+        id
+    }
+
+    fn value_type(&mut self, kind: &str, unit: &str) -> proto::ValueType {
+        proto::ValueType { r#type: self.string(kind), unit: self.string(unit) }
+    }
+
+    /// The location of one frame (ids start at 1: 0 means unset in the proto).
+    fn location(&mut self, name: &str, file: &str, start_line: i64, line: i64) -> u64 {
+        let key = (self.string(name), self.string(file), start_line);
+        let next_function = self.out.function.len() as u64 + 1;
+        let function_id = *self.functions.entry(key).or_insert(next_function);
+        if function_id == next_function {
+            self.out.function.push(proto::Function { id: function_id, name: key.0, system_name: key.0, filename: key.1, start_line });
+        }
+        let next_location = self.out.location.len() as u64 + 1;
+        let location_id = *self.locations.entry((function_id, line)).or_insert(next_location);
+        if location_id == next_location {
+            self.out.location.push(proto::Location { id: location_id, line: vec![proto::Line { function_id, line }] });
+        }
+        location_id
+    }
+
+    /// Location ids of a stack, leaf first: the wait frame of an off-CPU stack, then its frames.
+    fn stack(&mut self, s: &StackProfile) -> Vec<u64> {
+        let mut ids = Vec::with_capacity(s.frames.len() + 1);
+        if let Some(leaf) = s.wait_frame() {
+            ids.push(self.location(&leaf, "", 0, 0));
+        }
+        let frames: Vec<Frame> = s.structured_frames().collect();
+        for f in frames.into_iter().rev() {
+            ids.push(match f {
+                Frame::Python(p) => self.location(&p.function, &p.file, p.first_line.into(), p.line.unwrap_or(0).into()),
+                Frame::Other(text) => self.location(text, "", 0, 0),
+            });
+        }
+        ids
+    }
+
+    fn str_label(&mut self, key: &str, value: &str) -> proto::Label {
+        proto::Label { key: self.string(key), str: self.string(value), num: 0 }
+    }
+
+    fn num_label(&mut self, key: &str, value: u32) -> proto::Label {
+        proto::Label { key: self.string(key), str: 0, num: value.into() }
+    }
+}
+
+/// Off-CPU categories, each with its own value after samples, cpu and wall.
+fn off_cpu_categories() -> impl Iterator<Item = Category> {
+    CATEGORIES.into_iter().filter(|&c| c != Category::Cpu)
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn build(profile: &Profile) -> proto::Profile {
+    let mut b = Builder::new();
+    let mut types = vec![b.value_type("samples", "count"), b.value_type("cpu", "nanoseconds"), b.value_type("wall", "nanoseconds")];
+    for c in off_cpu_categories() {
+        types.push(b.value_type(c.name(), "nanoseconds"));
+    }
+    b.out.sample_type = types;
+    let period_ns = 1_000_000_000 / profile.frequency_hz.max(1) as u64;
+    for p in &profile.processes {
+        for s in &p.stacks {
+            let mut value = vec![clamp(s.samples), 0, clamp(s.weight_ns)];
+            value.extend(off_cpu_categories().map(|c| if c == s.category { clamp(s.weight_ns) } else { 0 }));
+            if s.category == Category::Cpu {
+                value[1] = clamp(s.samples * period_ns);
+            }
+            if value.iter().all(|&v| v == 0) {
+                continue;
+            }
+            let location_id = b.stack(s);
+            let mut label = vec![
+                b.num_label("pid", p.pid),
+                b.num_label("tid", s.tid),
+                b.str_label("process", &p.comm),
+                b.str_label("thread", &s.thread),
+                b.str_label("category", s.category.name()),
+            ];
+            if let Some(syscall) = &s.syscall {
+                label.push(b.str_label("syscall", syscall));
+            }
+            if let Some(target) = &s.target {
+                label.push(b.str_label("target", target));
+            }
+            b.out.sample.push(proto::Sample { location_id, value, label });
+        }
+    }
+    b.out.period_type = Some(b.value_type("cpu", "nanoseconds"));
+    b.out.period = clamp(period_ns);
+    b.out.time_nanos = (profile.start_time_unix * 1e9) as i64;
+    b.out.duration_nanos = clamp(profile.duration_ns);
+    b.out.default_sample_type = b.string(match profile.mode {
+        Mode::Wall => "wall",
+        Mode::Cpu => "cpu",
+    });
+    let mut comments = vec![
+        format!("pyebpf {}", env!("CARGO_PKG_VERSION")),
+        format!("{} samples at {} Hz on {} CPUs, {} lost", profile.samples, profile.frequency_hz, profile.cpus, profile.lost_events),
+    ];
+    if profile.off_cpu {
+        comments.push(format!("off-CPU waits of at least {} us carry their stack", profile.off_cpu_threshold_ns / 1000));
+    }
+    b.out.comment = comments.iter().map(|c| b.string(c)).collect();
+    b.out
+}
+
+pub fn write(profile: &Profile, w: &mut dyn Write) -> anyhow::Result<()> {
+    let mut gz = GzEncoder::new(w, Compression::default());
+    gz.write_all(&build(profile).encode_to_vec())?;
+    gz.finish()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use super::*;
+    use crate::profile::tests::sample_profile;
+
+    /// Writes the profile and reads it back the way a consumer does: gunzip, then decode.
+    fn round_trip(mode: Mode) -> proto::Profile {
+        let mut out = Vec::new();
+        write(&sample_profile(mode), &mut out).unwrap();
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(out.as_slice()).read_to_end(&mut bytes).unwrap();
+        proto::Profile::decode(bytes.as_slice()).unwrap()
+    }
+
+    fn s(p: &proto::Profile, id: i64) -> &str {
+        &p.string_table[id as usize]
+    }
+
+    /// A sample's frames, leaf first, as `name` or `name file:line (start)` for Python frames.
+    fn frames(p: &proto::Profile, sample: &proto::Sample) -> Vec<String> {
+        sample
+            .location_id
+            .iter()
+            .map(|&id| {
+                let loc = &p.location[id as usize - 1];
+                assert_eq!(loc.id, id);
+                let line = &loc.line[0];
+                let f = &p.function[line.function_id as usize - 1];
+                assert_eq!(f.id, line.function_id);
+                match s(p, f.filename) {
+                    "" => s(p, f.name).to_string(),
+                    file => format!("{} {}:{} ({})", s(p, f.name), file, line.line, f.start_line),
+                }
+            })
+            .collect()
+    }
+
+    fn labels(p: &proto::Profile, sample: &proto::Sample) -> Vec<String> {
+        sample
+            .label
+            .iter()
+            .map(|l| if l.str != 0 { format!("{}={}", s(p, l.key), s(p, l.str)) } else { format!("{}={}", s(p, l.key), l.num) })
+            .collect()
+    }
+
+    #[test]
+    fn header_has_every_category_and_the_mode_as_default() {
+        let p = round_trip(Mode::Wall);
+        assert_eq!(p.string_table[0], "");
+        let types: Vec<String> = p.sample_type.iter().map(|t| format!("{}/{}", s(&p, t.r#type), s(&p, t.unit))).collect();
+        let mut expected = vec!["samples/count".to_string(), "cpu/nanoseconds".into(), "wall/nanoseconds".into()];
+        expected.extend(CATEGORIES[1..].iter().map(|c| format!("{}/nanoseconds", c.name())));
+        assert_eq!(types, expected);
+        assert_eq!(s(&p, p.default_sample_type), "wall");
+        assert_eq!(s(&round_trip(Mode::Cpu), round_trip(Mode::Cpu).default_sample_type), "cpu");
+        let period_type = p.period_type.as_ref().unwrap();
+        assert_eq!((s(&p, period_type.r#type), s(&p, period_type.unit), p.period), ("cpu", "nanoseconds", 10_000_000));
+        assert_eq!((p.time_nanos, p.duration_nanos), (1_700_000_000_500_000_000, 2_000_000_000));
+        assert!(p.comment.iter().any(|&c| s(&p, c).starts_with("pyebpf ")));
+    }
+
+    #[test]
+    fn each_stack_is_a_sample_leaf_first_with_its_values_and_labels() {
+        let p = round_trip(Mode::Wall);
+        assert_eq!(p.sample.len(), 4);
+        let index = |name: &str| p.sample_type.iter().position(|t| s(&p, t.r#type) == name).unwrap();
+        let (net, sleep) = (index("net"), index("sleep"));
+
+        // On-CPU, with a Python frame: function, file, line and start line survive.
+        let cpu = p.sample.iter().find(|x| labels(&p, x).contains(&"tid=11".into()) && x.value[1] > 0).unwrap();
+        assert_eq!(frames(&p, cpu), ["a::b;c", "work /srv/app.py:7 (5)", "main"]);
+        assert_eq!(&cpu.value[..3], &[3, 30_000_000, 30_000_000]);
+        assert!(cpu.value[3..].iter().all(|&v| v == 0));
+        assert_eq!(labels(&p, cpu), ["pid=10", "tid=11", "process=app", "thread=main", "category=cpu"]);
+
+        // Off-CPU: the wait frame is the leaf; wall and its category hold the time, cpu none.
+        let wait = p.sample.iter().find(|x| x.value[net] > 0).unwrap();
+        assert_eq!(frames(&p, wait), ["[net] recvfrom tcp 127.0.0.1:5432", "get", "main"]);
+        assert_eq!(&wait.value[..3], &[2, 0, 5_000_000]);
+        assert_eq!(wait.value[net], 5_000_000);
+        assert_eq!(
+            labels(&p, wait),
+            ["pid=10", "tid=11", "process=app", "thread=main", "category=net", "syscall=recvfrom", "target=tcp 127.0.0.1:5432"]
+        );
+
+        // A thread's short waits have only their wait frame.
+        let short = p.sample.iter().find(|x| x.value[sleep] > 0).unwrap();
+        assert_eq!(frames(&p, short), ["[sleep] short waits (no stack)"]);
+
+        // Frames are shared: `main` is one function and one location for both threads.
+        let main = p.function.iter().filter(|f| s(&p, f.name) == "main").count();
+        assert_eq!(main, 1);
+        // Wall time adds up to the stacks' weights.
+        assert_eq!(p.sample.iter().map(|x| x.value[2]).sum::<i64>(), 76_000_000);
+    }
+
+    #[test]
+    fn cpu_mode_keeps_every_value() {
+        // The mode picks the default value only; off-CPU samples stay for -sample_index=wall.
+        let p = round_trip(Mode::Cpu);
+        assert_eq!(p.sample.len(), 4);
+        assert_eq!(p.sample.iter().map(|x| x.value[1]).sum::<i64>(), 70_000_000);
+    }
+}

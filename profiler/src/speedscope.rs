@@ -1,0 +1,244 @@
+//! speedscope's file format (its schema ships in the `speedscope` npm package as
+//! `dist/release/file-format-schema.json`): one `sampled` profile per thread, all sharing one
+//! frame table, so speedscope's thread picker lists every thread of every process.
+//!
+//! Weights are nanoseconds in both modes, so a thread's profiles compare across files:
+//! - `wall`: every stack, off-CPU ones ending in the frame naming their wait
+//!   (`[net] recvfrom tcp 127.0.0.1:5432`), weighing the time they stand for;
+//! - `cpu`: on-CPU stacks only, weighing samples × sampling period.
+//!
+//! This is what folded stacks hold in each mode (there, wall is in µs and cpu in samples).
+use std::{collections::HashMap, io::Write};
+
+use serde::Serialize;
+
+use crate::{
+    cli::Mode,
+    offcpu::Category,
+    profile::{Frame as StackFrame, Profile, StackProfile},
+};
+
+/// The schema's required `$schema` value.
+const SCHEMA: &str = "https://www.speedscope.app/file-format-schema.json";
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct File {
+    #[serde(rename = "$schema")]
+    schema: &'static str,
+    exporter: String,
+    name: String,
+    /// The profile speedscope opens first: the busiest thread.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    active_profile_index: Option<usize>,
+    shared: Shared,
+    profiles: Vec<SampledProfile>,
+}
+
+#[derive(Debug, Serialize)]
+struct Shared {
+    frames: Vec<Frame>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+struct Frame {
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<i32>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SampledProfile {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    name: String,
+    unit: &'static str,
+    start_value: u64,
+    end_value: u64,
+    /// Stacks as indices into `shared.frames`, root first.
+    samples: Vec<Vec<usize>>,
+    weights: Vec<u64>,
+}
+
+/// Interns frames into the shared table.
+#[derive(Default)]
+struct Frames {
+    table: Vec<Frame>,
+    index: HashMap<Frame, usize>,
+}
+
+impl Frames {
+    fn id(&mut self, frame: Frame) -> usize {
+        if let Some(&id) = self.index.get(&frame) {
+            return id;
+        }
+        self.table.push(frame.clone());
+        self.index.insert(frame, self.table.len() - 1);
+        self.table.len() - 1
+    }
+
+    /// A stack's frame ids, root first, with the wait frame as leaf for off-CPU stacks.
+    fn stack(&mut self, s: &StackProfile) -> Vec<usize> {
+        let mut ids: Vec<usize> = s
+            .structured_frames()
+            .map(|f| match f {
+                // Python frames keep their source position: speedscope shows it on hover.
+                StackFrame::Python(p) => Frame { name: p.function.clone(), file: Some(p.file.clone()), line: p.line },
+                StackFrame::Other(text) => Frame { name: text.to_string(), file: None, line: None },
+            })
+            .map(|f| self.id(f))
+            .collect();
+        if let Some(leaf) = s.wait_frame() {
+            ids.push(self.id(Frame { name: leaf, file: None, line: None }));
+        }
+        ids
+    }
+}
+
+/// What a stack weighs in this mode (nanoseconds), or None when it is left out.
+fn weight(profile: &Profile, s: &StackProfile) -> Option<u64> {
+    let ns = match profile.mode {
+        Mode::Cpu if s.category == Category::Cpu => s.samples * (1_000_000_000 / profile.frequency_hz.max(1) as u64),
+        Mode::Cpu => return None,
+        Mode::Wall => s.weight_ns,
+    };
+    (ns > 0).then_some(ns)
+}
+
+fn build(profile: &Profile) -> File {
+    let mut frames = Frames::default();
+    let mut profiles = Vec::new();
+    for p in &profile.processes {
+        // Threads in the process's order (busiest first); a thread with no stack to show has
+        // no profile.
+        let mut tids: Vec<u32> = p.threads.iter().map(|t| t.tid).collect();
+        let mut extra: Vec<u32> = p.stacks.iter().map(|s| s.tid).filter(|t| !tids.contains(t)).collect();
+        extra.sort_unstable();
+        extra.dedup();
+        tids.extend(extra);
+        for tid in tids {
+            let mut stacks: Vec<(&StackProfile, u64)> =
+                p.stacks.iter().filter(|s| s.tid == tid).filter_map(|s| Some((s, weight(profile, s)?))).collect();
+            let Some(thread) = stacks.first().map(|(s, _)| s.thread.clone()) else { continue };
+            // Root-first order groups shared prefixes in speedscope's time-ordered view, as in
+            // the sorted folded output.
+            stacks.sort_by(|(a, _), (b, _)| (&a.frames, a.wait_frame()).cmp(&(&b.frames, b.wait_frame())));
+            let samples: Vec<Vec<usize>> = stacks.iter().map(|(s, _)| frames.stack(s)).collect();
+            let weights: Vec<u64> = stacks.iter().map(|&(_, w)| w).collect();
+            profiles.push(SampledProfile {
+                kind: "sampled",
+                name: format!("{} ({}) / {} ({})", p.comm, p.pid, thread, tid),
+                unit: "nanoseconds",
+                start_value: 0,
+                end_value: weights.iter().sum(),
+                samples,
+                weights,
+            });
+        }
+    }
+    // max_by_key keeps the last maximum; reversed, the first busiest thread wins.
+    let busiest = profiles.iter().enumerate().rev().max_by_key(|(_, pr)| pr.end_value).map(|(i, _)| i);
+    let what = match profile.mode {
+        Mode::Wall => "wall clock (on- and off-CPU)",
+        Mode::Cpu => "on-CPU",
+    };
+    File {
+        schema: SCHEMA,
+        exporter: format!("pyebpf {}", env!("CARGO_PKG_VERSION")),
+        name: format!("pyebpf: {what}, {:.1} s at {} Hz", profile.duration_ns as f64 / 1e9, profile.frequency_hz),
+        active_profile_index: busiest,
+        shared: Shared { frames: frames.table },
+        profiles,
+    }
+}
+
+pub fn write(profile: &Profile, w: &mut dyn Write) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *w, &build(profile))?;
+    w.write_all(b"\n")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::profile::tests::sample_profile;
+
+    fn render(mode: Mode) -> Value {
+        let mut out = Vec::new();
+        write(&sample_profile(mode), &mut out).unwrap();
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    /// Frame names of every stack of a profile, root first, with its weight.
+    fn stacks(file: &Value, profile: usize) -> Vec<(Vec<String>, u64)> {
+        let frames = file["shared"]["frames"].as_array().unwrap();
+        let p = &file["profiles"][profile];
+        p["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(p["weights"].as_array().unwrap())
+            .map(|(s, w)| {
+                let names = s.as_array().unwrap().iter().map(|i| frames[i.as_u64().unwrap() as usize]["name"].as_str().unwrap().to_string());
+                (names.collect(), w.as_u64().unwrap())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn wall_mode_has_one_profile_per_thread_in_nanoseconds_with_wait_leaves() {
+        let f = render(Mode::Wall);
+        assert_eq!(f["$schema"], SCHEMA);
+        assert!(f["exporter"].as_str().unwrap().starts_with("pyebpf "));
+        let names: Vec<&str> = f["profiles"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["app (10) / main (11)", "app (10) / worker (12)"]);
+        // worker: 40 + 1 ms beats main's 30 + 5 ms.
+        assert_eq!(f["activeProfileIndex"], 1);
+        let main = &f["profiles"][0];
+        assert_eq!((main["type"].as_str(), main["unit"].as_str()), (Some("sampled"), Some("nanoseconds")));
+        assert_eq!((main["startValue"].as_u64(), main["endValue"].as_u64()), (Some(0), Some(35_000_000)));
+        assert_eq!(
+            stacks(&f, 0),
+            vec![
+                (vec!["main".into(), "get".into(), "[net] recvfrom tcp 127.0.0.1:5432".into()], 5_000_000),
+                (vec!["main".into(), "work".into(), "a::b;c".into()], 30_000_000),
+            ]
+        );
+        // A thread's time no stack carries is a stack of its wait frame alone.
+        assert_eq!(
+            stacks(&f, 1),
+            vec![(vec!["[sleep] short waits (no stack)".into()], 1_000_000), (vec!["main".into(), "spin".into()], 40_000_000)]
+        );
+        // Python frames keep their file and line; other frames are names only.
+        let frames = f["shared"]["frames"].as_array().unwrap();
+        assert!(frames.contains(&json!({"name": "work", "file": "/srv/app.py", "line": 7})));
+        assert!(frames.contains(&json!({"name": "a::b;c"})));
+        // One shared table: `main` is one frame for both threads.
+        assert_eq!(frames.iter().filter(|fr| fr["name"] == "main").count(), 1);
+    }
+
+    #[test]
+    fn cpu_mode_weighs_on_cpu_samples_by_the_period() {
+        let f = render(Mode::Cpu);
+        // 3 samples at 100 Hz = 30 ms; the off-CPU stack is left out.
+        assert_eq!(stacks(&f, 0), vec![(vec!["main".into(), "work".into(), "a::b;c".into()], 30_000_000)]);
+        assert_eq!(f["profiles"][1]["endValue"], 40_000_000);
+    }
+
+    #[test]
+    fn an_empty_profile_is_still_a_valid_file() {
+        let mut p = sample_profile(Mode::Wall);
+        p.processes.clear();
+        let mut out = Vec::new();
+        write(&p, &mut out).unwrap();
+        let f: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(f["profiles"], json!([]));
+        assert_eq!(f["shared"]["frames"], json!([]));
+        assert!(f.get("activeProfileIndex").is_none());
+    }
+}
