@@ -29,6 +29,9 @@ pub enum Command {
     /// Live view of where processes and threads spend their time (CPU and each kind of wait),
     /// refreshed every second.
     Top(crate::top::TopArgs),
+    /// Profile continuously and serve pprof profiles, Prometheus metrics and JSON summaries
+    /// over HTTP.
+    Daemon(crate::daemon::DaemonArgs),
 }
 
 #[derive(Debug, Args)]

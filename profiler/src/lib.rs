@@ -2,6 +2,7 @@
 pub mod aggregate;
 pub mod bpf;
 pub mod cli;
+pub mod daemon;
 pub mod diff;
 pub mod error;
 pub mod events;

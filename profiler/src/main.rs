@@ -25,6 +25,7 @@ fn main() -> std::process::ExitCode {
             Command::Profile(args) => run::profile(args).await,
             Command::Diff(args) => profiler::diff::run(args),
             Command::Top(args) => profiler::top::run(args).await,
+            Command::Daemon(args) => profiler::daemon::run(args).await,
         }
     });
     match result {

@@ -2,6 +2,7 @@
 //! (scraped by a real Prometheus, read by `go tool pprof`), against workloads whose truth is
 //! known by construction.
 use std::{
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -72,4 +73,210 @@ fn diff_puts_the_changed_function_on_top() {
     let out = run(pyebpf().arg("diff").arg(&before).arg(dir.path().join("junk.json")), Duration::from_secs(10));
     assert_eq!(out.status.code(), Some(7), "{}", String::from_utf8_lossy(&out.stderr));
     eprintln!("diff test: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Starts tests/workloads/offcpu.py for `secs` and waits until its threads run.
+fn start_offcpu(interp: &Interpreter, secs: u32) -> KillOnDrop {
+    use std::io::BufRead as _;
+    let mut child = Command::new(&interp.path)
+        .arg(workload("offcpu.py"))
+        .arg(secs.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let ready = stdout.lines().map_while(Result::ok).any(|l| l.trim() == "ready");
+    assert!(ready, "offcpu.py did not start");
+    KillOnDrop(child)
+}
+
+/// A tmux server of our own (its own socket), killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(width: u32, height: u32) -> Self {
+        let t = Tmux { socket: format!("pyebpf-test-{}", std::process::id()) };
+        let status = Command::new("tmux")
+            .args(["-L", &t.socket, "new-session", "-d", "-s", "t", "-x", &width.to_string(), "-y", &height.to_string()])
+            .args(["bash", "--norc", "--noprofile"])
+            .env("TERM", "xterm-256color")
+            .status()
+            .expect("tmux must be installed (cargo xtask test installs it)");
+        assert!(status.success(), "tmux new-session failed");
+        t.keys(&["PS1='$ '", "Enter"]);
+        t
+    }
+
+    fn tmux(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux").args(["-L", &self.socket]).args(args).output().expect("run tmux");
+        assert!(out.status.success(), "tmux {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Sends keys (tmux key names), then lets the program react.
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "t"];
+        args.extend_from_slice(keys);
+        self.tmux(&args);
+        std::thread::sleep(Duration::from_millis(400));
+    }
+
+    /// Types a line literally and presses Enter.
+    fn line(&self, text: &str) {
+        self.tmux(&["send-keys", "-t", "t", "-l", text]);
+        self.keys(&["Enter"]);
+    }
+
+    fn screen(&self) -> String {
+        self.tmux(&["capture-pane", "-p", "-t", "t"])
+    }
+
+    fn flag(&self, name: &str) -> String {
+        self.tmux(&["display-message", "-p", "-t", "t", &format!("#{{{name}}}")]).trim().to_string()
+    }
+
+    /// Waits until the screen satisfies `check`.
+    fn wait_for(&self, what: &str, timeout: Duration, check: impl Fn(&str) -> bool) -> String {
+        poll(timeout, what, || {
+            let s = self.screen();
+            if check(&s) { Ok(s) } else { Err(s) }
+        })
+    }
+
+    /// The terminal is back to normal: main screen, cursor shown, canonical mode with echo.
+    fn assert_restored(&self) {
+        assert_eq!(self.flag("alternate_on"), "0", "still on the alternate screen:\n{}", self.screen());
+        assert_eq!(self.flag("cursor_flag"), "1", "cursor hidden");
+        self.line("stty -a | tr ' ' '\\n' | grep -xE -- '-?(icanon|echo)' | tr '\\n' ' '; echo");
+        let s = self.wait_for("stty output", Duration::from_secs(5), |s| s.contains("icanon"));
+        assert!(s.contains("icanon echo") && !s.contains("-icanon") && !s.contains("-echo"), "terminal left raw:\n{s}");
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux").args(["-L", &self.socket, "kill-server"]).status();
+    }
+}
+
+/// Category columns of top's table header (`cpu%`, `runqueue%`...), in order.
+fn top_categories(screen: &str) -> Vec<String> {
+    let header = screen.lines().find(|l| l.contains("PID") && l.contains("cpu%")).expect("table header");
+    header.split_whitespace().filter_map(|w| w.strip_suffix('%')).map(str::to_string).collect()
+}
+
+/// A data row of top's table: the line whose first number (after the selection mark) is `id`.
+fn top_row<'a>(screen: &'a str, id: u32) -> Option<&'a str> {
+    screen.lines().find(|l| l.trim_start_matches(['>', ' ']).split_whitespace().next() == Some(&id.to_string()))
+}
+
+/// The ids of the table's rows, top to bottom.
+fn top_ids(screen: &str) -> Vec<u32> {
+    let mut lines = screen.lines().skip_while(|l| !(l.contains("PID") || l.contains("TID")) || !l.contains("cpu%")).skip(1);
+    let mut ids = Vec::new();
+    for l in lines.by_ref() {
+        match l.trim_start_matches(['>', ' ']).split_whitespace().next().and_then(|w| w.parse().ok()) {
+            Some(id) => ids.push(id),
+            None => break,
+        }
+    }
+    ids
+}
+
+/// Category shares (percent) of a row: the numbers after CPU s and WALL s.
+fn row_shares(row: &str, categories: &[String], python: bool) -> Vec<f64> {
+    let words: Vec<&str> = row.trim_start_matches(['>', ' ']).split_whitespace().collect();
+    // PID COMMAND [PY] CPU WALL shares... SPLIT
+    let first = if python { 5 } else { 4 };
+    words[first..first + categories.len()].iter().map(|w| w.parse().unwrap()).collect()
+}
+
+#[test]
+fn top_shows_the_busy_process_first_with_the_json_split_and_restores_the_terminal() {
+    let started = Instant::now();
+    let interp = interpreters().pop().unwrap();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) as u32;
+    let spin = KillOnDrop(start_spin(60.0, cpus.saturating_sub(1)));
+    let py = start_offcpu(&interp, 60);
+    let (s, p) = (spin.pid(), py.pid());
+    let bin = pyebpf_bin();
+    let tmux = Tmux::start(230, 50);
+
+    // The JSON of the same period, profiled side by side with top.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("ref.json");
+    let reference = spawn_piped(pyebpf().args(["profile", "--pid", &p.to_string(), "-d", "7", "--no-summary", "-o"]).arg(&json));
+    tmux.line(&format!("clear; {} top --pid {s} --pid {p}; echo EXIT=$?", bin.display()));
+    let screen = tmux.wait_for("top's first interval", Duration::from_secs(20), |s| top_ids(s).len() == 2);
+    assert_eq!(tmux.flag("alternate_on"), "1", "top is not full-screen");
+    // Sorted by CPU: the spinner (every CPU) is above the Python workload (~0.5 CPU).
+    assert_eq!(top_ids(&screen), vec![s, p], "{screen}");
+    // Since start, to compare with the JSON of the same period.
+    tmux.keys(&["a"]);
+    assert!(tmux.screen().contains("since start"), "{}", tmux.screen());
+    assert_success(&wait_output(reference, Duration::from_secs(30)));
+    let screen = tmux.screen();
+    let categories = top_categories(&screen);
+    assert!(categories.len() >= 9 && categories[0] == "cpu", "{categories:?}");
+    let shares = row_shares(top_row(&screen, p).expect("python row"), &categories, true);
+    let profile = read_json(&json);
+    let json_p = process(&profile, p).expect("python process in the JSON");
+    let wall = json_p["wall_ns"].as_u64().unwrap() as f64;
+    let mut report = Vec::new();
+    for (c, top_share) in categories.iter().zip(&shares) {
+        let json_share = json_p["totals_ns"][c.as_str()].as_u64().unwrap_or(0) as f64 * 100.0 / wall;
+        report.push(format!("{c}: top {top_share:.1} json {json_share:.1}"));
+        assert!((top_share - json_share).abs() <= 5.0, "{c} differs by more than 5 points: {}\n{screen}", report.join(", "));
+    }
+    eprintln!("top vs JSON, same period: {}", report.join(", "));
+    assert!(shares.iter().sum::<f64>() > 99.0 && shares.iter().sum::<f64>() < 101.0, "{shares:?}");
+
+    // Keys: sort by wall time (the Python process has more threads, hence more wall time).
+    tmux.keys(&["w"]);
+    let screen = tmux.screen();
+    assert!(screen.contains("sort: wall") && top_ids(&screen) == vec![p, s], "{screen}");
+    // Filter by name.
+    tmux.keys(&["/"]);
+    tmux.tmux(&["send-keys", "-t", "t", "-l", "spin"]);
+    tmux.keys(&["Enter"]);
+    let screen = tmux.screen();
+    assert!(screen.contains("filter: spin") && top_ids(&screen) == vec![s], "{screen}");
+    tmux.keys(&["Escape"]);
+    assert_eq!(top_ids(&tmux.screen()), vec![p, s]);
+    // Drill into the selected (first) process: its threads and Python functions.
+    tmux.keys(&["Enter"]);
+    let screen = tmux.screen();
+    assert!(screen.contains(&format!("process {p} (")), "{screen}");
+    for thread in ["compute-sleep", "net-client", "lock-waiter"] {
+        assert!(screen.contains(thread), "no thread {thread}:\n{screen}");
+    }
+    assert!(screen.contains("compute_sleep (") && screen.contains("client_loop ("), "{screen}");
+    let net_client = screen.lines().find(|l| l.contains("net-client")).unwrap();
+    let words: Vec<&str> = net_client.trim_start_matches(['>', ' ']).split_whitespace().collect();
+    let net: f64 = words[4 + categories.iter().position(|c| c == "net").unwrap()].parse().unwrap();
+    assert!(net > 80.0, "net-client net share {net}: {net_client}");
+    tmux.keys(&["Escape"]);
+    assert!(!tmux.screen().contains(&format!("process {p} (")));
+    // Quit: back to the shell, terminal restored.
+    tmux.keys(&["q"]);
+    tmux.wait_for("top to quit", Duration::from_secs(10), |s| s.contains("EXIT=0"));
+    tmux.assert_restored();
+
+    // Ctrl-C quits too, and restores the terminal.
+    tmux.line(&format!("clear; {} top --pid {s}; echo EXIT=$?", bin.display()));
+    tmux.wait_for("top's first interval", Duration::from_secs(20), |screen| top_ids(screen) == vec![s]);
+    tmux.keys(&["C-c"]);
+    tmux.wait_for("top to stop on Ctrl-C", Duration::from_secs(10), |s| s.contains("EXIT=0"));
+    tmux.assert_restored();
+
+    // Not a terminal: plain text, one table per interval, no escape sequences.
+    let out = run(pyebpf().args(["top", "--pid", &s.to_string(), "--pid", &p.to_string(), "-d", "2.5"]), Duration::from_secs(30));
+    assert_success(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\x1b'), "escape sequences in plain output: {text:?}");
+    assert!(text.matches("pyebpf top").count() >= 2 && top_row(&text, s).is_some() && top_row(&text, p).is_some(), "{text}");
+    assert!(text.contains("Python functions of") && text.contains("compute_sleep ("), "{text}");
+    eprintln!("top test: {:.1} s", started.elapsed().as_secs_f64());
 }

@@ -87,6 +87,7 @@ fn build(root: &std::path::Path) -> anyhow::Result<PathBuf> {
 fn test(root: &std::path::Path, extra: &[String]) -> anyhow::Result<()> {
     let bin = build(root)?;
     util::require_root("the integration tests load BPF programs and profile real processes")?;
+    setup::ensure_test_tools()?;
     let mut args = vec!["test", "--release", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     // One test at a time: they burn CPU on purpose and check sample shares, which two cores
