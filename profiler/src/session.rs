@@ -32,6 +32,10 @@ pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 /// How often (in drains) new addresses are symbolized and targets checked for exit.
 const HOUSEKEEPING_EVERY: u32 = 5;
 
+/// How often a rotating session drops the symbolizer's parsed files (see
+/// [`Symbols::drop_file_caches`]).
+const DROP_FILE_CACHES_EVERY: Duration = Duration::from_secs(10);
+
 /// What to profile and how.
 pub struct SessionConfig {
     pub target: TargetSpec,
@@ -73,6 +77,8 @@ pub struct Session {
     window_start: Instant,
     window_start_wall: SystemTime,
     base: Baseline,
+    /// When the symbolizer's file caches were last dropped.
+    files_cached_since: Instant,
 }
 
 impl Session {
@@ -107,6 +113,7 @@ impl Session {
             window_start,
             window_start_wall,
             base: Baseline::default(),
+            files_cached_since: Instant::now(),
             bpf,
             running,
         };
@@ -203,6 +210,10 @@ impl Session {
         self.window_start = Instant::now();
         self.window_start_wall = SystemTime::now();
         self.forget_exited();
+        if self.files_cached_since.elapsed() >= DROP_FILE_CACHES_EVERY {
+            self.symbols.drop_file_caches();
+            self.files_cached_since = Instant::now();
+        }
         let now = monotonic_ns();
         self.base = Baseline {
             oncpu: self.bpf.thread_times().into_iter().map(|(tid, t)| (tid, (t.pid, oncpu_so_far(&t, now)))).collect(),

@@ -280,3 +280,201 @@ fn top_shows_the_busy_process_first_with_the_json_split_and_restores_the_termina
     assert!(text.contains("Python functions of") && text.contains("compute_sleep ("), "{text}");
     eprintln!("top test: {:.1} s", started.elapsed().as_secs_f64());
 }
+
+/// The value of a Prometheus instant query with one series, once it has one.
+fn prometheus_value(port: u16, query: &str) -> Result<(Value, f64), String> {
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, body) = http_get(port, &format!("/api/v1/query?query={encoded}"), Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let body: Value = serde_json::from_slice(&body).map_err(|e| format!("{status}: {e}"))?;
+    let result = body["data"]["result"].as_array().ok_or_else(|| format!("{status}: {body}"))?;
+    let [series] = result.as_slice() else { return Err(format!("{} series for {query}: {body}", result.len())) };
+    let value: f64 = series["value"][1].as_str().and_then(|v| v.parse().ok()).ok_or_else(|| series.to_string())?;
+    Ok((series["metric"].clone(), value))
+}
+
+/// Kills a child on drop unless it was taken out to be waited for.
+struct ChildGuard(Option<std::process::Child>);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Ids of the BPF programs a process holds: its descriptors' `prog_id` in /proc/PID/fdinfo.
+fn bpf_programs_of(pid: u32) -> Vec<u64> {
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Ids of every BPF program loaded on the host, from bpftool.
+fn all_bpf_program_ids() -> Vec<u64> {
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool must be installed (cargo xtask test installs it)");
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let progs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    progs.as_array().unwrap().iter().map(|p| p["id"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
+    let started = Instant::now();
+    let interp = interpreters().pop().unwrap();
+    let version = String::from_utf8(
+        Command::new(&interp.path).args(["-c", "import platform; print(platform.python_version())"]).output().unwrap().stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let port = free_port();
+    let daemon = spawn_piped(pyebpf().args(["daemon", "--window", "1s", "--retention", "5s", "-l", &format!("127.0.0.1:{port}")]));
+    let mut daemon = ChildGuard(Some(daemon));
+    let d = daemon.0.as_ref().unwrap().id();
+    poll(Duration::from_secs(30), "daemon serving", || http_get(port, "/", Duration::from_secs(2)).map_err(|e| e.to_string()));
+    // The daemon's RSS every 500 ms, from now until the end of the test.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let (start, mut rss) = (Instant::now(), Vec::new());
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(d) {
+                    rss.push((start.elapsed().as_secs_f64(), kib));
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            rss
+        })
+    };
+    let serving = Instant::now();
+
+    // Processes that start after the daemon: it follows them.
+    let spin = KillOnDrop(start_spin(60.0, 0));
+    let py = start_offcpu(&interp, 60);
+    let (s, p) = (spin.pid(), py.pid());
+
+    // A real Prometheus scrapes /metrics every second.
+    let dir = tempfile::tempdir().unwrap();
+    let prom_port = free_port();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: pyebpf\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"),
+    )
+    .unwrap();
+    let prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus must be installed (cargo xtask test installs Debian's)");
+    let _prometheus = KillOnDrop(prometheus);
+    poll(Duration::from_secs(30), "prometheus ready", || match http_get(prom_port, "/-/ready", Duration::from_secs(2)) {
+        Ok((200, _)) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Prometheus's query API has the expected series: seconds per category, labelled with the
+    // process's pid, comm and Python version.
+    let (labels, net) = poll(Duration::from_secs(30), "net seconds of the Python workload in Prometheus", || {
+        let (labels, v) = prometheus_value(prom_port, &format!("pyebpf_process_seconds_total{{pid=\"{p}\",category=\"net\"}}"))?;
+        if v > 0.5 { Ok((labels, v)) } else { Err(format!("net {v}")) }
+    });
+    assert_eq!(labels["python_version"], version.as_str(), "{labels}");
+    assert_eq!(labels["job"], "pyebpf");
+    // The spinner's counter follows its real CPU time (from /proc), a window and a scrape
+    // behind at most.
+    let cpu_time = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / ticks
+    };
+    let (before, cpu, after) = poll(Duration::from_secs(30), "CPU seconds of the spinner in Prometheus", || {
+        let before = cpu_time(s);
+        let (_, v) = prometheus_value(prom_port, &format!("pyebpf_process_seconds_total{{pid=\"{s}\",category=\"cpu\"}}"))?;
+        let after = cpu_time(s);
+        if v > 1.0 && before > 2.0 { Ok((before, v, after)) } else { Err(format!("cpu {v}, /proc {before}")) }
+    });
+    assert!(cpu <= after + 0.2 && cpu >= before - 2.5, "spinner: {cpu:.2} s in Prometheus, {before:.2}..{after:.2} s in /proc");
+    let (_, rss) = prometheus_value(prom_port, "pyebpf_self_resident_memory_bytes").unwrap();
+    assert!(rss > 1e6, "daemon RSS {rss}");
+    prometheus_value(prom_port, "pyebpf_lost_events_total").unwrap();
+    eprintln!("prometheus: python {p} net {net:.2} s, spinner {s} cpu {cpu:.2} s (/proc: {before:.2} s)");
+
+    // The JSON summary of the last seconds splits the workload's threads like `profile` does.
+    let (status, body) = http_get(port, "/api/summary?seconds=4", Duration::from_secs(10)).unwrap();
+    assert_eq!(status, 200);
+    let summary: Value = serde_json::from_slice(&body).unwrap();
+    assert!(summary["duration_ns"].as_u64().unwrap() >= 3_500_000_000, "{}", summary["duration_ns"]);
+    let proc_p = process(&summary, p).expect("python workload in /api/summary");
+    let client = proc_p["threads"].as_array().unwrap().iter().find(|t| t["python_name"] == "net-client").expect("net-client");
+    let share = client["totals_ns"]["net"].as_u64().unwrap() as f64 / client["wall_ns"].as_u64().unwrap() as f64;
+    assert!(share > 0.85, "net-client net share {share}");
+
+    // go tool pprof reads both profiles.
+    let pprof = |path: &str| {
+        let out = Command::new("go")
+            .args(["tool", "pprof", "-top", "-nodecount=200"])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .env("PPROF_TMPDIR", dir.path())
+            .env("HOME", dir.path())
+            .output()
+            .expect("go must be installed (cargo xtask test installs Debian's golang-go)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "go tool pprof {path}: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+        text
+    };
+    let cpu_top = pprof("/debug/pprof/profile?seconds=4");
+    assert!(cpu_top.contains("Type: cpu") && cpu_top.contains("inner_spin"), "{cpu_top}");
+    let wall_top = pprof("/debug/pprof/wall?seconds=4");
+    assert!(wall_top.contains("Type: wall") && wall_top.contains("client_loop"), "{wall_top}");
+    let (status, _) = http_get(port, "/debug/pprof/profile?seconds=-1", Duration::from_secs(5)).unwrap();
+    assert_eq!(status, 400);
+
+    // Memory stays flat while windows rotate out (1 s windows, 5 s kept; the symbolizer's file
+    // caches are dropped every 10 s): the peak of the last 10 s is no higher than the peak of
+    // the 10 s before.
+    std::thread::sleep(Duration::from_secs(26).saturating_sub(serving.elapsed()));
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let rss = sampler.join().unwrap();
+    let peak = |from: f64, to: f64| rss.iter().filter(|(t, _)| (from..to).contains(t)).map(|(_, k)| *k).max().unwrap();
+    let (early, late) = (peak(5.0, 15.0), peak(16.0, 26.5));
+    eprintln!("daemon RSS peak: {early} KiB over 5-15 s, {late} KiB over 16-26 s");
+    assert!(late <= early + early / 10 + 4096, "RSS grew from {early} to {late} KiB");
+
+    // SIGTERM: a clean stop, and every BPF program it loaded is gone.
+    let programs = bpf_programs_of(d);
+    assert!(programs.len() >= 6, "the daemon holds BPF programs {programs:?}");
+    let loaded = all_bpf_program_ids();
+    assert!(programs.iter().all(|id| loaded.contains(id)), "bpftool does not list {programs:?}: {loaded:?}");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(d as i32, libc::SIGTERM) };
+    let out = wait_output(daemon.0.take().unwrap(), Duration::from_secs(15));
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stopped (terminated)"), "{stderr}");
+    poll(Duration::from_secs(5), "the daemon's BPF programs to be unloaded", || {
+        let left: Vec<u64> = all_bpf_program_ids().into_iter().filter(|id| programs.contains(id)).collect();
+        if left.is_empty() { Ok(()) } else { Err(format!("still loaded: {left:?}")) }
+    });
+    assert!(http_get(port, "/", Duration::from_secs(1)).is_err(), "still serving after SIGTERM");
+    eprintln!("daemon test: {:.1} s", started.elapsed().as_secs_f64());
+}
