@@ -478,3 +478,18 @@ fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
     assert!(http_get(port, "/", Duration::from_secs(1)).is_err(), "still serving after SIGTERM");
     eprintln!("daemon test: {:.1} s", started.elapsed().as_secs_f64());
 }
+
+#[test]
+fn systemd_unit_starts_a_valid_daemon_command() {
+    let unit = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd/pyebpf.service")).unwrap();
+    let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/pyebpf"));
+    let args: Vec<&str> = words.collect();
+    assert_eq!(args[0], "daemon");
+    // The same arguments parse (a wrong flag fails before --help is reached).
+    let out = run(Command::new(pyebpf_bin()).args(&args).arg("--help"), Duration::from_secs(10));
+    assert_success(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--retention"));
+    assert!(unit.contains("KillSignal=SIGTERM") && args.windows(2).any(|w| w == ["--listen", "127.0.0.1:9464"]), "{unit}");
+}
