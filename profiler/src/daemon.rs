@@ -87,6 +87,15 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 100)]
     pub off_cpu_threshold_us: u64,
 
+    /// Push each window's pprof profile to this Pyroscope-compatible server
+    /// (`http://host:port`; `POST /ingest?format=pprof`).
+    #[arg(long, value_name = "URL")]
+    pub push: Option<String>,
+
+    /// Application name the pushed profiles are stored under (a `host` label is added).
+    #[arg(long, value_name = "NAME", default_value = "pyebpf", requires = "push")]
+    pub push_name: String,
+
     /// Stop after this long (default: until SIGTERM or Ctrl-C).
     #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
@@ -115,6 +124,9 @@ struct Metrics {
     windows: u64,
     /// Processes in the last window.
     active: usize,
+    /// Windows pushed, and pushes that failed.
+    pushes: u64,
+    push_errors: u64,
 }
 
 struct ProcessCounters {
@@ -165,6 +177,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     let target = TargetSpec::resolve(args.all || args.pids.is_empty(), &args.pids, &[])?;
     check_frequency(args.frequency)?;
+    let push = args.push.as_deref().map(|url| crate::push::Target::parse(url, &args.push_name)).transpose()?;
     // Bind before loading anything: a taken port is the commonest mistake.
     let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| {
         fatal(ExitCode::Usage, format!("cannot listen on {}: {e}", args.listen))
@@ -225,6 +238,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 if window_started.elapsed() >= args.window {
                     window_started = Instant::now();
                     let w = session.rotate();
+                    if let Some(target) = &push {
+                        push_window(target, &w, &shared);
+                    }
                     let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                     let retention = s.retention;
                     s.metrics.add(&w, retention);
@@ -254,6 +270,31 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     drop(session);
     eprintln!("pyebpf daemon: stopped ({reason})");
     Ok(())
+}
+
+/// Pushes a window in the background; the outcome is counted in `/metrics`.
+fn push_window(target: &crate::push::Target, w: &Profile, shared: &Arc<Mutex<Shared>>) {
+    let mut pprof = Vec::new();
+    if let Err(e) = crate::pprof::write(w, &mut pprof) {
+        log::warn!("cannot encode the window for --push: {e:#}");
+        return;
+    }
+    let from = w.start_time_unix as u64;
+    let until = (w.start_time_unix + w.duration_ns as f64 / 1e9).ceil() as u64;
+    let path = target.path(from, until.max(from + 1), w.frequency_hz);
+    let (target, shared) = (target.clone(), shared.clone());
+    tokio::spawn(async move {
+        let result = target.push(path, pprof).await;
+        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+        s.metrics.pushes += 1;
+        if let Err(e) = result {
+            s.metrics.push_errors += 1;
+            // Once per failure streak start, then quietly (counted in /metrics).
+            if s.metrics.push_errors == 1 || s.metrics.push_errors % 60 == 0 {
+                log::warn!("push to {}: {e:#} ({} failed so far)", target.name, s.metrics.push_errors);
+            }
+        }
+    });
 }
 
 #[derive(Clone)]
@@ -422,6 +463,8 @@ fn render_metrics(m: &Metrics, off_cpu: bool, window: Duration, me: &SelfUsage) 
     scalar("pyebpf_windows_total", "counter", "Profiling windows completed (the counters above advance once per window).", m.windows.to_string());
     scalar("pyebpf_window_seconds", "gauge", "Length of one profiling window.", window.as_secs_f64().to_string());
     scalar("pyebpf_processes", "gauge", "Processes seen in the last window.", m.active.to_string());
+    scalar("pyebpf_pushes_total", "counter", "Windows pushed to --push (successful or not).", m.pushes.to_string());
+    scalar("pyebpf_push_errors_total", "counter", "Window pushes that failed.", m.push_errors.to_string());
     scalar("pyebpf_self_cpu_seconds_total", "counter", "CPU time used by the daemon itself (user and system).", me.cpu_seconds.to_string());
     scalar("pyebpf_self_resident_memory_bytes", "gauge", "Resident memory of the daemon itself.", me.resident_bytes.to_string());
     scalar("pyebpf_self_start_time_seconds", "gauge", "Start time of the daemon, in Unix seconds.", me.start_time_unix.to_string());

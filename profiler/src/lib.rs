@@ -15,6 +15,7 @@ pub mod pprof;
 pub mod privileges;
 pub mod procinfo;
 pub mod profile;
+pub mod push;
 pub mod python;
 pub mod run;
 pub mod session;

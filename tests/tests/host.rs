@@ -298,6 +298,66 @@ fn prometheus_value(port: u16, query: &str) -> Result<(Value, f64), String> {
     Ok((series["metric"].clone(), value))
 }
 
+/// Requests received by [`fake_ingest`]: (path with query, content type, body).
+type Pushes = std::sync::Arc<std::sync::Mutex<Vec<(String, String, Vec<u8>)>>>;
+
+/// A minimal Pyroscope-compatible ingest endpoint on loopback: answers every request with 200
+/// and records it. (No Pyroscope server is packaged for Debian; this checks what is sent, and
+/// `go tool pprof` checks the profile inside.)
+fn fake_ingest() -> (u16, Pushes) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let pushes: Pushes = Default::default();
+    let recorded = pushes.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut data = Vec::new();
+            let mut buf = [0u8; 65536];
+            let mut expected = None;
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+                if expected.is_none() {
+                    if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+                        let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+                        expected = Some(end + 4 + len);
+                    }
+                }
+                if expected.is_some_and(|e| data.len() >= e) {
+                    break;
+                }
+            }
+            let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+            let head = String::from_utf8_lossy(&data[..end]).into_owned();
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            let content_type = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().starts_with("content-type:").then(|| l[13..].trim().to_string()))
+                .unwrap_or_default();
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            recorded.lock().unwrap().push((path, content_type, data[end + 4..].to_vec()));
+        }
+    });
+    (port, pushes)
+}
+
+/// The `profile` part of a multipart/form-data body.
+fn multipart_profile(content_type: &str, body: &[u8]) -> Vec<u8> {
+    let boundary = content_type.split("boundary=").nth(1).expect("multipart boundary").trim_matches('"');
+    let start_marker = b"name=\"profile\"";
+    let at = body.windows(start_marker.len()).position(|w| w == start_marker).expect("a profile field");
+    let data = at + body[at..].windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let closing = format!("\r\n--{boundary}");
+    let len = body[data..].windows(closing.len()).position(|w| w == closing.as_bytes()).expect("closing boundary");
+    body[data..data + len].to_vec()
+}
+
 /// Kills a child on drop unless it was taken out to be waited for.
 struct ChildGuard(Option<std::process::Child>);
 
@@ -342,7 +402,13 @@ fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
     .trim()
     .to_string();
     let port = free_port();
-    let daemon = spawn_piped(pyebpf().args(["daemon", "--window", "1s", "--retention", "5s", "-l", &format!("127.0.0.1:{port}")]));
+    let (ingest_port, pushes) = fake_ingest();
+    let daemon = spawn_piped(pyebpf().args(["daemon", "--window", "1s", "--retention", "5s", "-l", &format!("127.0.0.1:{port}")]).args([
+        "--push",
+        &format!("http://127.0.0.1:{ingest_port}"),
+        "--push-name",
+        "pyebpf-test",
+    ]));
     let mut daemon = ChildGuard(Some(daemon));
     let d = daemon.0.as_ref().unwrap().id();
     poll(Duration::from_secs(30), "daemon serving", || http_get(port, "/", Duration::from_secs(2)).map_err(|e| e.to_string()));
@@ -448,6 +514,24 @@ fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
     assert!(wall_top.contains("Type: wall") && wall_top.contains("client_loop"), "{wall_top}");
     let (status, _) = http_get(port, "/debug/pprof/profile?seconds=-1", Duration::from_secs(5)).unwrap();
     assert_eq!(status, 400);
+
+    // Each window was pushed to the ingest endpoint as a pprof profile.
+    let pushed = pushes.lock().unwrap().clone();
+    assert!(pushed.len() >= 5, "{} pushes", pushed.len());
+    let (path, content_type, body) = pushed.last().unwrap();
+    assert!(path.starts_with("/ingest?name=pyebpf-test%7Bhost%3D") && path.contains("&format=pprof&"), "{path}");
+    let param = |name: &str| -> u64 {
+        path.split(['?', '&']).find_map(|kv| kv.strip_prefix(&format!("{name}="))).and_then(|v| v.parse().ok()).unwrap()
+    };
+    assert!(param("until") > param("from") && param("from") > 1_600_000_000, "{path}");
+    assert!(content_type.starts_with("multipart/form-data"), "{content_type}");
+    let file = dir.path().join("pushed.pb.gz");
+    std::fs::write(&file, multipart_profile(content_type, body)).unwrap();
+    let out = Command::new("go").args(["tool", "pprof", "-top", "-nodecount=200"]).arg(&file).env("HOME", dir.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("inner_spin"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = String::from_utf8(http_get(port, "/metrics", Duration::from_secs(5)).unwrap().1).unwrap();
+    assert!(metrics.contains("\npyebpf_push_errors_total 0\n"), "{metrics}");
 
     // Memory stays flat while windows rotate out (1 s windows, 5 s kept; the symbolizer's file
     // caches are dropped every 10 s): the peak of the last 10 s is no higher than the peak of
