@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::{
     aggregate::{function_table, loop_stalls},
     offcpu::Category,
-    profile::{ProcessProfile, Profile},
+    profile::{ProcessProfile, Profile, PythonFrameProfile},
 };
 
 /// Adds `other` (a later window) into `into`: durations, counts, per-process, per-thread and
@@ -89,9 +89,78 @@ fn merge_process(into: &mut ProcessProfile, other: &ProcessProfile) {
     into.loop_stalls = loop_stalls(&into.stacks);
 }
 
-/// The last `capacity` window profiles, oldest first.
+/// A window profile as kept in the ring: every stack's frame texts and Python frames replaced
+/// by indexes into the window's own tables. On a busy host one 10 s window holds thousands of
+/// stacks of tens of frames that mostly repeat (5,000 stacks, 35,000 frames, ~5 MB as
+/// strings); the tables keep each distinct frame once.
+struct Stored {
+    /// The profile with every stack's `frames` and `python_frames` emptied.
+    profile: Profile,
+    texts: Vec<Box<str>>,
+    python: Vec<PythonFrameProfile>,
+    /// Per process, per stack: indexes into `texts`, then into `python`.
+    stacks: Vec<Vec<(Box<[u32]>, Box<[u32]>)>>,
+}
+
+impl Stored {
+    fn new(mut profile: Profile) -> Self {
+        let mut text_ids: HashMap<String, u32> = HashMap::new();
+        let mut texts: Vec<Box<str>> = Vec::new();
+        // Keyed by the frame's Debug text: every field counts, whatever fields it has.
+        let mut python_ids: HashMap<String, u32> = HashMap::new();
+        let mut python: Vec<PythonFrameProfile> = Vec::new();
+        let mut stacks = Vec::with_capacity(profile.processes.len());
+        for p in &mut profile.processes {
+            let mut ids = Vec::with_capacity(p.stacks.len());
+            for s in &mut p.stacks {
+                let frames: Box<[u32]> = std::mem::take(&mut s.frames)
+                    .into_iter()
+                    .map(|f| {
+                        *text_ids.entry(f).or_insert_with_key(|f| {
+                            texts.push(f.as_str().into());
+                            texts.len() as u32 - 1
+                        })
+                    })
+                    .collect();
+                let py: Box<[u32]> = std::mem::take(&mut s.python_frames)
+                    .into_iter()
+                    .map(|f| {
+                        *python_ids.entry(format!("{f:?}")).or_insert_with(|| {
+                            python.push(f);
+                            python.len() as u32 - 1
+                        })
+                    })
+                    .collect();
+                ids.push((frames, py));
+            }
+            p.stacks.shrink_to_fit();
+            ids.shrink_to_fit();
+            stacks.push(ids);
+        }
+        texts.shrink_to_fit();
+        python.shrink_to_fit();
+        Stored { profile, texts, python, stacks }
+    }
+
+    fn duration_ns(&self) -> u64 {
+        self.profile.duration_ns
+    }
+
+    fn expand(&self) -> Profile {
+        let mut profile = self.profile.clone();
+        for (p, ids) in profile.processes.iter_mut().zip(&self.stacks) {
+            for (s, (frames, py)) in p.stacks.iter_mut().zip(ids) {
+                s.frames = frames.iter().map(|&i| self.texts[i as usize].to_string()).collect();
+                s.python_frames = py.iter().map(|&i| self.python[i as usize].clone()).collect();
+            }
+        }
+        profile
+    }
+}
+
+/// The last `capacity` window profiles, oldest first, stored compactly.
 pub struct Windows {
-    windows: VecDeque<Profile>,
+    windows: VecDeque<Stored>,
     capacity: usize,
 }
 
@@ -104,7 +173,7 @@ impl Windows {
         while self.windows.len() >= self.capacity {
             self.windows.pop_front();
         }
-        self.windows.push_back(window);
+        self.windows.push_back(Stored::new(window));
     }
 
     pub fn len(&self) -> usize {
@@ -125,15 +194,23 @@ impl Windows {
             if covered >= want {
                 break;
             }
-            covered += w.duration_ns;
+            covered += w.duration_ns();
             taken += 1;
         }
-        let mut parts = self.windows.iter().skip(self.windows.len() - taken).chain(current);
-        let mut merged = parts.next()?.clone();
-        for p in parts {
-            merge(&mut merged, p);
+        let mut merged: Option<Profile> = None;
+        for w in self.windows.iter().skip(self.windows.len() - taken) {
+            let w = w.expand();
+            match &mut merged {
+                Some(m) => merge(m, &w),
+                None => merged = Some(w),
+            }
         }
-        Some(merged)
+        match (&mut merged, current) {
+            (Some(m), Some(c)) => merge(m, c),
+            (None, Some(c)) => merged = Some(c.clone()),
+            _ => {}
+        }
+        merged
     }
 }
 
@@ -220,5 +297,11 @@ mod tests {
         assert_eq!(all.duration_ns, 4_000_000_000);
         assert_eq!(all.processes[0].totals_ns["cpu"], 300_000_000 + 400_000_000 + 500_000_000 + 50_000_000);
         assert!(Windows::new(2).last(10.0, None).is_none());
+        // Stored compactly, given back whole.
+        let stored = Stored::new(window(1.0, 100_000_000, 10_000_000));
+        assert_eq!((stored.texts.len(), stored.python.len()), (1, 1));
+        let back = stored.expand();
+        let orig = window(1.0, 100_000_000, 10_000_000);
+        assert_eq!(serde_json::to_string(&back).unwrap(), serde_json::to_string(&orig).unwrap());
     }
 }
