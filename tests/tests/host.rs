@@ -577,3 +577,30 @@ fn systemd_unit_starts_a_valid_daemon_command() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("--retention"));
     assert!(unit.contains("KillSignal=SIGTERM") && args.windows(2).any(|w| w == ["--listen", "127.0.0.1:9464"]), "{unit}");
 }
+
+/// Runs pyebpf expecting exit status `code` with a one-line error; returns it.
+fn fails_with(cmd: &mut Command, code: i32) -> String {
+    let out = run(cmd, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(stderr.starts_with("error") && !stderr.contains("panicked"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    stderr
+}
+
+#[test]
+fn top_and_daemon_refuse_bad_input_with_one_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let err = fails_with(pyebpf().args(["daemon", "-l", &addr]), 2);
+    assert!(err.contains(&format!("cannot listen on {addr}")), "{err}");
+    let err = fails_with(pyebpf().args(["daemon", "--window", "10s", "--retention", "5s"]), 2);
+    assert!(err.contains("--retention"), "{err}");
+    let err = fails_with(pyebpf().args(["daemon", "-l", "127.0.0.1:0", "--push", "https://example.invalid"]), 2);
+    assert!(err.contains("only http://"), "{err}");
+    let pid = unused_pid().to_string();
+    let err = fails_with(pyebpf().args(["daemon", "-l", "127.0.0.1:0", "--pid", &pid]), 4);
+    assert!(err.contains(&format!("no process with pid {pid}")), "{err}");
+    let err = fails_with(pyebpf().args(["top", "--pid", &pid]), 4);
+    assert!(err.contains(&format!("no process with pid {pid}")), "{err}");
+}
