@@ -142,6 +142,9 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
                 }
                 if redraw {
                     screen.draw(&mut state)?;
+                    if state.quit {
+                        break "output closed".to_string();
+                    }
                 }
             }
             _ = sleep_until(deadline) => break "duration reached".to_string(),
@@ -152,7 +155,9 @@ pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     };
     drop(screen);
     session.stop();
-    log::info!("top stopped: {reason}");
+    if !matches!(reason.as_str(), "quit" | "interrupted" | "output closed" | "duration reached") {
+        eprintln!("pyebpf top: stopped: {reason}");
+    }
     Ok(())
 }
 
@@ -527,8 +532,12 @@ impl Screen {
             }
             Screen::Text(rows) => {
                 let stdout = std::io::stdout();
-                // A closed stdout (piped into `head`) ends nothing: keep quiet.
-                let _ = write_text(state, *rows, &mut stdout.lock());
+                // A closed stdout (piped into `head`) ends top quietly.
+                if let Err(e) = write_text(state, *rows, &mut stdout.lock()) {
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        state.quit = true;
+                    }
+                }
             }
         }
         Ok(())
