@@ -52,6 +52,30 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// How an output path is written.
+#[derive(Debug, PartialEq, Eq)]
+enum Destination {
+    /// A regular file, new or existing: written to a temporary file beside it, then renamed
+    /// over it. Symlinks are resolved first, so a link to the file stays a link.
+    File(PathBuf),
+    /// An existing device, FIFO or socket, or a descriptor of ours (`/dev/stdout`,
+    /// `/dev/null`, a named pipe): written in place. Renaming over it would replace the node
+    /// (as root, even `/dev/null`) instead of writing to it.
+    Stream(PathBuf),
+}
+
+fn destination(path: &Path) -> Destination {
+    let own_descriptor = ["/dev/stdout", "/dev/stderr", "/dev/fd/", "/proc/self/fd/"]
+        .iter()
+        .any(|p| path.as_os_str().to_string_lossy().starts_with(p));
+    match std::fs::metadata(path) {
+        Ok(_) if own_descriptor => Destination::Stream(path.to_path_buf()),
+        Ok(m) if !m.is_file() && !m.is_dir() => Destination::Stream(path.to_path_buf()),
+        Ok(_) => Destination::File(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())),
+        Err(_) => Destination::File(path.to_path_buf()),
+    }
+}
+
 fn check_writable(path: &Path) -> anyhow::Result<()> {
     if path.is_dir() {
         return Err(fatal(
@@ -60,7 +84,22 @@ fn check_writable(path: &Path) -> anyhow::Result<()> {
                 path.join("profile.svg").display()),
         ));
     }
-    let dir = parent_dir(path);
+    let path = match destination(path) {
+        Destination::Stream(stream) => {
+            use std::os::unix::fs::FileTypeExt;
+            // Opening a FIFO for writing waits for a reader: only check the others.
+            if std::fs::metadata(&stream).is_ok_and(|m| m.file_type().is_fifo()) {
+                return Ok(());
+            }
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&stream)
+                .map_err(|e| fatal(ExitCode::Output, format!("cannot write '{}': {e}", stream.display())))?;
+            return Ok(());
+        }
+        Destination::File(file) => file,
+    };
+    let dir = parent_dir(&path);
     if !dir.is_dir() {
         return Err(fatal(
             ExitCode::Output,
@@ -75,8 +114,22 @@ fn check_writable(path: &Path) -> anyhow::Result<()> {
 
 /// Writes one output: into a temporary file beside the target, then renamed over it, so a
 /// reader never sees a partial file and an interrupted write leaves the old file in place.
+/// Devices, FIFOs and our own descriptors (`/dev/stdout`) are written in place.
 pub fn write(profile: &Profile, spec: &OutputSpec) -> anyhow::Result<()> {
-    let dir = parent_dir(&spec.path);
+    let path = match destination(&spec.path) {
+        Destination::Stream(stream) => {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&stream)
+                .map_err(|e| fatal(ExitCode::Output, format!("cannot write '{}': {e}", stream.display())))?;
+            let mut w = BufWriter::new(f);
+            render(profile, spec.format, &mut w)?;
+            w.flush().map_err(|e| fatal(ExitCode::Output, format!("cannot write '{}': {e}", stream.display())))?;
+            return Ok(());
+        }
+        Destination::File(file) => file,
+    };
+    let dir = parent_dir(&path);
     let tmp = tempfile::Builder::new()
         .prefix(".pyebpf-")
         .tempfile_in(dir)
@@ -88,7 +141,7 @@ pub fn write(profile: &Profile, spec: &OutputSpec) -> anyhow::Result<()> {
     }
     tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
     tmp.as_file().sync_all()?;
-    tmp.persist(&spec.path)
+    tmp.persist(&path)
         .map_err(|e| fatal(ExitCode::Output, format!("cannot write '{}': {}", spec.path.display(), e.error)))?;
     Ok(())
 }
@@ -109,4 +162,23 @@ pub fn render(profile: &Profile, format: Format, w: &mut dyn Write) -> anyhow::R
         Format::Pprof => crate::pprof::write(profile, w)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod destination_tests {
+    use super::*;
+
+    #[test]
+    fn devices_and_own_descriptors_are_written_in_place() {
+        assert_eq!(destination(Path::new("/dev/null")), Destination::Stream("/dev/null".into()));
+        assert_eq!(destination(Path::new("/dev/stdout")), Destination::Stream("/dev/stdout".into()));
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new.svg");
+        assert_eq!(destination(&new), Destination::File(new.clone()));
+        // A symlink to a regular file: the file is replaced, the link stays.
+        std::fs::write(&new, "old").unwrap();
+        let link = dir.path().join("link.svg");
+        std::os::unix::fs::symlink(&new, &link).unwrap();
+        assert_eq!(destination(&link), Destination::File(std::fs::canonicalize(&new).unwrap()));
+    }
 }

@@ -149,7 +149,9 @@ impl Builder {
         let next_function = self.out.function.len() as u64 + 1;
         let function_id = *self.functions.entry(key).or_insert(next_function);
         if function_id == next_function {
-            self.out.function.push(proto::Function { id: function_id, name: key.0, system_name: key.0, filename: key.1, start_line });
+            // No system_name: pprof takes a function whose name equals its system name for
+            // undemangled C++ and cuts "(...)" off it (`short waits (no stack)`).
+            self.out.function.push(proto::Function { id: function_id, name: key.0, system_name: 0, filename: key.1, start_line });
         }
         let next_location = self.out.location.len() as u64 + 1;
         let location_id = *self.locations.entry((function_id, line)).or_insert(next_location);
@@ -334,8 +336,8 @@ mod tests {
         // Off-CPU: the wait frame is the leaf; wall and its category hold the time, cpu none.
         let wait = p.sample.iter().find(|x| x.value[net] > 0).unwrap();
         assert_eq!(frames(&p, wait), ["[net] recvfrom tcp 127.0.0.1:5432", "get", "main"]);
-        assert_eq!(&wait.value[..3], &[2, 0, 5_000_000]);
-        assert_eq!(wait.value[net], 5_000_000);
+        assert_eq!(&wait.value[..3], &[2, 0, 50_000_000]);
+        assert_eq!(wait.value[net], 50_000_000);
         assert_eq!(
             labels(&p, wait),
             ["pid=10", "tid=11", "process=app", "thread=main", "category=net", "syscall=recvfrom", "target=tcp 127.0.0.1:5432"]
@@ -348,8 +350,9 @@ mod tests {
         // Frames are shared: `main` is one function and one location for both threads.
         let main = p.function.iter().filter(|f| s(&p, f.name) == "main").count();
         assert_eq!(main, 1);
+        assert!(p.function.iter().all(|f| f.system_name == 0));
         // Wall time adds up to the stacks' weights.
-        assert_eq!(p.sample.iter().map(|x| x.value[2]).sum::<i64>(), 76_000_000);
+        assert_eq!(p.sample.iter().map(|x| x.value[2]).sum::<i64>(), 121_000_000);
     }
 
     #[test]

@@ -258,11 +258,11 @@ pub(crate) mod tests {
         p.samples = 7;
         p.start_time_unix = 1_700_000_000.5;
         p.duration_ns = 2_000_000_000;
-        p.processes[0].threads = vec![thread(11, "main", 3, 30_000_000, ("net", 5_000_000)), thread(12, "worker", 4, 40_000_000, ("sleep", 1_000_000))];
+        p.processes[0].threads = vec![thread(11, "main", 3, 30_000_000, ("net", 50_000_000)), thread(12, "worker", 4, 40_000_000, ("sleep", 1_000_000))];
         p.processes[0].stacks = vec![
             stack(12, "worker", vec![spin.clone()], vec!["main".into(), text(&spin)], Category::Cpu, 4, 40_000_000, (None, None)),
             stack(11, "main", vec![work.clone()], vec!["main".into(), text(&work), "a::b;c".into()], Category::Cpu, 3, 30_000_000, (None, None)),
-            stack(11, "main", vec![], vec!["main".into(), "get".into()], Category::Net, 2, 5_000_000, (Some("recvfrom"), Some("tcp 127.0.0.1:5432"))),
+            stack(11, "main", vec![], vec!["main".into(), "get".into()], Category::Net, 2, 50_000_000, (Some("recvfrom"), Some("tcp 127.0.0.1:5432"))),
             stack(12, "worker", vec![], vec![], Category::Sleep, 0, 1_000_000, (None, Some("short waits (no stack)"))),
         ];
         p

@@ -28,7 +28,7 @@ struct File {
     schema: &'static str,
     exporter: String,
     name: String,
-    /// The profile speedscope opens first: the busiest thread.
+    /// The profile speedscope opens first: the thread with the most CPU time.
     #[serde(skip_serializing_if = "Option::is_none")]
     active_profile_index: Option<usize>,
     shared: Shared,
@@ -111,6 +111,8 @@ fn weight(profile: &Profile, s: &StackProfile) -> Option<u64> {
 fn build(profile: &Profile) -> File {
     let mut frames = Frames::default();
     let mut profiles = Vec::new();
+    // Per profile: its on-CPU nanoseconds.
+    let mut on_cpu = Vec::new();
     for p in &profile.processes {
         // Threads in the process's order (busiest first); a thread with no stack to show has
         // no profile.
@@ -128,6 +130,7 @@ fn build(profile: &Profile) -> File {
             stacks.sort_by(|(a, _), (b, _)| (&a.frames, a.wait_frame()).cmp(&(&b.frames, b.wait_frame())));
             let samples: Vec<Vec<usize>> = stacks.iter().map(|(s, _)| frames.stack(s)).collect();
             let weights: Vec<u64> = stacks.iter().map(|&(_, w)| w).collect();
+            on_cpu.push(stacks.iter().filter(|(s, _)| s.category == Category::Cpu).map(|&(_, w)| w).sum::<u64>());
             profiles.push(SampledProfile {
                 kind: "sampled",
                 name: format!("{} ({}) / {} ({})", p.comm, p.pid, thread, tid),
@@ -139,8 +142,10 @@ fn build(profile: &Profile) -> File {
             });
         }
     }
-    // max_by_key keeps the last maximum; reversed, the first busiest thread wins.
-    let busiest = profiles.iter().enumerate().rev().max_by_key(|(_, pr)| pr.end_value).map(|(i, _)| i);
+    // Opened first: the thread with the most CPU time (in wall mode every thread that lived
+    // through the profile weighs about the same), then the heaviest. max_by_key keeps the last
+    // maximum; reversed, the first wins.
+    let busiest = profiles.iter().zip(&on_cpu).enumerate().rev().max_by_key(|(_, (pr, cpu))| (**cpu, pr.end_value)).map(|(i, _)| i);
     let what = match profile.mode {
         Mode::Wall => "wall clock (on- and off-CPU)",
         Mode::Cpu => "on-CPU",
@@ -197,15 +202,15 @@ mod tests {
         assert!(f["exporter"].as_str().unwrap().starts_with("pyebpf "));
         let names: Vec<&str> = f["profiles"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["app (10) / main (11)", "app (10) / worker (12)"]);
-        // worker: 40 + 1 ms beats main's 30 + 5 ms.
+        // worker's 40 ms on CPU beat main's 30 ms (though main waited longer).
         assert_eq!(f["activeProfileIndex"], 1);
         let main = &f["profiles"][0];
         assert_eq!((main["type"].as_str(), main["unit"].as_str()), (Some("sampled"), Some("nanoseconds")));
-        assert_eq!((main["startValue"].as_u64(), main["endValue"].as_u64()), (Some(0), Some(35_000_000)));
+        assert_eq!((main["startValue"].as_u64(), main["endValue"].as_u64()), (Some(0), Some(80_000_000)));
         assert_eq!(
             stacks(&f, 0),
             vec![
-                (vec!["main".into(), "get".into(), "[net] recvfrom tcp 127.0.0.1:5432".into()], 5_000_000),
+                (vec!["main".into(), "get".into(), "[net] recvfrom tcp 127.0.0.1:5432".into()], 50_000_000),
                 (vec!["main".into(), "work".into(), "a::b;c".into()], 30_000_000),
             ]
         );

@@ -12,7 +12,9 @@ use std::{
 
 pub use serde_json::Value;
 
+pub mod consumers;
 pub mod python;
+pub mod services;
 
 /// The pyebpf binary: `$PYEBPF_BIN` (set by `cargo xtask test`), else target/release/pyebpf.
 pub fn pyebpf_bin() -> PathBuf {
@@ -100,17 +102,22 @@ pub fn process<'a>(profile: &'a Value, pid: u32) -> Option<&'a Value> {
     profile["processes"].as_array()?.iter().find(|p| p["pid"] == pid)
 }
 
+/// The workspace's target directory (`$CARGO_TARGET_DIR`, else target/), where built and
+/// downloaded test helpers are cached.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
 /// A C program compiled with frame pointers (so user stacks unwind), built once into
 /// target/tmp and keyed by a hash of its source.
 pub fn c_program(name: &str, source: &str) -> PathBuf {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     source.hash(&mut h);
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
     // One directory per source hash, so the binary keeps its own name (tests check `comm`).
-    let dir = target.join(format!("tmp/c-programs/{:016x}", h.finish()));
+    let dir = target_dir().join(format!("tmp/c-programs/{:016x}", h.finish()));
     std::fs::create_dir_all(&dir).unwrap();
     let bin = dir.join(name);
     if !bin.exists() {

@@ -310,3 +310,19 @@ fn summary_names_the_busiest_process_and_stack() {
     );
     assert!(stdout.contains("inner_spin <- outer <- main"), "{stdout}");
 }
+
+#[test]
+fn devices_and_stdout_are_written_in_place_not_replaced() {
+    use std::os::unix::fs::FileTypeExt;
+    // As root, renaming a finished file over /dev/null would replace the device for the whole
+    // host: outputs that are devices or our own stdout are written in place.
+    let out = run(
+        pyebpf().args(["profile", "--no-summary", "--format", "folded", "-o", "/dev/stdout", "-o", "/dev/null", "--"]).arg(spin_program()).arg("0.5"),
+        TIMEOUT,
+    );
+    assert_success(&out);
+    let null = std::fs::metadata("/dev/null").unwrap();
+    assert!(null.file_type().is_char_device(), "/dev/null is no longer a device: {null:?}");
+    let folded = String::from_utf8_lossy(&out.stdout);
+    assert!(folded.lines().any(|l| l.starts_with("spin (") && l.contains(";inner_spin ")), "stdout: {folded}");
+}

@@ -11,7 +11,7 @@ use clap::Subcommand;
 
 use crate::{bench_python, util};
 
-#[derive(Clone, Copy, Subcommand)]
+#[derive(Clone, Subcommand)]
 pub enum Which {
     /// The profiler's own CPU% and RSS sampling `--all`, idle and busy host, and the kernel
     /// cost per sample (BPF run-time stats).
@@ -43,6 +43,26 @@ pub enum Which {
         #[arg(long)]
         no_pin: bool,
     },
+    /// A real web service under fixed load (Flask on gunicorn, wrk): requests/s and p99
+    /// latency without a profiler, with pyebpf (on- and off-CPU), and with py-spy (default and
+    /// --nonblocking) at the same rate; the profilers' CPU, RSS and lost samples.
+    Overhead {
+        /// Seconds of load per run.
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+        /// Rounds; each runs every configuration once, in rotating order.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Sampling rate of both profilers (Hz).
+        #[arg(long, default_value_t = 99)]
+        rate: u32,
+        /// wrk connections (concurrent requests).
+        #[arg(long, default_value_t = 16)]
+        connections: u32,
+        /// Threads of the gthread worker, one measurement per value (comma-separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [16, 64])]
+        threads: Vec<u32>,
+    },
 }
 
 impl Default for Which {
@@ -56,6 +76,11 @@ pub fn run(root: &Path, bin: &Path, which: Which) -> anyhow::Result<()> {
     match which {
         Which::OnCpu { seconds } => on_cpu(bin, seconds),
         Which::OffCpu { seconds, rounds } => crate::bench_offcpu::run(root, bin, seconds, rounds),
+        Which::Overhead { seconds, rounds, rate, connections, ref threads } => crate::bench_overhead::run(
+            root,
+            bin,
+            crate::bench_overhead::Options { seconds, rounds, rate, connections, threads: threads.clone() },
+        ),
         Which::Python { seconds, rounds, no_pin } => {
             bench_python::run(root, bin, bench_python::Options { seconds, rounds, pin: !no_pin })
         }

@@ -204,7 +204,7 @@ fn parse_version(name: &str) -> Option<(u32, u32, u32)> {
 
 /// py-spy in a venv under target/, installed with pip from the benchmark's CPython only when
 /// missing (py-spy is a self-contained binary; the venv just keeps it out of the system).
-fn ensure_py_spy(root: &Path, python: &Path) -> anyhow::Result<PathBuf> {
+pub(crate) fn ensure_py_spy(root: &Path, python: &Path) -> anyhow::Result<PathBuf> {
     let venv = root.join("target/bench-venv");
     let py_spy = venv.join("bin/py-spy");
     if py_spy.exists() {

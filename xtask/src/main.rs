@@ -4,9 +4,11 @@
 //! step checks first and does nothing when already done.
 mod bench;
 mod bench_offcpu;
+mod bench_overhead;
 mod bench_python;
 mod python_offsets;
 mod setup;
+mod test_tools;
 mod util;
 
 use std::path::PathBuf;
@@ -23,7 +25,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Task {
     /// Install the toolchain pieces the eBPF build needs (nightly rust-src, LLVM 22, bpf-linker).
-    Setup,
+    Setup {
+        /// Also install what the tests hand outputs to (go tool pprof, Chromium, speedscope...).
+        #[arg(long)]
+        tests: bool,
+    },
     /// Set up, then build the release `pyebpf` binary (target/release/pyebpf).
     Build,
     /// Set up, build, and run `pyebpf` with the given arguments (as root, via sudo if needed).
@@ -31,7 +37,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Set up, build once, and run every test (unit and integration, as root).
+    /// Set up (with the tests' tools), build once, and run every test (unit and integration, as
+    /// root).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -60,7 +67,10 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let root = util::workspace_root();
     match cli.task {
-        Task::Setup => setup::ensure_all(),
+        Task::Setup { tests } => {
+            setup::ensure_all()?;
+            if tests { test_tools::ensure(&root) } else { Ok(()) }
+        }
         Task::Build => build(&root).map(|bin| println!("{}", bin.display())),
         Task::Run { args } => {
             let bin = build(&root)?;
@@ -87,7 +97,7 @@ fn build(root: &std::path::Path) -> anyhow::Result<PathBuf> {
 fn test(root: &std::path::Path, extra: &[String]) -> anyhow::Result<()> {
     let bin = build(root)?;
     util::require_root("the integration tests load BPF programs and profile real processes")?;
-    setup::ensure_test_tools()?;
+    test_tools::ensure(root)?;
     let mut args = vec!["test", "--release", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     // One test at a time: they burn CPU on purpose and check sample shares, which two cores

@@ -43,36 +43,6 @@ fn ensure_llvm() -> anyhow::Result<()> {
     apt_install(&[LLVM_PACKAGE])
 }
 
-/// Tools the integration tests drive (a missing one fails its test): (command, Debian package).
-const TEST_TOOLS: &[(&str, &str)] = &[
-    ("tmux", "tmux"),              // `pyebpf top` in a terminal
-    ("prometheus", "prometheus"),  // scrapes `pyebpf daemon`'s /metrics
-    ("go", "golang-go"),           // `go tool pprof` reads its /debug/pprof/profile
-    ("bpftool", "bpftool"),        // nothing stays attached after the daemon stops
-];
-
-/// Installs the test tools that are missing, in one apt-get call (nothing when all are there).
-pub fn ensure_test_tools() -> anyhow::Result<()> {
-    let missing: Vec<&str> = TEST_TOOLS
-        .iter()
-        .filter(|(cmd, _)| !on_path(cmd))
-        .map(|(_, package)| *package)
-        .collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    eprintln!("xtask: installing test tools from Debian: {}", missing.join(" "));
-    apt_install(&missing)
-}
-
-/// Is `cmd` an executable on PATH (or in the sbin directories, which a non-root PATH may lack)?
-fn on_path(cmd: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].map(std::path::PathBuf::from))
-        .any(|dir| dir.join(cmd).is_file())
-}
-
 /// Installs Debian packages, as root (through sudo when needed).
 pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let sudo = |args: &[&str]| {
