@@ -573,7 +573,7 @@ pub fn thread_totals(
 /// The top Python functions of a process: inclusive time (a function counts once per stack it
 /// is on) and own time (it is the innermost Python frame: its own code, or a call it made into
 /// C or the kernel), each with its split by category.
-fn function_table(stacks: &[StackProfile]) -> Vec<FunctionProfile> {
+pub fn function_table(stacks: &[StackProfile]) -> Vec<FunctionProfile> {
     #[derive(Default)]
     struct Times {
         total: BTreeMap<Category, u64>,
@@ -619,7 +619,7 @@ fn function_table(stacks: &[StackProfile]) -> Vec<FunctionProfile> {
 /// Blocking calls that held up an event loop, per (thread, culprit, call), largest first. The
 /// run-queue wait after such a call (woken, waiting for a CPU) held the loop up too, and is
 /// counted with the call.
-fn loop_stalls(stacks: &[StackProfile]) -> Vec<LoopStall> {
+pub fn loop_stalls(stacks: &[StackProfile]) -> Vec<LoopStall> {
     let mut by_key: HashMap<(u32, Option<String>, Option<String>), LoopStall> = HashMap::new();
     for s in stacks.iter().filter(|s| s.stalls_loop) {
         let key = (s.tid, s.coroutine.clone(), s.syscall.clone());

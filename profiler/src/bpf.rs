@@ -234,6 +234,28 @@ impl Bpf {
         self.thread_times.iter().filter_map(Result::ok).collect()
     }
 
+    /// Drops the per-thread times and off-CPU sums of threads that have exited (a long-running
+    /// session would otherwise fill the maps).
+    pub fn forget_threads(&mut self, tids: &[u32]) {
+        if tids.is_empty() {
+            return;
+        }
+        for tid in tids {
+            let _ = self.thread_times.remove(tid);
+        }
+        let keys: Vec<OffCpuKey> =
+            self.offcpu_sums.keys().filter_map(Result::ok).filter(|k| tids.contains(&k.tid)).collect();
+        for k in keys {
+            let _ = self.offcpu_sums.remove(&k);
+        }
+    }
+
+    /// Drops an exited process's Python layout and target entry.
+    pub fn forget_process(&mut self, pid: u32) {
+        let _ = self.py_procs.remove(&pid);
+        let _ = self.targets.remove(&pid);
+    }
+
     pub fn counters(&self) -> Counters {
         let read = |idx: u32| -> u64 {
             self.stats.get(&idx, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)

@@ -23,6 +23,15 @@ pub enum Command {
     /// Sample processes and write flame graphs, folded stacks, JSON, speedscope or pprof, then
     /// print a summary.
     Profile(ProfileArgs),
+    /// Compare two saved profiles (JSON or folded): a differential flame graph and the
+    /// functions whose time moved most.
+    Diff(crate::diff::DiffArgs),
+    /// Live view of where processes and threads spend their time (CPU and each kind of wait),
+    /// refreshed every second.
+    Top(crate::top::TopArgs),
+    /// Profile continuously and serve pprof profiles, Prometheus metrics and JSON summaries
+    /// over HTTP.
+    Daemon(crate::daemon::DaemonArgs),
 }
 
 #[derive(Debug, Args)]
@@ -79,7 +88,7 @@ pub struct ProfileArgs {
     /// Off-CPU stacks taken per second per thread at most (0: no limit). A thread that blocks
     /// more often (GIL hand-offs in a busy threaded server) keeps exact totals; the time of
     /// the waits it has no stack for is spread over its stacks of the same category.
-    #[arg(long, value_name = "PER_SECOND", default_value_t = 50)]
+    #[arg(long, value_name = "PER_SECOND", default_value_t = DEFAULT_OFF_CPU_STACK_RATE)]
     pub off_cpu_stack_rate: u32,
 
     /// What flame graphs and folded stacks weigh: `wall` (on- and off-CPU time, each stack
@@ -100,6 +109,9 @@ pub struct ProfileArgs {
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }
+
+/// Off-CPU stacks per second per thread at most, unless told otherwise.
+pub const DEFAULT_OFF_CPU_STACK_RATE: u32 = 50;
 
 /// What stacks weigh in flame graphs and folded output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]

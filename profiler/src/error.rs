@@ -15,6 +15,8 @@ pub enum ExitCode {
     Target = 4,
     Output = 5,
     Kernel = 6,
+    /// An input profile (`pyebpf diff`) cannot be read or is not a profile.
+    Input = 7,
 }
 
 #[derive(Debug)]

@@ -23,6 +23,9 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Profile(args) => run::profile(args).await,
+            Command::Diff(args) => profiler::diff::run(args),
+            Command::Top(args) => profiler::top::run(args).await,
+            Command::Daemon(args) => profiler::daemon::run(args).await,
         }
     });
     match result {

@@ -120,6 +120,14 @@ impl Classifier {
         }
     }
 
+    /// Process `pid` exited: drop its cached classes, descriptors and GIL range.
+    pub fn forget(&mut self, pid: u32) {
+        self.cache.retain(|&(p, ..), _| p != pid);
+        self.gil.remove(&pid);
+        self.fds.forget_process(pid);
+        self.loop_idle.retain(|&(p, ..)| p != pid);
+    }
+
     /// Marks a wait as an event loop's idle poll (seen so on a stack that had it): from now
     /// on its intervals are [`Category::Idle`], including the short ones that carry no stack.
     pub fn mark_loop_idle(&mut self, pid: u32, syscall_nr: i64, arg0: u64) {

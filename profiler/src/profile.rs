@@ -14,7 +14,7 @@ pub const FORMAT_NAME: &str = "pyebpf-profile";
 /// Bump when a field changes meaning or disappears; adding fields keeps the version.
 pub const FORMAT_VERSION: u32 = 1;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Profile {
     pub format: &'static str,
     pub version: u32,
@@ -44,7 +44,7 @@ pub struct Profile {
     pub bpf_stats: Option<Vec<ProgramStats>>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ProcessProfile {
     pub pid: u32,
     pub comm: String,
@@ -66,7 +66,7 @@ pub struct ProcessProfile {
     pub stacks: Vec<StackProfile>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct FunctionProfile {
     pub function: String,
     pub file: String,
@@ -78,7 +78,7 @@ pub struct FunctionProfile {
     pub own_totals_ns: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ThreadProfile {
     pub tid: u32,
     /// OS thread name (`comm`).
@@ -93,7 +93,7 @@ pub struct ThreadProfile {
     pub totals_ns: BTreeMap<String, u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct StackProfile {
     pub tid: u32,
     /// The thread's Python name when known, else its OS name.
@@ -118,7 +118,7 @@ pub struct StackProfile {
     pub stalls_loop: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LoopStall {
     pub tid: u32,
     pub thread: String,

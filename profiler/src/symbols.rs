@@ -112,6 +112,13 @@ impl Symbols {
         self.kernel.get(&lookup_addr(addr, index == 0)).map_or("[kernel] [unknown]", String::as_str)
     }
 
+    /// Drops blazesym's parsed files (symbol tables of every binary and library seen), keeping
+    /// the names already resolved. A long-running session calls this now and then: on a host
+    /// where processes come and go, those files are mostly gone.
+    pub fn drop_file_caches(&mut self) {
+        self.symbolizer = Self::new().symbolizer;
+    }
+
     /// Drops a process's cached symbols: after an exec its addresses mean other things.
     pub fn forget(&mut self, pid: u32) {
         self.user.retain(|(p, _), _| *p != pid);

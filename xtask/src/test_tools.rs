@@ -1,5 +1,5 @@
 //! The programs the integration tests hand pyebpf's outputs to, as a user would:
-//! `go tool pprof` (Debian's golang-go), Debian's Chromium, and from npm the speedscope app and
+//! `go tool pprof` (Debian's golang-go), Debian's Chromium, tmux, Prometheus and bpftool, and from npm the speedscope app and
 //! schema, ajv and playwright-core (tests/consumers/package-lock.json, installed into
 //! target/test-deps). Each step checks first, so a second run costs milliseconds.
 use std::{path::Path, process::Command, time::Instant};
@@ -20,6 +20,17 @@ pub fn ensure(root: &Path) -> anyhow::Result<()> {
     }
     if !Path::new("/usr/bin/chromium").exists() {
         packages.push("chromium");
+    }
+    // `pyebpf top` in a terminal, a Prometheus scraping `pyebpf daemon`, and bpftool to see
+    // that the daemon's programs are gone once it stops (tests/tests/host.rs).
+    if !found("tmux", &["-V"]) {
+        packages.push("tmux");
+    }
+    if !found("prometheus", &["--version"]) {
+        packages.push("prometheus");
+    }
+    if !found("bpftool", &["version"]) && !found("/usr/sbin/bpftool", &["version"]) {
+        packages.push("bpftool");
     }
     if !found("npm", &["--version"]) {
         // Debian's npm brings Debian's nodejs.

@@ -123,6 +123,11 @@ impl Inspector {
         for (path, name) in candidates {
             let mappings: Vec<_> = maps.iter().filter(|m| matches!(&m.pathname, MMapPath::Path(p) if *p == path)).collect();
             let Some(first) = mappings.iter().find(|m| m.offset == 0) else { continue };
+            // An interpreter runs its code: a libpython mapped without any executable part is
+            // only being read (another profiler's symbolizer, a file scanner), not run.
+            if !mappings.iter().any(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE)) {
+                continue;
+            }
             // map_files opens the very file that is mapped, in whatever mount namespace.
             let via_map_files = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", first.address.0, first.address.1));
             let via_root = PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path));

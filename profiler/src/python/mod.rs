@@ -391,6 +391,20 @@ impl PythonRegistry {
     pub fn take_pending(&mut self) -> Vec<(u32, PyProcInfo)> {
         std::mem::take(&mut self.pending)
     }
+
+    /// Every process looked at so far.
+    pub fn known_pids(&self) -> Vec<u32> {
+        self.known.keys().copied().collect()
+    }
+
+    /// Process `pid` exited: drop what is known of it (long-running sessions stay bounded).
+    pub fn forget(&mut self, pid: u32) {
+        self.known.remove(&pid);
+        self.gil_pending.remove(&pid);
+        self.pending.retain(|(p, _)| *p != pid);
+        let prefix = format!("pid {pid}: ");
+        self.notes.retain(|n| !n.starts_with(&prefix));
+    }
 }
 
 /// How long ago the process started, from /proc.

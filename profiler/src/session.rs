@@ -1,0 +1,335 @@
+//! One profiling pipeline for `profile`, `top` and `daemon`: load the BPF programs once, drain
+//! the ring buffer periodically, keep symbols, Python layouts and wait classes up to date, and
+//! turn what was collected since the last [`Session::rotate`] into a [`Profile`] of that window.
+//!
+//! Per-thread totals come from cumulative kernel maps (on-CPU time, off-CPU sums per wait); a
+//! window's totals are their difference with the values seen when the window started. A thread
+//! on a CPU right now counts its running interval so far, so a thread that is never switched
+//! out still shows its CPU time in every window.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use profiler_common::{OffCpuKey, OffCpuSum, ThreadTimes};
+
+use crate::{
+    aggregate::{Aggregator, ThreadTotals, thread_totals},
+    bpf::{Bpf, BpfConfig},
+    cli::Mode,
+    events::{self, Event},
+    offcpu::Classifier,
+    procinfo,
+    profile::{FORMAT_NAME, FORMAT_VERSION, Profile},
+    python::PythonRegistry,
+    symbols::Symbols,
+    target::{Running, TargetSpec},
+};
+
+/// How often the ring buffer is drained. The buffer holds ~0.5 s of samples, and the kernel is
+/// asked not to wake us per event: polling is cheaper at these rates.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+/// How often (in drains) new addresses are symbolized and targets checked for exit.
+const HOUSEKEEPING_EVERY: u32 = 5;
+
+/// How often a rotating session drops the symbolizer's parsed files (see
+/// [`Symbols::drop_file_caches`]).
+const DROP_FILE_CACHES_EVERY: Duration = Duration::from_secs(10);
+
+/// What to profile and how.
+pub struct SessionConfig {
+    pub target: TargetSpec,
+    pub frequency: u32,
+    pub kernel_stacks: bool,
+    pub max_depth: u32,
+    pub off_cpu: bool,
+    pub off_cpu_threshold_ns: u64,
+    /// Off-CPU stacks per second per thread at most (0: unlimited).
+    pub off_cpu_stack_rate: u32,
+    pub bpf_stats: bool,
+    pub mode: Mode,
+}
+
+/// Kernel counters as they were when the current window started.
+#[derive(Default)]
+struct Baseline {
+    /// tid → (pid, on-CPU ns so far).
+    oncpu: HashMap<u32, (u32, u64)>,
+    sums: HashMap<OffCpuKey, OffCpuSum>,
+    lost: u64,
+    sampled_out: u64,
+    decode_errors: u64,
+}
+
+pub struct Session {
+    frequency: u32,
+    mode: Mode,
+    off_cpu: bool,
+    off_cpu_threshold_ns: u64,
+    bpf_stats: bool,
+    bpf: Bpf,
+    running: Running,
+    agg: Aggregator,
+    classifier: Classifier,
+    symbols: Symbols,
+    python: PythonRegistry,
+    decode_errors: u64,
+    /// Samples of the command we start count from its exec on (see Running::launched_pid).
+    awaiting_exec: Option<u32>,
+    ticks: u32,
+    window_start: Instant,
+    window_start_wall: SystemTime,
+    base: Baseline,
+    /// When the symbolizer's file caches were last dropped.
+    files_cached_since: Instant,
+}
+
+impl Session {
+    /// Loads and attaches the BPF programs and registers the targets (starting the command,
+    /// if there is one).
+    pub fn start(cfg: SessionConfig) -> anyhow::Result<Self> {
+        let mut bpf = Bpf::load(&BpfConfig {
+            target_all: matches!(cfg.target, TargetSpec::All),
+            kernel_stacks: cfg.kernel_stacks,
+            frequency: cfg.frequency,
+            bpf_stats: cfg.bpf_stats,
+            py_max_depth: cfg.max_depth,
+            off_cpu: cfg.off_cpu,
+            off_cpu_threshold_ns: cfg.off_cpu_threshold_ns,
+            off_cpu_stack_rate: cfg.off_cpu_stack_rate,
+        })?;
+        let window_start_wall = SystemTime::now();
+        let window_start = Instant::now();
+        let running = cfg.target.start(&mut bpf)?;
+        let mut session = Session {
+            frequency: cfg.frequency,
+            mode: cfg.mode,
+            off_cpu: cfg.off_cpu,
+            off_cpu_threshold_ns: cfg.off_cpu_threshold_ns,
+            bpf_stats: cfg.bpf_stats,
+            awaiting_exec: running.launched_pid(),
+            agg: Aggregator::new(cfg.frequency),
+            classifier: Classifier::default(),
+            symbols: Symbols::new(),
+            python: PythonRegistry::default(),
+            decode_errors: 0,
+            ticks: 0,
+            window_start,
+            window_start_wall,
+            base: Baseline::default(),
+            files_cached_since: Instant::now(),
+            bpf,
+            running,
+        };
+        // Known targets are looked at before their first sample, so it already has Python frames.
+        for pid in session.running.initial_pids() {
+            session.python.observe(pid);
+        }
+        session.register_python();
+        Ok(session)
+    }
+
+    /// Call every [`DRAIN_INTERVAL`]: drains the ring buffer, and every few calls symbolizes,
+    /// reads thread names and classifies new waits. `Some(reason)` once the targets are gone.
+    pub fn tick(&mut self) -> Option<String> {
+        self.drain();
+        self.ticks += 1;
+        if self.ticks % HOUSEKEEPING_EVERY == 0 {
+            self.symbols.resolve_pending();
+            self.python.refresh_thread_names();
+            // Classify new waits while their fds are still open.
+            thread_totals(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
+            return self.running.finished();
+        }
+        None
+    }
+
+    /// Hands every waiting ring-buffer record to the aggregator.
+    pub fn drain(&mut self) {
+        let Session { bpf, agg, symbols, python, classifier, awaiting_exec, decode_errors, .. } = self;
+        bpf.drain(|record| match events::decode(record) {
+            Ok(Event::Sample(s)) if *awaiting_exec == Some(s.pid) => {}
+            Ok(Event::Sample(s)) => agg.add(s, symbols, python),
+            Ok(Event::OffCpu(s)) => agg.add_off_cpu(s, symbols, python, classifier),
+            Ok(Event::Preempted(s)) if *awaiting_exec == Some(s.pid) => {}
+            Ok(Event::Preempted(s)) => agg.preempted(s),
+            Ok(Event::PreemptEnd { tid, since_ns, runq_ns, .. }) => agg.preempt_end(tid, since_ns, runq_ns, symbols, python),
+            Ok(Event::ThreadMiss { pid, tid, key_offset, key }) => python.thread_miss(pid, tid, key_offset, key),
+            Ok(Event::Exec { pid }) if *awaiting_exec == Some(pid) => *awaiting_exec = None,
+            Ok(Event::Exec { pid }) => {
+                // A new program in the same pid: forget what we knew and look again.
+                python.exec(pid);
+                symbols.forget(pid);
+                agg.exec(pid);
+            }
+            Err(e) => {
+                log::debug!("undecodable record: {e:?}");
+                *decode_errors += 1;
+            }
+        });
+        self.register_python();
+    }
+
+    /// The profile of the current window (since the start or the last [`Session::rotate`]),
+    /// with everything collected so far drained and symbolized.
+    pub fn snapshot(&mut self) -> Profile {
+        self.drain();
+        self.symbols.resolve_pending();
+        self.python.refresh_thread_names();
+        let (times, sums) = (self.bpf.thread_times(), self.bpf.offcpu_sums());
+        let totals = self.window_totals(&times, &sums);
+        self.agg.note_sampled_out(&times);
+        let counters = self.bpf.counters();
+        log::info!(
+            "python samples: {} of which {} with frames; thread-list scans: {}; off-CPU events: {}, sums: {}, threads timed: {}",
+            self.agg.python_samples,
+            self.agg.python_samples_with_frames,
+            counters.py_thread_scans,
+            self.agg.off_cpu_events,
+            sums.len(),
+            times.len(),
+        );
+        Profile {
+            format: FORMAT_NAME,
+            version: FORMAT_VERSION,
+            duration_ns: self.window_start.elapsed().as_nanos() as u64,
+            frequency_hz: self.frequency,
+            cpus: self.bpf.cpus,
+            lost_events: counters.lost.saturating_sub(self.base.lost) + self.decode_errors - self.base.decode_errors,
+            samples: self.agg.samples,
+            start_time_unix: self.window_start_wall.duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            mode: self.mode,
+            off_cpu: self.off_cpu,
+            off_cpu_threshold_ns: self.off_cpu_threshold_ns,
+            off_cpu_events: self.agg.off_cpu_events,
+            off_cpu_stacks_sampled_out: counters.offcpu_sampled_out.saturating_sub(self.base.sampled_out),
+            processes: self.agg.build(&self.symbols, &self.python, &totals),
+            bpf_stats: self.bpf_stats.then(|| self.bpf.program_stats()),
+        }
+    }
+
+    /// Ends the current window: returns its profile and starts the next one. What is known of
+    /// processes that have exited is dropped here, so a long-running session stays bounded.
+    pub fn rotate(&mut self) -> Profile {
+        let profile = self.snapshot();
+        self.agg = Aggregator::new(self.frequency);
+        self.window_start = Instant::now();
+        self.window_start_wall = SystemTime::now();
+        self.forget_exited();
+        if self.files_cached_since.elapsed() >= DROP_FILE_CACHES_EVERY {
+            self.symbols.drop_file_caches();
+            self.files_cached_since = Instant::now();
+        }
+        let now = monotonic_ns();
+        self.base = Baseline {
+            oncpu: self.bpf.thread_times().into_iter().map(|(tid, t)| (tid, (t.pid, oncpu_so_far(&t, now)))).collect(),
+            sums: self.bpf.offcpu_sums().into_iter().collect(),
+            lost: self.bpf.counters().lost,
+            sampled_out: self.bpf.counters().offcpu_sampled_out,
+            decode_errors: self.decode_errors,
+        };
+        profile
+    }
+
+    /// Stops a command we started, if it still runs.
+    pub fn stop(&mut self) {
+        self.running.stop();
+    }
+
+    /// Notes for the summary: targets that exited, processes that could not be unwound.
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = self.running.notes();
+        notes.extend(self.python.notes.iter().cloned());
+        notes
+    }
+
+    /// Each thread's time per category in this window: the kernel's cumulative counters minus
+    /// the window's baseline.
+    fn window_totals(&mut self, times: &[(u32, ThreadTimes)], sums: &[(OffCpuKey, OffCpuSum)]) -> ThreadTotals {
+        let now = monotonic_ns();
+        let times: Vec<(u32, ThreadTimes)> = times
+            .iter()
+            .map(|&(tid, t)| {
+                let base = match self.base.oncpu.get(&tid) {
+                    Some(&(pid, ns)) if pid == t.pid => ns,
+                    _ => 0,
+                };
+                (tid, ThreadTimes { oncpu_ns: oncpu_so_far(&t, now).saturating_sub(base), ..t })
+            })
+            .collect();
+        let sums: Vec<(OffCpuKey, OffCpuSum)> = sums
+            .iter()
+            .map(|(k, s)| {
+                let b = self.base.sums.get(k).copied().unwrap_or_default();
+                let delta = OffCpuSum {
+                    blocked_ns: s.blocked_ns.saturating_sub(b.blocked_ns),
+                    runq_ns: s.runq_ns.saturating_sub(b.runq_ns),
+                    count: s.count.saturating_sub(b.count),
+                };
+                (*k, delta)
+            })
+            .filter(|(_, s)| s.blocked_ns > 0 || s.runq_ns > 0)
+            .collect();
+        let mut totals = thread_totals(&times, &sums, &mut self.classifier);
+        totals.retain(|_, t| t.iter().any(|&ns| ns > 0));
+        totals
+    }
+
+    /// Drops processes and threads that no longer exist from every cache and kernel map.
+    fn forget_exited(&mut self) {
+        let times = self.bpf.thread_times();
+        let mut dead_pids: Vec<u32> = Vec::new();
+        let mut dead_tids: Vec<u32> = Vec::new();
+        for (tid, t) in &times {
+            if !std::path::Path::new(&format!("/proc/{}/task/{tid}", t.pid)).exists() {
+                dead_tids.push(*tid);
+                if !procinfo::is_alive(t.pid) && !dead_pids.contains(&t.pid) {
+                    dead_pids.push(t.pid);
+                }
+            }
+        }
+        dead_pids.extend(self.python.known_pids().into_iter().filter(|&pid| !procinfo::is_alive(pid)));
+        dead_pids.sort_unstable();
+        dead_pids.dedup();
+        self.bpf.forget_threads(&dead_tids);
+        for &pid in &dead_pids {
+            self.bpf.forget_process(pid);
+            self.python.forget(pid);
+            self.symbols.forget(pid);
+            self.classifier.forget(pid);
+        }
+        if !dead_pids.is_empty() || !dead_tids.is_empty() {
+            log::debug!("forgot {} exited processes and {} exited threads", dead_pids.len(), dead_tids.len());
+        }
+    }
+
+    /// Hands the kernel the layout of Python processes found since the last call.
+    fn register_python(&mut self) {
+        for (pid, range) in self.python.take_gil_ranges() {
+            self.classifier.set_gil(pid, range);
+        }
+        for (pid, info) in self.python.take_pending() {
+            if let Err(e) = self.bpf.set_python(pid, &info) {
+                log::warn!("{e:#}");
+            }
+        }
+        for (tid, tstate) in self.python.take_pending_tstates() {
+            if let Err(e) = self.bpf.set_tstate(tid, tstate) {
+                log::warn!("{e:#}");
+            }
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the kernel's `bpf_ktime_get_ns` clock.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// On-CPU time including the interval the thread is running in now.
+fn oncpu_so_far(t: &ThreadTimes, now: u64) -> u64 {
+    if t.on_since_ns != 0 && now > t.on_since_ns { t.oncpu_ns + (now - t.on_since_ns) } else { t.oncpu_ns }
+}
