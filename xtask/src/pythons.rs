@@ -133,11 +133,14 @@ fn make_root(root: &Path) -> Result<()> {
     // debootstrap mounts /proc and /sys in the target while it installs; they must not stay.
     unmount_under(&partial);
     let out = result?;
-    let _ = fs::write(&log, [out.stdout.as_slice(), out.stderr.as_slice()].concat());
+    let text = String::from_utf8_lossy(&[out.stdout.as_slice(), out.stderr.as_slice()].concat()).into_owned();
+    let _ = fs::write(&log, &text);
     if !out.status.success() {
-        let text = String::from_utf8_lossy(&out.stderr);
-        let tail: Vec<&str> = text.lines().rev().take(3).collect::<Vec<_>>().into_iter().rev().collect();
-        bail!("debootstrap {SUITE} failed ({}): {} (log: {})", out.status, tail.join(" / "), log.display());
+        // debootstrap says what went wrong in its "E:" lines (on stdout or stderr).
+        let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("E:")).collect();
+        let why = if errors.is_empty() { text.lines().last().unwrap_or("").to_owned() } else { errors.join(" / ") };
+        let _ = fs::remove_dir_all(&partial);
+        bail!("debootstrap {SUITE} failed ({}): {why} (log: {})", out.status, log.display());
     }
     // Downloaded packages are not needed once installed.
     if let Ok(debs) = fs::read_dir(partial.join("var/cache/apt/archives")) {
