@@ -10,6 +10,11 @@
 pub const MAX_NATIVE_FRAMES: usize = 127;
 /// Most Python frames one sample can carry; `--max-depth` chooses a bound up to this.
 pub const MAX_PY_FRAMES: usize = 128;
+/// Low bits the unwinder clears from every frame's code pointer. 3.14's
+/// `_PyInterpreterFrame.f_executable` is a `_PyStackRef`: the object's address with tag bits
+/// (`Py_TAG_BITS` = 3) in its low bits. Objects are at least 8-byte aligned in every CPython, so
+/// this is a no-op on older versions; userspace refuses a layout whose tag bits do not fit.
+pub const PY_CODE_TAG_MASK: u64 = 7;
 /// Offsets in [`PyProcInfo`] that do not exist in a given CPython version.
 pub const PY_OFFSET_NONE: u16 = u16::MAX;
 /// Length of a task's `comm` (thread name), NUL padded.

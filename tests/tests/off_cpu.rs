@@ -7,7 +7,7 @@ use integration_tests::{python::*, *};
 /// Profiles `offcpu.py SECONDS [extra]` under pyebpf and returns the process's JSON entry.
 fn profile_workload(interp: &Interpreter, extra: &[&str]) -> Value {
     let profile = profile_json(|cmd, json| {
-        cmd.args(["profile", "-o"]).arg(json).arg("--").arg(&interp.path).arg(workload("offcpu.py")).arg("2.5").args(extra);
+        cmd.args(["profile", "-o"]).arg(json).arg("--").args(interp.argv()).arg(interp.workload("offcpu.py")).arg("2.5").args(extra);
     });
     profile["processes"][0].clone()
 }
@@ -95,7 +95,7 @@ fn run_queue_waits_after_preemption_carry_the_stack() {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let code = "def spin_forever():\n    x = 0\n    while True:\n        x += 1\nspin_forever()\n";
     let spinners: Vec<KillOnDrop> = (0..cpus + 1)
-        .map(|_| KillOnDrop(std::process::Command::new(&interp.path).args(["-c", code]).spawn().unwrap()))
+        .map(|_| KillOnDrop(interp.command().args(["-c", code]).spawn().unwrap()))
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let profile = profile_json(|cmd, json| {
@@ -124,9 +124,9 @@ fn run_queue_waits_after_preemption_carry_the_stack() {
 #[test]
 fn event_loop_stalls_are_named_and_idle_loops_are_not_io() {
     for_each_interpreter("event loop", |interp| {
-        let script = workload("event_loop.py");
+        let script = interp.workload("event_loop.py");
         let profile = profile_json(|cmd, json| {
-            cmd.args(["profile", "-o"]).arg(json).arg("--").arg(&interp.path).arg(&script).arg("2.5");
+            cmd.args(["profile", "-o"]).arg(json).arg("--").args(interp.argv()).arg(&script).arg("2.5");
         });
         let p = &profile["processes"][0];
         // `stall_the_loop` sleeps 15 ms on the loop about 25 times a second: the stall list
@@ -136,7 +136,7 @@ fn event_loop_stalls_are_named_and_idle_loops_are_not_io() {
         let Some(culprit) = culprit else {
             return Err(format!("stall_the_loop not among the loop stalls: {stalls:?}"));
         };
-        let expected_line = format!(":{})", line_of(&script, "blocks the event loop"));
+        let expected_line = format!(":{})", line_of(&workload("event_loop.py"), "blocks the event loop"));
         if !culprit["coroutine"].as_str().unwrap().ends_with(&expected_line) || culprit["category"] != "sleep" {
             return Err(format!("stall should be the sleep at line {expected_line} in stall_the_loop: {culprit}"));
         }

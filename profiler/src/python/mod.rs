@@ -26,6 +26,28 @@ use self::{
 #[cfg(test)]
 mod tests {
     #[test]
+    fn shim_frames_are_hidden_by_owner() {
+        let owners = |minor| {
+            let o = super::offsets::for_version(3, minor).unwrap();
+            (0..=5).filter(|&owner| super::is_shim_owner(o, owner)).collect::<Vec<u32>>()
+        };
+        assert!(owners(11).is_empty());
+        // FRAME_OWNED_BY_CSTACK (3) is the entry shim of 3.12 and 3.13...
+        assert_eq!(owners(12), [3]);
+        assert_eq!(owners(13), [3]);
+        // ... 3.14 inserts FRAME_OWNED_BY_INTERPRETER (3, the entry frame) before CSTACK (4).
+        assert_eq!(owners(14), [3, 4, 5]);
+    }
+
+    #[test]
+    fn code_pointer_tags_are_cleared_by_the_kernel() {
+        for ((_, minor), o) in super::offsets_generated::TABLE {
+            let tags = o.frame_code_tag_bits as u64;
+            assert_eq!(tags & !profiler_common::PY_CODE_TAG_MASK, 0, "3.{minor}");
+        }
+    }
+
+    #[test]
     fn frame_fields_fit_the_kernels_single_read() {
         for ((major, minor), o) in super::offsets_generated::TABLE {
             let len = super::frame_read_len(o);
@@ -89,6 +111,15 @@ fn frame_read_len(o: &PyOffsets) -> u16 {
     (((end + 7) / 8) * 8) as u16
 }
 
+/// Is a frame with this owner byte not Python code (the eval loop's entry frame, C-stack
+/// shims)? 3.12–3.13: owner `FRAME_OWNED_BY_CSTACK`; 3.14+: any owner from
+/// `FRAME_OWNED_BY_INTERPRETER` up.
+fn is_shim_owner(o: &PyOffsets, owner: u32) -> bool {
+    let owner = i64::from(owner);
+    (o.frame_owned_by_cstack >= 0 && owner == o.frame_owned_by_cstack)
+        || (o.frame_owned_by_interpreter >= 0 && owner >= o.frame_owned_by_interpreter)
+}
+
 /// A Python frame, named.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PyFrame {
@@ -122,7 +153,8 @@ pub enum Resolved {
 /// A profiled CPython process: its interpreter and the code objects read from it so far.
 pub struct PythonProcess {
     pub interpreter: Interpreter,
-    offsets: &'static PyOffsets,
+    /// The version's table, with anything the process's own `_Py_DebugOffsets` says otherwise.
+    offsets: PyOffsets,
     mem: Memory,
     code_type: Option<u64>,
     /// (code address, fingerprint) → code object; None when it could not be read.
@@ -144,7 +176,7 @@ impl PythonProcess {
             return;
         }
         self.names_read = Some(Instant::now());
-        let names = thread_names::thread_names(&self.mem, self.offsets, self.interpreter.version, self.interpreter.runtime_addr);
+        let names = thread_names::thread_names(&self.mem, &self.offsets, self.interpreter.version, self.interpreter.runtime_addr);
         self.thread_names.extend(names);
     }
 
@@ -157,7 +189,7 @@ impl PythonProcess {
     /// this is where threads beyond the kernel's short scan are found.
     pub fn thread_states(&self, key_offset: u64) -> Vec<(u64, u64)> {
         const MAX_WALK: usize = 100_000;
-        let o = self.offsets;
+        let o = &self.offsets;
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut interp = self.mem.u64(self.interpreter.runtime_addr + o.runtime_interpreters_head as u64).unwrap_or(0);
@@ -187,7 +219,7 @@ impl PythonProcess {
     /// The GIL's address range: futex waits inside it are waits for the GIL. 3.8–3.11 embed it
     /// in `_PyRuntime`; 3.12+ point to it from the main interpreter (the last in the list).
     pub fn gil_range(&self) -> Option<(u64, u64)> {
-        let o = self.offsets;
+        let o = &self.offsets;
         let start = if o.runtime_ceval_gil >= 0 {
             self.interpreter.runtime_addr + o.runtime_ceval_gil as u64
         } else {
@@ -212,8 +244,8 @@ impl PythonProcess {
     }
 
     pub fn resolve(&mut self, rec: &PyFrameRecord) -> Resolved {
-        let o = self.offsets;
-        if o.frame_owned_by_cstack >= 0 && rec.owner as i64 == o.frame_owned_by_cstack {
+        let o = &self.offsets;
+        if is_shim_owner(o, rec.owner) {
             return Resolved::Hidden;
         }
         if rec.code == 0 {
@@ -284,10 +316,25 @@ impl PythonRegistry {
             None => {}
         }
         let known = match self.inspector.inspect(pid) {
-            Inspection::Python(interpreter) => match offsets::for_version(interpreter.version.major, interpreter.version.minor) {
-                Some(offsets) => {
+            Inspection::Python(interpreter) => match offsets::for_process(
+                interpreter.version.major,
+                interpreter.version.minor,
+                interpreter.debug_offsets.as_deref(),
+            ) {
+                Ok(layout) => {
+                    let offsets = layout.offsets;
                     log::info!("pid {pid}: CPython {} ({})", interpreter.version, interpreter.path.display());
-                    self.pending.push((pid, proc_info(interpreter.runtime_addr, offsets)));
+                    if layout.checked > 0 {
+                        log::info!(
+                            "pid {pid}: {} of {} layout fields agree with its _Py_DebugOffsets",
+                            layout.checked - layout.corrected.len(),
+                            layout.checked
+                        );
+                    }
+                    for (field, table, process) in &layout.corrected {
+                        log::warn!("pid {pid}: {field} is {process} by its _Py_DebugOffsets, not {table}: using {process}");
+                    }
+                    self.pending.push((pid, proc_info(interpreter.runtime_addr, &offsets)));
                     let process = PythonProcess {
                         interpreter,
                         offsets,
@@ -301,7 +348,7 @@ impl PythonRegistry {
                     self.gil_pending.insert(pid);
                     Known::Python(Box::new(process))
                 }
-                None => self.unsupported(pid, &interpreter.version.to_string(), "no layout for this version"),
+                Err(reason) => self.unsupported(pid, &interpreter.version.to_string(), &reason),
             },
             Inspection::Unsupported { version, reason } => self.unsupported(pid, &version, &reason),
             Inspection::NotPython => {

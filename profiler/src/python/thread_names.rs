@@ -485,7 +485,7 @@ mod tests {
     use super::*;
 
     fn layouts() -> impl Iterator<Item = (u8, &'static PyOffsets)> {
-        (8..=13).map(|minor| (minor, for_version(3, minor).expect("table covers 3.8-3.13")))
+        (8..=14).map(|minor| (minor, for_version(3, minor).expect("table covers 3.8-3.14")))
     }
 
     fn put(buf: &mut [u8], off: i64, bytes: &[u8]) {
