@@ -347,6 +347,7 @@ pub mod names {
     pub const MAP_OFFCPU_SUMS: &str = "OFFCPU_SUMS";
     /// Hash map tid → [`super::ThreadTimes`].
     pub const MAP_THREAD_TIMES: &str = "THREAD_TIMES";
+    pub const MAP_IN_FLIGHT: &str = "IN_FLIGHT";
     /// Raw tracepoint programs of the off-CPU tracker.
     pub const PROG_SCHED_SWITCH: &str = "sched_switch";
     pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
@@ -375,6 +376,7 @@ mod pod {
     unsafe impl aya::Pod for super::TstateEntry {}
     unsafe impl aya::Pod for super::OffCpuSum {}
     unsafe impl aya::Pod for super::ThreadTimes {}
+    unsafe impl aya::Pod for super::InFlight {}
 }
 
 // Layout checks: a mismatch here is a compile error on both sides.

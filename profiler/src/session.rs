@@ -126,6 +126,10 @@ impl Session {
             session.python.observe(pid);
         }
         session.register_python();
+        // Explicit targets that are not Python are tracked off-CPU too.
+        for pid in session.running.initial_pids() {
+            session.bpf.seed_sleeping_threads(pid);
+        }
         Ok(session)
     }
 
@@ -176,7 +180,7 @@ impl Session {
         self.drain();
         self.symbols.resolve_pending();
         self.python.refresh_thread_names();
-        let (times, sums) = (self.bpf.thread_times(), self.bpf.offcpu_sums());
+        let (times, sums) = (self.bpf.thread_times(), self.sums_so_far());
         let totals = self.window_totals(&times, &sums);
         self.agg.note_sampled_out(&times);
         let counters = self.bpf.counters();
@@ -223,7 +227,7 @@ impl Session {
         let now = monotonic_ns();
         self.base = Baseline {
             oncpu: self.bpf.thread_times().into_iter().map(|(tid, t)| (tid, (t.pid, oncpu_so_far(&t, now)))).collect(),
-            sums: self.bpf.offcpu_sums().into_iter().collect(),
+            sums: self.sums_so_far().into_iter().collect(),
             lost: self.bpf.counters().lost,
             sampled_out: self.bpf.counters().offcpu_sampled_out,
             decode_errors: self.decode_errors,
@@ -241,6 +245,20 @@ impl Session {
         let mut notes = self.running.notes();
         notes.extend(self.python.notes.iter().cloned());
         notes
+    }
+
+    /// The kernel's off-CPU sums plus the waits still going on now (added by the kernel only
+    /// when the thread runs again): a thread blocked for a whole window still shows, and the
+    /// next window's deltas do not count that part twice (baselines include it too).
+    fn sums_so_far(&self) -> Vec<(OffCpuKey, OffCpuSum)> {
+        let mut sums: HashMap<OffCpuKey, OffCpuSum> = self.bpf.offcpu_sums().into_iter().collect();
+        let times = self.bpf.thread_times();
+        for (key, part) in self.bpf.offcpu_in_progress(&times, monotonic_ns()) {
+            let s = sums.entry(key).or_default();
+            s.blocked_ns += part.blocked_ns;
+            s.runq_ns += part.runq_ns;
+        }
+        sums.into_iter().collect()
     }
 
     /// Each thread's time per category in this window: the kernel's cumulative counters minus
@@ -312,6 +330,8 @@ impl Session {
             if let Err(e) = self.bpf.set_python(pid, &info) {
                 log::warn!("{e:#}");
             }
+            // Tracked off-CPU from now on: threads already asleep start their wait now.
+            self.bpf.seed_sleeping_threads(pid);
         }
         for (tid, tstate) in self.python.take_pending_tstates() {
             if let Err(e) = self.bpf.set_tstate(tid, tstate) {
@@ -322,7 +342,7 @@ impl Session {
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the kernel's `bpf_ktime_get_ns` clock.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };

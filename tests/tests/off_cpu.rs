@@ -171,3 +171,26 @@ fn event_loop_stalls_are_named_and_idle_loops_are_not_io() {
         Ok(())
     });
 }
+
+#[test]
+fn threads_asleep_for_the_whole_profile_are_counted_in_full() {
+    // Threads that never run while profiled: the kernel sees no switch at all, yet each waited
+    // the whole time, on its own cause.
+    for_each_interpreter("asleep throughout", |interp| {
+        let target = start_ready(interp, "asleep.py", &[]);
+        std::thread::sleep(Duration::from_millis(200));
+        let profile = profile_json(|cmd, json| {
+            cmd.args(["profile", "-d", "1.5", "--pid", &target.pid().to_string(), "-o"]).arg(json);
+        });
+        let p = process(&profile, target.pid()).ok_or("process missing from the profile")?;
+        let seconds = |t: &Value, c: &str| t["totals_ns"][c].as_u64().unwrap_or(0) as f64 / 1e9;
+        let main = thread(p, "MainThread")?;
+        let waiter = thread(p, "lock-waiter")?;
+        let (slept, locked) = (seconds(main, "sleep"), seconds(waiter, "lock"));
+        // The profile lasts 1.5 s from the BPF programs' attach; allow for start-up and exit.
+        if !(1.3..=2.0).contains(&slept) || !(1.3..=2.0).contains(&locked) {
+            return Err(format!("main slept {slept:.3} s, lock-waiter waited {locked:.3} s: {} / {}", main["totals_ns"], waiter["totals_ns"]));
+        }
+        Ok(())
+    });
+}
