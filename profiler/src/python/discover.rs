@@ -7,10 +7,13 @@
 //! else from the file name; for 3.13+ it is checked against `_Py_DebugOffsets`.
 use std::{collections::HashMap, fs::File, path::PathBuf};
 
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, read::ReadCache};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, read::ReadCache};
 use procfs::process::{MMapPath, Process};
 
-use super::{PyVersion, memory::Memory};
+use super::{
+    PyVersion,
+    memory::{Memory, ReadMemory},
+};
 
 /// What a process turned out to be.
 #[derive(Debug, Clone)]
@@ -35,12 +38,14 @@ pub struct Interpreter {
 }
 
 /// Facts about an ELF file that do not depend on where it is loaded.
-#[derive(Debug, Clone)]
-struct ElfFacts {
-    runtime_vaddr: Option<u64>,
-    py_version_hex: Option<u32>,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElfFacts {
+    /// Virtual address of `_PyRuntime`.
+    pub runtime_vaddr: Option<u64>,
+    /// `Py_Version` (`PY_VERSION_HEX`, 3.11+).
+    pub py_version_hex: Option<u32>,
     /// Virtual address of the first loadable segment, page aligned: what file offset 0 maps to.
-    base_vaddr: u64,
+    pub base_vaddr: u64,
 }
 
 /// Caches ELF facts per (device, inode), so each interpreter binary is parsed once.
@@ -58,15 +63,20 @@ fn is_python_exe(name: &str) -> bool {
 }
 
 /// "3.X" from a file name like `python3.11`, `libpython3.12.so.1.0`, `libpython3.13d.so`.
-fn version_from_name(name: &str) -> Option<(u8, u8)> {
+pub fn version_from_name(name: &str) -> Option<(u8, u8)> {
     let rest = &name[name.find("python3.")? + "python3.".len()..];
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     Some((3, digits.parse().ok()?))
 }
 
 fn read_elf_facts(file: File) -> Option<ElfFacts> {
-    let cache = ReadCache::new(file);
-    let elf = object::File::parse(&cache).ok()?;
+    elf_facts(&ReadCache::new(file))
+}
+
+/// `_PyRuntime`, `Py_Version` and the load base of an ELF image, from its symbol tables. The
+/// file comes from a target process's mappings, so any bytes at all may be here.
+pub fn elf_facts<'data, R: ReadRef<'data>>(data: R) -> Option<ElfFacts> {
+    let elf = object::File::parse(data).ok()?;
     let mut runtime_vaddr = None;
     let mut py_version_hex = None;
     for sym in elf.dynamic_symbols().chain(elf.symbols()) {
@@ -131,24 +141,10 @@ impl Inspector {
             let bias = first.address.0.wrapping_sub(facts.base_vaddr);
             let runtime_addr = runtime_vaddr.wrapping_add(bias);
 
-            let mut version = match facts.py_version_hex {
-                Some(hex) => PyVersion::from_hex(hex),
-                None => match version_from_name(&name) {
-                    Some((major, minor)) => PyVersion { major, minor, patch: None },
-                    None => {
-                        return Inspection::Unsupported {
-                            version: "unknown".into(),
-                            reason: format!("cannot tell the CPython version of {}", path.display()),
-                        };
-                    }
-                },
+            let version = match interpreter_version(facts.py_version_hex, &name, &path, &Memory::new(pid), runtime_addr) {
+                Ok(version) => version,
+                Err(unsupported) => return unsupported,
             };
-            if version.minor >= 13 {
-                match check_debug_offsets(&Memory::new(pid), runtime_addr) {
-                    Ok(hex) => version = PyVersion::from_hex(hex as u32),
-                    Err(reason) => return Inspection::Unsupported { version: version.to_string(), reason },
-                }
-            }
             let code_ranges = mappings
                 .iter()
                 .filter(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
@@ -160,9 +156,40 @@ impl Inspector {
     }
 }
 
+/// The version of the interpreter loaded from `path` (file name `name`): `Py_Version` if the
+/// file has it, else the file name; 3.13+ is checked against the `_Py_DebugOffsets` at the start
+/// of `_PyRuntime` in the process's memory. Unsupported when it cannot be told or trusted.
+pub fn interpreter_version(
+    py_version_hex: Option<u32>,
+    name: &str,
+    path: &std::path::Path,
+    mem: &impl ReadMemory,
+    runtime_addr: u64,
+) -> Result<PyVersion, Inspection> {
+    let mut version = match py_version_hex {
+        Some(hex) => PyVersion::from_hex(hex),
+        None => match version_from_name(name) {
+            Some((major, minor)) => PyVersion { major, minor, patch: None },
+            None => {
+                return Err(Inspection::Unsupported {
+                    version: "unknown".into(),
+                    reason: format!("cannot tell the CPython version of {}", path.display()),
+                });
+            }
+        },
+    };
+    if version.minor >= 13 {
+        match check_debug_offsets(mem, runtime_addr) {
+            Ok(hex) => version = PyVersion::from_hex(hex as u32),
+            Err(reason) => return Err(Inspection::Unsupported { version: version.to_string(), reason }),
+        }
+    }
+    Ok(version)
+}
+
 /// 3.13+ starts `_PyRuntime` with `_Py_DebugOffsets`: cookie "xdebugpy", the exact version,
 /// and whether the build is free-threaded (a different layout, not supported).
-fn check_debug_offsets(mem: &Memory, runtime_addr: u64) -> Result<u64, String> {
+fn check_debug_offsets(mem: &impl ReadMemory, runtime_addr: u64) -> Result<u64, String> {
     let mut head = [0u8; 24];
     if !mem.read(runtime_addr, &mut head) {
         return Err("cannot read _Py_DebugOffsets".into());

@@ -19,7 +19,7 @@ use profiler_common::{PY_OFFSET_NONE, PyFrameRecord, PyProcInfo};
 use self::{
     code::{CodeObject, FrameLine},
     discover::{Inspection, Inspector, Interpreter},
-    memory::Memory,
+    memory::{Memory, ReadMemory},
     offsets::PyOffsets,
 };
 
@@ -152,26 +152,10 @@ impl PythonProcess {
         self.thread_names.get(&tid).map(String::as_str)
     }
 
-    /// Every `PyThreadState` of every interpreter, with no bound but a sanity cap, as
-    /// (address, value of the field at `key_offset`). Userspace has no verifier to please, so
-    /// this is where threads beyond the kernel's short scan are found.
+    /// Every `PyThreadState` of every interpreter, as (address, value of the field at
+    /// `key_offset`): see [`thread_states`].
     pub fn thread_states(&self, key_offset: u64) -> Vec<(u64, u64)> {
-        const MAX_WALK: usize = 100_000;
-        let o = self.offsets;
-        let mut out = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut interp = self.mem.u64(self.interpreter.runtime_addr + o.runtime_interpreters_head as u64).unwrap_or(0);
-        while interp != 0 && seen.insert(interp) && seen.len() < MAX_WALK {
-            let mut tstate = self.mem.u64(interp + o.interp_threads_head as u64).unwrap_or(0);
-            while tstate != 0 && seen.insert(tstate) && seen.len() < MAX_WALK {
-                if let Some(key) = self.mem.u64(tstate + key_offset) {
-                    out.push((tstate, key));
-                }
-                tstate = self.mem.u64(tstate + o.tstate_next as u64).unwrap_or(0);
-            }
-            interp = self.mem.u64(interp + o.interp_next as u64).unwrap_or(0);
-        }
-        out
+        thread_states(&self.mem, self.offsets, self.interpreter.runtime_addr, key_offset)
     }
 
     /// tid → `PyThreadState` for every thread whose state names its tid (3.11+), so the kernel
@@ -184,26 +168,9 @@ impl PythonProcess {
         self.thread_states(off as u64).into_iter().map(|(tstate, tid)| (tid as u32, tstate)).collect()
     }
 
-    /// The GIL's address range: futex waits inside it are waits for the GIL. 3.8–3.11 embed it
-    /// in `_PyRuntime`; 3.12+ point to it from the main interpreter (the last in the list).
+    /// The GIL's address range: futex waits inside it are waits for the GIL (see [`gil_range`]).
     pub fn gil_range(&self) -> Option<(u64, u64)> {
-        let o = self.offsets;
-        let start = if o.runtime_ceval_gil >= 0 {
-            self.interpreter.runtime_addr + o.runtime_ceval_gil as u64
-        } else {
-            let mut interp = self.mem.u64(self.interpreter.runtime_addr + o.runtime_interpreters_head as u64)?;
-            for _ in 0..64 {
-                match self.mem.u64(interp + o.interp_next as u64) {
-                    Some(next) if next != 0 => interp = next,
-                    _ => break,
-                }
-            }
-            if interp == 0 || o.interp_ceval_gil < 0 {
-                return None;
-            }
-            self.mem.u64(interp + o.interp_ceval_gil as u64).filter(|&g| g != 0)?
-        };
-        Some((start, start + o.gil_size as u64))
+        gil_range(&self.mem, self.offsets, self.interpreter.runtime_addr)
     }
 
     /// Is `addr` inside the interpreter's own machine code?
@@ -241,6 +208,49 @@ impl PythonProcess {
             }),
         }
     }
+}
+
+/// Every `PyThreadState` of every interpreter, with no bound but a sanity cap, as
+/// (address, value of the field at `key_offset`). Userspace has no verifier to please, so this
+/// is where threads beyond the kernel's short scan are found. A cycle in the lists (garbage, or
+/// a hostile process) ends the walk.
+pub fn thread_states(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64, key_offset: u64) -> Vec<(u64, u64)> {
+    const MAX_WALK: usize = 100_000;
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut interp = mem.u64(runtime_addr + o.runtime_interpreters_head as u64).unwrap_or(0);
+    while interp != 0 && seen.insert(interp) && seen.len() < MAX_WALK {
+        let mut tstate = mem.u64(interp + o.interp_threads_head as u64).unwrap_or(0);
+        while tstate != 0 && seen.insert(tstate) && seen.len() < MAX_WALK {
+            if let Some(key) = mem.u64(tstate + key_offset) {
+                out.push((tstate, key));
+            }
+            tstate = mem.u64(tstate + o.tstate_next as u64).unwrap_or(0);
+        }
+        interp = mem.u64(interp + o.interp_next as u64).unwrap_or(0);
+    }
+    out
+}
+
+/// The GIL's address range. 3.8–3.11 embed it in `_PyRuntime`; 3.12+ point to it from the main
+/// interpreter (the last in the list).
+pub fn gil_range(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64) -> Option<(u64, u64)> {
+    let start = if o.runtime_ceval_gil >= 0 {
+        runtime_addr + o.runtime_ceval_gil as u64
+    } else {
+        let mut interp = mem.u64(runtime_addr + o.runtime_interpreters_head as u64)?;
+        for _ in 0..64 {
+            match mem.u64(interp + o.interp_next as u64) {
+                Some(next) if next != 0 => interp = next,
+                _ => break,
+            }
+        }
+        if interp == 0 || o.interp_ceval_gil < 0 {
+            return None;
+        }
+        mem.u64(interp + o.interp_ceval_gil as u64).filter(|&g| g != 0)?
+    };
+    Some((start, start + o.gil_size as u64))
 }
 
 enum Known {
