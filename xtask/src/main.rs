@@ -1,10 +1,11 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench | gen-python-offsets`.
+//! Project tasks: `cargo xtask setup | build | run | test | bench | fuzz | gen-python-offsets`.
 //!
 //! Everything the project needs on a fresh machine is installed from here, idempotently: each
 //! step checks first and does nothing when already done.
 mod bench;
 mod bench_offcpu;
 mod bench_python;
+mod fuzz;
 mod python_offsets;
 mod setup;
 mod util;
@@ -42,6 +43,15 @@ enum Task {
         #[command(subcommand)]
         which: Option<bench::Which>,
     },
+    /// Fuzz every parser of untrusted bytes (cargo fuzz targets in fuzz/, nightly) for a bounded
+    /// time each; fails on any crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        seconds: u32,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
     /// Regenerate profiler/src/python/offsets_generated.rs from the CPython headers of every
     /// pyenv 3.8+ interpreter found (compiles an offsetof probe per version).
     GenPythonOffsets,
@@ -67,6 +77,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             util::run_as_root(&bin, &args)
         }
         Task::Test { args } => test(&root, &args),
+        Task::Fuzz { seconds, targets } => fuzz::run_all(&root, seconds, &targets),
         Task::GenPythonOffsets => {
             python_offsets::generate(&root.join("profiler/src/python/offsets_generated.rs"))
         }

@@ -213,21 +213,21 @@ impl PythonProcess {
 /// Every `PyThreadState` of every interpreter, with no bound but a sanity cap, as
 /// (address, value of the field at `key_offset`). Userspace has no verifier to please, so this
 /// is where threads beyond the kernel's short scan are found. A cycle in the lists (garbage, or
-/// a hostile process) ends the walk.
+/// a hostile process) ends the walk; wild pointers just fail to read.
 pub fn thread_states(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64, key_offset: u64) -> Vec<(u64, u64)> {
     const MAX_WALK: usize = 100_000;
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    let mut interp = mem.u64(runtime_addr + o.runtime_interpreters_head as u64).unwrap_or(0);
+    let mut interp = mem.u64(runtime_addr.wrapping_add(o.runtime_interpreters_head as u64)).unwrap_or(0);
     while interp != 0 && seen.insert(interp) && seen.len() < MAX_WALK {
-        let mut tstate = mem.u64(interp + o.interp_threads_head as u64).unwrap_or(0);
+        let mut tstate = mem.u64(interp.wrapping_add(o.interp_threads_head as u64)).unwrap_or(0);
         while tstate != 0 && seen.insert(tstate) && seen.len() < MAX_WALK {
-            if let Some(key) = mem.u64(tstate + key_offset) {
+            if let Some(key) = mem.u64(tstate.wrapping_add(key_offset)) {
                 out.push((tstate, key));
             }
-            tstate = mem.u64(tstate + o.tstate_next as u64).unwrap_or(0);
+            tstate = mem.u64(tstate.wrapping_add(o.tstate_next as u64)).unwrap_or(0);
         }
-        interp = mem.u64(interp + o.interp_next as u64).unwrap_or(0);
+        interp = mem.u64(interp.wrapping_add(o.interp_next as u64)).unwrap_or(0);
     }
     out
 }
@@ -236,11 +236,11 @@ pub fn thread_states(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64, ke
 /// interpreter (the last in the list).
 pub fn gil_range(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64) -> Option<(u64, u64)> {
     let start = if o.runtime_ceval_gil >= 0 {
-        runtime_addr + o.runtime_ceval_gil as u64
+        runtime_addr.checked_add(o.runtime_ceval_gil as u64)?
     } else {
-        let mut interp = mem.u64(runtime_addr + o.runtime_interpreters_head as u64)?;
+        let mut interp = mem.u64(runtime_addr.wrapping_add(o.runtime_interpreters_head as u64))?;
         for _ in 0..64 {
-            match mem.u64(interp + o.interp_next as u64) {
+            match mem.u64(interp.wrapping_add(o.interp_next as u64)) {
                 Some(next) if next != 0 => interp = next,
                 _ => break,
             }
@@ -248,9 +248,9 @@ pub fn gil_range(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64) -> Opt
         if interp == 0 || o.interp_ceval_gil < 0 {
             return None;
         }
-        mem.u64(interp + o.interp_ceval_gil as u64).filter(|&g| g != 0)?
+        mem.u64(interp.wrapping_add(o.interp_ceval_gil as u64)).filter(|&g| g != 0)?
     };
-    Some((start, start + o.gil_size as u64))
+    Some((start, start.checked_add(o.gil_size as u64)?))
 }
 
 enum Known {

@@ -318,11 +318,11 @@ fn live_pairs(layout: &EntryLayout, entries: &[u8], values: Option<&[u8]>) -> Ve
 /// capacity; before, it always has room for every entry of its keys).
 fn values_array(mem: &impl ReadMemory, o: &PyOffsets, values: u64) -> Option<(u64, usize)> {
     let capacity = if o.dict_values_capacity >= 0 {
-        usize::from(mem.bytes(values + o.dict_values_capacity as u64, 1)?[0])
+        usize::from(mem.bytes(values.checked_add(o.dict_values_capacity as u64)?, 1)?[0])
     } else {
         usize::MAX
     };
-    Some((values + o.dict_values_array as u64, capacity))
+    Some((values.checked_add(o.dict_values_array as u64)?, capacity))
 }
 
 /// The live pairs of a keys object, with a split table's values array if there is one.
