@@ -24,6 +24,11 @@ const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 const HOUSEKEEPING_EVERY: u32 = 5;
 
 pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
+    // Signals first: a Ctrl-C from now on, even while the programs load, ends profiling cleanly
+    // (outputs written) instead of killing us.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let outputs = output::plan(&args.outputs, args.format)?;
     privileges::check()?;
     let target = TargetSpec::resolve(args.all, &args.pids, &args.command)?;
@@ -49,11 +54,6 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         off_cpu: !args.no_off_cpu,
         off_cpu_threshold_ns: args.off_cpu_threshold_us.saturating_mul(1000),
     })?;
-
-    // Signals first: a Ctrl-C from now on ends profiling cleanly instead of killing us.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
 
     let start_wall = SystemTime::now();
     let start = Instant::now();
