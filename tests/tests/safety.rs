@@ -320,3 +320,159 @@ fn sigint_and_sigterm_at_any_moment_leave_complete_outputs_or_a_clear_error() {
     let late = outcomes.iter().skip(4).filter(|o| o.ends_with("complete outputs")).count();
     assert_eq!(late, delays.len() - 4, "{}", outcomes.join("\n"));
 }
+
+/// Python frame names of a stack, root first.
+fn py_functions(stack: &Value) -> Vec<&str> {
+    stack["python_frames"].as_array().unwrap().iter().map(|f| f["function"].as_str().unwrap_or("")).collect()
+}
+
+/// The known chain of chain.py (run with 1 thread), with call-site lines.
+fn chain_expect(minor: u8) -> Vec<Expect> {
+    let script = workload("chain.py");
+    let line = |m: &str| line_of(&script, m);
+    let q = |name: &str| if minor >= 11 { name.to_string() } else { name.rsplit('.').next().unwrap().to_string() };
+    vec![
+        Expect::at("run", line("# CALL work")),
+        Expect::at(&q("Worker.work"), line("# CALL inner")),
+        Expect::at(&q("Worker.work.<locals>.inner"), line("# CALL burn")),
+        Expect { function: "burn".into(), lines: line("# LOOP start")..=line("# LOOP end") },
+    ]
+}
+
+#[test]
+fn hostile_processes_corrupting_their_interpreter_do_not_disturb_the_profiler_or_others() {
+    let interps = interpreters();
+    let hostile = workload("hostile.py");
+    let chain = workload("chain.py");
+    // Every interpreter corrupting itself, and two well-behaved processes beside them.
+    let mut hostiles: Vec<(Interpreter, KillOnDrop)> =
+        interps.iter().map(|i| (i.clone(), start_ready(&i.path, &hostile, &["30"]))).collect();
+    let normals: Vec<(Interpreter, KillOnDrop)> = [interps.first().unwrap(), interps.last().unwrap()]
+        .into_iter()
+        .map(|i| (i.clone(), start_ready(&i.path, &chain, &["30", "1"])))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = pyebpf();
+    cmd.args(["profile", "--all", "-F", "199", "-d", "4"]).current_dir(dir.path());
+    cmd.args(["-o", "p.json", "-o", "p.svg", "-o", "p.folded"]);
+    let out = run(&mut cmd, TIMEOUT);
+    assert_success(&out);
+    check_outputs_complete(dir.path(), &["p.json", "p.svg", "p.folded"]).unwrap();
+    let profile = read_json(&dir.path().join("p.json"));
+
+    // Bounded everywhere: no stack deeper than the walk's limit, whatever the chains hold.
+    for p in profile["processes"].as_array().unwrap() {
+        for s in p["stacks"].as_array().unwrap() {
+            let depth = s["python_frames"].as_array().unwrap().len();
+            assert!(depth <= 128, "pid {}: a stack of {depth} Python frames", p["pid"]);
+        }
+    }
+
+    let mut failures = Vec::new();
+    let mut report = Vec::new();
+    for (interp, child) in &mut hostiles {
+        let survived = child.0.try_wait().unwrap().is_none_or(|s| s.success());
+        let Some(p) = process(&profile, child.pid()) else {
+            failures.push(format!("{}: hostile pid {} not in the profile", interp.label, child.pid()));
+            continue;
+        };
+        let in_thread = |name: &str, pred: &dyn Fn(&Value) -> bool| -> u64 {
+            p["stacks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s["category"] == "cpu" && s["thread"].as_str().is_some_and(|t| t.contains(name)) && pred(s))
+                .map(|s| s["samples"].as_u64().unwrap())
+                .sum()
+        };
+        // The cycle is walked to the depth bound and marked truncated.
+        let cycle = in_thread("cycle", &|s| {
+            let f = py_functions(s);
+            s["frames"][0] == "[truncated]" && f.len() == 128 && f.iter().filter(|n| **n == "cycle_caller").count() > 100
+        });
+        // The fake code object's frame is an unknown frame, under a correctly named spinner.
+        let code = in_thread("code", &|s| {
+            let frames: Vec<&str> = s["frames"].as_array().unwrap().iter().filter_map(|f| f.as_str()).collect();
+            frames.windows(2).any(|w| w[0] == "[unknown python frame]" && w[1].starts_with("code_spinner ("))
+        });
+        let tstate = in_thread("tstate", &|_| true);
+        report.push(format!(
+            "{}: cycle {cycle}, fake code {code}, broken thread state {tstate} samples{}",
+            interp.label,
+            if survived { "" } else { " (the target crashed)" }
+        ));
+        if survived && (cycle == 0 || code == 0) {
+            failures.push(format!("{}: cycle {cycle}, fake code {code} samples", interp.label));
+        }
+    }
+    for (interp, child) in &normals {
+        let p = process(&profile, child.pid()).unwrap_or_else(|| panic!("{}: pid {} missing", interp.label, child.pid()));
+        // Of the samples with Python frames (samples taken before pyebpf had found the process
+        // have none), all but a few carry the exact chain: nothing of the hostile processes'
+        // garbage leaks into them.
+        let expect = chain_expect(interp.minor);
+        let (hit, total) = count(p, None, |s| has_chain(s, &chain, &expect));
+        let with_frames = count(p, None, |s| !s["python_frames"].as_array().unwrap().is_empty()).0;
+        let line = format!("{} (well-behaved): {hit} of {with_frames} samples with Python frames ({total} in all) have its exact chain", interp.label);
+        if with_frames < 30 || hit * 100 < with_frames * 95 {
+            failures.push(line.clone());
+        }
+        report.push(line);
+    }
+    eprintln!("{}", report.join("\n"));
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn huge_code_objects_long_names_non_utf8_files_and_deep_recursion() {
+    let script = workload("extremes.py");
+    for_each_interpreter("extremes", |interp| {
+        let dir = tempfile::tempdir().unwrap();
+        let child = start_ready(&interp.path, &script, &["30", dir.path().to_str().unwrap()]);
+        let profile = profile_json(|cmd, json| {
+            cmd.args(["profile", "-F", "199", "-d", "3", "--pid", &child.pid().to_string(), "-o"]).arg(json);
+        });
+        let p = process(&profile, child.pid()).ok_or("not in the profile")?;
+        let root = dir.path().to_str().unwrap();
+        let stacks: Vec<&Value> = p["stacks"].as_array().unwrap().iter().filter(|s| s["category"] == "cpu").collect();
+        let samples = |pred: &dyn Fn(&Value) -> bool| -> u64 {
+            stacks.iter().filter(|s| pred(s)).map(|s| s["samples"].as_u64().unwrap()).sum()
+        };
+        let leaf = |s: &Value| s["python_frames"].as_array().unwrap().last().cloned().unwrap_or(Value::Null);
+        // The 100,000-line body: named, in its file, at a line inside the body.
+        let huge_file = format!("{root}/huge.py");
+        let huge = samples(&|s| {
+            let f = leaf(s);
+            f["function"] == "huge_body" && f["file"] == huge_file.as_str() && f["line"].as_i64().is_some_and(|l| (3..=100_003).contains(&l))
+        });
+        let huge_far = samples(&|s| leaf(s)["line"].as_i64().is_some_and(|l| l > 50_000));
+        // The 10,000-character name, whole.
+        let long = samples(&|s| leaf(s)["function"].as_str().is_some_and(|n| n.len() == 10_000 && n.bytes().all(|b| b == b'f')));
+        // The file under a non-UTF-8 directory: the byte that is not UTF-8 becomes U+FFFD.
+        let bad_file = format!("{root}/caf\u{fffd}/mod.py");
+        let nonutf8 = samples(&|s| leaf(s)["function"] == "in_non_utf8_file" && leaf(s)["file"] == bad_file.as_str());
+        // 5,000-deep recursion: cut at 128 frames and marked.
+        let deep = samples(&|s| {
+            let frames = s["python_frames"].as_array().unwrap();
+            frames.len() == 128 && s["frames"][0] == "[truncated]" && frames.iter().all(|f| f["function"] == "deep")
+        });
+        let too_deep = samples(&|s| s["python_frames"].as_array().unwrap().len() > 128);
+        eprintln!("{}: huge {huge} (past line 50000: {huge_far}), long name {long}, non-UTF-8 file {nonutf8}, deep {deep}", interp.label);
+        if huge < 10 || huge_far == 0 || long < 10 || nonutf8 < 10 || deep < 10 || too_deep > 0 {
+            return Err(format!(
+                "huge {huge} (past line 50000: {huge_far}), long name {long}, non-UTF-8 file {nonutf8}, deep {deep}, deeper than 128: {too_deep}"
+            ));
+        }
+        // Every output format copes with them.
+        let out_dir = tempfile::tempdir().unwrap();
+        let out = run(
+            pyebpf()
+                .args(["profile", "-F", "99", "-d", "1", "--pid", &child.pid().to_string()])
+                .current_dir(out_dir.path())
+                .args(["-o", "p.svg", "-o", "p.folded", "-o", "p.json"]),
+            TIMEOUT,
+        );
+        assert_success(&out);
+        check_outputs_complete(out_dir.path(), &["p.svg", "p.folded", "p.json"])
+    });
+}

@@ -108,8 +108,20 @@ impl Inspector {
     }
 
     pub fn inspect(&mut self, pid: u32) -> Inspection {
-        let Ok(process) = Process::new(pid as i32) else { return Inspection::NotPython };
-        let Ok(maps) = process.maps() else { return Inspection::NotPython };
+        let process = match Process::new(pid as i32) {
+            Ok(process) => process,
+            Err(e) => {
+                log::debug!("pid {pid}: {e}");
+                return Inspection::NotPython;
+            }
+        };
+        let maps = match process.maps() {
+            Ok(maps) => maps,
+            Err(e) => {
+                log::debug!("pid {pid}: cannot read its maps: {e}");
+                return Inspection::NotPython;
+            }
+        };
         let exe_name = process
             .exe()
             .ok()
@@ -129,6 +141,7 @@ impl Inspector {
         }
         // Shared libpython first: a python executable linked against it has no _PyRuntime.
         candidates.sort_by_key(|(_, name)| !is_libpython(name));
+        log::debug!("pid {pid} ({exe_name}): {} interpreter candidates in {} mappings", candidates.len(), maps.iter().count());
 
         for (path, name) in candidates {
             let mappings: Vec<_> = maps.iter().filter(|m| matches!(&m.pathname, MMapPath::Path(p) if *p == path)).collect();
@@ -136,8 +149,14 @@ impl Inspector {
             // map_files opens the very file that is mapped, in whatever mount namespace.
             let via_map_files = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", first.address.0, first.address.1));
             let via_root = PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path));
-            let Some(facts) = self.elf_facts(&via_map_files).or_else(|| self.elf_facts(&via_root)) else { continue };
-            let Some(runtime_vaddr) = facts.runtime_vaddr else { continue };
+            let Some(facts) = self.elf_facts(&via_map_files).or_else(|| self.elf_facts(&via_root)) else {
+                log::debug!("pid {pid}: {} is not a readable ELF file", path.display());
+                continue;
+            };
+            let Some(runtime_vaddr) = facts.runtime_vaddr else {
+                log::debug!("pid {pid}: {} has no _PyRuntime", path.display());
+                continue;
+            };
             let bias = first.address.0.wrapping_sub(facts.base_vaddr);
             let runtime_addr = runtime_vaddr.wrapping_add(bias);
 
