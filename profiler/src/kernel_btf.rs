@@ -98,15 +98,19 @@ impl KernelBtf {
         let mut bits = 0u32;
         let mut current = id;
         for field in path {
-            let (member_bits, member_type) = self.find_member(current, field, 0)?;
+            // Members looked at per field, at most: anonymous members nest, and in a corrupt
+            // file each could be the struct itself (an exponential search otherwise).
+            let mut budget = 100_000u32;
+            let (member_bits, member_type) = self.find_member(current, field, 0, &mut budget)?;
             bits = bits.checked_add(member_bits)?;
             current = member_type;
         }
         (bits % 8 == 0).then_some(bits / 8)
     }
 
-    fn find_member(&self, struct_id: u32, field: &str, depth: u32) -> Option<(u32, u32)> {
+    fn find_member(&self, struct_id: u32, field: &str, depth: u32, budget: &mut u32) -> Option<(u32, u32)> {
         let (_, members) = self.structs.get(&struct_id)?;
+        *budget = budget.checked_sub(members.len() as u32)?;
         for m in members {
             if m.name == field {
                 return Some((m.bit_offset, m.type_id));
@@ -117,7 +121,7 @@ impl KernelBtf {
         }
         // Anonymous members: look inside.
         for m in members.iter().filter(|m| m.name.is_empty()) {
-            if let Some((bits, ty)) = self.find_member(m.type_id, field, depth + 1) {
+            if let Some((bits, ty)) = self.find_member(m.type_id, field, depth + 1, budget) {
                 return Some((m.bit_offset.checked_add(bits)?, ty));
             }
         }
@@ -194,6 +198,17 @@ mod tests {
         let btf = KernelBtf::parse(&btf).unwrap();
         assert_eq!(btf.offset_of("task_struct", &["thread", "fsbase"]), None);
         assert_eq!(btf.offset_of("task_struct", &["tgid"]), None);
+    }
+
+    /// Found reviewing the reader for the fuzzers: anonymous members that are the struct
+    /// itself made the search exponential (200 of them: 200^5 lookups).
+    #[test]
+    fn self_nesting_anonymous_members_are_bounded() {
+        let members: Vec<(&str, u32, u32)> = (0..200).map(|_| ("", 1, 0)).collect();
+        let btf = KernelBtf::parse(&blob(&[("task_struct", &members)])).unwrap();
+        let start = std::time::Instant::now();
+        assert_eq!(btf.offset_of("task_struct", &["pid"]), None);
+        assert!(start.elapsed() < std::time::Duration::from_secs(1), "{:?}", start.elapsed());
     }
 
     #[test]

@@ -59,6 +59,19 @@ fn check_writable(path: &Path) -> anyhow::Result<()> {
                 path.join("profile.svg").display()),
         ));
     }
+    // Outputs replace their target by a rename, which a device or a pipe cannot take: say so
+    // now rather than after profiling.
+    if let Ok(meta) = std::fs::metadata(path)
+        && !meta.is_file()
+    {
+        return Err(fatal(
+            ExitCode::Output,
+            format!(
+                "cannot write '{}': not a regular file (outputs are written to a temporary file renamed over the target); give a file path",
+                path.display()
+            ),
+        ));
+    }
     let dir = parent_dir(path);
     if !dir.is_dir() {
         return Err(fatal(
@@ -106,4 +119,22 @@ pub fn render(profile: &Profile, format: Format, w: &mut dyn Write) -> anyhow::R
         Format::Svg => crate::flamegraph::write_svg(profile, w)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `-o /dev/null` used to pass the check and fail after the whole profile, at the rename.
+    #[test]
+    fn devices_are_refused_before_profiling() {
+        let err = plan(&[PathBuf::from("/dev/null")], Some(Format::Json)).unwrap_err();
+        let fatal = err.downcast_ref::<crate::error::Fatal>().unwrap();
+        assert_eq!(fatal.code, ExitCode::Output);
+        assert!(fatal.message.contains("not a regular file"), "{}", fatal.message);
+        let dir = tempfile::tempdir().unwrap();
+        let existing = dir.path().join("old.json");
+        std::fs::write(&existing, "{}").unwrap();
+        assert!(plan(&[existing, dir.path().join("new.svg")], None).is_ok());
+    }
 }

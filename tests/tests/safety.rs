@@ -41,7 +41,14 @@ fn prog_ids_held_by_anyone() -> Vec<u64> {
 fn sigkill_mid_profile_leaves_no_programs_or_links_attached() {
     let before = ids(&bpftool_list("prog"), ours);
     let _spin = KillOnDrop(start_spin(20.0, 0));
-    let child = pyebpf().args(["profile", "--all", "-o", "/dev/null", "--format", "json"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let child = pyebpf()
+        .args(["profile", "--all", "-o"])
+        .arg(dir.path().join("p.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let pid = child.id();
     let mut child = KillOnDrop(child);
     // Wait until every program is loaded and attached: its fds hold 6 programs and 7+ links

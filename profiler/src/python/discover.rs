@@ -146,6 +146,18 @@ impl Inspector {
         for (path, name) in candidates {
             let mappings: Vec<_> = maps.iter().filter(|m| matches!(&m.pathname, MMapPath::Path(p) if *p == path)).collect();
             let Some(first) = mappings.iter().find(|m| m.offset == 0) else { continue };
+            // An interpreter runs its code: a file only mapped for reading (a profiler's or a
+            // debugger's symbol reader, a backup tool) is not one, and walking that process's
+            // memory with CPython's layout would read garbage.
+            let code_ranges: Vec<(u64, u64)> = mappings
+                .iter()
+                .filter(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
+                .map(|m| (m.address.0, m.address.1))
+                .collect();
+            if code_ranges.is_empty() {
+                log::debug!("pid {pid}: {} is mapped but not executable", path.display());
+                continue;
+            }
             // map_files opens the very file that is mapped, in whatever mount namespace.
             let via_map_files = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", first.address.0, first.address.1));
             let via_root = PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path));
@@ -164,11 +176,6 @@ impl Inspector {
                 Ok(version) => version,
                 Err(unsupported) => return unsupported,
             };
-            let code_ranges = mappings
-                .iter()
-                .filter(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
-                .map(|m| (m.address.0, m.address.1))
-                .collect();
             return Inspection::Python(Interpreter { version, runtime_addr, code_ranges, path });
         }
         Inspection::NotPython
@@ -235,6 +242,45 @@ mod tests {
         assert_eq!(version_from_name("libpython3.13d.so"), Some((3, 13)));
         assert_eq!(version_from_name("python3"), None);
         assert_eq!(version_from_name("ls"), None);
+    }
+
+    /// A libpython only mapped for reading (another profiler's symbol reader: seen on this
+    /// machine with a concurrent pyebpf, whose blazesym maps the libpython files it reads) is
+    /// not an interpreter; mapped executable, it is one.
+    #[test]
+    fn a_libpython_mapped_only_for_reading_is_not_an_interpreter() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("rt.c");
+        std::fs::write(&src, "char _PyRuntime[4096] = {1};\n").unwrap();
+        let lib = dir.path().join("libpython3.99.so");
+        let status = std::process::Command::new("cc")
+            .args(["-shared", "-nostdlib", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(&src)
+            .status()
+            .expect("cc (gcc) is needed to build a test ELF");
+        assert!(status.success());
+        let file = File::open(&lib).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
+        let map = |prot| {
+            use std::os::fd::AsRawFd;
+            // SAFETY: a fresh private mapping of a file we own, unmapped below.
+            let addr = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_PRIVATE, file.as_raw_fd(), 0) };
+            assert_ne!(addr, libc::MAP_FAILED);
+            addr
+        };
+        let me = std::process::id();
+        let readonly = map(libc::PROT_READ);
+        let seen = Inspector::default().inspect(me);
+        // SAFETY: unmapping what we mapped.
+        unsafe { libc::munmap(readonly, len) };
+        assert!(matches!(seen, Inspection::NotPython), "{seen:?}");
+        let executable = map(libc::PROT_READ | libc::PROT_EXEC);
+        let seen = Inspector::default().inspect(me);
+        // SAFETY: as above.
+        unsafe { libc::munmap(executable, len) };
+        // Taken for CPython 3.99 (by its name), then refused: no _Py_DebugOffsets in memory.
+        assert!(matches!(&seen, Inspection::Unsupported { version, .. } if version == "3.99"), "{seen:?}");
     }
 
     #[test]
