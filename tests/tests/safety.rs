@@ -483,3 +483,96 @@ fn huge_code_objects_long_names_non_utf8_files_and_deep_recursion() {
         check_outputs_complete(out_dir.path(), &["p.svg", "p.folded", "p.json"])
     });
 }
+
+/// Starts `chain.py 30 1` in new pid and mount namespaces. With `chroot`, the interpreter is
+/// bind-mounted at /opt/pyebpf-ns-python inside a chroot (a path that does not exist on the
+/// host) and the workloads at /work; without, the host's paths are used. Returns the
+/// `unshare` process and the interpreter's pid as the host sees it.
+fn start_in_namespaces(interp: &Interpreter, chroot: Option<&Path>) -> (KillOnDrop, u32) {
+    require_tool("unshare", "util-linux");
+    let workloads = workload("chain.py").parent().unwrap().to_path_buf();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--pid", "--fork", "--mount-proc", "--mount", "--propagation", "private"]);
+    match chroot {
+        Some(root) => {
+            // Interpreter prefix: .../versions/3.X.Y (bin/python3.X and lib/ below it).
+            let prefix = interp.path.parent().unwrap().parent().unwrap();
+            let exe = interp.path.file_name().unwrap();
+            let script = r#"set -e
+root=$1; prefix=$2; exe=$3; work=$4
+mkdir -p "$root/usr" "$root/etc" "$root/dev" "$root/opt/pyebpf-ns-python" "$root/work"
+ln -sfn usr/bin "$root/bin"; ln -sfn usr/lib "$root/lib"; ln -sfn usr/lib64 "$root/lib64"
+for d in usr etc dev; do mount --bind "/$d" "$root/$d"; done
+mount --bind "$prefix" "$root/opt/pyebpf-ns-python"
+mount --bind "$work" "$root/work"
+exec chroot "$root" /usr/bin/env LD_LIBRARY_PATH=/opt/pyebpf-ns-python/lib "/opt/pyebpf-ns-python/bin/$exe" /work/chain.py 30 1
+"#;
+            cmd.args(["bash", "-c", script, "bash"]).arg(root).arg(prefix).arg(exe).arg(&workloads);
+        }
+        None => {
+            cmd.arg(&interp.path).arg(workloads.join("chain.py")).args(["30", "1"]);
+        }
+    }
+    // (stderr: a chrooted interpreter killed at the end complains about libgcc_s.)
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("start unshare");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "{} in namespaces did not start", interp.label);
+    // unshare --fork: its child is pid 1 of the new namespace, and (after the execs) the
+    // interpreter.
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id())).unwrap();
+    let pid: u32 = children.split_whitespace().next().expect("unshare's child").parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(nspid.split_whitespace().nth(2) == Some("1"), "{pid} is not pid 1 of a new namespace: {nspid}");
+    (KillOnDrop(child), pid)
+}
+
+#[test]
+fn python_in_its_own_pid_and_mount_namespace_is_found_and_symbolized() {
+    assert!(!Path::new("/opt/pyebpf-ns-python").exists(), "the container path must not exist on the host");
+    let interps = interpreters();
+    let roots = tempfile::tempdir().unwrap();
+    let mut containers = Vec::new();
+    // Every pyenv interpreter chrooted at a path the host does not have (shared libpython), and
+    // the system interpreter (static) in namespaces alone.
+    for (i, interp) in interps.iter().enumerate() {
+        let root = roots.path().join(format!("root{i}"));
+        let chroot = interp.label.contains("pyenv").then_some(root.as_path());
+        let (guard, pid) = start_in_namespaces(interp, chroot);
+        containers.push((interp.clone(), chroot.is_some(), guard, pid));
+    }
+    let profile = profile_json(|cmd, json| {
+        cmd.args(["profile", "--all", "-F", "199", "-d", "4", "-o"]).arg(json);
+    });
+    let mut failures = Vec::new();
+    for (interp, chrooted, _guard, pid) in &containers {
+        let file = if *chrooted { Path::new("/work/chain.py").to_path_buf() } else { workload("chain.py") };
+        let what = format!("{} (pid {pid}{})", interp.label, if *chrooted { ", chroot" } else { "" });
+        let Some(p) = process(&profile, *pid) else {
+            failures.push(format!("{what}: not in the profile"));
+            continue;
+        };
+        if !p["python_version"].as_str().is_some_and(|v| v.starts_with(&format!("3.{}", interp.minor))) {
+            failures.push(format!("{what}: python_version {}", p["python_version"]));
+            continue;
+        }
+        let expect = chain_expect(interp.minor);
+        let (hit, total) = count(p, None, |s| has_chain(s, &file, &expect));
+        let with_frames = count(p, None, |s| !s["python_frames"].as_array().unwrap().is_empty()).0;
+        let names: Vec<&str> = p["threads"].as_array().unwrap().iter().filter_map(|t| t["python_name"].as_str()).collect();
+        eprintln!("{what}: {hit} of {total} samples with the exact chain ({with_frames} with Python frames); thread names {names:?}");
+        // Both threads unwound, with the container's own file path and call-site lines, and
+        // named by their Python names (which CPython keys by the namespace's tids). Samples
+        // taken before pyebpf found the process have no Python frames.
+        let mut names = names.clone();
+        names.sort();
+        if hit < 30 || hit * 100 < with_frames * 95 || with_frames * 10 < total * 5 || names != ["MainThread", "burner-0"] {
+            failures.push(format!(
+                "{what}: {hit} of {total} samples ({with_frames} with Python frames) with the exact chain in {}; names {names:?}",
+                file.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -26,6 +26,14 @@ use self::{
 #[cfg(test)]
 mod tests {
     #[test]
+    fn namespace_ids_from_status() {
+        assert_eq!(super::nspids("Name:\tpython3\nNSpid:\t4242\t1\nNSpgid:\t4242\t1\n"), vec![4242, 1]);
+        assert_eq!(super::nspids("NSpid:\t77\n"), vec![77]);
+        assert_eq!(super::nspids("Name:\tx\n"), Vec::<u32>::new());
+        assert!(!super::in_child_pid_namespace(std::process::id()));
+    }
+
+    #[test]
     fn frame_fields_fit_the_kernels_single_read() {
         for ((major, minor), o) in super::offsets_generated::TABLE {
             let len = super::frame_read_len(o);
@@ -130,6 +138,8 @@ pub struct PythonProcess {
     /// tid → `threading.Thread.name`, as last read.
     thread_names: HashMap<u32, String>,
     names_read: Option<Instant>,
+    /// In a pid namespace of its own: its tids are not the ones the kernel reports.
+    namespaced: bool,
 }
 
 impl PythonProcess {
@@ -145,7 +155,13 @@ impl PythonProcess {
         }
         self.names_read = Some(Instant::now());
         let names = thread_names::thread_names(&self.mem, self.offsets, self.interpreter.version, self.interpreter.runtime_addr);
-        self.thread_names.extend(names);
+        if self.namespaced {
+            // `_native_id` is the tid inside the process's pid namespace.
+            let host = host_tids(self.mem.pid);
+            self.thread_names.extend(names.into_iter().filter_map(|(tid, name)| Some((*host.get(&tid)?, name))));
+        } else {
+            self.thread_names.extend(names);
+        }
     }
 
     pub fn thread_name(&self, tid: u32) -> Option<&str> {
@@ -296,7 +312,15 @@ impl PythonRegistry {
             Inspection::Python(interpreter) => match offsets::for_version(interpreter.version.major, interpreter.version.minor) {
                 Some(offsets) => {
                     log::info!("pid {pid}: CPython {} ({})", interpreter.version, interpreter.path.display());
-                    self.pending.push((pid, proc_info(interpreter.runtime_addr, offsets)));
+                    let mut info = proc_info(interpreter.runtime_addr, offsets);
+                    // In its own pid namespace (a container), `native_thread_id` holds the
+                    // namespace's tids, which the kernel program does not see: match threads
+                    // by their pthread_t (the fs base), as for 3.8-3.10.
+                    let namespaced = in_child_pid_namespace(pid);
+                    if namespaced {
+                        info.tstate_native_thread_id = PY_OFFSET_NONE;
+                    }
+                    self.pending.push((pid, info));
                     let process = PythonProcess {
                         interpreter,
                         offsets,
@@ -305,8 +329,11 @@ impl PythonRegistry {
                         codes: HashMap::new(),
                         thread_names: HashMap::new(),
                         names_read: None,
+                        namespaced,
                     };
-                    self.pending_tstates.extend(process.native_thread_states());
+                    if !namespaced {
+                        self.pending_tstates.extend(process.native_thread_states());
+                    }
                     self.gil_pending.insert(pid);
                     Known::Python(Box::new(process))
                 }
@@ -400,6 +427,34 @@ impl PythonRegistry {
     pub fn take_pending(&mut self) -> Vec<(u32, PyProcInfo)> {
         std::mem::take(&mut self.pending)
     }
+}
+
+/// `NSpid:` of a process or thread status: its id in each pid namespace, outermost first.
+fn nspids(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|ids| ids.split_whitespace().filter_map(|id| id.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Is the process in a pid namespace below ours (a container)? Its own tids then differ from
+/// the ones the kernel program records.
+fn in_child_pid_namespace(pid: u32) -> bool {
+    let levels = |path: &str| std::fs::read_to_string(path).map(|s| nspids(&s).len()).unwrap_or(0);
+    levels(&format!("/proc/{pid}/status")) > levels("/proc/self/status").max(1)
+}
+
+/// Thread id inside the process's innermost pid namespace → thread id as we see it.
+fn host_tids(pid: u32) -> HashMap<u32, u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return HashMap::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let ids = nspids(&std::fs::read_to_string(task.path().join("status")).ok()?);
+            Some((*ids.last()?, *ids.first()?))
+        })
+        .collect()
 }
 
 /// How long ago the process started, from /proc.
