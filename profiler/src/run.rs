@@ -55,10 +55,14 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         off_cpu_threshold_ns: args.off_cpu_threshold_us.saturating_mul(1000),
     })?;
 
-    let start_wall = SystemTime::now();
-    let start = Instant::now();
+    // A command is sampled from its first instruction (it starts gated, see target.rs); other
+    // targets once the Python processes among them are registered, so that their first samples
+    // already have Python frames.
+    let command = matches!(target, TargetSpec::Command(_));
+    if command {
+        bpf.start_sampling()?;
+    }
     let mut running = target.start(&mut bpf)?;
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
 
     let mut agg = Aggregator::new(args.frequency);
     let mut classifier = Classifier::default();
@@ -69,6 +73,12 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         python.observe(pid);
     }
     register_python(&mut bpf, &mut python, &mut classifier);
+    if !command {
+        bpf.start_sampling()?;
+    }
+    let start_wall = SystemTime::now();
+    let start = Instant::now();
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
     let mut decode_errors = 0u64;
     // Samples of the command we start count from its exec on (see Running::launched_pid).
     let mut awaiting_exec = running.launched_pid();
