@@ -72,6 +72,8 @@ pub struct Bpf {
     off_cpu: bool,
     /// What one off-CPU stack costs of a thread's budget (see the kernel's `take_stack_budget`).
     stack_cost_ns: u64,
+    cpu_list: Vec<u32>,
+    period_ns: u64,
 }
 
 /// Ring buffer for half a second of samples at the configured rate: it is drained every 50 ms,
@@ -147,23 +149,7 @@ impl Bpf {
         program.load().map_err(|e| {
             fatal(ExitCode::Kernel, format!("the kernel refused the on-CPU sampling program: {}", error_chain(&e)))
         })?;
-        // A fixed period, not a frequency: each sample then stands for exactly 1/F s of CPU time.
-        let period_ns = 1_000_000_000u64 / cfg.frequency as u64;
-        for &cpu in &cpu_list {
-            program
-                .attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Period(period_ns.max(1)),
-                    false,
-                )
-                .map_err(|e| {
-                    fatal(
-                        ExitCode::Kernel,
-                        format!("cannot open a cpu-clock perf event on CPU {cpu}: {}", error_chain(&e)),
-                    )
-                })?;
-        }
+        // Attached by `start_sampling`, once the caller has registered what it knows of.
 
         attach_raw_tracepoint(&mut ebpf, names::PROG_EXEC, "sched_process_exec")?;
         if cfg.off_cpu {
@@ -199,7 +185,37 @@ impl Bpf {
             cpus: cpu_list.len(),
             off_cpu: cfg.off_cpu,
             stack_cost_ns,
+            // A fixed period, not a frequency: each sample then stands for exactly 1/F s of CPU.
+            period_ns: (1_000_000_000u64 / cfg.frequency as u64).max(1),
+            cpu_list,
         })
+    }
+
+    /// Starts sampling: a cpu-clock perf event on every online CPU runs the on-CPU program.
+    /// Separate from `load` so that Python processes already known are registered first: samples
+    /// taken before that would have no Python frames (seconds of them on a loaded host).
+    pub fn start_sampling(&mut self) -> anyhow::Result<()> {
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(names::PROG_ON_CPU)
+            .context("on-CPU program missing from the eBPF object")?
+            .try_into()?;
+        for &cpu in &self.cpu_list {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(self.period_ns),
+                    false,
+                )
+                .map_err(|e| {
+                    fatal(
+                        ExitCode::Kernel,
+                        format!("cannot open a cpu-clock perf event on CPU {cpu}: {}", error_chain(&e)),
+                    )
+                })?;
+        }
+        Ok(())
     }
 
     /// Starts sampling process `pid` (all its threads).
@@ -389,7 +405,7 @@ fn poll_family_arg(pid: u32, nr: i64, args: &[u64; 6]) -> u64 {
     use profiler_common::poll_arg;
     let read_u64 = |addr: u64| -> Option<u64> {
         let mut buf = [0u8; 8];
-        crate::python::memory::Memory::new(pid).read(addr, &mut buf).then(|| u64::from_ne_bytes(buf))
+        crate::python::memory::ReadMemory::read(&crate::python::memory::Memory::new(pid), addr, &mut buf).then(|| u64::from_ne_bytes(buf))
     };
     match nr {
         poll_arg::SYS_SELECT | poll_arg::SYS_PSELECT6 => {

@@ -98,6 +98,13 @@ impl Session {
             off_cpu_threshold_ns: cfg.off_cpu_threshold_ns,
             off_cpu_stack_rate: cfg.off_cpu_stack_rate,
         })?;
+        // A command is sampled from its first instruction (it starts gated, see target.rs);
+        // other targets once the Python processes among them are registered, so that their
+        // first samples already have Python frames.
+        let command = matches!(cfg.target, TargetSpec::Command(_));
+        if command {
+            bpf.start_sampling()?;
+        }
         let window_start_wall = SystemTime::now();
         let window_start = Instant::now();
         let running = cfg.target.start(&mut bpf)?;
@@ -129,6 +136,9 @@ impl Session {
         // Explicit targets that are not Python are tracked off-CPU too.
         for pid in session.running.initial_pids() {
             session.bpf.seed_sleeping_threads(pid);
+        }
+        if !command {
+            session.bpf.start_sampling()?;
         }
         Ok(session)
     }

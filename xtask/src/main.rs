@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | setup-pythons | build | run | test | bench |
+//! Project tasks: `cargo xtask setup | setup-pythons | build | run | test | bench | fuzz |
 //! gen-python-offsets`.
 //!
 //! Everything the project needs on a fresh machine is installed from here, idempotently: each
@@ -7,6 +7,7 @@ mod bench;
 mod bench_offcpu;
 mod bench_overhead;
 mod bench_python;
+mod fuzz;
 mod python_offsets;
 mod pythons;
 mod setup;
@@ -59,6 +60,15 @@ enum Task {
         #[command(subcommand)]
         which: Option<bench::Which>,
     },
+    /// Fuzz every parser of untrusted bytes (cargo fuzz targets in fuzz/, nightly) for a bounded
+    /// time each; fails on any crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        seconds: u32,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
     /// Regenerate profiler/src/python/offsets_generated.rs from the CPython headers of every
     /// pyenv 3.8+ interpreter found, and of OS roots for the versions pyenv lacks (the test
     /// root when present; compiles an offsetof probe per version).
@@ -93,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Test { args } => test(&root, &args),
         Task::SetupPythons { dev } => pythons::ensure(&root, true, dev),
+        Task::Fuzz { seconds, targets } => fuzz::run_all(&root, seconds, &targets),
         Task::GenPythonOffsets { roots } => {
             python_offsets::generate(&root, &root.join("profiler/src/python/offsets_generated.rs"), &roots)
         }

@@ -11,7 +11,11 @@ use std::{collections::HashMap, fs::File, path::PathBuf};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, read::ReadCache};
 use procfs::process::{MMapPath, Process};
 
-use super::{PyVersion, memory::Memory, offsets};
+use super::{
+    PyVersion,
+    memory::{Memory, ReadMemory},
+    offsets,
+};
 
 /// What a process turned out to be.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use profiler_common::{PY_OFFSET_NONE, PyFrameRecord, PyProcInfo};
 use self::{
     code::{CodeObject, FrameLine},
     discover::{Inspection, Inspector, Interpreter},
-    memory::Memory,
+    memory::{Memory, ReadMemory},
     offsets::PyOffsets,
 };
 
@@ -45,6 +45,14 @@ mod tests {
             let tags = o.frame_code_tag_bits as u64;
             assert_eq!(tags & !profiler_common::PY_CODE_TAG_MASK, 0, "3.{minor}");
         }
+    }
+
+    #[test]
+    fn namespace_ids_from_status() {
+        assert_eq!(super::nspids("Name:\tpython3\nNSpid:\t4242\t1\nNSpgid:\t4242\t1\n"), vec![4242, 1]);
+        assert_eq!(super::nspids("NSpid:\t77\n"), vec![77]);
+        assert_eq!(super::nspids("Name:\tx\n"), Vec::<u32>::new());
+        assert!(!super::in_child_pid_namespace(std::process::id()));
     }
 
     #[test]
@@ -162,6 +170,8 @@ pub struct PythonProcess {
     /// tid → `threading.Thread.name`, as last read.
     thread_names: HashMap<u32, String>,
     names_read: Option<Instant>,
+    /// In a pid namespace of its own: its tids are not the ones the kernel reports.
+    namespaced: bool,
 }
 
 impl PythonProcess {
@@ -177,33 +187,23 @@ impl PythonProcess {
         }
         self.names_read = Some(Instant::now());
         let names = thread_names::thread_names(&self.mem, &self.offsets, self.interpreter.version, self.interpreter.runtime_addr);
-        self.thread_names.extend(names);
+        if self.namespaced {
+            // `_native_id` is the tid inside the process's pid namespace.
+            let host = host_tids(self.mem.pid);
+            self.thread_names.extend(names.into_iter().filter_map(|(tid, name)| Some((*host.get(&tid)?, name))));
+        } else {
+            self.thread_names.extend(names);
+        }
     }
 
     pub fn thread_name(&self, tid: u32) -> Option<&str> {
         self.thread_names.get(&tid).map(String::as_str)
     }
 
-    /// Every `PyThreadState` of every interpreter, with no bound but a sanity cap, as
-    /// (address, value of the field at `key_offset`). Userspace has no verifier to please, so
-    /// this is where threads beyond the kernel's short scan are found.
+    /// Every `PyThreadState` of every interpreter, as (address, value of the field at
+    /// `key_offset`): see [`thread_states`].
     pub fn thread_states(&self, key_offset: u64) -> Vec<(u64, u64)> {
-        const MAX_WALK: usize = 100_000;
-        let o = &self.offsets;
-        let mut out = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut interp = self.mem.u64(self.interpreter.runtime_addr + o.runtime_interpreters_head as u64).unwrap_or(0);
-        while interp != 0 && seen.insert(interp) && seen.len() < MAX_WALK {
-            let mut tstate = self.mem.u64(interp + o.interp_threads_head as u64).unwrap_or(0);
-            while tstate != 0 && seen.insert(tstate) && seen.len() < MAX_WALK {
-                if let Some(key) = self.mem.u64(tstate + key_offset) {
-                    out.push((tstate, key));
-                }
-                tstate = self.mem.u64(tstate + o.tstate_next as u64).unwrap_or(0);
-            }
-            interp = self.mem.u64(interp + o.interp_next as u64).unwrap_or(0);
-        }
-        out
+        thread_states(&self.mem, &self.offsets, self.interpreter.runtime_addr, key_offset)
     }
 
     /// tid → `PyThreadState` for every thread whose state names its tid (3.11+), so the kernel
@@ -216,26 +216,9 @@ impl PythonProcess {
         self.thread_states(off as u64).into_iter().map(|(tstate, tid)| (tid as u32, tstate)).collect()
     }
 
-    /// The GIL's address range: futex waits inside it are waits for the GIL. 3.8–3.11 embed it
-    /// in `_PyRuntime`; 3.12+ point to it from the main interpreter (the last in the list).
+    /// The GIL's address range: futex waits inside it are waits for the GIL (see [`gil_range`]).
     pub fn gil_range(&self) -> Option<(u64, u64)> {
-        let o = &self.offsets;
-        let start = if o.runtime_ceval_gil >= 0 {
-            self.interpreter.runtime_addr + o.runtime_ceval_gil as u64
-        } else {
-            let mut interp = self.mem.u64(self.interpreter.runtime_addr + o.runtime_interpreters_head as u64)?;
-            for _ in 0..64 {
-                match self.mem.u64(interp + o.interp_next as u64) {
-                    Some(next) if next != 0 => interp = next,
-                    _ => break,
-                }
-            }
-            if interp == 0 || o.interp_ceval_gil < 0 {
-                return None;
-            }
-            self.mem.u64(interp + o.interp_ceval_gil as u64).filter(|&g| g != 0)?
-        };
-        Some((start, start + o.gil_size as u64))
+        gil_range(&self.mem, &self.offsets, self.interpreter.runtime_addr)
     }
 
     /// Is `addr` inside the interpreter's own machine code?
@@ -274,6 +257,49 @@ impl PythonProcess {
             }),
         }
     }
+}
+
+/// Every `PyThreadState` of every interpreter, with no bound but a sanity cap, as
+/// (address, value of the field at `key_offset`). Userspace has no verifier to please, so this
+/// is where threads beyond the kernel's short scan are found. A cycle in the lists (garbage, or
+/// a hostile process) ends the walk; wild pointers just fail to read.
+pub fn thread_states(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64, key_offset: u64) -> Vec<(u64, u64)> {
+    const MAX_WALK: usize = 100_000;
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut interp = mem.u64(runtime_addr.wrapping_add(o.runtime_interpreters_head as u64)).unwrap_or(0);
+    while interp != 0 && seen.insert(interp) && seen.len() < MAX_WALK {
+        let mut tstate = mem.u64(interp.wrapping_add(o.interp_threads_head as u64)).unwrap_or(0);
+        while tstate != 0 && seen.insert(tstate) && seen.len() < MAX_WALK {
+            if let Some(key) = mem.u64(tstate.wrapping_add(key_offset)) {
+                out.push((tstate, key));
+            }
+            tstate = mem.u64(tstate.wrapping_add(o.tstate_next as u64)).unwrap_or(0);
+        }
+        interp = mem.u64(interp.wrapping_add(o.interp_next as u64)).unwrap_or(0);
+    }
+    out
+}
+
+/// The GIL's address range. 3.8–3.11 embed it in `_PyRuntime`; 3.12+ point to it from the main
+/// interpreter (the last in the list).
+pub fn gil_range(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64) -> Option<(u64, u64)> {
+    let start = if o.runtime_ceval_gil >= 0 {
+        runtime_addr.checked_add(o.runtime_ceval_gil as u64)?
+    } else {
+        let mut interp = mem.u64(runtime_addr.wrapping_add(o.runtime_interpreters_head as u64))?;
+        for _ in 0..64 {
+            match mem.u64(interp.wrapping_add(o.interp_next as u64)) {
+                Some(next) if next != 0 => interp = next,
+                _ => break,
+            }
+        }
+        if interp == 0 || o.interp_ceval_gil < 0 {
+            return None;
+        }
+        mem.u64(interp.wrapping_add(o.interp_ceval_gil as u64)).filter(|&g| g != 0)?
+    };
+    Some((start, start.checked_add(o.gil_size as u64)?))
 }
 
 enum Known {
@@ -334,7 +360,15 @@ impl PythonRegistry {
                     for (field, table, process) in &layout.corrected {
                         log::warn!("pid {pid}: {field} is {process} by its _Py_DebugOffsets, not {table}: using {process}");
                     }
-                    self.pending.push((pid, proc_info(interpreter.runtime_addr, &offsets)));
+                    let mut info = proc_info(interpreter.runtime_addr, &offsets);
+                    // In its own pid namespace (a container), `native_thread_id` holds the
+                    // namespace's tids, which the kernel program does not see: match threads
+                    // by their pthread_t (the fs base), as for 3.8-3.10.
+                    let namespaced = in_child_pid_namespace(pid);
+                    if namespaced {
+                        info.tstate_native_thread_id = PY_OFFSET_NONE;
+                    }
+                    self.pending.push((pid, info));
                     let process = PythonProcess {
                         interpreter,
                         offsets,
@@ -343,8 +377,11 @@ impl PythonRegistry {
                         codes: HashMap::new(),
                         thread_names: HashMap::new(),
                         names_read: None,
+                        namespaced,
                     };
-                    self.pending_tstates.extend(process.native_thread_states());
+                    if !namespaced {
+                        self.pending_tstates.extend(process.native_thread_states());
+                    }
                     self.gil_pending.insert(pid);
                     Known::Python(Box::new(process))
                 }
@@ -452,6 +489,34 @@ impl PythonRegistry {
         let prefix = format!("pid {pid}: ");
         self.notes.retain(|n| !n.starts_with(&prefix));
     }
+}
+
+/// `NSpid:` of a process or thread status: its id in each pid namespace, outermost first.
+fn nspids(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|ids| ids.split_whitespace().filter_map(|id| id.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Is the process in a pid namespace below ours (a container)? Its own tids then differ from
+/// the ones the kernel program records.
+fn in_child_pid_namespace(pid: u32) -> bool {
+    let levels = |path: &str| std::fs::read_to_string(path).map(|s| nspids(&s).len()).unwrap_or(0);
+    levels(&format!("/proc/{pid}/status")) > levels("/proc/self/status").max(1)
+}
+
+/// Thread id inside the process's innermost pid namespace → thread id as we see it.
+fn host_tids(pid: u32) -> HashMap<u32, u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return HashMap::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let ids = nspids(&std::fs::read_to_string(task.path().join("status")).ok()?);
+            Some((*ids.last()?, *ids.first()?))
+        })
+        .collect()
 }
 
 /// How long ago the process started, from /proc.
