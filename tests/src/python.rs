@@ -192,6 +192,47 @@ pub fn interpreters() -> Vec<Interpreter> {
     found
 }
 
+/// The newest interpreter that runs on the host itself (not through a root), for tests that
+/// need one Python and start it by path.
+pub fn host_interpreter() -> Interpreter {
+    interpreters().into_iter().filter(|i| i.root.is_none()).max_by_key(|i| i.minor).expect("no CPython 3.8+ on the host")
+}
+
+/// The interpreters that run on the host itself, for tests that build their own file tree
+/// around an interpreter or hand it host paths; says which ones (in OS roots) they leave out.
+pub fn host_interpreters() -> Vec<Interpreter> {
+    let (host, rooted): (Vec<Interpreter>, Vec<Interpreter>) = interpreters().into_iter().partition(|i| i.root.is_none());
+    if !rooted.is_empty() {
+        eprintln!(
+            "not covered by this test (it hands the interpreter host paths): {}",
+            rooted.iter().map(|i| i.label.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    assert!(!host.is_empty(), "no CPython 3.8+ on the host");
+    host
+}
+
+/// [`for_each_interpreter`] over [`host_interpreters`].
+pub fn for_each_host_interpreter(what: &str, mut check: impl FnMut(&Interpreter) -> Result<(), String>) {
+    let failures: Vec<String> =
+        host_interpreters().iter().filter_map(|i| check(i).err().map(|e| format!("{}: {e}", i.label))).collect();
+    assert!(failures.is_empty(), "{what} failed on:\n{}", failures.join("\n"));
+}
+
+/// Starts `python script args...` from host paths and waits for it to print "ready".
+pub fn start_script(python: &Path, script: &Path, args: &[&str]) -> KillOnDrop {
+    let mut child = Command::new(python)
+        .arg(script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", python.display()));
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "{} did not start", script.display());
+    KillOnDrop(child)
+}
+
 /// Path of a workload script in tests/workloads.
 pub fn workload(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads").join(name)

@@ -101,11 +101,11 @@ fn sigkill_mid_profile_leaves_no_programs_or_links_attached() {
 
 #[test]
 fn ring_buffer_overflow_is_counted_and_the_profile_stays_valid() {
-    let interp = interpreters().pop().unwrap();
+    let interp = host_interpreter();
     let script = workload("yield_burst.py");
     // Three processes of four threads switching out inside sched_yield as fast as they can:
     // with a threshold of 0 every switch is an event with stacks.
-    let workers: Vec<KillOnDrop> = (0..3).map(|_| start_ready(&interp.path, &script, &["6", "4"])).collect();
+    let workers: Vec<KillOnDrop> = (0..3).map(|_| start_script(&interp.path, &script, &["6", "4"])).collect();
     let dir = tempfile::tempdir().unwrap();
     let (json, folded) = (dir.path().join("p.json"), dir.path().join("p.folded"));
     let mut cmd = pyebpf();
@@ -160,7 +160,7 @@ fn wait_rusage(pid: u32, timeout: Duration) -> (std::process::ExitStatus, i64) {
 
 #[test]
 fn thousands_of_short_lived_processes_under_all() {
-    let interp = interpreters().pop().unwrap();
+    let interp = host_interpreter();
     let dir = tempfile::tempdir().unwrap();
     let out_dir = dir.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
@@ -207,7 +207,7 @@ fn thousands_of_short_lived_processes_under_all() {
 
 #[test]
 fn a_target_that_forks_and_execs_mid_profile() {
-    let interp = interpreters().pop().unwrap();
+    let interp = host_interpreter();
     let script = workload("fork_exec.py");
     let chain = workload("chain.py");
     let dir = tempfile::tempdir().unwrap();
@@ -348,15 +348,15 @@ fn chain_expect(minor: u8) -> Vec<Expect> {
 
 #[test]
 fn hostile_processes_corrupting_their_interpreter_do_not_disturb_the_profiler_or_others() {
-    let interps = interpreters();
+    let interps = host_interpreters();
     let hostile = workload("hostile.py");
     let chain = workload("chain.py");
     // Every interpreter corrupting itself, and two well-behaved processes beside them.
     let mut hostiles: Vec<(Interpreter, KillOnDrop)> =
-        interps.iter().map(|i| (i.clone(), start_ready(&i.path, &hostile, &["30"]))).collect();
+        interps.iter().map(|i| (i.clone(), start_script(&i.path, &hostile, &["30"]))).collect();
     let normals: Vec<(Interpreter, KillOnDrop)> = [interps.first().unwrap(), interps.last().unwrap()]
         .into_iter()
-        .map(|i| (i.clone(), start_ready(&i.path, &chain, &["30", "1"])))
+        .map(|i| (i.clone(), start_script(&i.path, &chain, &["30", "1"])))
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = pyebpf();
@@ -432,9 +432,9 @@ fn hostile_processes_corrupting_their_interpreter_do_not_disturb_the_profiler_or
 #[test]
 fn huge_code_objects_long_names_non_utf8_files_and_deep_recursion() {
     let script = workload("extremes.py");
-    for_each_interpreter("extremes", |interp| {
+    for_each_host_interpreter("extremes", |interp| {
         let dir = tempfile::tempdir().unwrap();
-        let child = start_ready(&interp.path, &script, &["30", dir.path().to_str().unwrap()]);
+        let child = start_script(&interp.path, &script, &["30", dir.path().to_str().unwrap()]);
         let profile = profile_json(|cmd, json| {
             cmd.args(["profile", "-F", "199", "-d", "3", "--pid", &child.pid().to_string(), "-o"]).arg(json);
         });
@@ -530,7 +530,7 @@ exec chroot "$root" /usr/bin/env LD_LIBRARY_PATH=/opt/pyebpf-ns-python/lib "/opt
 #[test]
 fn python_in_its_own_pid_and_mount_namespace_is_found_and_symbolized() {
     assert!(!Path::new("/opt/pyebpf-ns-python").exists(), "the container path must not exist on the host");
-    let interps = interpreters();
+    let interps = host_interpreters();
     let roots = tempfile::tempdir().unwrap();
     let mut containers = Vec::new();
     // Every pyenv interpreter chrooted at a path the host does not have (shared libpython), and
