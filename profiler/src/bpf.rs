@@ -302,6 +302,14 @@ impl Bpf {
         times
             .iter()
             .filter(|(_, t)| t.off_since_ns != 0 && t.off_since_ns < now)
+            // A thread's last switch-out is its exit: it is not waiting, it is gone.
+            .filter(|(tid, t)| {
+                let exiting = self
+                    .in_flight
+                    .get(tid, 0)
+                    .is_ok_and(|c| c.syscall_nr == libc::SYS_exit || c.syscall_nr == libc::SYS_exit_group);
+                !exiting && crate::procinfo::thread_alive(t.pid, *tid)
+            })
             .map(|&(tid, t)| {
                 let (blocked_ns, runq_ns) = if t.off_state == profiler_common::off_state::RUNNABLE {
                     (0, now - t.off_since_ns)

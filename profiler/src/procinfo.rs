@@ -23,6 +23,17 @@ pub fn tgid_of(tid: u32) -> Option<u32> {
     Process::new(tid as i32).ok()?.status().ok().map(|s| s.tgid as u32)
 }
 
+/// True while the thread exists and has not exited (zombie or dead).
+pub fn thread_alive(pid: u32, tid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
 /// True while the process exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
     match Process::new(pid as i32).and_then(|p| p.stat()) {
