@@ -42,6 +42,13 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         bpf_stats: args.bpf_stats,
         mode,
     })?;
+    // Loading takes a moment (the verifier); say when sampling has begun, as py-spy does. On
+    // stderr, so the summary (stdout) stays clean.
+    eprintln!(
+        "pyebpf: sampling at {} Hz{}; Ctrl-C stops and writes the outputs",
+        args.frequency,
+        if args.no_off_cpu { "" } else { " with off-CPU tracking" }
+    );
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
 
     let mut tick = tokio::time::interval(DRAIN_INTERVAL);

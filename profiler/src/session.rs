@@ -102,6 +102,7 @@ impl Session {
         // other targets once the Python processes among them are registered, so that their
         // first samples already have Python frames.
         let command = matches!(cfg.target, TargetSpec::Command(_));
+        let explicit_pids = matches!(cfg.target, TargetSpec::Pids(_));
         if command {
             bpf.start_sampling()?;
         }
@@ -133,9 +134,12 @@ impl Session {
             session.python.observe(pid);
         }
         session.register_python();
-        // Explicit targets that are not Python are tracked off-CPU too.
-        for pid in session.running.initial_pids() {
-            session.bpf.seed_sleeping_threads(pid);
+        // Explicit --pid targets that are not Python are tracked off-CPU too (with --all only
+        // Python processes are, and they were seeded when registered).
+        if explicit_pids {
+            for pid in session.running.initial_pids() {
+                session.bpf.seed_sleeping_threads(pid);
+            }
         }
         if !command {
             session.bpf.start_sampling()?;

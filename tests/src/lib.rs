@@ -44,6 +44,41 @@ pub fn spawn_piped(cmd: &mut Command) -> Child {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start pyebpf")
 }
 
+/// What `pyebpf profile` prints on stderr once it samples.
+pub const SAMPLING_LINE: &str = "pyebpf: sampling at ";
+
+/// Starts pyebpf and waits until it says it is sampling (loading takes a while on a busy
+/// machine: fixed sleeps make tests flaky). Its further stderr is drained and dropped.
+pub fn spawn_sampling(cmd: &mut Command) -> Child {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start pyebpf");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = String::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.starts_with(SAMPLING_LINE) {
+                let _ = tx.send(Ok(()));
+            } else if seen.len() < 10_000 {
+                seen.push_str(&line);
+                seen.push('\n');
+            }
+        }
+        let _ = tx.send(Err(seen));
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Ok(())) => child,
+        Ok(Err(stderr)) => {
+            let _ = child.kill();
+            panic!("pyebpf ended before sampling: {stderr}");
+        }
+        Err(_) => {
+            let _ = child.kill();
+            panic!("pyebpf did not start sampling within 60 s");
+        }
+    }
+}
+
 /// Runs pyebpf to completion, with a generous timeout so a hang fails instead of blocking CI.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start pyebpf");

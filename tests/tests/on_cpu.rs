@@ -117,13 +117,13 @@ fn pid_target_reports_that_process_and_all_its_threads_only() {
 fn all_sees_a_busy_process_it_was_not_told_about() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
-    let child = spawn_piped(
+    let child = spawn_sampling(
         pyebpf()
             .args(["profile", "--all", "-d", "3", "-o"])
             .arg(&json),
     );
     // Started after profiling began.
-    std::thread::sleep(Duration::from_millis(700));
+    std::thread::sleep(Duration::from_millis(200));
     let spin = KillOnDrop(start_spin(1.5, 0));
     let profiler_pid = child.id();
     let out = wait_output(child, TIMEOUT);
@@ -139,7 +139,8 @@ fn all_sees_a_busy_process_it_was_not_told_about() {
 
 #[test]
 fn pid_that_exits_during_profiling_keeps_its_samples() {
-    let spin = KillOnDrop(start_spin(1.0, 0));
+    // Long enough to outlive pyebpf's start on a busy machine (the BPF verifier).
+    let spin = KillOnDrop(start_spin(4.0, 0));
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
     let start = Instant::now();
@@ -172,14 +173,14 @@ fn interrupt_writes_complete_outputs(signal: i32) {
     let _spin = KillOnDrop(start_spin(10.0, 0));
     let dir = tempfile::tempdir().unwrap();
     let (json, svg) = (dir.path().join("p.json"), dir.path().join("p.svg"));
-    let child = spawn_piped(
+    let child = spawn_sampling(
         pyebpf()
             .args(["profile", "--all", "-o"])
             .arg(&json)
             .arg("-o")
             .arg(&svg),
     );
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(500));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, signal) };
     let out = wait_output(child, TIMEOUT);

@@ -245,7 +245,7 @@ fn short_lived_process_started_after_profiling_began_keeps_its_names() {
     let interps = interpreters();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
-    let profiler = spawn_piped(
+    let profiler = spawn_sampling(
         pyebpf()
             .args([
                 "profile",
@@ -258,7 +258,7 @@ fn short_lived_process_started_after_profiling_began_keeps_its_names() {
             ])
             .arg(&json),
     );
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(Duration::from_millis(200));
     let mut pids = Vec::new();
     for interp in &interps {
         let script = interp.workload("short_lived.py");

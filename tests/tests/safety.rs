@@ -177,7 +177,7 @@ fn thousands_of_short_lived_processes_under_all() {
         .spawn()
         .unwrap();
     let pid = profiler.id();
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(Duration::from_millis(200));
     // For 5 s: three loops starting /bin/true as fast as bash forks, one python3 -c pass loop.
     let storm = |command: String| {
         let script = format!("n=0; end=$((SECONDS+5)); while [ $SECONDS -lt $end ]; do {command}; n=$((n+1)); done; echo $n");
@@ -212,7 +212,7 @@ fn a_target_that_forks_and_execs_mid_profile() {
     let chain = workload("chain.py");
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
-    let profiler = spawn_piped(pyebpf().args(["profile", "--all", "-F", "199", "-d", "5", "-o"]).arg(&json));
+    let profiler = spawn_sampling(pyebpf().args(["profile", "--all", "-F", "199", "-d", "5", "-o"]).arg(&json));
     std::thread::sleep(Duration::from_millis(800));
     let mut target = Command::new(&interp.path).arg(&script).arg("3").arg(&chain).stdout(Stdio::piped()).spawn().unwrap();
     let mut pids = None;
