@@ -32,7 +32,7 @@ fn known_chain_in_every_thread_with_names_and_call_site_lines() {
     for_each_interpreter("chain", |interp| {
         let m = interp.minor;
         let script = interp.workload("chain.py");
-        let child = start_ready(interp, "chain.py", &["6", "2"]);
+        let child = start_ready(interp, "chain.py", &["15", "2"]);
         let (_, p) = profile_pid(child.pid(), "2", &[]);
         let chain = [
             Expect::at("run", line("# CALL work")),
@@ -211,7 +211,7 @@ fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
 #[test]
 fn two_hundred_threads_a_few_busy() {
     for_each_interpreter("200 threads", |interp| {
-        let child = start_ready(interp, "many_threads.py", &["3.5", "200", "3"]);
+        let child = start_ready(interp, "many_threads.py", &["15", "200", "3"]);
         let (_, p) = profile_pid(child.pid(), "2.5", &[]);
         let busy: Vec<&Value> = p["threads"]
             .as_array()
@@ -324,7 +324,7 @@ fn layout_agrees_with_each_processs_debug_offsets_from_3_13() {
         if interp.minor < 13 {
             return Ok(());
         }
-        let child = start_ready(interp, "chain.py", &["3", "0"]);
+        let child = start_ready(interp, "chain.py", &["15", "0"]);
         let dir = tempfile::tempdir().unwrap();
         let out = run(
             pyebpf()

@@ -109,7 +109,8 @@ fn ring_buffer_overflow_is_counted_and_the_profile_stays_valid() {
     let dir = tempfile::tempdir().unwrap();
     let (json, folded) = (dir.path().join("p.json"), dir.path().join("p.folded"));
     let mut cmd = pyebpf();
-    cmd.args(["profile", "-d", "3", "--off-cpu-threshold-us", "0", "-o"]).arg(&json).arg("-o").arg(&folded);
+    // No threshold and no per-thread stack budget: every switch is an event with stacks.
+    cmd.args(["profile", "-d", "3", "--off-cpu-threshold-us", "0", "--off-cpu-stack-rate", "0", "-o"]).arg(&json).arg("-o").arg(&folded);
     for w in &workers {
         cmd.args(["--pid", &w.pid().to_string()]);
     }
@@ -166,7 +167,7 @@ fn thousands_of_short_lived_processes_under_all() {
     std::fs::create_dir(&out_dir).unwrap();
     let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let profiler = pyebpf()
-        .args(["profile", "--all", "-F", "499", "-d", "7", "-o"])
+        .args(["profile", "--all", "-F", "499", "-o"])
         .arg(out_dir.join("p.json"))
         .arg("-o")
         .arg(out_dir.join("p.folded"))
@@ -178,18 +179,23 @@ fn thousands_of_short_lived_processes_under_all() {
         .unwrap();
     let pid = profiler.id();
     std::thread::sleep(Duration::from_millis(200));
-    // For 5 s: three loops starting /bin/true as fast as bash forks, one python3 -c pass loop.
-    let storm = |command: String| {
-        let script = format!("n=0; end=$((SECONDS+5)); while [ $SECONDS -lt $end ]; do {command}; n=$((n+1)); done; echo $n");
+    // Three loops starting /bin/true as fast as bash forks, one python3 -c pass loop, each
+    // until it has started its share (or 60 s, on a very loaded machine); then Ctrl-C.
+    let storm = |command: String, target: u32| {
+        let script = format!(
+            "n=0; end=$((SECONDS+60)); while [ $n -lt {target} ] && [ $SECONDS -lt $end ]; do {command}; n=$((n+1)); done; echo $n"
+        );
         Command::new("bash").args(["-c", &script]).stdout(Stdio::piped()).spawn().unwrap()
     };
-    let loops: Vec<_> = (0..3).map(|_| storm("/bin/true".into())).collect();
-    let py = storm(format!("{} -c pass", interp.path.display()));
+    let loops: Vec<_> = (0..3).map(|_| storm("/bin/true".into(), 350)).collect();
+    let py = storm(format!("{} -c pass", interp.path.display()), 60);
     let count = |c: std::process::Child| -> u64 {
         String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).trim().parse().unwrap()
     };
     let trues: u64 = loops.into_iter().map(count).sum();
     let pythons = count(py);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
     let (status, maxrss_kib) = wait_rusage(pid, TIMEOUT);
     let err = std::fs::read_to_string(&stderr).unwrap();
     assert!(status.success() && !err.contains("panicked"), "pyebpf failed: {status:?}\n{err}");
