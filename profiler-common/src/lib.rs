@@ -10,6 +10,11 @@
 pub const MAX_NATIVE_FRAMES: usize = 127;
 /// Most Python frames one sample can carry; `--max-depth` chooses a bound up to this.
 pub const MAX_PY_FRAMES: usize = 128;
+/// Low bits the unwinder clears from every frame's code pointer. 3.14's
+/// `_PyInterpreterFrame.f_executable` is a `_PyStackRef`: the object's address with tag bits
+/// (`Py_TAG_BITS` = 3) in its low bits. Objects are at least 8-byte aligned in every CPython, so
+/// this is a no-op on older versions; userspace refuses a layout whose tag bits do not fit.
+pub const PY_CODE_TAG_MASK: u64 = 7;
 /// Offsets in [`PyProcInfo`] that do not exist in a given CPython version.
 pub const PY_OFFSET_NONE: u16 = u16::MAX;
 /// Length of a task's `comm` (thread name), NUL padded.
@@ -218,6 +223,13 @@ pub struct ThreadTimes {
     pub off_state: u32,
     /// The tgid, for userspace.
     pub pid: u32,
+    /// Budget for off-CPU stacks (a token bucket in nanoseconds of credit): each stack taken
+    /// costs `1e9 / OFFCPU_STACK_RATE`; credit accrues with time up to a burst.
+    pub stack_credit_ns: u64,
+    /// When `stack_credit_ns` was last topped up.
+    pub credit_at_ns: u64,
+    /// Off-CPU stacks not taken because the budget was spent (their time is still summed).
+    pub stacks_sampled_out: u64,
 }
 
 /// A syscall in flight on a thread, keyed by tid.
@@ -301,8 +313,10 @@ pub mod stat {
     pub const LOST: u32 = 0;
     /// Full scans of a Python process's thread list (tid → thread state cache misses).
     pub const PY_THREAD_SCANS: u32 = 1;
+    /// Off-CPU stacks not taken: the thread's stack budget was spent.
+    pub const OFFCPU_SAMPLED_OUT: u32 = 2;
     /// Number of counters.
-    pub const COUNT: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Names of the globals and maps the userspace loader addresses by name.
@@ -323,6 +337,9 @@ pub mod names {
     pub const GLOBAL_OFFCPU: &str = "OFFCPU";
     /// `u64` global: blocked intervals at least this long carry a stack.
     pub const GLOBAL_OFFCPU_THRESHOLD_NS: &str = "OFFCPU_THRESHOLD_NS";
+    /// `u64` global: nanoseconds of stack budget one off-CPU stack costs (1e9 / stacks per
+    /// second per thread).
+    pub const GLOBAL_OFFCPU_STACK_COST_NS: &str = "OFFCPU_STACK_COST_NS";
     /// `u32` globals: offsets of `pid` and `tgid` in `task_struct` (from kernel BTF).
     pub const GLOBAL_TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
     pub const GLOBAL_TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
@@ -330,6 +347,7 @@ pub mod names {
     pub const MAP_OFFCPU_SUMS: &str = "OFFCPU_SUMS";
     /// Hash map tid → [`super::ThreadTimes`].
     pub const MAP_THREAD_TIMES: &str = "THREAD_TIMES";
+    pub const MAP_IN_FLIGHT: &str = "IN_FLIGHT";
     /// Raw tracepoint programs of the off-CPU tracker.
     pub const PROG_SCHED_SWITCH: &str = "sched_switch";
     pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
@@ -358,6 +376,7 @@ mod pod {
     unsafe impl aya::Pod for super::TstateEntry {}
     unsafe impl aya::Pod for super::OffCpuSum {}
     unsafe impl aya::Pod for super::ThreadTimes {}
+    unsafe impl aya::Pod for super::InFlight {}
 }
 
 // Layout checks: a mismatch here is a compile error on both sides.
@@ -367,7 +386,7 @@ const _: () = assert!(
 const _: () = assert!(core::mem::size_of::<PyFrameRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<OffCpuInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<OffCpuKey>() == 24);
-const _: () = assert!(core::mem::size_of::<ThreadTimes>() == 40);
+const _: () = assert!(core::mem::size_of::<ThreadTimes>() == 64);
 const _: () = assert!(core::mem::size_of::<InFlight>() == 48);
 const _: () = assert!(core::mem::size_of::<PyProcInfo>() == 40);
 const _: () = assert!(core::mem::align_of::<SampleEvent>() == 8);

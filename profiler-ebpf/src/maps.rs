@@ -62,6 +62,16 @@ static TASK_PID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_TGID_OFFSET: u32 = 0;
 
+#[unsafe(no_mangle)]
+static OFFCPU_STACK_COST_NS: u64 = 0;
+
+/// Stack budget one off-CPU stack costs; a thread may save up this many stacks.
+#[inline(always)]
+pub fn offcpu_stack_cost_ns() -> u64 {
+    unsafe { core::ptr::read_volatile(&OFFCPU_STACK_COST_NS) }
+}
+pub const OFFCPU_STACK_BURST: u64 = 16;
+
 #[inline(always)]
 pub fn offcpu_threshold_ns() -> u64 {
     unsafe { core::ptr::read_volatile(&OFFCPU_THRESHOLD_NS) }

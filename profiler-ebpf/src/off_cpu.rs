@@ -23,7 +23,10 @@ use profiler_common::{
 };
 
 use crate::{
-    maps::{EVENTS, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, bump, is_offcpu_target, offcpu_threshold_ns, task_pid_offsets},
+    maps::{
+        EVENTS, IN_FLIGHT, OFFCPU_STACK_BURST, OFFCPU_SUMS, THREAD_TIMES, bump, is_offcpu_target, offcpu_stack_cost_ns,
+        offcpu_threshold_ns, task_pid_offsets,
+    },
     stacks,
 };
 
@@ -78,12 +81,43 @@ fn task_ids(task: u64) -> Option<(u32, u32)> {
     Some((tid, tgid))
 }
 
+/// Takes one off-CPU stack from the thread's budget, if it has one left. Unwinding a deep
+/// Python stack costs microseconds and ~5 KiB of ring buffer: a thread that blocks thousands
+/// of times a second (GIL hand-offs in a busy threaded server) would pay that each time.
+/// Its time is summed exactly anyway; userspace spreads what the kept stacks miss over them.
+#[inline(always)]
+fn take_stack_budget(t: &mut ThreadTimes, now: u64) -> bool {
+    let cost = offcpu_stack_cost_ns();
+    if cost == 0 {
+        return true;
+    }
+    let cap = cost * OFFCPU_STACK_BURST;
+    let credit = t.stack_credit_ns.saturating_add(now.saturating_sub(t.credit_at_ns));
+    t.credit_at_ns = now;
+    if credit >= cost {
+        t.stack_credit_ns = if credit > cap { cap } else { credit } - cost;
+        true
+    } else {
+        t.stack_credit_ns = credit;
+        t.stacks_sampled_out += 1;
+        bump(stat::OFFCPU_SAMPLED_OUT);
+        false
+    }
+}
+
 #[inline(always)]
 fn times(tid: u32, tgid: u32) -> Option<*mut ThreadTimes> {
     if let Some(t) = THREAD_TIMES.get_ptr_mut(&tid) {
         return Some(t);
     }
-    let fresh = ThreadTimes { pid: tgid, ..Default::default() };
+    // A new thread starts with a full stack budget.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fresh = ThreadTimes {
+        pid: tgid,
+        stack_credit_ns: offcpu_stack_cost_ns() * OFFCPU_STACK_BURST,
+        credit_at_ns: now,
+        ..Default::default()
+    };
     THREAD_TIMES.insert(&tid, &fresh, 0).ok()?;
     THREAD_TIMES.get_ptr_mut(&tid)
 }
@@ -116,7 +150,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
             };
             // Preempted outside a syscall: no sys_exit will come to take the stack it waits
             // in, so take it now, in its own context; userspace keeps it until the wait's end.
-            if t.off_state == off_state::RUNNABLE && IN_FLIGHT.get_ptr(&prev_tid).is_none() {
+            if t.off_state == off_state::RUNNABLE && IN_FLIGHT.get_ptr(&prev_tid).is_none() && take_stack_budget(t, now) {
                 if let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) {
                     let ev = entry.as_mut_ptr();
                     unsafe {
@@ -226,6 +260,10 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let call = *call;
     let _ = IN_FLIGHT.remove(&tid);
     if call.switches == 0 || call.blocked_ns + call.runq_ns < offcpu_threshold_ns() || !is_offcpu_target(tgid) {
+        return 0;
+    }
+    let Some(t) = THREAD_TIMES.get_ptr_mut(&tid) else { return 0 };
+    if !take_stack_budget(unsafe { &mut *t }, unsafe { bpf_ktime_get_ns() }) {
         return 0;
     }
     let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) else {

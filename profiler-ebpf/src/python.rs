@@ -9,7 +9,7 @@ use aya_ebpf::helpers::{
     bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_get_current_task,
 };
 use profiler_common::{
-    EventKind, MAX_PY_FRAMES, PY_OFFSET_NONE, PyFrameRecord, PyProcInfo, ThreadMissEvent, TstateEntry, py_status, stat,
+    EventKind, MAX_PY_FRAMES, PY_CODE_TAG_MASK, PY_OFFSET_NONE, PyFrameRecord, PyProcInfo, ThreadMissEvent, TstateEntry, py_status, stat,
 };
 
 use crate::maps::{EVENTS, TSTATE_CACHE, bump, fsbase_offset, py_max_depth};
@@ -161,7 +161,10 @@ pub fn unwind(info: &PyProcInfo, tgid: u32, tid: u32, out: &mut [PyFrameRecord; 
             status |= py_status::READ_ERROR;
             break;
         }
-        let code = field(&chunk, info.frame_code, 8);
+        // 3.14's f_executable is a tagged _PyStackRef. Code objects are 8-byte aligned in every
+        // version, so clearing the low bits is a no-op before 3.14. (A constant: a per-process
+        // mask from PyProcInfo cost the verifier ~10K more instructions per program.)
+        let code = field(&chunk, info.frame_code, 8) & !PY_CODE_TAG_MASK;
         let instr = field(&chunk, info.frame_instr, info.frame_instr_size);
         let owner = if info.frame_owner != PY_OFFSET_NONE { field(&chunk, info.frame_owner, 1) as u32 } else { 0 };
         let fingerprint = if code != 0 { read_u32(at(code, info.code_firstlineno)).unwrap_or(0) } else { 0 };

@@ -152,6 +152,8 @@ pub struct Aggregator {
     pub off_cpu_events: u64,
     /// tid → its latest preemption (stacks at the switch-out), until its wait's end arrives.
     preempted: HashMap<u32, Sample>,
+    /// Threads some of whose off-CPU stacks were not taken (over the stack rate).
+    sampled_out: std::collections::HashSet<(u32, u32)>,
 }
 
 impl Aggregator {
@@ -306,6 +308,16 @@ impl Aggregator {
         w.ns += ns;
     }
 
+    /// Notes the threads whose off-CPU stacks were rate-limited by the kernel, from its
+    /// per-thread times.
+    pub fn note_sampled_out(&mut self, times: &[(u32, profiler_common::ThreadTimes)]) {
+        for (tid, t) in times {
+            if t.stacks_sampled_out > 0 {
+                self.sampled_out.insert((t.pid, *tid));
+            }
+        }
+    }
+
     /// Process `pid` called exec: read its name and command line again; frames resolved for
     /// its old program no longer apply.
     pub fn exec(&mut self, pid: u32) {
@@ -438,11 +450,19 @@ impl Aggregator {
                             by_category.insert(*c, ns);
                         }
                     }
-                    // Waits no stack carries (shorter than the threshold): stackless entries.
+                    // Waits no stack carries: shorter than the threshold, or over the stack
+                    // rate. When the kernel skipped stacks of this thread, the kept ones are a
+                    // sample of its waits: their weights are scaled to the exact total of
+                    // their category. Otherwise what is left is a stackless entry.
+                    let scale = self.sampled_out.contains(&(pid, tid));
                     for c in &CATEGORIES[1..] {
                         let total = by_category.get(c).copied().unwrap_or(0);
                         let stacked: u64 =
                             stacks.iter().filter(|s| s.tid == tid && s.category == *c).map(|s| s.weight_ns).sum();
+                        if scale && stacked > 0 && total > stacked {
+                            scale_weights(stacks.iter_mut().filter(|s| s.tid == tid && s.category == *c), stacked, total);
+                            continue;
+                        }
                         if total > stacked {
                             stacks.push(StackProfile {
                                 tid,
@@ -505,6 +525,20 @@ impl Aggregator {
             threads,
             stacks,
         }
+    }
+}
+
+/// Scales stacks weighing `from` in all to weigh `to`, keeping their proportions and the sum
+/// exact (the rounding remainder goes to the heaviest).
+fn scale_weights<'a>(stacks: impl Iterator<Item = &'a mut StackProfile>, from: u64, to: u64) {
+    let mut stacks: Vec<&mut StackProfile> = stacks.collect();
+    let mut given = 0u64;
+    for s in stacks.iter_mut() {
+        s.weight_ns = (s.weight_ns as u128 * to as u128 / from.max(1) as u128) as u64;
+        given += s.weight_ns;
+    }
+    if let Some(heaviest) = stacks.iter_mut().max_by_key(|s| s.weight_ns) {
+        heaviest.weight_ns += to.saturating_sub(given);
     }
 }
 

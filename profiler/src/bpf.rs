@@ -34,6 +34,8 @@ pub struct BpfConfig {
     pub off_cpu: bool,
     /// Blocked syscalls at least this long are reported with their stacks.
     pub off_cpu_threshold_ns: u64,
+    /// Off-CPU stacks per second per thread at most (0: unlimited).
+    pub off_cpu_stack_rate: u32,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -41,6 +43,8 @@ pub struct BpfConfig {
 pub struct Counters {
     pub lost: u64,
     pub py_thread_scans: u64,
+    /// Off-CPU stacks not taken: their thread's stack budget was spent.
+    pub offcpu_sampled_out: u64,
 }
 
 /// Run count and time of one of our programs, from the kernel's BPF stats.
@@ -60,9 +64,16 @@ pub struct Bpf {
     tstate_cache: HashMap<MapData, u32, TstateEntry>,
     offcpu_sums: HashMap<MapData, OffCpuKey, OffCpuSum>,
     thread_times: HashMap<MapData, u32, ThreadTimes>,
+    in_flight: HashMap<MapData, u32, profiler_common::InFlight>,
     /// Keeps BPF run-time accounting on for as long as we hold it.
     _stats_fd: Option<OwnedFd>,
     pub cpus: usize,
+    /// Off-CPU tracking is on.
+    off_cpu: bool,
+    /// What one off-CPU stack costs of a thread's budget (see the kernel's `take_stack_budget`).
+    stack_cost_ns: u64,
+    cpu_list: Vec<u32>,
+    period_ns: u64,
 }
 
 /// Ring buffer for half a second of samples at the configured rate: it is drained every 50 ms,
@@ -107,6 +118,7 @@ impl Bpf {
             ));
         }
         let off_cpu = cfg.off_cpu as u8;
+        let stack_cost_ns: u64 = if cfg.off_cpu_stack_rate == 0 { 0 } else { 1_000_000_000 / cfg.off_cpu_stack_rate as u64 };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::GLOBAL_TARGET_ALL, &target_all, true)
             .override_global(names::GLOBAL_KERNEL_STACKS, &kernel_stacks, true)
@@ -115,6 +127,7 @@ impl Bpf {
             .override_global(names::GLOBAL_PY_MAX_DEPTH, &py_max_depth, true)
             .override_global(names::GLOBAL_OFFCPU, &off_cpu, true)
             .override_global(names::GLOBAL_OFFCPU_THRESHOLD_NS, &cfg.off_cpu_threshold_ns, true)
+            .override_global(names::GLOBAL_OFFCPU_STACK_COST_NS, &stack_cost_ns, true)
             .override_global(names::GLOBAL_TASK_PID_OFFSET, &task_pid, true)
             .override_global(names::GLOBAL_TASK_TGID_OFFSET, &task_tgid, true)
             .map_max_entries(names::MAP_EVENTS, ring_buffer_bytes(cfg.frequency, cpu_list.len(), cfg.off_cpu))
@@ -136,23 +149,7 @@ impl Bpf {
         program.load().map_err(|e| {
             fatal(ExitCode::Kernel, format!("the kernel refused the on-CPU sampling program: {}", error_chain(&e)))
         })?;
-        // A fixed period, not a frequency: each sample then stands for exactly 1/F s of CPU time.
-        let period_ns = 1_000_000_000u64 / cfg.frequency as u64;
-        for &cpu in &cpu_list {
-            program
-                .attach(
-                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Period(period_ns.max(1)),
-                    false,
-                )
-                .map_err(|e| {
-                    fatal(
-                        ExitCode::Kernel,
-                        format!("cannot open a cpu-clock perf event on CPU {cpu}: {}", error_chain(&e)),
-                    )
-                })?;
-        }
+        // Attached by `start_sampling`, once the caller has registered what it knows of.
 
         attach_raw_tracepoint(&mut ebpf, names::PROG_EXEC, "sched_process_exec")?;
         if cfg.off_cpu {
@@ -173,6 +170,7 @@ impl Bpf {
         let tstate_cache = HashMap::try_from(ebpf.take_map(names::MAP_TSTATE_CACHE).context("TSTATE_CACHE map missing")?)?;
         let offcpu_sums = HashMap::try_from(ebpf.take_map(names::MAP_OFFCPU_SUMS).context("OFFCPU_SUMS map missing")?)?;
         let thread_times = HashMap::try_from(ebpf.take_map(names::MAP_THREAD_TIMES).context("THREAD_TIMES map missing")?)?;
+        let in_flight = HashMap::try_from(ebpf.take_map(names::MAP_IN_FLIGHT).context("IN_FLIGHT map missing")?)?;
         Ok(Self {
             ebpf,
             events,
@@ -182,9 +180,42 @@ impl Bpf {
             tstate_cache,
             offcpu_sums,
             thread_times,
+            in_flight,
             _stats_fd: stats_fd,
             cpus: cpu_list.len(),
+            off_cpu: cfg.off_cpu,
+            stack_cost_ns,
+            // A fixed period, not a frequency: each sample then stands for exactly 1/F s of CPU.
+            period_ns: (1_000_000_000u64 / cfg.frequency as u64).max(1),
+            cpu_list,
         })
+    }
+
+    /// Starts sampling: a cpu-clock perf event on every online CPU runs the on-CPU program.
+    /// Separate from `load` so that Python processes already known are registered first: samples
+    /// taken before that would have no Python frames (seconds of them on a loaded host).
+    pub fn start_sampling(&mut self) -> anyhow::Result<()> {
+        let program: &mut PerfEvent = self
+            .ebpf
+            .program_mut(names::PROG_ON_CPU)
+            .context("on-CPU program missing from the eBPF object")?
+            .try_into()?;
+        for &cpu in &self.cpu_list {
+            program
+                .attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Period(self.period_ns),
+                    false,
+                )
+                .map_err(|e| {
+                    fatal(
+                        ExitCode::Kernel,
+                        format!("cannot open a cpu-clock perf event on CPU {cpu}: {}", error_chain(&e)),
+                    )
+                })?;
+        }
+        Ok(())
     }
 
     /// Starts sampling process `pid` (all its threads).
@@ -192,6 +223,42 @@ impl Bpf {
         self.targets
             .insert(pid, 1, 0)
             .with_context(|| format!("cannot add pid {pid} to the BPF target map"))
+    }
+
+    /// Starts the off-CPU intervals of `pid`'s threads that are asleep now. The kernel opens an
+    /// interval when a thread switches out; one already asleep when tracking starts (an idle
+    /// worker, a thread waiting on a lock) would show no time until it runs again, or at all.
+    /// Entries the kernel made meanwhile are left alone.
+    pub fn seed_sleeping_threads(&mut self, pid: u32) {
+        use profiler_common::{InFlight, off_state, poll_arg};
+        if !self.off_cpu {
+            return;
+        }
+        let now = crate::session::monotonic_ns();
+        for t in crate::procinfo::sleeping_threads(pid) {
+            let times = ThreadTimes {
+                pid,
+                off_since_ns: now,
+                off_state: if t.state == 'D' { off_state::UNINTERRUPTIBLE } else { off_state::SLEEPING },
+                stack_credit_ns: self.stack_cost_ns * 16,
+                credit_at_ns: now,
+                ..Default::default()
+            };
+            // BPF_NOEXIST: the kernel's own entry, if any, is newer than what /proc said.
+            if self.thread_times.insert(t.tid, times, 1).is_err() {
+                continue;
+            }
+            if let Some((nr, args)) = t.syscall {
+                let arg0 = match nr {
+                    poll_arg::SYS_POLL | poll_arg::SYS_PPOLL | poll_arg::SYS_SELECT | poll_arg::SYS_PSELECT6 => {
+                        poll_family_arg(pid, nr, &args)
+                    }
+                    _ => args[0],
+                };
+                let call = InFlight { syscall_nr: nr, arg0, entry_ns: now, ..Default::default() };
+                let _ = self.in_flight.insert(t.tid, call, 1);
+            }
+        }
     }
 
     /// Tells the unwinder where process `pid` keeps its Python threads and frames.
@@ -228,6 +295,41 @@ impl Bpf {
         self.thread_times.iter().filter_map(Result::ok).collect()
     }
 
+    /// Off-CPU intervals still going on at `now` (CLOCK_MONOTONIC ns, the kernel's clock), as
+    /// sums keyed like the kernel's: a thread blocked when profiling ends (or a window is
+    /// cut) has waited all that time, though the kernel adds it only when the thread runs.
+    pub fn offcpu_in_progress(&self, times: &[(u32, ThreadTimes)], now: u64) -> Vec<(OffCpuKey, OffCpuSum)> {
+        times
+            .iter()
+            .filter(|(_, t)| t.off_since_ns != 0 && t.off_since_ns < now)
+            // A thread's last switch-out is its exit: it is not waiting, it is gone.
+            .filter(|(tid, t)| {
+                let exiting = self
+                    .in_flight
+                    .get(tid, 0)
+                    .is_ok_and(|c| c.syscall_nr == libc::SYS_exit || c.syscall_nr == libc::SYS_exit_group);
+                !exiting && crate::procinfo::thread_alive(t.pid, *tid)
+            })
+            .map(|&(tid, t)| {
+                let (blocked_ns, runq_ns) = if t.off_state == profiler_common::off_state::RUNNABLE {
+                    (0, now - t.off_since_ns)
+                } else if t.wake_ns >= t.off_since_ns && t.wake_ns <= now {
+                    (t.wake_ns - t.off_since_ns, now - t.wake_ns)
+                } else {
+                    (now - t.off_since_ns, 0)
+                };
+                let call = self.in_flight.get(&tid, 0).ok();
+                let key = OffCpuKey {
+                    tid,
+                    state: t.off_state,
+                    syscall_nr: call.map_or(-1, |c| c.syscall_nr),
+                    arg0: call.map_or(0, |c| c.arg0),
+                };
+                (key, OffCpuSum { blocked_ns, runq_ns, count: 0 })
+            })
+            .collect()
+    }
+
     /// Drops the per-thread times and off-CPU sums of threads that have exited (a long-running
     /// session would otherwise fill the maps).
     pub fn forget_threads(&mut self, tids: &[u32]) {
@@ -236,6 +338,7 @@ impl Bpf {
         }
         for tid in tids {
             let _ = self.thread_times.remove(tid);
+            let _ = self.in_flight.remove(tid);
         }
         let keys: Vec<OffCpuKey> =
             self.offcpu_sums.keys().filter_map(Result::ok).filter(|k| tids.contains(&k.tid)).collect();
@@ -254,7 +357,11 @@ impl Bpf {
         let read = |idx: u32| -> u64 {
             self.stats.get(&idx, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
         };
-        Counters { lost: read(stat::LOST), py_thread_scans: read(stat::PY_THREAD_SCANS) }
+        Counters {
+            lost: read(stat::LOST),
+            py_thread_scans: read(stat::PY_THREAD_SCANS),
+            offcpu_sampled_out: read(stat::OFFCPU_SAMPLED_OUT),
+        }
     }
 
     /// Run counts and times of our programs (meaningful with `bpf_stats`).
@@ -299,3 +406,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 const _: () = assert!(MAX_NATIVE_FRAMES <= 127, "bpf_get_stack cannot return more than perf_event_max_stack");
+
+/// What the kernel's `sys_enter` records for the poll family (see `poll_arg`), computed from
+/// the arguments of a call already in progress by reading the target's memory.
+fn poll_family_arg(pid: u32, nr: i64, args: &[u64; 6]) -> u64 {
+    use profiler_common::poll_arg;
+    let read_u64 = |addr: u64| -> Option<u64> {
+        let mut buf = [0u8; 8];
+        crate::python::memory::ReadMemory::read(&crate::python::memory::Memory::new(pid), addr, &mut buf).then(|| u64::from_ne_bytes(buf))
+    };
+    match nr {
+        poll_arg::SYS_SELECT | poll_arg::SYS_PSELECT6 => {
+            if args[0] == 0 {
+                0
+            } else if args[1] == 0 {
+                poll_arg::UNKNOWN
+            } else {
+                read_u64(args[1]).filter(|&w| w != 0).unwrap_or(poll_arg::UNKNOWN)
+            }
+        }
+        _ => {
+            if args[1] == 0 {
+                0
+            } else {
+                match read_u64(args[0]).map(|w| w as u32 as i32) {
+                    Some(fd) if fd >= 0 => poll_arg::FIRST_FD | fd as u64,
+                    _ => poll_arg::UNKNOWN,
+                }
+            }
+        }
+    }
+}

@@ -85,6 +85,12 @@ pub struct ProfileArgs {
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 100)]
     pub off_cpu_threshold_us: u64,
 
+    /// Off-CPU stacks taken per second per thread at most (0: no limit). A thread that blocks
+    /// more often (GIL hand-offs in a busy threaded server) keeps exact totals; the time of
+    /// the waits it has no stack for is spread over its stacks of the same category.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = DEFAULT_OFF_CPU_STACK_RATE)]
+    pub off_cpu_stack_rate: u32,
+
     /// What flame graphs and folded stacks weigh: `wall` (on- and off-CPU time, each stack
     /// ending in a frame naming its category; the default with off-CPU tracking) or `cpu`
     /// (on-CPU samples only).
@@ -103,6 +109,9 @@ pub struct ProfileArgs {
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
 }
+
+/// Off-CPU stacks per second per thread at most, unless told otherwise.
+pub const DEFAULT_OFF_CPU_STACK_RATE: u32 = 50;
 
 /// What stacks weigh in flame graphs and folded output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]

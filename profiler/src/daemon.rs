@@ -191,6 +191,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         max_depth: profiler_common::MAX_PY_FRAMES as u32,
         off_cpu: !args.no_off_cpu,
         off_cpu_threshold_ns: args.off_cpu_threshold_us.saturating_mul(1000),
+        off_cpu_stack_rate: crate::cli::DEFAULT_OFF_CPU_STACK_RATE,
         bpf_stats: false,
         mode: if args.no_off_cpu { Mode::Cpu } else { Mode::Wall },
     })?;

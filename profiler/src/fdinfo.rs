@@ -236,13 +236,13 @@ fn resolve(pid: u32, fd: i32, net: &mut NetCache) -> Option<Resolved> {
 
 /// A readlink result, before anything else is read.
 #[derive(Debug, PartialEq)]
-enum Link {
+pub enum Link {
     Socket(u64),
     Path(String),
     Known(FdTarget),
 }
 
-fn parse_link(link: &str) -> Link {
+pub fn parse_link(link: &str) -> Link {
     if let Some(inode) = bracketed(link, "socket:").and_then(|n| n.parse().ok()) {
         return Link::Socket(inode);
     }
@@ -478,7 +478,7 @@ impl NetCache {
 /// `(inode, local, remote)` from a line of /proc/net/{tcp,udp}{,6}:
 /// `sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...`.
 /// The header line and malformed lines give `None`.
-fn parse_inet_line(line: &str) -> Option<(u64, SocketAddr, SocketAddr)> {
+pub fn parse_inet_line(line: &str) -> Option<(u64, SocketAddr, SocketAddr)> {
     let mut fields = line.split_ascii_whitespace();
     let local = parse_inet_addr(fields.nth(1)?)?;
     let remote = parse_inet_addr(fields.next()?)?;
@@ -515,7 +515,7 @@ fn parse_inet_addr(text: &str) -> Option<SocketAddr> {
 /// `(inode, path)` from a line of /proc/net/unix:
 /// `Num: RefCount Protocol Flags Type St Inode [Path]`. The path is the rest of the line after
 /// one space, so it may contain spaces; abstract names start with `@`.
-fn parse_unix_line(line: &str) -> Option<(u64, Option<String>)> {
+pub fn parse_unix_line(line: &str) -> Option<(u64, Option<String>)> {
     let mut rest = line;
     for _ in 0..6 {
         rest = next_field(rest)?.1;
@@ -533,7 +533,7 @@ fn next_field(text: &str) -> Option<(&str, &str)> {
 }
 
 /// The unix sock_diag netlink query (linux/unix_diag.h): a socket's bound name, its peer's inode.
-mod unix_diag {
+pub mod unix_diag {
     use std::mem::size_of;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::fs::MetadataExt;
@@ -566,7 +566,7 @@ mod unix_diag {
     }
 
     #[derive(Debug, Default, PartialEq)]
-    pub(super) struct Reply {
+    pub struct Reply {
         pub name: Option<String>,
         pub peer: Option<u64>,
     }
@@ -669,7 +669,7 @@ mod unix_diag {
 
     /// The answer to a query about `inode`: one `unix_diag_msg` and its attributes, or an
     /// NLMSG_ERROR (no such socket), which gives `None`.
-    pub(super) fn parse_reply(bytes: &[u8], inode: u64) -> Option<Reply> {
+    pub fn parse_reply(bytes: &[u8], inode: u64) -> Option<Reply> {
         let len = usize::try_from(u32_at(bytes, 0)?).ok()?;
         if u16_at(bytes, 4)? != SOCK_DIAG_BY_FAMILY {
             return None;

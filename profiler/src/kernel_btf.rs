@@ -98,15 +98,19 @@ impl KernelBtf {
         let mut bits = 0u32;
         let mut current = id;
         for field in path {
-            let (member_bits, member_type) = self.find_member(current, field, 0)?;
-            bits += member_bits;
+            // Members looked at per field, at most: anonymous members nest, and in a corrupt
+            // file each could be the struct itself (an exponential search otherwise).
+            let mut budget = 100_000u32;
+            let (member_bits, member_type) = self.find_member(current, field, 0, &mut budget)?;
+            bits = bits.checked_add(member_bits)?;
             current = member_type;
         }
         (bits % 8 == 0).then_some(bits / 8)
     }
 
-    fn find_member(&self, struct_id: u32, field: &str, depth: u32) -> Option<(u32, u32)> {
+    fn find_member(&self, struct_id: u32, field: &str, depth: u32, budget: &mut u32) -> Option<(u32, u32)> {
         let (_, members) = self.structs.get(&struct_id)?;
+        *budget = budget.checked_sub(members.len() as u32)?;
         for m in members {
             if m.name == field {
                 return Some((m.bit_offset, m.type_id));
@@ -117,8 +121,8 @@ impl KernelBtf {
         }
         // Anonymous members: look inside.
         for m in members.iter().filter(|m| m.name.is_empty()) {
-            if let Some((bits, ty)) = self.find_member(m.type_id, field, depth + 1) {
-                return Some((m.bit_offset + bits, ty));
+            if let Some((bits, ty)) = self.find_member(m.type_id, field, depth + 1, budget) {
+                return Some((m.bit_offset.checked_add(bits)?, ty));
             }
         }
         None
@@ -135,6 +139,78 @@ pub fn fsbase_offset() -> Option<u32> {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A BTF blob of struct types: (name, [(member name, type id, bit offset)]).
+    fn blob(structs: &[(&str, &[(&str, u32, u32)])]) -> Vec<u8> {
+        let mut strings = vec![0u8];
+        let mut name = |s: &str| {
+            if s.is_empty() {
+                return 0u32;
+            }
+            let off = strings.len() as u32;
+            strings.extend_from_slice(s.as_bytes());
+            strings.push(0);
+            off
+        };
+        let mut types = Vec::new();
+        for (struct_name, members) in structs {
+            types.extend(name(struct_name).to_le_bytes());
+            types.extend(((KIND_STRUCT << 24) | members.len() as u32).to_le_bytes());
+            types.extend(0u32.to_le_bytes());
+            for (member, type_id, offset) in *members {
+                types.extend(name(member).to_le_bytes());
+                types.extend(type_id.to_le_bytes());
+                types.extend(offset.to_le_bytes());
+            }
+        }
+        let mut out = vec![0x9f, 0xeb, 1, 0];
+        for word in [24, 0, types.len() as u32, types.len() as u32, strings.len() as u32] {
+            out.extend(word.to_le_bytes());
+        }
+        out.extend(types);
+        out.extend(strings);
+        out
+    }
+
+    #[test]
+    fn nested_and_anonymous_members() {
+        let btf = blob(&[
+            ("task_struct", &[("pid", 0, 64), ("", 3, 128), ("thread", 2, 1024)]),
+            ("thread_struct", &[("sp", 0, 0), ("fsbase", 0, 64)]),
+            ("", &[("tgid", 0, 32)]),
+        ]);
+        let btf = KernelBtf::parse(&btf).unwrap();
+        assert_eq!(btf.offset_of("task_struct", &["pid"]), Some(8));
+        assert_eq!(btf.offset_of("task_struct", &["tgid"]), Some(20), "through the anonymous member");
+        assert_eq!(btf.offset_of("task_struct", &["thread", "fsbase"]), Some(136));
+        assert_eq!(btf.offset_of("task_struct", &["nope"]), None);
+    }
+
+    /// Found by the `kernel_btf` fuzzer: member bit offsets that add up past `u32` overflowed.
+    #[test]
+    fn offsets_past_u32_are_refused() {
+        let btf = blob(&[
+            ("task_struct", &[("thread", 2, u32::MAX - 7), ("", 3, u32::MAX)]),
+            ("thread_struct", &[("fsbase", 0, 64)]),
+            ("", &[("tgid", 0, 32)]),
+        ]);
+        let btf = KernelBtf::parse(&btf).unwrap();
+        assert_eq!(btf.offset_of("task_struct", &["thread", "fsbase"]), None);
+        assert_eq!(btf.offset_of("task_struct", &["tgid"]), None);
+    }
+
+    /// Found reviewing the reader for the fuzzers: anonymous members that are the struct
+    /// itself made the search exponential (200 of them: 200^5 lookups).
+    #[test]
+    fn self_nesting_anonymous_members_are_bounded() {
+        let members: Vec<(&str, u32, u32)> = (0..200).map(|_| ("", 1, 0)).collect();
+        let btf = KernelBtf::parse(&blob(&[("task_struct", &members)])).unwrap();
+        let start = std::time::Instant::now();
+        assert_eq!(btf.offset_of("task_struct", &["pid"]), None);
+        assert!(start.elapsed() < std::time::Duration::from_secs(1), "{:?}", start.elapsed());
+    }
+
     #[test]
     fn finds_fsbase_in_the_running_kernel() {
         // Every kernel this project supports has BTF; a missing one is a real failure.

@@ -34,6 +34,9 @@ pub struct Profile {
     pub off_cpu_threshold_ns: u64,
     /// Off-CPU events received (waits of at least the threshold, with their stacks).
     pub off_cpu_events: u64,
+    /// Off-CPU stacks not taken because their thread was over `--off-cpu-stack-rate`; their
+    /// time is in the totals and spread over the thread's kept stacks of the same category.
+    pub off_cpu_stacks_sampled_out: u64,
     /// Unix time the profile started, in seconds.
     pub start_time_unix: f64,
     pub processes: Vec<ProcessProfile>,
@@ -302,6 +305,7 @@ pub(crate) mod tests {
             off_cpu: true,
             off_cpu_threshold_ns: 0,
             off_cpu_events: 0,
+            off_cpu_stacks_sampled_out: 0,
             start_time_unix: 0.0,
             bpf_stats: None,
             processes: vec![ProcessProfile {

@@ -38,6 +38,7 @@ pub async fn profile(args: ProfileArgs) -> anyhow::Result<()> {
         max_depth: args.max_depth,
         off_cpu: !args.no_off_cpu,
         off_cpu_threshold_ns: args.off_cpu_threshold_us.saturating_mul(1000),
+        off_cpu_stack_rate: args.off_cpu_stack_rate,
         bpf_stats: args.bpf_stats,
         mode,
     })?;

@@ -44,6 +44,8 @@ pub struct SessionConfig {
     pub max_depth: u32,
     pub off_cpu: bool,
     pub off_cpu_threshold_ns: u64,
+    /// Off-CPU stacks per second per thread at most (0: unlimited).
+    pub off_cpu_stack_rate: u32,
     pub bpf_stats: bool,
     pub mode: Mode,
 }
@@ -55,6 +57,7 @@ struct Baseline {
     oncpu: HashMap<u32, (u32, u64)>,
     sums: HashMap<OffCpuKey, OffCpuSum>,
     lost: u64,
+    sampled_out: u64,
     decode_errors: u64,
 }
 
@@ -93,7 +96,15 @@ impl Session {
             py_max_depth: cfg.max_depth,
             off_cpu: cfg.off_cpu,
             off_cpu_threshold_ns: cfg.off_cpu_threshold_ns,
+            off_cpu_stack_rate: cfg.off_cpu_stack_rate,
         })?;
+        // A command is sampled from its first instruction (it starts gated, see target.rs);
+        // other targets once the Python processes among them are registered, so that their
+        // first samples already have Python frames.
+        let command = matches!(cfg.target, TargetSpec::Command(_));
+        if command {
+            bpf.start_sampling()?;
+        }
         let window_start_wall = SystemTime::now();
         let window_start = Instant::now();
         let running = cfg.target.start(&mut bpf)?;
@@ -122,6 +133,13 @@ impl Session {
             session.python.observe(pid);
         }
         session.register_python();
+        // Explicit targets that are not Python are tracked off-CPU too.
+        for pid in session.running.initial_pids() {
+            session.bpf.seed_sleeping_threads(pid);
+        }
+        if !command {
+            session.bpf.start_sampling()?;
+        }
         Ok(session)
     }
 
@@ -172,8 +190,9 @@ impl Session {
         self.drain();
         self.symbols.resolve_pending();
         self.python.refresh_thread_names();
-        let (times, sums) = (self.bpf.thread_times(), self.bpf.offcpu_sums());
+        let (times, sums) = (self.bpf.thread_times(), self.sums_so_far());
         let totals = self.window_totals(&times, &sums);
+        self.agg.note_sampled_out(&times);
         let counters = self.bpf.counters();
         log::info!(
             "python samples: {} of which {} with frames; thread-list scans: {}; off-CPU events: {}, sums: {}, threads timed: {}",
@@ -197,6 +216,7 @@ impl Session {
             off_cpu: self.off_cpu,
             off_cpu_threshold_ns: self.off_cpu_threshold_ns,
             off_cpu_events: self.agg.off_cpu_events,
+            off_cpu_stacks_sampled_out: counters.offcpu_sampled_out.saturating_sub(self.base.sampled_out),
             processes: self.agg.build(&self.symbols, &self.python, &totals),
             bpf_stats: self.bpf_stats.then(|| self.bpf.program_stats()),
         }
@@ -217,8 +237,9 @@ impl Session {
         let now = monotonic_ns();
         self.base = Baseline {
             oncpu: self.bpf.thread_times().into_iter().map(|(tid, t)| (tid, (t.pid, oncpu_so_far(&t, now)))).collect(),
-            sums: self.bpf.offcpu_sums().into_iter().collect(),
+            sums: self.sums_so_far().into_iter().collect(),
             lost: self.bpf.counters().lost,
+            sampled_out: self.bpf.counters().offcpu_sampled_out,
             decode_errors: self.decode_errors,
         };
         profile
@@ -234,6 +255,20 @@ impl Session {
         let mut notes = self.running.notes();
         notes.extend(self.python.notes.iter().cloned());
         notes
+    }
+
+    /// The kernel's off-CPU sums plus the waits still going on now (added by the kernel only
+    /// when the thread runs again): a thread blocked for a whole window still shows, and the
+    /// next window's deltas do not count that part twice (baselines include it too).
+    fn sums_so_far(&self) -> Vec<(OffCpuKey, OffCpuSum)> {
+        let mut sums: HashMap<OffCpuKey, OffCpuSum> = self.bpf.offcpu_sums().into_iter().collect();
+        let times = self.bpf.thread_times();
+        for (key, part) in self.bpf.offcpu_in_progress(&times, monotonic_ns()) {
+            let s = sums.entry(key).or_default();
+            s.blocked_ns += part.blocked_ns;
+            s.runq_ns += part.runq_ns;
+        }
+        sums.into_iter().collect()
     }
 
     /// Each thread's time per category in this window: the kernel's cumulative counters minus
@@ -305,6 +340,8 @@ impl Session {
             if let Err(e) = self.bpf.set_python(pid, &info) {
                 log::warn!("{e:#}");
             }
+            // Tracked off-CPU from now on: threads already asleep start their wait now.
+            self.bpf.seed_sleeping_threads(pid);
         }
         for (tid, tstate) in self.python.take_pending_tstates() {
             if let Err(e) = self.bpf.set_tstate(tid, tstate) {
@@ -315,7 +352,7 @@ impl Session {
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the kernel's `bpf_ktime_get_ns` clock.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };

@@ -141,6 +141,9 @@ fn innermost_python(s: &StackProfile) -> Option<String> {
     })
 }
 
+/// Longest frame text shown in the summary (names can be 10,000 characters long).
+const FRAME_CHARS_SHOWN: usize = 160;
+
 fn write_top_stacks(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()> {
     let mut stacks: Vec<(&ProcessProfile, &StackProfile)> = profile
         .processes
@@ -159,10 +162,10 @@ fn write_top_stacks(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()>
             what.push_str(part);
         }
         if let Some(func) = innermost_python(s) {
-            what.push_str(&format!("  in {func}"));
+            what.push_str(&format!("  in {}", truncate(&func, FRAME_CHARS_SHOWN)));
         }
         writeln!(w, "  {:>7.3} s  {what}   [{} ({}) thread {} ({})]", s.weight_ns as f64 / 1e9, p.comm, p.pid, s.thread, s.tid)?;
-        let shown: Vec<&str> = s.frames.iter().rev().take(STACK_FRAMES_SHOWN).map(String::as_str).collect();
+        let shown: Vec<String> = s.frames.iter().rev().take(STACK_FRAMES_SHOWN).map(|f| truncate(f, FRAME_CHARS_SHOWN)).collect();
         if !shown.is_empty() {
             let more = s.frames.len().saturating_sub(STACK_FRAMES_SHOWN);
             let mut line = shown.join(" <- ");

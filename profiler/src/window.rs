@@ -15,6 +15,7 @@ pub fn merge(into: &mut Profile, other: &Profile) {
     into.samples += other.samples;
     into.lost_events += other.lost_events;
     into.off_cpu_events += other.off_cpu_events;
+    into.off_cpu_stacks_sampled_out += other.off_cpu_stacks_sampled_out;
     into.start_time_unix = into.start_time_unix.min(other.start_time_unix);
     if other.bpf_stats.is_some() {
         into.bpf_stats = other.bpf_stats.clone();
@@ -249,6 +250,7 @@ mod tests {
             off_cpu: true,
             off_cpu_threshold_ns: 0,
             off_cpu_events: 1,
+            off_cpu_stacks_sampled_out: 0,
             start_time_unix: start,
             bpf_stats: None,
             processes: vec![ProcessProfile {

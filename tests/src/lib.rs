@@ -50,24 +50,36 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
     wait_output(child, timeout)
 }
 
-/// Waits for a child's output, killing it (and failing the test) after `timeout`.
+/// Waits for a child's output, killing it (and failing the test) after `timeout`. The pipes are
+/// read while it runs: a child writing more than a pipe holds must not block on us.
 pub fn wait_output(mut child: Child, timeout: Duration) -> Output {
+    fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    }
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
     let start = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("collect output");
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
-            let out = child.wait_with_output().expect("collect output");
+            let _ = child.wait();
             panic!(
                 "timed out after {timeout:?}\nstdout: {}\nstderr: {}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                String::from_utf8_lossy(&stdout.join().unwrap()),
+                String::from_utf8_lossy(&stderr.join().unwrap())
             );
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
+    };
+    Output { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
 }
 
 /// Runs pyebpf with the arguments `configure` gives it (the JSON output path is passed in, for
@@ -255,4 +267,98 @@ pub fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     }
+}
+
+/// Makes sure a command-line tool is installed, installing Debian's `package` when it is not
+/// (the tests run as root; a missing tool fails the test rather than skipping it).
+pub fn require_tool(tool: &str, package: &str) {
+    let found = |tool: &str| {
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|dir| Path::new(dir).join(tool).exists())
+    };
+    if found(tool) {
+        return;
+    }
+    static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _lock = APT.lock().unwrap();
+    eprintln!("installing {package} (for {tool})");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .unwrap_or_else(|e| panic!("{tool} is missing and apt-get cannot run: {e}"))
+    };
+    apt(&["update", "-qq"]);
+    let status = apt(&["install", "-y", "-qq", "--no-install-recommends", package]);
+    assert!(status.success() && found(tool), "{tool} is missing and `apt-get install {package}` failed");
+}
+
+/// IDs of the BPF objects a process holds open, from its /proc/PID/fdinfo: (programs, links).
+pub fn bpf_ids_held_by(pid: u32) -> (Vec<u64>, Vec<u64>) {
+    let (mut progs, mut links) = (Vec::new(), Vec::new());
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return (progs, links) };
+    for fd in fds.flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
+        for line in info.lines() {
+            let mut parts = line.split_whitespace();
+            let (Some(key), Some(Ok(id))) = (parts.next(), parts.next().map(str::parse::<u64>)) else { continue };
+            match key {
+                "prog_id:" => progs.push(id),
+                "link_id:" => links.push(id),
+                _ => {}
+            }
+        }
+    }
+    progs.sort();
+    progs.dedup();
+    links.sort();
+    links.dedup();
+    (progs, links)
+}
+
+/// `bpftool prog show` / `bpftool link show` as JSON arrays (bpftool from Debian's package).
+pub fn bpftool_list(what: &str) -> Vec<Value> {
+    require_tool("bpftool", "bpftool");
+    let out = Command::new("bpftool").args([what, "show", "-j"]).output().expect("run bpftool");
+    assert!(out.status.success(), "bpftool {what} show: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_else(|| panic!("bpftool {what} show -j: not a JSON array"))
+}
+
+/// Checks every output file in `dir` the way a reader would: JSON parses as a profile, a flame
+/// graph is a whole SVG document, folded stacks are `frames count` lines. Fails on anything else
+/// in the directory (a temporary or partial file left behind).
+pub fn check_outputs_complete(dir: &Path, expected: &[&str]) -> Result<(), String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    if names != want {
+        return Err(format!("files {names:?}, expected {want:?}"));
+    }
+    for name in &names {
+        let path = dir.join(name);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{name}: {e}"))?;
+        if name.ends_with(".json") {
+            let v: Value = serde_json::from_str(&text).map_err(|e| format!("{name}: not JSON: {e}"))?;
+            if v["format"] != "pyebpf-profile" || !v["processes"].is_array() {
+                return Err(format!("{name}: not a profile"));
+            }
+        } else if name.ends_with(".svg") {
+            if !(text.starts_with("<?xml") && text.trim_end().ends_with("</svg>")) {
+                return Err(format!("{name}: not a whole SVG document ({} bytes)", text.len()));
+            }
+        } else if name.ends_with(".folded") {
+            for line in text.lines() {
+                let count = line.rsplit_once(' ').and_then(|(_, n)| n.parse::<u64>().ok());
+                if count.is_none() {
+                    return Err(format!("{name}: bad line {line:?}"));
+                }
+            }
+        }
+    }
+    Ok(())
 }

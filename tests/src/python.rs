@@ -1,5 +1,12 @@
 //! The CPython interpreters on this machine, and Python workloads to profile.
+//!
+//! Interpreters come from pyenv, the system `/usr/bin/python3`, and OS roots: distribution file
+//! trees (made by `cargo xtask setup-pythons` under target/test-roots) whose interpreters run
+//! through chroot(2), as in a container: another mount namespace, paths that mean something else
+//! inside, a libc the host does not have. Workload scripts are copied into a root, and the files
+//! expected in frames are the paths its processes see.
 use std::{
+    ffi::OsString,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -8,14 +15,64 @@ use std::{
 use crate::{KillOnDrop, Value};
 
 /// Minor versions the product supports; every one found is tested, every one missing is said.
-pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u8> = 8..=13;
+pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u8> = 8..=14;
+
+/// Where `cargo xtask setup-pythons` makes OS roots, and the file it leaves in a complete one.
+const TEST_ROOTS: &str = "target/test-roots";
+const ROOT_READY: &str = ".pyebpf-test-root";
+/// Where workload scripts go inside a root.
+const ROOT_WORKLOADS: &str = "tmp/pyebpf-workloads";
 
 #[derive(Debug, Clone)]
 pub struct Interpreter {
     /// e.g. "3.12.1 (pyenv)".
     pub label: String,
+    /// The interpreter as its processes see it (inside `root` for a root).
     pub path: PathBuf,
     pub minor: u8,
+    /// The OS root it runs in through chroot; None for this machine's own file tree.
+    pub root: Option<PathBuf>,
+}
+
+impl Interpreter {
+    /// The command line that starts it: `path`, or `chroot ROOT path`.
+    pub fn argv(&self) -> Vec<OsString> {
+        match &self.root {
+            Some(root) => vec!["chroot".into(), root.into(), self.path.clone().into()],
+            None => vec![self.path.clone().into()],
+        }
+    }
+
+    /// A command that starts it (arguments still to add).
+    pub fn command(&self) -> Command {
+        let argv = self.argv();
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        cmd
+    }
+
+    /// The workload script `name` (tests/workloads) as this interpreter's processes see it:
+    /// the file itself, or a copy inside the root.
+    pub fn workload(&self, name: &str) -> PathBuf {
+        let source = workload(name);
+        let Some(root) = &self.root else { return source };
+        let inside = Path::new("/").join(ROOT_WORKLOADS).join(name);
+        let copy = root.join(ROOT_WORKLOADS).join(name);
+        let text = std::fs::read(&source).unwrap_or_else(|e| panic!("read {}: {e}", source.display()));
+        if std::fs::read(&copy).ok().as_ref() != Some(&text) {
+            std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+            let tmp = copy.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, &text).unwrap();
+            std::fs::rename(&tmp, &copy).unwrap();
+        }
+        inside
+    }
+
+    /// `argv` and `args` as one `sh` command line.
+    pub fn shell_line(&self, args: &[&Path]) -> String {
+        let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+        self.argv().iter().map(|a| quote(a)).chain(args.iter().map(|a| quote(a.as_os_str()))).collect::<Vec<_>>().join(" ")
+    }
 }
 
 fn minor_of(version: &str) -> Option<u8> {
@@ -24,8 +81,69 @@ fn minor_of(version: &str) -> Option<u8> {
     parts.next()?.parse().ok()
 }
 
-/// Every CPython 3.8+ here: pyenv versions and the system python3. Prints which supported
-/// versions are missing, so a machine without them says so in the test output.
+/// "3.X.Y" of an interpreter, by running it.
+fn version_of(cmd: &mut Command) -> Option<String> {
+    let out = cmd.args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The OS roots to take interpreters from: `$PYEBPF_TEST_ROOTS` (colon-separated), else every
+/// complete root under target/test-roots. Also says why none is there, for the report.
+fn test_roots() -> (Vec<PathBuf>, Option<String>) {
+    if let Some(list) = std::env::var_os("PYEBPF_TEST_ROOTS") {
+        return (std::env::split_paths(&list).filter(|p| !p.as_os_str().is_empty()).collect(), None);
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(TEST_ROOTS);
+    let mut roots = Vec::new();
+    let mut failures = Vec::new();
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.join(ROOT_READY).exists() {
+            roots.push(path);
+        } else if path.extension().is_some_and(|e| e == "failed") {
+            let reason = std::fs::read_to_string(&path).unwrap_or_default();
+            failures.push(format!("{}: {}", path.display(), reason.trim()));
+        }
+    }
+    roots.sort();
+    let why = if roots.is_empty() {
+        Some(if failures.is_empty() {
+            "no OS root: `cargo xtask setup-pythons` makes one (`cargo xtask test` does it too)".to_string()
+        } else {
+            format!("OS root could not be made ({})", failures.join("; "))
+        })
+    } else {
+        None
+    };
+    (roots, why)
+}
+
+/// `python3.N` interpreters of an OS root, run through chroot.
+fn root_interpreters(root: &Path) -> Vec<Interpreter> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(root.join("usr/bin")).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(minor) = name.strip_prefix("python3.").and_then(|m| m.parse::<u8>().ok()) else { continue };
+        if minor < *SUPPORTED_MINORS.start() {
+            continue;
+        }
+        let mut interp =
+            Interpreter { label: String::new(), path: Path::new("/usr/bin").join(&name), minor, root: Some(root.to_path_buf()) };
+        match version_of(&mut interp.command()) {
+            Some(version) if minor_of(&version) == Some(minor) => {
+                let root_name = root.file_name().unwrap_or_default().to_string_lossy();
+                interp.label = format!("{version} (chroot {root_name}: {})", interp.path.display());
+                found.push(interp);
+            }
+            other => eprintln!("{name} in {} does not run: {other:?}", root.display()),
+        }
+    }
+    found
+}
+
+/// Every CPython 3.8+ here: pyenv versions, the system python3 and OS roots' interpreters.
+/// Prints which supported versions are missing, so a machine without them says so in the test
+/// output.
 pub fn interpreters() -> Vec<Interpreter> {
     let mut found = Vec::new();
     let pyenv = std::env::var_os("PYENV_ROOT")
@@ -42,21 +160,20 @@ pub fn interpreters() -> Vec<Interpreter> {
             }
             let path = dir.path().join(format!("bin/python3.{minor}"));
             if path.exists() {
-                found.push(Interpreter { label: format!("{name} (pyenv)"), path, minor });
+                found.push(Interpreter { label: format!("{name} (pyenv)"), path, minor, root: None });
             }
         }
     }
     for system in ["/usr/bin/python3"] {
         let Ok(real) = std::fs::canonicalize(system) else { continue };
-        let version = Command::new(&real)
-            .args(["-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
-            .output()
-            .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default();
+        let version = version_of(&mut Command::new(&real)).unwrap_or_default();
         if let Some(minor) = minor_of(&version).filter(|m| *m >= *SUPPORTED_MINORS.start()) {
-            found.push(Interpreter { label: format!("{version} (system {})", real.display()), path: real, minor });
+            found.push(Interpreter { label: format!("{version} (system {})", real.display()), path: real, minor, root: None });
         }
+    }
+    let (roots, no_root) = test_roots();
+    for root in &roots {
+        found.extend(root_interpreters(root));
     }
     found.sort_by(|a, b| (a.minor, &a.label).cmp(&(b.minor, &b.label)));
     let missing: Vec<String> =
@@ -67,9 +184,53 @@ pub fn interpreters() -> Vec<Interpreter> {
     );
     if !missing.is_empty() {
         eprintln!("MISSING CPython versions (not tested on this machine): {}", missing.join(", "));
+        if let Some(why) = no_root {
+            eprintln!("  ({why})");
+        }
     }
     assert!(!found.is_empty(), "no CPython 3.8+ interpreter found");
     found
+}
+
+/// The newest interpreter that runs on the host itself (not through a root), for tests that
+/// need one Python and start it by path.
+pub fn host_interpreter() -> Interpreter {
+    interpreters().into_iter().filter(|i| i.root.is_none()).max_by_key(|i| i.minor).expect("no CPython 3.8+ on the host")
+}
+
+/// The interpreters that run on the host itself, for tests that build their own file tree
+/// around an interpreter or hand it host paths; says which ones (in OS roots) they leave out.
+pub fn host_interpreters() -> Vec<Interpreter> {
+    let (host, rooted): (Vec<Interpreter>, Vec<Interpreter>) = interpreters().into_iter().partition(|i| i.root.is_none());
+    if !rooted.is_empty() {
+        eprintln!(
+            "not covered by this test (it hands the interpreter host paths): {}",
+            rooted.iter().map(|i| i.label.as_str()).collect::<Vec<_>>().join(", ")
+        );
+    }
+    assert!(!host.is_empty(), "no CPython 3.8+ on the host");
+    host
+}
+
+/// [`for_each_interpreter`] over [`host_interpreters`].
+pub fn for_each_host_interpreter(what: &str, mut check: impl FnMut(&Interpreter) -> Result<(), String>) {
+    let failures: Vec<String> =
+        host_interpreters().iter().filter_map(|i| check(i).err().map(|e| format!("{}: {e}", i.label))).collect();
+    assert!(failures.is_empty(), "{what} failed on:\n{}", failures.join("\n"));
+}
+
+/// Starts `python script args...` from host paths and waits for it to print "ready".
+pub fn start_script(python: &Path, script: &Path, args: &[&str]) -> KillOnDrop {
+    let mut child = Command::new(python)
+        .arg(script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", python.display()));
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "{} did not start", script.display());
+    KillOnDrop(child)
 }
 
 /// Path of a workload script in tests/workloads.
@@ -77,14 +238,17 @@ pub fn workload(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads").join(name)
 }
 
-/// Starts `python script args...` and waits for it to print "ready".
-pub fn start_ready(python: &Path, script: &Path, args: &[&str]) -> KillOnDrop {
-    let mut child = Command::new(python)
-        .arg(script)
+/// Starts `python script args...` (the workload `name`, as `interp` sees it) and waits for it
+/// to print "ready".
+pub fn start_ready(interp: &Interpreter, name: &str, args: &[&str]) -> KillOnDrop {
+    let script = interp.workload(name);
+    let mut child = interp
+        .command()
+        .arg(&script)
         .args(args)
         .stdout(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", python.display()));
+        .unwrap_or_else(|e| panic!("start {}: {e}", interp.label));
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready", "{} did not start", script.display());

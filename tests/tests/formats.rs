@@ -28,7 +28,7 @@ fn run() -> &'static Run {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let (json, pprof, speedscope) = (dir.join("p.json"), dir.join("p.pb.gz"), dir.join("p.speedscope.json"));
-        let interp = interpreters().pop().unwrap();
+        let interp = host_interpreter();
         let start = Instant::now();
         let out = integration_tests::run(
             pyebpf()

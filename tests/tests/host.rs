@@ -23,7 +23,7 @@ fn profile_variant(interp: &Interpreter, variant: &str, json: &std::path::Path) 
 #[test]
 fn diff_puts_the_changed_function_on_top() {
     let started = Instant::now();
-    let interp = interpreters().pop().unwrap();
+    let interp = host_interpreter();
     let dir = tempfile::tempdir().unwrap();
     let (before, after, svg) = (dir.path().join("before.json"), dir.path().join("after.json"), dir.path().join("diff.svg"));
     profile_variant(&interp, "before", &before);
@@ -196,7 +196,7 @@ fn row_shares(row: &str, categories: &[String], python: bool) -> Vec<f64> {
 #[test]
 fn top_shows_the_busy_process_first_with_the_json_split_and_restores_the_terminal() {
     let started = Instant::now();
-    let interp = interpreters().pop().unwrap();
+    let interp = host_interpreter();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) as u32;
     let spin = KillOnDrop(start_spin(60.0, cpus.saturating_sub(1)));
     let py = start_offcpu(&interp, 60);
@@ -394,7 +394,7 @@ fn all_bpf_program_ids() -> Vec<u64> {
 #[test]
 fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
     let started = Instant::now();
-    let interp = interpreters().pop().unwrap();
+    let interp = host_interpreter();
     let version = String::from_utf8(
         Command::new(&interp.path).args(["-c", "import platform; print(platform.python_version())"]).output().unwrap().stdout,
     )

@@ -7,7 +7,7 @@ use integration_tests::{python::*, *};
 /// Profiles `offcpu.py SECONDS [extra]` under pyebpf and returns the process's JSON entry.
 fn profile_workload(interp: &Interpreter, extra: &[&str]) -> Value {
     let profile = profile_json(|cmd, json| {
-        cmd.args(["profile", "-o"]).arg(json).arg("--").arg(&interp.path).arg(workload("offcpu.py")).arg("2.5").args(extra);
+        cmd.args(["profile", "-o"]).arg(json).arg("--").args(interp.argv()).arg(interp.workload("offcpu.py")).arg("2.5").args(extra);
     });
     profile["processes"][0].clone()
 }
@@ -95,7 +95,7 @@ fn run_queue_waits_after_preemption_carry_the_stack() {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let code = "def spin_forever():\n    x = 0\n    while True:\n        x += 1\nspin_forever()\n";
     let spinners: Vec<KillOnDrop> = (0..cpus + 1)
-        .map(|_| KillOnDrop(std::process::Command::new(&interp.path).args(["-c", code]).spawn().unwrap()))
+        .map(|_| KillOnDrop(interp.command().args(["-c", code]).spawn().unwrap()))
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let profile = profile_json(|cmd, json| {
@@ -124,9 +124,9 @@ fn run_queue_waits_after_preemption_carry_the_stack() {
 #[test]
 fn event_loop_stalls_are_named_and_idle_loops_are_not_io() {
     for_each_interpreter("event loop", |interp| {
-        let script = workload("event_loop.py");
+        let script = interp.workload("event_loop.py");
         let profile = profile_json(|cmd, json| {
-            cmd.args(["profile", "-o"]).arg(json).arg("--").arg(&interp.path).arg(&script).arg("2.5");
+            cmd.args(["profile", "-o"]).arg(json).arg("--").args(interp.argv()).arg(&script).arg("2.5");
         });
         let p = &profile["processes"][0];
         // `stall_the_loop` sleeps 15 ms on the loop about 25 times a second: the stall list
@@ -136,7 +136,7 @@ fn event_loop_stalls_are_named_and_idle_loops_are_not_io() {
         let Some(culprit) = culprit else {
             return Err(format!("stall_the_loop not among the loop stalls: {stalls:?}"));
         };
-        let expected_line = format!(":{})", line_of(&script, "blocks the event loop"));
+        let expected_line = format!(":{})", line_of(&workload("event_loop.py"), "blocks the event loop"));
         if !culprit["coroutine"].as_str().unwrap().ends_with(&expected_line) || culprit["category"] != "sleep" {
             return Err(format!("stall should be the sleep at line {expected_line} in stall_the_loop: {culprit}"));
         }
@@ -167,6 +167,29 @@ fn event_loop_stalls_are_named_and_idle_loops_are_not_io() {
         });
         if !listen_stack {
             return Err("no idle stack in sync_server waiting on its listening socket".into());
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn threads_asleep_for_the_whole_profile_are_counted_in_full() {
+    // Threads that never run while profiled: the kernel sees no switch at all, yet each waited
+    // the whole time, on its own cause.
+    for_each_interpreter("asleep throughout", |interp| {
+        let target = start_ready(interp, "asleep.py", &[]);
+        std::thread::sleep(Duration::from_millis(200));
+        let profile = profile_json(|cmd, json| {
+            cmd.args(["profile", "-d", "1.5", "--pid", &target.pid().to_string(), "-o"]).arg(json);
+        });
+        let p = process(&profile, target.pid()).ok_or("process missing from the profile")?;
+        let seconds = |t: &Value, c: &str| t["totals_ns"][c].as_u64().unwrap_or(0) as f64 / 1e9;
+        let main = thread(p, "MainThread")?;
+        let waiter = thread(p, "lock-waiter")?;
+        let (slept, locked) = (seconds(main, "sleep"), seconds(waiter, "lock"));
+        // The profile lasts 1.5 s from the BPF programs' attach; allow for start-up and exit.
+        if !(1.3..=2.0).contains(&slept) || !(1.3..=2.0).contains(&locked) {
+            return Err(format!("main slept {slept:.3} s, lock-waiter waited {locked:.3} s: {} / {}", main["totals_ns"], waiter["totals_ns"]));
         }
         Ok(())
     });

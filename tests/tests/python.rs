@@ -1,4 +1,5 @@
-//! CPython frames unwound in the kernel, on every CPython 3.8+ on this machine.
+//! CPython frames unwound in the kernel, on every CPython 3.8+ on this machine (and in the OS
+//! roots `cargo xtask setup-pythons` makes, run through chroot like a container's Python).
 //! Each test runs its workload on every interpreter and reports all failures together.
 use std::{path::Path, process::Child, time::Duration};
 
@@ -27,11 +28,11 @@ fn name(minor: u8, qualified: &str) -> String {
 
 #[test]
 fn known_chain_in_every_thread_with_names_and_call_site_lines() {
-    let script = workload("chain.py");
-    let line = |m: &str| line_of(&script, m);
+    let line = |m: &str| line_of(&workload("chain.py"), m);
     for_each_interpreter("chain", |interp| {
         let m = interp.minor;
-        let child = start_ready(&interp.path, &script, &["6", "2"]);
+        let script = interp.workload("chain.py");
+        let child = start_ready(interp, "chain.py", &["6", "2"]);
         let (_, p) = profile_pid(child.pid(), "2", &[]);
         let chain = [
             Expect::at("run", line("# CALL work")),
@@ -101,12 +102,12 @@ fn known_chain_in_every_thread_with_names_and_call_site_lines() {
 
 #[test]
 fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
-    let script = workload("features.py");
     for_each_interpreter("features", |interp| {
         let m = interp.minor;
+        let script = interp.workload("features.py");
         // Started by pyebpf, so that the first phase is profiled from its first instruction.
         let profile = profile_json(|cmd, json| {
-            cmd.args(["profile", "-F", "199", "-o"]).arg(json).arg("--").arg(&interp.path).arg(&script).arg("0.4");
+            cmd.args(["profile", "-F", "199", "-o"]).arg(json).arg("--").args(interp.argv()).arg(&script).arg("0.4");
         });
         let p = &profile["processes"][0];
         let stacks = p["stacks"].as_array().unwrap();
@@ -209,9 +210,8 @@ fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
 
 #[test]
 fn two_hundred_threads_a_few_busy() {
-    let script = workload("many_threads.py");
     for_each_interpreter("200 threads", |interp| {
-        let child = start_ready(&interp.path, &script, &["3.5", "200", "3"]);
+        let child = start_ready(interp, "many_threads.py", &["3.5", "200", "3"]);
         let (_, p) = profile_pid(child.pid(), "2.5", &[]);
         let busy: Vec<&Value> = p["threads"]
             .as_array()
@@ -242,7 +242,6 @@ fn two_hundred_threads_a_few_busy() {
 
 #[test]
 fn short_lived_process_started_after_profiling_began_keeps_its_names() {
-    let script = workload("short_lived.py");
     let interps = interpreters();
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
@@ -262,18 +261,16 @@ fn short_lived_process_started_after_profiling_began_keeps_its_names() {
     std::thread::sleep(Duration::from_millis(800));
     let mut pids = Vec::new();
     for interp in &interps {
-        let mut child: Child = std::process::Command::new(&interp.path)
-            .arg(&script)
-            .spawn()
-            .unwrap();
-        pids.push((interp.label.clone(), child.id()));
+        let script = interp.workload("short_lived.py");
+        let mut child: Child = interp.command().arg(&script).spawn().unwrap();
+        pids.push((interp.label.clone(), script, child.id()));
         child.wait().unwrap();
     }
     let out = wait_output(profiler, TIMEOUT);
     assert_success(&out);
     let profile = read_json(&json);
     let mut failures = Vec::new();
-    for (label, pid) in pids {
+    for (label, script, pid) in pids {
         let Some(p) = process(&profile, pid) else {
             failures.push(format!("{label}: pid {pid} not in the profile"));
             continue;
@@ -294,13 +291,13 @@ fn short_lived_process_started_after_profiling_began_keeps_its_names() {
 
 #[test]
 fn a_process_that_execs_into_python_is_unwound_after_the_exec() {
-    let script = workload("chain.py");
+    // The newest version (in an OS root when there is one: exec chroot, then exec python).
     let interp = interpreters().pop().unwrap();
+    let script = interp.workload("chain.py");
     // The shell burns CPU first (same pid, not Python), then becomes Python.
     let shell = format!(
-        "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; exec {} {} 1.5 0",
-        interp.path.display(),
-        script.display()
+        "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; exec {} 1.5 0",
+        interp.shell_line(&[&script])
     );
     let profile = profile_json(|cmd, json| {
         cmd.args(["profile", "-F", "199", "-o"]).arg(json).args(["--", "/bin/sh", "-c", &shell]);
@@ -319,4 +316,36 @@ fn a_process_that_execs_into_python_is_unwound_after_the_exec() {
         has_chain(s, &script, std::slice::from_ref(&burn))
     });
     assert!(h > 150, "{h}/{n} samples in burn after the exec");
+}
+
+#[test]
+fn layout_agrees_with_each_processs_debug_offsets_from_3_13() {
+    for_each_interpreter("_Py_DebugOffsets", |interp| {
+        if interp.minor < 13 {
+            return Ok(());
+        }
+        let child = start_ready(interp, "chain.py", &["3", "0"]);
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(
+            pyebpf()
+                .args(["profile", "-d", "0.5", "--no-summary", "-o"])
+                .arg(dir.path().join("p.json"))
+                .args(["--pid", &child.pid().to_string()])
+                .env("RUST_LOG", "info"),
+            TIMEOUT,
+        );
+        assert_success(&out);
+        let log = String::from_utf8_lossy(&out.stderr);
+        let pid = child.pid();
+        let agree = log.lines().find(|l| l.contains(&format!("pid {pid}: ")) && l.contains("agree with its _Py_DebugOffsets"));
+        let Some(agree) = agree else {
+            return Err(format!("no _Py_DebugOffsets check logged:\n{log}"));
+        };
+        // "N of M layout fields agree": all of them, and more than the thread and frame walk.
+        let numbers: Vec<u32> = agree.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+        match numbers[..] {
+            [n, m] if n == m && m >= 30 => Ok(()),
+            _ => Err(format!("{agree}\n{log}")),
+        }
+    });
 }

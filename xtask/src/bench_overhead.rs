@@ -148,52 +148,61 @@ fn measure(
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
         run.profiler_cpu = Some(ticks as f64 / hz / elapsed);
         run.profiler_rss_mib = peak_rss_kib(pid).map(|k| k as f64 / 1024.0);
-        let stderr = p.stop()?;
+        let printed = p.stop()?;
         match config {
             Config::Pyebpf => {
                 let profile: Value = serde_json::from_slice(&std::fs::read(&json)?)?;
                 run.samples = profile["samples"].as_u64();
                 run.lost = profile["lost_events"].as_u64();
             }
-            _ => (run.samples, run.lost) = py_spy_counts(&stderr),
+            _ => (run.samples, run.lost) = py_spy_counts(&printed),
         }
     }
     Ok(run)
 }
 
-/// A profiler process whose stderr is collected; started when a line shows it is sampling.
+/// A profiler process whose output is collected; started when a line shows it is sampling.
 struct Profiler {
     child: Child,
-    stderr: Arc<Mutex<String>>,
-    reader: Option<std::thread::JoinHandle<()>>,
+    /// Everything it printed, stdout and stderr.
+    output: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Profiler {
+    /// Starts the profiler and waits for `ready` on its stdout or stderr (py-spy talks on
+    /// stdout, pyebpf logs on stderr).
     fn start(mut cmd: Command, ready: &str) -> anyhow::Result<Self> {
-        let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().context("start the profiler")?;
-        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("start the profiler")?;
+        let output = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let (text, ready) = (stderr.clone(), ready.to_string());
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                if line.contains(&ready) {
-                    let _ = tx.send(());
-                }
-                let mut t = text.lock().unwrap();
-                t.push_str(&line);
-                t.push('\n');
-            }
-        });
-        let mut p = Profiler { child, stderr, reader: Some(reader) };
+        let pipes: Vec<Box<dyn std::io::Read + Send>> =
+            vec![Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
+        let readers = pipes
+            .into_iter()
+            .map(|pipe| {
+                let (text, ready, tx) = (output.clone(), ready.to_string(), tx.clone());
+                std::thread::spawn(move || {
+                    for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                        if line.contains(&ready) {
+                            let _ = tx.send(());
+                        }
+                        let mut t = text.lock().unwrap();
+                        t.push_str(&line);
+                        t.push('\n');
+                    }
+                })
+            })
+            .collect();
+        let mut p = Profiler { child, output, readers };
         if rx.recv_timeout(Duration::from_secs(30)).is_err() {
             let _ = p.stop();
-            bail!("the profiler did not start within 30 s:\n{}", p.stderr.lock().unwrap());
+            bail!("the profiler did not start within 30 s:\n{}", p.output.lock().unwrap());
         }
         Ok(p)
     }
 
-    /// SIGINT (both write their output on it), then its stderr.
+    /// SIGINT (both write their output on it), then what it printed.
     fn stop(&mut self) -> anyhow::Result<String> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
@@ -205,10 +214,10 @@ impl Profiler {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        if let Some(r) = self.reader.take() {
+        for r in self.readers.drain(..) {
             let _ = r.join();
         }
-        Ok(self.stderr.lock().unwrap().clone())
+        Ok(self.output.lock().unwrap().clone())
     }
 }
 
@@ -236,9 +245,9 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// py-spy's closing line: "Samples: N Errors: M".
-fn py_spy_counts(stderr: &str) -> (Option<u64>, Option<u64>) {
+fn py_spy_counts(printed: &str) -> (Option<u64>, Option<u64>) {
     let number_after = |key: &str| {
-        stderr.lines().rev().find_map(|l| {
+        printed.lines().rev().find_map(|l| {
             let at = l.find(key)? + key.len();
             l[at..].split_whitespace().next()?.trim_end_matches(',').parse().ok()
         })

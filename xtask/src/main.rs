@@ -1,4 +1,5 @@
-//! Project tasks: `cargo xtask setup | build | run | test | bench | gen-python-offsets`.
+//! Project tasks: `cargo xtask setup | setup-pythons | build | run | test | bench | fuzz |
+//! gen-python-offsets`.
 //!
 //! Everything the project needs on a fresh machine is installed from here, idempotently: each
 //! step checks first and does nothing when already done.
@@ -6,7 +7,9 @@ mod bench;
 mod bench_offcpu;
 mod bench_overhead;
 mod bench_python;
+mod fuzz;
 mod python_offsets;
+mod pythons;
 mod setup;
 mod test_tools;
 mod util;
@@ -30,6 +33,14 @@ enum Task {
         #[arg(long)]
         tests: bool,
     },
+    /// Make the OS roots whose interpreters the tests run through chroot (Debian sid with
+    /// python3.14 in target/test-roots/sid; 3-5 minutes once, then instant). `cargo xtask test`
+    /// does this too, and carries on without the root when it cannot be made.
+    SetupPythons {
+        /// Also install CPython's headers and a C compiler in the root, for gen-python-offsets.
+        #[arg(long)]
+        dev: bool,
+    },
     /// Set up, then build the release `pyebpf` binary (target/release/pyebpf).
     Build,
     /// Set up, build, and run `pyebpf` with the given arguments (as root, via sudo if needed).
@@ -49,9 +60,23 @@ enum Task {
         #[command(subcommand)]
         which: Option<bench::Which>,
     },
+    /// Fuzz every parser of untrusted bytes (cargo fuzz targets in fuzz/, nightly) for a bounded
+    /// time each; fails on any crash.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 20)]
+        seconds: u32,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
     /// Regenerate profiler/src/python/offsets_generated.rs from the CPython headers of every
-    /// pyenv 3.8+ interpreter found (compiles an offsetof probe per version).
-    GenPythonOffsets,
+    /// pyenv 3.8+ interpreter found, and of OS roots for the versions pyenv lacks (the test
+    /// root when present; compiles an offsetof probe per version).
+    GenPythonOffsets {
+        /// An OS root (chroot) with CPython headers and a C compiler (repeatable).
+        #[arg(long = "root")]
+        roots: Vec<PathBuf>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -77,8 +102,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             util::run_as_root(&bin, &args)
         }
         Task::Test { args } => test(&root, &args),
-        Task::GenPythonOffsets => {
-            python_offsets::generate(&root.join("profiler/src/python/offsets_generated.rs"))
+        Task::SetupPythons { dev } => pythons::ensure(&root, true, dev),
+        Task::Fuzz { seconds, targets } => fuzz::run_all(&root, seconds, &targets),
+        Task::GenPythonOffsets { roots } => {
+            python_offsets::generate(&root, &root.join("profiler/src/python/offsets_generated.rs"), &roots)
         }
         Task::Bench { which } => {
             let bin = build(&root)?;
@@ -98,6 +125,8 @@ fn test(root: &std::path::Path, extra: &[String]) -> anyhow::Result<()> {
     let bin = build(root)?;
     util::require_root("the integration tests load BPF programs and profile real processes")?;
     test_tools::ensure(root)?;
+    // Interpreters in OS roots (3.14); without them the tests say which versions are missing.
+    pythons::ensure(root, false, false)?;
     let mut args = vec!["test", "--release", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));
     // One test at a time: they burn CPU on purpose and check sample shares, which two cores

@@ -51,6 +51,12 @@
 #if PY_MINOR_VERSION >= 11
 #include "internal/pycore_frame.h"
 #endif
+#if PY_MINOR_VERSION >= 14
+/* 3.14 moved the frame struct to pycore_interpframe_structs.h and made
+ * f_executable a _PyStackRef (pycore_stackref.h). */
+#include "internal/pycore_interpframe.h"
+#include "internal/pycore_stackref.h"
+#endif
 
 /*
  * For reading Python objects' contents (thread names: sys.modules → the
@@ -103,7 +109,42 @@ typedef struct {
 typedef PyModuleObject ProbeModuleObject;
 #endif
 
-#define FIELD(name, value) printf("%s %lld\n", (name), (long long)(value))
+/*
+ * Every printed field is also remembered, so that later checks (the
+ * _Py_DebugOffsets map, the live frame walk) use exactly the printed numbers.
+ */
+#define MAX_FIELDS 128
+static struct {
+    const char *name;
+    long long value;
+} printed[MAX_FIELDS];
+static int printed_count;
+
+static void print_field(const char *name, long long value)
+{
+    if (printed_count == MAX_FIELDS) {
+        fprintf(stderr, "more than %d fields: raise MAX_FIELDS\n", MAX_FIELDS);
+        exit(1);
+    }
+    printed[printed_count].name = name;
+    printed[printed_count].value = value;
+    printed_count++;
+    printf("%s %lld\n", name, value);
+}
+
+/* The value printed for `name` (which must have been printed already). */
+static long long printed_value(const char *name)
+{
+    for (int i = 0; i < printed_count; i++) {
+        if (strcmp(printed[i].name, name) == 0) {
+            return printed[i].value;
+        }
+    }
+    fprintf(stderr, "internal: %s used before it was printed\n", name);
+    exit(1);
+}
+
+#define FIELD(name, value) print_field((name), (long long)(value))
 #define ABSENT(name) FIELD((name), -1)
 #define SIZEOF_MEMBER(type, member) sizeof(((type *)0)->member)
 
@@ -145,6 +186,9 @@ _Static_assert(SIZEOF_MEMBER(PyDictValues, capacity) == 1, "read as u8");
 _Static_assert(SIZEOF_MEMBER(PyDictValues, valid) == 1, "read as u8");
 #endif
 _Static_assert(SIZEOF_MEMBER(struct _gil_runtime_state, locked) == 4, "gil locked is read as i32");
+#if PY_MINOR_VERSION >= 14
+_Static_assert(SIZEOF_MEMBER(_PyInterpreterFrame, f_executable) == 8, "f_executable is read as a word");
+#endif
 _Static_assert(SIZEOF_MEMBER(struct _gil_runtime_state, last_holder) == 8, "read as a pointer");
 #if PY_MINOR_VERSION >= 12
 _Static_assert(SIZEOF_MEMBER(PyInterpreterState, ceval.gil) == 8, "ceval.gil is a pointer");
@@ -200,6 +244,44 @@ static void state_bits(const char *field, const PyASCIIObject *o, const char *sh
         o.state.f--;                                          \
         state_bits(#f, &o, (shift_name), (mask_name));        \
     } while (0)
+
+/*
+ * Bits of the frame's code field that are not part of the pointer. Up to 3.13
+ * the field is a plain PyObject* (0). 3.14 makes f_executable a _PyStackRef:
+ * the object pointer with tag bits in its low bits (Py_TAG_REFCNT marks a
+ * reference that owns no count, e.g. to an immortal object such as the None
+ * of the entry frame). Checked here through the headers' own decoder: a
+ * pointer tagged with any pointer tag comes back as the pointer once the
+ * printed bits are cleared.
+ */
+static long long frame_code_tag_bits(void)
+{
+#if PY_MINOR_VERSION >= 14
+#if defined(Py_STACKREF_DEBUG) || defined(Py_GIL_DISABLED)
+#error "debug stack references and free-threaded builds are not supported"
+#endif
+    static PyObject aligned[2];
+    const uintptr_t object = (uintptr_t)&aligned[1];
+    const uintptr_t tags[] = {0, Py_TAG_REFCNT};
+    if ((object & Py_TAG_BITS) != 0) {
+        fprintf(stderr, "objects are not aligned past the stack reference tag bits\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < sizeof(tags) / sizeof(tags[0]); i++) {
+        _PyStackRef ref = {.bits = object | tags[i]};
+        if ((tags[i] & ~(uintptr_t)Py_TAG_BITS) != 0 ||
+            (uintptr_t)PyStackRef_AsPyObjectBorrow(ref) != object ||
+            (ref.bits & ~(uintptr_t)Py_TAG_BITS) != object) {
+            fprintf(stderr, "_PyStackRef tag 0x%lx is not cleared by Py_TAG_BITS 0x%lx\n",
+                    (unsigned long)tags[i], (unsigned long)Py_TAG_BITS);
+            exit(1);
+        }
+    }
+    return Py_TAG_BITS;
+#else
+    return 0;
+#endif
+}
 
 /*
  * Where the GIL lives, so that a thread blocked in futex() on an address
@@ -808,6 +890,202 @@ static void check_live_gil(void)
 }
 #endif
 
+#if PY_MINOR_VERSION >= 13
+/*
+ * Where the profiler finds PyOffsets fields in a live process's own
+ * _Py_DebugOffsets (at the start of its _PyRuntime): printed as
+ * `debug <field> <offset in _Py_DebugOffsets> <offset of a base member, or
+ * -1>` (the field is the member minus the base: the GIL members are given
+ * from the interpreter state, the table has them from the GIL), after
+ * `debug_size <sizeof(_Py_DebugOffsets)>`. The profiler compares each with
+ * the table when it finds a 3.13+ process and prefers the process's value.
+ * Linked against libpython, each must read back as the printed field.
+ */
+struct debug_map_entry {
+    const char *field;
+    long long at, base;
+};
+
+#define DEBUG_AT(section, member) ((long long)offsetof(_Py_DebugOffsets, section.member))
+
+static const struct debug_map_entry debug_map[] = {
+    {"runtime_interpreters_head", DEBUG_AT(runtime_state, interpreters_head), -1},
+    {"interp_threads_head", DEBUG_AT(interpreter_state, threads_head), -1},
+    {"interp_next", DEBUG_AT(interpreter_state, next), -1},
+    {"tstate_next", DEBUG_AT(thread_state, next), -1},
+    {"tstate_interp", DEBUG_AT(thread_state, interp), -1},
+    {"tstate_thread_id", DEBUG_AT(thread_state, thread_id), -1},
+    {"tstate_native_thread_id", DEBUG_AT(thread_state, native_thread_id), -1},
+    {"tstate_frame", DEBUG_AT(thread_state, current_frame), -1},
+    {"frame_previous", DEBUG_AT(interpreter_frame, previous), -1},
+    {"frame_code", DEBUG_AT(interpreter_frame, executable), -1},
+    {"frame_instr_ptr", DEBUG_AT(interpreter_frame, instr_ptr), -1},
+    {"frame_owner", DEBUG_AT(interpreter_frame, owner), -1},
+    {"code_code_adaptive", DEBUG_AT(code_object, co_code_adaptive), -1},
+    {"code_firstlineno", DEBUG_AT(code_object, firstlineno), -1},
+    {"code_name", DEBUG_AT(code_object, name), -1},
+    {"code_qualname", DEBUG_AT(code_object, qualname), -1},
+    {"code_filename", DEBUG_AT(code_object, filename), -1},
+    {"code_linetable", DEBUG_AT(code_object, linetable), -1},
+    {"code_argcount", DEBUG_AT(code_object, argcount), -1},
+    {"code_size_of", DEBUG_AT(code_object, size), -1},
+    {"object_type", DEBUG_AT(pyobject, ob_type), -1},
+    {"type_name", DEBUG_AT(type_object, tp_name), -1},
+    {"type_flags", DEBUG_AT(type_object, tp_flags), -1},
+    {"bytes_size", DEBUG_AT(bytes_object, ob_size), -1},
+    {"bytes_data", DEBUG_AT(bytes_object, ob_sval), -1},
+    {"unicode_length", DEBUG_AT(unicode_object, length), -1},
+    {"unicode_state", DEBUG_AT(unicode_object, state), -1},
+    {"unicode_ascii_data", DEBUG_AT(unicode_object, asciiobject_size), -1},
+    {"interp_modules", DEBUG_AT(interpreter_state, imports_modules), -1},
+    {"dict_keys", DEBUG_AT(dict_object, ma_keys), -1},
+    {"dict_values", DEBUG_AT(dict_object, ma_values), -1},
+    {"long_tag", DEBUG_AT(long_object, lv_tag), -1},
+    {"long_digits", DEBUG_AT(long_object, ob_digit), -1},
+    {"interp_ceval_gil", DEBUG_AT(interpreter_state, ceval_gil), -1},
+    {"gil_locked", DEBUG_AT(interpreter_state, gil_runtime_state_locked),
+     DEBUG_AT(interpreter_state, gil_runtime_state)},
+    {"gil_last_holder", DEBUG_AT(interpreter_state, gil_runtime_state_holder),
+     DEBUG_AT(interpreter_state, gil_runtime_state)},
+};
+
+static void print_debug_map(void)
+{
+    const size_t n = sizeof(debug_map) / sizeof(debug_map[0]);
+    printf("debug_size %zu\n", sizeof(_Py_DebugOffsets));
+    for (size_t i = 0; i < n; i++) {
+        const struct debug_map_entry *e = &debug_map[i];
+        if (e->at < 0 || e->at + 8 > (long long)sizeof(_Py_DebugOffsets)) {
+            fprintf(stderr, "_Py_DebugOffsets member for %s out of range\n", e->field);
+            exit(1);
+        }
+        printf("debug %s %lld %lld\n", e->field, e->at, e->base);
+    }
+#ifdef PROBE_LINKED_LIBPYTHON
+    const char *d = (const char *)&_PyRuntime.debug_offsets;
+    int mismatches = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct debug_map_entry *e = &debug_map[i];
+        uint64_t at, base = 0;
+        memcpy(&at, d + e->at, sizeof(at));
+        if (e->base >= 0) {
+            memcpy(&base, d + e->base, sizeof(base));
+        }
+        long long value = (long long)(at - base);
+        if (value != printed_value(e->field)) {
+            fprintf(stderr, "_Py_DebugOffsets gives %s = %lld, the headers %lld\n", e->field, value,
+                    printed_value(e->field));
+            mismatches++;
+        }
+    }
+    if (mismatches != 0) {
+        exit(1);
+    }
+    printf("# %d.%d: %zu fields read from each process's _Py_DebugOffsets too, all equal to the "
+           "linked libpython's\n",
+           PY_MAJOR_VERSION, PY_MINOR_VERSION, n);
+#endif
+}
+#endif
+
+/*
+ * 3.14: walks this thread's frame chain from a C function called by Python,
+ * the way the kernel does (printed offsets, code pointer with the tag bits
+ * cleared, owner byte), and checks what it finds: code objects with the
+ * expected qualified names, the eval loop's entry frames (owned by the
+ * interpreter, executable None) wherever C called into Python, a generator's
+ * frame owned by its generator.
+ */
+#if defined(PROBE_LINKED_LIBPYTHON) && PY_MINOR_VERSION >= 14
+static int frames_seen, frames_tagged;
+
+static PyObject *probe_walk(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    const long long tstate_frame = printed_value("tstate_frame");
+    const long long previous = printed_value("frame_previous");
+    const long long code = printed_value("frame_code");
+    const long long owner = printed_value("frame_owner");
+    const uint64_t tag = (uint64_t)printed_value("frame_code_tag_bits");
+    const long long first_shim = printed_value("frame_owned_by_interpreter");
+    const long long generator = printed_value("frame_owned_by_generator");
+    PyObject *names = PyList_New(0);
+    const char *frame = (const char *)(uintptr_t)rd64(PyThreadState_Get(), tstate_frame);
+    for (int i = 0; frame != NULL && i < 64; i++) {
+        const uint64_t bits = rd64(frame, code);
+        PyObject *executable = (PyObject *)(uintptr_t)(bits & ~tag);
+        const int frame_owner = rd8(frame, owner);
+        frames_seen++;
+        frames_tagged += bits != (bits & ~tag);
+        PyObject *name;
+        if (frame_owner >= first_shim) {
+            LIVE_CHECK(executable == Py_None, "entry frame (owner %d) does not run None", frame_owner);
+            name = PyUnicode_FromString("<entry>");
+        } else if (PyCode_Check(executable)) {
+            name = PyUnicode_FromFormat("%U%s", ((PyCodeObject *)executable)->co_qualname,
+                                        frame_owner == generator ? " (generator)" : "");
+        } else {
+            LIVE_CHECK(0, "frame %d (owner %d): 0x%llx is not a code object", i, frame_owner,
+                       (unsigned long long)bits);
+            break;
+        }
+        PyList_Append(names, name);
+        Py_DECREF(name);
+        frame = (const char *)(uintptr_t)rd64(frame, previous);
+    }
+    return names;
+}
+
+static void check_live_frames(void)
+{
+    static PyMethodDef def = {"probe_walk", probe_walk, METH_NOARGS, NULL};
+    PyObject *globals = PyDict_New();
+    PyDict_SetItemString(globals, "__builtins__", PyEval_GetBuiltins());
+    PyObject *walk = PyCFunction_New(&def, NULL);
+    PyDict_SetItemString(globals, "probe_walk", walk);
+    Py_DECREF(walk);
+    PyObject *result = PyRun_String("class C:\n"
+                                    "    def method(self):\n"
+                                    "        return probe_walk()\n"
+                                    "def outer():\n"
+                                    "    return C().method()\n"
+                                    "def gen():\n"
+                                    "    yield probe_walk()\n"
+                                    "called = outer()\n"
+                                    "generated = next(gen())\n",
+                                    Py_file_input, globals, globals);
+    if (result == NULL) {
+        PyErr_Print();
+        fprintf(stderr, "live frame check: the Python snippet failed\n");
+        exit(1);
+    }
+    Py_DECREF(result);
+    PyObject *want_called = Py_BuildValue("[ssss]", "C.method", "outer", "<module>", "<entry>");
+    /* next() resumes the generator from C: a second entry frame between. */
+    PyObject *want_generated =
+        Py_BuildValue("[ssss]", "gen (generator)", "<entry>", "<module>", "<entry>");
+    PyObject *called = PyDict_GetItemString(globals, "called");
+    PyObject *generated = PyDict_GetItemString(globals, "generated");
+    LIVE_CHECK(PyObject_RichCompareBool(called, want_called, Py_EQ) == 1, "frames of a call: %s",
+               PyUnicode_AsUTF8(PyObject_Repr(called)));
+    LIVE_CHECK(PyObject_RichCompareBool(generated, want_generated, Py_EQ) == 1,
+               "frames of a generator: %s", PyUnicode_AsUTF8(PyObject_Repr(generated)));
+    Py_DECREF(want_called);
+    Py_DECREF(want_generated);
+    Py_DECREF(globals);
+    if (live_failures != 0) {
+        fprintf(stderr, "%d live frame checks failed\n", live_failures);
+        exit(1);
+    }
+    printf("# %d.%d: live frame chains walked through the printed layout: code objects under "
+           "tag bits 0x%llx (set on %d of %d frames), entry frames owned by the interpreter, "
+           "generator frames by their generator\n",
+           PY_MAJOR_VERSION, PY_MINOR_VERSION, printed_value("frame_code_tag_bits"), frames_tagged,
+           frames_seen);
+}
+#endif
+
 int main(void)
 {
     /* Lets the generator check it compiled against the version it meant to. */
@@ -882,6 +1160,20 @@ int main(void)
 #endif
     FIELD("frame_owned_by_generator", FRAME_OWNED_BY_GENERATOR);
 #endif
+#if PY_MINOR_VERSION >= 14
+    /* 3.14 inserts FRAME_OWNED_BY_INTERPRETER before FRAME_OWNED_BY_CSTACK
+     * and gives it to the eval loop's entry frame; every owner from it up is
+     * not Python code (CPython's own readers test owner >= INTERPRETER). */
+    FIELD("frame_owned_by_interpreter", FRAME_OWNED_BY_INTERPRETER);
+    if (FRAME_OWNED_BY_CSTACK < FRAME_OWNED_BY_INTERPRETER ||
+        FRAME_OWNED_BY_GENERATOR >= FRAME_OWNED_BY_INTERPRETER) {
+        fprintf(stderr, "frame owners are no longer ordered: code owners below INTERPRETER\n");
+        return 1;
+    }
+#else
+    ABSENT("frame_owned_by_interpreter");
+#endif
+    FIELD("frame_code_tag_bits", frame_code_tag_bits());
 
 #if PY_MINOR_VERSION >= 11
     FIELD("code_code_adaptive", offsetof(PyCodeObject, co_code_adaptive));
@@ -999,10 +1291,14 @@ int main(void)
 
 #if PY_MINOR_VERSION >= 13
     check_debug_offsets();
+    print_debug_map();
 #endif
 #ifdef PROBE_LINKED_LIBPYTHON
     check_live_layouts();
     check_live_gil();
+#if PY_MINOR_VERSION >= 14
+    check_live_frames();
+#endif
 #else
     printf("# %d.%d: dict, instance attribute, int and module layouts not checked against live objects "
            "(probe was not linked against libpython)\n",

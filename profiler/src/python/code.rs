@@ -3,7 +3,7 @@
 use super::{
     PyVersion,
     linetable,
-    memory::{MAX_OBJECT_BYTES, Memory, field_i32, field_u64},
+    memory::{MAX_OBJECT_BYTES, ReadMemory, field_i32, field_u64},
     offsets::PyOffsets,
 };
 
@@ -56,10 +56,14 @@ impl CodeObject {
                 if lasti < 0 {
                     return FrameLine::Line(Some(self.firstlineno));
                 }
-                FrameLine::Line(linetable::linetable310_line(&self.linetable, self.firstlineno, lasti * 2))
+                // f_lasti counts code units: the table counts bytes.
+                let offset = lasti.checked_mul(2);
+                FrameLine::Line(offset.and_then(|o| linetable::linetable310_line(&self.linetable, self.firstlineno, o)))
             }
             _ => {
-                let unit = (instr as i64 - self.code_start as i64).div_euclid(2);
+                // Any u64 may come from a corrupt frame: wrapping arithmetic, then the table
+                // finds no such unit.
+                let unit = (instr.wrapping_sub(self.code_start) as i64).div_euclid(2);
                 if !owned_by_generator && unit < self.first_traceable {
                     return FrameLine::Incomplete;
                 }
@@ -70,7 +74,7 @@ impl CodeObject {
 }
 
 /// Reads `str` objects (compact unicode) with the version's layout.
-pub fn read_unicode(mem: &Memory, o: &PyOffsets, addr: u64) -> Option<String> {
+pub fn read_unicode(mem: &impl ReadMemory, o: &PyOffsets, addr: u64) -> Option<String> {
     let mut head = vec![0u8; o.unicode_compact_data as usize];
     if !mem.read(addr, &mut head[..o.unicode_ascii_data as usize]) {
         return None;
@@ -80,11 +84,13 @@ pub fn read_unicode(mem: &Memory, o: &PyOffsets, addr: u64) -> Option<String> {
     let kind = (state >> o.unicode_kind_shift) & o.unicode_kind_mask as u32;
     let compact = (state >> o.unicode_compact_shift) & 1 == 1;
     let ascii = (state >> o.unicode_ascii_shift) & 1 == 1;
-    if !compact || !matches!(kind, 1 | 2 | 4) || length * kind as usize > MAX_OBJECT_BYTES {
+    // A corrupt length can be anything: the byte count is checked before it is used.
+    let byte_len = length.checked_mul(kind as usize).filter(|&n| n <= MAX_OBJECT_BYTES);
+    let (true, true, Some(byte_len)) = (compact, matches!(kind, 1 | 2 | 4), byte_len) else {
         return None;
-    }
+    };
     let data = if ascii { o.unicode_ascii_data } else { o.unicode_compact_data } as u64;
-    let raw = mem.bytes(addr + data, length * kind as usize)?;
+    let raw = mem.bytes(addr.checked_add(data)?, byte_len)?;
     let text = match kind {
         1 => raw.iter().map(|&b| b as char).collect(),
         2 => char::decode_utf16(raw.chunks_exact(2).map(|c| u16::from_ne_bytes([c[0], c[1]])))
@@ -99,20 +105,20 @@ pub fn read_unicode(mem: &Memory, o: &PyOffsets, addr: u64) -> Option<String> {
 }
 
 /// Reads a `bytes` object's contents.
-pub fn read_bytes(mem: &Memory, o: &PyOffsets, addr: u64) -> Option<Vec<u8>> {
-    let size = mem.u64(addr + o.bytes_size as u64)? as usize;
-    mem.bytes(addr + o.bytes_data as u64, size)
+pub fn read_bytes(mem: &impl ReadMemory, o: &PyOffsets, addr: u64) -> Option<Vec<u8>> {
+    let size = usize::try_from(mem.u64(addr.checked_add(o.bytes_size as u64)?)?).ok()?;
+    mem.bytes(addr.checked_add(o.bytes_data as u64)?, size)
 }
 
 /// Checks that `addr` is a code object, by its type's name. `code_type` caches the type object
 /// address once seen, so later checks cost one read.
-pub fn is_code(mem: &Memory, o: &PyOffsets, addr: u64, code_type: &mut Option<u64>) -> bool {
-    let Some(ty) = mem.u64(addr + o.object_type as u64) else { return false };
+pub fn is_code(mem: &impl ReadMemory, o: &PyOffsets, addr: u64, code_type: &mut Option<u64>) -> bool {
+    let Some(ty) = addr.checked_add(o.object_type as u64).and_then(|a| mem.u64(a)) else { return false };
     if let Some(known) = *code_type {
         return ty == known;
     }
     let is_code = mem
-        .u64(ty + o.type_name as u64)
+        .u64(ty.wrapping_add(o.type_name as u64))
         .and_then(|name| mem.c_string(name, 16))
         .is_some_and(|name| name == "code");
     if is_code {
@@ -122,7 +128,7 @@ pub fn is_code(mem: &Memory, o: &PyOffsets, addr: u64, code_type: &mut Option<u6
 }
 
 /// Reads the code object at `addr`.
-pub fn read_code(mem: &Memory, o: &PyOffsets, addr: u64) -> Option<CodeObject> {
+pub fn read_code(mem: &impl ReadMemory, o: &PyOffsets, addr: u64) -> Option<CodeObject> {
     let mut raw = vec![0u8; o.code_size_of as usize];
     if !mem.read(addr, &mut raw) {
         return None;
@@ -134,9 +140,73 @@ pub fn read_code(mem: &Memory, o: &PyOffsets, addr: u64) -> Option<CodeObject> {
     let flags = field_i32(&raw, o.code_flags)?;
     let linetable = read_bytes(mem, o, field_u64(&raw, o.code_linetable)?).unwrap_or_default();
     let (code_start, first_traceable) = if o.code_code_adaptive >= 0 {
-        (addr + o.code_code_adaptive as u64, field_i32(&raw, o.code_firsttraceable)? as i64)
+        (addr.checked_add(o.code_code_adaptive as u64)?, field_i32(&raw, o.code_firsttraceable)? as i64)
     } else {
         (0, 0)
     };
     Some(CodeObject { name, filename, firstlineno, flags, linetable, code_start, first_traceable })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::python::{memory::ImageMemory, offsets::for_version};
+
+    /// Found by the `code_object` fuzzer: a str whose length times its character width
+    /// overflowed (a panic with overflow checks; without, a wrapped size that passed the
+    /// length check).
+    #[test]
+    fn str_lengths_that_overflow_are_refused() {
+        for minor in 8..=13 {
+            let o = for_version(3, minor).unwrap();
+            let mut image = vec![0u8; 256];
+            let put = |image: &mut Vec<u8>, off: i64, bytes: &[u8]| {
+                image[off as usize..off as usize + bytes.len()].copy_from_slice(bytes)
+            };
+            // Compact, 4 bytes per character, 2^62 + 1 characters: 4 * length wraps to 4.
+            let state = 1u32 << o.unicode_compact_shift | 4 << o.unicode_kind_shift;
+            put(&mut image, o.unicode_state, &state.to_ne_bytes());
+            put(&mut image, o.unicode_length, &((1u64 << 62) + 1).to_ne_bytes());
+            put(&mut image, o.unicode_compact_data, b"x\0\0\0");
+            let mem = ImageMemory { base: 0x1000, image: image.clone() };
+            assert_eq!(read_unicode(&mem, o, 0x1000), None, "3.{minor}");
+            put(&mut image, o.unicode_length, &1u64.to_ne_bytes());
+            let mem = ImageMemory { base: 0x1000, image };
+            assert_eq!(read_unicode(&mem, o, 0x1000).as_deref(), Some("x"), "3.{minor}");
+            // Objects at the very top of the address space.
+            assert_eq!(read_unicode(&mem, o, u64::MAX - 8), None);
+            assert_eq!(read_bytes(&mem, o, u64::MAX - 8), None);
+            assert!(!is_code(&mem, o, u64::MAX - 4, &mut None));
+        }
+    }
+
+    fn code(linetable: Vec<u8>, code_start: u64) -> CodeObject {
+        CodeObject {
+            name: "f".into(),
+            filename: "f.py".into(),
+            firstlineno: 10,
+            flags: 0,
+            linetable,
+            code_start,
+            first_traceable: 0,
+        }
+    }
+
+    /// Found by the `code_object` fuzzer: a corrupt 3.10 `f_lasti` overflowed when turned into
+    /// a byte offset, and a 3.11+ instruction pointer far from the code did too.
+    #[test]
+    fn corrupt_instruction_fields_give_no_line() {
+        let v310 = PyVersion { major: 3, minor: 10, patch: None };
+        let c = code(vec![4, 1, 4, 1], 0);
+        assert_eq!(c.line(v310, 2, false), FrameLine::Line(Some(12)));
+        assert_eq!(c.line(v310, i32::MAX as u64, false), FrameLine::Line(None));
+        assert_eq!(c.line(v310, u64::MAX, false), FrameLine::Line(Some(10)), "-1: not started yet");
+        let v312 = PyVersion { major: 3, minor: 12, patch: None };
+        let c = code(vec![0x80 | (13 << 3) | 1, 2], 0x7f00_0000_0000);
+        assert_eq!(c.line(v312, 0x7f00_0000_0002, false), FrameLine::Line(Some(11)));
+        assert_eq!(c.line(v312, u64::MAX, true), FrameLine::Line(None));
+        assert_eq!(c.line(v312, 0, true), FrameLine::Line(None));
+        let c = code(vec![0x80 | (13 << 3) | 1, 2], u64::MAX);
+        assert_eq!(c.line(v312, 0x10, true), FrameLine::Line(None));
+    }
 }

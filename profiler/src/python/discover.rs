@@ -4,13 +4,18 @@
 //! builds (pyenv, uwsgi, embedders), or the executable itself for static ones (Debian's
 //! python3). Files are opened through `/proc/PID/map_files`, which works across mount
 //! namespaces and for deleted files. The version comes from the `Py_Version` symbol (3.11+),
-//! else from the file name; for 3.13+ it is checked against `_Py_DebugOffsets`.
+//! else from the file name; for 3.13+ it is checked against `_Py_DebugOffsets`, which is kept
+//! for comparing the layout table with (`offsets::for_process`).
 use std::{collections::HashMap, fs::File, path::PathBuf};
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, read::ReadCache};
 use procfs::process::{MMapPath, Process};
 
-use super::{PyVersion, memory::Memory};
+use super::{
+    PyVersion,
+    memory::{Memory, ReadMemory},
+    offsets,
+};
 
 /// What a process turned out to be.
 #[derive(Debug, Clone)]
@@ -32,6 +37,9 @@ pub struct Interpreter {
     pub code_ranges: Vec<(u64, u64)>,
     /// The file it was loaded from.
     pub path: PathBuf,
+    /// 3.13+: the process's `_Py_DebugOffsets` (the start of `_PyRuntime`), as many bytes as
+    /// the version's layout of it has.
+    pub debug_offsets: Option<Vec<u8>>,
 }
 
 /// Facts about an ELF file that do not depend on where it is loaded.
@@ -148,9 +156,13 @@ impl Inspector {
                     }
                 },
             };
+            let mut debug_offsets = None;
             if version.minor >= 13 {
-                match check_debug_offsets(&Memory::new(pid), runtime_addr) {
-                    Ok(hex) => version = PyVersion::from_hex(hex as u32),
+                match read_debug_offsets(&Memory::new(pid), runtime_addr, version) {
+                    Ok((hex, bytes)) => {
+                        version = PyVersion::from_hex(hex as u32);
+                        debug_offsets = Some(bytes);
+                    }
                     Err(reason) => return Inspection::Unsupported { version: version.to_string(), reason },
                 }
             }
@@ -159,19 +171,26 @@ impl Inspector {
                 .filter(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
                 .map(|m| (m.address.0, m.address.1))
                 .collect();
-            return Inspection::Python(Interpreter { version, runtime_addr, code_ranges, path });
+            return Inspection::Python(Interpreter { version, runtime_addr, code_ranges, path, debug_offsets });
         }
         Inspection::NotPython
     }
 }
 
 /// 3.13+ starts `_PyRuntime` with `_Py_DebugOffsets`: cookie "xdebugpy", the exact version,
-/// and whether the build is free-threaded (a different layout, not supported).
-fn check_debug_offsets(mem: &Memory, runtime_addr: u64) -> Result<u64, String> {
-    let mut head = [0u8; 24];
-    if !mem.read(runtime_addr, &mut head) {
+/// and whether the build is free-threaded (a different layout, not supported). Returns the
+/// version and the struct's bytes (only its head for a version without a known layout of it).
+fn read_debug_offsets(mem: &Memory, runtime_addr: u64, version: PyVersion) -> Result<(u64, Vec<u8>), String> {
+    let size = offsets::debug_layout(version.major, version.minor).map_or(24, |l| usize::from(l.size)).max(24);
+    let mut bytes = vec![0u8; size];
+    if !mem.read(runtime_addr, &mut bytes) {
         return Err("cannot read _Py_DebugOffsets".into());
     }
+    let hex = check_debug_head(bytes[..24].try_into().unwrap())?;
+    Ok((hex, bytes))
+}
+
+fn check_debug_head(head: &[u8; 24]) -> Result<u64, String> {
     if &head[..8] != b"xdebugpy" {
         return Err("_PyRuntime does not start with the _Py_DebugOffsets cookie".into());
     }

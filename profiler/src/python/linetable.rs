@@ -7,32 +7,35 @@
 //! These parse bytes read from another process, so they must never panic or loop forever on
 //! garbage: every index is checked and every loop consumes input.
 
-/// Line for the instruction at byte offset `lasti` (3.8–3.9).
+/// Line for the instruction at byte offset `lasti` (3.8–3.9). Lines of a corrupt table that
+/// run past `i32` stop at its bounds.
 pub fn lnotab_line(lnotab: &[u8], firstlineno: i32, lasti: i32) -> i32 {
     let mut line = firstlineno;
-    let mut addr = 0i32;
+    let mut addr = 0i64;
     for pair in lnotab.chunks_exact(2) {
-        addr += pair[0] as i32;
-        if addr > lasti {
+        addr += pair[0] as i64;
+        if addr > lasti as i64 {
             break;
         }
-        line += pair[1] as i8 as i32;
+        line = line.saturating_add(pair[1] as i8 as i32);
     }
     line
 }
 
-/// Line for the instruction at byte offset `offset` (3.10), or None for "no line".
+/// Line for the instruction at byte offset `offset` (3.10), or None for "no line" (and for a
+/// corrupt table whose lines run past `i32`).
 pub fn linetable310_line(table: &[u8], firstlineno: i32, offset: i32) -> Option<i32> {
     let mut line = firstlineno;
-    let mut end = 0i32;
+    let mut end = 0i64;
+    let offset = offset as i64;
     for pair in table.chunks_exact(2) {
         let start = end;
-        end += pair[0] as i32;
+        end += pair[0] as i64;
         let delta = pair[1] as i8;
         let this_line = if delta == -128 {
             None
         } else {
-            line += delta as i32;
+            line = line.checked_add(delta as i32)?;
             Some(line)
         };
         if start <= offset && offset < end {
@@ -76,7 +79,7 @@ impl Reader<'_> {
 }
 
 /// Line for the instruction at code-unit index `unit` (3.11+ location table), or None when the
-/// instruction has no location.
+/// instruction has no location (or the table is corrupt).
 pub fn location_table_line(table: &[u8], firstlineno: i32, unit: i64) -> Option<i32> {
     if unit < 0 {
         return None;
@@ -94,18 +97,18 @@ pub fn location_table_line(table: &[u8], firstlineno: i32, unit: i64) -> Option<
         let entry_line = match code {
             15 => None,
             14 => {
-                line += r.svarint()?;
+                line = line.checked_add(r.svarint()?)?;
                 r.varint()?; // end line delta
                 r.varint()?; // column + 1
                 r.varint()?; // end column + 1
                 Some(line)
             }
             13 => {
-                line += r.svarint()?;
+                line = line.checked_add(r.svarint()?)?;
                 Some(line)
             }
             10..=12 => {
-                line += (code - 10) as i32;
+                line = line.checked_add((code - 10) as i32)?;
                 r.byte()?;
                 r.byte()?;
                 Some(line)
@@ -167,6 +170,25 @@ mod tests {
         assert_eq!(location_table_line(&t, 100, 6), Some(105));
         assert_eq!(location_table_line(&t, 100, 7), None);
         assert_eq!(location_table_line(&t, 100, -1), None);
+    }
+
+    /// Found by the `linetable` fuzzer: line arithmetic overflowed `i32` (a panic with overflow
+    /// checks, a wrapped line without).
+    #[test]
+    fn lines_past_i32_are_bounded() {
+        assert_eq!(lnotab_line(&[0, 127, 0, 127], i32::MAX - 1, 10), i32::MAX);
+        assert_eq!(lnotab_line(&[0, 0x80, 0, 0x80], i32::MIN + 1, 10), i32::MIN);
+        assert_eq!(linetable310_line(&[2, 127, 2, 1], i32::MAX - 127, 2), None);
+        assert_eq!(linetable310_line(&[2, 127], i32::MAX, 0), None);
+        // Forms 10-12 (+0..+2), 13 (svarint) and 14 (svarint) all check.
+        assert_eq!(location_table_line(&[0x80 | (12 << 3), 0, 0], i32::MAX, 0), None);
+        assert_eq!(location_table_line(&[0x80 | (13 << 3), 2], i32::MAX, 0), None);
+        assert_eq!(location_table_line(&[0x80 | (14 << 3), 2, 0, 0, 0], i32::MAX, 0), None);
+        assert_eq!(location_table_line(&[0x80 | (13 << 3), 3], i32::MIN, 0), None);
+        // A 1 MiB table of maximal increments (the largest we read) counts bytes in i64.
+        let big = [255u8, 0].repeat(1 << 19);
+        assert_eq!(lnotab_line(&big, 1, i32::MAX), 1);
+        assert_eq!(linetable310_line(&big, 1, i32::MAX), None);
     }
 
     #[test]

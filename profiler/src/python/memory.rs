@@ -2,6 +2,49 @@
 //! attach, the target keeps running. Every read can fail (the process exited, the address is
 //! unmapped, the memory is garbage); callers treat failure as "unknown", never as fatal.
 
+/// Reads of a target's address space. Every parser of interpreter memory takes one of these:
+/// [`Memory`] in the profiler, a byte image in the fuzzers (`fuzz/`) and unit tests. Only
+/// `read` differs between them; every other read is built on it here.
+pub trait ReadMemory {
+    /// Fills `buf` from `addr`; false unless every byte was read.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool;
+
+    /// `len` bytes from `addr`; None past [`MAX_OBJECT_BYTES`] (a corrupt size) or on failure.
+    fn bytes(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
+        if len > MAX_OBJECT_BYTES {
+            return None;
+        }
+        let mut buf = vec![0u8; len];
+        self.read(addr, &mut buf).then_some(buf)
+    }
+
+    fn u64(&self, addr: u64) -> Option<u64> {
+        let mut b = [0u8; 8];
+        self.read(addr, &mut b).then(|| u64::from_ne_bytes(b))
+    }
+
+    /// A NUL-terminated C string of at most `max` bytes.
+    fn c_string(&self, addr: u64, max: usize) -> Option<String> {
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 64];
+        while out.len() < max {
+            // Read in small chunks: a longer read could cross into an unmapped page.
+            let at = addr.checked_add(out.len() as u64)?;
+            let page_left = 4096 - (at % 4096) as usize;
+            let want = chunk.len().min(max - out.len()).min(page_left);
+            if !self.read(at, &mut chunk[..want]) {
+                return None;
+            }
+            if let Some(end) = chunk[..want].iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..end]);
+                return Some(String::from_utf8_lossy(&out).into_owned());
+            }
+            out.extend_from_slice(&chunk[..want]);
+        }
+        None
+    }
+}
+
 /// A process's address space, for reads.
 #[derive(Clone, Copy, Debug)]
 pub struct Memory {
@@ -16,9 +59,10 @@ impl Memory {
     pub fn new(pid: u32) -> Self {
         Self { pid }
     }
+}
 
-    /// Fills `buf` from `addr`; false unless every byte was read.
-    pub fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+impl ReadMemory for Memory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
         if buf.is_empty() {
             return true;
         }
@@ -31,39 +75,30 @@ impl Memory {
         let n = unsafe { libc::process_vm_readv(self.pid as i32, &local, 1, &remote, 1, 0) };
         n == buf.len() as isize
     }
+}
 
-    pub fn bytes(&self, addr: u64, len: usize) -> Option<Vec<u8>> {
-        if len > MAX_OBJECT_BYTES {
-            return None;
+/// An address space made of one byte image mapped at `base`: what the fuzzers and unit tests
+/// hand the parsers instead of a live process. Reads outside the image fail, as unmapped
+/// memory does.
+#[derive(Clone, Debug, Default)]
+pub struct ImageMemory {
+    pub base: u64,
+    pub image: Vec<u8>,
+}
+
+impl ReadMemory for ImageMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        if buf.is_empty() {
+            return true;
         }
-        let mut buf = vec![0u8; len];
-        self.read(addr, &mut buf).then_some(buf)
-    }
-
-    pub fn u64(&self, addr: u64) -> Option<u64> {
-        let mut b = [0u8; 8];
-        self.read(addr, &mut b).then(|| u64::from_ne_bytes(b))
-    }
-
-    /// A NUL-terminated C string of at most `max` bytes.
-    pub fn c_string(&self, addr: u64, max: usize) -> Option<String> {
-        let mut out = Vec::new();
-        let mut chunk = [0u8; 64];
-        while out.len() < max {
-            // Read in small chunks: a longer read could cross into an unmapped page.
-            let want = chunk.len().min(max - out.len());
-            let page_left = 4096 - (addr as usize + out.len()) % 4096;
-            let want = want.min(page_left);
-            if !self.read(addr + out.len() as u64, &mut chunk[..want]) {
-                return None;
+        let Some(start) = addr.checked_sub(self.base).and_then(|o| usize::try_from(o).ok()) else { return false };
+        match start.checked_add(buf.len()).and_then(|end| self.image.get(start..end)) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
             }
-            if let Some(end) = chunk[..want].iter().position(|&b| b == 0) {
-                out.extend_from_slice(&chunk[..end]);
-                return Some(String::from_utf8_lossy(&out).into_owned());
-            }
-            out.extend_from_slice(&chunk[..want]);
+            None => false,
         }
-        None
     }
 }
 
@@ -92,6 +127,20 @@ mod tests {
         let s = b"hello\0world";
         assert_eq!(me.c_string(s.as_ptr() as u64, 100).as_deref(), Some("hello"));
         assert_eq!(me.c_string(s.as_ptr() as u64, 3), None);
+    }
+
+    #[test]
+    fn image_reads_stay_inside_the_image() {
+        let mem = ImageMemory { base: 0x1000, image: (0..32).collect() };
+        assert_eq!(mem.u64(0x1000), Some(u64::from_ne_bytes([0, 1, 2, 3, 4, 5, 6, 7])));
+        assert_eq!(mem.u64(0x1018), Some(u64::from_ne_bytes([24, 25, 26, 27, 28, 29, 30, 31])));
+        assert_eq!(mem.u64(0x1019), None, "runs past the end");
+        assert_eq!(mem.u64(0xfff), None, "starts before the image");
+        assert_eq!(mem.u64(u64::MAX - 3), None);
+        // A string running to the top of the address space ends there (an address overflow
+        // before, found reading the code for the fuzzers).
+        let top = ImageMemory { base: u64::MAX - 63, image: vec![b'a'; 64] };
+        assert_eq!(top.c_string(top.base, 100), None);
     }
 
     #[test]

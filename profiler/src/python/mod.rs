@@ -19,12 +19,42 @@ use profiler_common::{PY_OFFSET_NONE, PyFrameRecord, PyProcInfo};
 use self::{
     code::{CodeObject, FrameLine},
     discover::{Inspection, Inspector, Interpreter},
-    memory::Memory,
+    memory::{Memory, ReadMemory},
     offsets::PyOffsets,
 };
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shim_frames_are_hidden_by_owner() {
+        let owners = |minor| {
+            let o = super::offsets::for_version(3, minor).unwrap();
+            (0..=5).filter(|&owner| super::is_shim_owner(o, owner)).collect::<Vec<u32>>()
+        };
+        assert!(owners(11).is_empty());
+        // FRAME_OWNED_BY_CSTACK (3) is the entry shim of 3.12 and 3.13...
+        assert_eq!(owners(12), [3]);
+        assert_eq!(owners(13), [3]);
+        // ... 3.14 inserts FRAME_OWNED_BY_INTERPRETER (3, the entry frame) before CSTACK (4).
+        assert_eq!(owners(14), [3, 4, 5]);
+    }
+
+    #[test]
+    fn code_pointer_tags_are_cleared_by_the_kernel() {
+        for ((_, minor), o) in super::offsets_generated::TABLE {
+            let tags = o.frame_code_tag_bits as u64;
+            assert_eq!(tags & !profiler_common::PY_CODE_TAG_MASK, 0, "3.{minor}");
+        }
+    }
+
+    #[test]
+    fn namespace_ids_from_status() {
+        assert_eq!(super::nspids("Name:\tpython3\nNSpid:\t4242\t1\nNSpgid:\t4242\t1\n"), vec![4242, 1]);
+        assert_eq!(super::nspids("NSpid:\t77\n"), vec![77]);
+        assert_eq!(super::nspids("Name:\tx\n"), Vec::<u32>::new());
+        assert!(!super::in_child_pid_namespace(std::process::id()));
+    }
+
     #[test]
     fn frame_fields_fit_the_kernels_single_read() {
         for ((major, minor), o) in super::offsets_generated::TABLE {
@@ -89,6 +119,15 @@ fn frame_read_len(o: &PyOffsets) -> u16 {
     (((end + 7) / 8) * 8) as u16
 }
 
+/// Is a frame with this owner byte not Python code (the eval loop's entry frame, C-stack
+/// shims)? 3.12–3.13: owner `FRAME_OWNED_BY_CSTACK`; 3.14+: any owner from
+/// `FRAME_OWNED_BY_INTERPRETER` up.
+fn is_shim_owner(o: &PyOffsets, owner: u32) -> bool {
+    let owner = i64::from(owner);
+    (o.frame_owned_by_cstack >= 0 && owner == o.frame_owned_by_cstack)
+        || (o.frame_owned_by_interpreter >= 0 && owner >= o.frame_owned_by_interpreter)
+}
+
 /// A Python frame, named.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PyFrame {
@@ -122,7 +161,8 @@ pub enum Resolved {
 /// A profiled CPython process: its interpreter and the code objects read from it so far.
 pub struct PythonProcess {
     pub interpreter: Interpreter,
-    offsets: &'static PyOffsets,
+    /// The version's table, with anything the process's own `_Py_DebugOffsets` says otherwise.
+    offsets: PyOffsets,
     mem: Memory,
     code_type: Option<u64>,
     /// (code address, fingerprint) → code object; None when it could not be read.
@@ -130,6 +170,8 @@ pub struct PythonProcess {
     /// tid → `threading.Thread.name`, as last read.
     thread_names: HashMap<u32, String>,
     names_read: Option<Instant>,
+    /// In a pid namespace of its own: its tids are not the ones the kernel reports.
+    namespaced: bool,
 }
 
 impl PythonProcess {
@@ -144,34 +186,24 @@ impl PythonProcess {
             return;
         }
         self.names_read = Some(Instant::now());
-        let names = thread_names::thread_names(&self.mem, self.offsets, self.interpreter.version, self.interpreter.runtime_addr);
-        self.thread_names.extend(names);
+        let names = thread_names::thread_names(&self.mem, &self.offsets, self.interpreter.version, self.interpreter.runtime_addr);
+        if self.namespaced {
+            // `_native_id` is the tid inside the process's pid namespace.
+            let host = host_tids(self.mem.pid);
+            self.thread_names.extend(names.into_iter().filter_map(|(tid, name)| Some((*host.get(&tid)?, name))));
+        } else {
+            self.thread_names.extend(names);
+        }
     }
 
     pub fn thread_name(&self, tid: u32) -> Option<&str> {
         self.thread_names.get(&tid).map(String::as_str)
     }
 
-    /// Every `PyThreadState` of every interpreter, with no bound but a sanity cap, as
-    /// (address, value of the field at `key_offset`). Userspace has no verifier to please, so
-    /// this is where threads beyond the kernel's short scan are found.
+    /// Every `PyThreadState` of every interpreter, as (address, value of the field at
+    /// `key_offset`): see [`thread_states`].
     pub fn thread_states(&self, key_offset: u64) -> Vec<(u64, u64)> {
-        const MAX_WALK: usize = 100_000;
-        let o = self.offsets;
-        let mut out = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        let mut interp = self.mem.u64(self.interpreter.runtime_addr + o.runtime_interpreters_head as u64).unwrap_or(0);
-        while interp != 0 && seen.insert(interp) && seen.len() < MAX_WALK {
-            let mut tstate = self.mem.u64(interp + o.interp_threads_head as u64).unwrap_or(0);
-            while tstate != 0 && seen.insert(tstate) && seen.len() < MAX_WALK {
-                if let Some(key) = self.mem.u64(tstate + key_offset) {
-                    out.push((tstate, key));
-                }
-                tstate = self.mem.u64(tstate + o.tstate_next as u64).unwrap_or(0);
-            }
-            interp = self.mem.u64(interp + o.interp_next as u64).unwrap_or(0);
-        }
-        out
+        thread_states(&self.mem, &self.offsets, self.interpreter.runtime_addr, key_offset)
     }
 
     /// tid → `PyThreadState` for every thread whose state names its tid (3.11+), so the kernel
@@ -184,26 +216,9 @@ impl PythonProcess {
         self.thread_states(off as u64).into_iter().map(|(tstate, tid)| (tid as u32, tstate)).collect()
     }
 
-    /// The GIL's address range: futex waits inside it are waits for the GIL. 3.8–3.11 embed it
-    /// in `_PyRuntime`; 3.12+ point to it from the main interpreter (the last in the list).
+    /// The GIL's address range: futex waits inside it are waits for the GIL (see [`gil_range`]).
     pub fn gil_range(&self) -> Option<(u64, u64)> {
-        let o = self.offsets;
-        let start = if o.runtime_ceval_gil >= 0 {
-            self.interpreter.runtime_addr + o.runtime_ceval_gil as u64
-        } else {
-            let mut interp = self.mem.u64(self.interpreter.runtime_addr + o.runtime_interpreters_head as u64)?;
-            for _ in 0..64 {
-                match self.mem.u64(interp + o.interp_next as u64) {
-                    Some(next) if next != 0 => interp = next,
-                    _ => break,
-                }
-            }
-            if interp == 0 || o.interp_ceval_gil < 0 {
-                return None;
-            }
-            self.mem.u64(interp + o.interp_ceval_gil as u64).filter(|&g| g != 0)?
-        };
-        Some((start, start + o.gil_size as u64))
+        gil_range(&self.mem, &self.offsets, self.interpreter.runtime_addr)
     }
 
     /// Is `addr` inside the interpreter's own machine code?
@@ -212,8 +227,8 @@ impl PythonProcess {
     }
 
     pub fn resolve(&mut self, rec: &PyFrameRecord) -> Resolved {
-        let o = self.offsets;
-        if o.frame_owned_by_cstack >= 0 && rec.owner as i64 == o.frame_owned_by_cstack {
+        let o = &self.offsets;
+        if is_shim_owner(o, rec.owner) {
             return Resolved::Hidden;
         }
         if rec.code == 0 {
@@ -242,6 +257,49 @@ impl PythonProcess {
             }),
         }
     }
+}
+
+/// Every `PyThreadState` of every interpreter, with no bound but a sanity cap, as
+/// (address, value of the field at `key_offset`). Userspace has no verifier to please, so this
+/// is where threads beyond the kernel's short scan are found. A cycle in the lists (garbage, or
+/// a hostile process) ends the walk; wild pointers just fail to read.
+pub fn thread_states(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64, key_offset: u64) -> Vec<(u64, u64)> {
+    const MAX_WALK: usize = 100_000;
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut interp = mem.u64(runtime_addr.wrapping_add(o.runtime_interpreters_head as u64)).unwrap_or(0);
+    while interp != 0 && seen.insert(interp) && seen.len() < MAX_WALK {
+        let mut tstate = mem.u64(interp.wrapping_add(o.interp_threads_head as u64)).unwrap_or(0);
+        while tstate != 0 && seen.insert(tstate) && seen.len() < MAX_WALK {
+            if let Some(key) = mem.u64(tstate.wrapping_add(key_offset)) {
+                out.push((tstate, key));
+            }
+            tstate = mem.u64(tstate.wrapping_add(o.tstate_next as u64)).unwrap_or(0);
+        }
+        interp = mem.u64(interp.wrapping_add(o.interp_next as u64)).unwrap_or(0);
+    }
+    out
+}
+
+/// The GIL's address range. 3.8–3.11 embed it in `_PyRuntime`; 3.12+ point to it from the main
+/// interpreter (the last in the list).
+pub fn gil_range(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64) -> Option<(u64, u64)> {
+    let start = if o.runtime_ceval_gil >= 0 {
+        runtime_addr.checked_add(o.runtime_ceval_gil as u64)?
+    } else {
+        let mut interp = mem.u64(runtime_addr.wrapping_add(o.runtime_interpreters_head as u64))?;
+        for _ in 0..64 {
+            match mem.u64(interp.wrapping_add(o.interp_next as u64)) {
+                Some(next) if next != 0 => interp = next,
+                _ => break,
+            }
+        }
+        if interp == 0 || o.interp_ceval_gil < 0 {
+            return None;
+        }
+        mem.u64(interp.wrapping_add(o.interp_ceval_gil as u64)).filter(|&g| g != 0)?
+    };
+    Some((start, start.checked_add(o.gil_size as u64)?))
 }
 
 enum Known {
@@ -284,10 +342,33 @@ impl PythonRegistry {
             None => {}
         }
         let known = match self.inspector.inspect(pid) {
-            Inspection::Python(interpreter) => match offsets::for_version(interpreter.version.major, interpreter.version.minor) {
-                Some(offsets) => {
+            Inspection::Python(interpreter) => match offsets::for_process(
+                interpreter.version.major,
+                interpreter.version.minor,
+                interpreter.debug_offsets.as_deref(),
+            ) {
+                Ok(layout) => {
+                    let offsets = layout.offsets;
                     log::info!("pid {pid}: CPython {} ({})", interpreter.version, interpreter.path.display());
-                    self.pending.push((pid, proc_info(interpreter.runtime_addr, offsets)));
+                    if layout.checked > 0 {
+                        log::info!(
+                            "pid {pid}: {} of {} layout fields agree with its _Py_DebugOffsets",
+                            layout.checked - layout.corrected.len(),
+                            layout.checked
+                        );
+                    }
+                    for (field, table, process) in &layout.corrected {
+                        log::warn!("pid {pid}: {field} is {process} by its _Py_DebugOffsets, not {table}: using {process}");
+                    }
+                    let mut info = proc_info(interpreter.runtime_addr, &offsets);
+                    // In its own pid namespace (a container), `native_thread_id` holds the
+                    // namespace's tids, which the kernel program does not see: match threads
+                    // by their pthread_t (the fs base), as for 3.8-3.10.
+                    let namespaced = in_child_pid_namespace(pid);
+                    if namespaced {
+                        info.tstate_native_thread_id = PY_OFFSET_NONE;
+                    }
+                    self.pending.push((pid, info));
                     let process = PythonProcess {
                         interpreter,
                         offsets,
@@ -296,12 +377,15 @@ impl PythonRegistry {
                         codes: HashMap::new(),
                         thread_names: HashMap::new(),
                         names_read: None,
+                        namespaced,
                     };
-                    self.pending_tstates.extend(process.native_thread_states());
+                    if !namespaced {
+                        self.pending_tstates.extend(process.native_thread_states());
+                    }
                     self.gil_pending.insert(pid);
                     Known::Python(Box::new(process))
                 }
-                None => self.unsupported(pid, &interpreter.version.to_string(), "no layout for this version"),
+                Err(reason) => self.unsupported(pid, &interpreter.version.to_string(), &reason),
             },
             Inspection::Unsupported { version, reason } => self.unsupported(pid, &version, &reason),
             Inspection::NotPython => {
@@ -405,6 +489,34 @@ impl PythonRegistry {
         let prefix = format!("pid {pid}: ");
         self.notes.retain(|n| !n.starts_with(&prefix));
     }
+}
+
+/// `NSpid:` of a process or thread status: its id in each pid namespace, outermost first.
+fn nspids(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|ids| ids.split_whitespace().filter_map(|id| id.parse().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Is the process in a pid namespace below ours (a container)? Its own tids then differ from
+/// the ones the kernel program records.
+fn in_child_pid_namespace(pid: u32) -> bool {
+    let levels = |path: &str| std::fs::read_to_string(path).map(|s| nspids(&s).len()).unwrap_or(0);
+    levels(&format!("/proc/{pid}/status")) > levels("/proc/self/status").max(1)
+}
+
+/// Thread id inside the process's innermost pid namespace → thread id as we see it.
+fn host_tids(pid: u32) -> HashMap<u32, u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return HashMap::new() };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let ids = nspids(&std::fs::read_to_string(task.path().join("status")).ok()?);
+            Some((*ids.last()?, *ids.first()?))
+        })
+        .collect()
 }
 
 /// How long ago the process started, from /proc.

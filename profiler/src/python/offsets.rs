@@ -11,10 +11,10 @@
 //! (i32 `co_firstlineno`, u64 thread ids, the u8 frame owner, ...) are fixed by
 //! static asserts in the probe, so a version that changes one fails generation.
 
-use super::offsets_generated::TABLE;
+use super::offsets_generated::{DEBUG_TABLE, TABLE};
 
 /// Struct member offsets for one CPython minor version (64-bit builds with the
-/// GIL; the free-threaded 3.13t layout is different and not covered).
+/// GIL; the free-threaded 3.13t/3.14t layouts are different and not covered).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PyOffsets {
     /// `_PyRuntimeState.interpreters.head`: the most recently created
@@ -49,8 +49,9 @@ pub struct PyOffsets {
     pub frame_previous: i64,
     /// The frame's code: `PyFrameObject.f_code` (3.8–3.10),
     /// `_PyInterpreterFrame.f_code` (3.11–3.12), `_PyInterpreterFrame.f_executable`
-    /// (3.13, which may be `None` rather than a code object on the C-stack entry
-    /// frame: check the type before reading it as `PyCodeObject`).
+    /// (3.13+, which may be `None` rather than a code object on the eval loop's
+    /// entry frame: check the type before reading it as `PyCodeObject`). From
+    /// 3.14 a `_PyStackRef`: clear `frame_code_tag_bits` to get the pointer.
     pub frame_code: i64,
     /// `PyFrameObject.f_lasti`, 3.8–3.10: a byte offset into `co_code` in
     /// 3.8–3.9 but an instruction (2-byte code unit) index in 3.10.
@@ -63,13 +64,23 @@ pub struct PyOffsets {
     pub frame_instr_ptr: i64,
     /// `_PyInterpreterFrame.owner` (one byte), 3.11+.
     pub frame_owner: i64,
-    /// Value of `FRAME_OWNED_BY_CSTACK` (3.12+): a shim frame the eval loop
-    /// pushes when entered from C. It is not Python code and should be skipped
-    /// (3.12 gives it a trampoline code object, 3.13 `None`).
+    /// Value of `FRAME_OWNED_BY_CSTACK` (3.12+): in 3.12–3.13 the shim frame
+    /// the eval loop pushes when entered from C. It is not Python code and
+    /// should be skipped (3.12 gives it a trampoline code object, 3.13 `None`).
+    /// 3.14 renumbers it (4) and no longer uses it for the entry frame.
     pub frame_owned_by_cstack: i64,
     /// Value of `FRAME_OWNED_BY_GENERATOR` (3.11+): generator/coroutine frames
     /// live inside the generator object and are never "incomplete".
     pub frame_owned_by_generator: i64,
+    /// Value of `FRAME_OWNED_BY_INTERPRETER` (3.14+): the eval loop's entry
+    /// frame (executable `None`). Every owner from this value up is not Python
+    /// code (CPython's own readers test `owner >= FRAME_OWNED_BY_INTERPRETER`).
+    pub frame_owned_by_interpreter: i64,
+    /// Low bits of the frame's code field that are not part of the pointer
+    /// (a bit mask, not an offset): 0 up to 3.13; `Py_TAG_BITS` from 3.14, whose
+    /// `f_executable` is a tagged `_PyStackRef` (e.g. `Py_TAG_REFCNT` on a
+    /// reference that owns no count).
+    pub frame_code_tag_bits: i64,
 
     /// `PyCodeObject.co_code_adaptive`: start of the bytecode, inline in the
     /// code object (3.11+). `frame_instr_ptr` points into it.
@@ -275,6 +286,111 @@ pub fn for_version(major: u8, minor: u8) -> Option<&'static PyOffsets> {
         .map(|(_, offsets)| offsets)
 }
 
+/// Where a 3.13+ process's `_Py_DebugOffsets` (the start of its `_PyRuntime`)
+/// holds one `PyOffsets` field: the `u64` member at `at`, minus the one at
+/// `base` when `base >= 0` (the GIL's members are given from the interpreter
+/// state there, from the GIL itself in the table).
+#[derive(Clone, Copy)]
+pub struct DebugField {
+    pub name: &'static str,
+    pub at: u16,
+    pub base: i32,
+    pub field: fn(&mut PyOffsets) -> &mut i64,
+}
+
+/// `_Py_DebugOffsets` of one minor version, as its headers lay it out.
+pub struct DebugLayout {
+    /// `sizeof(_Py_DebugOffsets)`.
+    pub size: u16,
+    pub fields: &'static [DebugField],
+}
+
+/// `_Py_DebugOffsets` starts with this cookie, then the version and the free-threaded flag.
+const DEBUG_COOKIE: &[u8; 8] = b"xdebugpy";
+
+/// The debug-offsets layout of `major.minor` (3.13+).
+pub fn debug_layout(major: u8, minor: u8) -> Option<&'static DebugLayout> {
+    DEBUG_TABLE
+        .iter()
+        .find(|(version, _)| *version == (major, minor))
+        .map(|(_, layout)| layout)
+}
+
+/// The layout of one process, after checking the table against what the process says of itself.
+#[derive(Debug, Clone)]
+pub struct ProcessLayout {
+    pub offsets: PyOffsets,
+    /// `PY_VERSION_HEX` from `_Py_DebugOffsets` (3.13+).
+    pub version_hex: Option<u32>,
+    /// Fields compared with the process's `_Py_DebugOffsets`.
+    pub checked: usize,
+    /// (field, table value, process value) where they differ: the process's value is used.
+    pub corrected: Vec<(&'static str, i64, i64)>,
+}
+
+/// Offsets no real layout has: beyond them a value from `_Py_DebugOffsets` is garbage (the
+/// kernel takes offsets as u16, and reads a frame's fields from its first 128 bytes).
+const MAX_OFFSET: i64 = 1 << 15;
+const MAX_FRAME_FIELD: i64 = 120;
+
+/// The offsets for a process of CPython `major.minor`. From 3.13 `debug` must be the start of
+/// the process's `_PyRuntime` (at least [`DebugLayout::size`] bytes): its `_Py_DebugOffsets`
+/// must carry the cookie, the same minor version and no free-threading, and every field it
+/// also gives is compared with the table. A field that differs is taken from the process (it
+/// describes the build that runs; the headers the table came from may be another patch
+/// release's) unless so many differ that the struct itself is not laid out as expected.
+pub fn for_process(major: u8, minor: u8, debug: Option<&[u8]>) -> Result<ProcessLayout, String> {
+    let table = for_version(major, minor).ok_or_else(|| "no layout for this version".to_owned())?;
+    // The kernel clears a fixed set of low bits from code pointers (see PY_CODE_TAG_MASK).
+    if table.frame_code_tag_bits as u64 & !profiler_common::PY_CODE_TAG_MASK != 0 {
+        return Err(format!("code pointer tag bits 0x{:x} not cleared by the unwinder", table.frame_code_tag_bits));
+    }
+    let mut layout = ProcessLayout { offsets: *table, version_hex: None, checked: 0, corrected: Vec::new() };
+    let Some(debug_layout) = debug_layout(major, minor) else {
+        return Ok(layout);
+    };
+    let debug = debug.ok_or_else(|| "_Py_DebugOffsets could not be read".to_owned())?;
+    let word = |at: usize| debug.get(at..at + 8).map(|b| u64::from_ne_bytes(b.try_into().unwrap()));
+    if debug.len() < debug_layout.size as usize || debug.get(..8) != Some(DEBUG_COOKIE.as_slice()) {
+        return Err("_PyRuntime does not start with the _Py_DebugOffsets cookie".into());
+    }
+    let version = word(8).unwrap_or(0);
+    if (version >> 24, (version >> 16) & 0xff) != (u64::from(major), u64::from(minor)) {
+        return Err(format!("_Py_DebugOffsets gives version 0x{version:x}"));
+    }
+    layout.version_hex = Some(version as u32);
+    if word(16) != Some(0) {
+        return Err("free-threaded builds are not supported yet".into());
+    }
+    let mut values = Vec::new();
+    for f in debug_layout.fields {
+        let at = word(f.at as usize).ok_or_else(|| format!("_Py_DebugOffsets too short for {}", f.name))?;
+        let base = if f.base >= 0 { word(f.base as usize).unwrap_or(u64::MAX) } else { 0 };
+        let value = at.wrapping_sub(base) as i64;
+        let frame_field = f.name.starts_with("frame_");
+        if !(0..MAX_OFFSET).contains(&value) || (frame_field && value > MAX_FRAME_FIELD) {
+            return Err(format!("_Py_DebugOffsets gives {} = {value}, which no layout has", f.name));
+        }
+        values.push((f, value));
+    }
+    let differing = values.iter().filter(|(f, value)| *(f.field)(&mut layout.offsets) != *value).count();
+    if differing * 2 > values.len() {
+        return Err(format!(
+            "{differing} of {} fields of _Py_DebugOffsets disagree with the 3.{minor} layout",
+            values.len()
+        ));
+    }
+    for (f, value) in values {
+        let slot = (f.field)(&mut layout.offsets);
+        if *slot != value {
+            layout.corrected.push((f.name, *slot, value));
+            *slot = value;
+        }
+        layout.checked += 1;
+    }
+    Ok(layout)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +433,15 @@ mod tests {
                 "3.{minor}"
             );
             assert_eq!(o.frame_owned_by_cstack >= 0, *minor >= 12, "3.{minor}");
+            // 3.14: f_executable is a tagged stack reference, and every owner from
+            // FRAME_OWNED_BY_INTERPRETER up (the entry frame, C-stack shims) is not code.
+            assert_eq!(o.frame_owned_by_interpreter >= 0, *minor >= 14, "3.{minor}");
+            assert_eq!(o.frame_code_tag_bits > 0, *minor >= 14, "3.{minor}");
+            assert!((0..8).contains(&o.frame_code_tag_bits), "3.{minor}: objects are 8-byte aligned");
+            if o.frame_owned_by_interpreter >= 0 {
+                assert!(o.frame_owned_by_generator < o.frame_owned_by_interpreter, "3.{minor}");
+                assert!(o.frame_owned_by_cstack >= o.frame_owned_by_interpreter, "3.{minor}");
+            }
             assert_eq!(o.tstate_native_thread_id >= 0, *minor >= 11, "3.{minor}");
             for required in [
                 o.runtime_interpreters_head,
@@ -401,6 +526,93 @@ mod tests {
                 assert!(required >= 0, "3.{minor}: {o:?}");
             }
         }
+    }
+
+    /// A process's `_Py_DebugOffsets` that says exactly what the table says, laid out as the
+    /// version's headers lay it out.
+    fn debug_bytes(minor: u8) -> Vec<u8> {
+        let o = for_version(3, minor).unwrap();
+        let layout = debug_layout(3, minor).unwrap();
+        let mut bytes = vec![0u8; layout.size as usize];
+        let mut put = |at: usize, v: u64| bytes[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+        put(0, u64::from_ne_bytes(*DEBUG_COOKIE));
+        put(8, 3 << 24 | u64::from(minor) << 16 | 0x0af0);
+        let base = 4096;
+        for f in layout.fields {
+            let value = *(f.field)(&mut o.clone()) as u64;
+            if f.base >= 0 {
+                put(f.base as usize, base);
+                put(f.at as usize, base + value);
+            } else {
+                put(f.at as usize, value);
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn debug_offsets_cover_3_13_on() {
+        for ((major, minor), _) in TABLE {
+            let layout = debug_layout(*major, *minor);
+            assert_eq!(layout.is_some(), *minor >= 13, "3.{minor}");
+            if let Some(layout) = layout {
+                // The thread and frame walk are all cross-checked.
+                for name in ["runtime_interpreters_head", "tstate_frame", "frame_code", "frame_owner", "code_firstlineno"] {
+                    assert!(layout.fields.iter().any(|f| f.name == name), "3.{minor}: {name}");
+                }
+                for f in layout.fields {
+                    assert!(f.at as usize + 8 <= layout.size as usize && f.base < i32::from(layout.size));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn process_layout_from_debug_offsets() {
+        for minor in [13, 14] {
+            let table = for_version(3, minor).unwrap();
+            let good = debug_bytes(minor);
+            let layout = for_process(3, minor, Some(&good)).unwrap();
+            assert_eq!(&layout.offsets, table, "3.{minor}");
+            assert_eq!(layout.checked, debug_layout(3, minor).unwrap().fields.len());
+            assert!(layout.corrected.is_empty());
+            assert_eq!(layout.version_hex, Some(3 << 24 | u32::from(minor) << 16 | 0x0af0));
+
+            // A patch release that moved a field: the process's value wins.
+            let mut moved = good.clone();
+            let f = debug_layout(3, minor).unwrap().fields.iter().find(|f| f.name == "tstate_native_thread_id").unwrap();
+            let at = f.at as usize;
+            moved[at..at + 8].copy_from_slice(&(table.tstate_native_thread_id as u64 + 8).to_ne_bytes());
+            let layout = for_process(3, minor, Some(&moved)).unwrap();
+            assert_eq!(layout.offsets.tstate_native_thread_id, table.tstate_native_thread_id + 8);
+            assert_eq!(layout.corrected, [("tstate_native_thread_id", table.tstate_native_thread_id, table.tstate_native_thread_id + 8)]);
+
+            // Refused: no debug offsets, wrong cookie, another version, free-threaded, a struct
+            // laid out otherwise, values no layout has, too short.
+            assert!(for_process(3, minor, None).is_err());
+            let mut bad = good.clone();
+            bad[0] = b'y';
+            assert!(for_process(3, minor, Some(&bad)).unwrap_err().contains("cookie"));
+            let mut other = good.clone();
+            other[8..16].copy_from_slice(&(3u64 << 24 | 12 << 16).to_ne_bytes());
+            assert!(for_process(3, minor, Some(&other)).unwrap_err().contains("version"));
+            let mut free_threaded = good.clone();
+            free_threaded[16] = 1;
+            assert!(for_process(3, minor, Some(&free_threaded)).unwrap_err().contains("free-threaded"));
+            let mut shifted = vec![0u8; good.len()];
+            shifted[..24].copy_from_slice(&good[..24]);
+            shifted[32..].copy_from_slice(&good[24..good.len() - 8]);
+            assert!(for_process(3, minor, Some(&shifted)).is_err(), "3.{minor}: shifted struct accepted");
+            let mut huge = good.clone();
+            let owner = debug_layout(3, minor).unwrap().fields.iter().find(|f| f.name == "frame_owner").unwrap();
+            huge[owner.at as usize..owner.at as usize + 8].copy_from_slice(&200u64.to_ne_bytes());
+            assert!(for_process(3, minor, Some(&huge)).unwrap_err().contains("frame_owner"));
+            assert!(for_process(3, minor, Some(&good[..good.len() - 8])).is_err());
+        }
+        // Before 3.13 there is nothing to compare with.
+        let layout = for_process(3, 12, None).unwrap();
+        assert_eq!((layout.checked, layout.version_hex), (0, None));
+        assert_eq!(for_process(3, 15, None).unwrap_err(), "no layout for this version");
     }
 
     /// The GIL is embedded in `_PyRuntime` up to 3.11 and reached through a

@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use super::{
     PyVersion,
     code::read_unicode,
-    memory::{Memory, field_i32, field_u64},
+    memory::{ReadMemory, field_i32, field_u64},
     offsets::PyOffsets,
 };
 
@@ -46,7 +46,7 @@ const MAX_INT_DIGITS: usize = 5;
 /// through it, or registered as a dummy thread by calling into it). Empty when anything on the
 /// way cannot be read: the process exited, `threading` was never imported, or its memory is not
 /// what the layout says.
-pub fn thread_names(mem: &Memory, o: &PyOffsets, version: PyVersion, runtime_addr: u64) -> HashMap<u32, String> {
+pub fn thread_names(mem: &impl ReadMemory, o: &PyOffsets, version: PyVersion, runtime_addr: u64) -> HashMap<u32, String> {
     // `_native_id` exists from 3.8, which is also where the layout table starts.
     if version.major != 3 || version.minor < 8 {
         return HashMap::new();
@@ -54,7 +54,7 @@ pub fn thread_names(mem: &Memory, o: &PyOffsets, version: PyVersion, runtime_add
     read_thread_names(mem, o, runtime_addr).unwrap_or_default()
 }
 
-fn read_thread_names(mem: &Memory, o: &PyOffsets, runtime_addr: u64) -> Option<HashMap<u32, String>> {
+fn read_thread_names(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64) -> Option<HashMap<u32, String>> {
     let interp = main_interpreter(mem, o, runtime_addr)?;
     let modules = read_ptr(mem, interp, o.interp_modules)?;
     let [threading] = dict_lookup(mem, o, modules, ["threading"])?;
@@ -74,7 +74,7 @@ fn read_thread_names(mem: &Memory, o: &PyOffsets, runtime_addr: u64) -> Option<H
 }
 
 /// The main interpreter: the list at `interpreters.head` is newest first, so it is the last one.
-fn main_interpreter(mem: &Memory, o: &PyOffsets, runtime_addr: u64) -> Option<u64> {
+fn main_interpreter(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64) -> Option<u64> {
     let mut interp = read_ptr(mem, runtime_addr, o.runtime_interpreters_head)?;
     for _ in 0..MAX_INTERPRETERS {
         match read_ptr(mem, interp, o.interp_next) {
@@ -86,7 +86,7 @@ fn main_interpreter(mem: &Memory, o: &PyOffsets, runtime_addr: u64) -> Option<u6
 }
 
 /// A `Thread` object's (TID, name), if it has started (`_native_id` is an int by then).
-fn thread_identity(mem: &Memory, o: &PyOffsets, thread: u64) -> Option<(u32, String)> {
+fn thread_identity(mem: &impl ReadMemory, o: &PyOffsets, thread: u64) -> Option<(u32, String)> {
     let attributes = attribute_items(mem, o, thread)?;
     let [name, native_id] = find_str_keys(mem, o, &attributes, ["_name", "_native_id"]);
     let tid = u32::try_from(read_int(mem, o, native_id?)?).ok().filter(|&tid| tid > 0)?;
@@ -95,7 +95,7 @@ fn thread_identity(mem: &Memory, o: &PyOffsets, thread: u64) -> Option<(u32, Str
 }
 
 /// A non-NULL pointer field of the struct at `base`.
-fn read_ptr(mem: &Memory, base: u64, offset: i64) -> Option<u64> {
+fn read_ptr(mem: &impl ReadMemory, base: u64, offset: i64) -> Option<u64> {
     let offset = u64::try_from(offset).ok()?;
     mem.u64(base.checked_add(offset)?).filter(|&p| p != 0)
 }
@@ -127,7 +127,7 @@ struct TypeInfo {
     dictoffset: i64,
 }
 
-fn read_type(mem: &Memory, o: &PyOffsets, obj: u64) -> Option<TypeInfo> {
+fn read_type(mem: &impl ReadMemory, o: &PyOffsets, obj: u64) -> Option<TypeInfo> {
     let addr = read_ptr(mem, obj, o.object_type)?;
     // Only the fields we use: a static type object may end soon after them.
     let len = o.type_flags.max(o.type_dictoffset) as usize + 8;
@@ -145,14 +145,14 @@ fn has_flag(flags: u64, flag: i64) -> bool {
 }
 
 /// Does `obj`'s type have `flag` (e.g. is it a str, an int, a dict, or a subclass of one)?
-fn is_a(mem: &Memory, o: &PyOffsets, obj: u64, flag: i64) -> bool {
+fn is_a(mem: &impl ReadMemory, o: &PyOffsets, obj: u64, flag: i64) -> bool {
     read_type(mem, o, obj).is_some_and(|ty| has_flag(ty.flags, flag))
 }
 
 // ---- str and int -------------------------------------------------------------------------------
 
 /// A str object's text, after checking it is one.
-fn read_str(mem: &Memory, o: &PyOffsets, addr: u64) -> Option<String> {
+fn read_str(mem: &impl ReadMemory, o: &PyOffsets, addr: u64) -> Option<String> {
     if !is_a(mem, o, addr, o.type_flag_unicode_subclass) {
         return None;
     }
@@ -172,7 +172,7 @@ fn ascii_len(o: &PyOffsets, head: &[u8]) -> Option<usize> {
 /// Is the object at `addr` the str `want` (ASCII)? Dict keys are compared by content since the
 /// target's string hashes are seeded per process. Cheap on mismatch: the header alone rules out
 /// most keys by length; only a full match pays for the type check.
-fn str_is(mem: &Memory, o: &PyOffsets, addr: u64, want: &str) -> bool {
+fn str_is(mem: &impl ReadMemory, o: &PyOffsets, addr: u64, want: &str) -> bool {
     let Some(head) = mem.bytes(addr, o.unicode_ascii_data as usize) else { return false };
     if ascii_len(o, &head) != Some(want.len()) {
         return false;
@@ -216,7 +216,7 @@ fn combine_digits(digits: &[u32], bits: u32, sign: i64) -> Option<i64> {
 }
 
 /// An int's value, if it is an int that fits in i64 (a bool is an int too; fine for a TID).
-fn read_int(mem: &Memory, o: &PyOffsets, addr: u64) -> Option<i64> {
+fn read_int(mem: &impl ReadMemory, o: &PyOffsets, addr: u64) -> Option<i64> {
     if !is_a(mem, o, addr, o.type_flag_long_subclass) {
         return None;
     }
@@ -316,17 +316,17 @@ fn live_pairs(layout: &EntryLayout, entries: &[u8], values: Option<&[u8]>) -> Ve
 
 /// A split table's values array: its address and how many slots it has (3.13 records its
 /// capacity; before, it always has room for every entry of its keys).
-fn values_array(mem: &Memory, o: &PyOffsets, values: u64) -> Option<(u64, usize)> {
+fn values_array(mem: &impl ReadMemory, o: &PyOffsets, values: u64) -> Option<(u64, usize)> {
     let capacity = if o.dict_values_capacity >= 0 {
-        usize::from(mem.bytes(values + o.dict_values_capacity as u64, 1)?[0])
+        usize::from(mem.bytes(values.checked_add(o.dict_values_capacity as u64)?, 1)?[0])
     } else {
         usize::MAX
     };
-    Some((values + o.dict_values_array as u64, capacity))
+    Some((values.checked_add(o.dict_values_array as u64)?, capacity))
 }
 
 /// The live pairs of a keys object, with a split table's values array if there is one.
-fn table_items(mem: &Memory, o: &PyOffsets, keys: u64, values: Option<(u64, usize)>) -> Option<Vec<(u64, u64)>> {
+fn table_items(mem: &impl ReadMemory, o: &PyOffsets, keys: u64, values: Option<(u64, usize)>) -> Option<Vec<(u64, u64)>> {
     let head = mem.bytes(keys, o.dict_keys_indices as usize)?;
     let mut layout = entry_layout(o, &head)?;
     let values = match values {
@@ -348,7 +348,7 @@ struct DictHeader {
     values: u64,
 }
 
-fn read_dict_header(mem: &Memory, o: &PyOffsets, dict: u64) -> Option<DictHeader> {
+fn read_dict_header(mem: &impl ReadMemory, o: &PyOffsets, dict: u64) -> Option<DictHeader> {
     let len = o.dict_used.max(o.dict_keys).max(o.dict_values) as usize + 8;
     let raw = mem.bytes(dict, len)?;
     Some(DictHeader {
@@ -359,7 +359,7 @@ fn read_dict_header(mem: &Memory, o: &PyOffsets, dict: u64) -> Option<DictHeader
 }
 
 /// A dict's live (key, value) pairs, as one consistent snapshot.
-fn dict_items(mem: &Memory, o: &PyOffsets, dict: u64) -> Option<Vec<(u64, u64)>> {
+fn dict_items(mem: &impl ReadMemory, o: &PyOffsets, dict: u64) -> Option<Vec<(u64, u64)>> {
     if !is_a(mem, o, dict, o.type_flag_dict_subclass) {
         return None;
     }
@@ -379,7 +379,7 @@ fn dict_items(mem: &Memory, o: &PyOffsets, dict: u64) -> Option<Vec<(u64, u64)>>
 
 /// The values stored under each of `names` (str keys) among `items`.
 fn find_str_keys<const N: usize>(
-    mem: &Memory,
+    mem: &impl ReadMemory,
     o: &PyOffsets,
     items: &[(u64, u64)],
     names: [&str; N],
@@ -397,7 +397,7 @@ fn find_str_keys<const N: usize>(
 }
 
 /// Looks `names` up in the dict at `dict`; None if it cannot be read as a dict.
-fn dict_lookup<const N: usize>(mem: &Memory, o: &PyOffsets, dict: u64, names: [&str; N]) -> Option<[Option<u64>; N]> {
+fn dict_lookup<const N: usize>(mem: &impl ReadMemory, o: &PyOffsets, dict: u64, names: [&str; N]) -> Option<[Option<u64>; N]> {
     Some(find_str_keys(mem, o, &dict_items(mem, o, dict)?, names))
 }
 
@@ -416,7 +416,7 @@ enum Attributes {
 }
 
 /// Finds an instance's attribute table.
-fn locate_attributes(mem: &Memory, o: &PyOffsets, obj: u64) -> Option<Attributes> {
+fn locate_attributes(mem: &impl ReadMemory, o: &PyOffsets, obj: u64) -> Option<Attributes> {
     let ty = read_type(mem, o, obj)?;
     if has_flag(ty.flags, o.type_flag_managed_dict) {
         return locate_managed(mem, o, obj, &ty);
@@ -435,7 +435,7 @@ fn dict_or_none(dict: u64) -> Attributes {
 }
 
 /// 3.11+ managed dicts: the pre-header before the object, or 3.13 inline values after it.
-fn locate_managed(mem: &Memory, o: &PyOffsets, obj: u64, ty: &TypeInfo) -> Option<Attributes> {
+fn locate_managed(mem: &impl ReadMemory, o: &PyOffsets, obj: u64, ty: &TypeInfo) -> Option<Attributes> {
     let slot = |before: i64| mem.u64(obj.checked_sub(u64::try_from(before).ok()?)?);
     let mut dict = slot(o.object_managed_dict_before)?;
     let mut values = 0;
@@ -468,7 +468,7 @@ fn locate_managed(mem: &Memory, o: &PyOffsets, obj: u64, ty: &TypeInfo) -> Optio
 }
 
 /// An instance's attributes as (name, value) pairs, as one consistent snapshot.
-fn attribute_items(mem: &Memory, o: &PyOffsets, obj: u64) -> Option<Vec<(u64, u64)>> {
+fn attribute_items(mem: &impl ReadMemory, o: &PyOffsets, obj: u64) -> Option<Vec<(u64, u64)>> {
     consistent(
         || locate_attributes(mem, o, obj),
         |attributes| match *attributes {
@@ -485,7 +485,7 @@ mod tests {
     use super::*;
 
     fn layouts() -> impl Iterator<Item = (u8, &'static PyOffsets)> {
-        (8..=13).map(|minor| (minor, for_version(3, minor).expect("table covers 3.8-3.13")))
+        (8..=14).map(|minor| (minor, for_version(3, minor).expect("table covers 3.8-3.14")))
     }
 
     fn put(buf: &mut [u8], off: i64, bytes: &[u8]) {
@@ -633,7 +633,7 @@ mod tests {
     /// version's layout, and looks the keys up with the reader.
     #[test]
     fn dict_lookup_in_own_memory() {
-        let mem = Memory::new(std::process::id());
+        let mem = super::super::memory::Memory::new(std::process::id());
         for (minor, o) in layouts() {
             let words = |n: usize| vec![0u64; n];
             let addr = |v: &Vec<u64>| v.as_ptr() as u64;
