@@ -238,14 +238,22 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 }
                 if window_started.elapsed() >= args.window {
                     window_started = Instant::now();
+                    let rotating = Instant::now();
                     let w = session.rotate();
+                    let built = rotating.elapsed();
                     if let Some(target) = &push {
                         push_window(target, &w, &shared);
                     }
+                    let (processes, lost) = (w.processes.len(), w.lost_events);
                     let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
                     let retention = s.retention;
                     s.metrics.add(&w, retention);
                     s.windows.push(w);
+                    log::debug!(
+                        "window: {processes} processes, {lost} lost events; built in {:.0?}, stored in {:.0?}",
+                        built,
+                        rotating.elapsed() - built
+                    );
                 }
             }
             Some(reply) = requests.recv() => {
