@@ -210,7 +210,11 @@ pub fn generate(workspace: &Path, out: &Path, roots: &[PathBuf]) -> Result<()> {
         roots.push(test_root);
     }
     for root in &roots {
-        ensure!(root.join("usr").is_dir(), "{} is not an OS root (no usr/)", root.display());
+        ensure!(
+            root.join("usr").is_dir(),
+            "{} is not an OS root (no usr/)",
+            root.display()
+        );
     }
     let scratch = ScratchDir::new(&std::env::temp_dir())?;
     let probe_source = scratch.path.join("python_offsets_probe.c");
@@ -373,12 +377,15 @@ fn probe_in_root(install: Install) -> Result<Probed> {
     let Source::Root { root, .. } = install.source.clone() else {
         bail!("not an OS root");
     };
-    crate::util::require_root("probing headers inside an OS root runs the compiler through chroot")?;
+    crate::util::require_root(
+        "probing headers inside an OS root runs the compiler through chroot",
+    )?;
     let in_root = |args: &[&std::ffi::OsStr]| {
         let mut cmd = Command::new("chroot");
-        cmd.arg(&root)
-            .args(args)
-            .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        cmd.arg(&root).args(args).env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
         cmd
     };
     let has_cc = in_root(&["sh".as_ref(), "-c".as_ref(), "command -v cc".as_ref()])
@@ -397,10 +404,17 @@ fn probe_in_root(install: Install) -> Result<Probed> {
     let exe = inside.join("probe");
     let include = install.include_dir();
     let mut args: Vec<std::ffi::OsString> = vec!["cc".into()];
-    args.extend(compile_args(&include, &inside.join("python_offsets_probe.c"), &exe));
+    args.extend(compile_args(
+        &include,
+        &inside.join("python_offsets_probe.c"),
+        &exe,
+    ));
     // Debian puts the shared library in a multiarch directory the compiler
     // searches by itself.
-    let shared = glob_one(&root.join("usr/lib"), &format!("libpython3.{}.so", install.minor));
+    let shared = glob_one(
+        &root.join("usr/lib"),
+        &format!("libpython3.{}.so", install.minor),
+    );
     if shared {
         args.extend(link_args(install.minor));
     }
@@ -415,7 +429,11 @@ fn glob_one(dir: &Path, name: &str) -> bool {
     if dir.join(name).exists() {
         return true;
     }
-    fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.path().join(name).exists())
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| e.path().join(name).exists())
 }
 
 fn compile_args(include: &Path, source: &Path, exe: &Path) -> Vec<std::ffi::OsString> {
@@ -516,7 +534,10 @@ fn parse_probe_output(stdout: &str, minor: u8) -> Result<ProbeOutput> {
             let [name, at, base] = parts[..] else {
                 bail!("malformed probe line {line:?}");
             };
-            ensure!(FIELDS.contains(&name), "probe mapped unknown field {name:?}");
+            ensure!(
+                FIELDS.contains(&name),
+                "probe mapped unknown field {name:?}"
+            );
             ensure!(
                 !debug_fields.iter().any(|(n, _, _)| n == name),
                 "probe mapped {name:?} twice"
@@ -566,14 +587,20 @@ fn parse_probe_output(stdout: &str, minor: u8) -> Result<ProbeOutput> {
         .collect::<Result<_>>()?;
     let debug = match debug_size {
         Some(size) => {
-            ensure!(!debug_fields.is_empty(), "probe printed debug_size but no field map");
+            ensure!(
+                !debug_fields.is_empty(),
+                "probe printed debug_size but no field map"
+            );
             Some(DebugMap {
                 size,
                 fields: debug_fields,
             })
         }
         None => {
-            ensure!(debug_fields.is_empty(), "probe mapped fields without debug_size");
+            ensure!(
+                debug_fields.is_empty(),
+                "probe mapped fields without debug_size"
+            );
             None
         }
     };
@@ -622,9 +649,7 @@ fn render(probed: &[Probed], missing: &[String]) -> String {
     }
     s.push_str("];\n");
 
-    s.push_str(
-        "\n/// Where 3.13+ processes' own `_Py_DebugOffsets` hold `PyOffsets` fields.\n",
-    );
+    s.push_str("\n/// Where 3.13+ processes' own `_Py_DebugOffsets` hold `PyOffsets` fields.\n");
     s.push_str("pub const DEBUG_TABLE: &[((u8, u8), DebugLayout)] = &[\n");
     for p in probed {
         let Some(debug) = &p.debug else { continue };
@@ -689,7 +714,10 @@ mod tests {
     }
 
     fn probe_lines(minor: u8) -> String {
-        let mut out = format!("py_version_hex {}\n", 0x0300_00f0 | (i64::from(minor) << 16));
+        let mut out = format!(
+            "py_version_hex {}\n",
+            0x0300_00f0 | (i64::from(minor) << 16)
+        );
         for (i, field) in FIELDS.iter().enumerate() {
             out.push_str(&format!("{field} {i}\n"));
         }
@@ -699,7 +727,9 @@ mod tests {
     #[test]
     fn probe_output_with_a_debug_map() {
         let mut out = probe_lines(14);
-        out.push_str("# a note\ndebug_size 700\ndebug tstate_next 192 -1\ndebug gil_locked 144 128\n");
+        out.push_str(
+            "# a note\ndebug_size 700\ndebug tstate_next 192 -1\ndebug gil_locked 144 128\n",
+        );
         let parsed = parse_probe_output(&out, 14).unwrap();
         assert_eq!(parsed.version, "3.14.0");
         assert_eq!(parsed.values.len(), FIELDS.len());
@@ -708,14 +738,25 @@ mod tests {
         assert_eq!(debug.size, 700);
         assert_eq!(
             debug.fields,
-            [("tstate_next".to_owned(), 192, -1), ("gil_locked".to_owned(), 144, 128)]
+            [
+                ("tstate_next".to_owned(), 192, -1),
+                ("gil_locked".to_owned(), 144, 128)
+            ]
         );
-        assert!(parse_probe_output(&probe_lines(14), 14).unwrap().debug.is_none());
+        assert!(
+            parse_probe_output(&probe_lines(14), 14)
+                .unwrap()
+                .debug
+                .is_none()
+        );
     }
 
     #[test]
     fn probe_output_is_checked() {
-        assert!(parse_probe_output(&probe_lines(13), 14).is_err(), "wrong version");
+        assert!(
+            parse_probe_output(&probe_lines(13), 14).is_err(),
+            "wrong version"
+        );
         let mut unknown = probe_lines(14);
         unknown.push_str("debug_size 8\ndebug no_such_field 0 -1\n");
         assert!(parse_probe_output(&unknown, 14).is_err());
