@@ -105,7 +105,7 @@ fn ring_buffer_overflow_is_counted_and_the_profile_stays_valid() {
     let script = workload("yield_burst.py");
     // Three processes of four threads switching out inside sched_yield as fast as they can:
     // with a threshold of 0 every switch is an event with stacks.
-    let workers: Vec<KillOnDrop> = (0..3).map(|_| start_script(&interp.path, &script, &["6", "4"])).collect();
+    let workers: Vec<KillOnDrop> = (0..3).map(|_| start_script(&interp.path, &script, &["30", "4"])).collect();
     let dir = tempfile::tempdir().unwrap();
     let (json, folded) = (dir.path().join("p.json"), dir.path().join("p.folded"));
     let mut cmd = pyebpf();
@@ -309,7 +309,7 @@ fn sigint_and_sigterm_at_any_moment_leave_complete_outputs_or_a_clear_error() {
         seed ^= seed << 13;
         seed ^= seed >> 17;
         seed ^= seed << 5;
-        delays.push(150 + u64::from(seed % 1850));
+        delays.push(150 + u64::from(seed % 1350));
     }
     let mut outcomes = Vec::new();
     let mut complete_during_startup = 0;
