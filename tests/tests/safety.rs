@@ -104,12 +104,17 @@ fn ring_buffer_overflow_is_counted_and_the_profile_stays_valid() {
     let interp = host_interpreter();
     let script = workload("yield_burst.py");
     // Three processes of four threads switching out inside sched_yield as fast as they can:
-    // with a threshold of 0 every switch is an event with stacks.
+    // with a threshold of 0 and no stack budget every switch is an event with stacks.
     let workers: Vec<KillOnDrop> = (0..3).map(|_| start_script(&interp.path, &script, &["30", "4"])).collect();
     let dir = tempfile::tempdir().unwrap();
     let (json, folded) = (dir.path().join("p.json"), dir.path().join("p.folded"));
     let mut cmd = pyebpf();
-    cmd.args(["profile", "-d", "3", "--off-cpu-threshold-us", "0", "-o"]).arg(&json).arg("-o").arg(&folded);
+    // No stack budget (by default each thread gets a few off-CPU stacks per second, which keeps
+    // this burst well below the buffer's size).
+    cmd.args(["profile", "-d", "3", "--off-cpu-threshold-us", "0", "--off-cpu-stack-rate", "0", "-o"])
+        .arg(&json)
+        .arg("-o")
+        .arg(&folded);
     for w in &workers {
         cmd.args(["--pid", &w.pid().to_string()]);
     }
