@@ -496,7 +496,9 @@ fn start_in_namespaces(interp: &Interpreter, chroot: Option<&Path>) -> (KillOnDr
     require_tool("unshare", "util-linux");
     let workloads = workload("chain.py").parent().unwrap().to_path_buf();
     let mut cmd = Command::new("unshare");
-    cmd.args(["--pid", "--fork", "--mount-proc", "--mount", "--propagation", "private"]);
+    // --kill-child: the namespace's processes die with unshare (KillOnDrop kills unshare only;
+    // left running, 14 busy threads slowed the tests after this one).
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc", "--mount", "--propagation", "private"]);
     match chroot {
         Some(root) => {
             // Interpreter prefix: .../versions/3.X.Y (bin/python3.X and lib/ below it).
