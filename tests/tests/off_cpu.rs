@@ -36,16 +36,20 @@ fn waits_are_split_by_cause_with_their_stacks_and_targets() {
         // the GIL or a CPU, which is where it went.
         let cs = thread(&p, "compute-sleep")?;
         let (sleep, compute) = (pct(cs, &["sleep"]), pct(cs, &["cpu", "gil", "runqueue"]));
-        if (sleep - 60.0).abs() > 5.0 || (compute - 40.0).abs() > 5.0 {
+        // Waiting for a CPU after each wakeup lengthens the loop by what the machine's load
+        // decides: the split may move by that much.
+        let slack = 5.0 + 0.6 * pct(cs, &["runqueue"]);
+        if (sleep - 60.0).abs() > slack || (compute - 40.0).abs() > slack {
             return Err(format!("compute-sleep: sleep {sleep:.1}%, compute {compute:.1}%: {}", cs["totals_ns"]));
         }
         let net = pct(thread(&p, "net-client")?, &["net"]);
         if net < 85.0 {
             return Err(format!("net-client: net {net:.1}%"));
         }
-        let lock = pct(thread(&p, "lock-waiter")?, &["lock"]);
+        let waiter = thread(&p, "lock-waiter")?;
+        let lock = pct(waiter, &["lock"]) * 100.0 / (100.0 - pct(waiter, &["runqueue"])).max(1.0);
         if lock < 70.0 {
-            return Err(format!("lock-waiter: lock {lock:.1}%"));
+            return Err(format!("lock-waiter: lock {lock:.1}% of the time not in the run queue: {}", waiter["totals_ns"]));
         }
         // Stacks name the function and the target of the wait.
         let stacks = p["stacks"].as_array().unwrap();

@@ -8,7 +8,7 @@
 //! for comparing the layout table with (`offsets::for_process`).
 use std::{collections::HashMap, fs::File, path::PathBuf};
 
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, read::ReadCache};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, read::ReadCache};
 use procfs::process::{MMapPath, Process};
 
 use super::{
@@ -44,11 +44,11 @@ pub struct Interpreter {
 
 /// Facts about an ELF file that do not depend on where it is loaded.
 #[derive(Debug, Clone)]
-struct ElfFacts {
-    runtime_vaddr: Option<u64>,
-    py_version_hex: Option<u32>,
+pub struct ElfFacts {
+    pub runtime_vaddr: Option<u64>,
+    pub py_version_hex: Option<u32>,
     /// Virtual address of the first loadable segment, page aligned: what file offset 0 maps to.
-    base_vaddr: u64,
+    pub base_vaddr: u64,
 }
 
 /// Caches ELF facts per (device, inode), so each interpreter binary is parsed once.
@@ -66,15 +66,24 @@ fn is_python_exe(name: &str) -> bool {
 }
 
 /// "3.X" from a file name like `python3.11`, `libpython3.12.so.1.0`, `libpython3.13d.so`.
-fn version_from_name(name: &str) -> Option<(u8, u8)> {
+pub fn version_from_name(name: &str) -> Option<(u8, u8)> {
     let rest = &name[name.find("python3.")? + "python3.".len()..];
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
     Some((3, digits.parse().ok()?))
 }
 
 fn read_elf_facts(file: File) -> Option<ElfFacts> {
-    let cache = ReadCache::new(file);
-    let elf = object::File::parse(&cache).ok()?;
+    parse_elf_facts(&ReadCache::new(file))
+}
+
+/// [`ElfFacts`] of an ELF image in memory (the fuzzer's entry point; files go through a read
+/// cache instead, as libpython with DWARF is tens of MB).
+pub fn elf_facts(data: &[u8]) -> Option<ElfFacts> {
+    parse_elf_facts(data)
+}
+
+fn parse_elf_facts<'a, R: ReadRef<'a>>(data: R) -> Option<ElfFacts> {
+    let elf = object::File::parse(data).ok()?;
     let mut runtime_vaddr = None;
     let mut py_version_hex = None;
     for sym in elf.dynamic_symbols().chain(elf.symbols()) {
@@ -144,28 +153,11 @@ impl Inspector {
             let bias = first.address.0.wrapping_sub(facts.base_vaddr);
             let runtime_addr = runtime_vaddr.wrapping_add(bias);
 
-            let mut version = match facts.py_version_hex {
-                Some(hex) => PyVersion::from_hex(hex),
-                None => match version_from_name(&name) {
-                    Some((major, minor)) => PyVersion { major, minor, patch: None },
-                    None => {
-                        return Inspection::Unsupported {
-                            version: "unknown".into(),
-                            reason: format!("cannot tell the CPython version of {}", path.display()),
-                        };
-                    }
-                },
-            };
-            let mut debug_offsets = None;
-            if version.minor >= 13 {
-                match read_debug_offsets(&Memory::new(pid), runtime_addr, version) {
-                    Ok((hex, bytes)) => {
-                        version = PyVersion::from_hex(hex as u32);
-                        debug_offsets = Some(bytes);
-                    }
-                    Err(reason) => return Inspection::Unsupported { version: version.to_string(), reason },
-                }
-            }
+            let (version, debug_offsets) =
+                match interpreter_version(facts.py_version_hex, &name, &path, &Memory::new(pid), runtime_addr) {
+                    Ok(found) => found,
+                    Err(unsupported) => return unsupported,
+                };
             let code_ranges = mappings
                 .iter()
                 .filter(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
@@ -177,10 +169,45 @@ impl Inspector {
     }
 }
 
+/// The interpreter's version: `Py_Version` (3.11+), else the file name; for 3.13+ checked
+/// against (and made exact by) `_Py_DebugOffsets` read from the process's memory, whose bytes
+/// come back too. An interpreter we cannot handle is the `Inspection` to report.
+pub fn interpreter_version(
+    py_version_hex: Option<u32>,
+    name: &str,
+    path: &std::path::Path,
+    mem: &impl ReadMemory,
+    runtime_addr: u64,
+) -> Result<(PyVersion, Option<Vec<u8>>), Inspection> {
+    let mut version = match py_version_hex {
+        Some(hex) => PyVersion::from_hex(hex),
+        None => match version_from_name(name) {
+            Some((major, minor)) => PyVersion { major, minor, patch: None },
+            None => {
+                return Err(Inspection::Unsupported {
+                    version: "unknown".into(),
+                    reason: format!("cannot tell the CPython version of {}", path.display()),
+                });
+            }
+        },
+    };
+    let mut debug_offsets = None;
+    if version.minor >= 13 {
+        match read_debug_offsets(mem, runtime_addr, version) {
+            Ok((hex, bytes)) => {
+                version = PyVersion::from_hex(hex as u32);
+                debug_offsets = Some(bytes);
+            }
+            Err(reason) => return Err(Inspection::Unsupported { version: version.to_string(), reason }),
+        }
+    }
+    Ok((version, debug_offsets))
+}
+
 /// 3.13+ starts `_PyRuntime` with `_Py_DebugOffsets`: cookie "xdebugpy", the exact version,
 /// and whether the build is free-threaded (a different layout, not supported). Returns the
 /// version and the struct's bytes (only its head for a version without a known layout of it).
-fn read_debug_offsets(mem: &Memory, runtime_addr: u64, version: PyVersion) -> Result<(u64, Vec<u8>), String> {
+fn read_debug_offsets(mem: &impl ReadMemory, runtime_addr: u64, version: PyVersion) -> Result<(u64, Vec<u8>), String> {
     let size = offsets::debug_layout(version.major, version.minor).map_or(24, |l| usize::from(l.size)).max(24);
     let mut bytes = vec![0u8; size];
     if !mem.read(runtime_addr, &mut bytes) {
