@@ -16,6 +16,8 @@ use crate::{
 
 /// Shown as the root of a Python stack deeper than the walk bound.
 pub const TRUNCATED: &str = "[truncated]";
+/// The only frame of an on-CPU sample with no user stack (add `--kernel` to see where).
+pub const NO_USER_STACK: &str = "[no user stack]";
 /// A Python frame whose code object could not be read.
 pub const UNKNOWN_PY: &str = "[unknown python frame]";
 
@@ -373,6 +375,11 @@ impl Aggregator {
             }
             for (i, &addr) in raw.kernel.iter().enumerate().rev() {
                 frames.push(symbols.kernel_frame(addr, i).to_string());
+            }
+            if frames.is_empty() && raw.wait == ON_CPU {
+                // Sampled in the kernel with no user context to unwind (exec, exit, a page
+                // fault...): say so rather than leave a stack with no frame.
+                frames.push(NO_USER_STACK.to_string());
             }
             let py: Vec<u32> = raw.python.iter().copied().filter(|&id| self.frames.python[id as usize].is_some()).collect();
             let e = by_pid.entry(raw.pid).or_default().entry((raw.tid, raw.wait, frames, py, raw.on_loop)).or_default();

@@ -277,7 +277,9 @@ fn top_shows_the_busy_process_first_with_the_json_split_and_restores_the_termina
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains('\x1b'), "escape sequences in plain output: {text:?}");
     assert!(text.matches("pyebpf top").count() >= 2 && top_row(&text, s).is_some() && top_row(&text, p).is_some(), "{text}");
-    assert!(text.contains("Python functions of") && text.contains("compute_sleep ("), "{text}");
+    // The table names the workload's functions (which ones lead depends on the machine's load:
+    // every thread of it lives through the whole interval).
+    assert!(text.contains("Python functions of") && text.contains("offcpu.py)"), "{text}");
     eprintln!("top test: {:.1} s", started.elapsed().as_secs_f64());
 }
 
