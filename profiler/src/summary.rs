@@ -20,12 +20,17 @@ fn share(part: u64, total: u64) -> f64 {
 
 /// Fits `text` in `width` columns on one line (command lines can hold newlines and tabs).
 fn truncate(text: &str, width: usize) -> String {
+    truncate_with(text, width, '…')
+}
+
+/// [`truncate`] ending a cut text with `marker` (`top` uses an ASCII one).
+pub(crate) fn truncate_with(text: &str, width: usize, marker: char) -> String {
     let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     if text.chars().count() <= width {
         text
     } else {
         let mut t: String = text.chars().take(width.saturating_sub(1)).collect();
-        t.push('…');
+        t.push(marker);
         t
     }
 }

@@ -434,14 +434,7 @@ fn short_version(v: Option<&str>) -> String {
 }
 
 fn truncate(text: &str, width: usize) -> String {
-    let text: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-    if text.chars().count() <= width {
-        text
-    } else {
-        let mut t: String = text.chars().take(width.saturating_sub(1)).collect();
-        t.push('~');
-        t
-    }
+    crate::summary::truncate_with(text, width, '~')
 }
 
 const BAR_WIDTH: usize = 20;
