@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let mem = ImageMemory { base: load, image: data.to_vec() };
     let runtime_addr = runtime_vaddr.wrapping_sub(facts.base_vaddr).wrapping_add(load);
     for name in NAMES {
-        let _ = discover::interpreter_version(facts.py_version_hex, name, std::path::Path::new(name), &mem, runtime_addr);
+        let _ =
+            discover::interpreter_version(facts.py_version_hex, name, std::path::Path::new(name), &mem, runtime_addr);
     }
 });

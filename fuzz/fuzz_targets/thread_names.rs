@@ -32,4 +32,3 @@ fuzz_target!(|input: Input| {
     let _ = thread_states(&mem, o, runtime_addr, key as u64);
     let _ = gil_range(&mem, o, runtime_addr);
 });
-

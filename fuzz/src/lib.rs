@@ -109,7 +109,8 @@ fn max_field(fields: &[i64]) -> usize {
 
 impl<'a> Objects<'a> {
     pub fn new(o: &'a PyOffsets, limit: usize) -> Option<Self> {
-        let mut objects = Objects { img: Image::new(limit), o, type_str: 0, type_dict: 0, type_int: 0, type_bytes: 0, type_code: 0 };
+        let mut objects =
+            Objects { img: Image::new(limit), o, type_str: 0, type_dict: 0, type_int: 0, type_bytes: 0, type_code: 0 };
         objects.type_str = objects.type_object(o.type_flag_unicode_subclass.max(0) as u64, "str", 0)?;
         objects.type_dict = objects.type_object(o.type_flag_dict_subclass.max(0) as u64, "dict", 0)?;
         objects.type_int = objects.type_object(o.type_flag_long_subclass.max(0) as u64, "int", 0)?;
@@ -149,7 +150,8 @@ impl<'a> Objects<'a> {
         let obj = self.img.alloc(data as usize + bytes.len() + kind as usize)?;
         self.img.put_u64(obj, o.object_type, self.type_str);
         self.img.put_u64(obj, o.unicode_length, (bytes.len() / kind as usize) as u64);
-        let state = 1u32 << o.unicode_compact_shift | (ascii as u32) << o.unicode_ascii_shift | kind << o.unicode_kind_shift;
+        let state =
+            1u32 << o.unicode_compact_shift | (ascii as u32) << o.unicode_ascii_shift | kind << o.unicode_kind_shift;
         self.img.put(obj, o.unicode_state, &state.to_ne_bytes());
         self.img.put(obj, data, &bytes);
         Some(obj)
@@ -277,7 +279,8 @@ pub fn threading_graph(objs: &mut Objects, threads: &[PyThread], managed: bool) 
     let o = objs.o;
     let gil_end = if o.runtime_ceval_gil >= 0 { o.runtime_ceval_gil + o.gil_size } else { 0 };
     let runtime = objs.img.alloc(field_end(&[o.runtime_interpreters_head, gil_end]))?;
-    let interp = objs.img.alloc(field_end(&[o.interp_threads_head, o.interp_next, o.interp_modules, o.interp_ceval_gil]))?;
+    let interp =
+        objs.img.alloc(field_end(&[o.interp_threads_head, o.interp_next, o.interp_modules, o.interp_ceval_gil]))?;
     objs.img.put_u64(runtime, o.runtime_interpreters_head, interp);
     if o.interp_ceval_gil >= 0 {
         let gil = objs.img.alloc(o.gil_size as usize)?;
@@ -285,11 +288,8 @@ pub fn threading_graph(objs: &mut Objects, threads: &[PyThread], managed: bool) 
     }
 
     let managed = managed && o.type_flag_managed_dict > 0;
-    let (flags, dictoffset) = if managed {
-        ((o.type_flag_managed_dict | o.type_flag_heaptype.max(0)) as u64, -1)
-    } else {
-        (0, 16)
-    };
+    let (flags, dictoffset) =
+        if managed { ((o.type_flag_managed_dict | o.type_flag_heaptype.max(0)) as u64, -1) } else { (0, 16) };
     let thread_type = objs.type_object(flags, "Thread", dictoffset)?;
     let pre_header = (o.object_managed_dict_before.max(o.object_managed_values_before).max(0)) as usize;
 
@@ -316,7 +316,12 @@ pub fn threading_graph(objs: &mut Objects, threads: &[PyThread], managed: bool) 
             first_thread = thread;
         }
 
-        let tstate = objs.img.alloc(field_end(&[o.tstate_next, o.tstate_thread_id, o.tstate_native_thread_id, o.tstate_frame]))?;
+        let tstate = objs.img.alloc(field_end(&[
+            o.tstate_next,
+            o.tstate_thread_id,
+            o.tstate_native_thread_id,
+            o.tstate_frame,
+        ]))?;
         objs.img.put_u64(tstate, o.tstate_next, tstate_head);
         objs.img.put_u64(tstate, o.tstate_thread_id, t.ident as u64);
         objs.img.put_u64(tstate, o.tstate_native_thread_id, t.native_id as u64);
@@ -325,7 +330,8 @@ pub fn threading_graph(objs: &mut Objects, threads: &[PyThread], managed: bool) 
     objs.img.put_u64(interp, o.interp_threads_head, tstate_head);
 
     let active = objs.dict_object(&active)?;
-    let (active_key, main_key, other_key) = (objs.ascii("_active")?, objs.ascii("_main_thread")?, objs.ascii("_limbo")?);
+    let (active_key, main_key, other_key) =
+        (objs.ascii("_active")?, objs.ascii("_main_thread")?, objs.ascii("_limbo")?);
     let mut globals = vec![(other_key, active), (active_key, active)];
     if first_thread != 0 {
         globals.push((main_key, first_thread));
@@ -373,7 +379,11 @@ mod tests {
             let mem = objs.img.memory();
             assert!(code::is_code(&mem, o, addr, &mut None), "3.{minor}");
             let c = code::read_code(&mem, o, addr).unwrap();
-            assert_eq!((c.name.as_str(), c.filename.as_str(), c.firstlineno), ("función", "/app/x.py", 20), "3.{minor}");
+            assert_eq!(
+                (c.name.as_str(), c.filename.as_str(), c.firstlineno),
+                ("función", "/app/x.py", 20),
+                "3.{minor}"
+            );
             assert!(c.is_coroutine());
             let instr = if o.code_code_adaptive >= 0 { addr + o.code_code_adaptive as u64 } else { 0 };
             let version = PyVersion { major: 3, minor, patch: None };

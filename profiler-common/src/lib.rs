@@ -380,9 +380,7 @@ mod pod {
 }
 
 // Layout checks: a mismatch here is a compile error on both sides.
-const _: () = assert!(
-    core::mem::size_of::<SampleEvent>() == 56 + 40 + 2 * 8 * MAX_NATIVE_FRAMES + 24 * MAX_PY_FRAMES
-);
+const _: () = assert!(core::mem::size_of::<SampleEvent>() == 56 + 40 + 2 * 8 * MAX_NATIVE_FRAMES + 24 * MAX_PY_FRAMES);
 const _: () = assert!(core::mem::size_of::<PyFrameRecord>() == 24);
 const _: () = assert!(core::mem::size_of::<OffCpuInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<OffCpuKey>() == 24);

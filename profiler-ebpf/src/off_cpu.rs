@@ -18,8 +18,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use profiler_common::{
-    EventKind, InFlight, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, SampleEvent, ThreadTimes, off_state, poll_arg,
-    stat,
+    EventKind, InFlight, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, SampleEvent, ThreadTimes, off_state,
+    poll_arg, stat,
 };
 
 use crate::{
@@ -150,7 +150,8 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
             };
             // Preempted outside a syscall: no sys_exit will come to take the stack it waits
             // in, so take it now, in its own context; userspace keeps it until the wait's end.
-            if t.off_state == off_state::RUNNABLE && IN_FLIGHT.get_ptr(&prev_tid).is_none() && take_stack_budget(t, now) {
+            if t.off_state == off_state::RUNNABLE && IN_FLIGHT.get_ptr(&prev_tid).is_none() && take_stack_budget(t, now)
+            {
                 if let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) {
                     let ev = entry.as_mut_ptr();
                     unsafe {

@@ -6,10 +6,12 @@
 //! Bounded everywhere: interpreters, threads scanned and frames walked all have fixed caps, and
 //! any failed read of user memory ends the walk (a corrupt or cyclic chain cannot loop).
 use aya_ebpf::helpers::{
-    bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf, generated::bpf_get_current_task,
+    bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user, bpf_probe_read_user_buf,
+    generated::bpf_get_current_task,
 };
 use profiler_common::{
-    EventKind, MAX_PY_FRAMES, PY_CODE_TAG_MASK, PY_OFFSET_NONE, PyFrameRecord, PyProcInfo, ThreadMissEvent, TstateEntry, py_status, stat,
+    EventKind, MAX_PY_FRAMES, PY_CODE_TAG_MASK, PY_OFFSET_NONE, PyFrameRecord, PyProcInfo, ThreadMissEvent,
+    TstateEntry, py_status, stat,
 };
 
 use crate::maps::{EVENTS, TSTATE_CACHE, bump, fsbase_offset, py_max_depth};
@@ -117,7 +119,13 @@ fn find_tstate(info: &PyProcInfo, tgid: u32, tid: u32) -> Option<u64> {
     let _ = TSTATE_CACHE.insert(&tid, &TstateEntry { tstate: found, checked_ns: now }, 0);
     if found == 0 {
         // At most once per negative-entry lifetime per thread.
-        let miss = ThreadMissEvent { kind: EventKind::ThreadMiss as u32, pid: tgid, tid, key_offset: id_off as u32, key: want };
+        let miss = ThreadMissEvent {
+            kind: EventKind::ThreadMiss as u32,
+            pid: tgid,
+            tid,
+            key_offset: id_off as u32,
+            key: want,
+        };
         let _ = EVENTS.output::<ThreadMissEvent>(&miss, 0);
         return None;
     }

@@ -7,8 +7,8 @@ use profiler_common::py_status;
 
 use crate::{
     events::{Sample, comm_str},
-    procinfo,
     offcpu::{CATEGORIES, Category, Classifier, Wait},
+    procinfo,
     profile::{FunctionProfile, LoopStall, ProcessProfile, PythonFrameProfile, StackProfile, ThreadProfile},
     python::{PyFrame, PythonRegistry, Resolved},
     symbols::Symbols,
@@ -109,7 +109,8 @@ fn is_selector_frame(f: &PyFrame) -> bool {
 /// pure-Python fallback): not the culprit of a stall.
 fn is_loop_dispatch_frame(f: &PyFrame) -> bool {
     (is_module(&f.file, "asyncio/events.py") && short_name(&f.function) == "_run")
-        || (is_module(&f.file, "asyncio/tasks.py") && matches!(short_name(&f.function), "__step" | "_Task__step" | "__step_run_and_handle_result"))
+        || (is_module(&f.file, "asyncio/tasks.py")
+            && matches!(short_name(&f.function), "__step" | "_Task__step" | "__step_run_and_handle_result"))
 }
 
 impl LoopWait {
@@ -172,7 +173,13 @@ impl Aggregator {
 
     /// A long blocking syscall: its blocked time goes to the wait's category, its run-queue
     /// time (after the wakeup) to `runqueue`, both on the stack it blocked in.
-    pub fn add_off_cpu(&mut self, s: Sample, symbols: &mut Symbols, python: &mut PythonRegistry, classifier: &mut Classifier) {
+    pub fn add_off_cpu(
+        &mut self,
+        s: Sample,
+        symbols: &mut Symbols,
+        python: &mut PythonRegistry,
+        classifier: &mut Classifier,
+    ) {
         self.off_cpu_events += 1;
         python.observe(s.pid);
         let mut wait = classifier.classify(s.pid, s.off.state, s.off.syscall_nr, s.off.arg0);
@@ -193,7 +200,12 @@ impl Aggregator {
         let (blocked_ns, runq_ns) = (s.off.blocked_ns, s.off.runq_ns);
         if runq_ns > 0 {
             let id = self.intern_wait(runq);
-            let sample = Sample { py_frames: s.py_frames.clone(), user_stack: s.user_stack.clone(), kernel_stack: s.kernel_stack.clone(), ..s.clone() };
+            let sample = Sample {
+                py_frames: s.py_frames.clone(),
+                user_stack: s.user_stack.clone(),
+                kernel_stack: s.kernel_stack.clone(),
+                ..s.clone()
+            };
             self.add_stack(sample, ids.clone(), id, runq_ns, false, on_loop, symbols, python);
         }
         if blocked_ns > 0 {
@@ -208,22 +220,21 @@ impl Aggregator {
     /// and for loops in C (uvloop), seen through `asyncio.run`/`run_until_complete`.
     fn loop_state(&self, ids: &[u32], syscall_nr: i64) -> LoopState {
         let frames: Vec<Option<&PyFrame>> = ids.iter().map(|&id| self.frames.python[id as usize].as_ref()).collect();
-        let innermost_coroutine = |from: usize| {
-            (from..frames.len()).rev().find(|&i| frames[i].is_some_and(|f| f.coroutine)).map(|i| ids[i])
-        };
+        let innermost_coroutine =
+            |from: usize| (from..frames.len()).rev().find(|&i| frames[i].is_some_and(|f| f.coroutine)).map(|i| ids[i]);
         let Some(marker) = frames.iter().rposition(|f| f.is_some_and(is_loop_frame)) else {
             return LoopState::NotLoop { coroutine: innermost_coroutine(0) };
         };
         let below = &frames[marker + 1..];
         if below.is_empty() || below.iter().all(|f| f.is_some_and(is_selector_frame)) {
-            let polls = syscall_nr >= 0 && crate::syscalls::class(syscall_nr as u64) == crate::syscalls::SyscallClass::Poll;
+            let polls =
+                syscall_nr >= 0 && crate::syscalls::class(syscall_nr as u64) == crate::syscalls::SyscallClass::Poll;
             return if polls { LoopState::Idle } else { LoopState::NotLoop { coroutine: None } };
         }
         // Blocked inside what the loop runs: name the innermost coroutine, else the callback
         // the loop called (the first frame below its own).
-        let callback = (marker + 1..frames.len())
-            .find(|&i| !frames[i].is_some_and(is_loop_dispatch_frame))
-            .map(|i| ids[i]);
+        let callback =
+            (marker + 1..frames.len()).find(|&i| !frames[i].is_some_and(is_loop_dispatch_frame)).map(|i| ids[i]);
         LoopState::Stalled { coroutine: innermost_coroutine(marker + 1).or(callback).unwrap_or(NO_FRAME) }
     }
 
@@ -234,13 +245,21 @@ impl Aggregator {
     }
 
     /// The run-queue wait after a preemption: weighs the stacks taken when it was preempted.
-    pub fn preempt_end(&mut self, tid: u32, since_ns: u64, runq_ns: u64, symbols: &mut Symbols, python: &mut PythonRegistry) {
+    pub fn preempt_end(
+        &mut self,
+        tid: u32,
+        since_ns: u64,
+        runq_ns: u64,
+        symbols: &mut Symbols,
+        python: &mut PythonRegistry,
+    ) {
         let Some(s) = self.preempted.remove(&tid) else { return };
         if s.time_ns != since_ns {
             return;
         }
         self.off_cpu_events += 1;
-        let id = self.intern_wait(Wait { category: Category::Runqueue, syscall: None, target: Some("preempted".into()) });
+        let id =
+            self.intern_wait(Wait { category: Category::Runqueue, syscall: None, target: Some("preempted".into()) });
         let ids = self.python_frames(&s, python);
         self.add_stack(s, ids, id, runq_ns, false, LoopWait::NONE, symbols, python);
     }
@@ -381,7 +400,8 @@ impl Aggregator {
                 // fault...): say so rather than leave a stack with no frame.
                 frames.push(NO_USER_STACK.to_string());
             }
-            let py: Vec<u32> = raw.python.iter().copied().filter(|&id| self.frames.python[id as usize].is_some()).collect();
+            let py: Vec<u32> =
+                raw.python.iter().copied().filter(|&id| self.frames.python[id as usize].is_some()).collect();
             let e = by_pid.entry(raw.pid).or_default().entry((raw.tid, raw.wait, frames, py, raw.on_loop)).or_default();
             e.samples += w.samples;
             e.ns += w.ns;
@@ -438,7 +458,8 @@ impl Aggregator {
                     weight_ns: w.ns,
                     syscall,
                     target,
-                    coroutine: (on_loop.coroutine != NO_FRAME).then(|| self.frames.text[on_loop.coroutine as usize].clone()),
+                    coroutine: (on_loop.coroutine != NO_FRAME)
+                        .then(|| self.frames.text[on_loop.coroutine as usize].clone()),
                     stalls_loop: on_loop.stalled,
                 }
             })
@@ -446,9 +467,11 @@ impl Aggregator {
 
         let mut threads = Vec::new();
         for tid in tids {
-            let (os_name, samples) = self.threads.get(&(pid, tid)).cloned().unwrap_or_else(|| {
-                (procinfo::thread_comm(pid, tid).unwrap_or_default(), 0)
-            });
+            let (os_name, samples) = self
+                .threads
+                .get(&(pid, tid))
+                .cloned()
+                .unwrap_or_else(|| (procinfo::thread_comm(pid, tid).unwrap_or_default(), 0));
             let mut by_category: BTreeMap<Category, u64> = BTreeMap::new();
             match totals.get(&(pid, tid)) {
                 Some(exact) => {
@@ -467,7 +490,11 @@ impl Aggregator {
                         let stacked: u64 =
                             stacks.iter().filter(|s| s.tid == tid && s.category == *c).map(|s| s.weight_ns).sum();
                         if scale && stacked > 0 && total > stacked {
-                            scale_weights(stacks.iter_mut().filter(|s| s.tid == tid && s.category == *c), stacked, total);
+                            scale_weights(
+                                stacks.iter_mut().filter(|s| s.tid == tid && s.category == *c),
+                                stacked,
+                                total,
+                            );
                             continue;
                         }
                         if total > stacked {

@@ -118,7 +118,8 @@ impl Bpf {
             ));
         }
         let off_cpu = cfg.off_cpu as u8;
-        let stack_cost_ns: u64 = if cfg.off_cpu_stack_rate == 0 { 0 } else { 1_000_000_000 / cfg.off_cpu_stack_rate as u64 };
+        let stack_cost_ns: u64 =
+            if cfg.off_cpu_stack_rate == 0 { 0 } else { 1_000_000_000 / cfg.off_cpu_stack_rate as u64 };
         let mut ebpf = EbpfLoader::new()
             .override_global(names::GLOBAL_TARGET_ALL, &target_all, true)
             .override_global(names::GLOBAL_KERNEL_STACKS, &kernel_stacks, true)
@@ -142,10 +143,8 @@ impl Bpf {
                 )
             })?;
 
-        let program: &mut PerfEvent = ebpf
-            .program_mut(names::PROG_ON_CPU)
-            .context("on-CPU program missing from the eBPF object")?
-            .try_into()?;
+        let program: &mut PerfEvent =
+            ebpf.program_mut(names::PROG_ON_CPU).context("on-CPU program missing from the eBPF object")?.try_into()?;
         program.load().map_err(|e| {
             fatal(ExitCode::Kernel, format!("the kernel refused the on-CPU sampling program: {}", error_chain(&e)))
         })?;
@@ -167,9 +166,11 @@ impl Bpf {
         let stats = PerCpuArray::try_from(ebpf.take_map(names::MAP_STATS).context("STATS map missing")?)?;
         let targets = HashMap::try_from(ebpf.take_map(names::MAP_TARGET_PIDS).context("TARGET_PIDS map missing")?)?;
         let py_procs = HashMap::try_from(ebpf.take_map(names::MAP_PY_PROCS).context("PY_PROCS map missing")?)?;
-        let tstate_cache = HashMap::try_from(ebpf.take_map(names::MAP_TSTATE_CACHE).context("TSTATE_CACHE map missing")?)?;
+        let tstate_cache =
+            HashMap::try_from(ebpf.take_map(names::MAP_TSTATE_CACHE).context("TSTATE_CACHE map missing")?)?;
         let offcpu_sums = HashMap::try_from(ebpf.take_map(names::MAP_OFFCPU_SUMS).context("OFFCPU_SUMS map missing")?)?;
-        let thread_times = HashMap::try_from(ebpf.take_map(names::MAP_THREAD_TIMES).context("THREAD_TIMES map missing")?)?;
+        let thread_times =
+            HashMap::try_from(ebpf.take_map(names::MAP_THREAD_TIMES).context("THREAD_TIMES map missing")?)?;
         let in_flight = HashMap::try_from(ebpf.take_map(names::MAP_IN_FLIGHT).context("IN_FLIGHT map missing")?)?;
         Ok(Self {
             ebpf,
@@ -220,9 +221,7 @@ impl Bpf {
 
     /// Starts sampling process `pid` (all its threads).
     pub fn add_target(&mut self, pid: u32) -> anyhow::Result<()> {
-        self.targets
-            .insert(pid, 1, 0)
-            .with_context(|| format!("cannot add pid {pid} to the BPF target map"))
+        self.targets.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the BPF target map"))
     }
 
     /// Starts the off-CPU intervals of `pid`'s threads that are asleep now. The kernel opens an
@@ -354,9 +353,7 @@ impl Bpf {
     }
 
     pub fn counters(&self) -> Counters {
-        let read = |idx: u32| -> u64 {
-            self.stats.get(&idx, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0)
-        };
+        let read = |idx: u32| -> u64 { self.stats.get(&idx, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0) };
         Counters {
             lost: read(stat::LOST),
             py_thread_scans: read(stat::PY_THREAD_SCANS),
@@ -384,9 +381,9 @@ impl Bpf {
 fn attach_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, tracepoint: &str) -> anyhow::Result<()> {
     let program: &mut RawTracePoint =
         ebpf.program_mut(prog).with_context(|| format!("{prog} missing from the eBPF object"))?.try_into()?;
-    program.load().map_err(|e| {
-        fatal(ExitCode::Kernel, format!("the kernel refused the {prog} program: {}", error_chain(&e)))
-    })?;
+    program
+        .load()
+        .map_err(|e| fatal(ExitCode::Kernel, format!("the kernel refused the {prog} program: {}", error_chain(&e))))?;
     program.attach(tracepoint).map_err(|e| {
         fatal(ExitCode::Kernel, format!("cannot attach to the {tracepoint} raw tracepoint: {}", error_chain(&e)))
     })?;
@@ -413,7 +410,8 @@ fn poll_family_arg(pid: u32, nr: i64, args: &[u64; 6]) -> u64 {
     use profiler_common::poll_arg;
     let read_u64 = |addr: u64| -> Option<u64> {
         let mut buf = [0u8; 8];
-        crate::python::memory::ReadMemory::read(&crate::python::memory::Memory::new(pid), addr, &mut buf).then(|| u64::from_ne_bytes(buf))
+        crate::python::memory::ReadMemory::read(&crate::python::memory::Memory::new(pid), addr, &mut buf)
+            .then(|| u64::from_ne_bytes(buf))
     };
     match nr {
         poll_arg::SYS_SELECT | poll_arg::SYS_PSELECT6 => {

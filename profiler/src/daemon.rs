@@ -179,9 +179,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     check_frequency(args.frequency)?;
     let push = args.push.as_deref().map(|url| crate::push::Target::parse(url, &args.push_name)).transpose()?;
     // Bind before loading anything: a taken port is the commonest mistake.
-    let listener = tokio::net::TcpListener::bind(args.listen).await.map_err(|e| {
-        fatal(ExitCode::Usage, format!("cannot listen on {}: {e}", args.listen))
-    })?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| fatal(ExitCode::Usage, format!("cannot listen on {}: {e}", args.listen)))?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut session = Session::start(SessionConfig {
@@ -342,7 +342,10 @@ async fn pprof(state: AppState, span: Span, mode: Mode) -> Response {
         Err(r) => return r,
     };
     if mode == Mode::Wall && !profile.off_cpu {
-        return (StatusCode::NOT_FOUND, "wall-time profiles need off-CPU tracking (the daemon runs with --no-off-cpu)\n")
+        return (
+            StatusCode::NOT_FOUND,
+            "wall-time profiles need off-CPU tracking (the daemon runs with --no-off-cpu)\n",
+        )
             .into_response();
     }
     profile.mode = mode;
@@ -453,12 +456,20 @@ fn render_metrics(m: &Metrics, off_cpu: bool, window: Duration, me: &SelfUsage) 
         let c = &m.processes[pid];
         for cat in CATEGORIES.iter().map(|c| c.name()) {
             if let Some(ns) = c.ns.get(cat) {
-                let _ = writeln!(lines, "pyebpf_process_seconds_total{{{},category=\"{cat}\"}} {}", labels(*pid, c), *ns as f64 / 1e9);
+                let _ = writeln!(
+                    lines,
+                    "pyebpf_process_seconds_total{{{},category=\"{cat}\"}} {}",
+                    labels(*pid, c),
+                    *ns as f64 / 1e9
+                );
             }
         }
     }
     out.push_str(&lines);
-    let _ = writeln!(out, "# HELP pyebpf_process_samples_total On-CPU samples of each profiled process since the daemon started.\n# TYPE pyebpf_process_samples_total counter");
+    let _ = writeln!(
+        out,
+        "# HELP pyebpf_process_samples_total On-CPU samples of each profiled process since the daemon started.\n# TYPE pyebpf_process_samples_total counter"
+    );
     for &pid in &pids {
         let c = &m.processes[pid];
         let _ = writeln!(out, "pyebpf_process_samples_total{{{}}} {}", labels(*pid, c), c.samples);
@@ -467,16 +478,46 @@ fn render_metrics(m: &Metrics, off_cpu: bool, window: Duration, me: &SelfUsage) 
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
     };
     scalar("pyebpf_samples_total", "counter", "On-CPU samples received.", m.samples.to_string());
-    scalar("pyebpf_lost_events_total", "counter", "Events the kernel could not hand over (ring buffer full) or that could not be decoded.", m.lost_events.to_string());
-    scalar("pyebpf_off_cpu_events_total", "counter", "Off-CPU waits received with their stacks.", m.off_cpu_events.to_string());
-    scalar("pyebpf_windows_total", "counter", "Profiling windows completed (the counters above advance once per window).", m.windows.to_string());
+    scalar(
+        "pyebpf_lost_events_total",
+        "counter",
+        "Events the kernel could not hand over (ring buffer full) or that could not be decoded.",
+        m.lost_events.to_string(),
+    );
+    scalar(
+        "pyebpf_off_cpu_events_total",
+        "counter",
+        "Off-CPU waits received with their stacks.",
+        m.off_cpu_events.to_string(),
+    );
+    scalar(
+        "pyebpf_windows_total",
+        "counter",
+        "Profiling windows completed (the counters above advance once per window).",
+        m.windows.to_string(),
+    );
     scalar("pyebpf_window_seconds", "gauge", "Length of one profiling window.", window.as_secs_f64().to_string());
     scalar("pyebpf_processes", "gauge", "Processes seen in the last window.", m.active.to_string());
     scalar("pyebpf_pushes_total", "counter", "Windows pushed to --push (successful or not).", m.pushes.to_string());
     scalar("pyebpf_push_errors_total", "counter", "Window pushes that failed.", m.push_errors.to_string());
-    scalar("pyebpf_self_cpu_seconds_total", "counter", "CPU time used by the daemon itself (user and system).", me.cpu_seconds.to_string());
-    scalar("pyebpf_self_resident_memory_bytes", "gauge", "Resident memory of the daemon itself.", me.resident_bytes.to_string());
-    scalar("pyebpf_self_start_time_seconds", "gauge", "Start time of the daemon, in Unix seconds.", me.start_time_unix.to_string());
+    scalar(
+        "pyebpf_self_cpu_seconds_total",
+        "counter",
+        "CPU time used by the daemon itself (user and system).",
+        me.cpu_seconds.to_string(),
+    );
+    scalar(
+        "pyebpf_self_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the daemon itself.",
+        me.resident_bytes.to_string(),
+    );
+    scalar(
+        "pyebpf_self_start_time_seconds",
+        "gauge",
+        "Start time of the daemon, in Unix seconds.",
+        me.start_time_unix.to_string(),
+    );
     out
 }
 
@@ -498,11 +539,22 @@ mod tests {
             },
         );
         m.windows = 3;
-        let text = render_metrics(&m, true, Duration::from_secs(10), &SelfUsage { cpu_seconds: 0.5, resident_bytes: 1024, start_time_unix: 1.0 });
+        let text = render_metrics(
+            &m,
+            true,
+            Duration::from_secs(10),
+            &SelfUsage { cpu_seconds: 0.5, resident_bytes: 1024, start_time_unix: 1.0 },
+        );
         assert!(text.contains("pyebpf_process_seconds_total{pid=\"42\",comm=\"we\\\"ird\\\\\",python_version=\"3.12.1\",category=\"cpu\"} 1.5\n"), "{text}");
         assert!(text.contains("category=\"net\"} 0.25\n"), "{text}");
-        assert!(text.contains("pyebpf_process_samples_total{pid=\"42\",comm=\"we\\\"ird\\\\\",python_version=\"3.12.1\"} 7\n"));
-        assert!(text.contains("# TYPE pyebpf_self_resident_memory_bytes gauge\npyebpf_self_resident_memory_bytes 1024\n"));
+        assert!(
+            text.contains(
+                "pyebpf_process_samples_total{pid=\"42\",comm=\"we\\\"ird\\\\\",python_version=\"3.12.1\"} 7\n"
+            )
+        );
+        assert!(
+            text.contains("# TYPE pyebpf_self_resident_memory_bytes gauge\npyebpf_self_resident_memory_bytes 1024\n")
+        );
         // Every sample line belongs to a declared family.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();

@@ -168,10 +168,10 @@ fn check_output(path: &Path) -> anyhow::Result<()> {
 
 /// Reads a profile: pyebpf JSON (recognized by its `format`), else folded stacks.
 pub fn load(path: &Path, norm: Normalize) -> anyhow::Result<Stacks> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        fatal(ExitCode::Input, format!("cannot read profile '{}': {e}", path.display()))
-    })?;
-    let bad = |why: String| fatal(ExitCode::Input, format!("'{}' is not a profile pyebpf can read: {why}", path.display()));
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fatal(ExitCode::Input, format!("cannot read profile '{}': {e}", path.display())))?;
+    let bad =
+        |why: String| fatal(ExitCode::Input, format!("'{}' is not a profile pyebpf can read: {why}", path.display()));
     if text.trim_start().starts_with('{') {
         let value: Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON ({e})")))?;
         from_json(&value, norm).map_err(bad)
@@ -349,9 +349,7 @@ fn write_output(before: &Stacks, after: &Stacks, out: &Path, normalize: bool, un
         if out.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
             let mut opts = inferno::flamegraph::Options::default();
             opts.title = "pyebpf: differential flame graph".to_string();
-            opts.subtitle = Some(
-                "sized by AFTER; red grew, blue shrank (hover for the change)".to_string(),
-            );
+            opts.subtitle = Some("sized by AFTER; red grew, blue shrank (hover for the change)".to_string());
             opts.count_name = match unit {
                 Unit::Samples => "samples",
                 Unit::Micros => "µs",
@@ -404,11 +402,7 @@ fn write_table(
     writeln!(
         w,
         "{:>10} {:>10} {:>7}  {:>10} {:>10}  FUNCTION (moved most first)",
-        "Δ self",
-        "Δ total",
-        "Δ %",
-        "BEFORE",
-        "AFTER"
+        "Δ self", "Δ total", "Δ %", "BEFORE", "AFTER"
     )?;
     for m in moved.iter().take(top) {
         let share = |v: f64, t: f64| if t > 0.0 { 100.0 * v / t } else { 0.0 };
@@ -423,7 +417,10 @@ fn write_table(
             m.function
         )?;
     }
-    writeln!(w, "(self: time as the innermost frame; total: inclusive; Δ %: change of its share of all time; in {name})")?;
+    writeln!(
+        w,
+        "(self: time as the innermost frame; total: inclusive; Δ %: change of its share of all time; in {name})"
+    )?;
     Ok(())
 }
 
@@ -437,7 +434,8 @@ mod tests {
     fn folded_ids_threads_and_lines_are_normalized() {
         let s = from_folded("python3 (12);MainThread (12);main (a.py:3);work (a.py:9) 5\npython3 (13);MainThread (13);main (a.py:4);work (a.py:9) 2\n", ALL).unwrap();
         assert_eq!(s.counts.get("python3;main (a.py);work (a.py)"), Some(&7));
-        let kept = from_folded("python3 (12);w (14);main (a.py:3) 5\n", Normalize { threads: true, lines: true }).unwrap();
+        let kept =
+            from_folded("python3 (12);w (14);main (a.py:3) 5\n", Normalize { threads: true, lines: true }).unwrap();
         assert_eq!(kept.counts.get("python3;w;main (a.py:3)"), Some(&5));
         // Native frames keep their module; foreign folded input keeps its frames.
         assert_eq!(strip_line("[unknown] (libc.so.6)"), "[unknown] (libc.so.6)");

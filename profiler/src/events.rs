@@ -3,7 +3,10 @@
 //! Records are read with `bytes::Buf` rather than by casting pointers: a record that is short or
 //! of an unknown kind is rejected and counted, never trusted.
 use bytes::Buf;
-use profiler_common::{EventKind, ExecEvent, MAX_NATIVE_FRAMES, OffCpuInfo, PreemptEndEvent, ThreadMissEvent, MAX_PY_FRAMES, PyFrameRecord, SampleEvent, TASK_COMM_LEN};
+use profiler_common::{
+    EventKind, ExecEvent, MAX_NATIVE_FRAMES, MAX_PY_FRAMES, OffCpuInfo, PreemptEndEvent, PyFrameRecord, SampleEvent,
+    TASK_COMM_LEN, ThreadMissEvent,
+};
 
 /// An on-CPU sample, stacks leaf first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,16 +30,28 @@ pub struct Sample {
 pub enum Event {
     Sample(Sample),
     /// Process `pid` called exec.
-    Exec { pid: u32 },
+    Exec {
+        pid: u32,
+    },
     /// A long blocking syscall, with the stacks it blocked in.
     OffCpu(Sample),
     /// A thread preempted outside a syscall, with its stacks; `time_ns` is the switch-out.
     Preempted(Sample),
     /// The run-queue wait that followed the preemption at `since_ns`.
-    PreemptEnd { pid: u32, tid: u32, since_ns: u64, runq_ns: u64 },
+    PreemptEnd {
+        pid: u32,
+        tid: u32,
+        since_ns: u64,
+        runq_ns: u64,
+    },
     /// The kernel could not find thread `tid`'s `PyThreadState` in its bounded scan: the one
     /// whose field at `key_offset` holds `key`.
-    ThreadMiss { pid: u32, tid: u32, key_offset: u32, key: u64 },
+    ThreadMiss {
+        pid: u32,
+        tid: u32,
+        key_offset: u32,
+        key: u64,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -163,10 +178,8 @@ mod tests {
         ev.kernel_stack[..kernel.len()].copy_from_slice(kernel);
         ev.user_stack[..user.len()].copy_from_slice(user);
         // SAFETY: SampleEvent is repr(C) plain integers without padding.
-        unsafe {
-            std::slice::from_raw_parts((&ev as *const SampleEvent).cast::<u8>(), size_of::<SampleEvent>())
-        }
-        .to_vec()
+        unsafe { std::slice::from_raw_parts((&ev as *const SampleEvent).cast::<u8>(), size_of::<SampleEvent>()) }
+            .to_vec()
     }
 
     #[test]

@@ -72,7 +72,10 @@ impl FdTarget {
     }
 
     pub fn is_socket(&self) -> bool {
-        matches!(self, FdTarget::Tcp { .. } | FdTarget::Udp { .. } | FdTarget::Unix { .. } | FdTarget::OtherSocket { .. })
+        matches!(
+            self,
+            FdTarget::Tcp { .. } | FdTarget::Udp { .. } | FdTarget::Unix { .. } | FdTarget::OtherSocket { .. }
+        )
     }
 }
 
@@ -177,9 +180,8 @@ impl FdCache {
         let fds = self.processes.entry(pid).or_default();
         // Once the fd (or the process) is gone, the last answer stands: waits are often
         // classified after the fact.
-        let cached = fds.get(&fd).is_some_and(|e| {
-            link.is_none() || (e.link == link && e.expires.is_none_or(|at| now < at))
-        });
+        let cached =
+            fds.get(&fd).is_some_and(|e| link.is_none() || (e.link == link && e.expires.is_none_or(|at| now < at)));
         if !cached {
             let Some(resolved) = resolve(pid, fd, &mut self.net) else {
                 fds.remove(&fd);
@@ -253,8 +255,7 @@ pub fn parse_link(link: &str) -> Link {
         return Link::Path(link.to_owned());
     }
     // Older kernels print some anonymous inodes without brackets (`anon_inode:inotify`).
-    let anon =
-        link.strip_prefix("anon_inode:").map(|k| k.trim_start_matches('[').trim_end_matches(']'));
+    let anon = link.strip_prefix("anon_inode:").map(|k| k.trim_start_matches('[').trim_end_matches(']'));
     Link::Known(match anon {
         Some("eventpoll") => FdTarget::Epoll,
         Some("eventfd") => FdTarget::EventFd,
@@ -305,16 +306,12 @@ fn resolve_socket(pid: u32, fd_path: &str, inode: u64, net: &mut NetCache) -> Op
 fn socket_target(entry: &SocketEntry, pid: u32, netns: u64, inode: u64) -> Resolved {
     let inet = |target, remote: &SocketAddr| Resolved { target, complete: !is_unset(remote) };
     match entry {
-        SocketEntry::Tcp { local, remote } => {
-            inet(FdTarget::Tcp { local: *local, peer: *remote }, remote)
-        }
+        SocketEntry::Tcp { local, remote } => inet(FdTarget::Tcp { local: *local, peer: *remote }, remote),
         SocketEntry::Udp { local, remote } => {
             let peer = (!is_unset(remote)).then_some(*remote);
             inet(FdTarget::Udp { local: *local, peer }, remote)
         }
-        SocketEntry::Unix { path: Some(path) } => {
-            Resolved::complete(FdTarget::Unix { path: Some(path.clone()) })
-        }
+        SocketEntry::Unix { path: Some(path) } => Resolved::complete(FdTarget::Unix { path: Some(path.clone()) }),
         SocketEntry::Unix { path: None } => unix_target(pid, netns, inode),
     }
 }
@@ -334,14 +331,8 @@ fn socket_protocol(fd_path: &str) -> Option<String> {
     let path = CString::new(fd_path).ok()?;
     let mut buf = [0u8; 64];
     // SAFETY: both names are NUL-terminated and `buf` is writable for its whole length.
-    let len = unsafe {
-        libc::getxattr(
-            path.as_ptr(),
-            c"system.sockprotoname".as_ptr(),
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-        )
-    };
+    let len =
+        unsafe { libc::getxattr(path.as_ptr(), c"system.sockprotoname".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     let value = buf.get(..usize::try_from(len).ok()?)?;
     let name = value.split(|&b| b == 0).next()?;
     (!name.is_empty()).then(|| String::from_utf8_lossy(name).into_owned())
@@ -392,13 +383,13 @@ impl Table {
 
     fn parse_line(self, line: &str) -> Option<(u64, SocketEntry)> {
         match self {
-            Table::Tcp | Table::Tcp6 => parse_inet_line(line)
-                .map(|(inode, local, remote)| (inode, SocketEntry::Tcp { local, remote })),
-            Table::Udp | Table::Udp6 => parse_inet_line(line)
-                .map(|(inode, local, remote)| (inode, SocketEntry::Udp { local, remote })),
-            Table::Unix => {
-                parse_unix_line(line).map(|(inode, path)| (inode, SocketEntry::Unix { path }))
+            Table::Tcp | Table::Tcp6 => {
+                parse_inet_line(line).map(|(inode, local, remote)| (inode, SocketEntry::Tcp { local, remote }))
             }
+            Table::Udp | Table::Udp6 => {
+                parse_inet_line(line).map(|(inode, local, remote)| (inode, SocketEntry::Udp { local, remote }))
+            }
+            Table::Unix => parse_unix_line(line).map(|(inode, path)| (inode, SocketEntry::Unix { path })),
         }
     }
 }
@@ -453,9 +444,7 @@ impl NetCache {
 
     /// Reads the table again; on failure (the process is gone) the old snapshot stays.
     fn refresh(&mut self, pid: u32, netns: u64, table: Table, now: Instant) {
-        self.namespaces.retain(|&ns, n| {
-            ns == netns || now.saturating_duration_since(n.last_used) < NAMESPACE_IDLE
-        });
+        self.namespaces.retain(|&ns, n| ns == netns || now.saturating_duration_since(n.last_used) < NAMESPACE_IDLE);
         let Ok(bytes) = std::fs::read(format!("/proc/{pid}/net/{}", table.file_name())) else {
             return;
         };
@@ -467,10 +456,8 @@ impl NetCache {
             // TIME_WAIT and other socket-less entries all have inode 0.
             .filter(|&(inode, _)| inode != 0)
             .collect();
-        let namespace = self
-            .namespaces
-            .entry(netns)
-            .or_insert_with(|| Namespace { tables: HashMap::new(), last_used: now });
+        let namespace =
+            self.namespaces.entry(netns).or_insert_with(|| Namespace { tables: HashMap::new(), last_used: now });
         namespace.tables.insert(table, Snapshot { read_at: now, by_inode });
     }
 }
@@ -497,8 +484,7 @@ fn parse_inet_addr(text: &str) -> Option<SocketAddr> {
     if !addr.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    let word =
-        |i: usize| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).ok().map(u32::to_ne_bytes);
+    let word = |i: usize| u32::from_str_radix(&addr[i * 8..i * 8 + 8], 16).ok().map(u32::to_ne_bytes);
     match addr.len() {
         8 => Some(SocketAddr::new(Ipv4Addr::from(word(0)?).into(), port)),
         32 => {
@@ -593,9 +579,7 @@ pub mod unix_diag {
         Some(match (own.name, own.peer) {
             (Some(name), _) => Name::Known(name),
             (None, None) => Name::Unnamed,
-            (None, Some(peer)) => {
-                query(&socket, peer, UDIAG_SHOW_NAME)?.name.map_or(Name::Unnamed, Name::Known)
-            }
+            (None, Some(peer)) => query(&socket, peer, UDIAG_SHOW_NAME)?.name.map_or(Name::Unnamed, Name::Known),
         })
     }
 
@@ -621,13 +605,8 @@ pub mod unix_diag {
 
     fn open_socket() -> Option<OwnedFd> {
         // SAFETY: plain socket(2); on success the new descriptor is ours alone.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-                libc::NETLINK_SOCK_DIAG,
-            )
-        };
+        let fd =
+            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
         (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
@@ -652,18 +631,14 @@ pub mod unix_diag {
             },
         };
         // SAFETY: `request` is a plain repr(C) value that lives across the call.
-        let sent = unsafe {
-            libc::send(socket.as_raw_fd(), (&raw const request).cast(), size_of::<Request>(), 0)
-        };
+        let sent = unsafe { libc::send(socket.as_raw_fd(), (&raw const request).cast(), size_of::<Request>(), 0) };
         if usize::try_from(sent).ok()? != size_of::<Request>() {
             return None;
         }
         let mut buf = [0u8; 4096];
         // The kernel answers inside send(), so the reply is already queued: never block here.
         // SAFETY: `buf` is writable for its whole length.
-        let len = unsafe {
-            libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
-        };
+        let len = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
         parse_reply(buf.get(..usize::try_from(len).ok()?)?, inode)
     }
 
@@ -734,25 +709,16 @@ mod tests {
         let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";
         assert_eq!(parse_inet_line(header), None);
         let listen = "   0: 0100007F:1538 00000000:0000 0A 00000000:00000000 00:00000000 00000000   113        0 23456 1 0000000000000000 100 0 0 10 0";
-        assert_eq!(
-            parse_inet_line(listen),
-            Some((23456, addr("127.0.0.1:5432"), addr("0.0.0.0:0")))
-        );
+        assert_eq!(parse_inet_line(listen), Some((23456, addr("127.0.0.1:5432"), addr("0.0.0.0:0"))));
         let established = "   3: 0F02000A:D2F2 0101A8C0:01BB 01 00000000:00000000 02:000004F1 00000000  1000        0 981234 2 0000000000000000 20 4 30 10 -1";
-        assert_eq!(
-            parse_inet_line(established),
-            Some((981234, addr("10.0.2.15:54002"), addr("192.168.1.1:443")))
-        );
+        assert_eq!(parse_inet_line(established), Some((981234, addr("10.0.2.15:54002"), addr("192.168.1.1:443"))));
     }
 
     #[cfg(target_endian = "little")]
     #[test]
     fn tcp6_lines() {
         let loopback = "   0: 00000000000000000000000001000000:1F90 00000000000000000000000001000000:A41C 01 00000000:00000000 00:00000000 00000000     0        0 55501 1 0000000000000000 20 4 30 10 -1";
-        assert_eq!(
-            parse_inet_line(loopback),
-            Some((55501, addr("[::1]:8080"), addr("[::1]:42012")))
-        );
+        assert_eq!(parse_inet_line(loopback), Some((55501, addr("[::1]:8080"), addr("[::1]:42012"))));
         // 2a00:1450:4001:814::200e, word by word: 2a001450 -> 5014002A, and so on.
         let global = "   1: 5014002A14080140000000000E200000:01BB B80D0120000000000000000001000000:C350 01 00000000:00000000 00:00000000 00000000     0        0 77 1 0000000000000000 20 4 30 10 -1";
         assert_eq!(
@@ -801,14 +767,10 @@ mod tests {
         let unnamed = "00000000c20958fa: 00000003 00000000 00000000 0001 03  1212";
         assert_eq!(parse_unix_line(unnamed), Some((1212, None)));
         let bound = "0000000000000000: 00000002 00000000 00010000 0001 01 23456 /run/postgresql/.s.PGSQL.5432";
-        assert_eq!(
-            parse_unix_line(bound),
-            Some((23456, Some("/run/postgresql/.s.PGSQL.5432".into())))
-        );
+        assert_eq!(parse_unix_line(bound), Some((23456, Some("/run/postgresql/.s.PGSQL.5432".into()))));
         let spaces = "0000000000000000: 00000002 00000000 00010000 0001 01 23457 /tmp/a dir/s ock";
         assert_eq!(parse_unix_line(spaces), Some((23457, Some("/tmp/a dir/s ock".into()))));
-        let abstract_ =
-            "0000000000000000: 00000002 00000000 00000000 0002 01    99 @/tmp/.X11-unix/X0";
+        let abstract_ = "0000000000000000: 00000002 00000000 00000000 0002 01    99 @/tmp/.X11-unix/X0";
         assert_eq!(parse_unix_line(abstract_), Some((99, Some("@/tmp/.X11-unix/X0".into()))));
         assert_eq!(parse_unix_line("garbage"), None);
         assert_eq!(parse_unix_line("é: é é é é é é é"), None);
@@ -826,43 +788,19 @@ mod tests {
             parse_link("anon_inode:inotify"),
             Link::Known(FdTarget::Other { link: "anon_inode:inotify".into() })
         );
-        assert_eq!(
-            parse_link("/var/lib/app/data.db (deleted)"),
-            Link::Path("/var/lib/app/data.db (deleted)".into())
-        );
-        assert_eq!(
-            parse_link("net:[4026531840]"),
-            Link::Known(FdTarget::Other { link: "net:[4026531840]".into() })
-        );
-        assert_eq!(
-            parse_link("socket:[x]"),
-            Link::Known(FdTarget::Other { link: "socket:[x]".into() })
-        );
+        assert_eq!(parse_link("/var/lib/app/data.db (deleted)"), Link::Path("/var/lib/app/data.db (deleted)".into()));
+        assert_eq!(parse_link("net:[4026531840]"), Link::Known(FdTarget::Other { link: "net:[4026531840]".into() }));
+        assert_eq!(parse_link("socket:[x]"), Link::Known(FdTarget::Other { link: "socket:[x]".into() }));
     }
 
     #[test]
     fn display() {
         let cases = [
-            (
-                FdTarget::Tcp { local: addr("127.0.0.1:40000"), peer: addr("127.0.0.1:5432") },
-                "tcp 127.0.0.1:5432",
-            ),
-            (
-                FdTarget::Tcp { local: addr("[::1]:40000"), peer: addr("[::1]:8080") },
-                "tcp [::1]:8080",
-            ),
-            (
-                FdTarget::Tcp { local: addr("0.0.0.0:8080"), peer: addr("0.0.0.0:0") },
-                "tcp listen 0.0.0.0:8080",
-            ),
-            (
-                FdTarget::Tcp { local: addr("[::]:8080"), peer: addr("[::]:0") },
-                "tcp listen [::]:8080",
-            ),
-            (
-                FdTarget::Udp { local: addr("10.0.0.2:40000"), peer: Some(addr("10.0.0.1:53")) },
-                "udp 10.0.0.1:53",
-            ),
+            (FdTarget::Tcp { local: addr("127.0.0.1:40000"), peer: addr("127.0.0.1:5432") }, "tcp 127.0.0.1:5432"),
+            (FdTarget::Tcp { local: addr("[::1]:40000"), peer: addr("[::1]:8080") }, "tcp [::1]:8080"),
+            (FdTarget::Tcp { local: addr("0.0.0.0:8080"), peer: addr("0.0.0.0:0") }, "tcp listen 0.0.0.0:8080"),
+            (FdTarget::Tcp { local: addr("[::]:8080"), peer: addr("[::]:0") }, "tcp listen [::]:8080"),
+            (FdTarget::Udp { local: addr("10.0.0.2:40000"), peer: Some(addr("10.0.0.1:53")) }, "udp 10.0.0.1:53"),
             (
                 FdTarget::Unix { path: Some("/run/postgresql/.s.PGSQL.5432".into()) },
                 "unix /run/postgresql/.s.PGSQL.5432",

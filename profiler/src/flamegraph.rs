@@ -1,7 +1,10 @@
 //! SVG flame graphs through inferno.
 use std::io::Write;
 
-use inferno::flamegraph::{self, Options, color::{BasicPalette, Palette}};
+use inferno::flamegraph::{
+    self, Options,
+    color::{BasicPalette, Palette},
+};
 
 use inferno::flamegraph::color::{PaletteMap, parse_hex_color};
 

@@ -249,11 +249,19 @@ fn fd_category(t: &FdTarget, uninterruptible: bool) -> Category {
         return Category::Idle;
     }
     match t {
-        FdTarget::Tcp { .. } | FdTarget::Udp { .. } | FdTarget::Unix { .. } | FdTarget::OtherSocket { .. } => Category::Net,
+        FdTarget::Tcp { .. } | FdTarget::Udp { .. } | FdTarget::Unix { .. } | FdTarget::OtherSocket { .. } => {
+            Category::Net
+        }
         FdTarget::File { .. } | FdTarget::BlockDevice { .. } => Category::Disk,
-        FdTarget::Pipe { .. } | FdTarget::EventFd | FdTarget::SignalFd | FdTarget::TimerFd | FdTarget::Epoll => Category::Ipc,
+        FdTarget::Pipe { .. } | FdTarget::EventFd | FdTarget::SignalFd | FdTarget::TimerFd | FdTarget::Epoll => {
+            Category::Ipc
+        }
         FdTarget::CharDevice { .. } | FdTarget::Other { .. } => {
-            if uninterruptible { Category::Disk } else { Category::Other }
+            if uninterruptible {
+                Category::Disk
+            } else {
+                Category::Other
+            }
         }
     }
 }
@@ -268,8 +276,10 @@ fn epoll_category(pid: u32, epfd: i32, fds: &mut FdCache) -> Category {
         .filter_map(|l| l.trim_start().strip_prefix("tfd:"))
         .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
         .collect();
-    let sockets: Vec<bool> =
-        watched.iter().filter_map(|&fd| fds.describe(pid, fd).filter(|t| t.is_socket()).map(|t| t.is_listening())).collect();
+    let sockets: Vec<bool> = watched
+        .iter()
+        .filter_map(|&fd| fds.describe(pid, fd).filter(|t| t.is_socket()).map(|t| t.is_listening()))
+        .collect();
     match sockets.as_slice() {
         [] => Category::Ipc,
         // Only listening sockets: a server waiting for connections.

@@ -80,8 +80,11 @@ fn check_writable(path: &Path) -> anyhow::Result<()> {
     if path.is_dir() {
         return Err(fatal(
             ExitCode::Output,
-            format!("output '{}' is a directory: give a file name inside it, e.g. {}", path.display(),
-                path.join("profile.svg").display()),
+            format!(
+                "output '{}' is a directory: give a file name inside it, e.g. {}",
+                path.display(),
+                path.join("profile.svg").display()
+            ),
         ));
     }
     let path = match destination(path) {
@@ -106,9 +109,10 @@ fn check_writable(path: &Path) -> anyhow::Result<()> {
             format!("cannot write '{}': directory '{}' does not exist", path.display(), dir.display()),
         ));
     }
-    tempfile::Builder::new().prefix(".pyebpf-check-").tempfile_in(dir).map_err(|e| {
-        fatal(ExitCode::Output, format!("cannot write '{}': {e}", path.display()))
-    })?;
+    tempfile::Builder::new()
+        .prefix(".pyebpf-check-")
+        .tempfile_in(dir)
+        .map_err(|e| fatal(ExitCode::Output, format!("cannot write '{}': {e}", path.display())))?;
     Ok(())
 }
 

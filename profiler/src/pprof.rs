@@ -124,7 +124,12 @@ struct Builder {
 impl Builder {
     fn new() -> Self {
         // string_table[0] must be "".
-        let mut b = Self { out: proto::Profile::default(), strings: HashMap::new(), functions: HashMap::new(), locations: HashMap::new() };
+        let mut b = Self {
+            out: proto::Profile::default(),
+            strings: HashMap::new(),
+            functions: HashMap::new(),
+            locations: HashMap::new(),
+        };
         b.string("");
         b
     }
@@ -151,7 +156,13 @@ impl Builder {
         if function_id == next_function {
             // No system_name: pprof takes a function whose name equals its system name for
             // undemangled C++ and cuts "(...)" off it (`short waits (no stack)`).
-            self.out.function.push(proto::Function { id: function_id, name: key.0, system_name: 0, filename: key.1, start_line });
+            self.out.function.push(proto::Function {
+                id: function_id,
+                name: key.0,
+                system_name: 0,
+                filename: key.1,
+                start_line,
+            });
         }
         let next_location = self.out.location.len() as u64 + 1;
         let location_id = *self.locations.entry((function_id, line)).or_insert(next_location);
@@ -170,7 +181,9 @@ impl Builder {
         let frames: Vec<Frame> = s.structured_frames().collect();
         for f in frames.into_iter().rev() {
             ids.push(match f {
-                Frame::Python(p) => self.location(&p.function, &p.file, p.first_line.into(), p.line.unwrap_or(0).into()),
+                Frame::Python(p) => {
+                    self.location(&p.function, &p.file, p.first_line.into(), p.line.unwrap_or(0).into())
+                }
                 Frame::Other(text) => self.location(text, "", 0, 0),
             });
         }
@@ -197,7 +210,8 @@ fn clamp(v: u64) -> i64 {
 
 fn build(profile: &Profile) -> proto::Profile {
     let mut b = Builder::new();
-    let mut types = vec![b.value_type("samples", "count"), b.value_type("cpu", "nanoseconds"), b.value_type("wall", "nanoseconds")];
+    let mut types =
+        vec![b.value_type("samples", "count"), b.value_type("cpu", "nanoseconds"), b.value_type("wall", "nanoseconds")];
     for c in off_cpu_categories() {
         types.push(b.value_type(c.name(), "nanoseconds"));
     }
@@ -240,10 +254,14 @@ fn build(profile: &Profile) -> proto::Profile {
     });
     let mut comments = vec![
         format!("pyebpf {}", env!("CARGO_PKG_VERSION")),
-        format!("{} samples at {} Hz on {} CPUs, {} lost", profile.samples, profile.frequency_hz, profile.cpus, profile.lost_events),
+        format!(
+            "{} samples at {} Hz on {} CPUs, {} lost",
+            profile.samples, profile.frequency_hz, profile.cpus, profile.lost_events
+        ),
     ];
     if profile.off_cpu {
-        comments.push(format!("off-CPU waits of at least {} us carry their stack", profile.off_cpu_threshold_ns / 1000));
+        comments
+            .push(format!("off-CPU waits of at least {} us carry their stack", profile.off_cpu_threshold_ns / 1000));
     }
     b.out.comment = comments.iter().map(|c| b.string(c)).collect();
     b.out
@@ -299,7 +317,13 @@ mod tests {
         sample
             .label
             .iter()
-            .map(|l| if l.str != 0 { format!("{}={}", s(p, l.key), s(p, l.str)) } else { format!("{}={}", s(p, l.key), l.num) })
+            .map(|l| {
+                if l.str != 0 {
+                    format!("{}={}", s(p, l.key), s(p, l.str))
+                } else {
+                    format!("{}={}", s(p, l.key), l.num)
+                }
+            })
             .collect()
     }
 
@@ -307,7 +331,8 @@ mod tests {
     fn header_has_every_category_and_the_mode_as_default() {
         let p = round_trip(Mode::Wall);
         assert_eq!(p.string_table[0], "");
-        let types: Vec<String> = p.sample_type.iter().map(|t| format!("{}/{}", s(&p, t.r#type), s(&p, t.unit))).collect();
+        let types: Vec<String> =
+            p.sample_type.iter().map(|t| format!("{}/{}", s(&p, t.r#type), s(&p, t.unit))).collect();
         let mut expected = vec!["samples/count".to_string(), "cpu/nanoseconds".into(), "wall/nanoseconds".into()];
         expected.extend(CATEGORIES[1..].iter().map(|c| format!("{}/nanoseconds", c.name())));
         assert_eq!(types, expected);
@@ -340,7 +365,15 @@ mod tests {
         assert_eq!(wait.value[net], 50_000_000);
         assert_eq!(
             labels(&p, wait),
-            ["pid=10", "tid=11", "process=app", "thread=main", "category=net", "syscall=recvfrom", "target=tcp 127.0.0.1:5432"]
+            [
+                "pid=10",
+                "tid=11",
+                "process=app",
+                "thread=main",
+                "category=net",
+                "syscall=recvfrom",
+                "target=tcp 127.0.0.1:5432"
+            ]
         );
 
         // A thread's short waits have only their wait frame.

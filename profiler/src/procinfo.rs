@@ -76,7 +76,8 @@ pub fn sleeping_threads(pid: u32) -> Vec<SleepingThread> {
     for task in tasks.flatten() {
         let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
         let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
-        let Some(state) = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).and_then(|s| s.chars().next())
+        let Some(state) =
+            stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).and_then(|s| s.chars().next())
         else {
             continue;
         };
@@ -124,7 +125,10 @@ mod tests {
         let t = std::thread::spawn(move || rx.recv().unwrap());
         std::thread::sleep(std::time::Duration::from_millis(100));
         let sleeping = sleeping_threads(std::process::id());
-        assert!(sleeping.iter().any(|s| s.state == 'S' && s.syscall.is_some_and(|(nr, _)| nr == libc::SYS_futex)), "{sleeping:?}");
+        assert!(
+            sleeping.iter().any(|s| s.state == 'S' && s.syscall.is_some_and(|(nr, _)| nr == libc::SYS_futex)),
+            "{sleeping:?}"
+        );
         tx.send(()).unwrap();
         t.join().unwrap();
     }

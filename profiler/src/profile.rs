@@ -201,9 +201,11 @@ impl StackProfile {
     /// (they come in the same order; frames without structured data stay text).
     pub fn structured_frames(&self) -> impl Iterator<Item = Frame<'_>> {
         let mut python = self.python_frames.iter().peekable();
-        self.frames.iter().map(move |text| match python.next_if(|f| python_frame_text(&f.function, &f.file, f.line) == *text) {
-            Some(f) => Frame::Python(f),
-            None => Frame::Other(text),
+        self.frames.iter().map(move |text| {
+            match python.next_if(|f| python_frame_text(&f.function, &f.file, f.line) == *text) {
+                Some(f) => Frame::Python(f),
+                None => Frame::Other(text),
+            }
         })
     }
 
@@ -234,7 +236,14 @@ pub(crate) mod tests {
             line: Some(line),
             first_line,
         };
-        let stack = |tid, thread: &str, python: Vec<PythonFrameProfile>, frames: Vec<String>, category, samples, weight_ns, wait: (Option<&str>, Option<&str>)| StackProfile {
+        let stack = |tid,
+                     thread: &str,
+                     python: Vec<PythonFrameProfile>,
+                     frames: Vec<String>,
+                     category,
+                     samples,
+                     weight_ns,
+                     wait: (Option<&str>, Option<&str>)| StackProfile {
             tid,
             thread: thread.into(),
             frames,
@@ -261,11 +270,41 @@ pub(crate) mod tests {
         p.samples = 7;
         p.start_time_unix = 1_700_000_000.5;
         p.duration_ns = 2_000_000_000;
-        p.processes[0].threads = vec![thread(11, "main", 3, 30_000_000, ("net", 50_000_000)), thread(12, "worker", 4, 40_000_000, ("sleep", 1_000_000))];
+        p.processes[0].threads = vec![
+            thread(11, "main", 3, 30_000_000, ("net", 50_000_000)),
+            thread(12, "worker", 4, 40_000_000, ("sleep", 1_000_000)),
+        ];
         p.processes[0].stacks = vec![
-            stack(12, "worker", vec![spin.clone()], vec!["main".into(), text(&spin)], Category::Cpu, 4, 40_000_000, (None, None)),
-            stack(11, "main", vec![work.clone()], vec!["main".into(), text(&work), "a::b;c".into()], Category::Cpu, 3, 30_000_000, (None, None)),
-            stack(11, "main", vec![], vec!["main".into(), "get".into()], Category::Net, 2, 50_000_000, (Some("recvfrom"), Some("tcp 127.0.0.1:5432"))),
+            stack(
+                12,
+                "worker",
+                vec![spin.clone()],
+                vec!["main".into(), text(&spin)],
+                Category::Cpu,
+                4,
+                40_000_000,
+                (None, None),
+            ),
+            stack(
+                11,
+                "main",
+                vec![work.clone()],
+                vec!["main".into(), text(&work), "a::b;c".into()],
+                Category::Cpu,
+                3,
+                30_000_000,
+                (None, None),
+            ),
+            stack(
+                11,
+                "main",
+                vec![],
+                vec!["main".into(), "get".into()],
+                Category::Net,
+                2,
+                50_000_000,
+                (Some("recvfrom"), Some("tcp 127.0.0.1:5432")),
+            ),
             stack(12, "worker", vec![], vec![], Category::Sleep, 0, 1_000_000, (None, Some("short waits (no stack)"))),
         ];
         p
@@ -280,19 +319,20 @@ pub(crate) mod tests {
     }
 
     fn profile(mode: Mode) -> Profile {
-        let stack = |frames: &[&str], category, samples, weight_ns, syscall: Option<&str>, target: Option<&str>| StackProfile {
-            tid: 11,
-            thread: "w;1".into(),
-            frames: frames.iter().map(|f| f.to_string()).collect(),
-            python_frames: vec![],
-            samples,
-            category,
-            weight_ns,
-            syscall: syscall.map(str::to_string),
-            target: target.map(str::to_string),
-            coroutine: None,
-            stalls_loop: false,
-        };
+        let stack =
+            |frames: &[&str], category, samples, weight_ns, syscall: Option<&str>, target: Option<&str>| StackProfile {
+                tid: 11,
+                thread: "w;1".into(),
+                frames: frames.iter().map(|f| f.to_string()).collect(),
+                python_frames: vec![],
+                samples,
+                category,
+                weight_ns,
+                syscall: syscall.map(str::to_string),
+                target: target.map(str::to_string),
+                coroutine: None,
+                stalls_loop: false,
+            };
         Profile {
             format: FORMAT_NAME,
             version: FORMAT_VERSION,

@@ -40,7 +40,8 @@ impl Target {
         if app.is_empty() || !app.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
             return Err(fatal(ExitCode::Usage, format!("--push-name '{app}': use letters, digits, '.', '_' and '-'")));
         }
-        let hostname = hostname().chars().filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c)).collect::<String>();
+        let hostname =
+            hostname().chars().filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c)).collect::<String>();
         Ok(Target {
             authority: format!("{host}:{port}"),
             prefix: uri.path().trim_end_matches('/').to_string(),
@@ -100,7 +101,9 @@ impl Target {
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).
@@ -126,7 +129,10 @@ mod tests {
         let path = t.path(10, 20, 99);
         assert!(path.starts_with("/ingest?name=shop.api%7Bhost%3D"), "{path}");
         assert!(path.ends_with("&from=10&until=20&format=pprof&spyName=pyebpf&sampleRate=99"), "{path}");
-        assert_eq!(Target::parse("http://pyro:8080/prefix/", "a").unwrap().path(1, 2, 3)[..14].to_string(), "/prefix/ingest");
+        assert_eq!(
+            Target::parse("http://pyro:8080/prefix/", "a").unwrap().path(1, 2, 3)[..14].to_string(),
+            "/prefix/ingest"
+        );
         assert_eq!(Target::parse("http://pyro", "a").unwrap().authority, "pyro:80");
         assert!(Target::parse("https://pyro", "a").is_err());
         assert!(Target::parse("pyro:4040", "a").is_err());

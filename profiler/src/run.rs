@@ -101,7 +101,9 @@ pub fn check_frequency(hz: u32) -> anyhow::Result<()> {
     match max {
         Some(max) if hz as u64 > max => Err(fatal(
             ExitCode::Usage,
-            format!("--frequency {hz} is above the kernel's limit of {max} Hz (kernel.perf_event_max_sample_rate): use a lower rate"),
+            format!(
+                "--frequency {hz} is above the kernel's limit of {max} Hz (kernel.perf_event_max_sample_rate): use a lower rate"
+            ),
         )),
         _ => Ok(()),
     }

@@ -171,7 +171,9 @@ impl Session {
             Ok(Event::OffCpu(s)) => agg.add_off_cpu(s, symbols, python, classifier),
             Ok(Event::Preempted(s)) if *awaiting_exec == Some(s.pid) => {}
             Ok(Event::Preempted(s)) => agg.preempted(s),
-            Ok(Event::PreemptEnd { tid, since_ns, runq_ns, .. }) => agg.preempt_end(tid, since_ns, runq_ns, symbols, python),
+            Ok(Event::PreemptEnd { tid, since_ns, runq_ns, .. }) => {
+                agg.preempt_end(tid, since_ns, runq_ns, symbols, python)
+            }
             Ok(Event::ThreadMiss { pid, tid, key_offset, key }) => python.thread_miss(pid, tid, key_offset, key),
             Ok(Event::Exec { pid }) if *awaiting_exec == Some(pid) => *awaiting_exec = None,
             Ok(Event::Exec { pid }) => {

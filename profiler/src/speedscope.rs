@@ -145,7 +145,13 @@ fn build(profile: &Profile) -> File {
     // Opened first: the thread with the most CPU time (in wall mode every thread that lived
     // through the profile weighs about the same), then the heaviest. max_by_key keeps the last
     // maximum; reversed, the first wins.
-    let busiest = profiles.iter().zip(&on_cpu).enumerate().rev().max_by_key(|(_, (pr, cpu))| (**cpu, pr.end_value)).map(|(i, _)| i);
+    let busiest = profiles
+        .iter()
+        .zip(&on_cpu)
+        .enumerate()
+        .rev()
+        .max_by_key(|(_, (pr, cpu))| (**cpu, pr.end_value))
+        .map(|(i, _)| i);
     let what = match profile.mode {
         Mode::Wall => "wall clock (on- and off-CPU)",
         Mode::Cpu => "on-CPU",
@@ -189,7 +195,11 @@ mod tests {
             .iter()
             .zip(p["weights"].as_array().unwrap())
             .map(|(s, w)| {
-                let names = s.as_array().unwrap().iter().map(|i| frames[i.as_u64().unwrap() as usize]["name"].as_str().unwrap().to_string());
+                let names = s
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| frames[i.as_u64().unwrap() as usize]["name"].as_str().unwrap().to_string());
                 (names.collect(), w.as_u64().unwrap())
             })
             .collect()
@@ -217,7 +227,10 @@ mod tests {
         // A thread's time no stack carries is a stack of its wait frame alone.
         assert_eq!(
             stacks(&f, 1),
-            vec![(vec!["[sleep] short waits (no stack)".into()], 1_000_000), (vec!["main".into(), "spin".into()], 40_000_000)]
+            vec![
+                (vec!["[sleep] short waits (no stack)".into()], 1_000_000),
+                (vec!["main".into(), "spin".into()], 40_000_000)
+            ]
         );
         // Python frames keep their file and line; other frames are names only.
         let frames = f["shared"]["frames"].as_array().unwrap();

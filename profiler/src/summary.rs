@@ -37,7 +37,8 @@ pub(crate) fn truncate_with(text: &str, width: usize, marker: char) -> String {
 
 /// "cpu 41%  net 52%  sleep 7%": categories above half a percent, largest first.
 fn split(totals: &std::collections::BTreeMap<String, u64>, wall: u64) -> String {
-    let mut parts: Vec<(&String, u64)> = totals.iter().map(|(c, ns)| (c, *ns)).filter(|(_, ns)| share(*ns, wall) >= 0.5).collect();
+    let mut parts: Vec<(&String, u64)> =
+        totals.iter().map(|(c, ns)| (c, *ns)).filter(|(_, ns)| share(*ns, wall) >= 0.5).collect();
     parts.sort_by(|a, b| b.1.cmp(&a.1));
     parts.iter().map(|(c, ns)| format!("{c} {:.0}%", share(*ns, wall))).collect::<Vec<_>>().join("  ")
 }
@@ -158,7 +159,11 @@ fn write_top_stacks(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()>
         .collect();
     stacks.sort_by(|a, b| b.1.weight_ns.cmp(&a.1.weight_ns));
     writeln!(w)?;
-    writeln!(w, "Top stacks by {} (leaf first):", if profile.mode == Mode::Wall { "wall time" } else { "CPU samples" })?;
+    writeln!(
+        w,
+        "Top stacks by {} (leaf first):",
+        if profile.mode == Mode::Wall { "wall time" } else { "CPU samples" }
+    )?;
     for (p, s) in stacks.iter().take(TOP_STACKS) {
         let thread_wall = p.threads.iter().find(|t| t.tid == s.tid).map_or(0, |t| t.wall_ns);
         let mut what = format!("{:<8} {:>4.0}% of thread", s.category.name(), share(s.weight_ns, thread_wall));
@@ -169,8 +174,17 @@ fn write_top_stacks(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()>
         if let Some(func) = innermost_python(s) {
             what.push_str(&format!("  in {}", truncate(&func, FRAME_CHARS_SHOWN)));
         }
-        writeln!(w, "  {:>7.3} s  {what}   [{} ({}) thread {} ({})]", s.weight_ns as f64 / 1e9, p.comm, p.pid, s.thread, s.tid)?;
-        let shown: Vec<String> = s.frames.iter().rev().take(STACK_FRAMES_SHOWN).map(|f| truncate(f, FRAME_CHARS_SHOWN)).collect();
+        writeln!(
+            w,
+            "  {:>7.3} s  {what}   [{} ({}) thread {} ({})]",
+            s.weight_ns as f64 / 1e9,
+            p.comm,
+            p.pid,
+            s.thread,
+            s.tid
+        )?;
+        let shown: Vec<String> =
+            s.frames.iter().rev().take(STACK_FRAMES_SHOWN).map(|f| truncate(f, FRAME_CHARS_SHOWN)).collect();
         if !shown.is_empty() {
             let more = s.frames.len().saturating_sub(STACK_FRAMES_SHOWN);
             let mut line = shown.join(" <- ");
@@ -186,8 +200,12 @@ fn write_top_stacks(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()>
 /// Per Python function, own time (where the time is spent: its code, or the calls it makes
 /// into C or the kernel) with its split, and inclusive time: what to fix first.
 fn write_functions(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()> {
-    let mut rows: Vec<(&ProcessProfile, &crate::profile::FunctionProfile)> =
-        profile.processes.iter().flat_map(|p| p.functions.iter().map(move |f| (p, f))).filter(|(_, f)| f.own_ns > 0).collect();
+    let mut rows: Vec<(&ProcessProfile, &crate::profile::FunctionProfile)> = profile
+        .processes
+        .iter()
+        .flat_map(|p| p.functions.iter().map(move |f| (p, f)))
+        .filter(|(_, f)| f.own_ns > 0)
+        .collect();
     if rows.is_empty() {
         return Ok(());
     }

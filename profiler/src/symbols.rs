@@ -34,11 +34,8 @@ fn lookup_addr(addr: u64, is_leaf: bool) -> u64 {
 
 impl Symbols {
     pub fn new() -> Self {
-        let symbolizer = Symbolizer::builder()
-            .enable_code_info(false)
-            .enable_inlined_fns(false)
-            .enable_demangling(true)
-            .build();
+        let symbolizer =
+            Symbolizer::builder().enable_code_info(false).enable_inlined_fns(false).enable_demangling(true).build();
         Self {
             symbolizer,
             user: HashMap::new(),

@@ -451,13 +451,11 @@ const FD_IO: &[&str] = &[
     "ioctl", "fcntl", "close", "epoll_ctl", "io_uring_enter",
 ];
 
-const POLL: &[&str] =
-    &["poll", "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait", "epoll_pwait2"];
+const POLL: &[&str] = &["poll", "ppoll", "select", "pselect6", "epoll_wait", "epoll_pwait", "epoll_pwait2"];
 
 const FUTEX: &[&str] = &["futex", "futex_waitv", "futex_wait", "futex_wake", "futex_requeue"];
 
-const SLEEP: &[&str] =
-    &["nanosleep", "clock_nanosleep", "pause", "rt_sigsuspend", "rt_sigtimedwait"];
+const SLEEP: &[&str] = &["nanosleep", "clock_nanosleep", "pause", "rt_sigsuspend", "rt_sigtimedwait"];
 
 const WAIT: &[&str] = &["wait4", "waitid"];
 
@@ -509,8 +507,7 @@ pub fn class(nr: u64) -> SyscallClass {
 /// True when the call's first argument is a file descriptor worth resolving: the `FdIo` calls,
 /// and the epoll waits (whose descriptor is the epoll instance).
 pub fn fd_arg(nr: u64) -> bool {
-    class(nr) == SyscallClass::FdIo
-        || matches!(lookup(nr), Some("epoll_wait" | "epoll_pwait" | "epoll_pwait2"))
+    class(nr) == SyscallClass::FdIo || matches!(lookup(nr), Some("epoll_wait" | "epoll_pwait" | "epoll_pwait2"))
 }
 
 fn lookup(nr: u64) -> Option<&'static str> {
@@ -534,10 +531,7 @@ fn class_table() -> &'static [SyscallClass] {
 }
 
 fn class_of_name(name: &str) -> SyscallClass {
-    CLASSES
-        .iter()
-        .find(|(_, names)| names.contains(&name))
-        .map_or(SyscallClass::Other, |&(class, _)| class)
+    CLASSES.iter().find(|(_, names)| names.contains(&name)).map_or(SyscallClass::Other, |&(class, _)| class)
 }
 
 #[cfg(test)]

@@ -51,9 +51,7 @@ impl TargetSpec {
                 }
                 Ok(Running::Pids { pids, gone: Vec::new() })
             }
-            Self::Command(argv) => {
-                Ok(Running::Command(spawn_gated(&argv, bpf)?))
-            }
+            Self::Command(argv) => Ok(Running::Command(spawn_gated(&argv, bpf)?)),
         }
     }
 }
@@ -67,9 +65,7 @@ pub struct Launched {
 /// Finds the program like execvp would, so that a missing one fails here with a clear message.
 fn resolve_program(name: &OsString) -> anyhow::Result<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let not_found = |why: &str| {
-        fatal(ExitCode::Target, format!("cannot start '{}': {why}", name.to_string_lossy()))
-    };
+    let not_found = |why: &str| fatal(ExitCode::Target, format!("cannot start '{}': {why}", name.to_string_lossy()));
     let executable = |p: &std::path::Path| {
         std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
     };
@@ -236,10 +232,9 @@ impl Running {
     /// Notes about targets that exited while profiling (for the summary).
     pub fn notes(&self) -> Vec<String> {
         match self {
-            Self::Pids { pids, gone } if !gone.is_empty() && gone.len() < pids.len() => gone
-                .iter()
-                .map(|pid| format!("process {pid} exited during profiling; its samples are kept"))
-                .collect(),
+            Self::Pids { pids, gone } if !gone.is_empty() && gone.len() < pids.len() => {
+                gone.iter().map(|pid| format!("process {pid} exited during profiling; its samples are kept")).collect()
+            }
             _ => Vec::new(),
         }
     }

@@ -243,7 +243,9 @@ impl State {
     /// Ids of the rows of the main table (pids, or tids when drilled in).
     fn row_ids(&self) -> Vec<u32> {
         match self.drill {
-            Some(_) => self.drilled().map(|p| sorted_threads(p, self.sort).iter().map(|t| t.tid).collect()).unwrap_or_default(),
+            Some(_) => {
+                self.drilled().map(|p| sorted_threads(p, self.sort).iter().map(|t| t.tid).collect()).unwrap_or_default()
+            }
             None => self.processes().iter().map(|p| p.pid).collect(),
         }
     }
@@ -339,7 +341,9 @@ fn sort_value(sort: SortKey, totals: &BTreeMap<String, u64>, wall: u64) -> u64 {
 fn sorted_threads(p: &ProcessProfile, sort: SortKey) -> Vec<&crate::profile::ThreadProfile> {
     let mut threads: Vec<_> = p.threads.iter().collect();
     threads.sort_by(|a, b| {
-        sort_value(sort, &b.totals_ns, b.wall_ns).cmp(&sort_value(sort, &a.totals_ns, a.wall_ns)).then(a.tid.cmp(&b.tid))
+        sort_value(sort, &b.totals_ns, b.wall_ns)
+            .cmp(&sort_value(sort, &a.totals_ns, a.wall_ns))
+            .then(a.tid.cmp(&b.tid))
     });
     threads
 }
@@ -386,7 +390,8 @@ fn bar(totals: &BTreeMap<String, u64>, wall: u64, width: usize) -> Vec<(Category
         .iter()
         .map(|c| (*c, totals.get(c.name()).copied().unwrap_or(0) as f64 * width as f64 / wall as f64))
         .collect();
-    let mut cells: Vec<(Category, usize, f64)> = exact.iter().map(|&(c, x)| (c, x.floor() as usize, x - x.floor())).collect();
+    let mut cells: Vec<(Category, usize, f64)> =
+        exact.iter().map(|&(c, x)| (c, x.floor() as usize, x - x.floor())).collect();
     let mut left = width.saturating_sub(cells.iter().map(|c| c.1).sum());
     let mut order: Vec<usize> = (0..cells.len()).collect();
     order.sort_by(|&a, &b| cells[b].2.total_cmp(&cells[a].2));
@@ -401,7 +406,8 @@ fn bar(totals: &BTreeMap<String, u64>, wall: u64, width: usize) -> Vec<(Category
 }
 
 fn bar_text(totals: &BTreeMap<String, u64>, wall: u64, width: usize) -> String {
-    let mut s: String = bar(totals, wall, width).into_iter().flat_map(|(c, n)| std::iter::repeat_n(category_letter(c), n)).collect();
+    let mut s: String =
+        bar(totals, wall, width).into_iter().flat_map(|(c, n)| std::iter::repeat_n(category_letter(c), n)).collect();
     while s.chars().count() < width {
         s.push('.');
     }
@@ -448,7 +454,11 @@ fn header_line(state: &State) -> String {
         "pyebpf top  {}: {span:.1} s  processes: {processes}  sort: {}  lost events: {lost}{}",
         if state.cumulative { "since start" } else { "last interval" },
         state.sort.name(),
-        if state.filter.is_empty() && !state.editing_filter { String::new() } else { format!("  filter: {}", state.filter) },
+        if state.filter.is_empty() && !state.editing_filter {
+            String::new()
+        } else {
+            format!("  filter: {}", state.filter)
+        },
     )
 }
 
@@ -548,13 +558,9 @@ impl Drop for Screen {
 }
 
 fn render(frame: &mut Frame, state: &State) {
-    let [header, main, functions, footer] = Layout::vertical([
-        Constraint::Length(2),
-        Constraint::Min(6),
-        Constraint::Length(12),
-        Constraint::Length(1),
-    ])
-    .areas(frame.area());
+    let [header, main, functions, footer] =
+        Layout::vertical([Constraint::Length(2), Constraint::Min(6), Constraint::Length(12), Constraint::Length(1)])
+            .areas(frame.area());
 
     let mut title = header_line(state);
     if let Some(p) = state.drilled() {
@@ -570,12 +576,21 @@ fn render(frame: &mut Frame, state: &State) {
         })
         .collect();
     frame.render_widget(
-        Paragraph::new(vec![Line::from(Span::styled(title, Style::default().add_modifier(Modifier::BOLD))), Line::from(legend)]),
+        Paragraph::new(vec![
+            Line::from(Span::styled(title, Style::default().add_modifier(Modifier::BOLD))),
+            Line::from(legend),
+        ]),
         header,
     );
 
     let cats = category_header();
-    let mut widths = vec![Constraint::Length(8), Constraint::Length(16), Constraint::Length(5), Constraint::Length(8), Constraint::Length(8)];
+    let mut widths = vec![
+        Constraint::Length(8),
+        Constraint::Length(16),
+        Constraint::Length(5),
+        Constraint::Length(8),
+        Constraint::Length(8),
+    ];
     widths.extend(cats.iter().map(|c| Constraint::Length(c.len().max(5) as u16)));
     widths.push(Constraint::Length(BAR_WIDTH as u16));
     let numbers = |totals: &BTreeMap<String, u64>, wall: u64| -> Vec<Cell<'static>> {
@@ -644,7 +659,9 @@ fn render(frame: &mut Frame, state: &State) {
                 .map(|f| {
                     let cells = function_cells(f);
                     let n = cells.len();
-                    Row::new(cells.into_iter().enumerate().map(|(i, c)| if i + 1 == n { Cell::from(c) } else { right(c) }))
+                    Row::new(
+                        cells.into_iter().enumerate().map(|(i, c)| if i + 1 == n { Cell::from(c) } else { right(c) }),
+                    )
                 })
                 .collect()
         })
@@ -666,7 +683,8 @@ fn render(frame: &mut Frame, state: &State) {
     let help = if state.editing_filter {
         format!("filter: {}_   (Enter: apply, Esc: clear)", state.filter)
     } else {
-        "q quit  ↑↓ select  Enter drill in  Esc back  c/w sort by cpu/wall  a interval/since start  / filter".to_string()
+        "q quit  ↑↓ select  Enter drill in  Esc back  c/w sort by cpu/wall  a interval/since start  / filter"
+            .to_string()
     };
     frame.render_widget(Paragraph::new(help).style(Style::default().add_modifier(Modifier::REVERSED)), footer);
 }

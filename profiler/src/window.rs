@@ -27,8 +27,7 @@ pub fn merge(into: &mut Profile, other: &Profile) {
             None => into.processes.push(p.clone()),
         }
     }
-    into.processes
-        .sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then(b.samples.cmp(&a.samples)).then(a.pid.cmp(&b.pid)));
+    into.processes.sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then(b.samples.cmp(&a.samples)).then(a.pid.cmp(&b.pid)));
 }
 
 fn add_totals(into: &mut std::collections::BTreeMap<String, u64>, other: &std::collections::BTreeMap<String, u64>) {
@@ -66,12 +65,31 @@ fn merge_process(into: &mut ProcessProfile, other: &ProcessProfile) {
     type Key<'a> = (u32, Category, &'a [String], Option<&'a str>, Option<&'a str>, Option<&'a str>, bool);
     let mut index: HashMap<Key, usize> = HashMap::new();
     for (i, s) in into.stacks.iter().enumerate() {
-        index.insert((s.tid, s.category, &s.frames, s.syscall.as_deref(), s.target.as_deref(), s.coroutine.as_deref(), s.stalls_loop), i);
+        index.insert(
+            (
+                s.tid,
+                s.category,
+                &s.frames,
+                s.syscall.as_deref(),
+                s.target.as_deref(),
+                s.coroutine.as_deref(),
+                s.stalls_loop,
+            ),
+            i,
+        );
     }
     let mut additions = Vec::new();
     let mut updates = Vec::new();
     for s in &other.stacks {
-        let key = (s.tid, s.category, &s.frames[..], s.syscall.as_deref(), s.target.as_deref(), s.coroutine.as_deref(), s.stalls_loop);
+        let key = (
+            s.tid,
+            s.category,
+            &s.frames[..],
+            s.syscall.as_deref(),
+            s.target.as_deref(),
+            s.coroutine.as_deref(),
+            s.stalls_loop,
+        );
         match index.get(&key) {
             Some(&i) => updates.push((i, s)),
             None => additions.push(s.clone()),
@@ -229,7 +247,12 @@ mod tests {
             tid: 2,
             thread: "w".into(),
             frames: vec!["main (a.py:1)".into()],
-            python_frames: vec![crate::profile::PythonFrameProfile { function: "main".into(), file: "a.py".into(), line: Some(1), first_line: 1 }],
+            python_frames: vec![crate::profile::PythonFrameProfile {
+                function: "main".into(),
+                file: "a.py".into(),
+                line: Some(1),
+                first_line: 1,
+            }],
             samples,
             category,
             weight_ns: ns,

@@ -58,7 +58,13 @@ fn parse_top(text: &str) -> Result<Top, String> {
     // "Showing nodes accounting for X, P% of TOTAL total"
     let total = text
         .lines()
-        .find_map(|l| l.strip_prefix("Showing nodes accounting for ")?.split(" of ").nth(1)?.strip_suffix(" total").map(str::to_string))
+        .find_map(|l| {
+            l.strip_prefix("Showing nodes accounting for ")?
+                .split(" of ")
+                .nth(1)?
+                .strip_suffix(" total")
+                .map(str::to_string)
+        })
         .ok_or("no total")?;
     let mut rows = Vec::new();
     let mut table = false;

@@ -20,9 +20,9 @@ pub mod services;
 pub fn pyebpf_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let bin = std::env::var_os("PYEBPF_BIN").map(PathBuf::from).unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pyebpf")
-        });
+        let bin = std::env::var_os("PYEBPF_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/pyebpf"));
         assert!(bin.exists(), "{} not found: run the tests with `cargo xtask test`", bin.display());
         bin
     })
@@ -31,7 +31,11 @@ pub fn pyebpf_bin() -> PathBuf {
 
 pub fn require_root() {
     // SAFETY: geteuid cannot fail.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "integration tests load BPF programs: run them as root (`cargo xtask test`)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "integration tests load BPF programs: run them as root (`cargo xtask test`)"
+    );
 }
 
 pub fn pyebpf() -> Command {
@@ -215,10 +219,7 @@ pub fn spin_program() -> PathBuf {
 
 /// Starts `spin` for `secs` seconds with `threads` extra threads.
 pub fn start_spin(secs: f64, threads: u32) -> Child {
-    Command::new(spin_program())
-        .args([secs.to_string(), threads.to_string()])
-        .spawn()
-        .expect("start spin")
+    Command::new(spin_program()).args([secs.to_string(), threads.to_string()]).spawn().expect("start spin")
 }
 
 /// Kills a child on drop, so a failing test does not leave workloads running.
@@ -273,10 +274,8 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<(u1
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n")?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response)?;
-    let end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no end of headers"))?;
+    let end =
+        response.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no end of headers"))?;
     let head = String::from_utf8_lossy(&response[..end]).into_owned();
     let status = head
         .split_whitespace()
@@ -307,9 +306,8 @@ pub fn poll<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<
 /// Makes sure a command-line tool is installed, installing Debian's `package` when it is not
 /// (the tests run as root; a missing tool fails the test rather than skipping it).
 pub fn require_tool(tool: &str, package: &str) {
-    let found = |tool: &str| {
-        ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|dir| Path::new(dir).join(tool).exists())
-    };
+    let found =
+        |tool: &str| ["/usr/sbin", "/usr/bin", "/sbin", "/bin"].iter().any(|dir| Path::new(dir).join(tool).exists());
     if found(tool) {
         return;
     }

@@ -71,7 +71,12 @@ impl Interpreter {
     /// `argv` and `args` as one `sh` command line.
     pub fn shell_line(&self, args: &[&Path]) -> String {
         let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
-        self.argv().iter().map(|a| quote(a)).chain(args.iter().map(|a| quote(a.as_os_str()))).collect::<Vec<_>>().join(" ")
+        self.argv()
+            .iter()
+            .map(|a| quote(a))
+            .chain(args.iter().map(|a| quote(a.as_os_str())))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -127,8 +132,12 @@ fn root_interpreters(root: &Path) -> Vec<Interpreter> {
         if minor < *SUPPORTED_MINORS.start() {
             continue;
         }
-        let mut interp =
-            Interpreter { label: String::new(), path: Path::new("/usr/bin").join(&name), minor, root: Some(root.to_path_buf()) };
+        let mut interp = Interpreter {
+            label: String::new(),
+            path: Path::new("/usr/bin").join(&name),
+            minor,
+            root: Some(root.to_path_buf()),
+        };
         match version_of(&mut interp.command()) {
             Some(version) if minor_of(&version) == Some(minor) => {
                 let root_name = root.file_name().unwrap_or_default().to_string_lossy();
@@ -168,7 +177,12 @@ pub fn interpreters() -> Vec<Interpreter> {
         let Ok(real) = std::fs::canonicalize(system) else { continue };
         let version = version_of(&mut Command::new(&real)).unwrap_or_default();
         if let Some(minor) = minor_of(&version).filter(|m| *m >= *SUPPORTED_MINORS.start()) {
-            found.push(Interpreter { label: format!("{version} (system {})", real.display()), path: real, minor, root: None });
+            found.push(Interpreter {
+                label: format!("{version} (system {})", real.display()),
+                path: real,
+                minor,
+                root: None,
+            });
         }
     }
     let (roots, no_root) = test_roots();
@@ -195,13 +209,18 @@ pub fn interpreters() -> Vec<Interpreter> {
 /// The newest interpreter that runs on the host itself (not through a root), for tests that
 /// need one Python and start it by path.
 pub fn host_interpreter() -> Interpreter {
-    interpreters().into_iter().filter(|i| i.root.is_none()).max_by_key(|i| i.minor).expect("no CPython 3.8+ on the host")
+    interpreters()
+        .into_iter()
+        .filter(|i| i.root.is_none())
+        .max_by_key(|i| i.minor)
+        .expect("no CPython 3.8+ on the host")
 }
 
 /// The interpreters that run on the host itself, for tests that build their own file tree
 /// around an interpreter or hand it host paths; says which ones (in OS roots) they leave out.
 pub fn host_interpreters() -> Vec<Interpreter> {
-    let (host, rooted): (Vec<Interpreter>, Vec<Interpreter>) = interpreters().into_iter().partition(|i| i.root.is_none());
+    let (host, rooted): (Vec<Interpreter>, Vec<Interpreter>) =
+        interpreters().into_iter().partition(|i| i.root.is_none());
     if !rooted.is_empty() {
         eprintln!(
             "not covered by this test (it hands the interpreter host paths): {}",
@@ -282,7 +301,9 @@ pub fn has_chain(stack: &Value, file: &Path, chain: &[Expect]) -> bool {
     let file = file.to_str().unwrap();
     frames.windows(chain.len()).any(|w| {
         w.iter().zip(chain).all(|(f, e)| {
-            f["file"] == file && f["function"] == e.function.as_str() && f["line"].as_i64().is_some_and(|l| e.lines.contains(&l))
+            f["file"] == file
+                && f["function"] == e.function.as_str()
+                && f["line"].as_i64().is_some_and(|l| e.lines.contains(&l))
         })
     })
 }

@@ -62,9 +62,13 @@ fn usage_errors() {
     let err = fails_with(pyebpf().args(["profile", "--all", "-d", "0"]), 2);
     assert!(err.contains("greater than zero"), "{err}");
     let err = fails_with(pyebpf().args(["profile", "--all", "-o", "x.png"]), 2);
-    assert!(err.contains("cannot tell the format") && err.contains(".speedscope.json") && err.contains(".pb.gz"), "{err}");
+    assert!(
+        err.contains("cannot tell the format") && err.contains(".speedscope.json") && err.contains(".pb.gz"),
+        "{err}"
+    );
     // Above the kernel's own limit (which it may lower at run time) or above ours.
-    let limit: u64 = std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate").unwrap().trim().parse().unwrap();
+    let limit: u64 =
+        std::fs::read_to_string("/proc/sys/kernel/perf_event_max_sample_rate").unwrap().trim().parse().unwrap();
     let err = fails_with(pyebpf().args(["profile", "--all", "-d", "1", "-F", &(limit + 1).to_string()]), 2);
     assert!(err.contains("--frequency"), "{err}");
 }

@@ -53,7 +53,11 @@ fn run() -> &'static Run {
 }
 
 fn stacks(json: &Value) -> impl Iterator<Item = (&Value, &Value)> {
-    json["processes"].as_array().unwrap().iter().flat_map(|p| p["stacks"].as_array().unwrap().iter().map(move |s| (p, s)))
+    json["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["stacks"].as_array().unwrap().iter().map(move |s| (p, s)))
 }
 
 /// The speedscope profile of a stack's thread: `comm (pid) / thread (tid)`.
@@ -155,8 +159,13 @@ fn pprof_top_functions_match_the_json() {
 
     // CPU time: on-CPU stacks only, samples × period; the busy loop is on top by cum.
     let cpu = check_top("cpu", |s| if s["category"] == "cpu" { s["samples"].as_i64().unwrap() * period_ns } else { 0 });
-    assert!(cpu.rows.iter().all(|row| !row.name.starts_with("[net]") && !row.name.starts_with("[sleep]")), "{}", cpu.text);
-    let (_, cum, _) = expected_top(&r.json, |s| if s["category"] == "cpu" { s["samples"].as_i64().unwrap() } else { 0 });
+    assert!(
+        cpu.rows.iter().all(|row| !row.name.starts_with("[net]") && !row.name.starts_with("[sleep]")),
+        "{}",
+        cpu.text
+    );
+    let (_, cum, _) =
+        expected_top(&r.json, |s| if s["category"] == "cpu" { s["samples"].as_i64().unwrap() } else { 0 });
     assert!(cum.contains_key("compute_for"), "compute_for burns CPU: {cum:?}");
 
     // One value per category, named as in the JSON.
@@ -207,7 +216,10 @@ fn speedscope_file_holds_the_json_stacks_per_thread() {
     }
     let mut found: BTreeMap<String, Vec<(Vec<(String, Option<String>)>, u64)>> = BTreeMap::new();
     for p in f["profiles"].as_array().unwrap() {
-        assert_eq!((p["type"].as_str(), p["unit"].as_str(), p["startValue"].as_u64()), (Some("sampled"), Some("nanoseconds"), Some(0)));
+        assert_eq!(
+            (p["type"].as_str(), p["unit"].as_str(), p["startValue"].as_u64()),
+            (Some("sampled"), Some("nanoseconds"), Some(0))
+        );
         let (samples, weights) = (p["samples"].as_array().unwrap(), p["weights"].as_array().unwrap());
         assert_eq!(samples.len(), weights.len());
         assert_eq!(p["endValue"].as_u64().unwrap(), weights.iter().map(|w| w.as_u64().unwrap()).sum::<u64>());
@@ -249,7 +261,11 @@ fn speedscope_app_validates_the_file_and_shows_its_threads_and_stacks() {
     let screenshot = r.dir.join("speedscope.png");
     let start = Instant::now();
     let shown = speedscope_check(&r.speedscope_path, &screenshot);
-    eprintln!("speedscope schema + app check in {:.1} s; screenshots {}", start.elapsed().as_secs_f64(), screenshot.display());
+    eprintln!(
+        "speedscope schema + app check in {:.1} s; screenshots {}",
+        start.elapsed().as_secs_f64(),
+        screenshot.display()
+    );
     assert_eq!(shown["problems"], serde_json::json!([]), "{shown}");
 
     let f = &r.speedscope;
@@ -278,11 +294,17 @@ fn speedscope_app_validates_the_file_and_shows_its_threads_and_stacks() {
     // Sandwich lists functions by self weight: the first is the heaviest leaf, with its weight.
     let first = shown["functions"][0].as_array().unwrap_or_else(|| panic!("no sandwich rows: {shown}"));
     let max_self = *selfs.values().max().unwrap();
-    let tied: Vec<&str> =
-        selfs.iter().filter(|(_, w)| **w as f64 >= max_self as f64 * 0.995).map(|(i, _)| frames[*i]["name"].as_str().unwrap()).collect();
+    let tied: Vec<&str> = selfs
+        .iter()
+        .filter(|(_, w)| **w as f64 >= max_self as f64 * 0.995)
+        .map(|(i, _)| frames[*i]["name"].as_str().unwrap())
+        .collect();
     assert!(tied.contains(&first[2].as_str().unwrap()), "sandwich top {first:?}, expected one of {tied:?}");
     let self_ns = speedscope_ns(first[1].as_str().unwrap());
-    assert!((self_ns - max_self as f64).abs() <= max_self as f64 * 0.01 + 10.0, "sandwich self {first:?} against {max_self} ns");
+    assert!(
+        (self_ns - max_self as f64).abs() <= max_self as f64 * 0.01 + 10.0,
+        "sandwich self {first:?} against {max_self} ns"
+    );
 }
 
 #[test]
@@ -291,7 +313,12 @@ fn format_flag_overrides_the_extension_and_mode_picks_pprofs_default() {
     let out = dir.path().join("profile.data");
     let spin = spin_program();
     assert_success(&integration_tests::run(
-        pyebpf().args(["profile", "--no-summary", "--format", "pprof", "--mode", "cpu", "-o"]).arg(&out).arg("--").arg(&spin).arg("1"),
+        pyebpf()
+            .args(["profile", "--no-summary", "--format", "pprof", "--mode", "cpu", "-o"])
+            .arg(&out)
+            .arg("--")
+            .arg(&spin)
+            .arg("1"),
         Duration::from_secs(60),
     ));
     let bytes = std::fs::read(&out).unwrap();

@@ -25,7 +25,8 @@ fn diff_puts_the_changed_function_on_top() {
     let started = Instant::now();
     let interp = host_interpreter();
     let dir = tempfile::tempdir().unwrap();
-    let (before, after, svg) = (dir.path().join("before.json"), dir.path().join("after.json"), dir.path().join("diff.svg"));
+    let (before, after, svg) =
+        (dir.path().join("before.json"), dir.path().join("after.json"), dir.path().join("diff.svg"));
     profile_variant(&interp, "before", &before);
     profile_variant(&interp, "after", &after);
 
@@ -99,7 +100,18 @@ impl Tmux {
     fn start(width: u32, height: u32) -> Self {
         let t = Tmux { socket: format!("pyebpf-test-{}", std::process::id()) };
         let status = Command::new("tmux")
-            .args(["-L", &t.socket, "new-session", "-d", "-s", "t", "-x", &width.to_string(), "-y", &height.to_string()])
+            .args([
+                "-L",
+                &t.socket,
+                "new-session",
+                "-d",
+                "-s",
+                "t",
+                "-x",
+                &width.to_string(),
+                "-y",
+                &height.to_string(),
+            ])
             .args(["bash", "--norc", "--noprofile"])
             .env("TERM", "xterm-256color")
             .status()
@@ -174,7 +186,8 @@ fn top_row<'a>(screen: &'a str, id: u32) -> Option<&'a str> {
 
 /// The ids of the table's rows, top to bottom.
 fn top_ids(screen: &str) -> Vec<u32> {
-    let mut lines = screen.lines().skip_while(|l| !(l.contains("PID") || l.contains("TID")) || !l.contains("cpu%")).skip(1);
+    let mut lines =
+        screen.lines().skip_while(|l| !(l.contains("PID") || l.contains("TID")) || !l.contains("cpu%")).skip(1);
     let mut ids = Vec::new();
     for l in lines.by_ref() {
         match l.trim_start_matches(['>', ' ']).split_whitespace().next().and_then(|w| w.parse().ok()) {
@@ -207,7 +220,8 @@ fn top_shows_the_busy_process_first_with_the_json_split_and_restores_the_termina
     // The JSON of the same period, profiled side by side with top.
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("ref.json");
-    let reference = spawn_piped(pyebpf().args(["profile", "--pid", &p.to_string(), "-d", "7", "--no-summary", "-o"]).arg(&json));
+    let reference =
+        spawn_piped(pyebpf().args(["profile", "--pid", &p.to_string(), "-d", "7", "--no-summary", "-o"]).arg(&json));
     tmux.line(&format!("clear; {} top --pid {s} --pid {p}; echo EXIT=$?", bin.display()));
     let screen = tmux.wait_for("top's first interval", Duration::from_secs(20), |s| top_ids(s).len() == 2);
     assert_eq!(tmux.flag("alternate_on"), "1", "top is not full-screen");
@@ -228,7 +242,11 @@ fn top_shows_the_busy_process_first_with_the_json_split_and_restores_the_termina
     for (c, top_share) in categories.iter().zip(&shares) {
         let json_share = json_p["totals_ns"][c.as_str()].as_u64().unwrap_or(0) as f64 * 100.0 / wall;
         report.push(format!("{c}: top {top_share:.1} json {json_share:.1}"));
-        assert!((top_share - json_share).abs() <= 5.0, "{c} differs by more than 5 points: {}\n{screen}", report.join(", "));
+        assert!(
+            (top_share - json_share).abs() <= 5.0,
+            "{c} differs by more than 5 points: {}\n{screen}",
+            report.join(", ")
+        );
     }
     eprintln!("top vs JSON, same period: {}", report.join(", "));
     assert!(shares.iter().sum::<f64>() > 99.0 && shares.iter().sum::<f64>() < 101.0, "{shares:?}");
@@ -272,11 +290,17 @@ fn top_shows_the_busy_process_first_with_the_json_split_and_restores_the_termina
     tmux.assert_restored();
 
     // Not a terminal: plain text, one table per interval, no escape sequences.
-    let out = run(pyebpf().args(["top", "--pid", &s.to_string(), "--pid", &p.to_string(), "-d", "2.5"]), Duration::from_secs(30));
+    let out = run(
+        pyebpf().args(["top", "--pid", &s.to_string(), "--pid", &p.to_string(), "-d", "2.5"]),
+        Duration::from_secs(30),
+    );
     assert_success(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains('\x1b'), "escape sequences in plain output: {text:?}");
-    assert!(text.matches("pyebpf top").count() >= 2 && top_row(&text, s).is_some() && top_row(&text, p).is_some(), "{text}");
+    assert!(
+        text.matches("pyebpf top").count() >= 2 && top_row(&text, s).is_some() && top_row(&text, p).is_some(),
+        "{text}"
+    );
     // The table names the workload's functions (which ones lead depends on the machine's load:
     // every thread of it lives through the whole interval).
     assert!(text.contains("Python functions of") && text.contains("offcpu.py)"), "{text}");
@@ -292,7 +316,8 @@ fn prometheus_value(port: u16, query: &str) -> Result<(Value, f64), String> {
             _ => format!("%{b:02X}"),
         })
         .collect();
-    let (status, body) = http_get(port, &format!("/api/v1/query?query={encoded}"), Duration::from_secs(5)).map_err(|e| e.to_string())?;
+    let (status, body) =
+        http_get(port, &format!("/api/v1/query?query={encoded}"), Duration::from_secs(5)).map_err(|e| e.to_string())?;
     let body: Value = serde_json::from_slice(&body).map_err(|e| format!("{status}: {e}"))?;
     let result = body["data"]["result"].as_array().ok_or_else(|| format!("{status}: {body}"))?;
     let [series] = result.as_slice() else { return Err(format!("{} series for {query}: {body}", result.len())) };
@@ -327,7 +352,11 @@ fn fake_ingest() -> (u16, Pushes) {
                 if expected.is_none() {
                     if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
                         let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
-                        let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
                         expected = Some(end + 4 + len);
                     }
                 }
@@ -387,7 +416,10 @@ fn bpf_programs_of(pid: u32) -> Vec<u64> {
 
 /// Ids of every BPF program loaded on the host, from bpftool.
 fn all_bpf_program_ids() -> Vec<u64> {
-    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool must be installed (cargo xtask test installs it)");
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool must be installed (cargo xtask test installs it)");
     assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
     let progs: Value = serde_json::from_slice(&out.stdout).unwrap();
     progs.as_array().unwrap().iter().map(|p| p["id"].as_u64().unwrap()).collect()
@@ -398,22 +430,28 @@ fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
     let started = Instant::now();
     let interp = host_interpreter();
     let version = String::from_utf8(
-        Command::new(&interp.path).args(["-c", "import platform; print(platform.python_version())"]).output().unwrap().stdout,
+        Command::new(&interp.path)
+            .args(["-c", "import platform; print(platform.python_version())"])
+            .output()
+            .unwrap()
+            .stdout,
     )
     .unwrap()
     .trim()
     .to_string();
     let port = free_port();
     let (ingest_port, pushes) = fake_ingest();
-    let daemon = spawn_piped(pyebpf().args(["daemon", "--window", "1s", "--retention", "5s", "-l", &format!("127.0.0.1:{port}")]).args([
-        "--push",
-        &format!("http://127.0.0.1:{ingest_port}"),
-        "--push-name",
-        "pyebpf-test",
-    ]));
+    let daemon =
+        spawn_piped(
+            pyebpf()
+                .args(["daemon", "--window", "1s", "--retention", "5s", "-l", &format!("127.0.0.1:{port}")])
+                .args(["--push", &format!("http://127.0.0.1:{ingest_port}"), "--push-name", "pyebpf-test"]),
+        );
     let mut daemon = ChildGuard(Some(daemon));
     let d = daemon.0.as_ref().unwrap().id();
-    poll(Duration::from_secs(30), "daemon serving", || http_get(port, "/", Duration::from_secs(2)).map_err(|e| e.to_string()));
+    poll(Duration::from_secs(30), "daemon serving", || {
+        http_get(port, "/", Duration::from_secs(2)).map_err(|e| e.to_string())
+    });
     // The daemon's RSS every 500 ms, from now until the end of the test.
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
@@ -453,16 +491,19 @@ fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
         .spawn()
         .expect("prometheus must be installed (cargo xtask test installs Debian's)");
     let _prometheus = KillOnDrop(prometheus);
-    poll(Duration::from_secs(30), "prometheus ready", || match http_get(prom_port, "/-/ready", Duration::from_secs(2)) {
-        Ok((200, _)) => Ok(()),
-        other => Err(format!("{other:?}")),
+    poll(Duration::from_secs(30), "prometheus ready", || {
+        match http_get(prom_port, "/-/ready", Duration::from_secs(2)) {
+            Ok((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
     });
     std::thread::sleep(Duration::from_secs(3));
 
     // Prometheus's query API has the expected series: seconds per category, labelled with the
     // process's pid, comm and Python version.
     let (labels, net) = poll(Duration::from_secs(30), "net seconds of the Python workload in Prometheus", || {
-        let (labels, v) = prometheus_value(prom_port, &format!("pyebpf_process_seconds_total{{pid=\"{p}\",category=\"net\"}}"))?;
+        let (labels, v) =
+            prometheus_value(prom_port, &format!("pyebpf_process_seconds_total{{pid=\"{p}\",category=\"net\"}}"))?;
         if v > 0.5 { Ok((labels, v)) } else { Err(format!("net {v}")) }
     });
     assert_eq!(labels["python_version"], version.as_str(), "{labels}");
@@ -477,11 +518,15 @@ fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
     };
     let (before, cpu, after) = poll(Duration::from_secs(30), "CPU seconds of the spinner in Prometheus", || {
         let before = cpu_time(s);
-        let (_, v) = prometheus_value(prom_port, &format!("pyebpf_process_seconds_total{{pid=\"{s}\",category=\"cpu\"}}"))?;
+        let (_, v) =
+            prometheus_value(prom_port, &format!("pyebpf_process_seconds_total{{pid=\"{s}\",category=\"cpu\"}}"))?;
         let after = cpu_time(s);
         if v > 1.0 && before > 2.0 { Ok((before, v, after)) } else { Err(format!("cpu {v}, /proc {before}")) }
     });
-    assert!(cpu <= after + 0.2 && cpu >= before - 2.5, "spinner: {cpu:.2} s in Prometheus, {before:.2}..{after:.2} s in /proc");
+    assert!(
+        cpu <= after + 0.2 && cpu >= before - 2.5,
+        "spinner: {cpu:.2} s in Prometheus, {before:.2}..{after:.2} s in /proc"
+    );
     let (_, rss) = prometheus_value(prom_port, "pyebpf_self_resident_memory_bytes").unwrap();
     assert!(rss > 1e6, "daemon RSS {rss}");
     prometheus_value(prom_port, "pyebpf_lost_events_total").unwrap();
@@ -493,7 +538,8 @@ fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
     let summary: Value = serde_json::from_slice(&body).unwrap();
     assert!(summary["duration_ns"].as_u64().unwrap() >= 3_500_000_000, "{}", summary["duration_ns"]);
     let proc_p = process(&summary, p).expect("python workload in /api/summary");
-    let client = proc_p["threads"].as_array().unwrap().iter().find(|t| t["python_name"] == "net-client").expect("net-client");
+    let client =
+        proc_p["threads"].as_array().unwrap().iter().find(|t| t["python_name"] == "net-client").expect("net-client");
     let share = client["totals_ns"]["net"].as_u64().unwrap() as f64 / client["wall_ns"].as_u64().unwrap() as f64;
     assert!(share > 0.85, "net-client net share {share}");
 
@@ -529,7 +575,12 @@ fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
     assert!(content_type.starts_with("multipart/form-data"), "{content_type}");
     let file = dir.path().join("pushed.pb.gz");
     std::fs::write(&file, multipart_profile(content_type, body)).unwrap();
-    let out = Command::new("go").args(["tool", "pprof", "-top", "-nodecount=200"]).arg(&file).env("HOME", dir.path()).output().unwrap();
+    let out = Command::new("go")
+        .args(["tool", "pprof", "-top", "-nodecount=200"])
+        .arg(&file)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("inner_spin"), "{text}{}", String::from_utf8_lossy(&out.stderr));
     let metrics = String::from_utf8(http_get(port, "/metrics", Duration::from_secs(5)).unwrap().1).unwrap();
@@ -567,7 +618,10 @@ fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
 
 #[test]
 fn systemd_unit_starts_a_valid_daemon_command() {
-    let unit = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd/pyebpf.service")).unwrap();
+    let unit = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist/systemd/pyebpf.service"),
+    )
+    .unwrap();
     let exec = unit.lines().find_map(|l| l.strip_prefix("ExecStart=")).expect("ExecStart");
     let mut words = exec.split_whitespace();
     assert_eq!(words.next(), Some("/usr/local/bin/pyebpf"));
@@ -577,7 +631,10 @@ fn systemd_unit_starts_a_valid_daemon_command() {
     let out = run(Command::new(pyebpf_bin()).args(&args).arg("--help"), Duration::from_secs(10));
     assert_success(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("--retention"));
-    assert!(unit.contains("KillSignal=SIGTERM") && args.windows(2).any(|w| w == ["--listen", "127.0.0.1:9464"]), "{unit}");
+    assert!(
+        unit.contains("KillSignal=SIGTERM") && args.windows(2).any(|w| w == ["--listen", "127.0.0.1:9464"]),
+        "{unit}"
+    );
 }
 
 /// Runs pyebpf expecting exit status `code` with a one-line error; returns it.

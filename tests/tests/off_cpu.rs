@@ -7,7 +7,13 @@ use integration_tests::{python::*, *};
 /// Profiles `offcpu.py SECONDS [extra]` under pyebpf and returns the process's JSON entry.
 fn profile_workload(interp: &Interpreter, extra: &[&str]) -> Value {
     let profile = profile_json(|cmd, json| {
-        cmd.args(["profile", "-o"]).arg(json).arg("--").args(interp.argv()).arg(interp.workload("offcpu.py")).arg("2.5").args(extra);
+        cmd.args(["profile", "-o"])
+            .arg(json)
+            .arg("--")
+            .args(interp.argv())
+            .arg(interp.workload("offcpu.py"))
+            .arg("2.5")
+            .args(extra);
     });
     profile["processes"][0].clone()
 }
@@ -26,7 +32,6 @@ fn pct(t: &Value, categories: &[&str]) -> f64 {
     let wall = t["wall_ns"].as_u64().unwrap().max(1) as f64;
     categories.iter().map(|c| t["totals_ns"][*c].as_u64().unwrap_or(0) as f64).sum::<f64>() * 100.0 / wall
 }
-
 
 #[test]
 fn waits_are_split_by_cause_with_their_stacks_and_targets() {
@@ -49,7 +54,10 @@ fn waits_are_split_by_cause_with_their_stacks_and_targets() {
         let waiter = thread(&p, "lock-waiter")?;
         let lock = pct(waiter, &["lock"]) * 100.0 / (100.0 - pct(waiter, &["runqueue"])).max(1.0);
         if lock < 70.0 {
-            return Err(format!("lock-waiter: lock {lock:.1}% of the time not in the run queue: {}", waiter["totals_ns"]));
+            return Err(format!(
+                "lock-waiter: lock {lock:.1}% of the time not in the run queue: {}",
+                waiter["totals_ns"]
+            ));
         }
         // Stacks name the function and the target of the wait.
         let stacks = p["stacks"].as_array().unwrap();
@@ -67,7 +75,8 @@ fn waits_are_split_by_cause_with_their_stacks_and_targets() {
             return Err("no disk stack in fsync_loop with the file's path".into());
         }
         let sleeping = stacks.iter().any(|s| {
-            s["category"] == "sleep" && s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "compute_sleep")
+            s["category"] == "sleep"
+                && s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "compute_sleep")
         });
         if !sleeping {
             return Err("no sleep stack in compute_sleep".into());
@@ -88,7 +97,10 @@ fn cpu_bound_threads_wait_for_the_gil() {
             let rest = 100.0 - pct(t, &["runqueue"]);
             let (gil, cpu) = (pct(t, &["gil"]) * 100.0 / rest.max(1.0), pct(t, &["cpu"]) * 100.0 / rest.max(1.0));
             if gil < 25.0 || cpu < 25.0 {
-                return Err(format!("{name}: gil {gil:.1}%, cpu {cpu:.1}% of the time not in the run queue: {}", t["totals_ns"]));
+                return Err(format!(
+                    "{name}: gil {gil:.1}%, cpu {cpu:.1}% of the time not in the run queue: {}",
+                    t["totals_ns"]
+                ));
             }
         }
         Ok(())
@@ -101,9 +113,8 @@ fn run_queue_waits_after_preemption_carry_the_stack() {
     let interp = interpreters().pop().unwrap();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let code = "def spin_forever():\n    x = 0\n    while True:\n        x += 1\nspin_forever()\n";
-    let spinners: Vec<KillOnDrop> = (0..cpus + 1)
-        .map(|_| KillOnDrop(interp.command().args(["-c", code]).spawn().unwrap()))
-        .collect();
+    let spinners: Vec<KillOnDrop> =
+        (0..cpus + 1).map(|_| KillOnDrop(interp.command().args(["-c", code]).spawn().unwrap())).collect();
     std::thread::sleep(Duration::from_millis(300));
     let profile = profile_json(|cmd, json| {
         cmd.args(["profile", "-d", "2", "-o"]).arg(json);
@@ -113,7 +124,8 @@ fn run_queue_waits_after_preemption_carry_the_stack() {
     });
     for s in &spinners {
         let p = process(&profile, s.pid()).expect("spinner profiled");
-        let runq = p["totals_ns"]["runqueue"].as_u64().unwrap_or(0) as f64 / p["wall_ns"].as_u64().unwrap().max(1) as f64;
+        let runq =
+            p["totals_ns"]["runqueue"].as_u64().unwrap_or(0) as f64 / p["wall_ns"].as_u64().unwrap().max(1) as f64;
         assert!(runq > 0.1, "pid {}: run-queue share {runq:.2}", s.pid());
         let stacked: u64 = p["stacks"]
             .as_array()
@@ -124,7 +136,11 @@ fn run_queue_waits_after_preemption_carry_the_stack() {
             .map(|st| st["weight_ns"].as_u64().unwrap())
             .sum();
         let total = p["totals_ns"]["runqueue"].as_u64().unwrap();
-        assert!(stacked * 10 >= total * 8, "pid {}: {stacked} of {total} ns of run-queue wait on spin_forever", s.pid());
+        assert!(
+            stacked * 10 >= total * 8,
+            "pid {}: {stacked} of {total} ns of run-queue wait on spin_forever",
+            s.pid()
+        );
     }
 }
 
@@ -139,7 +155,8 @@ fn event_loop_stalls_are_named_and_idle_loops_are_not_io() {
         // `stall_the_loop` sleeps 15 ms on the loop about 25 times a second: the stall list
         // names it, with the sleep it made, and holds most of that time.
         let stalls = p["loop_stalls"].as_array().unwrap();
-        let culprit = stalls.iter().find(|s| s["coroutine"].as_str().is_some_and(|c| c.starts_with("stall_the_loop (")));
+        let culprit =
+            stalls.iter().find(|s| s["coroutine"].as_str().is_some_and(|c| c.starts_with("stall_the_loop (")));
         let Some(culprit) = culprit else {
             return Err(format!("stall_the_loop not among the loop stalls: {stalls:?}"));
         };
@@ -196,7 +213,10 @@ fn threads_asleep_for_the_whole_profile_are_counted_in_full() {
         let (slept, locked) = (seconds(main, "sleep"), seconds(waiter, "lock"));
         // The profile lasts 1.5 s from the BPF programs' attach; allow for start-up and exit.
         if !(1.3..=2.0).contains(&slept) || !(1.3..=2.0).contains(&locked) {
-            return Err(format!("main slept {slept:.3} s, lock-waiter waited {locked:.3} s: {} / {}", main["totals_ns"], waiter["totals_ns"]));
+            return Err(format!(
+                "main slept {slept:.3} s, lock-waiter waited {locked:.3} s: {} / {}",
+                main["totals_ns"], waiter["totals_ns"]
+            ));
         }
         Ok(())
     });

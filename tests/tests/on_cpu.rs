@@ -8,11 +8,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 #[test]
 fn command_target_unwinds_frame_pointer_chain_and_ends_with_the_command() {
     let dir = tempfile::tempdir().unwrap();
-    let (json, folded, svg) = (
-        dir.path().join("p.json"),
-        dir.path().join("p.folded"),
-        dir.path().join("p.svg"),
-    );
+    let (json, folded, svg) = (dir.path().join("p.json"), dir.path().join("p.folded"), dir.path().join("p.svg"));
     let start = Instant::now();
     let out = run(
         pyebpf()
@@ -29,16 +25,9 @@ fn command_target_unwinds_frame_pointer_chain_and_ends_with_the_command() {
     );
     assert_success(&out);
     // Ends with the command (2 s), not at some default duration.
-    assert!(
-        start.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() < Duration::from_secs(20), "took {:?}", start.elapsed());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("command exited (status 0)"),
-        "summary: {stdout}"
-    );
+    assert!(stdout.contains("command exited (status 0)"), "summary: {stdout}");
 
     let profile = read_json(&json);
     assert_eq!(profile["format"], "pyebpf-profile");
@@ -51,11 +40,7 @@ fn command_target_unwinds_frame_pointer_chain_and_ends_with_the_command() {
     // 2 s of one busy thread at 499 Hz is ~1000 samples; allow for a loaded machine.
     assert!(samples > 300, "too few samples: {samples}");
     let share = share_with_chain(p, &["main", "outer", "inner_spin"]);
-    assert!(
-        share > 0.9,
-        "main → outer → inner_spin in only {:.0}% of samples",
-        share * 100.0
-    );
+    assert!(share > 0.9, "main → outer → inner_spin in only {:.0}% of samples", share * 100.0);
 
     // Folded: process;thread;frames count, root first.
     let pid = p["pid"].as_u64().unwrap();
@@ -83,18 +68,7 @@ fn pid_target_reports_that_process_and_all_its_threads_only() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
     let out = run(
-        pyebpf()
-            .args([
-                "profile",
-                "-d",
-                "2",
-                "-F",
-                "199",
-                "--pid",
-                &target.pid().to_string(),
-                "-o",
-            ])
-            .arg(&json),
+        pyebpf().args(["profile", "-d", "2", "-F", "199", "--pid", &target.pid().to_string(), "-o"]).arg(&json),
         TIMEOUT,
     );
     assert_success(&out);
@@ -106,22 +80,14 @@ fn pid_target_reports_that_process_and_all_its_threads_only() {
     let threads = procs[0]["threads"].as_array().unwrap();
     assert_eq!(threads.len(), 3, "main thread and two workers: {threads:?}");
     let share = share_with_chain(&procs[0], &["thread_main", "outer", "inner_spin"]);
-    assert!(
-        share > 0.4,
-        "worker chain in {:.0}% of samples",
-        share * 100.0
-    );
+    assert!(share > 0.4, "worker chain in {:.0}% of samples", share * 100.0);
 }
 
 #[test]
 fn all_sees_a_busy_process_it_was_not_told_about() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
-    let child = spawn_sampling(
-        pyebpf()
-            .args(["profile", "--all", "-d", "3", "-o"])
-            .arg(&json),
-    );
+    let child = spawn_sampling(pyebpf().args(["profile", "--all", "-d", "3", "-o"]).arg(&json));
     // Started after profiling began.
     std::thread::sleep(Duration::from_millis(200));
     let spin = KillOnDrop(start_spin(1.5, 0));
@@ -129,8 +95,7 @@ fn all_sees_a_busy_process_it_was_not_told_about() {
     let out = wait_output(child, TIMEOUT);
     assert_success(&out);
     let profile = read_json(&json);
-    let p = process(&profile, spin.pid())
-        .unwrap_or_else(|| panic!("spin {} not in --all profile", spin.pid()));
+    let p = process(&profile, spin.pid()).unwrap_or_else(|| panic!("spin {} not in --all profile", spin.pid()));
     assert!(p["samples"].as_u64().unwrap() > 50, "{p}");
     assert!(share_with_chain(p, &["main", "outer", "inner_spin"]) > 0.8);
     // The profiler does not profile itself.
@@ -144,24 +109,9 @@ fn pid_that_exits_during_profiling_keeps_its_samples() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
     let start = Instant::now();
-    let out = run(
-        pyebpf()
-            .args([
-                "profile",
-                "-d",
-                "30",
-                "--pid",
-                &spin.pid().to_string(),
-                "-o",
-            ])
-            .arg(&json),
-        TIMEOUT,
-    );
+    let out = run(pyebpf().args(["profile", "-d", "30", "--pid", &spin.pid().to_string(), "-o"]).arg(&json), TIMEOUT);
     assert_success(&out);
-    assert!(
-        start.elapsed() < Duration::from_secs(15),
-        "did not stop when the pid exited"
-    );
+    assert!(start.elapsed() < Duration::from_secs(15), "did not stop when the pid exited");
     let profile = read_json(&json);
     let p = process(&profile, spin.pid()).expect("samples of the exited process are kept");
     assert!(p["samples"].as_u64().unwrap() > 20);
@@ -173,13 +123,7 @@ fn interrupt_writes_complete_outputs(signal: i32) {
     let _spin = KillOnDrop(start_spin(10.0, 0));
     let dir = tempfile::tempdir().unwrap();
     let (json, svg) = (dir.path().join("p.json"), dir.path().join("p.svg"));
-    let child = spawn_sampling(
-        pyebpf()
-            .args(["profile", "--all", "-o"])
-            .arg(&json)
-            .arg("-o")
-            .arg(&svg),
-    );
+    let child = spawn_sampling(pyebpf().args(["profile", "--all", "-o"]).arg(&json).arg("-o").arg(&svg));
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, signal) };
@@ -190,10 +134,7 @@ fn interrupt_writes_complete_outputs(signal: i32) {
     let svg = std::fs::read_to_string(&svg).unwrap();
     assert!(svg.trim_end().ends_with("</svg>"));
     // Nothing half-written is left beside the outputs.
-    let names: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
 }
 
@@ -220,14 +161,7 @@ int main(void) { int fd = open("/dev/zero", O_RDONLY); time_t end = time(0) + 3;
     let bin = c_program("readloop", src);
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
-    let out = run(
-        pyebpf()
-            .args(["profile", "--kernel", "-F", "499", "-o"])
-            .arg(&json)
-            .arg("--")
-            .arg(&bin),
-        TIMEOUT,
-    );
+    let out = run(pyebpf().args(["profile", "--kernel", "-F", "499", "-o"]).arg(&json).arg("--").arg(&bin), TIMEOUT);
     assert_success(&out);
     let profile = read_json(&json);
     let p = &profile["processes"][0];
@@ -235,60 +169,25 @@ int main(void) { int fd = open("/dev/zero", O_RDONLY); time_t end = time(0) + 3;
     let total: u64 = stacks.iter().map(|s| s["samples"].as_u64().unwrap()).sum();
     let in_kernel: u64 = stacks
         .iter()
-        .filter(|s| {
-            s["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|f| f.as_str().unwrap().starts_with("[kernel] "))
-        })
+        .filter(|s| s["frames"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().starts_with("[kernel] ")))
         .map(|s| s["samples"].as_u64().unwrap())
         .sum();
-    assert!(
-        in_kernel as f64 > 0.3 * total as f64,
-        "{in_kernel}/{total} samples with kernel frames"
-    );
+    assert!(in_kernel as f64 > 0.3 * total as f64, "{in_kernel}/{total} samples with kernel frames");
     // Kernel frames sit on top of the user frames that made the syscall.
     let top = stacks
         .iter()
-        .find(|s| {
-            s["frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|f| f.as_str().unwrap().starts_with("[kernel] "))
-        })
+        .find(|s| s["frames"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().starts_with("[kernel] ")))
         .unwrap();
-    let frames: Vec<&str> = top["frames"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f.as_str().unwrap())
-        .collect();
-    let first_kernel = frames
-        .iter()
-        .position(|f| f.starts_with("[kernel] "))
-        .unwrap();
-    assert!(
-        frames[first_kernel..]
-            .iter()
-            .all(|f| f.starts_with("[kernel] ")),
-        "{frames:?}"
-    );
+    let frames: Vec<&str> = top["frames"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+    let first_kernel = frames.iter().position(|f| f.starts_with("[kernel] ")).unwrap();
+    assert!(frames[first_kernel..].iter().all(|f| f.starts_with("[kernel] ")), "{frames:?}");
     // Frame-pointer unwinding from inside libc (built without frame pointers) can skip
     // do_reads, the caller of read(), but main stays below the kernel frames.
     assert!(frames[..first_kernel].contains(&"main"), "{frames:?}");
 
     // Without --kernel, no kernel frames.
     let json2 = dir.path().join("p2.json");
-    let out = run(
-        pyebpf()
-            .args(["profile", "-o"])
-            .arg(&json2)
-            .arg("--")
-            .arg(&bin),
-        TIMEOUT,
-    );
+    let out = run(pyebpf().args(["profile", "-o"]).arg(&json2).arg("--").arg(&bin), TIMEOUT);
     assert_success(&out);
     let text = std::fs::read_to_string(&json2).unwrap();
     assert!(!text.contains("[kernel]"));
@@ -296,19 +195,10 @@ int main(void) { int fd = open("/dev/zero", O_RDONLY); time_t end = time(0) + 3;
 
 #[test]
 fn summary_names_the_busiest_process_and_stack() {
-    let out = run(
-        pyebpf()
-            .args(["profile", "-F", "199", "--"])
-            .arg(spin_program())
-            .arg("1.5"),
-        TIMEOUT,
-    );
+    let out = run(pyebpf().args(["profile", "-F", "199", "--"]).arg(spin_program()).arg("1.5"), TIMEOUT);
     assert_success(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("samples from 1 processes, 0 lost events"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("samples from 1 processes, 0 lost events"), "{stdout}");
     assert!(stdout.contains("inner_spin <- outer <- main"), "{stdout}");
 }
 
@@ -318,7 +208,10 @@ fn devices_and_stdout_are_written_in_place_not_replaced() {
     // As root, renaming a finished file over /dev/null would replace the device for the whole
     // host: outputs that are devices or our own stdout are written in place.
     let out = run(
-        pyebpf().args(["profile", "--no-summary", "--format", "folded", "-o", "/dev/stdout", "-o", "/dev/null", "--"]).arg(spin_program()).arg("0.5"),
+        pyebpf()
+            .args(["profile", "--no-summary", "--format", "folded", "-o", "/dev/stdout", "-o", "/dev/null", "--"])
+            .arg(spin_program())
+            .arg("0.5"),
         TIMEOUT,
     );
     assert_success(&out);

@@ -18,13 +18,8 @@ fn profile_pid(pid: u32, seconds: &str, extra: &[&str]) -> (Value, Value) {
 
 /// Names as CPython reports them: qualified names from 3.11, plain names before.
 fn name(minor: u8, qualified: &str) -> String {
-    if minor >= 11 {
-        qualified.to_string()
-    } else {
-        qualified.rsplit('.').next().unwrap().to_string()
-    }
+    if minor >= 11 { qualified.to_string() } else { qualified.rsplit('.').next().unwrap().to_string() }
 }
-
 
 #[test]
 fn known_chain_in_every_thread_with_names_and_call_site_lines() {
@@ -38,30 +33,16 @@ fn known_chain_in_every_thread_with_names_and_call_site_lines() {
             Expect::at("run", line("# CALL work")),
             Expect::at(&name(m, "Worker.work"), line("# CALL inner")),
             Expect::at(&name(m, "Worker.work.<locals>.inner"), line("# CALL burn")),
-            Expect {
-                function: "burn".into(),
-                lines: line("# LOOP start")..=line("# LOOP end"),
-            },
+            Expect { function: "burn".into(), lines: line("# LOOP start")..=line("# LOOP end") },
         ];
-        if p["python_version"]
-            .as_str()
-            .is_none_or(|v| !v.starts_with(&format!("3.{m}")))
-        {
+        if p["python_version"].as_str().is_none_or(|v| !v.starts_with(&format!("3.{m}"))) {
             return Err(format!("python_version {}", p["python_version"]));
         }
         let (hit, total) = count(&p, None, |s| has_chain(s, &script, &chain));
         let share = hit as f64 / total.max(1) as f64;
         if total < 100 || share < 0.95 {
-            let top: Vec<_> = p["stacks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .take(3)
-                .map(|s| s["frames"].clone())
-                .collect();
-            return Err(format!(
-                "{hit}/{total} samples with the chain; top stacks: {top:?}"
-            ));
+            let top: Vec<_> = p["stacks"].as_array().unwrap().iter().take(3).map(|s| s["frames"].clone()).collect();
+            return Err(format!("{hit}/{total} samples with the chain; top stacks: {top:?}"));
         }
         // Every thread (main + 2 burners) shows the chain, the main thread from module code.
         let threads = p["threads"].as_array().unwrap();
@@ -69,20 +50,13 @@ fn known_chain_in_every_thread_with_names_and_call_site_lines() {
             return Err(format!("{} threads", threads.len()));
         }
         let main_chain: Vec<Expect> =
-            std::iter::once(Expect::at("<module>", line("# CALL run-main")))
-                .chain(chain.iter().cloned())
-                .collect();
+            std::iter::once(Expect::at("<module>", line("# CALL run-main"))).chain(chain.iter().cloned()).collect();
         let main_tid = p["pid"].as_u64();
         let (main_hit, main_total) = count(&p, main_tid, |s| has_chain(s, &script, &main_chain));
         if main_hit * 10 < main_total * 9 {
-            return Err(format!(
-                "main thread: {main_hit}/{main_total} samples from <module>"
-            ));
+            return Err(format!("main thread: {main_hit}/{main_total} samples from <module>"));
         }
-        let mut names: Vec<&str> = threads
-            .iter()
-            .filter_map(|t| t["python_name"].as_str())
-            .collect();
+        let mut names: Vec<&str> = threads.iter().filter_map(|t| t["python_name"].as_str()).collect();
         names.sort();
         if names != ["MainThread", "burner-0", "burner-1"] {
             return Err(format!("Python thread names {names:?}"));
@@ -90,10 +64,7 @@ fn known_chain_in_every_thread_with_names_and_call_site_lines() {
         for t in threads {
             let (h, n) = count(&p, t["tid"].as_u64(), |s| has_chain(s, &script, &chain));
             if n == 0 || h * 10 < n * 9 {
-                return Err(format!(
-                    "thread {}: {h}/{n} samples with the chain",
-                    t["tid"]
-                ));
+                return Err(format!("thread {}: {h}/{n} samples with the chain", t["tid"]));
             }
         }
         Ok(())
@@ -112,12 +83,7 @@ fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
         let p = &profile["processes"][0];
         let stacks = p["stacks"].as_array().unwrap();
         let functions = |s: &Value| -> Vec<String> {
-            s["python_frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|f| f["function"].as_str().unwrap().to_string())
-                .collect()
+            s["python_frames"].as_array().unwrap().iter().map(|f| f["function"].as_str().unwrap().to_string()).collect()
         };
         // (caller, callee) pairs that must appear adjacent in some stacks.
         let pairs = [
@@ -132,11 +98,7 @@ fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
         for (caller, callee) in &pairs {
             let samples: u64 = stacks
                 .iter()
-                .filter(|s| {
-                    functions(s)
-                        .windows(2)
-                        .any(|w| &w[0] == caller && &w[1] == callee)
-                })
+                .filter(|s| functions(s).windows(2).any(|w| &w[0] == caller && &w[1] == callee))
                 .map(|s| s["samples"].as_u64().unwrap())
                 .sum();
             if samples < 10 {
@@ -168,43 +130,26 @@ fn generators_coroutines_lambdas_decorators_unicode_and_deep_recursion() {
             .filter(|s| {
                 let frames = s["frames"].as_array().unwrap();
                 let last = frames.last().and_then(|f| f.as_str()).unwrap_or("");
-                functions(s).last().is_some_and(|f| f == "read_clock")
-                    && last.contains("clock_gettime")
+                functions(s).last().is_some_and(|f| f == "read_clock") && last.contains("clock_gettime")
             })
             .map(|s| s["samples"].as_u64().unwrap())
             .sum();
         // A few samples are enough to show the leaf is kept (how many land in clock_gettime
         // depends on the machine: 9 were seen on a loaded one).
         if native_leaf < 3 {
-            return Err(format!(
-                "{native_leaf} samples with a native clock_gettime leaf under read_clock"
-            ));
+            return Err(format!("{native_leaf} samples with a native clock_gettime leaf under read_clock"));
         }
         // The workload's own frames are all named. (Module code run by an import can be freed
         // before userspace reads it, so import-time frames may be unknown: a known limit.)
-        let mine = |s: &&Value| {
-            s["python_frames"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|f| f["function"] == "spin")
-        };
+        let mine = |s: &&Value| s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "spin");
         let unknown: u64 = stacks
             .iter()
             .filter(mine)
-            .filter(|s| {
-                s["frames"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|f| f == "[unknown python frame]")
-            })
+            .filter(|s| s["frames"].as_array().unwrap().iter().any(|f| f == "[unknown python frame]"))
             .map(|s| s["samples"].as_u64().unwrap())
             .sum();
         if unknown > 0 {
-            return Err(format!(
-                "{unknown} workload samples with unknown python frames"
-            ));
+            return Err(format!("{unknown} workload samples with unknown python frames"));
         }
         Ok(())
     });
@@ -215,22 +160,14 @@ fn two_hundred_threads_a_few_busy() {
     for_each_interpreter("200 threads", |interp| {
         let child = start_ready(interp, "many_threads.py", &["15", "200", "3"]);
         let (_, p) = profile_pid(child.pid(), "2.5", &[]);
-        let busy: Vec<&Value> = p["threads"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["samples"].as_u64().unwrap() > 20)
-            .collect();
+        let busy: Vec<&Value> =
+            p["threads"].as_array().unwrap().iter().filter(|t| t["samples"].as_u64().unwrap() > 20).collect();
         if busy.len() < 3 {
             return Err(format!("{} busy threads sampled", busy.len()));
         }
         for t in busy {
             let (h, n) = count(&p, t["tid"].as_u64(), |s| {
-                s["python_frames"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|f| f["function"] == "busy_loop")
+                s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "busy_loop")
             });
             // Threads at the tail of a 200-long list are found by userspace after the kernel's
             // short scan misses (3.8–3.10: on their first sample), so allow their first ~50 ms.
@@ -248,17 +185,7 @@ fn short_lived_process_started_after_profiling_began_keeps_its_names() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
     let profiler = spawn_sampling(
-        pyebpf()
-            .args([
-                "profile",
-                "--all",
-                "-F",
-                "499",
-                "-d",
-                &(2 + interps.len()).to_string(),
-                "-o",
-            ])
-            .arg(&json),
+        pyebpf().args(["profile", "--all", "-F", "499", "-d", &(2 + interps.len()).to_string(), "-o"]).arg(&json),
     );
     std::thread::sleep(Duration::from_millis(200));
     let mut pids = Vec::new();
@@ -278,10 +205,11 @@ fn short_lived_process_started_after_profiling_began_keeps_its_names() {
             continue;
         };
         let (h, n) = count(p, None, |s| {
-            s["python_frames"].as_array().unwrap().iter().any(|f| {
-                f["function"] == "short_lived_burn"
-                    && Path::new(f["file"].as_str().unwrap()) == script
-            })
+            s["python_frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["function"] == "short_lived_burn" && Path::new(f["file"].as_str().unwrap()) == script)
         });
         // The first samples may precede discovery; most of the 0.3 s must be named.
         if h * 2 < n || h < 20 {
@@ -297,26 +225,15 @@ fn a_process_that_execs_into_python_is_unwound_after_the_exec() {
     let interp = interpreters().pop().unwrap();
     let script = interp.workload("chain.py");
     // The shell burns CPU first (same pid, not Python), then becomes Python.
-    let shell = format!(
-        "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; exec {} 1.5 0",
-        interp.shell_line(&[&script])
-    );
+    let shell =
+        format!("i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; exec {} 1.5 0", interp.shell_line(&[&script]));
     let profile = profile_json(|cmd, json| {
         cmd.args(["profile", "-F", "199", "-o"]).arg(json).args(["--", "/bin/sh", "-c", &shell]);
     });
     let p = &profile["processes"][0];
-    assert!(
-        p["comm"].as_str().unwrap().starts_with("python"),
-        "{}",
-        p["comm"]
-    );
-    let burn = Expect {
-        function: "burn".into(),
-        lines: 1..=1000,
-    };
-    let (h, n) = count(p, None, |s| {
-        has_chain(s, &script, std::slice::from_ref(&burn))
-    });
+    assert!(p["comm"].as_str().unwrap().starts_with("python"), "{}", p["comm"]);
+    let burn = Expect { function: "burn".into(), lines: 1..=1000 };
+    let (h, n) = count(p, None, |s| has_chain(s, &script, std::slice::from_ref(&burn)));
     assert!(h > 150, "{h}/{n} samples in burn after the exec");
 }
 
@@ -339,7 +256,8 @@ fn layout_agrees_with_each_processs_debug_offsets_from_3_13() {
         assert_success(&out);
         let log = String::from_utf8_lossy(&out.stderr);
         let pid = child.pid();
-        let agree = log.lines().find(|l| l.contains(&format!("pid {pid}: ")) && l.contains("agree with its _Py_DebugOffsets"));
+        let agree =
+            log.lines().find(|l| l.contains(&format!("pid {pid}: ")) && l.contains("agree with its _Py_DebugOffsets"));
         let Some(agree) = agree else {
             return Err(format!("no _Py_DebugOffsets check logged:\n{log}"));
         };

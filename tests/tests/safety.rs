@@ -14,7 +14,8 @@ use integration_tests::{python::*, *};
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The programs pyebpf loads, by their kernel names.
-const PROGRAM_NAMES: [&str; 6] = ["on_cpu_sample", "process_exec", "sched_switch", "sched_wakeup", "sys_enter", "sys_exit"];
+const PROGRAM_NAMES: [&str; 6] =
+    ["on_cpu_sample", "process_exec", "sched_switch", "sched_wakeup", "sys_enter", "sys_exit"];
 
 fn ids(list: &[Value], filter: impl Fn(&Value) -> bool) -> Vec<u64> {
     let mut ids: Vec<u64> = list.iter().filter(|v| filter(v)).filter_map(|v| v["id"].as_u64()).collect();
@@ -80,13 +81,15 @@ fn sigkill_mid_profile_leaves_no_programs_or_links_attached() {
         let link_list = bpftool_list("link");
         let left_progs: Vec<u64> = ids(&prog_list, |p| p["id"].as_u64().is_some_and(|id| progs.contains(&id)));
         let left_links: Vec<u64> = ids(&link_list, |l| {
-            l["id"].as_u64().is_some_and(|id| links.contains(&id)) || l["prog_id"].as_u64().is_some_and(|p| progs.contains(&p))
+            l["id"].as_u64().is_some_and(|id| links.contains(&id))
+                || l["prog_id"].as_u64().is_some_and(|p| progs.contains(&p))
         });
         if left_progs.is_empty() && left_links.is_empty() {
             // Any other program with our names that appeared meanwhile belongs to another live
             // process (a concurrent pyebpf), never to the killed one.
             let held = prog_ids_held_by_anyone();
-            let stray: Vec<u64> = ids(&prog_list, ours).into_iter().filter(|id| !before.contains(id) && !held.contains(id)).collect();
+            let stray: Vec<u64> =
+                ids(&prog_list, ours).into_iter().filter(|id| !before.contains(id) && !held.contains(id)).collect();
             assert!(stray.is_empty(), "programs with pyebpf's names held by no process: {stray:?}");
             eprintln!("{} programs and {} links gone {:?} after SIGKILL", progs.len(), links.len(), start.elapsed());
             return;
@@ -135,9 +138,11 @@ fn ring_buffer_overflow_is_counted_and_the_profile_stays_valid() {
     // What did arrive is attributed: the yield loop's frames are there.
     for w in &workers {
         let p = process(&profile, w.pid()).unwrap_or_else(|| panic!("pid {} missing", w.pid()));
-        let has_loop = p["stacks"].as_array().unwrap().iter().any(|s| {
-            s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "yield_loop")
-        });
+        let has_loop = p["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "yield_loop"));
         assert!(has_loop, "no yield_loop stack for pid {}", w.pid());
     }
     eprintln!("{events} off-CPU events kept, {lost} lost, in {took:?}");
@@ -224,7 +229,8 @@ fn a_target_that_forks_and_execs_mid_profile() {
     let json = dir.path().join("p.json");
     let profiler = spawn_sampling(pyebpf().args(["profile", "--all", "-F", "199", "-d", "5", "-o"]).arg(&json));
     std::thread::sleep(Duration::from_millis(800));
-    let mut target = Command::new(&interp.path).arg(&script).arg("3").arg(&chain).stdout(Stdio::piped()).spawn().unwrap();
+    let mut target =
+        Command::new(&interp.path).arg(&script).arg("3").arg(&chain).stdout(Stdio::piped()).spawn().unwrap();
     let mut pids = None;
     for line in BufReader::new(target.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
@@ -241,7 +247,11 @@ fn a_target_that_forks_and_execs_mid_profile() {
     let samples_in = |pid: &Value, function: &str, file: &Path| -> (u64, u64) {
         let Some(p) = process(&profile, pid.as_u64().unwrap() as u32) else { return (0, 0) };
         count(p, None, |s| {
-            s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == function && f["file"] == file.to_str().unwrap())
+            s["python_frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["function"] == function && f["file"] == file.to_str().unwrap())
         })
     };
     let parent = samples_in(&pids["parent"], "parent_burn", &script);
@@ -405,7 +415,9 @@ fn hostile_processes_corrupting_their_interpreter_do_not_disturb_the_profiler_or
         // The cycle is walked to the depth bound and marked truncated.
         let cycle = in_thread("cycle", &|s| {
             let f = py_functions(s);
-            s["frames"][0] == "[truncated]" && f.len() == 128 && f.iter().filter(|n| **n == "cycle_caller").count() > 100
+            s["frames"][0] == "[truncated]"
+                && f.len() == 128
+                && f.iter().filter(|n| **n == "cycle_caller").count() > 100
         });
         // The fake code object's frame is an unknown frame, under a correctly named spinner.
         let code = in_thread("code", &|s| {
@@ -423,13 +435,17 @@ fn hostile_processes_corrupting_their_interpreter_do_not_disturb_the_profiler_or
         }
     }
     for (interp, child) in &normals {
-        let p = process(&profile, child.pid()).unwrap_or_else(|| panic!("{}: pid {} missing", interp.label, child.pid()));
+        let p =
+            process(&profile, child.pid()).unwrap_or_else(|| panic!("{}: pid {} missing", interp.label, child.pid()));
         // All but a few samples carry the exact chain: nothing of the hostile processes'
         // garbage leaks into them.
         let expect = chain_expect(interp.minor);
         let (hit, total) = count(p, None, |s| has_chain(s, &chain, &expect));
         let with_frames = count(p, None, |s| !s["python_frames"].as_array().unwrap().is_empty()).0;
-        let line = format!("{} (well-behaved): {hit} of {total} samples ({with_frames} with Python frames) have its exact chain", interp.label);
+        let line = format!(
+            "{} (well-behaved): {hit} of {total} samples ({with_frames} with Python frames) have its exact chain",
+            interp.label
+        );
         if total < 30 || hit * 100 < total * 95 {
             failures.push(line.clone());
         }
@@ -459,11 +475,15 @@ fn huge_code_objects_long_names_non_utf8_files_and_deep_recursion() {
         let huge_file = format!("{root}/huge.py");
         let huge = samples(&|s| {
             let f = leaf(s);
-            f["function"] == "huge_body" && f["file"] == huge_file.as_str() && f["line"].as_i64().is_some_and(|l| (3..=100_003).contains(&l))
+            f["function"] == "huge_body"
+                && f["file"] == huge_file.as_str()
+                && f["line"].as_i64().is_some_and(|l| (3..=100_003).contains(&l))
         });
         let huge_far = samples(&|s| leaf(s)["line"].as_i64().is_some_and(|l| l > 50_000));
         // The 10,000-character name, whole.
-        let long = samples(&|s| leaf(s)["function"].as_str().is_some_and(|n| n.len() == 10_000 && n.bytes().all(|b| b == b'f')));
+        let long = samples(&|s| {
+            leaf(s)["function"].as_str().is_some_and(|n| n.len() == 10_000 && n.bytes().all(|b| b == b'f'))
+        });
         // The file under a non-UTF-8 directory: the byte that is not UTF-8 becomes U+FFFD.
         let bad_file = format!("{root}/caf\u{fffd}/mod.py");
         let nonutf8 = samples(&|s| leaf(s)["function"] == "in_non_utf8_file" && leaf(s)["file"] == bad_file.as_str());
@@ -473,7 +493,10 @@ fn huge_code_objects_long_names_non_utf8_files_and_deep_recursion() {
             frames.len() == 128 && s["frames"][0] == "[truncated]" && frames.iter().all(|f| f["function"] == "deep")
         });
         let too_deep = samples(&|s| s["python_frames"].as_array().unwrap().len() > 128);
-        eprintln!("{}: huge {huge} (past line 50000: {huge_far}), long name {long}, non-UTF-8 file {nonutf8}, deep {deep}", interp.label);
+        eprintln!(
+            "{}: huge {huge} (past line 50000: {huge_far}), long name {long}, non-UTF-8 file {nonutf8}, deep {deep}",
+            interp.label
+        );
         if huge < 10 || huge_far == 0 || long < 10 || nonutf8 < 10 || deep < 10 || too_deep > 0 {
             return Err(format!(
                 "huge {huge} (past line 50000: {huge_far}), long name {long}, non-UTF-8 file {nonutf8}, deep {deep}, deeper than 128: {too_deep}"
@@ -571,8 +594,11 @@ fn python_in_its_own_pid_and_mount_namespace_is_found_and_symbolized() {
         let expect = chain_expect(interp.minor);
         let (hit, total) = count(p, None, |s| has_chain(s, &file, &expect));
         let with_frames = count(p, None, |s| !s["python_frames"].as_array().unwrap().is_empty()).0;
-        let names: Vec<&str> = p["threads"].as_array().unwrap().iter().filter_map(|t| t["python_name"].as_str()).collect();
-        eprintln!("{what}: {hit} of {total} samples with the exact chain ({with_frames} with Python frames); thread names {names:?}");
+        let names: Vec<&str> =
+            p["threads"].as_array().unwrap().iter().filter_map(|t| t["python_name"].as_str()).collect();
+        eprintln!(
+            "{what}: {hit} of {total} samples with the exact chain ({with_frames} with Python frames); thread names {names:?}"
+        );
         // Both threads unwound, with the container's own file path and call-site lines, and
         // named by their Python names (which CPython keys by the namespace's tids).
         let mut names = names.clone();

@@ -105,7 +105,9 @@ fn on_cpu(bin: &Path, seconds: u64) -> anyhow::Result<()> {
         "{:<28} {:>8} {:>6} {:>10} {:>9} {:>14}",
         "scenario", "samples", "lost", "pyebpf CPU", "max RSS", "kernel ns/run"
     );
-    for (name, hz, busy) in [("idle host, 99 Hz", 99, false), ("busy host, 99 Hz", 99, true), ("busy host, 999 Hz", 999, true)] {
+    for (name, hz, busy) in
+        [("idle host, 99 Hz", 99, false), ("busy host, 99 Hz", 99, true), ("busy host, 999 Hz", 999, true)]
+    {
         let load = if busy { spin_all_cpus(cpus)? } else { Vec::new() };
         let m = measure(bin, hz, seconds);
         for mut child in load {
@@ -123,7 +125,9 @@ fn on_cpu(bin: &Path, seconds: u64) -> anyhow::Result<()> {
             if m.bpf_runs > 0 { m.bpf_ns as f64 / m.bpf_runs as f64 } else { 0.0 },
         );
     }
-    println!("(pyebpf CPU = user+system time of the profiler / wall time; kernel ns/run = BPF run time / runs of the sampling program)");
+    println!(
+        "(pyebpf CPU = user+system time of the profiler / wall time; kernel ns/run = BPF run time / runs of the sampling program)"
+    );
     Ok(())
 }
 
@@ -145,7 +149,17 @@ fn measure(bin: &Path, hz: u32, seconds: u64) -> anyhow::Result<Measured> {
     let json = dir.path().join("profile.json");
     let start = Instant::now();
     let child = Command::new(bin)
-        .args(["profile", "--all", "--bpf-stats", "--no-summary", "-F", &hz.to_string(), "-d", &seconds.to_string(), "-o"])
+        .args([
+            "profile",
+            "--all",
+            "--bpf-stats",
+            "--no-summary",
+            "-F",
+            &hz.to_string(),
+            "-d",
+            &seconds.to_string(),
+            "-o",
+        ])
         .arg(&json)
         .spawn()
         .context("cannot start pyebpf")?;

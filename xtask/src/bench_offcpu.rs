@@ -24,9 +24,13 @@ pub fn run(root: &Path, bin: &Path, seconds: u64, rounds: usize) -> anyhow::Resu
     // 1. Context switches: every pipe hand-off blocks a thread; threshold 0 makes every one an
     //    event with stacks, the worst case for the ring buffer.
     println!("\nPipe ping-pong (2 context switches per round trip), under pyebpf:");
-    println!("{:<34} {:>12} {:>14} {:>14} {:>10}", "configuration", "round trips/s", "switches/s", "off-CPU events", "lost/10k");
+    println!(
+        "{:<34} {:>12} {:>14} {:>14} {:>10}",
+        "configuration", "round trips/s", "switches/s", "off-CPU events", "lost/10k"
+    );
     for threshold in ["0", "100"] {
-        let (stats, profile) = profiled(bin, &python, &script, "pingpong", seconds, &["--off-cpu-threshold-us", threshold])?;
+        let (stats, profile) =
+            profiled(bin, &python, &script, "pingpong", seconds, &["--off-cpu-threshold-us", threshold])?;
         let rate = stats["round_trips"].as_f64().unwrap_or(0.0) / stats["seconds"].as_f64().unwrap_or(1.0);
         let events = profile["off_cpu_events"].as_u64().unwrap_or(0);
         let lost = profile["lost_events"].as_u64().unwrap_or(0);
@@ -57,9 +61,15 @@ pub fn run(root: &Path, bin: &Path, seconds: u64, rounds: usize) -> anyhow::Resu
         without_off.push(rate(&profiled(bin, &python, &script, "echo", seconds, &["--no-off-cpu"])?.0));
     }
     let b = median(&base);
-    for (name, xs) in [("no profiler", &base), ("pyebpf (on- and off-CPU)", &with), ("pyebpf --no-off-cpu", &without_off)] {
+    for (name, xs) in
+        [("no profiler", &base), ("pyebpf (on- and off-CPU)", &with), ("pyebpf --no-off-cpu", &without_off)]
+    {
         let m = median(xs);
-        println!("  {name:<28} {m:>10.0}   ratio to baseline {:.3}   runs {:?}", m / b, xs.iter().map(|x| *x as u64).collect::<Vec<_>>());
+        println!(
+            "  {name:<28} {m:>10.0}   ratio to baseline {:.3}   runs {:?}",
+            m / b,
+            xs.iter().map(|x| *x as u64).collect::<Vec<_>>()
+        );
     }
 
     // 3. Accuracy against known truth (tests/workloads/offcpu.py).
@@ -79,7 +89,11 @@ pub fn run(root: &Path, bin: &Path, seconds: u64, rounds: usize) -> anyhow::Resu
         ("lock-waiter", &["lock"][..], 100.0),
     ] {
         match pct(thread, cats) {
-            Some(v) => println!("  {thread:<14} {:<22} measured {v:5.1}%  truth ~{truth:.0}%  error {:+.1} points", cats.join("+"), v - truth),
+            Some(v) => println!(
+                "  {thread:<14} {:<22} measured {v:5.1}%  truth ~{truth:.0}%  error {:+.1} points",
+                cats.join("+"),
+                v - truth
+            ),
             None => println!("  {thread:<14} not found"),
         }
     }
@@ -109,13 +123,26 @@ fn unprofiled(python: &Path, script: &Path, mode: &str, seconds: u64) -> anyhow:
 }
 
 /// Runs the workload under `pyebpf profile -- ...`; returns its own JSON stats and the profile.
-fn profiled(bin: &Path, python: &Path, script: &Path, mode: &str, seconds: u64, extra: &[&str]) -> anyhow::Result<(Value, Value)> {
+fn profiled(
+    bin: &Path,
+    python: &Path,
+    script: &Path,
+    mode: &str,
+    seconds: u64,
+    extra: &[&str],
+) -> anyhow::Result<(Value, Value)> {
     let (stdout, profile) = profile_run(bin, extra, python, script, &[mode, &seconds.to_string()])?;
     Ok((last_json(&stdout)?, profile))
 }
 
 /// `pyebpf profile --bpf-stats [extra] -- PYTHON SCRIPT ARGS`: the command's stdout and the profile.
-fn profile_run(bin: &Path, extra: &[&str], python: &Path, script: &Path, args: &[&str]) -> anyhow::Result<(Vec<u8>, Value)> {
+fn profile_run(
+    bin: &Path,
+    extra: &[&str],
+    python: &Path,
+    script: &Path,
+    args: &[&str],
+) -> anyhow::Result<(Vec<u8>, Value)> {
     let dir = tempfile::tempdir()?;
     let json = dir.path().join("p.json");
     let out = Command::new(bin)

@@ -77,7 +77,8 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
         opts.connections, opts.seconds, opts.rounds, opts.rate
     );
     if let Some(p) = &py_spy {
-        let v = Command::new(p).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        let v =
+            Command::new(p).arg("--version").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
         println!("py-spy: {}", v.unwrap_or_default());
     }
     println!("load average at the start: {}", load_average());
@@ -94,11 +95,16 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
             let mut order = configs.clone();
             order.rotate_left(round % configs.len());
             for &config in &order {
-                let run = measure(config, &pyebpf, py_spy.as_deref(), worker, &load, opts.seconds, opts.rate, dir.path())?;
+                let run =
+                    measure(config, &pyebpf, py_spy.as_deref(), worker, &load, opts.seconds, opts.rate, dir.path())?;
                 runs.push((config, run));
             }
         }
-        println!("\n{threads} threads in the worker ({} busy at a time under -c{}):", opts.connections.min(threads), opts.connections);
+        println!(
+            "\n{threads} threads in the worker ({} busy at a time under -c{}):",
+            opts.connections.min(threads),
+            opts.connections
+        );
         report(&configs, &runs);
     }
     println!("\nload average at the end: {}", load_average());
@@ -121,7 +127,9 @@ fn measure(
         Config::Baseline => None,
         Config::Pyebpf => {
             let mut cmd = Command::new(pyebpf);
-            cmd.args(["profile", "--all", "--no-summary", "-F", &rate.to_string(), "-o"]).arg(&json).env("RUST_LOG", "info");
+            cmd.args(["profile", "--all", "--no-summary", "-F", &rate.to_string(), "-o"])
+                .arg(&json)
+                .env("RUST_LOG", "info");
             // Ready once it has found the worker as a CPython process (from then on its
             // off-CPU time is tracked too).
             Some(Profiler::start(cmd, &format!("pid {worker}: CPython "))?)
@@ -236,7 +244,8 @@ fn cpu_ticks(pid: u32) -> u64 {
     let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0 };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state(0) ... utime(11) stime(12).
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn peak_rss_kib(pid: u32) -> Option<u64> {

@@ -27,7 +27,8 @@ pub fn run_all(root: &Path, seconds: u32, only: &[String]) -> anyhow::Result<()>
             bail!("no fuzz target '{name}': the targets are {}", TARGETS.join(", "));
         }
     }
-    let targets: Vec<&str> = TARGETS.iter().copied().filter(|t| only.is_empty() || only.iter().any(|o| o == t)).collect();
+    let targets: Vec<&str> =
+        TARGETS.iter().copied().filter(|t| only.is_empty() || only.iter().any(|o| o == t)).collect();
     setup::ensure_all()?;
     ensure_cargo_fuzz()?;
     let fuzz_dir = root.join("fuzz");
@@ -50,7 +51,13 @@ pub fn run_all(root: &Path, seconds: u32, only: &[String]) -> anyhow::Result<()>
         let out = nightly_cargo(&fuzz_dir)
             .args(["fuzz", "run", target])
             .arg(&corpus)
-            .args(["--", &format!("-max_total_time={seconds}"), "-print_final_stats=1", "-timeout=10", "-rss_limit_mb=2048"])
+            .args([
+                "--",
+                &format!("-max_total_time={seconds}"),
+                "-print_final_stats=1",
+                "-timeout=10",
+                "-rss_limit_mb=2048",
+            ])
             .output()
             .with_context(|| format!("cannot run cargo fuzz for {target}"))?;
         let log = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
@@ -133,7 +140,10 @@ fn write_seeds(fuzz_dir: &Path) -> anyhow::Result<()> {
             }
         }
     }
-    links.extend(["socket:[12345]", "pipe:[678]", "anon_inode:[eventpoll]", "anon_inode:inotify", "/var/lib/x (deleted)"].map(String::from));
+    links.extend(
+        ["socket:[12345]", "pipe:[678]", "anon_inode:[eventpoll]", "anon_inode:inotify", "/var/lib/x (deleted)"]
+            .map(String::from),
+    );
     std::fs::write(proc_net.join("seed-links"), links.join("\n"))?;
 
     // Small shared objects shaped like libpython: _PyRuntime (starting with 3.13's debug

@@ -210,16 +210,11 @@ pub fn generate(workspace: &Path, out: &Path, roots: &[PathBuf]) -> Result<()> {
         roots.push(test_root);
     }
     for root in &roots {
-        ensure!(
-            root.join("usr").is_dir(),
-            "{} is not an OS root (no usr/)",
-            root.display()
-        );
+        ensure!(root.join("usr").is_dir(), "{} is not an OS root (no usr/)", root.display());
     }
     let scratch = ScratchDir::new(&std::env::temp_dir())?;
     let probe_source = scratch.path.join("python_offsets_probe.c");
-    fs::write(&probe_source, PROBE_SOURCE)
-        .with_context(|| format!("writing {}", probe_source.display()))?;
+    fs::write(&probe_source, PROBE_SOURCE).with_context(|| format!("writing {}", probe_source.display()))?;
 
     let mut probed = Vec::new();
     let mut missing = Vec::new();
@@ -253,8 +248,9 @@ pub fn generate(workspace: &Path, out: &Path, roots: &[PathBuf]) -> Result<()> {
     if let Some(parent) = out.parent() {
         fs::create_dir_all(parent)?;
     }
-    fs::write(out, render(&probed, &missing))
-        .with_context(|| format!("writing {}", out.display()))?;
+    fs::write(out, render(&probed, &missing)).with_context(|| format!("writing {}", out.display()))?;
+    // The workspace's rustfmt.toml decides the layout, so the committed file stays format-clean.
+    crate::util::run(Command::new("rustfmt").args(["--edition", "2024"]).arg(out))?;
     eprintln!("wrote {}", out.display());
     Ok(())
 }
@@ -293,19 +289,10 @@ fn find_install(versions_dir: &Path, minor: u8) -> Result<Option<Install>> {
         let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
-        let Some(patch) = name
-            .strip_prefix(&prefix)
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+        let Some(patch) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        let install = Install {
-            version: name,
-            minor,
-            source: Source::Pyenv {
-                prefix: entry.path(),
-            },
-        };
+        let install = Install { version: name, minor, source: Source::Pyenv { prefix: entry.path() } };
         if install.has_headers() && best.as_ref().is_none_or(|(b, _)| patch > *b) {
             best = Some((patch, install));
         }
@@ -320,10 +307,7 @@ fn find_in_roots(roots: &[PathBuf], minor: u8) -> Option<Install> {
         let install = Install {
             version: format!("3.{minor}"),
             minor,
-            source: Source::Root {
-                root: root.clone(),
-                os: os_name(root),
-            },
+            source: Source::Root { root: root.clone(), os: os_name(root) },
         };
         install.has_headers().then_some(install)
     })
@@ -361,10 +345,7 @@ fn probe(install: Install, source: &Path, scratch: &Path) -> Result<Probed> {
     let lib_dir = prefix.join("lib");
     let libpython = lib_dir.join(format!("libpython3.{}.so", install.minor));
     if libpython.exists() {
-        cmd.args(link_args(install.minor))
-            .arg("-L")
-            .arg(&lib_dir)
-            .arg(format!("-Wl,-rpath,{}", lib_dir.display()));
+        cmd.args(link_args(install.minor)).arg("-L").arg(&lib_dir).arg(format!("-Wl,-rpath,{}", lib_dir.display()));
     }
     compile(&mut cmd, &include)?;
     let stdout = run_probe(&mut Command::new(&exe))?;
@@ -377,20 +358,14 @@ fn probe_in_root(install: Install) -> Result<Probed> {
     let Source::Root { root, .. } = install.source.clone() else {
         bail!("not an OS root");
     };
-    crate::util::require_root(
-        "probing headers inside an OS root runs the compiler through chroot",
-    )?;
+    crate::util::require_root("probing headers inside an OS root runs the compiler through chroot")?;
     let in_root = |args: &[&std::ffi::OsStr]| {
         let mut cmd = Command::new("chroot");
-        cmd.arg(&root).args(args).env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        );
+        cmd.arg(&root).args(args).env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
         cmd
     };
-    let has_cc = in_root(&["sh".as_ref(), "-c".as_ref(), "command -v cc".as_ref()])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let has_cc =
+        in_root(&["sh".as_ref(), "-c".as_ref(), "command -v cc".as_ref()]).output().is_ok_and(|o| o.status.success());
     ensure!(
         has_cc,
         "{} has CPython 3.{} headers but no C compiler: `cargo xtask setup-pythons --dev` \
@@ -404,17 +379,10 @@ fn probe_in_root(install: Install) -> Result<Probed> {
     let exe = inside.join("probe");
     let include = install.include_dir();
     let mut args: Vec<std::ffi::OsString> = vec!["cc".into()];
-    args.extend(compile_args(
-        &include,
-        &inside.join("python_offsets_probe.c"),
-        &exe,
-    ));
+    args.extend(compile_args(&include, &inside.join("python_offsets_probe.c"), &exe));
     // Debian puts the shared library in a multiarch directory the compiler
     // searches by itself.
-    let shared = glob_one(
-        &root.join("usr/lib"),
-        &format!("libpython3.{}.so", install.minor),
-    );
+    let shared = glob_one(&root.join("usr/lib"), &format!("libpython3.{}.so", install.minor));
     if shared {
         args.extend(link_args(install.minor));
     }
@@ -429,11 +397,7 @@ fn glob_one(dir: &Path, name: &str) -> bool {
     if dir.join(name).exists() {
         return true;
     }
-    fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|e| e.path().join(name).exists())
+    fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.path().join(name).exists())
 }
 
 fn compile_args(include: &Path, source: &Path, exe: &Path) -> Vec<std::ffi::OsString> {
@@ -450,10 +414,7 @@ fn compile_args(include: &Path, source: &Path, exe: &Path) -> Vec<std::ffi::OsSt
 }
 
 fn link_args(minor: u8) -> Vec<std::ffi::OsString> {
-    vec![
-        "-DPROBE_LINKED_LIBPYTHON".into(),
-        format!("-lpython3.{minor}").into(),
-    ]
+    vec!["-DPROBE_LINKED_LIBPYTHON".into(), format!("-lpython3.{minor}").into()]
 }
 
 fn compile(cmd: &mut Command, include: &Path) -> Result<()> {
@@ -473,11 +434,7 @@ fn compile(cmd: &mut Command, include: &Path) -> Result<()> {
 fn run_probe(cmd: &mut Command) -> Result<String> {
     let ran = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !ran.status.success() {
-        bail!(
-            "the offset probe failed ({}):\n{}",
-            ran.status,
-            String::from_utf8_lossy(&ran.stderr)
-        );
+        bail!("the offset probe failed ({}):\n{}", ran.status, String::from_utf8_lossy(&ran.stderr));
     }
     String::from_utf8(ran.stdout).context("probe output is not UTF-8")
 }
@@ -487,12 +444,7 @@ fn parse_probe(mut install: Install, stdout: &str) -> Result<Probed> {
     if matches!(install.source, Source::Root { .. }) {
         install.version = parsed.version;
     }
-    Ok(Probed {
-        install,
-        values: parsed.values,
-        debug: parsed.debug,
-        notes: parsed.notes,
-    })
+    Ok(Probed { install, values: parsed.values, debug: parsed.debug, notes: parsed.notes })
 }
 
 struct ProbeOutput {
@@ -534,39 +486,20 @@ fn parse_probe_output(stdout: &str, minor: u8) -> Result<ProbeOutput> {
             let [name, at, base] = parts[..] else {
                 bail!("malformed probe line {line:?}");
             };
-            ensure!(
-                FIELDS.contains(&name),
-                "probe mapped unknown field {name:?}"
-            );
-            ensure!(
-                !debug_fields.iter().any(|(n, _, _)| n == name),
-                "probe mapped {name:?} twice"
-            );
-            let number = |v: &str| {
-                v.parse::<i64>()
-                    .with_context(|| format!("malformed probe line {line:?}"))
-            };
+            ensure!(FIELDS.contains(&name), "probe mapped unknown field {name:?}");
+            ensure!(!debug_fields.iter().any(|(n, _, _)| n == name), "probe mapped {name:?} twice");
+            let number = |v: &str| v.parse::<i64>().with_context(|| format!("malformed probe line {line:?}"));
             debug_fields.push((name.to_owned(), number(at)?, number(base)?));
             continue;
         }
-        let (name, value) = line
-            .split_once(' ')
-            .with_context(|| format!("malformed probe line {line:?}"))?;
-        let value: i64 = value
-            .parse()
-            .with_context(|| format!("malformed probe line {line:?}"))?;
+        let (name, value) = line.split_once(' ').with_context(|| format!("malformed probe line {line:?}"))?;
+        let value: i64 = value.parse().with_context(|| format!("malformed probe line {line:?}"))?;
         match name {
             "py_version_hex" => version_hex = Some(value),
             "debug_size" => debug_size = Some(value),
             _ => {
-                ensure!(
-                    FIELDS.contains(&name),
-                    "probe printed unknown field {name:?}"
-                );
-                ensure!(
-                    seen.insert(name, value).is_none(),
-                    "probe printed {name:?} twice"
-                );
+                ensure!(FIELDS.contains(&name), "probe printed unknown field {name:?}");
+                ensure!(seen.insert(name, value).is_none(), "probe printed {name:?} twice");
             }
         }
     }
@@ -579,57 +512,32 @@ fn parse_probe_output(stdout: &str, minor: u8) -> Result<ProbeOutput> {
     );
     let values = FIELDS
         .iter()
-        .map(|field| {
-            seen.get(field)
-                .copied()
-                .with_context(|| format!("probe did not print {field:?}"))
-        })
+        .map(|field| seen.get(field).copied().with_context(|| format!("probe did not print {field:?}")))
         .collect::<Result<_>>()?;
     let debug = match debug_size {
         Some(size) => {
-            ensure!(
-                !debug_fields.is_empty(),
-                "probe printed debug_size but no field map"
-            );
-            Some(DebugMap {
-                size,
-                fields: debug_fields,
-            })
+            ensure!(!debug_fields.is_empty(), "probe printed debug_size but no field map");
+            Some(DebugMap { size, fields: debug_fields })
         }
         None => {
-            ensure!(
-                debug_fields.is_empty(),
-                "probe mapped fields without debug_size"
-            );
+            ensure!(debug_fields.is_empty(), "probe mapped fields without debug_size");
             None
         }
     };
-    Ok(ProbeOutput {
-        version: version_from_hex(hex),
-        values,
-        debug,
-        notes,
-    })
+    Ok(ProbeOutput { version: version_from_hex(hex), values, debug, notes })
 }
 
-/// Lays the table out the way rustfmt would, so the committed file stays
-/// rustfmt-clean without running rustfmt here.
+/// The table as Rust source; `generate` runs rustfmt over it.
 fn render(probed: &[Probed], missing: &[String]) -> String {
     let mut s = String::new();
-    s.push_str(
-        "// @generated by `cargo xtask gen-python-offsets` from CPython's headers; do not edit.\n",
-    );
+    s.push_str("// @generated by `cargo xtask gen-python-offsets` from CPython's headers; do not edit.\n");
     s.push_str("//\n");
     let versions: Vec<String> = probed.iter().map(|p| p.install.label()).collect();
     let _ = writeln!(s, "// Probed: {}.", versions.join(", "));
     if missing.is_empty() {
         s.push_str("// Not found (no pyenv install or OS root with headers): none.\n");
     } else {
-        let _ = writeln!(
-            s,
-            "// Not found (no pyenv install or OS root with headers): {}.",
-            missing.join(", ")
-        );
+        let _ = writeln!(s, "// Not found (no pyenv install or OS root with headers): {}.", missing.join(", "));
     }
     for note in probed.iter().flat_map(|p| &p.notes) {
         let _ = writeln!(s, "// {note}");
@@ -683,13 +591,8 @@ struct ScratchDir {
 
 impl ScratchDir {
     fn new(parent: &Path) -> Result<Self> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let path = parent.join(format!(
-            "pyebpf-python-offsets-{}-{nanos}",
-            std::process::id()
-        ));
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let path = parent.join(format!("pyebpf-python-offsets-{}-{nanos}", std::process::id()));
         fs::create_dir(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(Self { path })
     }
@@ -714,10 +617,7 @@ mod tests {
     }
 
     fn probe_lines(minor: u8) -> String {
-        let mut out = format!(
-            "py_version_hex {}\n",
-            0x0300_00f0 | (i64::from(minor) << 16)
-        );
+        let mut out = format!("py_version_hex {}\n", 0x0300_00f0 | (i64::from(minor) << 16));
         for (i, field) in FIELDS.iter().enumerate() {
             out.push_str(&format!("{field} {i}\n"));
         }
@@ -727,36 +627,20 @@ mod tests {
     #[test]
     fn probe_output_with_a_debug_map() {
         let mut out = probe_lines(14);
-        out.push_str(
-            "# a note\ndebug_size 700\ndebug tstate_next 192 -1\ndebug gil_locked 144 128\n",
-        );
+        out.push_str("# a note\ndebug_size 700\ndebug tstate_next 192 -1\ndebug gil_locked 144 128\n");
         let parsed = parse_probe_output(&out, 14).unwrap();
         assert_eq!(parsed.version, "3.14.0");
         assert_eq!(parsed.values.len(), FIELDS.len());
         assert_eq!(parsed.notes, ["a note"]);
         let debug = parsed.debug.unwrap();
         assert_eq!(debug.size, 700);
-        assert_eq!(
-            debug.fields,
-            [
-                ("tstate_next".to_owned(), 192, -1),
-                ("gil_locked".to_owned(), 144, 128)
-            ]
-        );
-        assert!(
-            parse_probe_output(&probe_lines(14), 14)
-                .unwrap()
-                .debug
-                .is_none()
-        );
+        assert_eq!(debug.fields, [("tstate_next".to_owned(), 192, -1), ("gil_locked".to_owned(), 144, 128)]);
+        assert!(parse_probe_output(&probe_lines(14), 14).unwrap().debug.is_none());
     }
 
     #[test]
     fn probe_output_is_checked() {
-        assert!(
-            parse_probe_output(&probe_lines(13), 14).is_err(),
-            "wrong version"
-        );
+        assert!(parse_probe_output(&probe_lines(13), 14).is_err(), "wrong version");
         let mut unknown = probe_lines(14);
         unknown.push_str("debug_size 8\ndebug no_such_field 0 -1\n");
         assert!(parse_probe_output(&unknown, 14).is_err());
@@ -766,11 +650,8 @@ mod tests {
         let mut no_size = probe_lines(14);
         no_size.push_str("debug tstate_next 0 -1\n");
         assert!(parse_probe_output(&no_size, 14).is_err());
-        let short: String = probe_lines(14)
-            .lines()
-            .filter(|l| !l.starts_with("tstate_next "))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let short: String =
+            probe_lines(14).lines().filter(|l| !l.starts_with("tstate_next ")).map(|l| format!("{l}\n")).collect();
         assert!(parse_probe_output(&short, 14).is_err(), "a field missing");
     }
 }

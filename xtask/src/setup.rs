@@ -23,7 +23,15 @@ fn ensure_nightly_rust_src() -> anyhow::Result<()> {
     let toolchains = output("rustup", &["toolchain", "list"]).unwrap_or_default();
     if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
         eprintln!("xtask: installing the nightly Rust toolchain");
-        run(Command::new("rustup").args(["toolchain", "install", NIGHTLY, "--profile", "minimal", "--component", "rust-src"]))?;
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))?;
         return Ok(());
     }
     let installed = output("rustup", &["component", "list", "--installed", "--toolchain", NIGHTLY]).unwrap_or_default();
@@ -46,7 +54,9 @@ fn ensure_llvm() -> anyhow::Result<()> {
 /// Installs Debian packages, as root (through sudo when needed).
 pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let sudo = |args: &[&str]| {
-        let mut cmd = if util::is_root() { Command::new(args[0]) } else {
+        let mut cmd = if util::is_root() {
+            Command::new(args[0])
+        } else {
             let mut c = Command::new("sudo");
             c.arg(args[0]);
             c

@@ -34,7 +34,6 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-
 pub fn require_root(why: &str) -> anyhow::Result<()> {
     if !is_root() {
         bail!("run this as root (e.g. `sudo -E cargo xtask ...`): {why}");

@@ -1,8 +1,7 @@
 //! Code objects read out of a target process: name, file, first line and line table, enough to
 //! name any frame that runs the code and find its current line.
 use super::{
-    PyVersion,
-    linetable,
+    PyVersion, linetable,
     memory::{MAX_OBJECT_BYTES, ReadMemory, field_i32, field_u64},
     offsets::PyOffsets,
 };
@@ -49,7 +48,9 @@ impl CodeObject {
     /// pointer, as the kernel recorded it).
     pub fn line(&self, version: PyVersion, instr: u64, owned_by_generator: bool) -> FrameLine {
         match version.minor {
-            ..=9 => FrameLine::Line(Some(linetable::lnotab_line(&self.linetable, self.firstlineno, instr as u32 as i32))),
+            ..=9 => {
+                FrameLine::Line(Some(linetable::lnotab_line(&self.linetable, self.firstlineno, instr as u32 as i32)))
+            }
             10 => {
                 let lasti = instr as u32 as i32;
                 // f_lasti is -1 before the first instruction: the frame is on its first line.
@@ -98,7 +99,9 @@ pub fn read_unicode(mem: &impl ReadMemory, o: &PyOffsets, addr: u64) -> Option<S
             .collect(),
         _ => raw
             .chunks_exact(4)
-            .map(|c| char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).unwrap_or(char::REPLACEMENT_CHARACTER))
+            .map(|c| {
+                char::from_u32(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])).unwrap_or(char::REPLACEMENT_CHARACTER)
+            })
             .collect(),
     };
     Some(text)

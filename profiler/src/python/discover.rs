@@ -23,7 +23,10 @@ pub enum Inspection {
     NotPython,
     Python(Interpreter),
     /// CPython, but not one we can unwind (named version, and why).
-    Unsupported { version: String, reason: String },
+    Unsupported {
+        version: String,
+        reason: String,
+    },
 }
 
 /// A CPython interpreter as loaded in one process.
@@ -138,7 +141,8 @@ impl Inspector {
         candidates.sort_by_key(|(_, name)| !is_libpython(name));
 
         for (path, name) in candidates {
-            let mappings: Vec<_> = maps.iter().filter(|m| matches!(&m.pathname, MMapPath::Path(p) if *p == path)).collect();
+            let mappings: Vec<_> =
+                maps.iter().filter(|m| matches!(&m.pathname, MMapPath::Path(p) if *p == path)).collect();
             let Some(first) = mappings.iter().find(|m| m.offset == 0) else { continue };
             // An interpreter runs its code: a libpython mapped without any executable part is
             // only being read (another profiler's symbolizer, a file scanner), not run.
@@ -146,7 +150,8 @@ impl Inspector {
                 continue;
             }
             // map_files opens the very file that is mapped, in whatever mount namespace.
-            let via_map_files = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", first.address.0, first.address.1));
+            let via_map_files =
+                PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", first.address.0, first.address.1));
             let via_root = PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(&path));
             let Some(facts) = self.elf_facts(&via_map_files).or_else(|| self.elf_facts(&via_root)) else { continue };
             let Some(runtime_vaddr) = facts.runtime_vaddr else { continue };

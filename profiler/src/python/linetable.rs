@@ -156,12 +156,7 @@ mod tests {
         // Entry 1: one-line form code 11 (line +1), 2 units, 2 column bytes.
         // Entry 2: no-column form code 13, line delta -1 (svarint 3), 1 unit.
         // Entry 3: no location (15), 1 unit. Entry 4: long form code 14, +5, 3 units.
-        let t = [
-            0x80 | (11 << 3) | 1, 4, 9,
-            0x80 | (13 << 3), 3,
-            0x80 | (15 << 3),
-            0x80 | (14 << 3) | 2, 10, 0, 1, 1,
-        ];
+        let t = [0x80 | (11 << 3) | 1, 4, 9, 0x80 | (13 << 3), 3, 0x80 | (15 << 3), 0x80 | (14 << 3) | 2, 10, 0, 1, 1];
         assert_eq!(location_table_line(&t, 100, 0), Some(101));
         assert_eq!(location_table_line(&t, 100, 1), Some(101));
         assert_eq!(location_table_line(&t, 100, 2), Some(100));

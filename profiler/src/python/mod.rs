@@ -90,7 +90,8 @@ impl fmt::Display for PyVersion {
 /// The kernel's view of a process: `_PyRuntime` and the offsets it walks.
 pub fn proc_info(runtime_addr: u64, o: &PyOffsets) -> PyProcInfo {
     let off = |v: i64| u16::try_from(v).unwrap_or(PY_OFFSET_NONE);
-    let (instr, instr_size) = if o.frame_lasti >= 0 { (o.frame_lasti, o.frame_lasti_size) } else { (o.frame_instr_ptr, 8) };
+    let (instr, instr_size) =
+        if o.frame_lasti >= 0 { (o.frame_lasti, o.frame_lasti_size) } else { (o.frame_instr_ptr, 8) };
     PyProcInfo {
         runtime_addr,
         runtime_interpreters_head: off(o.runtime_interpreters_head),
@@ -186,7 +187,12 @@ impl PythonProcess {
             return;
         }
         self.names_read = Some(Instant::now());
-        let names = thread_names::thread_names(&self.mem, &self.offsets, self.interpreter.version, self.interpreter.runtime_addr);
+        let names = thread_names::thread_names(
+            &self.mem,
+            &self.offsets,
+            self.interpreter.version,
+            self.interpreter.runtime_addr,
+        );
         if self.namespaced {
             // `_native_id` is the tid inside the process's pid namespace.
             let host = host_tids(self.mem.pid);
@@ -235,15 +241,12 @@ impl PythonProcess {
             return Resolved::Unknown;
         }
         let (mem, code_type) = (&self.mem, &mut self.code_type);
-        let code = self
-            .codes
-            .entry((rec.code, rec.fingerprint))
-            .or_insert_with(|| {
-                if !code::is_code(mem, o, rec.code, code_type) {
-                    return None;
-                }
-                code::read_code(mem, o, rec.code).filter(|c| c.firstlineno as u32 == rec.fingerprint)
-            });
+        let code = self.codes.entry((rec.code, rec.fingerprint)).or_insert_with(|| {
+            if !code::is_code(mem, o, rec.code, code_type) {
+                return None;
+            }
+            code::read_code(mem, o, rec.code).filter(|c| c.firstlineno as u32 == rec.fingerprint)
+        });
         let Some(code) = code else { return Resolved::Unknown };
         let generator = o.frame_owned_by_generator >= 0 && rec.owner as i64 == o.frame_owned_by_generator;
         match code.line(self.interpreter.version, rec.instr, generator) {
@@ -306,7 +309,10 @@ enum Known {
     Python(Box<PythonProcess>),
     /// Not (yet) Python. Young processes are looked at again for a while: a shared libpython
     /// is mapped by the dynamic loader after exec, and the interpreter may only come later.
-    NotPython { checked: Instant, recheck_until: Option<Instant> },
+    NotPython {
+        checked: Instant,
+        recheck_until: Option<Instant>,
+    },
     Unsupported,
 }
 
@@ -358,7 +364,9 @@ impl PythonRegistry {
                         );
                     }
                     for (field, table, process) in &layout.corrected {
-                        log::warn!("pid {pid}: {field} is {process} by its _Py_DebugOffsets, not {table}: using {process}");
+                        log::warn!(
+                            "pid {pid}: {field} is {process} by its _Py_DebugOffsets, not {table}: using {process}"
+                        );
                     }
                     let mut info = proc_info(interpreter.runtime_addr, &offsets);
                     // In its own pid namespace (a container), `native_thread_id` holds the
@@ -407,7 +415,10 @@ impl PythonRegistry {
     /// Process `pid` called exec: inspect it afresh, for a while, as a new process.
     pub fn exec(&mut self, pid: u32) {
         self.gil_pending.remove(&pid);
-        self.known.insert(pid, Known::NotPython { checked: Instant::now() - RECHECK_EVERY, recheck_until: Some(Instant::now() + YOUNG) });
+        self.known.insert(
+            pid,
+            Known::NotPython { checked: Instant::now() - RECHECK_EVERY, recheck_until: Some(Instant::now() + YOUNG) },
+        );
     }
 
     pub fn get_mut(&mut self, pid: u32) -> Option<&mut PythonProcess> {

@@ -280,10 +280,7 @@ pub struct PyOffsets {
 
 /// The offsets for CPython `major.minor`, if the table covers it.
 pub fn for_version(major: u8, minor: u8) -> Option<&'static PyOffsets> {
-    TABLE
-        .iter()
-        .find(|(version, _)| *version == (major, minor))
-        .map(|(_, offsets)| offsets)
+    TABLE.iter().find(|(version, _)| *version == (major, minor)).map(|(_, offsets)| offsets)
 }
 
 /// Where a 3.13+ process's `_Py_DebugOffsets` (the start of its `_PyRuntime`)
@@ -310,10 +307,7 @@ const DEBUG_COOKIE: &[u8; 8] = b"xdebugpy";
 
 /// The debug-offsets layout of `major.minor` (3.13+).
 pub fn debug_layout(major: u8, minor: u8) -> Option<&'static DebugLayout> {
-    DEBUG_TABLE
-        .iter()
-        .find(|(version, _)| *version == (major, minor))
-        .map(|(_, layout)| layout)
+    DEBUG_TABLE.iter().find(|(version, _)| *version == (major, minor)).map(|(_, layout)| layout)
 }
 
 /// The layout of one process, after checking the table against what the process says of itself.
@@ -419,19 +413,11 @@ mod tests {
         for ((_, minor), o) in TABLE {
             let frame_object = *minor <= 10;
             assert_eq!(o.frame_lasti >= 0, frame_object, "3.{minor}");
-            assert_eq!(
-                o.frame_lasti_size,
-                if frame_object { 4 } else { -1 },
-                "3.{minor}"
-            );
+            assert_eq!(o.frame_lasti_size, if frame_object { 4 } else { -1 }, "3.{minor}");
             assert_eq!(o.frame_instr_ptr >= 0, !frame_object, "3.{minor}");
             assert_eq!(o.frame_owner >= 0, !frame_object, "3.{minor}");
             assert_eq!(o.code_code_adaptive >= 0, !frame_object, "3.{minor}");
-            assert_eq!(
-                o.cframe_current_frame >= 0,
-                (11..=12).contains(minor),
-                "3.{minor}"
-            );
+            assert_eq!(o.cframe_current_frame >= 0, (11..=12).contains(minor), "3.{minor}");
             assert_eq!(o.frame_owned_by_cstack >= 0, *minor >= 12, "3.{minor}");
             // 3.14: f_executable is a tagged stack reference, and every owner from
             // FRAME_OWNED_BY_INTERPRETER up (the entry frame, C-stack shims) is not code.
@@ -475,22 +461,15 @@ mod tests {
             let minor = *minor;
             let log2_keys = minor >= 11;
             assert_eq!(o.dict_keys_size >= 0, !log2_keys, "3.{minor}");
-            for field in [
-                o.dict_keys_log2_size,
-                o.dict_keys_log2_index_bytes,
-                o.dict_keys_kind,
-                o.dict_keys_kind_general,
-            ] {
+            for field in
+                [o.dict_keys_log2_size, o.dict_keys_log2_index_bytes, o.dict_keys_kind, o.dict_keys_kind_general]
+            {
                 assert_eq!(field >= 0, log2_keys, "3.{minor}");
             }
             assert_eq!(o.dict_unicode_entry_size >= 0, log2_keys, "3.{minor}");
             assert_eq!(o.type_flag_managed_dict >= 0, minor >= 11, "3.{minor}");
             assert_eq!(o.object_managed_dict_before > 0, minor >= 11, "3.{minor}");
-            assert_eq!(
-                o.object_managed_values_before > 0,
-                (11..=12).contains(&minor),
-                "3.{minor}"
-            );
+            assert_eq!(o.object_managed_values_before > 0, (11..=12).contains(&minor), "3.{minor}");
             assert_eq!(o.object_managed_values_tag > 0, minor == 12, "3.{minor}");
             let inline = minor >= 13;
             assert_eq!(o.type_flag_inline_values >= 0, inline, "3.{minor}");
@@ -557,7 +536,9 @@ mod tests {
             assert_eq!(layout.is_some(), *minor >= 13, "3.{minor}");
             if let Some(layout) = layout {
                 // The thread and frame walk are all cross-checked.
-                for name in ["runtime_interpreters_head", "tstate_frame", "frame_code", "frame_owner", "code_firstlineno"] {
+                for name in
+                    ["runtime_interpreters_head", "tstate_frame", "frame_code", "frame_owner", "code_firstlineno"]
+                {
                     assert!(layout.fields.iter().any(|f| f.name == name), "3.{minor}: {name}");
                 }
                 for f in layout.fields {
@@ -580,12 +561,16 @@ mod tests {
 
             // A patch release that moved a field: the process's value wins.
             let mut moved = good.clone();
-            let f = debug_layout(3, minor).unwrap().fields.iter().find(|f| f.name == "tstate_native_thread_id").unwrap();
+            let f =
+                debug_layout(3, minor).unwrap().fields.iter().find(|f| f.name == "tstate_native_thread_id").unwrap();
             let at = f.at as usize;
             moved[at..at + 8].copy_from_slice(&(table.tstate_native_thread_id as u64 + 8).to_ne_bytes());
             let layout = for_process(3, minor, Some(&moved)).unwrap();
             assert_eq!(layout.offsets.tstate_native_thread_id, table.tstate_native_thread_id + 8);
-            assert_eq!(layout.corrected, [("tstate_native_thread_id", table.tstate_native_thread_id, table.tstate_native_thread_id + 8)]);
+            assert_eq!(
+                layout.corrected,
+                [("tstate_native_thread_id", table.tstate_native_thread_id, table.tstate_native_thread_id + 8)]
+            );
 
             // Refused: no debug offsets, wrong cookie, another version, free-threaded, a struct
             // laid out otherwise, values no layout has, too short.
@@ -626,10 +611,7 @@ mod tests {
             assert!(o.gil_size > 0, "3.{minor}: {o:?}");
             // (offset, width read): i32 `locked`, pointer `last_holder`.
             for (member, width) in [(o.gil_locked, 4), (o.gil_last_holder, 8)] {
-                assert!(
-                    member >= 0 && member + width <= o.gil_size,
-                    "3.{minor}: {o:?}"
-                );
+                assert!(member >= 0 && member + width <= o.gil_size, "3.{minor}: {o:?}");
             }
         }
     }

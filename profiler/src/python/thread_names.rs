@@ -46,7 +46,12 @@ const MAX_INT_DIGITS: usize = 5;
 /// through it, or registered as a dummy thread by calling into it). Empty when anything on the
 /// way cannot be read: the process exited, `threading` was never imported, or its memory is not
 /// what the layout says.
-pub fn thread_names(mem: &impl ReadMemory, o: &PyOffsets, version: PyVersion, runtime_addr: u64) -> HashMap<u32, String> {
+pub fn thread_names(
+    mem: &impl ReadMemory,
+    o: &PyOffsets,
+    version: PyVersion,
+    runtime_addr: u64,
+) -> HashMap<u32, String> {
     // `_native_id` exists from 3.8, which is also where the layout table starts.
     if version.major != 3 || version.minor < 8 {
         return HashMap::new();
@@ -326,7 +331,12 @@ fn values_array(mem: &impl ReadMemory, o: &PyOffsets, values: u64) -> Option<(u6
 }
 
 /// The live pairs of a keys object, with a split table's values array if there is one.
-fn table_items(mem: &impl ReadMemory, o: &PyOffsets, keys: u64, values: Option<(u64, usize)>) -> Option<Vec<(u64, u64)>> {
+fn table_items(
+    mem: &impl ReadMemory,
+    o: &PyOffsets,
+    keys: u64,
+    values: Option<(u64, usize)>,
+) -> Option<Vec<(u64, u64)>> {
     let head = mem.bytes(keys, o.dict_keys_indices as usize)?;
     let mut layout = entry_layout(o, &head)?;
     let values = match values {
@@ -397,7 +407,12 @@ fn find_str_keys<const N: usize>(
 }
 
 /// Looks `names` up in the dict at `dict`; None if it cannot be read as a dict.
-fn dict_lookup<const N: usize>(mem: &impl ReadMemory, o: &PyOffsets, dict: u64, names: [&str; N]) -> Option<[Option<u64>; N]> {
+fn dict_lookup<const N: usize>(
+    mem: &impl ReadMemory,
+    o: &PyOffsets,
+    dict: u64,
+    names: [&str; N],
+) -> Option<[Option<u64>; N]> {
     Some(find_str_keys(mem, o, &dict_items(mem, o, dict)?, names))
 }
 
