@@ -4,7 +4,7 @@
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use profiler::kernel_btf::KernelBtf;
+use profiler::bpf::kernel_btf::KernelBtf;
 
 /// Names the lookups ask for, and others.
 const NAMES: [&str; 7] = ["", "task_struct", "thread", "fsbase", "pid", "tgid", "x"];

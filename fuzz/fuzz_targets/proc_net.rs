@@ -3,7 +3,7 @@
 //! displayed too, as reports do. Seeds are this machine's own tables (`cargo xtask fuzz`).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use profiler::fdinfo::{FdTarget, Link, parse_inet_line, parse_link, parse_unix_line, unix_diag};
+use profiler::offcpu::fdinfo::{FdTarget, Link, parse_inet_line, parse_link, parse_unix_line, unix_diag};
 
 fuzz_target!(|data: &[u8]| {
     let inode = data.get(..4).map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap()) as u64);

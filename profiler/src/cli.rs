@@ -1,7 +1,10 @@
-//! Command-line interface (clap).
-use std::{ffi::OsString, path::PathBuf, time::Duration};
+//! The command line: every subcommand's arguments as clap types, and nothing else. Only
+//! `main` and [`crate::commands`] read these; everything below takes plain configuration.
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+use crate::{model::Mode, output::Format};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -25,13 +28,61 @@ pub enum Command {
     Profile(ProfileArgs),
     /// Compare two saved profiles (JSON or folded): a differential flame graph and the
     /// functions whose time moved most.
-    Diff(crate::diff::DiffArgs),
+    Diff(DiffArgs),
     /// Live view of where processes and threads spend their time (CPU and each kind of wait),
     /// refreshed every second.
-    Top(crate::top::TopArgs),
+    Top(TopArgs),
     /// Profile continuously and serve pprof profiles, Prometheus metrics and JSON summaries
     /// over HTTP.
-    Daemon(crate::daemon::DaemonArgs),
+    Daemon(DaemonArgs),
+}
+
+/// How the kernel samples and tracks time: the same flags, with the same defaults, for every
+/// command that profiles.
+#[derive(Debug, Clone, Args)]
+pub struct SamplingArgs {
+    /// Samples per second per CPU.
+    #[arg(short = 'F', long, value_name = "HZ", default_value_t = DEFAULT_FREQUENCY,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub frequency: u32,
+
+    /// Include kernel frames in stacks.
+    #[arg(long)]
+    pub kernel: bool,
+
+    /// Python frames walked per sample at most; deeper stacks are cut at the root and marked
+    /// `[truncated]`.
+    #[arg(long, value_name = "FRAMES", default_value_t = profiler_common::MAX_PY_FRAMES as u32,
+          value_parser = clap::value_parser!(u32).range(1..=profiler_common::MAX_PY_FRAMES as i64))]
+    pub max_depth: u32,
+
+    /// On-CPU only: no scheduler or syscall tracking (off-CPU time is tracked by default for
+    /// Python processes and explicit targets).
+    #[arg(long)]
+    pub no_off_cpu: bool,
+
+    /// Off-CPU waits shorter than this (microseconds) are counted per thread but carry no stack.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = DEFAULT_OFF_CPU_THRESHOLD_US)]
+    pub off_cpu_threshold_us: u64,
+
+    /// Off-CPU stacks taken per second per thread at most (0: no limit). A thread that blocks
+    /// more often (GIL hand-offs in a busy threaded server) keeps exact totals; the time of
+    /// the waits it has no stack for is spread over its stacks of the same category.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = DEFAULT_OFF_CPU_STACK_RATE)]
+    pub off_cpu_stack_rate: u32,
+}
+
+/// `--all` or `--pid`, for the commands that watch the host by default (`top`, `daemon`).
+#[derive(Debug, Clone, Args)]
+#[command(group(ArgGroup::new("target").multiple(false).args(["all", "pids"])))]
+pub struct HostTargetArgs {
+    /// Every process on the host (the default).
+    #[arg(long)]
+    pub all: bool,
+
+    /// Only this process (repeatable).
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -52,10 +103,8 @@ pub struct ProfileArgs {
     #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_duration)]
     pub duration: Option<Duration>,
 
-    /// Samples per second per CPU.
-    #[arg(short = 'F', long, value_name = "HZ", default_value_t = 99,
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub frequency: u32,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 
     /// Write the profile here (repeatable). The format comes from the extension
     /// (.svg, .folded, .json, .speedscope.json, .pb.gz or .pprof) unless --format is given.
@@ -65,31 +114,6 @@ pub struct ProfileArgs {
     /// Format of every --output, overriding the extension.
     #[arg(long, value_enum, value_name = "FORMAT")]
     pub format: Option<Format>,
-
-    /// Include kernel frames in stacks.
-    #[arg(long)]
-    pub kernel: bool,
-
-    /// Python frames walked per sample at most; deeper stacks are cut at the root and marked
-    /// `[truncated]`.
-    #[arg(long, value_name = "FRAMES", default_value_t = 128,
-          value_parser = clap::value_parser!(u32).range(1..=profiler_common::MAX_PY_FRAMES as i64))]
-    pub max_depth: u32,
-
-    /// On-CPU only: no scheduler or syscall tracking (off-CPU time is tracked by default for
-    /// Python processes and explicit targets).
-    #[arg(long)]
-    pub no_off_cpu: bool,
-
-    /// Off-CPU waits shorter than this (microseconds) are counted per thread but carry no stack.
-    #[arg(long, value_name = "MICROSECONDS", default_value_t = 100)]
-    pub off_cpu_threshold_us: u64,
-
-    /// Off-CPU stacks taken per second per thread at most (0: no limit). A thread that blocks
-    /// more often (GIL hand-offs in a busy threaded server) keeps exact totals; the time of
-    /// the waits it has no stack for is spread over its stacks of the same category.
-    #[arg(long, value_name = "PER_SECOND", default_value_t = DEFAULT_OFF_CPU_STACK_RATE)]
-    pub off_cpu_stack_rate: u32,
 
     /// What flame graphs and folded stacks weigh: `wall` (on- and off-CPU time, each stack
     /// ending in a frame naming its category; the default with off-CPU tracking) or `cpu`
@@ -110,67 +134,125 @@ pub struct ProfileArgs {
     pub command: Vec<OsString>,
 }
 
-/// Off-CPU stacks per second per thread at most, unless told otherwise.
-pub const DEFAULT_OFF_CPU_STACK_RATE: u32 = 50;
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub target: HostTargetArgs,
 
-/// What stacks weigh in flame graphs and folded output.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
+    /// Refresh interval.
+    #[arg(short = 'i', long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Stop after this long (default: until `q` or Ctrl-C).
+    #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    /// What to sort processes and threads by at start (keys `c` and `w` change it).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub sort: SortKey,
+
+    /// Processes shown when printing plain text (stdout not a terminal).
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub rows: usize,
+}
+
+/// What `top` sorts processes and threads by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SortKey {
+    /// On-CPU time.
     Cpu,
+    /// Wall time accounted (on- and off-CPU, summed over threads).
     Wall,
 }
 
-/// Output formats.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Format {
-    /// Interactive flame graph (inferno).
-    Svg,
-    /// Collapsed stacks, one `frame;frame;frame count` line per stack, root first.
-    Folded,
-    /// The whole profile as one JSON object.
-    Json,
-    /// speedscope's file format: one sampled profile per thread.
-    Speedscope,
-    /// pprof's gzipped protobuf (`go tool pprof`, Pyroscope...): per-category values, labels
-    /// for process, thread and wait.
-    Pprof,
-}
-
-impl Format {
-    /// The format a path's extension names, if any.
-    pub fn from_path(path: &std::path::Path) -> Option<Self> {
-        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
-        // Two-part extensions first: `x.speedscope.json` is not pyebpf's JSON.
-        if name.ends_with(".speedscope.json") {
-            return Some(Self::Speedscope);
-        }
-        if name.ends_with(".pb.gz") {
-            return Some(Self::Pprof);
-        }
-        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
-        match ext.as_str() {
-            "svg" => Some(Self::Svg),
-            "folded" | "collapsed" => Some(Self::Folded),
-            "json" => Some(Self::Json),
-            "pprof" => Some(Self::Pprof),
-            _ => None,
-        }
-    }
-
-    /// The extensions [`Format::from_path`] knows, for error messages.
-    pub const EXTENSIONS: &'static str = ".svg, .folded, .json, .speedscope.json, .pb.gz or .pprof";
-
-    pub fn describe(self) -> &'static str {
+impl SortKey {
+    pub fn name(self) -> &'static str {
         match self {
-            Self::Svg => "flame graph",
-            Self::Folded => "folded stacks",
-            Self::Json => "JSON profile",
-            Self::Speedscope => "speedscope profile",
-            Self::Pprof => "pprof profile",
+            Self::Cpu => "cpu",
+            Self::Wall => "wall",
         }
     }
 }
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub target: HostTargetArgs,
+
+    /// Address to serve HTTP on. The default is loopback only: the endpoints show command
+    /// lines and code paths, so expose them deliberately.
+    #[arg(short = 'l', long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
+    pub listen: SocketAddr,
+
+    /// Length of one window: the resolution of every answer.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub window: Duration,
+
+    /// How much history is kept (older windows are dropped).
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub retention: Duration,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+
+    /// Push each window's pprof profile to this Pyroscope-compatible server
+    /// (`http://host:port`; `POST /ingest?format=pprof`).
+    #[arg(long, value_name = "URL")]
+    pub push: Option<String>,
+
+    /// Application name the pushed profiles are stored under (a `host` label is added).
+    #[arg(long, value_name = "NAME", default_value = "pyebpf", requires = "push")]
+    pub push_name: String,
+
+    /// Stop after this long (default: until SIGTERM or Ctrl-C).
+    #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The profile before the change (pyebpf JSON, or folded stacks).
+    #[arg(value_name = "BEFORE")]
+    pub before: PathBuf,
+
+    /// The profile after the change.
+    #[arg(value_name = "AFTER")]
+    pub after: PathBuf,
+
+    /// Write the differential flame graph here (.svg), or the merged folded lines
+    /// (`stack before after`, .folded).
+    #[arg(short = 'o', long = "output", value_name = "PATH")]
+    pub output: Option<PathBuf>,
+
+    /// Scale BEFORE so that both profiles have the same total (compare shares, not amounts:
+    /// for profiles of different lengths).
+    #[arg(long)]
+    pub normalize: bool,
+
+    /// Keep thread frames (by default threads are merged, as their names and ids change
+    /// between runs).
+    #[arg(long)]
+    pub threads: bool,
+
+    /// Keep Python line numbers in frames.
+    #[arg(long)]
+    pub lines: bool,
+
+    /// Rows in the table of functions that moved most.
+    #[arg(long, value_name = "N", default_value_t = 15)]
+    pub top: usize,
+}
+
+/// Samples per second per CPU, unless told otherwise: 99, not 100, so sampling does not run in
+/// lockstep with timers at round rates.
+pub const DEFAULT_FREQUENCY: u32 = 99;
+/// Off-CPU waits shorter than this carry no stack, unless told otherwise.
+pub const DEFAULT_OFF_CPU_THRESHOLD_US: u64 = 100;
+/// Off-CPU stacks per second per thread at most, unless told otherwise.
+pub const DEFAULT_OFF_CPU_STACK_RATE: u32 = 50;
 
 /// Parses "10", "2.5", "500ms", "30s", "2m" into a positive duration.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -214,21 +296,6 @@ mod tests {
         assert!(parse_duration("-1").is_err());
         assert!(parse_duration("abc").is_err());
         assert!(parse_duration("nan").is_err());
-    }
-
-    #[test]
-    fn formats_from_extension() {
-        use std::path::Path;
-        assert_eq!(Format::from_path(Path::new("a/b.svg")), Some(Format::Svg));
-        assert_eq!(Format::from_path(Path::new("x.FOLDED")), Some(Format::Folded));
-        assert_eq!(Format::from_path(Path::new("x.json")), Some(Format::Json));
-        assert_eq!(Format::from_path(Path::new("d.json/x.Speedscope.JSON")), Some(Format::Speedscope));
-        assert_eq!(Format::from_path(Path::new("speedscope.json")), Some(Format::Json));
-        assert_eq!(Format::from_path(Path::new("x.pb.gz")), Some(Format::Pprof));
-        assert_eq!(Format::from_path(Path::new("x.pprof")), Some(Format::Pprof));
-        assert_eq!(Format::from_path(Path::new("x.gz")), None);
-        assert_eq!(Format::from_path(Path::new("x")), None);
-        assert_eq!(Format::from_path(Path::new("x.png")), None);
     }
 
     #[test]

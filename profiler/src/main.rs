@@ -3,9 +3,9 @@
 use clap::Parser as _;
 
 use profiler::{
-    cli::{Cli, Command},
+    cli::Cli,
+    commands,
     error::{ExitCode, Fatal},
-    run,
 };
 
 fn main() -> std::process::ExitCode {
@@ -18,14 +18,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(ExitCode::Internal as u8);
         }
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Profile(args) => run::profile(args).await,
-            Command::Diff(args) => profiler::diff::run(args),
-            Command::Top(args) => profiler::top::run(args).await,
-            Command::Daemon(args) => profiler::daemon::run(args).await,
-        }
-    });
+    let result = runtime.block_on(commands::run(cli.command));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,10 +1,7 @@
 //! Code objects read out of a target process: name, file, first line and line table, enough to
 //! name any frame that runs the code and find its current line.
-use super::{
-    PyVersion, linetable,
-    memory::{MAX_OBJECT_BYTES, ReadMemory, field_i32, field_u64},
-    offsets::PyOffsets,
-};
+use super::{PyVersion, linetable, offsets::PyOffsets};
+use crate::host::memory::{MAX_OBJECT_BYTES, ReadMemory, field_i32, field_u64};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodeObject {
@@ -153,7 +150,7 @@ pub fn read_code(mem: &impl ReadMemory, o: &PyOffsets, addr: u64) -> Option<Code
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::python::{memory::ImageMemory, offsets::for_version};
+    use crate::{host::memory::ImageMemory, python::offsets::for_version};
 
     /// Found by the `code_object` fuzzer: a str whose length times its character width
     /// overflowed (a panic with overflow checks; without, a wrapped size that passed the

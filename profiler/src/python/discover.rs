@@ -11,11 +11,8 @@ use std::{collections::HashMap, fs::File, path::PathBuf};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, read::ReadCache};
 use procfs::process::{MMapPath, Process};
 
-use super::{
-    PyVersion,
-    memory::{Memory, ReadMemory},
-    offsets,
-};
+use super::{PyVersion, offsets};
+use crate::host::memory::{Memory, ReadMemory};
 
 /// What a process turned out to be.
 #[derive(Debug, Clone)]

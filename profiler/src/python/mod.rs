@@ -3,7 +3,6 @@
 pub mod code;
 pub mod discover;
 pub mod linetable;
-pub mod memory;
 pub mod offsets;
 mod offsets_generated;
 pub mod thread_names;
@@ -19,9 +18,9 @@ use profiler_common::{PY_OFFSET_NONE, PyFrameRecord, PyProcInfo};
 use self::{
     code::{CodeObject, FrameLine},
     discover::{Inspection, Inspector, Interpreter},
-    memory::{Memory, ReadMemory},
     offsets::PyOffsets,
 };
+use crate::host::memory::{Memory, ReadMemory};
 
 #[cfg(test)]
 mod tests {
@@ -145,7 +144,7 @@ impl fmt::Display for PyFrame {
     /// py-spy's form: `qualname (path/file.py:LINE)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // One definition of the text, so outputs can pair it back with the structured frame.
-        f.write_str(&crate::profile::python_frame_text(&self.function, &self.file, self.line))
+        f.write_str(&crate::model::profile::python_frame_text(&self.function, &self.file, self.line))
     }
 }
 

@@ -23,12 +23,8 @@
 //! an empty or partial map, never a panic.
 use std::collections::HashMap;
 
-use super::{
-    PyVersion,
-    code::read_unicode,
-    memory::{ReadMemory, field_i32, field_u64},
-    offsets::PyOffsets,
-};
+use super::{PyVersion, code::read_unicode, offsets::PyOffsets};
+use crate::host::memory::{ReadMemory, field_i32, field_u64};
 
 /// Interpreters followed along `PyInterpreterState.next` before giving up (a cycle in garbage).
 const MAX_INTERPRETERS: usize = 256;
@@ -648,7 +644,7 @@ mod tests {
     /// version's layout, and looks the keys up with the reader.
     #[test]
     fn dict_lookup_in_own_memory() {
-        let mem = super::super::memory::Memory::new(std::process::id());
+        let mem = crate::host::memory::Memory::new(std::process::id());
         for (minor, o) in layouts() {
             let words = |n: usize| vec![0u64; n];
             let addr = |v: &Vec<u64>| v.as_ptr() as u64;

@@ -2,10 +2,9 @@
 //! ring of them (`daemon`: the last 10 minutes at 10 s resolution; `top`: since it started).
 use std::collections::{HashMap, VecDeque};
 
-use crate::{
-    aggregate::{function_table, loop_stalls},
-    offcpu::Category,
-    profile::{ProcessProfile, Profile, PythonFrameProfile},
+use crate::model::{
+    Category, ProcessProfile, Profile, PythonFrameProfile,
+    analysis::{function_table, loop_stalls},
 };
 
 /// Adds `other` (a later window) into `into`: durations, counts, per-process, per-thread and
@@ -236,9 +235,9 @@ impl Windows {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        cli::Mode,
-        profile::{FORMAT_NAME, FORMAT_VERSION, StackProfile, ThreadProfile},
+    use crate::model::{
+        Mode, StackProfile, ThreadProfile,
+        profile::{FORMAT_NAME, FORMAT_VERSION},
     };
 
     fn window(start: f64, cpu_ns: u64, net_ns: u64) -> Profile {
@@ -247,7 +246,7 @@ mod tests {
             tid: 2,
             thread: "w".into(),
             frames: vec!["main (a.py:1)".into()],
-            python_frames: vec![crate::profile::PythonFrameProfile {
+            python_frames: vec![crate::model::profile::PythonFrameProfile {
                 function: "main".into(),
                 file: "a.py".into(),
                 line: Some(1),

@@ -1,4 +1,6 @@
 //! Loads the embedded eBPF object, configures it and attaches it; reads its maps.
+pub mod kernel_btf;
+
 use std::os::fd::OwnedFd;
 
 use anyhow::Context as _;
@@ -103,12 +105,12 @@ impl Bpf {
         let kernel_stacks = cfg.kernel_stacks as u8;
         let self_pid = std::process::id();
         // Only CPython 3.8–3.10 need it (their thread states hold a pthread_t, not a tid).
-        let fsbase_offset = crate::kernel_btf::fsbase_offset().unwrap_or_else(|| {
+        let fsbase_offset = crate::bpf::kernel_btf::fsbase_offset().unwrap_or_else(|| {
             log::warn!("no task_struct.thread.fsbase in the kernel's BTF: CPython 3.8-3.10 threads cannot be matched");
             0
         });
         let py_max_depth = cfg.py_max_depth.min(profiler_common::MAX_PY_FRAMES as u32);
-        let btf = crate::kernel_btf::KernelBtf::load();
+        let btf = crate::bpf::kernel_btf::KernelBtf::load();
         let task_pid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["pid"])).unwrap_or(0);
         let task_tgid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["tgid"])).unwrap_or(0);
         if cfg.off_cpu && (task_pid == 0 || task_tgid == 0) {
@@ -233,8 +235,8 @@ impl Bpf {
         if !self.off_cpu {
             return;
         }
-        let now = crate::session::monotonic_ns();
-        for t in crate::procinfo::sleeping_threads(pid) {
+        let now = crate::host::clock::monotonic_ns();
+        for t in crate::host::procinfo::sleeping_threads(pid) {
             let times = ThreadTimes {
                 pid,
                 off_since_ns: now,
@@ -307,7 +309,7 @@ impl Bpf {
                     .in_flight
                     .get(tid, 0)
                     .is_ok_and(|c| c.syscall_nr == libc::SYS_exit || c.syscall_nr == libc::SYS_exit_group);
-                !exiting && crate::procinfo::thread_alive(t.pid, *tid)
+                !exiting && crate::host::procinfo::thread_alive(t.pid, *tid)
             })
             .map(|&(tid, t)| {
                 let (blocked_ns, runq_ns) = if t.off_state == profiler_common::off_state::RUNNABLE {
@@ -410,7 +412,7 @@ fn poll_family_arg(pid: u32, nr: i64, args: &[u64; 6]) -> u64 {
     use profiler_common::poll_arg;
     let read_u64 = |addr: u64| -> Option<u64> {
         let mut buf = [0u8; 8];
-        crate::python::memory::ReadMemory::read(&crate::python::memory::Memory::new(pid), addr, &mut buf)
+        crate::host::memory::ReadMemory::read(&crate::host::memory::Memory::new(pid), addr, &mut buf)
             .then(|| u64::from_ne_bytes(buf))
     };
     match nr {

@@ -9,52 +9,17 @@
 use std::{
     collections::{HashMap, HashSet},
     io::Write,
-    path::{Path, PathBuf},
+    path::Path,
 };
 
 use anyhow::Context as _;
-use clap::Args;
 use serde_json::Value;
 
 use crate::{
+    cli::DiffArgs,
     error::{ExitCode, fatal},
-    offcpu::{CATEGORIES, Wait},
-    profile::FORMAT_NAME,
+    model::{CATEGORIES, Wait, profile::FORMAT_NAME},
 };
-
-#[derive(Debug, Args)]
-pub struct DiffArgs {
-    /// The profile before the change (pyebpf JSON, or folded stacks).
-    #[arg(value_name = "BEFORE")]
-    pub before: PathBuf,
-
-    /// The profile after the change.
-    #[arg(value_name = "AFTER")]
-    pub after: PathBuf,
-
-    /// Write the differential flame graph here (.svg), or the merged folded lines
-    /// (`stack before after`, .folded).
-    #[arg(short = 'o', long = "output", value_name = "PATH")]
-    pub output: Option<PathBuf>,
-
-    /// Scale BEFORE so that both profiles have the same total (compare shares, not amounts:
-    /// for profiles of different lengths).
-    #[arg(long)]
-    pub normalize: bool,
-
-    /// Keep thread frames (by default threads are merged, as their names and ids change
-    /// between runs).
-    #[arg(long)]
-    pub threads: bool,
-
-    /// Keep Python line numbers in frames.
-    #[arg(long)]
-    pub lines: bool,
-
-    /// Rows in the table of functions that moved most.
-    #[arg(long, value_name = "N", default_value_t = 15)]
-    pub top: usize,
-}
 
 /// What the counts of a profile stand for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

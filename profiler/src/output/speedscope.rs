@@ -12,11 +12,7 @@ use std::{collections::HashMap, io::Write};
 
 use serde::Serialize;
 
-use crate::{
-    cli::Mode,
-    offcpu::Category,
-    profile::{Frame as StackFrame, Profile, StackProfile},
-};
+use crate::model::{Category, Mode, Profile, StackProfile, profile::Frame as StackFrame};
 
 /// The schema's required `$schema` value.
 const SCHEMA: &str = "https://www.speedscope.app/file-format-schema.json";
@@ -177,7 +173,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::profile::tests::sample_profile;
+    use crate::model::profile::tests::sample_profile;
 
     fn render(mode: Mode) -> Value {
         let mut out = Vec::new();

@@ -15,11 +15,7 @@ use std::{collections::HashMap, io::Write};
 use flate2::{Compression, write::GzEncoder};
 use prost::Message as _;
 
-use crate::{
-    cli::Mode,
-    offcpu::{CATEGORIES, Category},
-    profile::{Frame, Profile, StackProfile},
-};
+use crate::model::{CATEGORIES, Category, Mode, Profile, StackProfile, profile::Frame};
 
 /// profile.proto's messages, declared by hand with the proto's field numbers (prost derives the
 /// encoding; no protoc at build time). Fields pyebpf never sets are left out.
@@ -279,7 +275,7 @@ mod tests {
     use std::io::Read as _;
 
     use super::*;
-    use crate::profile::tests::sample_profile;
+    use crate::model::profile::tests::sample_profile;
 
     /// Writes the profile and reads it back the way a consumer does: gunzip, then decode.
     fn round_trip(mode: Mode) -> proto::Profile {

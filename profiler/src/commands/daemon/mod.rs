@@ -16,7 +16,6 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::Write as _,
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -28,78 +27,17 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use clap::{ArgGroup, Args};
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot},
-};
+use tokio::sync::{mpsc, oneshot};
+
+pub mod push;
 
 use crate::{
-    cli::{Mode, parse_duration},
+    cli::DaemonArgs,
+    commands::runner::{self, Stop},
+    engine::{session::Session, target::TargetSpec, window::Windows},
     error::{ExitCode, fatal},
-    offcpu::CATEGORIES,
-    privileges,
-    profile::Profile,
-    run::check_frequency,
-    session::{DRAIN_INTERVAL, Session, SessionConfig},
-    target::TargetSpec,
-    window::Windows,
+    model::{CATEGORIES, Mode, Profile},
 };
-
-#[derive(Debug, Args)]
-#[command(group(ArgGroup::new("target").multiple(false).args(["all", "pids"])))]
-pub struct DaemonArgs {
-    /// Every process on the host (the default).
-    #[arg(long)]
-    pub all: bool,
-
-    /// Only this process (repeatable).
-    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
-    pub pids: Vec<u32>,
-
-    /// Address to serve HTTP on. The default is loopback only: the endpoints show command
-    /// lines and code paths, so expose them deliberately.
-    #[arg(short = 'l', long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464")]
-    pub listen: SocketAddr,
-
-    /// Length of one window: the resolution of every answer.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub window: Duration,
-
-    /// How much history is kept (older windows are dropped).
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
-    pub retention: Duration,
-
-    /// Samples per second per CPU.
-    #[arg(short = 'F', long, value_name = "HZ", default_value_t = 99,
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub frequency: u32,
-
-    /// Include kernel frames in stacks.
-    #[arg(long)]
-    pub kernel: bool,
-
-    /// On-CPU only: no scheduler or syscall tracking.
-    #[arg(long)]
-    pub no_off_cpu: bool,
-
-    /// Off-CPU waits shorter than this (microseconds) are counted per thread but carry no stack.
-    #[arg(long, value_name = "MICROSECONDS", default_value_t = 100)]
-    pub off_cpu_threshold_us: u64,
-
-    /// Push each window's pprof profile to this Pyroscope-compatible server
-    /// (`http://host:port`; `POST /ingest?format=pprof`).
-    #[arg(long, value_name = "URL")]
-    pub push: Option<String>,
-
-    /// Application name the pushed profiles are stored under (a `host` label is added).
-    #[arg(long, value_name = "NAME", default_value = "pyebpf", requires = "push")]
-    pub push_name: String,
-
-    /// Stop after this long (default: until SIGTERM or Ctrl-C).
-    #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-}
 
 /// A request for the window in progress, answered by the profiling loop.
 type SnapshotRequest = oneshot::Sender<Profile>;
@@ -171,30 +109,19 @@ impl Metrics {
 }
 
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
-    privileges::check()?;
+    runner::preflight(&args.sampling)?;
     if args.retention < args.window {
         return Err(fatal(ExitCode::Usage, "--retention must be at least one --window"));
     }
-    let target = TargetSpec::resolve(args.all || args.pids.is_empty(), &args.pids, &[])?;
-    check_frequency(args.frequency)?;
-    let push = args.push.as_deref().map(|url| crate::push::Target::parse(url, &args.push_name)).transpose()?;
+    let target = TargetSpec::resolve(args.target.all || args.target.pids.is_empty(), &args.target.pids, &[])?;
+    let mode = runner::mode(None, &args.sampling)?;
+    let push = args.push.as_deref().map(|url| push::Target::parse(url, &args.push_name)).transpose()?;
     // Bind before loading anything: a taken port is the commonest mistake.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| fatal(ExitCode::Usage, format!("cannot listen on {}: {e}", args.listen)))?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut session = Session::start(SessionConfig {
-        target,
-        frequency: args.frequency,
-        kernel_stacks: args.kernel,
-        max_depth: profiler_common::MAX_PY_FRAMES as u32,
-        off_cpu: !args.no_off_cpu,
-        off_cpu_threshold_ns: args.off_cpu_threshold_us.saturating_mul(1000),
-        off_cpu_stack_rate: crate::cli::DEFAULT_OFF_CPU_STACK_RATE,
-        bpf_stats: false,
-        mode: if args.no_off_cpu { Mode::Cpu } else { Mode::Wall },
-    })?;
+    let mut stop = Stop::catch_signals()?;
+    let mut session = Session::start(runner::session_config(target, &args.sampling, mode, false))?;
 
     let capacity = (args.retention.as_secs_f64() / args.window.as_secs_f64()).ceil() as usize;
     let shared = Arc::new(Mutex::new(Shared {
@@ -203,7 +130,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         started: Instant::now(),
         window: args.window,
         retention: args.retention,
-        off_cpu: !args.no_off_cpu,
+        off_cpu: !args.sampling.no_off_cpu,
     }));
     let (snapshots, mut requests) = mpsc::channel::<SnapshotRequest>(16);
     let app = Router::new()
@@ -226,44 +153,35 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         args.listen, args.window, args.retention
     );
 
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    stop.start_clock(args.duration);
     let mut window_started = Instant::now();
-    let reason = loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if let Some(reason) = session.tick() {
-                    break reason;
-                }
-                if window_started.elapsed() >= args.window {
-                    window_started = Instant::now();
-                    let rotating = Instant::now();
-                    let w = session.rotate();
-                    let built = rotating.elapsed();
-                    if let Some(target) = &push {
-                        push_window(target, &w, &shared);
-                    }
-                    let (processes, lost) = (w.processes.len(), w.lost_events);
-                    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-                    let retention = s.retention;
-                    s.metrics.add(&w, retention);
-                    s.windows.push(w);
-                    log::debug!(
-                        "window: {processes} processes, {lost} lost events; built in {:.0?}, stored in {:.0?}",
-                        built,
-                        rotating.elapsed() - built
-                    );
-                }
-            }
-            Some(reply) = requests.recv() => {
-                let _ = reply.send(session.snapshot());
-            }
-            _ = crate::run::sleep_until(deadline) => break "duration reached".to_string(),
-            _ = sigint.recv() => break "interrupted".to_string(),
-            _ = sigterm.recv() => break "terminated".to_string(),
+    let reason = runner::drive(&mut session, &mut stop, |session| {
+        // The HTTP handlers' requests for the window in progress, answered between drains.
+        while let Ok(reply) = requests.try_recv() {
+            let _ = reply.send(session.snapshot());
         }
-    };
+        if window_started.elapsed() >= args.window {
+            window_started = Instant::now();
+            let rotating = Instant::now();
+            let w = session.rotate();
+            let built = rotating.elapsed();
+            if let Some(target) = &push {
+                push_window(target, &w, &shared);
+            }
+            let (processes, lost) = (w.processes.len(), w.lost_events);
+            let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+            let retention = s.retention;
+            s.metrics.add(&w, retention);
+            s.windows.push(w);
+            log::debug!(
+                "window: {processes} processes, {lost} lost events; built in {:.0?}, stored in {:.0?}",
+                built,
+                rotating.elapsed() - built
+            );
+        }
+        Ok(None)
+    })
+    .await?;
     let _ = stop_http.send(());
     // Answer requests still waiting so the server can finish them, then stop.
     requests.close();
@@ -282,9 +200,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
 }
 
 /// Pushes a window in the background; the outcome is counted in `/metrics`.
-fn push_window(target: &crate::push::Target, w: &Profile, shared: &Arc<Mutex<Shared>>) {
+fn push_window(target: &push::Target, w: &Profile, shared: &Arc<Mutex<Shared>>) {
     let mut pprof = Vec::new();
-    if let Err(e) = crate::pprof::write(w, &mut pprof) {
+    if let Err(e) = crate::output::pprof::write(w, &mut pprof) {
         log::warn!("cannot encode the window for --push: {e:#}");
         return;
     }
@@ -350,7 +268,7 @@ async fn pprof(state: AppState, span: Span, mode: Mode) -> Response {
     }
     profile.mode = mode;
     let mut body = Vec::new();
-    match crate::pprof::write(&profile, &mut body) {
+    match crate::output::pprof::write(&profile, &mut body) {
         Ok(()) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode the profile: {e:#}\n")).into_response(),
     }

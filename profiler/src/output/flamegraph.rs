@@ -8,7 +8,7 @@ use inferno::flamegraph::{
 
 use inferno::flamegraph::color::{PaletteMap, parse_hex_color};
 
-use crate::{cli::Mode, offcpu::Category, profile::Profile};
+use crate::model::{Category, Mode, Profile};
 
 /// Colours of off-CPU leaf frames: blues for I/O, purples for waiting on others, greys for
 /// time asleep.

@@ -6,8 +6,7 @@ use serde::Serialize;
 
 use crate::{
     bpf::ProgramStats,
-    cli::Mode,
-    offcpu::{Category, Wait},
+    model::{Category, Mode, Wait},
 };
 
 pub const FORMAT_NAME: &str = "pyebpf-profile";

@@ -10,7 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use clap::{ArgGroup, Args, ValueEnum};
 use ratatui::{
     DefaultTerminal, Frame,
     crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers},
@@ -19,141 +18,59 @@ use ratatui::{
     text::{Line, Span},
     widgets::{Block, Cell, Paragraph, Row, Table, TableState},
 };
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{Mode, parse_duration},
-    offcpu::{CATEGORIES, Category},
-    privileges,
-    profile::{ProcessProfile, Profile},
-    run::{check_frequency, sleep_until},
-    session::{DRAIN_INTERVAL, Session, SessionConfig},
-    target::TargetSpec,
-    window,
+    cli::{SortKey, TopArgs},
+    commands::runner::{self, Stop},
+    engine::{session::Session, target::TargetSpec, window},
+    model::{CATEGORIES, Category, ProcessProfile, Profile},
 };
 
-#[derive(Debug, Args)]
-#[command(group(ArgGroup::new("target").multiple(false).args(["all", "pids"])))]
-pub struct TopArgs {
-    /// Every process on the host (the default).
-    #[arg(long)]
-    pub all: bool,
-
-    /// Only this process (repeatable).
-    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
-    pub pids: Vec<u32>,
-
-    /// Refresh interval.
-    #[arg(short = 'i', long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
-    pub interval: Duration,
-
-    /// Stop after this long (default: until `q` or Ctrl-C).
-    #[arg(short = 'd', long, value_name = "DURATION", value_parser = parse_duration)]
-    pub duration: Option<Duration>,
-
-    /// Samples per second per CPU.
-    #[arg(short = 'F', long, value_name = "HZ", default_value_t = 99,
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub frequency: u32,
-
-    /// What to sort processes and threads by at start (keys `c` and `w` change it).
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub sort: SortKey,
-
-    /// On-CPU only: no scheduler or syscall tracking.
-    #[arg(long)]
-    pub no_off_cpu: bool,
-
-    /// Processes shown when printing plain text (stdout not a terminal).
-    #[arg(long, value_name = "N", default_value_t = 20)]
-    pub rows: usize,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SortKey {
-    /// On-CPU time.
-    Cpu,
-    /// Wall time accounted (on- and off-CPU, summed over threads).
-    Wall,
-}
-
-impl SortKey {
-    fn name(self) -> &'static str {
-        match self {
-            Self::Cpu => "cpu",
-            Self::Wall => "wall",
-        }
-    }
-}
-
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
-    privileges::check()?;
-    let target = TargetSpec::resolve(args.all || args.pids.is_empty(), &args.pids, &[])?;
-    check_frequency(args.frequency)?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut session = Session::start(SessionConfig {
-        target,
-        frequency: args.frequency,
-        kernel_stacks: false,
-        max_depth: profiler_common::MAX_PY_FRAMES as u32,
-        off_cpu: !args.no_off_cpu,
-        off_cpu_threshold_ns: 100_000,
-        off_cpu_stack_rate: crate::cli::DEFAULT_OFF_CPU_STACK_RATE,
-        bpf_stats: false,
-        mode: if args.no_off_cpu { Mode::Cpu } else { Mode::Wall },
-    })?;
+    runner::preflight(&args.sampling)?;
+    let target = TargetSpec::resolve(args.target.all || args.target.pids.is_empty(), &args.target.pids, &[])?;
+    let mode = runner::mode(None, &args.sampling)?;
+    let mut stop = Stop::catch_signals()?;
+    let mut session = Session::start(runner::session_config(target, &args.sampling, mode, false))?;
     let mut state = State::new(args.sort);
     let mut screen = if std::io::stdout().is_terminal() { Screen::tui()? } else { Screen::Text(args.rows) };
     screen.draw(&mut state)?;
 
-    let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
-    let mut tick = tokio::time::interval(DRAIN_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    stop.start_clock(args.duration);
     let mut last = Instant::now();
-    let reason = loop {
-        tokio::select! {
-            _ = tick.tick() => {
-                if let Some(reason) = session.tick() {
-                    break reason;
-                }
-                let mut redraw = false;
-                if let Screen::Tui(_) = screen {
-                    while event::poll(Duration::ZERO)? {
-                        match event::read()? {
-                            Event::Key(key) if key.kind != KeyEventKind::Release => {
-                                if state.key(key) == Action::Quit {
-                                    break;
-                                }
-                                redraw = true;
-                            }
-                            Event::Resize(..) => redraw = true,
-                            _ => {}
+    let reason = runner::drive(&mut session, &mut stop, |session| {
+        let mut redraw = false;
+        if let Screen::Tui(_) = screen {
+            while event::poll(Duration::ZERO)? {
+                match event::read()? {
+                    Event::Key(key) if key.kind != KeyEventKind::Release => {
+                        if state.key(key) == Action::Quit {
+                            break;
                         }
+                        redraw = true;
                     }
-                    if state.quit {
-                        break "quit".to_string();
-                    }
-                }
-                if last.elapsed() >= args.interval {
-                    last = Instant::now();
-                    state.add_window(session.rotate());
-                    redraw = true;
-                }
-                if redraw {
-                    screen.draw(&mut state)?;
-                    if state.quit {
-                        break "output closed".to_string();
-                    }
+                    Event::Resize(..) => redraw = true,
+                    _ => {}
                 }
             }
-            _ = sleep_until(deadline) => break "duration reached".to_string(),
-            _ = sigint.recv() => break "interrupted".to_string(),
-            _ = sigterm.recv() => break "terminated".to_string(),
-            _ = sighup.recv() => break "hung up".to_string(),
+            if state.quit {
+                return Ok(Some("quit".to_string()));
+            }
         }
-    };
+        if last.elapsed() >= args.interval {
+            last = Instant::now();
+            state.add_window(session.rotate());
+            redraw = true;
+        }
+        if redraw {
+            screen.draw(&mut state)?;
+            if state.quit {
+                return Ok(Some("output closed".to_string()));
+            }
+        }
+        Ok(None)
+    })
+    .await?;
     drop(screen);
     session.stop();
     if !matches!(reason.as_str(), "quit" | "interrupted" | "output closed" | "duration reached") {
@@ -338,7 +255,7 @@ fn sort_value(sort: SortKey, totals: &BTreeMap<String, u64>, wall: u64) -> u64 {
     }
 }
 
-fn sorted_threads(p: &ProcessProfile, sort: SortKey) -> Vec<&crate::profile::ThreadProfile> {
+fn sorted_threads(p: &ProcessProfile, sort: SortKey) -> Vec<&crate::model::profile::ThreadProfile> {
     let mut threads: Vec<_> = p.threads.iter().collect();
     threads.sort_by(|a, b| {
         sort_value(sort, &b.totals_ns, b.wall_ns)
@@ -440,7 +357,7 @@ fn short_version(v: Option<&str>) -> String {
 }
 
 fn truncate(text: &str, width: usize) -> String {
-    crate::summary::truncate_with(text, width, '~')
+    crate::output::summary::truncate_with(text, width, '~')
 }
 
 const BAR_WIDTH: usize = 20;
@@ -466,7 +383,7 @@ fn category_header() -> Vec<String> {
     CATEGORIES.iter().map(|c| format!("{}%", c.name())).collect()
 }
 
-fn function_cells(f: &crate::profile::FunctionProfile) -> Vec<String> {
+fn function_cells(f: &crate::model::profile::FunctionProfile) -> Vec<String> {
     let mut cells = vec![secs(f.wall_ns)];
     cells.extend(category_cells(&f.totals_ns, f.wall_ns));
     cells.push(format!("{} ({})", f.function, f.file));

@@ -8,11 +8,66 @@ use std::{
 
 use anyhow::Context as _;
 
+pub mod flamegraph;
+pub mod pprof;
+pub mod speedscope;
+pub mod summary;
+
 use crate::{
-    cli::Format,
     error::{ExitCode, fatal},
-    profile::Profile,
+    model::Profile,
 };
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Interactive flame graph (inferno).
+    Svg,
+    /// Collapsed stacks, one `frame;frame;frame count` line per stack, root first.
+    Folded,
+    /// The whole profile as one JSON object.
+    Json,
+    /// speedscope's file format: one sampled profile per thread.
+    Speedscope,
+    /// pprof's gzipped protobuf (`go tool pprof`, Pyroscope...): per-category values, labels
+    /// for process, thread and wait.
+    Pprof,
+}
+
+impl Format {
+    /// The format a path's extension names, if any.
+    pub fn from_path(path: &std::path::Path) -> Option<Self> {
+        let name = path.file_name()?.to_str()?.to_ascii_lowercase();
+        // Two-part extensions first: `x.speedscope.json` is not pyebpf's JSON.
+        if name.ends_with(".speedscope.json") {
+            return Some(Self::Speedscope);
+        }
+        if name.ends_with(".pb.gz") {
+            return Some(Self::Pprof);
+        }
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "svg" => Some(Self::Svg),
+            "folded" | "collapsed" => Some(Self::Folded),
+            "json" => Some(Self::Json),
+            "pprof" => Some(Self::Pprof),
+            _ => None,
+        }
+    }
+
+    /// The extensions [`Format::from_path`] knows, for error messages.
+    pub const EXTENSIONS: &'static str = ".svg, .folded, .json, .speedscope.json, .pb.gz or .pprof";
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Svg => "flame graph",
+            Self::Folded => "folded stacks",
+            Self::Json => "JSON profile",
+            Self::Speedscope => "speedscope profile",
+            Self::Pprof => "pprof profile",
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct OutputSpec {
@@ -161,16 +216,31 @@ pub fn render(profile: &Profile, format: Format, w: &mut dyn Write) -> anyhow::R
                 writeln!(w, "{line}")?;
             }
         }
-        Format::Svg => crate::flamegraph::write_svg(profile, w)?,
-        Format::Speedscope => crate::speedscope::write(profile, w)?,
-        Format::Pprof => crate::pprof::write(profile, w)?,
+        Format::Svg => crate::output::flamegraph::write_svg(profile, w)?,
+        Format::Speedscope => crate::output::speedscope::write(profile, w)?,
+        Format::Pprof => crate::output::pprof::write(profile, w)?,
     }
     Ok(())
 }
 
 #[cfg(test)]
-mod destination_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn formats_from_extension() {
+        use std::path::Path;
+        assert_eq!(Format::from_path(Path::new("a/b.svg")), Some(Format::Svg));
+        assert_eq!(Format::from_path(Path::new("x.FOLDED")), Some(Format::Folded));
+        assert_eq!(Format::from_path(Path::new("x.json")), Some(Format::Json));
+        assert_eq!(Format::from_path(Path::new("d.json/x.Speedscope.JSON")), Some(Format::Speedscope));
+        assert_eq!(Format::from_path(Path::new("speedscope.json")), Some(Format::Json));
+        assert_eq!(Format::from_path(Path::new("x.pb.gz")), Some(Format::Pprof));
+        assert_eq!(Format::from_path(Path::new("x.pprof")), Some(Format::Pprof));
+        assert_eq!(Format::from_path(Path::new("x.gz")), None);
+        assert_eq!(Format::from_path(Path::new("x")), None);
+        assert_eq!(Format::from_path(Path::new("x.png")), None);
+    }
 
     #[test]
     fn devices_and_own_descriptors_are_written_in_place() {

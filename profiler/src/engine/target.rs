@@ -4,7 +4,7 @@ use std::ffi::{CString, OsString};
 use crate::{
     bpf::Bpf,
     error::{ExitCode, fatal},
-    procinfo,
+    host::procinfo,
 };
 
 pub enum TargetSpec {

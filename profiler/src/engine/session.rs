@@ -14,16 +14,19 @@ use std::{
 use profiler_common::{OffCpuKey, OffCpuSum, ThreadTimes};
 
 use crate::{
-    aggregate::{Aggregator, ThreadTotals, thread_totals},
     bpf::{Bpf, BpfConfig},
-    cli::Mode,
-    events::{self, Event},
-    offcpu::Classifier,
-    procinfo,
-    profile::{FORMAT_NAME, FORMAT_VERSION, Profile},
+    engine::{
+        aggregate::{Aggregator, ThreadTotals, thread_totals},
+        events::{self, Event},
+        target::{Running, TargetSpec},
+    },
+    host::{clock::monotonic_ns, procinfo, symbols::Symbols},
+    model::{
+        Mode, Profile,
+        profile::{FORMAT_NAME, FORMAT_VERSION},
+    },
+    offcpu::classify::Classifier,
     python::PythonRegistry,
-    symbols::Symbols,
-    target::{Running, TargetSpec},
 };
 
 /// How often the ring buffer is drained. The buffer holds ~0.5 s of samples, and the kernel is
@@ -355,14 +358,6 @@ impl Session {
             }
         }
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the kernel's `bpf_ktime_get_ns` clock.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// On-CPU time including the interval the thread is running in now.

@@ -3,10 +3,7 @@
 //! that are CPU- or I/O-bound.
 use std::io::Write;
 
-use crate::{
-    cli::Mode,
-    profile::{ProcessProfile, Profile, StackProfile},
-};
+use crate::model::{Mode, ProcessProfile, Profile, StackProfile};
 
 const TOP_PROCESSES: usize = 15;
 const TOP_THREADS: usize = 6;
@@ -109,7 +106,7 @@ const TOP_STALLS: usize = 6;
 
 /// Blocking calls made on an event loop: the coroutine, the call and what it waited on.
 fn write_loop_stalls(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()> {
-    let mut stalls: Vec<(&ProcessProfile, &crate::profile::LoopStall)> =
+    let mut stalls: Vec<(&ProcessProfile, &crate::model::profile::LoopStall)> =
         profile.processes.iter().flat_map(|p| p.loop_stalls.iter().map(move |s| (p, s))).collect();
     if stalls.is_empty() {
         return Ok(());
@@ -155,7 +152,7 @@ fn write_top_stacks(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()>
         .processes
         .iter()
         .flat_map(|p| p.stacks.iter().map(move |s| (p, s)))
-        .filter(|(_, s)| profile.mode == Mode::Wall || s.category == crate::offcpu::Category::Cpu)
+        .filter(|(_, s)| profile.mode == Mode::Wall || s.category == crate::model::Category::Cpu)
         .collect();
     stacks.sort_by(|a, b| b.1.weight_ns.cmp(&a.1.weight_ns));
     writeln!(w)?;
@@ -200,7 +197,7 @@ fn write_top_stacks(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()>
 /// Per Python function, own time (where the time is spent: its code, or the calls it makes
 /// into C or the kernel) with its split, and inclusive time: what to fix first.
 fn write_functions(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()> {
-    let mut rows: Vec<(&ProcessProfile, &crate::profile::FunctionProfile)> = profile
+    let mut rows: Vec<(&ProcessProfile, &crate::model::profile::FunctionProfile)> = profile
         .processes
         .iter()
         .flat_map(|p| p.functions.iter().map(move |f| (p, f)))

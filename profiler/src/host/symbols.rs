@@ -14,7 +14,7 @@ use blazesym::{
     },
 };
 
-use crate::procinfo;
+use crate::host::procinfo;
 
 pub const UNKNOWN: &str = "[unknown]";
 

@@ -1,0 +1,14 @@
+//! A profiling session: loads the kernel programs ([`crate::bpf`]), drains their events,
+//! accumulates stacks and turns each window into a [`crate::model::Profile`].
+//!
+//! - [`session`]: the pipeline's driver (start, tick, snapshot, rotate).
+//! - [`events`]: ring-buffer records decoded into typed events.
+//! - [`aggregate`]: samples and waits accumulated as raw stacks while profiling.
+//! - [`build`]: raw stacks and exact per-thread totals turned into the model.
+//! - [`target`]: what is profiled: the host, pids, or a command started for the profile.
+//! - [`window`]: window profiles merged into longer spans, and the daemon's ring of them.
+pub mod aggregate;
+pub mod events;
+pub mod session;
+pub mod target;
+pub mod window;

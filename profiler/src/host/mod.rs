@@ -1,0 +1,7 @@
+//! The machine pyebpf runs on: processes in /proc, native symbols, other processes' memory,
+//! the kernel's clock, and the privileges pyebpf needs.
+pub mod clock;
+pub mod memory;
+pub mod privileges;
+pub mod procinfo;
+pub mod symbols;
