@@ -13,12 +13,15 @@ use std::{
 };
 
 use anyhow::Context as _;
-use serde_json::Value;
 
 use crate::{
     cli::DiffArgs,
     error::{ExitCode, fatal},
-    model::{CATEGORIES, Wait, profile::FORMAT_NAME},
+    model::{
+        Frame, Mode, Profile,
+        folded::sanitize,
+        profile::{FORMAT_NAME, FORMAT_VERSION},
+    },
 };
 
 /// What the counts of a profile stand for.
@@ -138,54 +141,66 @@ pub fn load(path: &Path, norm: Normalize) -> anyhow::Result<Stacks> {
     let bad =
         |why: String| fatal(ExitCode::Input, format!("'{}' is not a profile pyebpf can read: {why}", path.display()));
     if text.trim_start().starts_with('{') {
-        let value: Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON ({e})")))?;
-        from_json(&value, norm).map_err(bad)
+        from_json_text(&text, norm).map_err(bad)
     } else {
         from_folded(&text, norm).map_err(bad)
     }
 }
 
-/// Folded lines of a pyebpf JSON profile, weighed as its own folded output is (`mode`).
-pub fn from_json(profile: &Value, norm: Normalize) -> Result<Stacks, String> {
-    if profile["format"] != FORMAT_NAME {
+/// A pyebpf JSON profile, read as the [`Profile`] type (after checking it is one, so other JSON
+/// gets a clear reason).
+fn from_json_text(text: &str, norm: Normalize) -> Result<Stacks, String> {
+    #[derive(serde::Deserialize)]
+    struct Header {
+        format: Option<String>,
+        version: Option<u32>,
+    }
+    let header: Header = serde_json::from_str(text).map_err(|e| format!("invalid JSON ({e})"))?;
+    if header.format.as_deref() != Some(FORMAT_NAME) {
         return Err(format!("JSON without \"format\": \"{FORMAT_NAME}\""));
     }
-    let unit = match profile["mode"].as_str() {
-        Some("cpu") => Unit::Samples,
-        Some("wall") => Unit::Micros,
-        other => return Err(format!("unknown mode {other:?}")),
+    match header.version {
+        Some(v) if v <= FORMAT_VERSION => {}
+        v => return Err(format!("format version {v:?}, newer than this pyebpf reads ({FORMAT_VERSION})")),
+    }
+    let profile: Profile = serde_json::from_str(text).map_err(|e| format!("not a complete profile ({e})"))?;
+    Ok(from_profile(&profile, norm))
+}
+
+/// Folded lines of a profile, weighed as its own folded output is (`mode`).
+pub fn from_profile(profile: &Profile, norm: Normalize) -> Stacks {
+    let unit = match profile.mode {
+        Mode::Cpu => Unit::Samples,
+        Mode::Wall => Unit::Micros,
     };
-    let processes = profile["processes"].as_array().ok_or("no processes")?;
     let mut counts = HashMap::new();
-    for p in processes {
-        let comm = p["comm"].as_str().unwrap_or("?");
-        for s in p["stacks"].as_array().ok_or("a process without stacks")? {
-            let category = s["category"].as_str().unwrap_or("cpu");
-            let count = match unit {
-                Unit::Samples if category == "cpu" => s["samples"].as_u64().unwrap_or(0),
-                Unit::Samples => continue,
-                _ => s["weight_ns"].as_u64().unwrap_or(0) / 1000,
+    for p in &profile.processes {
+        for s in &p.stacks {
+            let count = match profile.mode {
+                Mode::Cpu if s.category == crate::model::Category::Cpu => s.samples,
+                Mode::Cpu => continue,
+                Mode::Wall => s.weight_ns / 1000,
             };
             if count == 0 {
                 continue;
             }
-            let mut frames = vec![sanitize(comm)];
+            let mut frames = vec![sanitize(&p.comm)];
             if norm.threads {
-                frames.push(sanitize(s["thread"].as_str().unwrap_or("?")));
+                frames.push(sanitize(&s.thread));
             }
-            for f in s["frames"].as_array().into_iter().flatten() {
-                let f = f.as_str().unwrap_or("?");
-                frames.push(sanitize(&if norm.lines { f.to_string() } else { strip_line(f) }));
-            }
-            if let Some(c) = CATEGORIES.iter().find(|c| c.name() == category).filter(|c| c.name() != "cpu") {
-                let text = |k: &str| s[k].as_str().map(str::to_string);
-                let wait = Wait { category: *c, syscall: text("syscall"), target: text("target") };
-                frames.push(sanitize(&wait.leaf_frame()));
+            for f in s.frames_with_wait() {
+                let text = match (&*f, norm.lines) {
+                    (Frame::Python(py), false) => py.without_line().to_string(),
+                    (Frame::Python(_) | Frame::Wait(_), _) | (_, true) => f.to_string(),
+                    // Frames of other tools' JSON may still carry a line.
+                    (_, false) => strip_line(&f.to_string()),
+                };
+                frames.push(sanitize(&text));
             }
             *counts.entry(frames.join(";")).or_insert(0) += count;
         }
     }
-    Ok(Stacks { unit, counts })
+    Stacks { unit, counts }
 }
 
 /// Folded stacks (`frame;frame;leaf count`). pyebpf's own start with `process (pid);thread
@@ -214,10 +229,6 @@ pub fn from_folded(text: &str, norm: Normalize) -> Result<Stacks, String> {
         return Err("no folded stacks in it".into());
     }
     Ok(Stacks { unit: Unit::Unknown, counts })
-}
-
-fn sanitize(frame: &str) -> String {
-    frame.replace(';', ":").replace(['\n', '\r'], " ")
 }
 
 /// `python3 (1234)` → `python3`.
@@ -429,22 +440,20 @@ mod tests {
 
     #[test]
     fn json_is_weighed_by_its_mode_with_wait_frames() {
-        let json: Value = serde_json::json!({
-            "format": FORMAT_NAME, "mode": "wall",
-            "processes": [{"comm": "app", "stacks": [
-                {"thread": "t", "frames": ["main (a.py:1)"], "category": "cpu", "samples": 3, "weight_ns": 30_000_000},
-                {"thread": "t", "frames": ["main (a.py:1)", "get (a.py:7)"], "category": "net", "samples": 1,
-                 "weight_ns": 5_000_000, "syscall": "recvfrom", "target": "tcp 127.0.0.1:5432"}
-            ]}]
-        });
-        let s = from_json(&json, ALL).unwrap();
+        use crate::model::profile::tests::sample_profile;
+        let json = serde_json::to_string(&sample_profile(Mode::Wall)).unwrap();
+        let s = from_json_text(&json, ALL).unwrap();
         assert_eq!(s.unit, Unit::Micros);
-        assert_eq!(s.counts.get("app;main (a.py)"), Some(&30_000));
-        assert_eq!(s.counts.get("app;main (a.py);get (a.py);[net] recvfrom tcp 127.0.0.1:5432"), Some(&5_000));
-        let mut cpu = json.clone();
-        cpu["mode"] = "cpu".into();
-        let s = from_json(&cpu, ALL).unwrap();
-        assert_eq!((s.unit, s.counts.len(), s.total()), (Unit::Samples, 1, 3));
-        assert!(from_json(&serde_json::json!({"format": "x"}), ALL).is_err());
+        assert_eq!(s.counts.get("app;main;work (/srv/app.py);a::b:c"), Some(&30_000));
+        assert_eq!(s.counts.get("app;main;get;[net] recvfrom tcp 127.0.0.1:5432"), Some(&50_000));
+        assert_eq!(s.counts.get("app;[sleep] short waits (no stack)"), Some(&1_000));
+        let lines = from_json_text(&json, Normalize { threads: true, lines: true }).unwrap();
+        assert_eq!(lines.counts.get("app;main;main;work (/srv/app.py:7);a::b:c"), Some(&30_000));
+        let cpu = serde_json::to_string(&sample_profile(Mode::Cpu)).unwrap();
+        let s = from_json_text(&cpu, ALL).unwrap();
+        assert_eq!((s.unit, s.counts.len(), s.total()), (Unit::Samples, 2, 7));
+        assert!(from_json_text(r#"{"format": "x"}"#, ALL).unwrap_err().contains("without"));
+        assert!(from_json_text(r#"{"format": "pyebpf-profile", "version": 99}"#, ALL).unwrap_err().contains("newer"));
+        assert!(from_json_text(r#"{"format": "pyebpf-profile", "version": 1}"#, ALL).unwrap_err().contains("complete"));
     }
 }

@@ -4,11 +4,15 @@
 //! - [`session`]: the pipeline's driver (start, tick, snapshot, rotate).
 //! - [`events`]: ring-buffer records decoded into typed events.
 //! - [`aggregate`]: samples and waits accumulated as raw stacks while profiling.
-//! - [`build`]: raw stacks and exact per-thread totals turned into the model.
+//! - [`totals`]: exact per-thread time per category from the kernel's cumulative maps.
+//! - [`build`]: raw stacks and exact totals turned into the model (through [`build::Lookups`],
+//!   so it is tested without a live system).
 //! - [`target`]: what is profiled: the host, pids, or a command started for the profile.
 //! - [`window`]: window profiles merged into longer spans, and the daemon's ring of them.
 pub mod aggregate;
+pub mod build;
 pub mod events;
 pub mod session;
 pub mod target;
+pub mod totals;
 pub mod window;

@@ -16,13 +16,15 @@ use profiler_common::{OffCpuKey, OffCpuSum, ThreadTimes};
 use crate::{
     bpf::{Bpf, BpfConfig},
     engine::{
-        aggregate::{Aggregator, ThreadTotals, thread_totals},
+        aggregate::Aggregator,
+        build::{self, Lookups},
         events::{self, Event},
         target::{Running, TargetSpec},
+        totals::{ThreadTotals, classify_waits, thread_totals},
     },
     host::{clock::monotonic_ns, procinfo, symbols::Symbols},
     model::{
-        Mode, Profile,
+        Frame, Mode, NativeFrame, Profile, ProgramStats,
         profile::{FORMAT_NAME, FORMAT_VERSION},
     },
     offcpu::classify::Classifier,
@@ -158,8 +160,7 @@ impl Session {
         if self.ticks % HOUSEKEEPING_EVERY == 0 {
             self.symbols.resolve_pending();
             self.python.refresh_thread_names();
-            // Classify new waits while their fds are still open.
-            thread_totals(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
+            classify_waits(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
             return self.running.finished();
         }
         None
@@ -213,7 +214,7 @@ impl Session {
             times.len(),
         );
         Profile {
-            format: FORMAT_NAME,
+            format: FORMAT_NAME.to_string(),
             version: FORMAT_VERSION,
             duration_ns: self.window_start.elapsed().as_nanos() as u64,
             frequency_hz: self.frequency,
@@ -226,8 +227,14 @@ impl Session {
             off_cpu_threshold_ns: self.off_cpu_threshold_ns,
             off_cpu_events: self.agg.off_cpu_events,
             off_cpu_stacks_sampled_out: counters.offcpu_sampled_out.saturating_sub(self.base.sampled_out),
-            processes: self.agg.build(&self.symbols, &self.python, &totals),
-            bpf_stats: self.bpf_stats.then(|| self.bpf.program_stats()),
+            processes: build::build(&self.agg, &Live { symbols: &self.symbols, python: &self.python }, &totals),
+            bpf_stats: self.bpf_stats.then(|| {
+                self.bpf
+                    .program_stats()
+                    .into_iter()
+                    .map(|p| ProgramStats { program: p.program, run_count: p.run_count, run_time_ns: p.run_time_ns })
+                    .collect()
+            }),
         }
     }
 
@@ -308,7 +315,7 @@ impl Session {
             .filter(|(_, s)| s.blocked_ns > 0 || s.runq_ns > 0)
             .collect();
         let mut totals = thread_totals(&times, &sums, &mut self.classifier);
-        totals.retain(|_, t| t.iter().any(|&ns| ns > 0));
+        totals.retain(|_, t| !t.is_empty());
         totals
     }
 
@@ -363,4 +370,38 @@ impl Session {
 /// On-CPU time including the interval the thread is running in now.
 fn oncpu_so_far(t: &ThreadTimes, now: u64) -> u64 {
     if t.on_since_ns != 0 && now > t.on_since_ns { t.oncpu_ns + (now - t.on_since_ns) } else { t.oncpu_ns }
+}
+
+/// What a profile is built with on a live system: symbols resolved so far, Python processes
+/// known, and /proc for what was never sampled.
+struct Live<'a> {
+    symbols: &'a Symbols,
+    python: &'a PythonRegistry,
+}
+
+impl Lookups for Live<'_> {
+    fn user_frame(&self, pid: u32, addr: u64, index: usize) -> Frame {
+        let s = self.symbols.user_symbol(pid, addr, index);
+        Frame::Native(NativeFrame { symbol: s.and_then(|s| s.name.clone()), module: s.and_then(|s| s.module.clone()) })
+    }
+
+    fn kernel_frame(&self, addr: u64, index: usize) -> Frame {
+        Frame::Kernel(self.symbols.kernel_symbol(addr, index).map(str::to_string))
+    }
+
+    fn python_thread_name(&self, pid: u32, tid: u32) -> Option<String> {
+        self.python.thread_name(pid, tid).map(str::to_string)
+    }
+
+    fn python_version(&self, pid: u32) -> Option<String> {
+        self.python.version(pid).map(|v| v.to_string())
+    }
+
+    fn process_names(&self, pid: u32) -> (Option<String>, Option<String>) {
+        (procinfo::comm(pid), procinfo::cmdline(pid))
+    }
+
+    fn thread_name(&self, pid: u32, tid: u32) -> Option<String> {
+        procinfo::thread_comm(pid, tid)
+    }
 }

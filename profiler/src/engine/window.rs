@@ -3,8 +3,9 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::model::{
-    Category, ProcessProfile, Profile, PythonFrameProfile,
+    Category, Frame, ProcessProfile, Profile,
     analysis::{function_table, loop_stalls},
+    profile::cmp_frames,
 };
 
 /// Adds `other` (a later window) into `into`: durations, counts, per-process, per-thread and
@@ -29,12 +30,6 @@ pub fn merge(into: &mut Profile, other: &Profile) {
     into.processes.sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then(b.samples.cmp(&a.samples)).then(a.pid.cmp(&b.pid)));
 }
 
-fn add_totals(into: &mut std::collections::BTreeMap<String, u64>, other: &std::collections::BTreeMap<String, u64>) {
-    for (c, ns) in other {
-        *into.entry(c.clone()).or_insert(0) += ns;
-    }
-}
-
 fn merge_process(into: &mut ProcessProfile, other: &ProcessProfile) {
     into.comm = other.comm.clone();
     if other.cmdline.is_some() {
@@ -45,7 +40,7 @@ fn merge_process(into: &mut ProcessProfile, other: &ProcessProfile) {
     }
     into.samples += other.samples;
     into.wall_ns += other.wall_ns;
-    add_totals(&mut into.totals_ns, &other.totals_ns);
+    into.totals_ns.add_all(&other.totals_ns);
     for t in &other.threads {
         match into.threads.iter_mut().find(|x| x.tid == t.tid) {
             Some(x) => {
@@ -55,13 +50,13 @@ fn merge_process(into: &mut ProcessProfile, other: &ProcessProfile) {
                 }
                 x.samples += t.samples;
                 x.wall_ns += t.wall_ns;
-                add_totals(&mut x.totals_ns, &t.totals_ns);
+                x.totals_ns.add_all(&t.totals_ns);
             }
             None => into.threads.push(t.clone()),
         }
     }
     into.threads.sort_by(|a, b| b.wall_ns.cmp(&a.wall_ns).then(b.samples.cmp(&a.samples)).then(a.tid.cmp(&b.tid)));
-    type Key<'a> = (u32, Category, &'a [String], Option<&'a str>, Option<&'a str>, Option<&'a str>, bool);
+    type Key<'a> = (u32, Category, &'a [Frame], Option<&'a str>, Option<&'a str>, Option<&'a str>, bool);
     let mut index: HashMap<Key, usize> = HashMap::new();
     for (i, s) in into.stacks.iter().enumerate() {
         index.insert(
@@ -102,62 +97,50 @@ fn merge_process(into: &mut ProcessProfile, other: &ProcessProfile) {
         x.thread = s.thread.clone();
     }
     into.stacks.extend(additions);
-    into.stacks.sort_by(|a, b| b.weight_ns.cmp(&a.weight_ns).then_with(|| (a.tid, &a.frames).cmp(&(b.tid, &b.frames))));
+    into.stacks.sort_by(|a, b| {
+        b.weight_ns.cmp(&a.weight_ns).then(a.tid.cmp(&b.tid)).then_with(|| cmp_frames(&a.frames, &b.frames))
+    });
     into.functions = function_table(&into.stacks);
     into.loop_stalls = loop_stalls(&into.stacks);
 }
 
-/// A window profile as kept in the ring: every stack's frame texts and Python frames replaced
-/// by indexes into the window's own tables. On a busy host one 10 s window holds thousands of
-/// stacks of tens of frames that mostly repeat (5,000 stacks, 35,000 frames, ~5 MB as
-/// strings); the tables keep each distinct frame once.
+/// A window profile as kept in the ring: every stack's frames replaced by indexes into the
+/// window's own table. On a busy host one 10 s window holds thousands of stacks of tens of
+/// frames that mostly repeat (5,000 stacks, 35,000 frames, ~5 MB as strings); the table keeps
+/// each distinct frame once.
 struct Stored {
-    /// The profile with every stack's `frames` and `python_frames` emptied.
+    /// The profile with every stack's `frames` emptied.
     profile: Profile,
-    texts: Vec<Box<str>>,
-    python: Vec<PythonFrameProfile>,
-    /// Per process, per stack: indexes into `texts`, then into `python`.
-    stacks: Vec<Vec<(Box<[u32]>, Box<[u32]>)>>,
+    frames: Vec<Frame>,
+    /// Per process, per stack: indexes into `frames`.
+    stacks: Vec<Vec<Box<[u32]>>>,
 }
 
 impl Stored {
     fn new(mut profile: Profile) -> Self {
-        let mut text_ids: HashMap<String, u32> = HashMap::new();
-        let mut texts: Vec<Box<str>> = Vec::new();
-        // Keyed by the frame's Debug text: every field counts, whatever fields it has.
-        let mut python_ids: HashMap<String, u32> = HashMap::new();
-        let mut python: Vec<PythonFrameProfile> = Vec::new();
+        let mut ids: HashMap<Frame, u32> = HashMap::new();
+        let mut frames: Vec<Frame> = Vec::new();
         let mut stacks = Vec::with_capacity(profile.processes.len());
         for p in &mut profile.processes {
-            let mut ids = Vec::with_capacity(p.stacks.len());
+            let mut per_stack = Vec::with_capacity(p.stacks.len());
             for s in &mut p.stacks {
-                let frames: Box<[u32]> = std::mem::take(&mut s.frames)
+                let interned: Box<[u32]> = std::mem::take(&mut s.frames)
                     .into_iter()
                     .map(|f| {
-                        *text_ids.entry(f).or_insert_with_key(|f| {
-                            texts.push(f.as_str().into());
-                            texts.len() as u32 - 1
+                        *ids.entry(f).or_insert_with_key(|f| {
+                            frames.push(f.clone());
+                            frames.len() as u32 - 1
                         })
                     })
                     .collect();
-                let py: Box<[u32]> = std::mem::take(&mut s.python_frames)
-                    .into_iter()
-                    .map(|f| {
-                        *python_ids.entry(format!("{f:?}")).or_insert_with(|| {
-                            python.push(f);
-                            python.len() as u32 - 1
-                        })
-                    })
-                    .collect();
-                ids.push((frames, py));
+                per_stack.push(interned);
             }
             p.stacks.shrink_to_fit();
-            ids.shrink_to_fit();
-            stacks.push(ids);
+            per_stack.shrink_to_fit();
+            stacks.push(per_stack);
         }
-        texts.shrink_to_fit();
-        python.shrink_to_fit();
-        Stored { profile, texts, python, stacks }
+        frames.shrink_to_fit();
+        Stored { profile, frames, stacks }
     }
 
     fn duration_ns(&self) -> u64 {
@@ -167,9 +150,8 @@ impl Stored {
     fn expand(&self) -> Profile {
         let mut profile = self.profile.clone();
         for (p, ids) in profile.processes.iter_mut().zip(&self.stacks) {
-            for (s, (frames, py)) in p.stacks.iter_mut().zip(ids) {
-                s.frames = frames.iter().map(|&i| self.texts[i as usize].to_string()).collect();
-                s.python_frames = py.iter().map(|&i| self.python[i as usize].clone()).collect();
+            for (s, frames) in p.stacks.iter_mut().zip(ids) {
+                s.frames = frames.iter().map(|&i| self.frames[i as usize].clone()).collect();
             }
         }
         profile
@@ -236,22 +218,22 @@ impl Windows {
 mod tests {
     use super::*;
     use crate::model::{
-        Mode, StackProfile, ThreadProfile,
+        Mode, PythonFrame, StackProfile, ThreadProfile, Totals,
         profile::{FORMAT_NAME, FORMAT_VERSION},
     };
 
     fn window(start: f64, cpu_ns: u64, net_ns: u64) -> Profile {
-        let totals = |cpu: u64, net: u64| [("cpu".to_string(), cpu), ("net".to_string(), net)].into_iter().collect();
+        let totals =
+            |cpu: u64, net: u64| -> Totals { [(Category::Cpu, cpu), (Category::Net, net)].into_iter().collect() };
         let stack = |category, ns, samples| StackProfile {
             tid: 2,
             thread: "w".into(),
-            frames: vec!["main (a.py:1)".into()],
-            python_frames: vec![crate::model::profile::PythonFrameProfile {
+            frames: vec![Frame::Python(PythonFrame {
                 function: "main".into(),
                 file: "a.py".into(),
                 line: Some(1),
                 first_line: 1,
-            }],
+            })],
             samples,
             category,
             weight_ns: ns,
@@ -261,7 +243,7 @@ mod tests {
             stalls_loop: false,
         };
         Profile {
-            format: FORMAT_NAME,
+            format: FORMAT_NAME.into(),
             version: FORMAT_VERSION,
             duration_ns: 1_000_000_000,
             frequency_hz: 100,
@@ -309,9 +291,9 @@ mod tests {
         let last = ring.last(1.5, None).unwrap();
         assert_eq!((last.duration_ns, last.start_time_unix, last.lost_events), (2_000_000_000, 3.0, 2));
         let p = &last.processes[0];
-        assert_eq!(p.totals_ns["cpu"], 900_000_000);
+        assert_eq!(p.totals_ns[Category::Cpu], 900_000_000);
         assert_eq!(p.wall_ns, 920_000_000);
-        assert_eq!((p.threads.len(), p.threads[0].totals_ns["net"]), (1, 20_000_000));
+        assert_eq!((p.threads.len(), p.threads[0].totals_ns[Category::Net]), (1, 20_000_000));
         assert_eq!(p.stacks.len(), 2);
         assert_eq!(p.stacks[0].weight_ns, 900_000_000);
         assert_eq!(p.functions[0].wall_ns, 920_000_000);
@@ -319,11 +301,11 @@ mod tests {
         let current = window(5.0, 50_000_000, 0);
         let all = ring.last(600.0, Some(&current)).unwrap();
         assert_eq!(all.duration_ns, 4_000_000_000);
-        assert_eq!(all.processes[0].totals_ns["cpu"], 300_000_000 + 400_000_000 + 500_000_000 + 50_000_000);
+        assert_eq!(all.processes[0].totals_ns[Category::Cpu], 300_000_000 + 400_000_000 + 500_000_000 + 50_000_000);
         assert!(Windows::new(2).last(10.0, None).is_none());
         // Stored compactly, given back whole.
         let stored = Stored::new(window(1.0, 100_000_000, 10_000_000));
-        assert_eq!((stored.texts.len(), stored.python.len()), (1, 1));
+        assert_eq!(stored.frames.len(), 1);
         let back = stored.expand();
         let orig = window(1.0, 100_000_000, 10_000_000);
         assert_eq!(serde_json::to_string(&back).unwrap(), serde_json::to_string(&orig).unwrap());

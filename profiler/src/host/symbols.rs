@@ -16,13 +16,19 @@ use blazesym::{
 
 use crate::host::procinfo;
 
-pub const UNKNOWN: &str = "[unknown]";
+/// What an address of a process is: its symbol, else the file mapped there (when known).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NativeSymbol {
+    pub name: Option<String>,
+    pub module: Option<String>,
+}
 
 pub struct Symbols {
     symbolizer: Symbolizer,
-    /// (pid, address as sampled) → frame text.
-    user: HashMap<(u32, u64), String>,
-    kernel: HashMap<u64, String>,
+    /// (pid, address as looked up) → its symbol.
+    user: HashMap<(u32, u64), NativeSymbol>,
+    /// Kernel address → its symbol (None: not in kallsyms).
+    kernel: HashMap<u64, Option<String>>,
     pending_user: HashMap<u32, BTreeSet<u64>>,
     pending_kernel: BTreeSet<u64>,
 }
@@ -72,18 +78,16 @@ impl Symbols {
             let results = self.symbolizer.symbolize(&src, Input::AbsAddr(&addrs)).ok();
             let mut mappings = None;
             for (i, &addr) in addrs.iter().enumerate() {
-                let name = match results.as_ref().and_then(|r| r.get(i)) {
-                    Some(Symbolized::Sym(sym)) => sym.name.to_string(),
+                let symbol = match results.as_ref().and_then(|r| r.get(i)) {
+                    Some(Symbolized::Sym(sym)) => NativeSymbol { name: Some(sym.name.to_string()), module: None },
                     _ => {
                         // Name the module, so "[unknown] (libfoo.so)" still says where.
                         let maps = mappings.get_or_insert_with(|| procinfo::mapped_files(pid));
-                        match maps.iter().find(|(lo, hi, _)| (*lo..*hi).contains(&addr)) {
-                            Some((_, _, module)) => format!("{UNKNOWN} ({module})"),
-                            None => UNKNOWN.to_string(),
-                        }
+                        let module = maps.iter().find(|(lo, hi, _)| (*lo..*hi).contains(&addr)).map(|m| m.2.clone());
+                        NativeSymbol { name: None, module }
                     }
                 };
-                self.user.insert((pid, addr), name);
+                self.user.insert((pid, addr), symbol);
             }
         }
         if !self.pending_kernel.is_empty() {
@@ -92,21 +96,22 @@ impl Symbols {
             let results = self.symbolizer.symbolize(&src, Input::AbsAddr(&addrs)).ok();
             for (i, &addr) in addrs.iter().enumerate() {
                 let name = match results.as_ref().and_then(|r| r.get(i)) {
-                    Some(Symbolized::Sym(sym)) => format!("[kernel] {}", sym.name),
-                    _ => format!("[kernel] {UNKNOWN}"),
+                    Some(Symbolized::Sym(sym)) => Some(sym.name.to_string()),
+                    _ => None,
                 };
                 self.kernel.insert(addr, name);
             }
         }
     }
 
-    /// Frame text for a user stack entry (index 0 = leaf).
-    pub fn user_frame(&self, pid: u32, addr: u64, index: usize) -> &str {
-        self.user.get(&(pid, lookup_addr(addr, index == 0))).map_or(UNKNOWN, String::as_str)
+    /// The symbol of a user stack entry (index 0 = leaf); None when it was never resolved.
+    pub fn user_symbol(&self, pid: u32, addr: u64, index: usize) -> Option<&NativeSymbol> {
+        self.user.get(&(pid, lookup_addr(addr, index == 0)))
     }
 
-    pub fn kernel_frame(&self, addr: u64, index: usize) -> &str {
-        self.kernel.get(&lookup_addr(addr, index == 0)).map_or("[kernel] [unknown]", String::as_str)
+    /// The symbol of a kernel stack entry (index 0 = leaf).
+    pub fn kernel_symbol(&self, addr: u64, index: usize) -> Option<&str> {
+        self.kernel.get(&lookup_addr(addr, index == 0)).and_then(|s| s.as_deref())
     }
 
     /// Drops blazesym's parsed files (symbol tables of every binary and library seen), keeping

@@ -1,8 +1,8 @@
 //! What the summary and JSON compute from a process's stacks: its top Python functions and
 //! the blocking calls that held up its event loops. Recomputed after windows are merged.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
-use crate::model::{Category, FunctionProfile, LoopStall, StackProfile};
+use super::{Category, FunctionProfile, LoopStall, StackProfile, Totals};
 
 /// The top Python functions of a process: inclusive time (a function counts once per stack it
 /// is on) and own time (it is the innermost Python frame: its own code, or a call it made into
@@ -10,33 +10,32 @@ use crate::model::{Category, FunctionProfile, LoopStall, StackProfile};
 pub fn function_table(stacks: &[StackProfile]) -> Vec<FunctionProfile> {
     #[derive(Default)]
     struct Times {
-        total: BTreeMap<Category, u64>,
-        own: BTreeMap<Category, u64>,
+        total: Totals,
+        own: Totals,
     }
     let mut by_function: HashMap<(String, String), Times> = HashMap::new();
     for s in stacks {
         let mut seen = HashSet::new();
-        for f in &s.python_frames {
+        for f in s.python_frames() {
             let key = (f.function.clone(), f.file.clone());
             if seen.insert(key.clone()) {
-                *by_function.entry(key).or_default().total.entry(s.category).or_insert(0) += s.weight_ns;
+                by_function.entry(key).or_default().total.add(s.category, s.weight_ns);
             }
         }
-        if let Some(f) = s.python_frames.last() {
+        if let Some(f) = s.innermost_python() {
             let key = (f.function.clone(), f.file.clone());
-            *by_function.entry(key).or_default().own.entry(s.category).or_insert(0) += s.weight_ns;
+            by_function.entry(key).or_default().own.add(s.category, s.weight_ns);
         }
     }
-    let names = |split: BTreeMap<Category, u64>| split.into_iter().map(|(c, ns)| (c.name().to_string(), ns)).collect();
     let mut table: Vec<FunctionProfile> = by_function
         .into_iter()
         .map(|((function, file), t)| FunctionProfile {
             function,
             file,
-            wall_ns: t.total.values().sum(),
-            own_ns: t.own.values().sum(),
-            totals_ns: names(t.total),
-            own_totals_ns: names(t.own),
+            wall_ns: t.total.sum(),
+            own_ns: t.own.sum(),
+            totals_ns: t.total,
+            own_totals_ns: t.own,
         })
         .collect();
     // Keep the heaviest by either measure: wrappers lead by inclusive time, the code that

@@ -43,6 +43,11 @@ pub const CATEGORIES: [Category; 10] = [
 ];
 
 impl Category {
+    /// The category a name (as in JSON and pprof) stands for.
+    pub fn from_name(name: &str) -> Option<Self> {
+        CATEGORIES.iter().copied().find(|c| c.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Cpu => "cpu",
@@ -60,7 +65,7 @@ impl Category {
 }
 
 /// A classified wait: category, syscall name and what it waited on.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Wait {
     pub category: Category,
     pub syscall: Option<String>,
@@ -68,6 +73,17 @@ pub struct Wait {
 }
 
 impl Wait {
+    /// The run-queue part of an off-CPU interval, after the wakeup from `blocked`: runnable,
+    /// waiting for a CPU, still in the same syscall.
+    pub fn runqueue_after(blocked: &Wait) -> Wait {
+        Wait { category: Category::Runqueue, syscall: blocked.syscall.clone(), target: None }
+    }
+
+    /// A thread preempted outside a syscall, waiting for a CPU.
+    pub fn preempted() -> Wait {
+        Wait { category: Category::Runqueue, syscall: None, target: Some("preempted".into()) }
+    }
+
     /// `[net] recv tcp 127.0.0.1:5432`: the synthetic leaf frame of wall-clock stacks.
     pub fn leaf_frame(&self) -> String {
         let mut s = format!("[{}]", self.category.name());

@@ -1,21 +1,25 @@
-//! The finished profile: what every output format and the summary are made from.
-//! Serialized as is for `--format json` (versioned by `format`/`version`).
-use std::collections::BTreeMap;
+//! The finished profile: what every output format and the summary are made from, and what
+//! `pyebpf diff` reads back. Serialized as is for `--format json` (versioned by
+//! `format`/`version`); stacks keep their version-1 form there (frames as text, Python frames
+//! also structured), see [`StackProfile`]'s serde implementation.
+use std::cmp::Ordering;
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{
-    bpf::ProgramStats,
-    model::{Category, Mode, Wait},
+use super::{
+    category::{Category, Wait},
+    frame::{Frame, PythonFrame},
+    mode::Mode,
+    totals::Totals,
 };
 
 pub const FORMAT_NAME: &str = "pyebpf-profile";
 /// Bump when a field changes meaning or disappears; adding fields keeps the version.
 pub const FORMAT_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Profile {
-    pub format: &'static str,
+    pub format: String,
     pub version: u32,
     /// Wall-clock time profiled.
     pub duration_ns: u64,
@@ -39,11 +43,19 @@ pub struct Profile {
     /// Unix time the profile started, in seconds.
     pub start_time_unix: f64,
     pub processes: Vec<ProcessProfile>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bpf_stats: Option<Vec<ProgramStats>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Run count and time of one of the kernel programs (`--bpf-stats`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramStats {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessProfile {
     pub pid: u32,
     pub comm: String,
@@ -53,31 +65,32 @@ pub struct ProcessProfile {
     pub samples: u64,
     /// Sum of its threads' `wall_ns`.
     pub wall_ns: u64,
-    /// Nanoseconds per category (cpu, runqueue, net, disk, lock, gil, sleep, ipc, other).
-    pub totals_ns: BTreeMap<String, u64>,
+    /// Nanoseconds per category, summed over its threads.
+    pub totals_ns: Totals,
     pub threads: Vec<ThreadProfile>,
     /// Top Python functions by inclusive and by own time, with their split by category;
     /// sorted by inclusive time.
     pub functions: Vec<FunctionProfile>,
     /// Blocking calls made while an event loop was running a coroutine or callback: the loop
     /// could run nothing else meanwhile. Largest first.
+    #[serde(default)]
     pub loop_stalls: Vec<LoopStall>,
     pub stacks: Vec<StackProfile>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FunctionProfile {
     pub function: String,
     pub file: String,
     /// Inclusive: time of every stack the function is on.
     pub wall_ns: u64,
-    pub totals_ns: BTreeMap<String, u64>,
+    pub totals_ns: Totals,
     /// Own: time of the stacks where it is the innermost Python frame.
     pub own_ns: u64,
-    pub own_totals_ns: BTreeMap<String, u64>,
+    pub own_totals_ns: Totals,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ThreadProfile {
     pub tid: u32,
     /// OS thread name (`comm`).
@@ -89,18 +102,23 @@ pub struct ThreadProfile {
     /// Time accounted while profiled: on-CPU plus off-CPU (exact when off-CPU was tracked,
     /// else samples × period).
     pub wall_ns: u64,
-    pub totals_ns: BTreeMap<String, u64>,
+    pub totals_ns: Totals,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl ThreadProfile {
+    /// What the thread is called in stacks and reports: its Python name, else its OS name.
+    pub fn label(&self) -> &str {
+        self.python_name.as_deref().unwrap_or(&self.name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct StackProfile {
     pub tid: u32,
     /// The thread's Python name when known, else its OS name.
     pub thread: String,
-    /// Root first: every frame as text (Python, native, kernel).
-    pub frames: Vec<String>,
-    /// The Python frames of `frames`, root first, as structured data.
-    pub python_frames: Vec<PythonFrameProfile>,
+    /// Root first: Python, native and kernel frames, and markers.
+    pub frames: Vec<Frame>,
     /// On-CPU samples, or off-CPU intervals.
     pub samples: u64,
     pub category: Category,
@@ -117,7 +135,7 @@ pub struct StackProfile {
     pub stalls_loop: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoopStall {
     pub tid: u32,
     pub thread: String,
@@ -132,121 +150,152 @@ pub struct LoopStall {
     pub count: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PythonFrameProfile {
-    /// Qualified name (3.11+), else the function name; `<module>` for module-level code.
-    pub function: String,
-    pub file: String,
-    pub line: Option<i32>,
-    /// Line the function starts at (`co_firstlineno`).
-    pub first_line: i32,
-}
+impl StackProfile {
+    /// The Python frames of the stack, root first.
+    pub fn python_frames(&self) -> impl DoubleEndedIterator<Item = &PythonFrame> {
+        self.frames.iter().filter_map(Frame::as_python)
+    }
 
-/// A Python frame's text in `frames`: py-spy's `qualname (path/file.py:LINE)`.
-pub fn python_frame_text(function: &str, file: &str, line: Option<i32>) -> String {
-    match line {
-        Some(line) => format!("{function} ({file}:{line})"),
-        None => format!("{function} ({file})"),
+    /// The innermost Python frame: the function whose own time this stack is.
+    pub fn innermost_python(&self) -> Option<&PythonFrame> {
+        self.python_frames().next_back()
+    }
+
+    /// The wait of an off-CPU stack.
+    pub fn wait(&self) -> Option<Wait> {
+        (self.category != Category::Cpu).then(|| Wait {
+            category: self.category,
+            syscall: self.syscall.clone(),
+            target: self.target.clone(),
+        })
+    }
+
+    /// The synthetic leaf frame of an off-CPU stack in wall-time views (`[net] recv tcp ...`).
+    pub fn wait_frame(&self) -> Option<Frame> {
+        self.wait().map(Frame::Wait)
+    }
+
+    /// The frames with the wait frame of an off-CPU stack as their leaf.
+    pub fn frames_with_wait(&self) -> impl Iterator<Item = std::borrow::Cow<'_, Frame>> {
+        self.frames.iter().map(std::borrow::Cow::Borrowed).chain(self.wait_frame().map(std::borrow::Cow::Owned))
     }
 }
 
-/// One frame of a stack, for formats that keep Python frames structured (speedscope, pprof).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Frame<'a> {
-    Python(&'a PythonFrameProfile),
-    /// Native, kernel, or a marker such as `[truncated]`: its text.
-    Other(&'a str),
-}
-
-impl Profile {
-    /// Folded-stack lines (`process;thread;frame;...;leaf count`), sorted, for folded and SVG
-    /// output. In `cpu` mode: on-CPU stacks, counted in samples. In `wall` mode: every stack,
-    /// off-CPU ones ending in a frame naming their wait (`[net] recv tcp 10.0.0.5:5432`),
-    /// weighted in microseconds.
-    pub fn folded_lines(&self) -> Vec<String> {
-        let mut lines = Vec::new();
-        for p in &self.processes {
-            let process = format!("{} ({})", sanitize(&p.comm), p.pid);
-            for s in &p.stacks {
-                let count = match self.mode {
-                    Mode::Cpu if s.category == Category::Cpu => s.samples,
-                    Mode::Cpu => continue,
-                    Mode::Wall => s.weight_ns / 1000,
-                };
-                if count == 0 {
-                    continue;
-                }
-                let mut line = format!("{process};{} ({})", sanitize(&s.thread), s.tid);
-                for f in &s.frames {
-                    line.push(';');
-                    line.push_str(&sanitize(f));
-                }
-                if let Some(leaf) = s.wait_frame() {
-                    line.push(';');
-                    line.push_str(&sanitize(&leaf));
-                }
-                line.push(' ');
-                line.push_str(&count.to_string());
-                lines.push(line);
+/// Orders stacks as their text would sort: the order outputs list stacks of equal weight in.
+pub fn cmp_frames(a: &[Frame], b: &[Frame]) -> Ordering {
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            let o = x.to_string().cmp(&y.to_string());
+            if o != Ordering::Equal {
+                return o;
             }
         }
-        lines.sort();
-        lines
+    }
+    a.len().cmp(&b.len())
+}
+
+/// How a stack is written in JSON (format version 1): every frame as text, and its Python
+/// frames again as structured data, in the same order.
+#[derive(Serialize)]
+struct StackOut<'a> {
+    tid: u32,
+    thread: &'a str,
+    frames: Vec<String>,
+    python_frames: Vec<&'a PythonFrame>,
+    samples: u64,
+    category: Category,
+    weight_ns: u64,
+    syscall: &'a Option<String>,
+    target: &'a Option<String>,
+    coroutine: &'a Option<String>,
+    stalls_loop: bool,
+}
+
+#[derive(Deserialize)]
+struct StackIn {
+    tid: u32,
+    thread: String,
+    frames: Vec<String>,
+    #[serde(default)]
+    python_frames: Vec<PythonFrame>,
+    samples: u64,
+    category: Category,
+    weight_ns: u64,
+    #[serde(default)]
+    syscall: Option<String>,
+    #[serde(default)]
+    target: Option<String>,
+    #[serde(default)]
+    coroutine: Option<String>,
+    #[serde(default)]
+    stalls_loop: bool,
+}
+
+impl Serialize for StackProfile {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        StackOut {
+            tid: self.tid,
+            thread: &self.thread,
+            frames: self.frames.iter().map(Frame::to_string).collect(),
+            python_frames: self.python_frames().collect(),
+            samples: self.samples,
+            category: self.category,
+            weight_ns: self.weight_ns,
+            syscall: &self.syscall,
+            target: &self.target,
+            coroutine: &self.coroutine,
+            stalls_loop: self.stalls_loop,
+        }
+        .serialize(s)
     }
 }
 
-impl StackProfile {
-    /// `frames`, root first, with each Python frame paired with its entry in `python_frames`
-    /// (they come in the same order; frames without structured data stay text).
-    pub fn structured_frames(&self) -> impl Iterator<Item = Frame<'_>> {
-        let mut python = self.python_frames.iter().peekable();
-        self.frames.iter().map(move |text| {
-            match python.next_if(|f| python_frame_text(&f.function, &f.file, f.line) == *text) {
-                Some(f) => Frame::Python(f),
-                None => Frame::Other(text),
-            }
+impl<'de> Deserialize<'de> for StackProfile {
+    /// Each text frame that is the next of `python_frames` (same text) becomes that Python
+    /// frame; the others are read by their form ([`Frame::from_text`]).
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = StackIn::deserialize(d)?;
+        let mut python = s.python_frames.into_iter().peekable();
+        let frames = s
+            .frames
+            .iter()
+            .map(|text| match python.next_if(|p| p.to_string() == *text) {
+                Some(p) => Frame::Python(p),
+                None => Frame::from_text(text),
+            })
+            .collect();
+        Ok(StackProfile {
+            tid: s.tid,
+            thread: s.thread,
+            frames,
+            samples: s.samples,
+            category: s.category,
+            weight_ns: s.weight_ns,
+            syscall: s.syscall,
+            target: s.target,
+            coroutine: s.coroutine,
+            stalls_loop: s.stalls_loop,
         })
     }
-
-    /// The synthetic leaf frame of an off-CPU stack.
-    pub fn wait_frame(&self) -> Option<String> {
-        (self.category != Category::Cpu).then(|| {
-            Wait { category: self.category, syscall: self.syscall.clone(), target: self.target.clone() }.leaf_frame()
-        })
-    }
-}
-
-/// Frame text safe inside a folded line: `;` separates frames and a newline ends the line.
-fn sanitize(frame: &str) -> String {
-    frame.replace(';', ":").replace(['\n', '\r'], " ")
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
-    /// A profile for the output formats' tests: process `app` (10) with threads `main` (11: an
-    /// on-CPU stack with a Python frame, a network wait) and `worker` (12: an on-CPU stack, a
-    /// stackless short sleep), sampled at 100 Hz.
-    pub(crate) fn sample_profile(mode: Mode) -> Profile {
-        let py = |function: &str, line, first_line| PythonFrameProfile {
-            function: function.into(),
-            file: "/srv/app.py".into(),
-            line: Some(line),
-            first_line,
-        };
-        let stack = |tid,
-                     thread: &str,
-                     python: Vec<PythonFrameProfile>,
-                     frames: Vec<String>,
-                     category,
-                     samples,
-                     weight_ns,
-                     wait: (Option<&str>, Option<&str>)| StackProfile {
+    fn stack(
+        tid: u32,
+        thread: &str,
+        frames: Vec<Frame>,
+        category: Category,
+        samples: u64,
+        weight_ns: u64,
+        wait: (Option<&str>, Option<&str>),
+    ) -> StackProfile {
+        StackProfile {
             tid,
             thread: thread.into(),
             frames,
-            python_frames: python,
             samples,
             category,
             weight_ns,
@@ -254,41 +303,44 @@ pub(crate) mod tests {
             target: wait.1.map(str::to_string),
             coroutine: None,
             stalls_loop: false,
+        }
+    }
+
+    /// A profile for the output formats' tests: process `app` (10) with threads `main` (11: an
+    /// on-CPU stack with a Python frame, a network wait) and `worker` (12: an on-CPU stack, a
+    /// stackless short sleep), sampled at 100 Hz.
+    pub(crate) fn sample_profile(mode: Mode) -> Profile {
+        let py = |function: &str, line, first_line| {
+            Frame::Python(PythonFrame {
+                function: function.into(),
+                file: "/srv/app.py".into(),
+                line: Some(line),
+                first_line,
+            })
         };
-        let text = |f: &PythonFrameProfile| python_frame_text(&f.function, &f.file, f.line);
         let (work, spin) = (py("work", 7, 5), py("spin", 20, 18));
-        let thread = |tid, name: &str, samples, cpu_ns: u64, off: (&str, u64)| ThreadProfile {
+        let thread = |tid, name: &str, samples, cpu_ns: u64, off: (Category, u64)| ThreadProfile {
             tid,
             name: name.into(),
             python_name: None,
             samples,
             wall_ns: cpu_ns + off.1,
-            totals_ns: [("cpu".to_string(), cpu_ns), (off.0.to_string(), off.1)].into(),
+            totals_ns: [(Category::Cpu, cpu_ns), off].into_iter().collect(),
         };
         let mut p = profile(mode);
         p.samples = 7;
         p.start_time_unix = 1_700_000_000.5;
         p.duration_ns = 2_000_000_000;
         p.processes[0].threads = vec![
-            thread(11, "main", 3, 30_000_000, ("net", 50_000_000)),
-            thread(12, "worker", 4, 40_000_000, ("sleep", 1_000_000)),
+            thread(11, "main", 3, 30_000_000, (Category::Net, 50_000_000)),
+            thread(12, "worker", 4, 40_000_000, (Category::Sleep, 1_000_000)),
         ];
         p.processes[0].stacks = vec![
-            stack(
-                12,
-                "worker",
-                vec![spin.clone()],
-                vec!["main".into(), text(&spin)],
-                Category::Cpu,
-                4,
-                40_000_000,
-                (None, None),
-            ),
+            stack(12, "worker", vec![Frame::native("main"), spin], Category::Cpu, 4, 40_000_000, (None, None)),
             stack(
                 11,
                 "main",
-                vec![work.clone()],
-                vec!["main".into(), text(&work), "a::b;c".into()],
+                vec![Frame::native("main"), work, Frame::native("a::b;c")],
                 Category::Cpu,
                 3,
                 30_000_000,
@@ -297,43 +349,21 @@ pub(crate) mod tests {
             stack(
                 11,
                 "main",
-                vec![],
-                vec!["main".into(), "get".into()],
+                vec![Frame::native("main"), Frame::native("get")],
                 Category::Net,
                 2,
                 50_000_000,
                 (Some("recvfrom"), Some("tcp 127.0.0.1:5432")),
             ),
-            stack(12, "worker", vec![], vec![], Category::Sleep, 0, 1_000_000, (None, Some("short waits (no stack)"))),
+            stack(12, "worker", vec![], Category::Sleep, 0, 1_000_000, (None, Some("short waits (no stack)"))),
         ];
         p
     }
 
-    #[test]
-    fn structured_frames_pair_python_frames_with_their_text() {
-        let p = sample_profile(Mode::Wall);
-        let s = &p.processes[0].stacks[1];
-        let frames: Vec<Frame> = s.structured_frames().collect();
-        assert_eq!(frames, vec![Frame::Other("main"), Frame::Python(&s.python_frames[0]), Frame::Other("a::b;c")]);
-    }
-
     fn profile(mode: Mode) -> Profile {
-        let stack =
-            |frames: &[&str], category, samples, weight_ns, syscall: Option<&str>, target: Option<&str>| StackProfile {
-                tid: 11,
-                thread: "w;1".into(),
-                frames: frames.iter().map(|f| f.to_string()).collect(),
-                python_frames: vec![],
-                samples,
-                category,
-                weight_ns,
-                syscall: syscall.map(str::to_string),
-                target: target.map(str::to_string),
-                coroutine: None,
-                stalls_loop: false,
-            };
+        let frames = |names: &[&str]| names.iter().map(|f| Frame::native(*f)).collect();
         Profile {
-            format: FORMAT_NAME,
+            format: FORMAT_NAME.into(),
             version: FORMAT_VERSION,
             duration_ns: 1,
             frequency_hz: 100,
@@ -359,8 +389,16 @@ pub(crate) mod tests {
                 loop_stalls: vec![],
                 threads: vec![],
                 stacks: vec![
-                    stack(&["main", "a::b;c"], Category::Cpu, 3, 30_000_000, None, None),
-                    stack(&["main", "get"], Category::Net, 2, 5_000_000, Some("recvfrom"), Some("tcp 127.0.0.1:5432")),
+                    stack(11, "w;1", frames(&["main", "a::b;c"]), Category::Cpu, 3, 30_000_000, (None, None)),
+                    stack(
+                        11,
+                        "w;1",
+                        frames(&["main", "get"]),
+                        Category::Net,
+                        2,
+                        5_000_000,
+                        (Some("recvfrom"), Some("tcp 127.0.0.1:5432")),
+                    ),
                 ],
             }],
         }
@@ -380,5 +418,26 @@ pub(crate) mod tests {
                 "app (10);w:1 (11);main;get;[net] recvfrom tcp 127.0.0.1:5432 5000".to_string(),
             ]
         );
+    }
+
+    #[test]
+    fn json_keeps_version_1_stacks_and_reads_back_typed() {
+        let p = sample_profile(Mode::Wall);
+        let json = serde_json::to_value(&p).unwrap();
+        let s = &json["processes"][0]["stacks"][1];
+        assert_eq!(s["frames"], serde_json::json!(["main", "work (/srv/app.py:7)", "a::b;c"]));
+        assert_eq!(
+            s["python_frames"],
+            serde_json::json!([{"function": "work", "file": "/srv/app.py", "line": 7, "first_line": 5}])
+        );
+        assert_eq!(
+            json["processes"][0]["threads"][0]["totals_ns"],
+            serde_json::json!({"cpu": 30000000, "net": 50000000})
+        );
+        let back: Profile = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.processes[0].stacks, p.processes[0].stacks);
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+        // A Python frame's text that happens to equal a native one is typed by python_frames.
+        assert_eq!(back.processes[0].stacks[1].innermost_python().map(|f| f.function.as_str()), Some("work"));
     }
 }

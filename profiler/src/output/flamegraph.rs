@@ -46,7 +46,7 @@ pub fn write_svg(profile: &Profile, w: &mut dyn Write) -> anyhow::Result<()> {
     for p in &profile.processes {
         for s in &p.stacks {
             if let (Some(leaf), Some(color)) = (s.wait_frame(), parse_hex_color(category_color(s.category))) {
-                palette.insert(leaf.replace(';', ":"), color);
+                palette.insert(crate::model::folded::sanitize(&leaf.to_string()), color);
             }
         }
     }

@@ -15,7 +15,7 @@ use std::{collections::HashMap, io::Write};
 use flate2::{Compression, write::GzEncoder};
 use prost::Message as _;
 
-use crate::model::{CATEGORIES, Category, Mode, Profile, StackProfile, profile::Frame};
+use crate::model::{CATEGORIES, Category, Frame, Mode, Profile, StackProfile};
 
 /// profile.proto's messages, declared by hand with the proto's field numbers (prost derives the
 /// encoding; no protoc at build time). Fields pyebpf never sets are left out.
@@ -170,20 +170,17 @@ impl Builder {
 
     /// Location ids of a stack, leaf first: the wait frame of an off-CPU stack, then its frames.
     fn stack(&mut self, s: &StackProfile) -> Vec<u64> {
-        let mut ids = Vec::with_capacity(s.frames.len() + 1);
-        if let Some(leaf) = s.wait_frame() {
-            ids.push(self.location(&leaf, "", 0, 0));
-        }
-        let frames: Vec<Frame> = s.structured_frames().collect();
-        for f in frames.into_iter().rev() {
-            ids.push(match f {
+        let frames: Vec<_> = s.frames_with_wait().collect();
+        frames
+            .iter()
+            .rev()
+            .map(|f| match &**f {
                 Frame::Python(p) => {
                     self.location(&p.function, &p.file, p.first_line.into(), p.line.unwrap_or(0).into())
                 }
-                Frame::Other(text) => self.location(text, "", 0, 0),
-            });
-        }
-        ids
+                other => self.location(&other.to_string(), "", 0, 0),
+            })
+            .collect()
     }
 
     fn str_label(&mut self, key: &str, value: &str) -> proto::Label {

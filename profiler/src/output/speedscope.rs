@@ -12,7 +12,7 @@ use std::{collections::HashMap, io::Write};
 
 use serde::Serialize;
 
-use crate::model::{Category, Mode, Profile, StackProfile, profile::Frame as StackFrame};
+use crate::model::{Category, Frame as StackFrame, Mode, Profile, StackProfile};
 
 /// The schema's required `$schema` value.
 const SCHEMA: &str = "https://www.speedscope.app/file-format-schema.json";
@@ -78,19 +78,14 @@ impl Frames {
 
     /// A stack's frame ids, root first, with the wait frame as leaf for off-CPU stacks.
     fn stack(&mut self, s: &StackProfile) -> Vec<usize> {
-        let mut ids: Vec<usize> = s
-            .structured_frames()
-            .map(|f| match f {
+        s.frames_with_wait()
+            .map(|f| match &*f {
                 // Python frames keep their source position: speedscope shows it on hover.
                 StackFrame::Python(p) => Frame { name: p.function.clone(), file: Some(p.file.clone()), line: p.line },
-                StackFrame::Other(text) => Frame { name: text.to_string(), file: None, line: None },
+                other => Frame { name: other.to_string(), file: None, line: None },
             })
             .map(|f| self.id(f))
-            .collect();
-        if let Some(leaf) = s.wait_frame() {
-            ids.push(self.id(Frame { name: leaf, file: None, line: None }));
-        }
-        ids
+            .collect()
     }
 }
 
@@ -123,7 +118,11 @@ fn build(profile: &Profile) -> File {
             let Some(thread) = stacks.first().map(|(s, _)| s.thread.clone()) else { continue };
             // Root-first order groups shared prefixes in speedscope's time-ordered view, as in
             // the sorted folded output.
-            stacks.sort_by(|(a, _), (b, _)| (&a.frames, a.wait_frame()).cmp(&(&b.frames, b.wait_frame())));
+            let text = |s: &StackProfile| {
+                let frames: Vec<String> = s.frames.iter().map(StackFrame::to_string).collect();
+                (frames, s.wait_frame().map(|f| f.to_string()))
+            };
+            stacks.sort_by_cached_key(|(s, _)| text(s));
             let samples: Vec<Vec<usize>> = stacks.iter().map(|(s, _)| frames.stack(s)).collect();
             let weights: Vec<u64> = stacks.iter().map(|&(_, w)| w).collect();
             on_cpu.push(stacks.iter().filter(|(s, _)| s.category == Category::Cpu).map(|&(_, w)| w).sum::<u64>());

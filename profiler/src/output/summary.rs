@@ -3,7 +3,7 @@
 //! that are CPU- or I/O-bound.
 use std::io::Write;
 
-use crate::model::{Mode, ProcessProfile, Profile, StackProfile};
+use crate::model::{Category, FunctionProfile, LoopStall, Mode, ProcessProfile, Profile, StackProfile, Totals};
 
 const TOP_PROCESSES: usize = 15;
 const TOP_THREADS: usize = 6;
@@ -33,10 +33,11 @@ pub(crate) fn truncate_with(text: &str, width: usize, marker: char) -> String {
 }
 
 /// "cpu 41%  net 52%  sleep 7%": categories above half a percent, largest first.
-fn split(totals: &std::collections::BTreeMap<String, u64>, wall: u64) -> String {
-    let mut parts: Vec<(&String, u64)> =
-        totals.iter().map(|(c, ns)| (c, *ns)).filter(|(_, ns)| share(*ns, wall) >= 0.5).collect();
-    parts.sort_by(|a, b| b.1.cmp(&a.1));
+fn split(totals: &Totals, wall: u64) -> String {
+    let mut parts: Vec<(&str, u64)> =
+        totals.iter().map(|(c, ns)| (c.name(), ns)).filter(|(_, ns)| share(*ns, wall) >= 0.5).collect();
+    // Ties keep name order.
+    parts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     parts.iter().map(|(c, ns)| format!("{c} {:.0}%", share(*ns, wall))).collect::<Vec<_>>().join("  ")
 }
 
@@ -106,7 +107,7 @@ const TOP_STALLS: usize = 6;
 
 /// Blocking calls made on an event loop: the coroutine, the call and what it waited on.
 fn write_loop_stalls(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()> {
-    let mut stalls: Vec<(&ProcessProfile, &crate::model::profile::LoopStall)> =
+    let mut stalls: Vec<(&ProcessProfile, &LoopStall)> =
         profile.processes.iter().flat_map(|p| p.loop_stalls.iter().map(move |s| (p, s))).collect();
     if stalls.is_empty() {
         return Ok(());
@@ -137,11 +138,7 @@ fn write_loop_stalls(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()
 
 /// The innermost Python frame of a stack, for "in get_user (app/db.py:42)".
 fn innermost_python(s: &StackProfile) -> Option<String> {
-    let f = s.python_frames.last()?;
-    Some(match f.line {
-        Some(line) => format!("{} ({}:{line})", f.function, f.file),
-        None => format!("{} ({})", f.function, f.file),
-    })
+    s.innermost_python().map(|f| f.to_string())
 }
 
 /// Longest frame text shown in the summary (names can be 10,000 characters long).
@@ -152,7 +149,7 @@ fn write_top_stacks(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()>
         .processes
         .iter()
         .flat_map(|p| p.stacks.iter().map(move |s| (p, s)))
-        .filter(|(_, s)| profile.mode == Mode::Wall || s.category == crate::model::Category::Cpu)
+        .filter(|(_, s)| profile.mode == Mode::Wall || s.category == Category::Cpu)
         .collect();
     stacks.sort_by(|a, b| b.1.weight_ns.cmp(&a.1.weight_ns));
     writeln!(w)?;
@@ -180,8 +177,13 @@ fn write_top_stacks(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()>
             s.thread,
             s.tid
         )?;
-        let shown: Vec<String> =
-            s.frames.iter().rev().take(STACK_FRAMES_SHOWN).map(|f| truncate(f, FRAME_CHARS_SHOWN)).collect();
+        let shown: Vec<String> = s
+            .frames
+            .iter()
+            .rev()
+            .take(STACK_FRAMES_SHOWN)
+            .map(|f| truncate(&f.to_string(), FRAME_CHARS_SHOWN))
+            .collect();
         if !shown.is_empty() {
             let more = s.frames.len().saturating_sub(STACK_FRAMES_SHOWN);
             let mut line = shown.join(" <- ");
@@ -197,7 +199,7 @@ fn write_top_stacks(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()>
 /// Per Python function, own time (where the time is spent: its code, or the calls it makes
 /// into C or the kernel) with its split, and inclusive time: what to fix first.
 fn write_functions(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()> {
-    let mut rows: Vec<(&ProcessProfile, &crate::model::profile::FunctionProfile)> = profile
+    let mut rows: Vec<(&ProcessProfile, &FunctionProfile)> = profile
         .processes
         .iter()
         .flat_map(|p| p.functions.iter().map(move |f| (p, f)))

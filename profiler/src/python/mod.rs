@@ -2,6 +2,7 @@
 //! and turning the frames the kernel recorded into names, files and lines.
 pub mod code;
 pub mod discover;
+pub mod event_loop;
 pub mod linetable;
 pub mod offsets;
 mod offsets_generated;
@@ -138,14 +139,6 @@ pub struct PyFrame {
     pub coroutine: bool,
     /// `co_firstlineno`: where the function starts (pprof's `Function.start_line`).
     pub first_line: i32,
-}
-
-impl fmt::Display for PyFrame {
-    /// py-spy's form: `qualname (path/file.py:LINE)`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // One definition of the text, so outputs can pair it back with the structured frame.
-        f.write_str(&crate::model::profile::python_frame_text(&self.function, &self.file, self.line))
-    }
 }
 
 /// What one recorded frame turns into.
