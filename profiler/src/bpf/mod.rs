@@ -1,4 +1,6 @@
 //! Loads the embedded eBPF object, configures it and attaches it; reads its maps.
+#[cfg(test)]
+mod contract;
 pub mod kernel_btf;
 
 use std::os::fd::OwnedFd;
