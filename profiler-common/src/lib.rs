@@ -434,24 +434,31 @@ pub mod names {
     ];
 }
 
+/// Lets aya copy these types in and out of maps and ring-buffer records as bytes.
 #[cfg(feature = "user")]
-mod pod {
-    // SAFETY: every type here is repr(C), made of integers (and arrays and structs of them) that
-    // any bit pattern is valid for, with no padding (checked by the size asserts below): aya may
-    // copy them in and out of maps and ring-buffer records as bytes.
-    unsafe impl aya::Pod for super::SampleEvent {}
-    unsafe impl aya::Pod for super::ExecEvent {}
-    unsafe impl aya::Pod for super::ThreadMissEvent {}
-    unsafe impl aya::Pod for super::PreemptEndEvent {}
-    unsafe impl aya::Pod for super::PyProcInfo {}
-    unsafe impl aya::Pod for super::PyFrameRecord {}
-    unsafe impl aya::Pod for super::OffCpuInfo {}
-    unsafe impl aya::Pod for super::OffCpuKey {}
-    unsafe impl aya::Pod for super::TstateEntry {}
-    unsafe impl aya::Pod for super::OffCpuSum {}
-    unsafe impl aya::Pod for super::ThreadTimes {}
-    unsafe impl aya::Pod for super::InFlight {}
+macro_rules! pod {
+    ($($ty:ty),* $(,)?) => {$(
+        // SAFETY: repr(C), made of integers (and arrays and structs of them) that any bit
+        // pattern is valid for, with no padding (the layout checks below): plain old data.
+        unsafe impl aya::Pod for $ty {}
+    )*};
 }
+
+#[cfg(feature = "user")]
+pod!(
+    SampleEvent,
+    ExecEvent,
+    ThreadMissEvent,
+    PreemptEndEvent,
+    PyProcInfo,
+    PyFrameRecord,
+    OffCpuInfo,
+    OffCpuKey,
+    TstateEntry,
+    OffCpuSum,
+    ThreadTimes,
+    InFlight,
+);
 
 // Layout checks: a mismatch here is a compile error on both sides. Each size is the sum of the
 // type's fields, so a field added without its share of padding, or padding the compiler inserts,

@@ -81,34 +81,34 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     // The thread going out is the current one.
     let pid_tgid = bpf_get_current_pid_tgid();
     let (prev_tgid, prev_tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if prev_tid != 0 && is_offcpu_target(prev_tgid) {
-        if let Some(t) = times(prev_tid, prev_tgid) {
-            let t = unsafe { &mut *t };
-            t.oncpu_ns = t.oncpu_ns_at(now);
-            t.on_since_ns = 0;
-            t.off_since_ns = now;
-            t.wake_ns = 0;
-            t.off_state = if preempt & 1 != 0 || prev_state == 0 {
-                off_state::RUNNABLE
-            } else if prev_state & TASK_UNINTERRUPTIBLE != 0 {
-                off_state::UNINTERRUPTIBLE
-            } else {
-                off_state::SLEEPING
-            };
-            // Preempted outside a syscall: no sys_exit will come to take the stack it waits
-            // in, so take it now, in its own context; userspace keeps it until the wait's end.
-            if t.off_state == off_state::RUNNABLE && IN_FLIGHT.get_ptr(&prev_tid).is_none() && take_stack_budget(t, now)
-            {
-                if let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) {
-                    let ev = entry.as_mut_ptr();
-                    unsafe {
-                        stacks::fill(ctx.as_ptr(), ev, EventKind::Preempted as u32, prev_tgid, prev_tid);
-                        (*ev).time_ns = now;
-                    }
-                    entry.submit(aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64);
-                } else {
-                    bump(stat::LOST);
+    if prev_tid != 0
+        && is_offcpu_target(prev_tgid)
+        && let Some(t) = times(prev_tid, prev_tgid)
+    {
+        let t = unsafe { &mut *t };
+        t.oncpu_ns = t.oncpu_ns_at(now);
+        t.on_since_ns = 0;
+        t.off_since_ns = now;
+        t.wake_ns = 0;
+        t.off_state = if preempt & 1 != 0 || prev_state == 0 {
+            off_state::RUNNABLE
+        } else if prev_state & TASK_UNINTERRUPTIBLE != 0 {
+            off_state::UNINTERRUPTIBLE
+        } else {
+            off_state::SLEEPING
+        };
+        // Preempted outside a syscall: no sys_exit will come to take the stack it waits
+        // in, so take it now, in its own context; userspace keeps it until the wait's end.
+        if t.off_state == off_state::RUNNABLE && IN_FLIGHT.get_ptr(&prev_tid).is_none() && take_stack_budget(t, now) {
+            if let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) {
+                let ev = entry.as_mut_ptr();
+                unsafe {
+                    stacks::fill(ctx.as_ptr(), ev, EventKind::Preempted as u32, prev_tgid, prev_tid);
+                    (*ev).time_ns = now;
                 }
+                entry.submit(aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64);
+            } else {
+                bump(stat::LOST);
             }
         }
     }

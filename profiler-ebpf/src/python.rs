@@ -155,6 +155,10 @@ pub fn unwind(info: &PyProcInfo, tgid: u32, tid: u32, out: &mut [PyFrameRecord; 
     let read_len = (info.frame_read_len as usize).min(FRAME_BYTES);
     let mut n = 0u32;
     let mut chunk = [0u64; FRAME_WORDS];
+    #[allow(
+        clippy::needless_range_loop,
+        reason = "a counted loop with a constant bound is what the verifier sees through; `i` is also the depth"
+    )]
     for i in 0..MAX_PY_FRAMES {
         if frame == 0 {
             break;

@@ -71,10 +71,8 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 }
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {
-    if let Some(version) = output("bpf-linker", &["--version"]) {
-        if version.contains(BPF_LINKER_VERSION) {
-            return Ok(());
-        }
+    if output("bpf-linker", &["--version"]).is_some_and(|version| version.contains(BPF_LINKER_VERSION)) {
+        return Ok(());
     }
     eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

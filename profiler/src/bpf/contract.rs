@@ -6,9 +6,7 @@
 use std::collections::BTreeMap;
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
-use profiler_common::{
-    InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, map_size, names, names::*,
-};
+use profiler_common::{InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, map_size, names};
 
 use super::EBPF_OBJECT;
 
@@ -75,17 +73,23 @@ fn every_map_is_named_and_shaped_as_userspace_reads_it() {
     let size = |n: usize| n as u32;
     // The key and value types are the ones `Bpf` opens each map with.
     let expected = BTreeMap::from([
-        (MAP_EVENTS, (BPF_MAP_TYPE_RINGBUF, 0, 0, map_size::EVENTS_DEFAULT_BYTES)),
-        (MAP_STATS, (BPF_MAP_TYPE_PERCPU_ARRAY, u32_size, size(size_of::<u64>()), map_size::STATS)),
-        (MAP_TARGET_PIDS, (BPF_MAP_TYPE_HASH, u32_size, size(size_of::<u8>()), map_size::TARGET_PIDS)),
-        (MAP_PY_PROCS, (BPF_MAP_TYPE_HASH, u32_size, size(size_of::<PyProcInfo>()), map_size::PY_PROCS)),
-        (MAP_TSTATE_CACHE, (BPF_MAP_TYPE_LRU_HASH, u32_size, size(size_of::<TstateEntry>()), map_size::TSTATE_CACHE)),
+        (names::MAP_EVENTS, (BPF_MAP_TYPE_RINGBUF, 0, 0, map_size::EVENTS_DEFAULT_BYTES)),
+        (names::MAP_STATS, (BPF_MAP_TYPE_PERCPU_ARRAY, u32_size, size(size_of::<u64>()), map_size::STATS)),
+        (names::MAP_TARGET_PIDS, (BPF_MAP_TYPE_HASH, u32_size, size(size_of::<u8>()), map_size::TARGET_PIDS)),
+        (names::MAP_PY_PROCS, (BPF_MAP_TYPE_HASH, u32_size, size(size_of::<PyProcInfo>()), map_size::PY_PROCS)),
         (
-            MAP_OFFCPU_SUMS,
+            names::MAP_TSTATE_CACHE,
+            (BPF_MAP_TYPE_LRU_HASH, u32_size, size(size_of::<TstateEntry>()), map_size::TSTATE_CACHE),
+        ),
+        (
+            names::MAP_OFFCPU_SUMS,
             (BPF_MAP_TYPE_HASH, size(size_of::<OffCpuKey>()), size(size_of::<OffCpuSum>()), map_size::OFFCPU_SUMS),
         ),
-        (MAP_THREAD_TIMES, (BPF_MAP_TYPE_LRU_HASH, u32_size, size(size_of::<ThreadTimes>()), map_size::THREAD_TIMES)),
-        (MAP_IN_FLIGHT, (BPF_MAP_TYPE_LRU_HASH, u32_size, size(size_of::<InFlight>()), map_size::IN_FLIGHT)),
+        (
+            names::MAP_THREAD_TIMES,
+            (BPF_MAP_TYPE_LRU_HASH, u32_size, size(size_of::<ThreadTimes>()), map_size::THREAD_TIMES),
+        ),
+        (names::MAP_IN_FLIGHT, (BPF_MAP_TYPE_LRU_HASH, u32_size, size(size_of::<InFlight>()), map_size::IN_FLIGHT)),
     ]);
     let names: Vec<&str> = expected.keys().copied().collect();
     let mut listed = names::MAPS.to_vec();
@@ -113,7 +117,7 @@ fn every_program_is_named_and_in_its_section() {
     for (program, tracepoint) in names::RAW_TRACEPOINTS {
         assert_eq!(found[program], format!("raw_tp/{tracepoint}"), "program {program}");
     }
-    assert_eq!(found[PROG_ON_CPU], "perf_event");
+    assert_eq!(found[names::PROG_ON_CPU], "perf_event");
 }
 
 #[test]

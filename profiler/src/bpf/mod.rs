@@ -111,12 +111,12 @@ impl Bpf {
         let kernel_stacks = cfg.kernel_stacks as u8;
         let self_pid = std::process::id();
         // Only CPython 3.8–3.10 need it (their thread states hold a pthread_t, not a tid).
-        let fsbase_offset = crate::bpf::kernel_btf::fsbase_offset().unwrap_or_else(|| {
+        let fsbase_offset = kernel_btf::fsbase_offset().unwrap_or_else(|| {
             log::warn!("no task_struct.thread.fsbase in the kernel's BTF: CPython 3.8-3.10 threads cannot be matched");
             0
         });
         let py_max_depth = cfg.py_max_depth.min(profiler_common::MAX_PY_FRAMES as u32);
-        let btf = crate::bpf::kernel_btf::KernelBtf::load();
+        let btf = kernel_btf::KernelBtf::load();
         let task_pid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["pid"])).unwrap_or(0);
         let task_tgid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["tgid"])).unwrap_or(0);
         if cfg.off_cpu && (task_pid == 0 || task_tgid == 0) {
