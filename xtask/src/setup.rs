@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use crate::util::{self, output, path_with_cargo_bin, run};
 
-const NIGHTLY: &str = "nightly";
+pub const NIGHTLY: &str = "nightly";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_PACKAGE: &str = "llvm-22-dev";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -38,6 +38,30 @@ fn ensure_nightly_rust_src() -> anyhow::Result<()> {
     if !installed.lines().any(|l| l.trim().starts_with("rust-src")) {
         eprintln!("xtask: adding rust-src to the nightly toolchain");
         run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", NIGHTLY]))?;
+    }
+    Ok(())
+}
+
+/// rustfmt and clippy for `cargo xtask lint`: on the toolchain that builds the workspace (the
+/// active one), and clippy on nightly too for the BPF crate. rustfmt is added to nightly as
+/// well, so `cargo +nightly fmt` in fuzz/ agrees with the stable run.
+pub fn ensure_lint_components() -> anyhow::Result<()> {
+    for toolchain in [None, Some(NIGHTLY)] {
+        let mut list = vec!["component", "list", "--installed"];
+        list.extend(toolchain.iter().flat_map(|t| ["--toolchain", t]));
+        let installed = output("rustup", &list).unwrap_or_default();
+        let missing: Vec<&str> =
+            ["rustfmt", "clippy"].into_iter().filter(|c| !installed.lines().any(|l| l.trim().starts_with(c))).collect();
+        if missing.is_empty() {
+            continue;
+        }
+        eprintln!("xtask: adding {} to the {} toolchain", missing.join(" and "), toolchain.unwrap_or("active"));
+        let mut add = Command::new("rustup");
+        add.args(["component", "add"]).args(&missing);
+        if let Some(t) = toolchain {
+            add.args(["--toolchain", t]);
+        }
+        run(&mut add)?;
     }
     Ok(())
 }
