@@ -27,6 +27,10 @@ pub const MAX_PY_FRAMES: usize = 128;
 /// (`Py_TAG_BITS` = 3) in its low bits. Objects are at least 8-byte aligned in every CPython, so
 /// this is a no-op on older versions; userspace refuses a layout whose tag bits do not fit.
 pub const PY_CODE_TAG_MASK: u64 = 7;
+/// Bytes of a Python frame the unwinder reads at once, from its start: every field it needs
+/// must lie within them ([`PyProcInfo::frame_read_len`] is at most this). One read per frame,
+/// because the reads, not the arithmetic, are the walk's cost.
+pub const PY_FRAME_READ_MAX: usize = 128;
 /// Offsets in [`PyProcInfo`] that do not exist in a given CPython version.
 pub const PY_OFFSET_NONE: u16 = u16::MAX;
 /// Length of a task's `comm` (thread name), NUL padded.
@@ -324,7 +328,7 @@ pub struct PyProcInfo {
     /// `_PyInterpreterFrame.owner` (a byte), 3.11+.
     pub frame_owner: u16,
     pub code_firstlineno: u16,
-    /// Bytes of a frame to read at once to get all its fields above (≤ 128).
+    /// Bytes of a frame to read at once to get all its fields above (≤ [`PY_FRAME_READ_MAX`]).
     pub frame_read_len: u16,
     pub _reserved: u16,
 }
