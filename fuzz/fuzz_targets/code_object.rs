@@ -5,7 +5,10 @@
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use profiler::python::{PyVersion, code, memory::ImageMemory};
+use profiler::{
+    host::memory::ImageMemory,
+    python::{PyVersion, code},
+};
 use pyebpf_fuzz::{BASE, Objects, Poke, Text, offsets};
 
 #[derive(Arbitrary, Debug)]

@@ -5,7 +5,7 @@
 //! compiles them).
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use profiler::python::{discover, memory::ImageMemory};
+use profiler::{host::memory::ImageMemory, python::discover};
 
 const NAMES: [&str; 4] = ["libpython3.13.so.1.0", "python3.11", "python3", "libpython3.8d.so"];
 

@@ -6,7 +6,7 @@
 //! processes), then corrupt it with the fuzzer's pokes: any word anywhere, any value. Both the
 //! valid paths and every way off them get exercised.
 use arbitrary::Arbitrary;
-use profiler::python::{memory::ImageMemory, offsets::PyOffsets};
+use profiler::{host::memory::ImageMemory, python::offsets::PyOffsets};
 
 /// Where the image is mapped: any page-aligned address away from 0 does.
 pub const BASE: u64 = 0x7f00_0000_0000;

@@ -4,7 +4,19 @@
 //! so the eBPF programs (`profiler-ebpf`) and the daemon (`profiler`) agree on it byte for byte.
 //! Both sides are always built together from one tree, so there is no cross-version compatibility
 //! to keep: change a type, and both ends change with it.
-#![no_std]
+//!
+//! This crate is the whole contract between the two sides: the record and map types, the names
+//! userspace addresses maps, programs and globals by ([`names`]), the maps' capacities
+//! ([`map_size`]), and the few computations both sides make on the same data (the poll family's
+//! argument in [`poll_arg`], the split of an off-CPU interval and the off-CPU stack budget in
+//! [`ThreadTimes`]): defined once here, so the kernel and userspace cannot drift apart, and unit
+//! tested on the host. `profiler`'s `bpf::contract` test checks the built object against it.
+#![cfg_attr(not(test), no_std)]
+
+pub mod poll_arg;
+mod times;
+
+pub use times::split_off_interval;
 
 /// Deepest native stack `bpf_get_stack` records (the kernel's default `perf_event_max_stack`).
 pub const MAX_NATIVE_FRAMES: usize = 127;
@@ -15,10 +27,41 @@ pub const MAX_PY_FRAMES: usize = 128;
 /// (`Py_TAG_BITS` = 3) in its low bits. Objects are at least 8-byte aligned in every CPython, so
 /// this is a no-op on older versions; userspace refuses a layout whose tag bits do not fit.
 pub const PY_CODE_TAG_MASK: u64 = 7;
+/// Bytes of a Python frame the unwinder reads at once, from its start: every field it needs
+/// must lie within them ([`PyProcInfo::frame_read_len`] is at most this). One read per frame,
+/// because the reads, not the arithmetic, are the walk's cost.
+pub const PY_FRAME_READ_MAX: usize = 128;
 /// Offsets in [`PyProcInfo`] that do not exist in a given CPython version.
 pub const PY_OFFSET_NONE: u16 = u16::MAX;
 /// Length of a task's `comm` (thread name), NUL padded.
 pub const TASK_COMM_LEN: usize = 16;
+/// Off-CPU stacks a thread may save up (the token bucket's depth, in stacks): a thread that
+/// was quiet can take this many in a row before `--off-cpu-stack-rate` applies.
+pub const OFFCPU_STACK_BURST: u64 = 16;
+
+/// `max_entries` of the kernel's maps. The kernel's map definitions use these, and the
+/// `bpf::contract` test checks the built object against them.
+pub mod map_size {
+    /// Explicit targets (`--pid`, `-- COMMAND` and its children).
+    pub const TARGET_PIDS: u32 = 8192;
+    /// CPython processes known to the unwinder.
+    pub const PY_PROCS: u32 = 8192;
+    /// Threads whose `PyThreadState` is cached (LRU: threads come and go).
+    pub const TSTATE_CACHE: u32 = 65536;
+    /// Distinct (thread, state, syscall, argument) off-CPU keys: far beyond a profile's worth
+    /// of threads × fds.
+    pub const OFFCPU_SUMS: u32 = 65536;
+    /// Tracked threads' scheduling times (LRU).
+    pub const THREAD_TIMES: u32 = 65536;
+    /// Syscalls in flight, one per tracked thread (LRU: a thread killed mid-syscall never
+    /// exits it).
+    pub const IN_FLIGHT: u32 = 65536;
+    /// Bytes of the `EVENTS` ring buffer as compiled; userspace resizes it at load time to fit
+    /// the sampling rate, so this only matters to a loader that does not.
+    pub const EVENTS_DEFAULT_BYTES: u32 = 4 << 20;
+    /// Slots of the per-CPU `STATS` array.
+    pub const STATS: u32 = super::stat::COUNT;
+}
 
 /// What a ring-buffer record holds; the first `u32` of every record.
 #[repr(u32)]
@@ -167,24 +210,6 @@ pub mod off_state {
     pub const UNINTERRUPTIBLE: u32 = 2;
 }
 
-/// What `arg0` holds for the poll family, whose first argument is not an fd. The kernel
-/// replaces it at `sys_enter` so waits can be told apart by the descriptors they wait on
-/// (a server waiting on its listening socket is idle, not doing network I/O).
-pub mod poll_arg {
-    /// x86-64 syscall numbers of the poll family.
-    pub const SYS_POLL: i64 = 7;
-    pub const SYS_SELECT: i64 = 23;
-    pub const SYS_PSELECT6: i64 = 270;
-    pub const SYS_PPOLL: i64 = 271;
-    /// `select`/`pselect6`: the first word of `readfds` (fds 0–63 as a bit set); 0 when no
-    /// descriptor is watched (a timed sleep); [`UNKNOWN`] when the watched ones are not in
-    /// the first word or could not be read.
-    /// `poll`/`ppoll`: 0 when no descriptor is watched, else [`FIRST_FD`] | the first
-    /// `pollfd.fd`, or [`UNKNOWN`].
-    pub const UNKNOWN: u64 = u64::MAX;
-    pub const FIRST_FD: u64 = 1 << 32;
-}
-
 /// Key of the per-thread off-CPU sums: every interval of a profiled thread is added to one,
 /// short or long, so per-thread totals are exact whatever the stack threshold.
 #[repr(C)]
@@ -224,7 +249,8 @@ pub struct ThreadTimes {
     /// The tgid, for userspace.
     pub pid: u32,
     /// Budget for off-CPU stacks (a token bucket in nanoseconds of credit): each stack taken
-    /// costs `1e9 / OFFCPU_STACK_RATE`; credit accrues with time up to a burst.
+    /// costs `1e9 / --off-cpu-stack-rate`; credit accrues with time up to
+    /// [`OFFCPU_STACK_BURST`] stacks (see [`ThreadTimes::take_stack_credit`]).
     pub stack_credit_ns: u64,
     /// When `stack_credit_ns` was last topped up.
     pub credit_at_ns: u64,
@@ -302,7 +328,7 @@ pub struct PyProcInfo {
     /// `_PyInterpreterFrame.owner` (a byte), 3.11+.
     pub frame_owner: u16,
     pub code_firstlineno: u16,
-    /// Bytes of a frame to read at once to get all its fields above (≤ 128).
+    /// Bytes of a frame to read at once to get all its fields above (≤ [`PY_FRAME_READ_MAX`]).
     pub frame_read_len: u16,
     pub _reserved: u16,
 }
@@ -319,7 +345,9 @@ pub mod stat {
     pub const COUNT: u32 = 3;
 }
 
-/// Names of the globals and maps the userspace loader addresses by name.
+/// Names of the globals, maps and programs the userspace loader addresses by name (the kernel
+/// side names them by its statics' and functions' identifiers, so the `bpf::contract` test
+/// checks the built object against these lists both ways).
 pub mod names {
     /// `u8` global: 1 = sample every process on the host, 0 = only pids in `TARGET_PIDS`.
     pub const GLOBAL_TARGET_ALL: &str = "TARGET_ALL";
@@ -345,8 +373,9 @@ pub mod names {
     pub const GLOBAL_TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
     /// Hash map [`super::OffCpuKey`] → [`super::OffCpuSum`].
     pub const MAP_OFFCPU_SUMS: &str = "OFFCPU_SUMS";
-    /// Hash map tid → [`super::ThreadTimes`].
+    /// LRU hash map tid → [`super::ThreadTimes`].
     pub const MAP_THREAD_TIMES: &str = "THREAD_TIMES";
+    /// LRU hash map tid → [`super::InFlight`].
     pub const MAP_IN_FLIGHT: &str = "IN_FLIGHT";
     /// Raw tracepoint programs of the off-CPU tracker.
     pub const PROG_SCHED_SWITCH: &str = "sched_switch";
@@ -365,26 +394,114 @@ pub mod names {
     pub const PROG_ON_CPU: &str = "on_cpu_sample";
     /// The `sched_process_exec` raw tracepoint program.
     pub const PROG_EXEC: &str = "process_exec";
+
+    /// Every map of the object.
+    pub const MAPS: [&str; 8] = [
+        MAP_EVENTS,
+        MAP_STATS,
+        MAP_TARGET_PIDS,
+        MAP_PY_PROCS,
+        MAP_TSTATE_CACHE,
+        MAP_OFFCPU_SUMS,
+        MAP_THREAD_TIMES,
+        MAP_IN_FLIGHT,
+    ];
+    /// Every global of the object, with its size in bytes.
+    pub const GLOBALS: [(&str, usize); 10] = [
+        (GLOBAL_TARGET_ALL, 1),
+        (GLOBAL_KERNEL_STACKS, 1),
+        (GLOBAL_SELF_PID, 4),
+        (GLOBAL_FSBASE_OFFSET, 4),
+        (GLOBAL_PY_MAX_DEPTH, 4),
+        (GLOBAL_OFFCPU, 1),
+        (GLOBAL_OFFCPU_THRESHOLD_NS, 8),
+        (GLOBAL_OFFCPU_STACK_COST_NS, 8),
+        (GLOBAL_TASK_PID_OFFSET, 4),
+        (GLOBAL_TASK_TGID_OFFSET, 4),
+    ];
+    /// The raw tracepoint programs and the tracepoint each is attached to.
+    pub const RAW_TRACEPOINTS: [(&str, &str); 5] = [
+        (PROG_EXEC, "sched_process_exec"),
+        (PROG_SCHED_SWITCH, "sched_switch"),
+        (PROG_SCHED_WAKEUP, "sched_wakeup"),
+        (PROG_SYS_ENTER, "sys_enter"),
+        (PROG_SYS_EXIT, "sys_exit"),
+    ];
+    /// Every program of the object: the perf-event sampler and the raw tracepoints.
+    pub const PROGRAMS: [&str; 6] = [
+        PROG_ON_CPU,
+        RAW_TRACEPOINTS[0].0,
+        RAW_TRACEPOINTS[1].0,
+        RAW_TRACEPOINTS[2].0,
+        RAW_TRACEPOINTS[3].0,
+        RAW_TRACEPOINTS[4].0,
+    ];
+}
+
+/// Lets aya copy these types in and out of maps and ring-buffer records as bytes.
+#[cfg(feature = "user")]
+macro_rules! pod {
+    ($($ty:ty),* $(,)?) => {$(
+        // SAFETY: repr(C), made of integers (and arrays and structs of them) that any bit
+        // pattern is valid for, with no padding (the layout checks below): plain old data.
+        unsafe impl aya::Pod for $ty {}
+    )*};
 }
 
 #[cfg(feature = "user")]
-mod pod {
-    // SAFETY: plain-old-data, repr(C), no padding.
-    unsafe impl aya::Pod for super::SampleEvent {}
-    unsafe impl aya::Pod for super::PyProcInfo {}
-    unsafe impl aya::Pod for super::OffCpuKey {}
-    unsafe impl aya::Pod for super::TstateEntry {}
-    unsafe impl aya::Pod for super::OffCpuSum {}
-    unsafe impl aya::Pod for super::ThreadTimes {}
-    unsafe impl aya::Pod for super::InFlight {}
-}
+pod!(
+    SampleEvent,
+    ExecEvent,
+    ThreadMissEvent,
+    PreemptEndEvent,
+    PyProcInfo,
+    PyFrameRecord,
+    OffCpuInfo,
+    OffCpuKey,
+    TstateEntry,
+    OffCpuSum,
+    ThreadTimes,
+    InFlight,
+);
 
-// Layout checks: a mismatch here is a compile error on both sides.
-const _: () = assert!(core::mem::size_of::<SampleEvent>() == 56 + 40 + 2 * 8 * MAX_NATIVE_FRAMES + 24 * MAX_PY_FRAMES);
-const _: () = assert!(core::mem::size_of::<PyFrameRecord>() == 24);
-const _: () = assert!(core::mem::size_of::<OffCpuInfo>() == 40);
-const _: () = assert!(core::mem::size_of::<OffCpuKey>() == 24);
-const _: () = assert!(core::mem::size_of::<ThreadTimes>() == 64);
-const _: () = assert!(core::mem::size_of::<InFlight>() == 48);
-const _: () = assert!(core::mem::size_of::<PyProcInfo>() == 40);
-const _: () = assert!(core::mem::align_of::<SampleEvent>() == 8);
+// Layout checks: a mismatch here is a compile error on both sides. Each size is the sum of the
+// type's fields, so a field added without its share of padding, or padding the compiler inserts,
+// fails here rather than as garbage in a map.
+const _: () = {
+    use core::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<ExecEvent>() == 4 + 4);
+    assert!(size_of::<ThreadMissEvent>() == 3 * 4 + 4 + 8);
+    assert!(size_of::<PreemptEndEvent>() == 4 * 4 + 2 * 8);
+    assert!(size_of::<TstateEntry>() == 2 * 8);
+    assert!(size_of::<PyFrameRecord>() == 2 * 8 + 2 * 4);
+    assert!(size_of::<OffCpuInfo>() == 4 * 8 + 2 * 4);
+    assert!(size_of::<OffCpuKey>() == 2 * 4 + 2 * 8);
+    assert!(size_of::<OffCpuSum>() == 3 * 8);
+    assert!(size_of::<ThreadTimes>() == 4 * 8 + 2 * 4 + 3 * 8);
+    assert!(size_of::<InFlight>() == 5 * 8 + 2 * 4);
+    assert!(size_of::<PyProcInfo>() == 8 + 16 * 2);
+    assert!(
+        size_of::<SampleEvent>()
+            == 4 * 4
+                + 8
+                + 4 * 4
+                + TASK_COMM_LEN
+                + size_of::<OffCpuInfo>()
+                + 2 * 8 * MAX_NATIVE_FRAMES
+                + size_of::<PyFrameRecord>() * MAX_PY_FRAMES
+    );
+    assert!(align_of::<SampleEvent>() == 8);
+    // userspace decodes a SampleEvent field by field in this order (engine/events.rs).
+    assert!(offset_of!(SampleEvent, time_ns) == 16);
+    assert!(offset_of!(SampleEvent, kernel_stack_len) == 24);
+    assert!(offset_of!(SampleEvent, comm) == 40);
+    assert!(offset_of!(SampleEvent, off) == 56);
+    assert!(offset_of!(SampleEvent, kernel_stack) == 96);
+    assert!(offset_of!(SampleEvent, user_stack) == 96 + 8 * MAX_NATIVE_FRAMES);
+    assert!(offset_of!(SampleEvent, py_frames) == 96 + 2 * 8 * MAX_NATIVE_FRAMES);
+    // Every record starts with its EventKind as a u32.
+    assert!(offset_of!(SampleEvent, kind) == 0);
+    assert!(offset_of!(ExecEvent, kind) == 0);
+    assert!(offset_of!(ThreadMissEvent, kind) == 0);
+    assert!(offset_of!(PreemptEndEvent, kind) == 0);
+};

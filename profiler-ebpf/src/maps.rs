@@ -4,42 +4,41 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use profiler_common::{InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, stat};
+use profiler_common::{InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, map_size};
 
 /// Events to userspace. Userspace resizes it at load time to fit the sampling rate.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(map_size::EVENTS_DEFAULT_BYTES, 0);
 
 /// tgid → 1 for the processes being profiled, when not profiling the whole host.
 #[map]
-pub static TARGET_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(8192, 0);
+pub static TARGET_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(map_size::TARGET_PIDS, 0);
 
 /// tgid → where that CPython process keeps its threads, and its version's offsets.
 #[map]
-pub static PY_PROCS: HashMap<u32, PyProcInfo> = HashMap::with_max_entries(8192, 0);
+pub static PY_PROCS: HashMap<u32, PyProcInfo> = HashMap::with_max_entries(map_size::PY_PROCS, 0);
 
 /// tid → the thread's `PyThreadState` (0: none found, recheck after a while), so that the thread
 /// list is only scanned for threads not seen before. LRU: threads come and go.
 #[map]
-pub static TSTATE_CACHE: LruHashMap<u32, TstateEntry> = LruHashMap::with_max_entries(65536, 0);
+pub static TSTATE_CACHE: LruHashMap<u32, TstateEntry> = LruHashMap::with_max_entries(map_size::TSTATE_CACHE, 0);
 
-/// Exact off-CPU sums per (thread, state, syscall, first argument). Userspace reads them at
-/// the end; 64K distinct keys is far beyond a profile's worth of threads × fds.
+/// Exact off-CPU sums per (thread, state, syscall, first argument), read by userspace.
 #[map]
-pub static OFFCPU_SUMS: HashMap<OffCpuKey, OffCpuSum> = HashMap::with_max_entries(65536, 0);
+pub static OFFCPU_SUMS: HashMap<OffCpuKey, OffCpuSum> = HashMap::with_max_entries(map_size::OFFCPU_SUMS, 0);
 
 /// Per-thread scheduling timestamps and exact on-CPU time.
 #[map]
-pub static THREAD_TIMES: LruHashMap<u32, ThreadTimes> = LruHashMap::with_max_entries(65536, 0);
+pub static THREAD_TIMES: LruHashMap<u32, ThreadTimes> = LruHashMap::with_max_entries(map_size::THREAD_TIMES, 0);
 
 /// The syscall each tracked thread is in. LRU: a thread killed mid-syscall never exits it.
 #[map]
-pub static IN_FLIGHT: LruHashMap<u32, InFlight> = LruHashMap::with_max_entries(65536, 0);
+pub static IN_FLIGHT: LruHashMap<u32, InFlight> = LruHashMap::with_max_entries(map_size::IN_FLIGHT, 0);
 
 /// Per-CPU counters, indexed by `profiler_common::stat`. Per-CPU because BPF has no cheap
 /// 64-bit atomics on every kernel, and userspace sums them anyway.
 #[map]
-pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(map_size::STATS, 0);
 
 // Globals set by userspace before load (aya `EbpfLoader::set_global`). Read with read_volatile so
 // the compiler does not constant-fold the zero initialiser.
@@ -65,12 +64,11 @@ static TASK_TGID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static OFFCPU_STACK_COST_NS: u64 = 0;
 
-/// Stack budget one off-CPU stack costs; a thread may save up this many stacks.
+/// Stack budget one off-CPU stack costs (see `ThreadTimes::take_stack_credit`).
 #[inline(always)]
 pub fn offcpu_stack_cost_ns() -> u64 {
     unsafe { core::ptr::read_volatile(&OFFCPU_STACK_COST_NS) }
 }
-pub const OFFCPU_STACK_BURST: u64 = 16;
 
 #[inline(always)]
 pub fn offcpu_threshold_ns() -> u64 {

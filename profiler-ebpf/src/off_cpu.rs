@@ -19,12 +19,12 @@ use aya_ebpf::{
 };
 use profiler_common::{
     EventKind, InFlight, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, SampleEvent, ThreadTimes, off_state,
-    poll_arg, stat,
+    poll_arg, split_off_interval, stat,
 };
 
 use crate::{
     maps::{
-        EVENTS, IN_FLIGHT, OFFCPU_STACK_BURST, OFFCPU_SUMS, THREAD_TIMES, bump, is_offcpu_target, offcpu_stack_cost_ns,
+        EVENTS, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, bump, is_offcpu_target, offcpu_stack_cost_ns,
         offcpu_threshold_ns, task_pid_offsets,
     },
     stacks,
@@ -36,38 +36,6 @@ const TASK_UNINTERRUPTIBLE: u64 = 0x2;
 const PT_REGS_DI: u64 = 112;
 /// ... and of `si`, the second.
 const PT_REGS_SI: u64 = 104;
-
-/// The poll family's first argument is a count or a pointer: record which descriptors it
-/// waits on instead (one user read, only for these four syscalls; see [`poll_arg`]).
-#[inline(always)]
-fn poll_family_arg(nr: i64, regs: u64, arg0: u64) -> u64 {
-    let arg1 = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const u64) }.unwrap_or(0);
-    match nr {
-        poll_arg::SYS_SELECT | poll_arg::SYS_PSELECT6 => {
-            // arg0 = nfds, arg1 = readfds.
-            if arg0 == 0 {
-                return 0;
-            }
-            if arg1 == 0 {
-                return poll_arg::UNKNOWN;
-            }
-            match unsafe { bpf_probe_read_user(arg1 as *const u64) } {
-                Ok(word) if word != 0 => word,
-                _ => poll_arg::UNKNOWN,
-            }
-        }
-        _ => {
-            // arg0 = struct pollfd *, arg1 = nfds.
-            if arg1 == 0 {
-                return 0;
-            }
-            match unsafe { bpf_probe_read_user(arg0 as *const i32) } {
-                Ok(fd) if fd >= 0 => poll_arg::FIRST_FD | fd as u64,
-                _ => poll_arg::UNKNOWN,
-            }
-        }
-    }
-}
 
 /// (tid, tgid) of a task that is not the current one.
 #[inline(always)]
@@ -81,28 +49,15 @@ fn task_ids(task: u64) -> Option<(u32, u32)> {
     Some((tid, tgid))
 }
 
-/// Takes one off-CPU stack from the thread's budget, if it has one left. Unwinding a deep
-/// Python stack costs microseconds and ~5 KiB of ring buffer: a thread that blocks thousands
-/// of times a second (GIL hand-offs in a busy threaded server) would pay that each time.
-/// Its time is summed exactly anyway; userspace spreads what the kept stacks miss over them.
+/// Takes one off-CPU stack from the thread's budget, if it has one left (see
+/// `ThreadTimes::take_stack_credit` for why there is a budget).
 #[inline(always)]
 fn take_stack_budget(t: &mut ThreadTimes, now: u64) -> bool {
-    let cost = offcpu_stack_cost_ns();
-    if cost == 0 {
-        return true;
-    }
-    let cap = cost * OFFCPU_STACK_BURST;
-    let credit = t.stack_credit_ns.saturating_add(now.saturating_sub(t.credit_at_ns));
-    t.credit_at_ns = now;
-    if credit >= cost {
-        t.stack_credit_ns = if credit > cap { cap } else { credit } - cost;
-        true
-    } else {
-        t.stack_credit_ns = credit;
-        t.stacks_sampled_out += 1;
+    let taken = t.take_stack_credit(offcpu_stack_cost_ns(), now);
+    if !taken {
         bump(stat::OFFCPU_SAMPLED_OUT);
-        false
     }
+    taken
 }
 
 #[inline(always)]
@@ -111,13 +66,7 @@ fn times(tid: u32, tgid: u32) -> Option<*mut ThreadTimes> {
         return Some(t);
     }
     // A new thread starts with a full stack budget.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let fresh = ThreadTimes {
-        pid: tgid,
-        stack_credit_ns: offcpu_stack_cost_ns() * OFFCPU_STACK_BURST,
-        credit_at_ns: now,
-        ..Default::default()
-    };
+    let fresh = ThreadTimes::new(tgid, offcpu_stack_cost_ns(), unsafe { bpf_ktime_get_ns() });
     THREAD_TIMES.insert(&tid, &fresh, 0).ok()?;
     THREAD_TIMES.get_ptr_mut(&tid)
 }
@@ -132,36 +81,34 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     // The thread going out is the current one.
     let pid_tgid = bpf_get_current_pid_tgid();
     let (prev_tgid, prev_tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if prev_tid != 0 && is_offcpu_target(prev_tgid) {
-        if let Some(t) = times(prev_tid, prev_tgid) {
-            let t = unsafe { &mut *t };
-            if t.on_since_ns != 0 {
-                t.oncpu_ns += now.saturating_sub(t.on_since_ns);
-            }
-            t.on_since_ns = 0;
-            t.off_since_ns = now;
-            t.wake_ns = 0;
-            t.off_state = if preempt & 1 != 0 || prev_state == 0 {
-                off_state::RUNNABLE
-            } else if prev_state & TASK_UNINTERRUPTIBLE != 0 {
-                off_state::UNINTERRUPTIBLE
-            } else {
-                off_state::SLEEPING
-            };
-            // Preempted outside a syscall: no sys_exit will come to take the stack it waits
-            // in, so take it now, in its own context; userspace keeps it until the wait's end.
-            if t.off_state == off_state::RUNNABLE && IN_FLIGHT.get_ptr(&prev_tid).is_none() && take_stack_budget(t, now)
-            {
-                if let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) {
-                    let ev = entry.as_mut_ptr();
-                    unsafe {
-                        stacks::fill(ctx.as_ptr(), ev, EventKind::Preempted as u32, prev_tgid, prev_tid);
-                        (*ev).time_ns = now;
-                    }
-                    entry.submit(aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64);
-                } else {
-                    bump(stat::LOST);
+    if prev_tid != 0
+        && is_offcpu_target(prev_tgid)
+        && let Some(t) = times(prev_tid, prev_tgid)
+    {
+        let t = unsafe { &mut *t };
+        t.oncpu_ns = t.oncpu_ns_at(now);
+        t.on_since_ns = 0;
+        t.off_since_ns = now;
+        t.wake_ns = 0;
+        t.off_state = if preempt & 1 != 0 || prev_state == 0 {
+            off_state::RUNNABLE
+        } else if prev_state & TASK_UNINTERRUPTIBLE != 0 {
+            off_state::UNINTERRUPTIBLE
+        } else {
+            off_state::SLEEPING
+        };
+        // Preempted outside a syscall: no sys_exit will come to take the stack it waits
+        // in, so take it now, in its own context; userspace keeps it until the wait's end.
+        if t.off_state == off_state::RUNNABLE && IN_FLIGHT.get_ptr(&prev_tid).is_none() && take_stack_budget(t, now) {
+            if let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) {
+                let ev = entry.as_mut_ptr();
+                unsafe {
+                    stacks::fill(ctx.as_ptr(), ev, EventKind::Preempted as u32, prev_tgid, prev_tid);
+                    (*ev).time_ns = now;
                 }
+                entry.submit(aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64);
+            } else {
+                bump(stat::LOST);
             }
         }
     }
@@ -173,14 +120,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let Some(t) = times(next_tid, next_tgid) else { return 0 };
     let t = unsafe { &mut *t };
     if t.off_since_ns != 0 {
-        let off = now.saturating_sub(t.off_since_ns);
-        let (blocked, runq) = if t.off_state == off_state::RUNNABLE {
-            (0, off)
-        } else if t.wake_ns >= t.off_since_ns && t.wake_ns <= now {
-            (t.wake_ns - t.off_since_ns, now - t.wake_ns)
-        } else {
-            (off, 0)
-        };
+        let (blocked, runq) = split_off_interval(t.off_state, t.off_since_ns, t.wake_ns, now);
         let mut key = OffCpuKey { tid: next_tid, state: t.off_state, syscall_nr: -1, arg0: 0 };
         let in_syscall = IN_FLIGHT.get_ptr(&next_tid).is_some();
         if t.off_state == off_state::RUNNABLE && !in_syscall && runq >= offcpu_threshold_ns() {
@@ -245,8 +185,11 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let regs: u64 = ctx.arg(0);
     let nr: i64 = ctx.arg(1);
     let mut arg0 = unsafe { bpf_probe_read_kernel((regs + PT_REGS_DI) as *const u64) }.unwrap_or(0);
-    if matches!(nr, poll_arg::SYS_POLL | poll_arg::SYS_SELECT | poll_arg::SYS_PSELECT6 | poll_arg::SYS_PPOLL) {
-        arg0 = poll_family_arg(nr, regs, arg0);
+    // The poll family's first argument is a count or a pointer: record which descriptors it
+    // waits on instead (one user read, only for these four syscalls).
+    if poll_arg::is_poll_family(nr) {
+        let arg1 = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const u64) }.unwrap_or(0);
+        arg0 = poll_arg::encode(nr, arg0, arg1, |addr| unsafe { bpf_probe_read_user(addr as *const u64) }.ok());
     }
     let call = InFlight { syscall_nr: nr, arg0, entry_ns: unsafe { bpf_ktime_get_ns() }, ..Default::default() };
     let _ = IN_FLIGHT.insert(&tid, &call, 0);

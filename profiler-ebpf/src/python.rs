@@ -10,8 +10,8 @@ use aya_ebpf::helpers::{
     generated::bpf_get_current_task,
 };
 use profiler_common::{
-    EventKind, MAX_PY_FRAMES, PY_CODE_TAG_MASK, PY_OFFSET_NONE, PyFrameRecord, PyProcInfo, ThreadMissEvent,
-    TstateEntry, py_status, stat,
+    EventKind, MAX_PY_FRAMES, PY_CODE_TAG_MASK, PY_FRAME_READ_MAX, PY_OFFSET_NONE, PyFrameRecord, PyProcInfo,
+    ThreadMissEvent, TstateEntry, py_status, stat,
 };
 
 use crate::maps::{EVENTS, TSTATE_CACHE, bump, fsbase_offset, py_max_depth};
@@ -37,7 +37,7 @@ fn read_u32(addr: u64) -> Option<u32> {
 }
 
 /// Bytes of a frame read at once (every field the walk needs lies within them).
-const FRAME_BYTES: usize = 128;
+const FRAME_BYTES: usize = PY_FRAME_READ_MAX;
 const FRAME_WORDS: usize = FRAME_BYTES / 8;
 
 /// A little-endian field of `size` bytes (1, 4 or 8) at byte offset `off` of a frame chunk.
@@ -155,6 +155,10 @@ pub fn unwind(info: &PyProcInfo, tgid: u32, tid: u32, out: &mut [PyFrameRecord; 
     let read_len = (info.frame_read_len as usize).min(FRAME_BYTES);
     let mut n = 0u32;
     let mut chunk = [0u64; FRAME_WORDS];
+    #[allow(
+        clippy::needless_range_loop,
+        reason = "a counted loop with a constant bound is what the verifier sees through; `i` is also the depth"
+    )]
     for i in 0..MAX_PY_FRAMES {
         if frame == 0 {
             break;

@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns, generated::bpf_get_stack},
 };
-use profiler_common::{MAX_NATIVE_FRAMES, OffCpuInfo, SampleEvent};
+use profiler_common::{MAX_NATIVE_FRAMES, OffCpuInfo, SampleEvent, TASK_COMM_LEN};
 
 use crate::{
     maps::{PY_PROCS, kernel_stacks},
@@ -27,7 +27,7 @@ pub unsafe fn fill(ctx: *mut c_void, ev: *mut SampleEvent, kind: u32, tgid: u32,
         (*ev).pid = tgid;
         (*ev).tid = tid;
         (*ev).time_ns = bpf_ktime_get_ns();
-        (*ev).comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        (*ev).comm = bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
         (*ev).off = OffCpuInfo::default();
 
         (*ev).kernel_stack_len = 0;

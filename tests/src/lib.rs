@@ -30,8 +30,8 @@ pub fn pyebpf_bin() -> PathBuf {
 }
 
 pub fn require_root() {
-    // SAFETY: geteuid cannot fail.
     assert_eq!(
+        // SAFETY: geteuid cannot fail.
         unsafe { libc::geteuid() },
         0,
         "integration tests load BPF programs: run them as root (`cargo xtask test`)"
@@ -149,7 +149,7 @@ pub fn read_json(path: &Path) -> Value {
 }
 
 /// The process with `pid` in a JSON profile.
-pub fn process<'a>(profile: &'a Value, pid: u32) -> Option<&'a Value> {
+pub fn process(profile: &Value, pid: u32) -> Option<&Value> {
     profile["processes"].as_array()?.iter().find(|p| p["pid"] == pid)
 }
 

@@ -353,6 +353,7 @@ impl Drop for Postgres {
             // SAFETY: signalling the postmaster we started; SIGQUIT is its immediate shutdown.
             unsafe { libc::kill(self.pid as i32, libc::SIGQUIT) };
             std::thread::sleep(Duration::from_millis(500));
+            // SAFETY: as above; SIGKILL if it has not stopped yet.
             unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
         }
     }

@@ -75,6 +75,9 @@ fn python_text(f: &Value) -> String {
 /// A JSON stack's frames, root first, as the structured formats name them: a Python frame by
 /// its function (with its file and line beside it), any other frame by its text, then the wait
 /// frame of an off-CPU stack.
+/// A stack's frames (name, file) and its weight.
+type WeightedStack = (Vec<(String, Option<String>)>, u64);
+
 fn frame_names(s: &Value) -> Vec<(String, Option<String>)> {
     let mut python = s["python_frames"].as_array().unwrap().iter().peekable();
     let mut names: Vec<(String, Option<String>)> = s["frames"]
@@ -207,14 +210,14 @@ fn speedscope_file_holds_the_json_stacks_per_thread() {
     let frames = f["shared"]["frames"].as_array().unwrap();
 
     // Per thread, the multiset of (frames, weight) of the JSON's stacks.
-    let mut expected: BTreeMap<String, Vec<(Vec<(String, Option<String>)>, u64)>> = BTreeMap::new();
+    let mut expected: BTreeMap<String, Vec<WeightedStack>> = BTreeMap::new();
     for (p, s) in stacks(&r.json) {
         let w = s["weight_ns"].as_u64().unwrap();
         if w > 0 {
             expected.entry(profile_name(p, s)).or_default().push((frame_names(s), w));
         }
     }
-    let mut found: BTreeMap<String, Vec<(Vec<(String, Option<String>)>, u64)>> = BTreeMap::new();
+    let mut found: BTreeMap<String, Vec<WeightedStack>> = BTreeMap::new();
     for p in f["profiles"].as_array().unwrap() {
         assert_eq!(
             (p["type"].as_str(), p["unit"].as_str(), p["startValue"].as_u64()),

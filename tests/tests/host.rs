@@ -180,7 +180,7 @@ fn top_categories(screen: &str) -> Vec<String> {
 }
 
 /// A data row of top's table: the line whose first number (after the selection mark) is `id`.
-fn top_row<'a>(screen: &'a str, id: u32) -> Option<&'a str> {
+fn top_row(screen: &str, id: u32) -> Option<&str> {
     screen.lines().find(|l| l.trim_start_matches(['>', ' ']).split_whitespace().next() == Some(&id.to_string()))
 }
 
@@ -349,16 +349,16 @@ fn fake_ingest() -> (u16, Pushes) {
                     break;
                 }
                 data.extend_from_slice(&buf[..n]);
-                if expected.is_none() {
-                    if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-                        let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
-                        let len: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .and_then(|v| v.trim().parse().ok())
-                            .unwrap_or(0);
-                        expected = Some(end + 4 + len);
-                    }
+                if expected.is_none()
+                    && let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n")
+                {
+                    let head = String::from_utf8_lossy(&data[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    expected = Some(end + 4 + len);
                 }
                 if expected.is_some_and(|e| data.len() >= e) {
                     break;
@@ -513,6 +513,7 @@ fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
     let cpu_time = |pid: u32| {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        // SAFETY: sysconf only reads a configuration value.
         let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / ticks
     };

@@ -155,6 +155,7 @@ fn wait_rusage(pid: u32, timeout: Duration) -> (std::process::ExitStatus, i64) {
         let mut status = 0;
         // SAFETY: plain wait4 on our own child, into locals.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
         let r = unsafe { libc::wait4(pid as i32, &mut status, libc::WNOHANG, &mut usage) };
         if r == pid as i32 {
             return (std::process::ExitStatus::from_raw(status), usage.ru_maxrss);
@@ -175,6 +176,7 @@ fn thousands_of_short_lived_processes_under_all() {
     let out_dir = dir.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let (stdout, stderr) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    #[allow(clippy::zombie_processes, reason = "reaped by wait_rusage (wait4), which also gives its peak RSS")]
     let profiler = pyebpf()
         .args(["profile", "--all", "-F", "499", "-o"])
         .arg(out_dir.join("p.json"))

@@ -111,7 +111,10 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one measurement's set-up, from its one caller's loop; a struct would only rename them"
+)]
 fn measure(
     config: Config,
     pyebpf: &Path,

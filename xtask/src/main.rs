@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | setup-pythons | build | run | test | bench | fuzz |
+//! Project tasks: `cargo xtask setup | setup-pythons | build | run | lint | test | bench | fuzz |
 //! gen-python-offsets`.
 //!
 //! Everything the project needs on a fresh machine is installed from here, idempotently: each
@@ -8,6 +8,8 @@ mod bench_offcpu;
 mod bench_overhead;
 mod bench_python;
 mod fuzz;
+mod lint;
+mod module_graph;
 mod python_offsets;
 mod pythons;
 mod setup;
@@ -27,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install the toolchain pieces the eBPF build needs (nightly rust-src, LLVM 22, bpf-linker).
+    /// Install the toolchain pieces the eBPF build needs (nightly rust-src, LLVM 22, bpf-linker),
+    /// and rustfmt and clippy for `lint`.
     Setup {
         /// Also install what the tests hand outputs to (go tool pprof, Chromium, speedscope...).
         #[arg(long)]
@@ -48,6 +51,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Check formatting (rustfmt), clippy with warnings as errors on every crate (the BPF
+    /// programs with nightly for their target), and that the profiler crate's top-level
+    /// modules import each other in no cycle (and only main and commands import cli).
+    Lint,
     /// Set up (with the tests' tools), build once, and run every test (unit and integration, as
     /// root).
     Test {
@@ -94,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.task {
         Task::Setup { tests } => {
             setup::ensure_all()?;
+            setup::ensure_lint_components()?;
             if tests { test_tools::ensure(&root) } else { Ok(()) }
         }
         Task::Build => build(&root).map(|bin| println!("{}", bin.display())),
@@ -101,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let bin = build(&root)?;
             util::run_as_root(&bin, &args)
         }
+        Task::Lint => lint::run(&root),
         Task::Test { args } => test(&root, &args),
         Task::SetupPythons { dev } => pythons::ensure(&root, true, dev),
         Task::Fuzz { seconds, targets } => fuzz::run_all(&root, seconds, &targets),

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use crate::util::{self, output, path_with_cargo_bin, run};
 
-const NIGHTLY: &str = "nightly";
+pub const NIGHTLY: &str = "nightly";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_PACKAGE: &str = "llvm-22-dev";
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -42,6 +42,30 @@ fn ensure_nightly_rust_src() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// rustfmt and clippy for `cargo xtask lint`: on the toolchain that builds the workspace (the
+/// active one), and clippy on nightly too for the BPF crate. rustfmt is added to nightly as
+/// well, so `cargo +nightly fmt` in fuzz/ agrees with the stable run.
+pub fn ensure_lint_components() -> anyhow::Result<()> {
+    for toolchain in [None, Some(NIGHTLY)] {
+        let mut list = vec!["component", "list", "--installed"];
+        list.extend(toolchain.iter().flat_map(|t| ["--toolchain", t]));
+        let installed = output("rustup", &list).unwrap_or_default();
+        let missing: Vec<&str> =
+            ["rustfmt", "clippy"].into_iter().filter(|c| !installed.lines().any(|l| l.trim().starts_with(c))).collect();
+        if missing.is_empty() {
+            continue;
+        }
+        eprintln!("xtask: adding {} to the {} toolchain", missing.join(" and "), toolchain.unwrap_or("active"));
+        let mut add = Command::new("rustup");
+        add.args(["component", "add"]).args(&missing);
+        if let Some(t) = toolchain {
+            add.args(["--toolchain", t]);
+        }
+        run(&mut add)?;
+    }
+    Ok(())
+}
+
 /// bpf-linker links against LLVM; Debian's llvm-22-dev matches nightly's LLVM 22.
 fn ensure_llvm() -> anyhow::Result<()> {
     if std::path::Path::new(LLVM_PREFIX).join("bin/llvm-config").exists() {
@@ -71,10 +95,8 @@ pub fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
 }
 
 fn ensure_bpf_linker() -> anyhow::Result<()> {
-    if let Some(version) = output("bpf-linker", &["--version"]) {
-        if version.contains(BPF_LINKER_VERSION) {
-            return Ok(());
-        }
+    if output("bpf-linker", &["--version"]).is_some_and(|version| version.contains(BPF_LINKER_VERSION)) {
+        return Ok(());
     }
     eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());

@@ -105,7 +105,7 @@ impl KernelBtf {
             bits = bits.checked_add(member_bits)?;
             current = member_type;
         }
-        (bits % 8 == 0).then_some(bits / 8)
+        bits.is_multiple_of(8).then_some(bits / 8)
     }
 
     fn find_member(&self, struct_id: u32, field: &str, depth: u32, budget: &mut u32) -> Option<(u32, u32)> {
@@ -141,8 +141,11 @@ pub fn fsbase_offset() -> Option<u32> {
 mod tests {
     use super::*;
 
-    /// A BTF blob of struct types: (name, [(member name, type id, bit offset)]).
-    fn blob(structs: &[(&str, &[(&str, u32, u32)])]) -> Vec<u8> {
+    /// A struct type: (name, [(member name, type id, bit offset)]).
+    type Struct<'a> = (&'a str, &'a [(&'a str, u32, u32)]);
+
+    /// A BTF blob of struct types.
+    fn blob(structs: &[Struct<'_>]) -> Vec<u8> {
         let mut strings = vec![0u8];
         let mut name = |s: &str| {
             if s.is_empty() {
@@ -214,7 +217,7 @@ mod tests {
     #[test]
     fn finds_fsbase_in_the_running_kernel() {
         // Every kernel this project supports has BTF; a missing one is a real failure.
-        let off = super::fsbase_offset().expect("task_struct.thread.fsbase in /sys/kernel/btf/vmlinux");
-        assert!(off > 1000 && off % 8 == 0, "implausible offset {off}");
+        let off = fsbase_offset().expect("task_struct.thread.fsbase in /sys/kernel/btf/vmlinux");
+        assert!(off > 1000 && off.is_multiple_of(8), "implausible offset {off}");
     }
 }

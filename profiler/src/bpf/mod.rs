@@ -1,4 +1,6 @@
 //! Loads the embedded eBPF object, configures it and attaches it; reads its maps.
+#[cfg(test)]
+mod contract;
 pub mod kernel_btf;
 
 use std::os::fd::OwnedFd;
@@ -14,10 +16,14 @@ use aya::{
     util::online_cpus,
 };
 use profiler_common::{
-    MAX_NATIVE_FRAMES, OffCpuKey, OffCpuSum, PyProcInfo, SampleEvent, ThreadTimes, TstateEntry, names, stat,
+    MAX_NATIVE_FRAMES, OffCpuKey, OffCpuSum, PyProcInfo, SampleEvent, ThreadTimes, TstateEntry, names,
+    split_off_interval, stat,
 };
 
-use crate::error::{ExitCode, fatal};
+use crate::{
+    error::{ExitCode, fatal},
+    host::memory::ReadMemory as _,
+};
 
 /// The eBPF object built by build.rs from the profiler-ebpf crate.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
@@ -105,12 +111,12 @@ impl Bpf {
         let kernel_stacks = cfg.kernel_stacks as u8;
         let self_pid = std::process::id();
         // Only CPython 3.8–3.10 need it (their thread states hold a pthread_t, not a tid).
-        let fsbase_offset = crate::bpf::kernel_btf::fsbase_offset().unwrap_or_else(|| {
+        let fsbase_offset = kernel_btf::fsbase_offset().unwrap_or_else(|| {
             log::warn!("no task_struct.thread.fsbase in the kernel's BTF: CPython 3.8-3.10 threads cannot be matched");
             0
         });
         let py_max_depth = cfg.py_max_depth.min(profiler_common::MAX_PY_FRAMES as u32);
-        let btf = crate::bpf::kernel_btf::KernelBtf::load();
+        let btf = kernel_btf::KernelBtf::load();
         let task_pid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["pid"])).unwrap_or(0);
         let task_tgid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["tgid"])).unwrap_or(0);
         if cfg.off_cpu && (task_pid == 0 || task_tgid == 0) {
@@ -152,14 +158,9 @@ impl Bpf {
         })?;
         // Attached by `start_sampling`, once the caller has registered what it knows of.
 
-        attach_raw_tracepoint(&mut ebpf, names::PROG_EXEC, "sched_process_exec")?;
-        if cfg.off_cpu {
-            for (prog, tracepoint) in [
-                (names::PROG_SCHED_SWITCH, "sched_switch"),
-                (names::PROG_SCHED_WAKEUP, "sched_wakeup"),
-                (names::PROG_SYS_ENTER, "sys_enter"),
-                (names::PROG_SYS_EXIT, "sys_exit"),
-            ] {
+        // The exec hook always; the scheduler and syscall hooks only for off-CPU tracking.
+        for (prog, tracepoint) in names::RAW_TRACEPOINTS {
+            if prog == names::PROG_EXEC || cfg.off_cpu {
                 attach_raw_tracepoint(&mut ebpf, prog, tracepoint)?;
             }
         }
@@ -236,26 +237,24 @@ impl Bpf {
             return;
         }
         let now = crate::host::clock::monotonic_ns();
+        let memory = crate::host::memory::Memory::new(pid);
         for t in crate::host::procinfo::sleeping_threads(pid) {
+            // As the kernel makes a thread's entry when it first sees it.
             let times = ThreadTimes {
-                pid,
                 off_since_ns: now,
                 off_state: if t.state == 'D' { off_state::UNINTERRUPTIBLE } else { off_state::SLEEPING },
-                stack_credit_ns: self.stack_cost_ns * 16,
-                credit_at_ns: now,
-                ..Default::default()
+                ..ThreadTimes::new(pid, self.stack_cost_ns, now)
             };
             // BPF_NOEXIST: the kernel's own entry, if any, is newer than what /proc said.
             if self.thread_times.insert(t.tid, times, 1).is_err() {
                 continue;
             }
             if let Some((nr, args)) = t.syscall {
-                let arg0 = match nr {
-                    poll_arg::SYS_POLL | poll_arg::SYS_PPOLL | poll_arg::SYS_SELECT | poll_arg::SYS_PSELECT6 => {
-                        poll_family_arg(pid, nr, &args)
-                    }
-                    _ => args[0],
-                };
+                // What the kernel's sys_enter recorded had it seen the call begin.
+                let arg0 = poll_arg::encode(nr, args[0], args[1], |addr| {
+                    let mut word = [0u8; 8];
+                    memory.read(addr, &mut word).then(|| u64::from_ne_bytes(word))
+                });
                 let call = InFlight { syscall_nr: nr, arg0, entry_ns: now, ..Default::default() };
                 let _ = self.in_flight.insert(t.tid, call, 1);
             }
@@ -312,13 +311,8 @@ impl Bpf {
                 !exiting && crate::host::procinfo::thread_alive(t.pid, *tid)
             })
             .map(|&(tid, t)| {
-                let (blocked_ns, runq_ns) = if t.off_state == profiler_common::off_state::RUNNABLE {
-                    (0, now - t.off_since_ns)
-                } else if t.wake_ns >= t.off_since_ns && t.wake_ns <= now {
-                    (t.wake_ns - t.off_since_ns, now - t.wake_ns)
-                } else {
-                    (now - t.off_since_ns, 0)
-                };
+                // As the kernel will split it when the thread runs again.
+                let (blocked_ns, runq_ns) = split_off_interval(t.off_state, t.off_since_ns, t.wake_ns, now);
                 let call = self.in_flight.get(&tid, 0).ok();
                 let key = OffCpuKey {
                     tid,
@@ -405,35 +399,3 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 const _: () = assert!(MAX_NATIVE_FRAMES <= 127, "bpf_get_stack cannot return more than perf_event_max_stack");
-
-/// What the kernel's `sys_enter` records for the poll family (see `poll_arg`), computed from
-/// the arguments of a call already in progress by reading the target's memory.
-fn poll_family_arg(pid: u32, nr: i64, args: &[u64; 6]) -> u64 {
-    use profiler_common::poll_arg;
-    let read_u64 = |addr: u64| -> Option<u64> {
-        let mut buf = [0u8; 8];
-        crate::host::memory::ReadMemory::read(&crate::host::memory::Memory::new(pid), addr, &mut buf)
-            .then(|| u64::from_ne_bytes(buf))
-    };
-    match nr {
-        poll_arg::SYS_SELECT | poll_arg::SYS_PSELECT6 => {
-            if args[0] == 0 {
-                0
-            } else if args[1] == 0 {
-                poll_arg::UNKNOWN
-            } else {
-                read_u64(args[1]).filter(|&w| w != 0).unwrap_or(poll_arg::UNKNOWN)
-            }
-        }
-        _ => {
-            if args[1] == 0 {
-                0
-            } else {
-                match read_u64(args[0]).map(|w| w as u32 as i32) {
-                    Some(fd) if fd >= 0 => poll_arg::FIRST_FD | fd as u64,
-                    _ => poll_arg::UNKNOWN,
-                }
-            }
-        }
-    }
-}

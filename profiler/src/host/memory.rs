@@ -121,7 +121,7 @@ mod tests {
     fn reads_own_memory_and_rejects_bad_addresses() {
         let me = Memory::new(std::process::id());
         let value: u64 = 0x1122_3344_5566_7788;
-        assert_eq!(me.u64(&value as *const u64 as u64), Some(value));
+        assert_eq!(me.u64(&raw const value as u64), Some(value));
         assert_eq!(me.u64(0), None);
         assert_eq!(me.u64(8), None);
         let s = b"hello\0world";

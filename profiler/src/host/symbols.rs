@@ -38,6 +38,12 @@ fn lookup_addr(addr: u64, is_leaf: bool) -> u64 {
     if is_leaf { addr } else { addr.saturating_sub(1) }
 }
 
+impl Default for Symbols {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Symbols {
     pub fn new() -> Self {
         let symbolizer =

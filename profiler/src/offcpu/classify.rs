@@ -158,15 +158,7 @@ fn is_poll_with_fds(syscall_nr: i64, arg0: u64) -> bool {
 /// The descriptors a select/poll waits on, from what the kernel recorded in place of its first
 /// argument (see [`poll_arg`]): empty for a timed sleep, None when unknown or not this family.
 fn poll_fds(syscall_nr: i64, arg0: u64) -> Option<Vec<i32>> {
-    if arg0 == poll_arg::UNKNOWN {
-        return None;
-    }
-    match syscall_nr {
-        poll_arg::SYS_SELECT | poll_arg::SYS_PSELECT6 => Some((0..64).filter(|b| (arg0 >> b) & 1 == 1).collect()),
-        poll_arg::SYS_POLL | poll_arg::SYS_PPOLL if arg0 == 0 => Some(Vec::new()),
-        poll_arg::SYS_POLL | poll_arg::SYS_PPOLL if arg0 & poll_arg::FIRST_FD != 0 => Some(vec![arg0 as u32 as i32]),
-        _ => None,
-    }
+    poll_arg::decode(syscall_nr, arg0).map(|watched| watched.fds().collect())
 }
 
 fn fd_category(t: &FdTarget, uninterruptible: bool) -> Category {
