@@ -21,4 +21,3 @@ fn version_1_folded_stacks_are_rendered_the_same_from_the_model() {
     let lines: Vec<String> = FIXTURE_FOLDED.lines().map(str::to_string).collect();
     assert_eq!(profile.folded_lines(), lines);
 }
-

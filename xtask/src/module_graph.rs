@@ -1,5 +1,6 @@
-//! The profiler crate's top-level modules must not import each other in a cycle, and only
-//! `main.rs` and `commands` may import `cli` (see profiler/src/lib.rs for the layout and why).
+//! The profiler crate's top-level modules must not import each other in a cycle, each may only
+//! import modules of a lower layer ([`LAYERS`]), and only `main.rs` and `commands` may import
+//! `cli` (see profiler/src/lib.rs for the layout and why).
 //!
 //! Every .rs file under profiler/src is parsed with `syn`, and every path in it (use trees,
 //! expressions, types, patterns, and `crate::`/`super::` paths inside macro invocations, which
@@ -23,6 +24,23 @@ use syn::{spanned::Spanned as _, visit::Visit};
 
 /// Modules besides `main` that may import `cli`.
 const CLI_IMPORTERS: [&str; 1] = ["commands"];
+/// The layers of profiler/src/lib.rs, top first: a module may import only modules of a lower
+/// layer, so dependencies point one way (`main → cli, commands → engine, output → model`,
+/// `engine → bpf, python, offcpu, host`), not merely without cycles.
+const LAYERS: [&[&str]; 7] = [
+    &["main"],
+    &["commands"],
+    &["cli"],
+    &["engine", "output"],
+    &["bpf", "python", "offcpu"],
+    &["host", "model"],
+    &["error"],
+];
+
+/// The layer of a top-level module (None for one not listed: a new module must be placed).
+fn layer(module: &str) -> Option<usize> {
+    LAYERS.iter().position(|l| l.contains(&module))
+}
 /// The binary's node in the graph.
 const MAIN: &str = "main";
 /// The library crate's name, as main.rs names it.
@@ -56,6 +74,25 @@ pub fn check(src: &Path) -> anyhow::Result<()> {
              pass what the rest needs as plain values)",
             e.from, e.at
         );
+    }
+    for e in &edges {
+        match (layer(&e.from), layer(&e.to)) {
+            (Some(from), Some(to)) if to > from => {}
+            (Some(_), Some(_)) => {
+                let _ = writeln!(
+                    problems,
+                    "{} imports {} at {}: a module may only import modules below it (LAYERS in xtask/src/module_graph.rs)",
+                    e.from, e.to, e.at
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    problems,
+                    "{} → {} at {}: a top-level module not placed in LAYERS (xtask/src/module_graph.rs)",
+                    e.from, e.to, e.at
+                );
+            }
+        }
     }
     if !problems.is_empty() {
         bail!("{}", problems.trim_end());
@@ -450,16 +487,23 @@ mod tests {
     }
 
     #[test]
-    fn an_acyclic_crate_passes() {
+    fn a_layered_crate_passes_and_an_upward_import_does_not() {
+        let lib = "pub mod bpf; pub mod cli; pub mod commands; pub mod engine; pub mod host; pub mod model;";
         let dir = crate_with(&[
-            ("lib.rs", LIB),
-            ("a.rs", "use crate::b::X; use super::c;"),
-            ("b.rs", "use crate::c::Y;"),
-            ("c.rs", "#[cfg(test)] mod tests { use super::*; use crate::c::Z; }"),
-            ("commands.rs", "use crate::cli::Cli;"),
+            ("lib.rs", lib),
+            ("engine.rs", "use crate::bpf::X; use super::model;"),
+            ("bpf.rs", "use crate::host::Y;"),
+            ("host.rs", "#[cfg(test)] mod tests { use super::*; use crate::host::Z; }"),
+            ("model.rs", ""),
+            ("cli.rs", "use crate::model::Mode;"),
+            ("commands.rs", "use crate::cli::Cli; use crate::engine::Session;"),
         ]);
         assert!(cycles(&edges(dir.path()).unwrap()).is_empty());
         check(dir.path()).unwrap();
+        // No cycle, but the model reaching up into the engine breaks the layering.
+        std::fs::write(dir.path().join("model.rs"), "use crate::engine::Session;").unwrap();
+        let message = check(dir.path()).unwrap_err().to_string();
+        assert!(message.contains("model imports engine at model.rs:1"), "{message}");
     }
 
     #[test]

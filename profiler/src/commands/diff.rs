@@ -233,26 +233,25 @@ pub fn from_folded(text: &str, norm: Normalize) -> Result<Stacks, String> {
 
 /// `python3 (1234)` → `python3`.
 fn strip_id(frame: &str) -> &str {
-    if let Some((name, rest)) = frame.rsplit_once(" (") {
-        if let Some(id) = rest.strip_suffix(')') {
-            if !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()) {
-                return name;
-            }
-        }
+    if let Some((name, rest)) = frame.rsplit_once(" (")
+        && let Some(id) = rest.strip_suffix(')')
+        && !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_digit())
+    {
+        return name;
     }
     frame
 }
 
 /// `work (app.py:42)` → `work (app.py)`; other frames unchanged.
 pub fn strip_line(frame: &str) -> String {
-    if let Some(inner) = frame.strip_suffix(')') {
-        if let Some((head, location)) = inner.rsplit_once(" (") {
-            if let Some((file, line)) = location.rsplit_once(':') {
-                if !line.is_empty() && line.bytes().all(|b| b.is_ascii_digit()) {
-                    return format!("{head} ({file})");
-                }
-            }
-        }
+    if let Some(inner) = frame.strip_suffix(')')
+        && let Some((head, location)) = inner.rsplit_once(" (")
+        && let Some((file, line)) = location.rsplit_once(':')
+        && !line.is_empty()
+        && line.bytes().all(|b| b.is_ascii_digit())
+    {
+        return format!("{head} ({file})");
     }
     frame.to_string()
 }

@@ -327,7 +327,7 @@ fn model_frame(f: &PyFrame) -> PythonFrame {
 impl Aggregator {
     /// Accumulates a stack as the event paths would, for the builder's tests: `python` are
     /// Python frames (root first) already named.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments, reason = "a test helper spelling out one raw stack")]
     pub(super) fn add_raw(
         &mut self,
         pid: u32,

@@ -178,8 +178,7 @@ mod tests {
         ev.kernel_stack[..kernel.len()].copy_from_slice(kernel);
         ev.user_stack[..user.len()].copy_from_slice(user);
         // SAFETY: SampleEvent is repr(C) plain integers without padding.
-        unsafe { std::slice::from_raw_parts((&ev as *const SampleEvent).cast::<u8>(), size_of::<SampleEvent>()) }
-            .to_vec()
+        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(&ev).cast::<u8>(), size_of::<SampleEvent>()) }.to_vec()
     }
 
     #[test]

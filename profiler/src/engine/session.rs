@@ -157,7 +157,7 @@ impl Session {
     pub fn tick(&mut self) -> Option<String> {
         self.drain();
         self.ticks += 1;
-        if self.ticks % HOUSEKEEPING_EVERY == 0 {
+        if self.ticks.is_multiple_of(HOUSEKEEPING_EVERY) {
             self.symbols.resolve_pending();
             self.python.refresh_thread_names();
             classify_waits(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
@@ -252,7 +252,7 @@ impl Session {
         }
         let now = monotonic_ns();
         self.base = Baseline {
-            oncpu: self.bpf.thread_times().into_iter().map(|(tid, t)| (tid, (t.pid, oncpu_so_far(&t, now)))).collect(),
+            oncpu: self.bpf.thread_times().into_iter().map(|(tid, t)| (tid, (t.pid, t.oncpu_ns_at(now)))).collect(),
             sums: self.sums_so_far().into_iter().collect(),
             lost: self.bpf.counters().lost,
             sampled_out: self.bpf.counters().offcpu_sampled_out,
@@ -298,7 +298,7 @@ impl Session {
                     Some(&(pid, ns)) if pid == t.pid => ns,
                     _ => 0,
                 };
-                (tid, ThreadTimes { oncpu_ns: oncpu_so_far(&t, now).saturating_sub(base), ..t })
+                (tid, ThreadTimes { oncpu_ns: t.oncpu_ns_at(now).saturating_sub(base), ..t })
             })
             .collect();
         let sums: Vec<(OffCpuKey, OffCpuSum)> = sums
@@ -365,11 +365,6 @@ impl Session {
             }
         }
     }
-}
-
-/// On-CPU time including the interval the thread is running in now.
-fn oncpu_so_far(t: &ThreadTimes, now: u64) -> u64 {
-    if t.on_since_ns != 0 && now > t.on_since_ns { t.oncpu_ns + (now - t.on_since_ns) } else { t.oncpu_ns }
 }
 
 /// What a profile is built with on a live system: symbols resolved so far, Python processes

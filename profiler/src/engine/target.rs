@@ -120,12 +120,13 @@ fn spawn_gated(argv: &[OsString], bpf: &mut Bpf) -> anyhow::Result<Launched> {
         return Err(std::io::Error::last_os_error().into());
     }
     if pid == 0 {
+        // SAFETY: the child of a fork; only async-signal-safe calls on memory prepared before it.
         unsafe {
             libc::close(gate_w);
             libc::close(err_r);
             let mut byte = 0u8;
             let go = loop {
-                let n = libc::read(gate_r, (&mut byte as *mut u8).cast(), 1);
+                let n = libc::read(gate_r, std::ptr::from_mut(&mut byte).cast(), 1);
                 if n >= 0 || *libc::__errno_location() != libc::EINTR {
                     break n == 1;
                 }
@@ -134,12 +135,13 @@ fn spawn_gated(argv: &[OsString], bpf: &mut Bpf) -> anyhow::Result<Launched> {
                 libc::execv(program.as_ptr(), arg_ptrs.as_ptr());
             }
             let errno: i32 = if go { *libc::__errno_location() } else { 0 };
-            libc::write(err_w, (&errno as *const i32).cast(), 4);
+            libc::write(err_w, std::ptr::from_ref(&errno).cast(), 4);
             libc::_exit(127);
         }
     }
 
     let pid = pid as u32;
+    // SAFETY: closing the ends of our own pipes that only the child uses.
     unsafe {
         libc::close(gate_r);
         libc::close(err_w);
@@ -147,12 +149,16 @@ fn spawn_gated(argv: &[OsString], bpf: &mut Bpf) -> anyhow::Result<Launched> {
     let registered = bpf.add_target(pid);
     // Closing the gate without a byte makes the child exit instead of running unprofiled.
     if registered.is_ok() {
+        // SAFETY: one byte from a live array into our pipe.
         unsafe { libc::write(gate_w, [1u8].as_ptr().cast(), 1) };
     }
+    // SAFETY: our own descriptor, closed once.
     unsafe { libc::close(gate_w) };
     // The error pipe closes on a successful exec (O_CLOEXEC) or carries exec's errno.
     let mut errno = 0i32;
-    let n = unsafe { libc::read(err_r, (&mut errno as *mut i32).cast(), 4) };
+    // SAFETY: reads at most 4 bytes into an i32 we own, then closes our own descriptor.
+    let n = unsafe { libc::read(err_r, std::ptr::from_mut(&mut errno).cast(), 4) };
+    // SAFETY: as above.
     unsafe { libc::close(err_r) };
     let mut launched = Launched { pid, status: None };
     if n == 4 || registered.is_err() {
@@ -254,6 +260,7 @@ impl Running {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+        // SAFETY: a signal to the child we started and have not reaped.
         unsafe { libc::kill(child.pid as i32, libc::SIGKILL) };
         child.wait(true);
     }

@@ -2,11 +2,9 @@
 use std::io::Write;
 
 use inferno::flamegraph::{
-    self, Options,
-    color::{BasicPalette, Palette},
+    self, Options, TextTruncateDirection,
+    color::{BasicPalette, Palette, PaletteMap, parse_hex_color},
 };
-
-use inferno::flamegraph::color::{PaletteMap, parse_hex_color};
 
 use crate::model::{Category, Mode, Profile};
 
@@ -54,7 +52,7 @@ pub fn write_svg(profile: &Profile, w: &mut dyn Write) -> anyhow::Result<()> {
     opts.colors = Palette::Basic(BasicPalette::Hot);
     opts.deterministic = true;
     // Keep the start of a frame's text when it does not fit: the function name, not the path.
-    opts.text_truncate_direction = inferno::flamegraph::TextTruncateDirection::Right;
+    opts.text_truncate_direction = TextTruncateDirection::Right;
     if lines.is_empty() {
         // inferno refuses empty input; an empty profile is still a valid answer.
         opts.title = format!("{} (no samples)", opts.title);

@@ -36,7 +36,7 @@ pub enum Format {
 
 impl Format {
     /// The format a path's extension names, if any.
-    pub fn from_path(path: &std::path::Path) -> Option<Self> {
+    pub fn from_path(path: &Path) -> Option<Self> {
         let name = path.file_name()?.to_str()?.to_ascii_lowercase();
         // Two-part extensions first: `x.speedscope.json` is not pyebpf's JSON.
         if name.ends_with(".speedscope.json") {
@@ -216,9 +216,9 @@ pub fn render(profile: &Profile, format: Format, w: &mut dyn Write) -> anyhow::R
                 writeln!(w, "{line}")?;
             }
         }
-        Format::Svg => crate::output::flamegraph::write_svg(profile, w)?,
-        Format::Speedscope => crate::output::speedscope::write(profile, w)?,
-        Format::Pprof => crate::output::pprof::write(profile, w)?,
+        Format::Svg => flamegraph::write_svg(profile, w)?,
+        Format::Speedscope => speedscope::write(profile, w)?,
+        Format::Pprof => pprof::write(profile, w)?,
     }
     Ok(())
 }

@@ -112,7 +112,7 @@ fn write_loop_stalls(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()
     if stalls.is_empty() {
         return Ok(());
     }
-    stalls.sort_by(|a, b| b.1.wall_ns.cmp(&a.1.wall_ns));
+    stalls.sort_by_key(|s| std::cmp::Reverse(s.1.wall_ns));
     writeln!(w)?;
     writeln!(w, "Event loops held up by blocking calls (nothing else on the loop ran meanwhile):")?;
     for (p, s) in stalls.iter().take(TOP_STALLS) {
@@ -151,7 +151,7 @@ fn write_top_stacks(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()>
         .flat_map(|p| p.stacks.iter().map(move |s| (p, s)))
         .filter(|(_, s)| profile.mode == Mode::Wall || s.category == Category::Cpu)
         .collect();
-    stacks.sort_by(|a, b| b.1.weight_ns.cmp(&a.1.weight_ns));
+    stacks.sort_by_key(|s| std::cmp::Reverse(s.1.weight_ns));
     writeln!(w)?;
     writeln!(
         w,
@@ -208,10 +208,10 @@ fn write_functions(profile: &Profile, w: &mut dyn Write) -> std::io::Result<()> 
     if rows.is_empty() {
         return Ok(());
     }
-    rows.sort_by(|a, b| b.1.own_ns.cmp(&a.1.own_ns));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.1.own_ns));
     writeln!(w)?;
     writeln!(w, "Python functions by own time (innermost Python frame; TOTAL includes callees):")?;
-    writeln!(w, "  {:>7}  {:>7}  {:<44} {}", "OWN s", "TOTAL s", "FUNCTION", "OWN TIME WENT TO")?;
+    writeln!(w, "  {:>7}  {:>7}  {:<44} OWN TIME WENT TO", "OWN s", "TOTAL s", "FUNCTION")?;
     for (p, f) in rows.iter().take(TOP_FUNCTIONS) {
         writeln!(
             w,

@@ -323,9 +323,10 @@ pub struct ProcessLayout {
 }
 
 /// Offsets no real layout has: beyond them a value from `_Py_DebugOffsets` is garbage (the
-/// kernel takes offsets as u16, and reads a frame's fields from its first 128 bytes).
+/// kernel takes offsets as u16, and reads a frame's fields, up to 8 bytes wide, from its first
+/// `PY_FRAME_READ_MAX` bytes).
 const MAX_OFFSET: i64 = 1 << 15;
-const MAX_FRAME_FIELD: i64 = 120;
+const MAX_FRAME_FIELD: i64 = profiler_common::PY_FRAME_READ_MAX as i64 - 8;
 
 /// The offsets for a process of CPython `major.minor`. From 3.13 `debug` must be the start of
 /// the process's `_PyRuntime` (at least [`DebugLayout::size`] bytes): its `_Py_DebugOffsets`

@@ -35,10 +35,10 @@ impl Screen {
             Screen::Text(rows) => {
                 let stdout = std::io::stdout();
                 // A closed stdout (piped into `head`) ends top quietly.
-                if let Err(e) = write_text(state, *rows, &mut stdout.lock()) {
-                    if e.kind() == std::io::ErrorKind::BrokenPipe {
-                        state.quit = true;
-                    }
+                if let Err(e) = write_text(state, *rows, &mut stdout.lock())
+                    && e.kind() == std::io::ErrorKind::BrokenPipe
+                {
+                    state.quit = true;
                 }
             }
         }
