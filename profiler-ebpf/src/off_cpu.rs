@@ -25,7 +25,7 @@ use profiler_common::{
 use crate::{
     maps::{
         EVENTS, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, bump, is_offcpu_target, offcpu_stack_cost_ns,
-        offcpu_threshold_ns, task_pid_offsets,
+        offcpu_threshold_ns, task_ids,
     },
     stacks,
 };
@@ -36,18 +36,6 @@ const TASK_UNINTERRUPTIBLE: u64 = 0x2;
 const PT_REGS_DI: u64 = 112;
 /// ... and of `si`, the second.
 const PT_REGS_SI: u64 = 104;
-
-/// (tid, tgid) of a task that is not the current one.
-#[inline(always)]
-fn task_ids(task: u64) -> Option<(u32, u32)> {
-    let (pid_off, tgid_off) = task_pid_offsets();
-    if pid_off == 0 {
-        return None;
-    }
-    let tid = unsafe { bpf_probe_read_kernel((task + pid_off as u64) as *const u32) }.ok()?;
-    let tgid = unsafe { bpf_probe_read_kernel((task + tgid_off as u64) as *const u32) }.ok()?;
-    Some((tid, tgid))
-}
 
 /// Takes one off-CPU stack from the thread's budget, if it has one left (see
 /// `ThreadTimes::take_stack_credit` for why there is a budget).

@@ -44,6 +44,8 @@ pub struct BpfConfig {
     pub off_cpu_threshold_ns: u64,
     /// Off-CPU stacks per second per thread at most (0: unlimited).
     pub off_cpu_stack_rate: u32,
+    /// Follow the children of processes added with [`Bpf::follow`]: the fork hook is attached.
+    pub follow_children: bool,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -53,6 +55,8 @@ pub struct Counters {
     pub py_thread_scans: u64,
     /// Off-CPU stacks not taken: their thread's stack budget was spent.
     pub offcpu_sampled_out: u64,
+    /// Children of followed processes that could not be followed (a map was full).
+    pub follow_full: u64,
 }
 
 /// Run count and time of one of our programs, from the kernel's BPF stats.
@@ -68,6 +72,7 @@ pub struct Bpf {
     events: RingBuf<MapData>,
     stats: PerCpuArray<MapData, u64>,
     targets: HashMap<MapData, u32, u8>,
+    followed: HashMap<MapData, u32, u8>,
     py_procs: HashMap<MapData, u32, PyProcInfo>,
     tstate_cache: HashMap<MapData, u32, TstateEntry>,
     offcpu_sums: HashMap<MapData, OffCpuKey, OffCpuSum>,
@@ -125,6 +130,12 @@ impl Bpf {
                 "off-CPU tracking needs task_struct.pid/tgid from the kernel's BTF (/sys/kernel/btf/vmlinux); use --no-off-cpu",
             ));
         }
+        if cfg.follow_children && (task_pid == 0 || task_tgid == 0) {
+            return Err(fatal(
+                ExitCode::Kernel,
+                "following child processes needs task_struct.pid/tgid from the kernel's BTF (/sys/kernel/btf/vmlinux); use --no-subprocesses",
+            ));
+        }
         let off_cpu = cfg.off_cpu as u8;
         let stack_cost_ns: u64 =
             if cfg.off_cpu_stack_rate == 0 { 0 } else { 1_000_000_000 / cfg.off_cpu_stack_rate as u64 };
@@ -158,9 +169,15 @@ impl Bpf {
         })?;
         // Attached by `start_sampling`, once the caller has registered what it knows of.
 
-        // The exec hook always; the scheduler and syscall hooks only for off-CPU tracking.
+        // The exec hook always; the fork hook when children are followed; the scheduler and
+        // syscall hooks only for off-CPU tracking.
         for (prog, tracepoint) in names::RAW_TRACEPOINTS {
-            if prog == names::PROG_EXEC || cfg.off_cpu {
+            let wanted = match prog {
+                names::PROG_EXEC => true,
+                names::PROG_FORK => cfg.follow_children,
+                _ => cfg.off_cpu,
+            };
+            if wanted {
                 attach_raw_tracepoint(&mut ebpf, prog, tracepoint)?;
             }
         }
@@ -168,6 +185,7 @@ impl Bpf {
         let events = RingBuf::try_from(ebpf.take_map(names::MAP_EVENTS).context("EVENTS map missing")?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map(names::MAP_STATS).context("STATS map missing")?)?;
         let targets = HashMap::try_from(ebpf.take_map(names::MAP_TARGET_PIDS).context("TARGET_PIDS map missing")?)?;
+        let followed = HashMap::try_from(ebpf.take_map(names::MAP_FOLLOWED).context("FOLLOWED map missing")?)?;
         let py_procs = HashMap::try_from(ebpf.take_map(names::MAP_PY_PROCS).context("PY_PROCS map missing")?)?;
         let tstate_cache =
             HashMap::try_from(ebpf.take_map(names::MAP_TSTATE_CACHE).context("TSTATE_CACHE map missing")?)?;
@@ -180,6 +198,7 @@ impl Bpf {
             events,
             stats,
             targets,
+            followed,
             py_procs,
             tstate_cache,
             offcpu_sums,
@@ -225,6 +244,19 @@ impl Bpf {
     /// Starts sampling process `pid` (all its threads).
     pub fn add_target(&mut self, pid: u32) -> anyhow::Result<()> {
         self.targets.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the BPF target map"))
+    }
+
+    /// Samples process `pid` and follows it: every child it forks from now on is a target
+    /// (and followed) before it first runs (`process_fork` in the kernel).
+    pub fn follow(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.add_target(pid)?;
+        self.followed.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the BPF followed map"))
+    }
+
+    /// Every process the kernel follows now (those [`Bpf::follow`] added and the children it
+    /// added itself).
+    pub fn followed(&self) -> Vec<u32> {
+        self.followed.keys().filter_map(Result::ok).collect()
     }
 
     /// Starts the off-CPU intervals of `pid`'s threads that are asleep now. The kernel opens an
@@ -346,6 +378,7 @@ impl Bpf {
     pub fn forget_process(&mut self, pid: u32) {
         let _ = self.py_procs.remove(&pid);
         let _ = self.targets.remove(&pid);
+        let _ = self.followed.remove(&pid);
     }
 
     pub fn counters(&self) -> Counters {
@@ -354,6 +387,7 @@ impl Bpf {
             lost: read(stat::LOST),
             py_thread_scans: read(stat::PY_THREAD_SCANS),
             offcpu_sampled_out: read(stat::OFFCPU_SAMPLED_OUT),
+            follow_full: read(stat::FOLLOW_FULL),
         }
     }
 

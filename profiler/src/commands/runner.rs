@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
-    cli::SamplingArgs,
+    cli::{SamplingArgs, SubprocessArgs},
     engine::{
         session::{DRAIN_INTERVAL, Session, SessionConfig},
         target::TargetSpec,
@@ -34,6 +34,21 @@ pub fn mode(explicit: Option<Mode>, sampling: &SamplingArgs) -> anyhow::Result<M
         (None, true) => Ok(Mode::Cpu),
         (None, false) => Ok(Mode::Wall),
     }
+}
+
+/// Whether to follow the targets' children, from `--subprocesses` / `--no-subprocesses`
+/// (`None`: the target's default). They mean nothing with `--all`, which profiles every
+/// process already: say so rather than ignore them.
+pub fn subprocesses(flags: &SubprocessArgs, all: bool) -> anyhow::Result<Option<bool>> {
+    let choice = flags.choice();
+    if all && choice.is_some() {
+        let flag = if flags.subprocesses { "--subprocesses" } else { "--no-subprocesses" };
+        return Err(fatal(
+            ExitCode::Usage,
+            format!("{flag} is for --pid (and -- COMMAND) targets: with --all every process is profiled already"),
+        ));
+    }
+    Ok(choice)
 }
 
 /// A session's configuration from the shared sampling flags.

@@ -72,10 +72,12 @@ impl LoopWait {
     pub(super) const NONE: LoopWait = LoopWait { coroutine: NO_FRAME, stalled: false };
 }
 
-/// A process's names, read when it is first seen (it may be gone when the profile is built).
+/// A process's names and parent, read when it is first seen (it may be gone when the profile
+/// is built).
 pub(super) struct ProcessInfo {
     pub comm: String,
     pub cmdline: Option<String>,
+    pub ppid: Option<u32>,
 }
 
 /// `RawStack::wait` of on-CPU samples.
@@ -227,8 +229,10 @@ impl Aggregator {
         let thread_name = comm_str(&s.comm);
         self.processes.entry(s.pid).or_insert_with(|| {
             // Read eagerly: the process may be gone by the time the profile is written.
+            let stat = procinfo::stat(s.pid);
             ProcessInfo {
-                comm: procinfo::comm(s.pid).unwrap_or_else(|| thread_name.clone()),
+                ppid: stat.as_ref().map(|s| s.ppid),
+                comm: stat.map(|s| s.comm).unwrap_or_else(|| thread_name.clone()),
                 cmdline: procinfo::cmdline(s.pid),
             }
         });
@@ -343,7 +347,11 @@ impl Aggregator {
             Some(w) => self.intern_wait(w),
             None => ON_CPU,
         };
-        self.processes.entry(pid).or_insert_with(|| ProcessInfo { comm: format!("proc{pid}"), cmdline: None });
+        self.processes.entry(pid).or_insert_with(|| ProcessInfo {
+            comm: format!("proc{pid}"),
+            cmdline: None,
+            ppid: None,
+        });
         let t = self.threads.entry((pid, tid)).or_insert_with(|| (format!("thread{tid}"), 0));
         if wait == ON_CPU {
             t.1 += weight.0;

@@ -11,15 +11,15 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use profiler_common::{OffCpuKey, OffCpuSum, ThreadTimes};
+use profiler_common::{OffCpuKey, OffCpuSum, ThreadTimes, fork_flags};
 
 use crate::{
     bpf::{Bpf, BpfConfig},
     engine::{
         aggregate::Aggregator,
-        build::{self, Lookups},
+        build::{self, Lookups, ProcessNames},
         events::{self, Event},
-        target::{Running, TargetSpec},
+        target::{CommandEnd, Running, TargetSpec},
         totals::{ThreadTotals, classify_waits, thread_totals},
     },
     host::{clock::monotonic_ns, procinfo, symbols::Symbols},
@@ -102,12 +102,13 @@ impl Session {
             off_cpu: cfg.off_cpu,
             off_cpu_threshold_ns: cfg.off_cpu_threshold_ns,
             off_cpu_stack_rate: cfg.off_cpu_stack_rate,
+            follow_children: cfg.target.follows_children(),
         })?;
         // A command is sampled from its first instruction (it starts gated, see target.rs);
         // other targets once the Python processes among them are registered, so that their
         // first samples already have Python frames.
-        let command = matches!(cfg.target, TargetSpec::Command(_));
-        let explicit_pids = matches!(cfg.target, TargetSpec::Pids(_));
+        let command = matches!(cfg.target, TargetSpec::Command { .. });
+        let explicit_pids = matches!(cfg.target, TargetSpec::Pids { .. });
         if command {
             bpf.start_sampling()?;
         }
@@ -139,8 +140,9 @@ impl Session {
             session.python.observe(pid);
         }
         session.register_python();
-        // Explicit --pid targets that are not Python are tracked off-CPU too (with --all only
-        // Python processes are, and they were seeded when registered).
+        // Explicit --pid targets (and their descendants) that are not Python are tracked
+        // off-CPU too (with --all only Python processes are, and they were seeded when
+        // registered).
         if explicit_pids {
             for pid in session.running.initial_pids() {
                 session.bpf.seed_sleeping_threads(pid);
@@ -158,6 +160,10 @@ impl Session {
         self.drain();
         self.ticks += 1;
         if self.ticks.is_multiple_of(HOUSEKEEPING_EVERY) {
+            // Followed children whose fork event was lost are looked at as new targets.
+            for pid in self.running.sweep(&mut self.bpf) {
+                self.python.observe(pid);
+            }
             self.symbols.resolve_pending();
             self.python.refresh_thread_names();
             classify_waits(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
@@ -168,7 +174,7 @@ impl Session {
 
     /// Hands every waiting ring-buffer record to the aggregator.
     pub fn drain(&mut self) {
-        let Session { bpf, agg, symbols, python, classifier, awaiting_exec, decode_errors, .. } = self;
+        let Session { bpf, agg, symbols, python, classifier, awaiting_exec, decode_errors, running, .. } = self;
         bpf.drain(|record| match events::decode(record) {
             Ok(Event::Sample(s)) if *awaiting_exec == Some(s.pid) => {}
             Ok(Event::Sample(s)) => agg.add(s, symbols, python),
@@ -179,8 +185,18 @@ impl Session {
                 agg.preempt_end(tid, since_ns, runq_ns, symbols, python)
             }
             Ok(Event::ThreadMiss { pid, tid, key_offset, key }) => python.thread_miss(pid, tid, key_offset, key),
-            Ok(Event::Exec { pid }) if *awaiting_exec == Some(pid) => *awaiting_exec = None,
+            Ok(Event::Fork { pid, ppid, flags }) => {
+                running.forked(pid, ppid);
+                if flags & fork_flags::FOLLOWED != 0 {
+                    python.forked(pid, ppid, flags & fork_flags::PYTHON_COPIED != 0);
+                }
+            }
+            Ok(Event::Exec { pid }) if *awaiting_exec == Some(pid) => {
+                *awaiting_exec = None;
+                running.exec(pid);
+            }
             Ok(Event::Exec { pid }) => {
+                running.exec(pid);
                 // A new program in the same pid: forget what we knew and look again.
                 python.exec(pid);
                 symbols.forget(pid);
@@ -227,7 +243,11 @@ impl Session {
             off_cpu_threshold_ns: self.off_cpu_threshold_ns,
             off_cpu_events: self.agg.off_cpu_events,
             off_cpu_stacks_sampled_out: counters.offcpu_sampled_out.saturating_sub(self.base.sampled_out),
-            processes: build::build(&self.agg, &Live { symbols: &self.symbols, python: &self.python }, &totals),
+            processes: build::build(
+                &self.agg,
+                &Live { symbols: &self.symbols, python: &self.python, running: &self.running },
+                &totals,
+            ),
             bpf_stats: self.bpf_stats.then(|| {
                 self.bpf
                     .program_stats()
@@ -246,6 +266,7 @@ impl Session {
         self.window_start = Instant::now();
         self.window_start_wall = SystemTime::now();
         self.forget_exited();
+        self.running.forget_exited();
         if self.files_cached_since.elapsed() >= DROP_FILE_CACHES_EVERY {
             self.symbols.drop_file_caches();
             self.files_cached_since = Instant::now();
@@ -261,15 +282,29 @@ impl Session {
         profile
     }
 
-    /// Stops a command we started, if it still runs.
-    pub fn stop(&mut self) {
-        self.running.stop();
+    /// Ends what is left of a command we started (or leaves it running, as configured); what
+    /// became of it. `None` without a command.
+    pub fn stop(&mut self) -> Option<CommandEnd> {
+        self.running.stop()
     }
 
-    /// Notes for the summary: targets that exited, processes that could not be unwound.
+    /// The command we started was stopped for using the terminal.
+    pub fn command_stopped_on_terminal(&self) -> bool {
+        self.running.stopped_on_terminal()
+    }
+
+    /// Notes for the summary: targets that exited, processes that could not be unwound or
+    /// followed.
     pub fn notes(&self) -> Vec<String> {
         let mut notes = self.running.notes();
         notes.extend(self.python.notes.iter().cloned());
+        let unfollowed = self.bpf.counters().follow_full;
+        if unfollowed > 0 {
+            notes.push(format!(
+                "{unfollowed} child processes were not followed: the kernel's target map was full ({} processes)",
+                profiler_common::map_size::TARGET_PIDS
+            ));
+        }
         notes
     }
 
@@ -372,6 +407,7 @@ impl Session {
 struct Live<'a> {
     symbols: &'a Symbols,
     python: &'a PythonRegistry,
+    running: &'a Running,
 }
 
 impl Lookups for Live<'_> {
@@ -392,8 +428,18 @@ impl Lookups for Live<'_> {
         self.python.version(pid).map(|v| v.to_string())
     }
 
-    fn process_names(&self, pid: u32) -> (Option<String>, Option<String>) {
-        (procinfo::comm(pid), procinfo::cmdline(pid))
+    fn process_names(&self, pid: u32) -> ProcessNames {
+        let stat = procinfo::stat(pid);
+        ProcessNames {
+            ppid: stat.as_ref().map(|s| s.ppid),
+            // A followed child that has exited is named as it was last seen.
+            comm: stat.map(|s| s.comm).or_else(|| self.running.comm(pid).map(str::to_string)),
+            cmdline: procinfo::cmdline(pid),
+        }
+    }
+
+    fn forked_by(&self, pid: u32) -> Option<u32> {
+        self.running.ppid(pid)
     }
 
     fn thread_name(&self, pid: u32, tid: u32) -> Option<String> {

@@ -38,6 +38,9 @@ fn merge_process(into: &mut ProcessProfile, other: &ProcessProfile) {
     if other.python_version.is_some() {
         into.python_version = other.python_version.clone();
     }
+    if other.ppid.is_some() {
+        into.ppid = other.ppid;
+    }
     into.samples += other.samples;
     into.wall_ns += other.wall_ns;
     into.totals_ns.add_all(&other.totals_ns);
@@ -259,6 +262,7 @@ mod tests {
             bpf_stats: None,
             processes: vec![ProcessProfile {
                 pid: 1,
+                ppid: None,
                 comm: "app".into(),
                 cmdline: None,
                 python_version: Some("3.12.1".into()),

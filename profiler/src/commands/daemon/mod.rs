@@ -52,7 +52,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     if args.retention < args.window {
         return Err(fatal(ExitCode::Usage, "--retention must be at least one --window"));
     }
-    let target = TargetSpec::resolve(args.target.all || args.target.pids.is_empty(), &args.target.pids, &[])?;
+    let all = args.target.all || args.target.pids.is_empty();
+    let children = runner::subprocesses(&args.target.subprocesses, all)?;
+    let target = TargetSpec::resolve(all, &args.target.pids, &[], children, false)?;
     let mode = runner::mode(None, &args.sampling)?;
     let push = args.push.as_deref().map(|url| push::Target::parse(url, &args.push_name)).transpose()?;
     // Bind before loading anything: a taken port is the commonest mistake.
