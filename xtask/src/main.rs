@@ -7,6 +7,7 @@ mod bench;
 mod bench_offcpu;
 mod bench_overhead;
 mod bench_python;
+mod bench_trees;
 mod fuzz;
 mod lint;
 mod module_graph;
