@@ -133,7 +133,7 @@ pub struct ProfileArgs {
     /// When profiling stops (duration, Ctrl-C, SIGTERM) before the command has exited, leave
     /// it and what it started running. By default pyebpf ends them: SIGINT to the command's
     /// process group, then SIGTERM, then SIGKILL.
-    #[arg(long, requires = "command")]
+    #[arg(long)]
     pub leave_running: bool,
 
     /// Stop after this long: seconds ("10", "2.5") or with a unit ("500ms", "30s", "2m").

@@ -20,6 +20,9 @@ use crate::{
 pub async fn run(args: ProfileArgs) -> anyhow::Result<u8> {
     let outputs = output::plan(&args.outputs, args.format)?;
     runner::preflight(&args.sampling)?;
+    if args.leave_running && args.command.is_empty() {
+        return Err(fatal(ExitCode::Usage, "--leave-running is for a command started with `-- COMMAND`"));
+    }
     let children = runner::subprocesses(&args.subprocesses, args.all)?;
     let target = TargetSpec::resolve(args.all, &args.pids, &args.command, children, args.leave_running)?;
     let mode = runner::mode(args.mode, &args.sampling)?;
