@@ -57,8 +57,9 @@ fn category_ns(process: &Value, category: &str) -> u64 {
     process["totals_ns"][category].as_u64().unwrap_or(0)
 }
 
-/// Profiles `--pid master --subprocesses` while `load` runs, then stops pyebpf with SIGINT.
-fn profile_master(master: u32, json: &Path, load: impl FnOnce()) -> Value {
+/// Profiles `--pid master --subprocesses` while `load` runs, then stops pyebpf with SIGINT:
+/// the profile and the summary.
+fn profile_master(master: u32, json: &Path, load: impl FnOnce()) -> (Value, String) {
     let profiler = spawn_sampling(
         pyebpf()
             .args(["profile", "--pid", &master.to_string(), "--subprocesses", "-F", "499", "-d", "60", "-o"])
@@ -67,8 +68,9 @@ fn profile_master(master: u32, json: &Path, load: impl FnOnce()) -> Value {
     load();
     // SAFETY: signalling our own child; SIGINT ends profiling and writes the outputs.
     unsafe { libc::kill(profiler.id() as i32, libc::SIGINT) };
-    assert_success(&wait_output(profiler, TIMEOUT));
-    read_json(json)
+    let out = wait_output(profiler, TIMEOUT);
+    assert_success(&out);
+    (read_json(json), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// gunicorn with two workers of `worker_class` under wrk, profiled by the master's pid: the
@@ -87,9 +89,14 @@ fn gunicorn_master_profile(worker_class: &'static str) {
     let workers = service.gunicorn.children();
     assert_eq!(workers.len(), 2, "gunicorn's workers: {workers:?}");
     let dir = tempfile::tempdir().unwrap();
-    let profile = profile_master(master, &dir.path().join("p.json"), || {
+    let (profile, summary) = profile_master(master, &dir.path().join("p.json"), || {
         Load::new(port, &paths).duration_secs(3).connections(4).run().assert_clean();
     });
+    // The summary tells the workers from the master, whose command line they share.
+    for pid in &workers {
+        let row = summary.lines().find(|l| l.split_whitespace().next() == Some(&pid.to_string()));
+        assert!(row.is_some_and(|r| r.contains(&format!("[child of {master}]"))), "worker {pid}:\n{summary}");
+    }
     let env = python_env();
     let mut serving = 0;
     for &pid in &workers {
@@ -139,7 +146,7 @@ fn a_worker_replaced_mid_profile_is_followed() {
     let master = service.gunicorn.pid();
     let before: BTreeSet<u32> = service.gunicorn.children().into_iter().collect();
     let dir = tempfile::tempdir().unwrap();
-    let profile = profile_master(master, &dir.path().join("p.json"), || {
+    let (profile, _) = profile_master(master, &dir.path().join("p.json"), || {
         let load = Load::new(port, &["/cpu"]).duration_secs(3).connections(2).run();
         eprintln!("{} requests", load.requests);
         assert!(load.requests >= 60, "too few requests to replace workers: {load:?}");
