@@ -173,7 +173,8 @@ fn a_worker_replaced_mid_profile_is_followed() {
     // The replacements served requests, unwound as Python (their layout is their parent's).
     let serving: Vec<&&Value> = replaced.iter().filter(|p| cpu_in(p, "cpu_view", FLASK) > 0).collect();
     assert!(!serving.is_empty(), "no replacement worker has CPU in cpu_view: {summary:?}");
-    for p in &replaced {
+    // (One forked as profiling stops may be seen only through its kernel totals, unnamed.)
+    for p in replaced.iter().filter(|p| p["samples"].as_u64() > Some(0)) {
         assert_eq!(p["python_version"], python_env().version.as_str(), "{}", p["pid"]);
     }
 }

@@ -72,6 +72,7 @@ def escaped(pidfile):
 
 
 def stubborn(pidfile):
+    open(pidfile, "a").close()
     children = [
         multiprocessing.Process(target=burner_work, args=(pidfile,), name="burner"),
         multiprocessing.Process(target=deaf, args=(pidfile,), name="deaf"),

@@ -36,15 +36,17 @@ struct Member {
 }
 
 impl Member {
-    /// A member as /proc describes it now; `ppid` (if not 0) is who forked it.
+    /// A member as /proc describes it now; `ppid` (if not 0) is who forked it. One already
+    /// gone is exited from the start: without its start time, a later process given its pid
+    /// could not be told from it.
     fn read(pid: u32, ppid: u32) -> Self {
-        let stat = procinfo::stat(pid);
+        let stat = procinfo::stat(pid).filter(|s| !s.zombie);
         Member {
             ppid: if ppid != 0 { ppid } else { stat.as_ref().map_or(0, |s| s.ppid) },
             starttime: stat.as_ref().map(|s| s.starttime),
+            exited: stat.is_none(),
             comm: stat.map(|s| s.comm),
             root: false,
-            exited: false,
         }
     }
 }
@@ -100,11 +102,12 @@ impl Tree {
         found
     }
 
-    /// The processes in `stats` descended from a live member that are not members yet. /proc
-    /// lists pids in order, which is not tree order once pids wrap: a child may come before
-    /// its parent.
+    /// The processes in `stats` descended from a live member that are not members yet, pyebpf
+    /// aside (it may be a descendant of a target: a shell's). /proc lists pids in order, which
+    /// is not tree order once pids wrap: a child may come before its parent.
     fn descendants_in(&self, stats: Vec<procinfo::ProcStat>) -> Vec<procinfo::ProcStat> {
-        let live: Vec<procinfo::ProcStat> = stats.into_iter().filter(|s| !s.zombie).collect();
+        let me = std::process::id();
+        let live: Vec<procinfo::ProcStat> = stats.into_iter().filter(|s| !s.zombie && s.pid != me).collect();
         let mut inside: HashSet<u32> = self.members.iter().filter(|(_, m)| !m.exited).map(|(&pid, _)| pid).collect();
         let mut found = Vec::new();
         loop {
@@ -147,7 +150,7 @@ impl Tree {
 
     /// Is `pid` (still) this member, not a later process that was given its pid?
     fn same_process(member: &Member, stat: &procinfo::ProcStat) -> bool {
-        member.starttime.is_none_or(|t| t == stat.starttime)
+        member.starttime == Some(stat.starttime)
     }
 
     /// At most every [`SWEEP_EVERY`]: marks members that exited and drops them from the
@@ -167,13 +170,14 @@ impl Tree {
                 added.push(pid);
             }
         }
-        for (&pid, member) in self.members.iter_mut().filter(|(_, m)| !m.exited) {
-            let alive = procinfo::stat(pid).is_some_and(|s| !s.zombie && Self::same_process(member, &s));
-            if !alive {
-                member.exited = true;
-                if in_kernel.contains(&pid) {
-                    bpf.forget_process(pid);
-                }
+        for (&pid, member) in self.members.iter_mut() {
+            if !member.exited {
+                member.exited = !procinfo::stat(pid).is_some_and(|s| !s.zombie && Self::same_process(member, &s));
+            }
+            // Exited, or gone before it was first looked at: out of the maps, so that a later
+            // process given its pid is not profiled for it.
+            if member.exited && in_kernel.contains(&pid) {
+                bpf.forget_process(pid);
             }
         }
         added
