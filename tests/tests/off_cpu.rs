@@ -221,3 +221,53 @@ fn threads_asleep_for_the_whole_profile_are_counted_in_full() {
         Ok(())
     });
 }
+
+#[test]
+fn off_cpu_stacks_of_cpu_bound_threads_keep_their_python_frames() {
+    // Two CPU-bound threads (chain.py's main thread and one burner) handing the GIL back and
+    // forth, and preempted on a busy machine: every off-CPU stack is taken while Python code
+    // runs, so every one must carry its Python frames, on every version. (The stackless
+    // remainder of short waits carries no stack by design and is left out.)
+    for_each_interpreter("off-CPU Python frames", |interp| {
+        let child = start_ready(interp, "chain.py", &["20", "1"]);
+        let pid = child.pid();
+        let profile = profile_json(|cmd, json| {
+            cmd.args(["profile", "-d", "3", "--mode", "wall", "--pid", &pid.to_string(), "-o"]).arg(json);
+        });
+        let p = process(&profile, pid).ok_or("process missing from the profile")?;
+        let (mut with_python, mut total) = (0u64, 0u64);
+        let mut without = Vec::new();
+        for s in p["stacks"].as_array().unwrap() {
+            if s["category"] == "cpu" || s["target"] == "short waits (no stack)" {
+                continue;
+            }
+            let weight = s["weight_ns"].as_u64().unwrap();
+            total += weight;
+            if s["python_frames"].as_array().unwrap().is_empty() {
+                without.push((weight, s["frames"].clone(), s["category"].clone()));
+            } else {
+                with_python += weight;
+            }
+        }
+        // Two threads sharing one GIL for 3 s wait about 3 s between them.
+        if total < 1_000_000_000 {
+            return Err(format!("only {:.3} s of off-CPU stacks", total as f64 / 1e9));
+        }
+        let share = with_python as f64 / total as f64;
+        eprintln!(
+            "{}: {:.2}% of {:.2} s of off-CPU stacks with Python frames",
+            interp.label,
+            share * 100.0,
+            total as f64 / 1e9
+        );
+        if share < 0.99 {
+            without.sort_by_key(|w| std::cmp::Reverse(w.0));
+            without.truncate(5);
+            return Err(format!(
+                "{:.2}% of off-CPU weight with Python frames; heaviest without: {without:?}",
+                share * 100.0
+            ));
+        }
+        Ok(())
+    });
+}
