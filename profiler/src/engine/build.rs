@@ -67,9 +67,18 @@ pub fn build(agg: &Aggregator, lookups: &dyn Lookups, totals: &ThreadTotals) -> 
 fn frames_of(agg: &Aggregator, raw: &RawStack, lookups: &dyn Lookups) -> Vec<Frame> {
     let mut frames = Vec::with_capacity(raw.python.len() + raw.user.len() + raw.kernel.len());
     frames.extend(raw.python.iter().map(|&id| agg.frames.frame[id as usize].clone()));
-    for (i, &addr) in raw.user.iter().enumerate().rev() {
-        frames.push(lookups.user_frame(raw.pid, addr, i));
+    // Leaf first: a walk that reached an address that is not code ends there, marked: what it
+    // found beyond came from the same bad frame pointer.
+    let mut user: Vec<Frame> = Vec::with_capacity(raw.user.len());
+    for (i, &addr) in raw.user.iter().enumerate() {
+        let frame = lookups.user_frame(raw.pid, addr, i);
+        let stop = frame == Frame::Marker(Marker::NotCode);
+        user.push(frame);
+        if stop {
+            break;
+        }
     }
+    frames.extend(user.into_iter().rev());
     for (i, &addr) in raw.kernel.iter().enumerate().rev() {
         frames.push(lookups.kernel_frame(addr, i));
     }
@@ -319,6 +328,40 @@ mod tests {
         let weights: Vec<u64> = p.stacks.iter().map(|s| s.weight_ns).collect();
         // 3:1 kept, the rounding remainder on the heaviest, no stackless entry.
         assert_eq!(weights, [75 * MS + 1, 25 * MS]);
+    }
+
+    #[test]
+    fn a_native_stack_ends_at_its_first_address_that_is_not_code() {
+        struct DataAt3;
+        impl Lookups for DataAt3 {
+            fn user_frame(&self, pid: u32, addr: u64, index: usize) -> Frame {
+                if addr == 3 { Frame::Marker(Marker::NotCode) } else { Fake.user_frame(pid, addr, index) }
+            }
+            fn kernel_frame(&self, addr: u64, index: usize) -> Frame {
+                Fake.kernel_frame(addr, index)
+            }
+            fn python_thread_name(&self, pid: u32, tid: u32) -> Option<String> {
+                Fake.python_thread_name(pid, tid)
+            }
+            fn python_version(&self, pid: u32) -> Option<String> {
+                Fake.python_version(pid)
+            }
+            fn process_names(&self, pid: u32) -> (Option<String>, Option<String>) {
+                Fake.process_names(pid)
+            }
+            fn thread_name(&self, pid: u32, tid: u32) -> Option<String> {
+                Fake.thread_name(pid, tid)
+            }
+        }
+        let mut agg = Aggregator::new(100);
+        // Leaf first: two real frames, then data, then what the bad frame pointer led to.
+        agg.add_raw(5, 5, None, &[], &[0x1, 0x2, 3, 0x4, 0x5], &[], (1, 10 * MS));
+        agg.add_raw(5, 5, None, &[], &[0x1, 0x2, 3, 0x6], &[], (1, 10 * MS));
+        let p = &build(&agg, &DataAt3, &ThreadTotals::new())[0];
+        let text: Vec<String> = p.stacks[0].frames.iter().map(Frame::to_string).collect();
+        // Both walks are one stack once cut.
+        assert_eq!((p.stacks.len(), p.stacks[0].samples), (1, 2));
+        assert_eq!(text, ["[not code]", "fn_2", "fn_1"]);
     }
 
     #[test]

@@ -22,9 +22,13 @@ use crate::{
         target::{Running, TargetSpec},
         totals::{ThreadTotals, classify_waits, thread_totals},
     },
-    host::{clock::monotonic_ns, procinfo, symbols::Symbols},
+    host::{
+        clock::monotonic_ns,
+        procinfo,
+        symbols::{Symbols, UserSymbol},
+    },
     model::{
-        Frame, Mode, NativeFrame, Profile, ProgramStats,
+        Frame, Marker, Mode, NativeFrame, Profile, ProgramStats,
         profile::{FORMAT_NAME, FORMAT_VERSION},
     },
     offcpu::classify::Classifier,
@@ -394,8 +398,13 @@ struct Live<'a> {
 
 impl Lookups for Live<'_> {
     fn user_frame(&self, pid: u32, addr: u64, index: usize) -> Frame {
-        let s = self.symbols.user_symbol(pid, addr, index);
-        Frame::Native(NativeFrame { symbol: s.and_then(|s| s.name.clone()), module: s.and_then(|s| s.module.clone()) })
+        match self.symbols.user_symbol(pid, addr, index) {
+            Some(UserSymbol::NotCode) => Frame::Marker(Marker::NotCode),
+            Some(UserSymbol::Code(s)) => {
+                Frame::Native(NativeFrame { symbol: s.name.clone(), module: s.module.clone() })
+            }
+            None => Frame::Native(NativeFrame { symbol: None, module: None }),
+        }
     }
 
     fn kernel_frame(&self, addr: u64, index: usize) -> Frame {

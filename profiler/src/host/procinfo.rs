@@ -42,21 +42,42 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
-/// A process's file-backed mappings: (start, end, file name), for naming unknown frames.
-pub fn mapped_files(pid: u32) -> Vec<(u64, u64, String)> {
-    let Ok(maps) = Process::new(pid as i32).and_then(|p| p.maps()) else {
-        return Vec::new();
-    };
-    maps.into_iter()
-        .filter_map(|m| match m.pathname {
-            procfs::process::MMapPath::Path(path) => {
-                let name = path.file_name()?.to_string_lossy().into_owned();
-                Some((m.address.0, m.address.1, name))
-            }
-            procfs::process::MMapPath::Vdso => Some((m.address.0, m.address.1, "[vdso]".into())),
-            _ => None,
-        })
-        .collect()
+/// One mapping of a process's address space, as /proc/PID/maps lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// Mapped executable (`x`): code, the vDSO, a JIT's anonymous pages.
+    pub executable: bool,
+    /// The file's name (`libc.so.6`), `[vdso]`, or None for anonymous memory.
+    pub file: Option<String>,
+}
+
+impl Mapping {
+    pub fn contains(&self, addr: u64) -> bool {
+        (self.start..self.end).contains(&addr)
+    }
+}
+
+/// A process's mappings, in address order; None when they cannot be read (the process is
+/// gone), which says nothing about any address.
+pub fn mappings(pid: u32) -> Option<Vec<Mapping>> {
+    use procfs::process::{MMPermissions, MMapPath};
+    let maps = Process::new(pid as i32).and_then(|p| p.maps()).ok()?;
+    Some(
+        maps.into_iter()
+            .map(|m| Mapping {
+                start: m.address.0,
+                end: m.address.1,
+                executable: m.perms.contains(MMPermissions::EXECUTE),
+                file: match m.pathname {
+                    MMapPath::Path(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    MMapPath::Vdso => Some("[vdso]".into()),
+                    _ => None,
+                },
+            })
+            .collect(),
+    )
 }
 
 /// A thread found asleep: its state and, when it sleeps in a syscall, the call's number and
@@ -108,6 +129,19 @@ fn parse_syscall(text: &str) -> Option<(i64, [u64; 6])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_mappings_tell_code_from_data() {
+        let this: fn() = own_mappings_tell_code_from_data;
+        static DATA: [u8; 4096] = [1; 4096];
+        let maps = mappings(std::process::id()).unwrap();
+        let at = |addr: u64| maps.iter().find(|m| m.contains(addr)).unwrap();
+        let code = at(this as usize as u64);
+        assert!(code.executable && code.file.is_some(), "{code:?}");
+        let data = at(DATA.as_ptr() as u64);
+        assert!(!data.executable, "{data:?}");
+        assert_eq!(mappings(u32::MAX), None);
+    }
 
     #[test]
     fn syscall_lines() {

@@ -51,6 +51,10 @@ pub enum Marker {
     NoUserStack,
     /// A Python frame whose code object could not be read.
     UnknownPython,
+    /// At the root of a native stack: the frame-pointer walk reached an address outside any
+    /// executable mapping (a frame pointer used as a general register, or data on the stack),
+    /// so neither it nor anything the walk found beyond it is a caller.
+    NotCode,
 }
 
 /// What a native address with no symbol is shown as.
@@ -58,13 +62,14 @@ pub const UNKNOWN: &str = "[unknown]";
 const KERNEL_PREFIX: &str = "[kernel] ";
 
 impl Marker {
-    pub const ALL: [Marker; 3] = [Marker::Truncated, Marker::NoUserStack, Marker::UnknownPython];
+    pub const ALL: [Marker; 4] = [Marker::Truncated, Marker::NoUserStack, Marker::UnknownPython, Marker::NotCode];
 
     pub fn text(self) -> &'static str {
         match self {
             Marker::Truncated => "[truncated]",
             Marker::NoUserStack => "[no user stack]",
             Marker::UnknownPython => "[unknown python frame]",
+            Marker::NotCode => "[not code]",
         }
     }
 }
@@ -147,6 +152,7 @@ mod tests {
             Frame::Marker(Marker::Truncated),
             Frame::Marker(Marker::NoUserStack),
             Frame::Marker(Marker::UnknownPython),
+            Frame::Marker(Marker::NotCode),
         ];
         for f in frames {
             assert_eq!(Frame::from_text(&f.to_string()), f, "{f}");
