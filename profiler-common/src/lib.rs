@@ -164,7 +164,8 @@ pub struct SampleEvent {
     pub tid: u32,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub time_ns: u64,
-    /// Number of valid entries in `kernel_stack` (0 when not asked for or unavailable).
+    /// Number of valid entries in `kernel_stack` (0 when not asked for or unavailable). Kernel
+    /// threads always have theirs: it is all they have.
     pub kernel_stack_len: u32,
     /// Number of valid entries in `user_stack` (0 for kernel threads or on fault).
     pub user_stack_len: u32,
@@ -371,6 +372,10 @@ pub mod names {
     /// `u32` globals: offsets of `pid` and `tgid` in `task_struct` (from kernel BTF).
     pub const GLOBAL_TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
     pub const GLOBAL_TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+    /// `u32` global: offset of `flags` in `task_struct` (from kernel BTF), 0 if unknown: tells
+    /// kernel threads (`PF_KTHREAD`), whose kernel stack is recorded even without
+    /// `KERNEL_STACKS` (they have no other).
+    pub const GLOBAL_TASK_FLAGS_OFFSET: &str = "TASK_FLAGS_OFFSET";
     /// Hash map [`super::OffCpuKey`] → [`super::OffCpuSum`].
     pub const MAP_OFFCPU_SUMS: &str = "OFFCPU_SUMS";
     /// LRU hash map tid → [`super::ThreadTimes`].
@@ -407,7 +412,7 @@ pub mod names {
         MAP_IN_FLIGHT,
     ];
     /// Every global of the object, with its size in bytes.
-    pub const GLOBALS: [(&str, usize); 10] = [
+    pub const GLOBALS: [(&str, usize); 11] = [
         (GLOBAL_TARGET_ALL, 1),
         (GLOBAL_KERNEL_STACKS, 1),
         (GLOBAL_SELF_PID, 4),
@@ -418,6 +423,7 @@ pub mod names {
         (GLOBAL_OFFCPU_STACK_COST_NS, 8),
         (GLOBAL_TASK_PID_OFFSET, 4),
         (GLOBAL_TASK_TGID_OFFSET, 4),
+        (GLOBAL_TASK_FLAGS_OFFSET, 4),
     ];
     /// The raw tracepoint programs and the tracepoint each is attached to.
     pub const RAW_TRACEPOINTS: [(&str, &str); 5] = [

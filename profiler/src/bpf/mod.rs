@@ -119,6 +119,8 @@ impl Bpf {
         let btf = kernel_btf::KernelBtf::load();
         let task_pid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["pid"])).unwrap_or(0);
         let task_tgid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["tgid"])).unwrap_or(0);
+        // Without it, kernel threads' samples stay `[no user stack]` unless --kernel is given.
+        let task_flags = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["flags"])).unwrap_or(0);
         if cfg.off_cpu && (task_pid == 0 || task_tgid == 0) {
             return Err(fatal(
                 ExitCode::Kernel,
@@ -139,6 +141,7 @@ impl Bpf {
             .override_global(names::GLOBAL_OFFCPU_STACK_COST_NS, &stack_cost_ns, true)
             .override_global(names::GLOBAL_TASK_PID_OFFSET, &task_pid, true)
             .override_global(names::GLOBAL_TASK_TGID_OFFSET, &task_tgid, true)
+            .override_global(names::GLOBAL_TASK_FLAGS_OFFSET, &task_flags, true)
             .map_max_entries(names::MAP_EVENTS, ring_buffer_bytes(cfg.frequency, cpu_list.len(), cfg.off_cpu))
             .load(EBPF_OBJECT)
             .map_err(|e| {
