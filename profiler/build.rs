@@ -91,10 +91,10 @@ fn main() -> anyhow::Result<()> {
     }
     let status = child.wait().context("waiting for the eBPF build")?;
     let stderr = stderr.join().map_err(|_| anyhow!("reading the eBPF build's stderr"))?;
-    let (progress, rest): (Vec<String>, Vec<String>) = stderr.into_iter().partition(|l| is_progress(l));
+    let rest: Vec<String> = stderr.into_iter().filter(|l| !is_progress(l)).collect();
     if !status.success() {
         // Shown by cargo under "failed to run custom build command", in full.
-        for line in said.iter().chain(&progress).chain(&rest) {
+        for line in said.iter().chain(&rest) {
             eprintln!("{line}");
         }
         bail!("building the eBPF programs failed ({status}): {:?}", cmd_line(&cmd));

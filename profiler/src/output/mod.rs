@@ -181,8 +181,9 @@ pub const NEW_FILE_MODE: u32 = 0o600;
 
 /// Writes an output file with what `fill` writes: into a temporary file beside the target,
 /// then renamed over it, so a reader never sees a partial file and an interrupted write (or a
-/// `fill` that fails) leaves the old file in place. A new file is made [`NEW_FILE_MODE`]; an
-/// existing one keeps its mode (and owner, when we may give it). Devices, FIFOs and our own
+/// `fill` that fails) leaves the old file in place. A new file is made [`NEW_FILE_MODE`], owned
+/// by the user who ran us through sudo if we were; an existing one keeps its mode (and owner,
+/// when we may give it). Devices, FIFOs and our own
 /// descriptors (`/dev/stdout`) are written in place.
 pub fn write_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let cannot = |e: &dyn std::fmt::Display| fatal(ExitCode::Output, format!("cannot write '{}': {e}", path.display()));
@@ -210,11 +211,30 @@ pub fn write_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> anyhow::Resu
             let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(old.uid()), Some(old.gid()));
             tmp.as_file().set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))?;
         }
-        Err(_) => tmp.as_file().set_permissions(std::fs::Permissions::from_mode(NEW_FILE_MODE))?,
+        Err(_) => {
+            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(NEW_FILE_MODE))?;
+            // Run through sudo (as `cargo xtask run` does for a user): the user who asked for
+            // the profile can read it; other users still cannot.
+            // SAFETY: geteuid cannot fail.
+            let euid = unsafe { libc::geteuid() };
+            if let Some((uid, gid)) = sudo_owner(euid, |name| std::env::var(name).ok()) {
+                let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid));
+            }
+        }
     }
     tmp.as_file().sync_all()?;
     tmp.persist(&file).map_err(|e| cannot(&e.error))?;
     Ok(())
+}
+
+/// The user and group that ran us through sudo (`SUDO_UID`, `SUDO_GID`), when we run as root
+/// because of it: the owner a new output gets.
+fn sudo_owner(euid: u32, env: impl Fn(&str) -> Option<String>) -> Option<(u32, u32)> {
+    if euid != 0 {
+        return None;
+    }
+    let id = |name: &str| env(name)?.parse::<u32>().ok();
+    Some((id("SUDO_UID")?, id("SUDO_GID")?))
 }
 
 pub fn render(profile: &Profile, format: Format, w: &mut dyn Write) -> anyhow::Result<()> {
@@ -286,6 +306,18 @@ mod tests {
         let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         names.sort();
         assert_eq!(names, ["new.json", "other.svg"]);
+    }
+
+    #[test]
+    fn new_files_made_under_sudo_belong_to_the_user_who_ran_it() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(sudo_owner(0, env(&[("SUDO_UID", "1000"), ("SUDO_GID", "1001")])), Some((1000, 1001)));
+        // Not root (sudo -u someone), not through sudo, or nonsense: whoever we are.
+        assert_eq!(sudo_owner(1000, env(&[("SUDO_UID", "1000"), ("SUDO_GID", "1001")])), None);
+        assert_eq!(sudo_owner(0, env(&[])), None);
+        assert_eq!(sudo_owner(0, env(&[("SUDO_UID", "x"), ("SUDO_GID", "1")])), None);
     }
 
     #[test]
