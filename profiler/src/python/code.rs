@@ -269,6 +269,47 @@ mod tests {
         }
     }
 
+    /// Free-threaded 3.14+: a frame running its thread's own copy of the bytecode is mapped to
+    /// the same offset in `co_code_adaptive`, the copies being read from `co_tlbc` when a
+    /// pointer is in none of those known.
+    #[test]
+    fn instruction_pointers_in_per_thread_bytecode_copies_map_to_the_main_copy() {
+        let ft = for_version(3, 14, true).unwrap();
+        let base = 0x10_0000u64;
+        let mut image = vec![0u8; 0x3000];
+        let put = |image: &mut Vec<u8>, off: u64, v: u64| {
+            image[off as usize..off as usize + 8].copy_from_slice(&v.to_ne_bytes())
+        };
+        let main = base + ft.code_code_adaptive as u64;
+        let (array, copy) = (base + 0x1000, base + 0x2000);
+        put(&mut image, ft.code_tlbc as u64, array);
+        put(&mut image, 0x1000 + ft.code_array_size as u64, 3);
+        let entries = 0x1000 + ft.code_array_entries as u64;
+        put(&mut image, entries, main);
+        put(&mut image, entries + 8, 0); // a thread index without a copy
+        put(&mut image, entries + 16, copy);
+        let mem = ImageMemory { base, image };
+        let mut c = CodeObject { addr: base, code_bytes: 64, ..code(Vec::new(), main) };
+        assert_eq!(c.main_copy_instr(&mem, ft, main + 10), main + 10);
+        assert!(c.copies.is_empty(), "the main copy needs no read");
+        assert_eq!(c.main_copy_instr(&mem, ft, copy + 10), main + 10);
+        assert_eq!(c.copies, [main, 0, copy]);
+        // Past the end of every copy (a corrupt frame, a freed copy): left as it is.
+        assert_eq!(c.main_copy_instr(&mem, ft, copy + 64), copy + 64);
+        assert_eq!(c.main_copy_instr(&mem, ft, 8), 8);
+        // GIL builds have one copy, and never read an array.
+        let gil = for_version(3, 14, false).unwrap();
+        let mut c = CodeObject { addr: base, code_bytes: 64, ..code(Vec::new(), main) };
+        assert_eq!(c.main_copy_instr(&mem, gil, copy + 10), copy + 10);
+        assert!(c.copies.is_empty());
+        // A corrupt array size is not followed.
+        let mut image = mem.image.clone();
+        put(&mut image, 0x1000 + ft.code_array_size as u64, u64::MAX);
+        let mem = ImageMemory { base, image };
+        let mut c = CodeObject { addr: base, code_bytes: 64, ..code(Vec::new(), main) };
+        assert_eq!(c.main_copy_instr(&mem, ft, copy + 10), copy + 10);
+    }
+
     /// Found by the `code_object` fuzzer: a corrupt 3.10 `f_lasti` overflowed when turned into
     /// a byte offset, and a 3.11+ instruction pointer far from the code did too.
     #[test]
