@@ -75,9 +75,10 @@ fn waits_are_split_by_cause_with_their_stacks_and_targets() {
         if !find("disk", "fsync_loop", "file /") {
             return Err("no disk stack in fsync_loop with the file's path".into());
         }
-        // 3.13+ parks its threads on a threading.Lock in the parking lot (a PyMutex): told
-        // apart from the GIL and from pthread locks.
-        if interp.minor >= 13 && !find("lock", "wait_for_lock", "PyMutex") {
+        // A threading.Lock is a PyMutex, whose waiters park on their own stack, in 3.14+ and
+        // free-threaded builds (3.13.0 with the GIL still waits on a lock of its own, seen
+        // here): told apart from the GIL and from pthread locks.
+        if (interp.minor >= 14 || interp.free_threaded) && !find("lock", "wait_for_lock", "PyMutex") {
             return Err("no lock stack in wait_for_lock with the PyMutex target".into());
         }
         let sleeping = stacks.iter().any(|s| {
