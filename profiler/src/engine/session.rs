@@ -370,7 +370,7 @@ impl Session {
 }
 
 /// Hands the kernel the layout of the Python processes `python` found since the last call,
-/// and the classifier their GILs.
+/// and the classifier their GILs and lock kinds.
 fn register_python(bpf: &mut Bpf, python: &mut PythonRegistry, classifier: &mut Classifier) {
     for (pid, range) in python.take_gil_ranges() {
         classifier.set_gil(pid, range);
@@ -378,6 +378,10 @@ fn register_python(bpf: &mut Bpf, python: &mut PythonRegistry, classifier: &mut 
     for (pid, info) in python.take_pending() {
         if let Err(e) = bpf.set_python(pid, &info) {
             log::warn!("{e:#}");
+        }
+        // 3.13+ parks its own locks (PyMutex) on the waiter's stack.
+        if python.version(pid).is_some_and(|v| (v.major, v.minor) >= (3, 13)) {
+            classifier.set_parking_lot(pid);
         }
         // Tracked off-CPU from now on: threads already asleep start their wait now.
         bpf.seed_sleeping_threads(pid);
