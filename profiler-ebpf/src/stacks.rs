@@ -1,13 +1,14 @@
-//! Fills a [`SampleEvent`] with the current thread's identity and stacks (native user,
-//! optionally kernel, and Python): shared by on-CPU samples and off-CPU events, which both
-//! run in the thread's own context.
+//! Fills a [`SampleEvent`] with the current thread's identity and stacks (optionally kernel,
+//! and Python; the native user stack by frame pointers when the DWARF unwinder does not walk
+//! it): shared by on-CPU samples and off-CPU events, which both run in the thread's own
+//! context.
 use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{bpf_get_current_comm, bpf_get_smp_processor_id, bpf_ktime_get_ns, generated::bpf_get_stack},
 };
-use profiler_common::{MAX_NATIVE_FRAMES, OffCpuInfo, SampleEvent, TASK_COMM_LEN};
+use profiler_common::{MAX_NATIVE_FRAMES, OffCpuInfo, SampleEvent, TASK_COMM_LEN, unwind::end};
 
 use crate::{
     maps::{PY_PROCS, kernel_stacks},
@@ -37,14 +38,30 @@ pub unsafe fn fill(ctx: *mut c_void, ev: *mut SampleEvent, kind: u32, tgid: u32,
                 (*ev).kernel_stack_len = (n / 8) as u32;
             }
         }
-        // User stacks unwind by frame pointers only; the leaf (the sampled IP) is always right.
-        let n = bpf_get_stack(ctx, (*ev).user_stack.as_mut_ptr().cast(), STACK_BYTES, BPF_F_USER_STACK as u64);
-        (*ev).user_stack_len = if n > 0 { (n / 8) as u32 } else { 0 };
+        (*ev).user_stack_len = 0;
+        (*ev).user_end = end::FRAME_POINTERS;
+        (*ev).user_sp = 0;
 
         (*ev).py_frames_len = 0;
         (*ev).py_status = match PY_PROCS.get(&tgid) {
             Some(info) => python::unwind(info, tgid, tid, &mut (*ev).py_frames, &mut (*ev).py_frames_len),
             None => 0,
         };
+    }
+}
+
+/// The user stack by frame pointers (`bpf_get_stack`), for threads the DWARF unwinder does not
+/// walk: the leaf (the sampled IP) is always right, callers are lost in code built without
+/// frame pointers.
+///
+/// # Safety
+/// As [`fill`].
+#[inline(always)]
+pub unsafe fn frame_pointer_stack(ctx: *mut c_void, ev: *mut SampleEvent) {
+    unsafe {
+        let n = bpf_get_stack(ctx, (*ev).user_stack.as_mut_ptr().cast(), STACK_BYTES, BPF_F_USER_STACK as u64);
+        (*ev).user_stack_len = if n > 0 { (n / 8) as u32 } else { 0 };
+        (*ev).user_end = end::FRAME_POINTERS;
+        (*ev).user_sp = 0;
     }
 }

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use super::{
-    aggregate::{Aggregator, LoopWait, NO_FRAME, ON_CPU, RawStack, Weight},
+    aggregate::{Aggregator, LoopWait, NO_FRAME, ON_CPU, RawFrame, RawStack, Weight},
     totals::ThreadTotals,
 };
 use crate::model::{
@@ -65,10 +65,12 @@ pub fn build(agg: &Aggregator, lookups: &dyn Lookups, totals: &ThreadTotals) -> 
 
 /// A raw stack's frames, root first.
 fn frames_of(agg: &Aggregator, raw: &RawStack, lookups: &dyn Lookups) -> Vec<Frame> {
-    let mut frames = Vec::with_capacity(raw.python.len() + raw.user.len() + raw.kernel.len());
-    frames.extend(raw.python.iter().map(|&id| agg.frames.frame[id as usize].clone()));
-    for (i, &addr) in raw.user.iter().enumerate().rev() {
-        frames.push(lookups.user_frame(raw.pid, addr, i));
+    let mut frames = Vec::with_capacity(raw.user.len() + raw.kernel.len());
+    for f in raw.user.iter() {
+        frames.push(match *f {
+            RawFrame::Interned(id) => agg.frames.frame[id as usize].clone(),
+            RawFrame::Native { addr, leaf } => lookups.user_frame(raw.pid, addr, if leaf { 0 } else { 1 }),
+        });
     }
     for (i, &addr) in raw.kernel.iter().enumerate().rev() {
         frames.push(lookups.kernel_frame(addr, i));
@@ -326,7 +328,7 @@ mod tests {
         struct Unknown;
         impl Lookups for Unknown {
             fn user_frame(&self, _: u32, _: u64, _: usize) -> Frame {
-                Frame::Native(NativeFrame { symbol: None, module: Some("libx.so".into()) })
+                Frame::Native(NativeFrame { symbol: None, module: Some("libx.so".into()), offset: None })
             }
             fn kernel_frame(&self, _: u64, _: usize) -> Frame {
                 Frame::Kernel(None)

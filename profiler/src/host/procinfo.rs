@@ -42,8 +42,19 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
-/// A process's file-backed mappings: (start, end, file name), for naming unknown frames.
-pub fn mapped_files(pid: u32) -> Vec<(u64, u64, String)> {
+/// A file-backed mapping of a process, for naming frames without a symbol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MappedFile {
+    pub start: u64,
+    pub end: u64,
+    /// The file offset `start` maps.
+    pub offset: u64,
+    /// The file's name (`libfoo.so`).
+    pub name: String,
+}
+
+/// A process's file-backed mappings, for naming unknown frames.
+pub fn mapped_files(pid: u32) -> Vec<MappedFile> {
     let Ok(maps) = Process::new(pid as i32).and_then(|p| p.maps()) else {
         return Vec::new();
     };
@@ -51,9 +62,11 @@ pub fn mapped_files(pid: u32) -> Vec<(u64, u64, String)> {
         .filter_map(|m| match m.pathname {
             procfs::process::MMapPath::Path(path) => {
                 let name = path.file_name()?.to_string_lossy().into_owned();
-                Some((m.address.0, m.address.1, name))
+                Some(MappedFile { start: m.address.0, end: m.address.1, offset: m.offset, name })
             }
-            procfs::process::MMapPath::Vdso => Some((m.address.0, m.address.1, "[vdso]".into())),
+            procfs::process::MMapPath::Vdso => {
+                Some(MappedFile { start: m.address.0, end: m.address.1, offset: m.offset, name: "[vdso]".into() })
+            }
             _ => None,
         })
         .collect()

@@ -16,11 +16,13 @@ use blazesym::{
 
 use crate::host::procinfo;
 
-/// What an address of a process is: its symbol, else the file mapped there (when known).
+/// What an address of a process is: its symbol, else the file mapped there (when known) and
+/// the address's offset in that file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NativeSymbol {
     pub name: Option<String>,
     pub module: Option<String>,
+    pub offset: Option<u64>,
 }
 
 pub struct Symbols {
@@ -57,13 +59,11 @@ impl Symbols {
         }
     }
 
-    /// Remembers addresses of a leaf-first user stack that have no symbol yet.
-    pub fn note_user_stack(&mut self, pid: u32, stack: &[u64]) {
-        for (i, &addr) in stack.iter().enumerate() {
-            let key = (pid, lookup_addr(addr, i == 0));
-            if !self.user.contains_key(&key) {
-                self.pending_user.entry(pid).or_default().insert(key.1);
-            }
+    /// Remembers one user address (`leaf`: the sampled instruction, else a return address).
+    pub fn note_user(&mut self, pid: u32, addr: u64, leaf: bool) {
+        let key = (pid, lookup_addr(addr, leaf));
+        if !self.user.contains_key(&key) {
+            self.pending_user.entry(pid).or_default().insert(key.1);
         }
     }
 
@@ -85,12 +85,21 @@ impl Symbols {
             let mut mappings = None;
             for (i, &addr) in addrs.iter().enumerate() {
                 let symbol = match results.as_ref().and_then(|r| r.get(i)) {
-                    Some(Symbolized::Sym(sym)) => NativeSymbol { name: Some(sym.name.to_string()), module: None },
+                    Some(Symbolized::Sym(sym)) => {
+                        NativeSymbol { name: Some(sym.name.to_string()), module: None, offset: None }
+                    }
                     _ => {
-                        // Name the module, so "[unknown] (libfoo.so)" still says where.
+                        // Name the module and the offset in it, so "[unknown] (libfoo.so+0x1234)"
+                        // still says where (and `addr2line -e libfoo.so` can say more).
                         let maps = mappings.get_or_insert_with(|| procinfo::mapped_files(pid));
-                        let module = maps.iter().find(|(lo, hi, _)| (*lo..*hi).contains(&addr)).map(|m| m.2.clone());
-                        NativeSymbol { name: None, module }
+                        match maps.iter().find(|m| (m.start..m.end).contains(&addr)) {
+                            Some(m) => NativeSymbol {
+                                name: None,
+                                module: Some(m.name.clone()),
+                                offset: Some(addr - m.start + m.offset),
+                            },
+                            None => NativeSymbol::default(),
+                        }
                     }
                 };
                 self.user.insert((pid, addr), symbol);
