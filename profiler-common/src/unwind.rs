@@ -271,8 +271,9 @@ pub fn find_mapping(
 }
 
 /// The row covering address `addr` (an ELF virtual address) of the binary whose table is
-/// `table`, and how many bytes past the row's address `addr` is. `page(i)` and `row(i)` are
-/// the i-th entries of the shared pages and rows arrays.
+/// `table`, and how many bytes past the row's address `addr` is (exact within 64 KiB; for a
+/// row further back, some distance of at least 64 KiB: all [`RuleRec::cfa_off_at`] needs).
+/// `page(i)` and `row(i)` are the i-th entries of the shared pages and rows arrays.
 #[inline(always)]
 pub fn find_row(
     table: &TableInfo,

@@ -275,7 +275,6 @@ impl Bpf {
         let stack_cost_ns: u64 =
             if cfg.off_cpu_stack_rate == 0 { 0 } else { 1_000_000_000 / cfg.off_cpu_stack_rate as u64 };
         let mut loader = EbpfLoader::new();
-        loader.verifier_log_level(aya::VerifierLogLevel::STATS);
         for (map, entries) in unwind_sizes {
             loader.map_max_entries(map, entries);
         }
@@ -319,7 +318,7 @@ impl Bpf {
         }
 
         let unwind = match cfg.native_rows {
-            Some(_) => Some(load_unwinder(&mut ebpf)?),
+            Some(_) => Some(load_unwinder(&mut ebpf, cfg.off_cpu)?),
             None => None,
         };
 
@@ -539,8 +538,9 @@ impl Bpf {
 }
 
 /// Loads the native unwinder's programs, puts them where the sampling programs tail-call them,
-/// and takes the table maps.
-fn load_unwinder(ebpf: &mut Ebpf) -> anyhow::Result<UnwindMaps> {
+/// and takes the table maps. The off-CPU programs' unwinders only with off-CPU tracking: each
+/// costs the verifier about a second on a loaded machine.
+fn load_unwinder(ebpf: &mut Ebpf, off_cpu: bool) -> anyhow::Result<UnwindMaps> {
     let refused = |prog: &str, e: &dyn std::error::Error| {
         fatal(ExitCode::Kernel, format!("the kernel refused the native unwinder ({prog}): {}", error_chain(e)))
     };
@@ -559,7 +559,7 @@ fn load_unwinder(ebpf: &mut Ebpf) -> anyhow::Result<UnwindMaps> {
     let mut raw_tp = ProgramArray::try_from(
         ebpf.take_map(names::MAP_UNWIND_PROGS_RAW_TP).context("UNWIND_PROGS_RAW_TP map missing")?,
     )?;
-    for (name, slot) in names::RAW_TP_UNWINDERS {
+    for (name, slot) in names::RAW_TP_UNWINDERS.into_iter().filter(|_| off_cpu) {
         let prog: &mut RawTracePoint =
             ebpf.program_mut(name).with_context(|| format!("{name} missing from the eBPF object"))?.try_into()?;
         prog.load().map_err(|e| refused(name, &e))?;

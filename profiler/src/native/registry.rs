@@ -107,7 +107,7 @@ struct Loaded {
 /// A binary seen: its load segments (for the bias of each mapping) and its table, if it has
 /// one.
 struct Binary {
-    /// (p_offset, p_vaddr, p_filesz) of its PT_LOAD segments.
+    /// (p_offset, p_vaddr, p_filesz) of its executable PT_LOAD segments.
     loads: Vec<(u64, u64, u64)>,
     table: Option<Loaded>,
     /// Processes mapping it now.
@@ -301,8 +301,12 @@ impl Registry {
         let Ok(obj) = object::File::parse(bytes) else {
             return Ok(Binary { missing: Some("not ELF".into()), ..bin });
         };
+        // Only executable segments: the page an executable mapping starts at may also hold the
+        // end of the read-only segment before it (lld lays text out at p_vaddr = p_offset +
+        // 0x1000), whose vaddr-to-offset difference is not the text's.
         bin.loads = obj
             .segments()
+            .filter(|s| matches!(s.flags(), object::SegmentFlags::Elf { p_flags } if p_flags & object::elf::PF_X != 0))
             .map(|s| {
                 let (off, size) = s.file_range();
                 (off, s.address(), size)
@@ -478,7 +482,7 @@ mod tests {
         let maps: Vec<Mapping> = (p.base..p.base + p.count).map(|i| arrays.mappings[&i]).collect();
         assert!(maps.windows(2).all(|w| w[0].end <= w[1].start), "sorted, disjoint");
         // Our own code has a table, and its bias maps a function's address to its ELF address.
-        let here = ranges_are_first_fit_and_merge_when_freed as usize as u64;
+        let here = ranges_are_first_fit_and_merge_when_freed as *const () as u64;
         let m = maps.iter().find(|m| m.start <= here && here < m.end).expect("our code is mapped");
         assert_ne!(m.table, NO_TABLE);
         let tables = reg.stats.tables;
