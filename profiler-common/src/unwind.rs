@@ -247,7 +247,7 @@ pub fn find_mapping(
     get: impl Fn(u32) -> Option<Mapping>,
 ) -> Option<(u32, Mapping)> {
     let mut at = hint;
-    if hint >= count || !start(hint).is_some_and(|s| s <= pc) || !get(hint).is_some_and(|m| pc < m.end) {
+    if hint >= count || start(hint).is_none_or(|s| s > pc) || get(hint).is_none_or(|m| pc >= m.end) {
         let (mut lo, mut hi) = (search_lo, count.min(MAX_PROC_MAPPINGS));
         // First mapping starting after pc.
         for _ in 0..MAPPING_SEARCH_STEPS {
