@@ -154,8 +154,8 @@ pub fn unwind_native_sched_switch(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// Starts the walk prepared in slot `slot` (a tail call into the unwinder); returns only if
-/// the call failed, and the caller then sends what it has.
+/// Starts the walk [`prepare`] set up: a tail call into the unwinder at `index` of `progs`.
+/// Returns only if the call failed; the caller then sends what it has.
 #[inline(always)]
 pub fn start<C: EbpfContext>(ctx: &C, progs: &ProgramArray, index: u32) {
     unsafe { progs.tail_call(ctx, index) };

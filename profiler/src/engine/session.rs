@@ -64,7 +64,7 @@ pub struct SessionConfig {
 /// The DWARF unwinder's settings.
 #[derive(Clone, Copy, Debug)]
 pub struct NativeConfig {
-    /// Memory for unwind rows (the page directory, rules and mappings come on top: ~3.5 MiB).
+    /// Memory for unwind rows (page entries, rules, tables and mappings come on top: ~5.7 MiB).
     pub table_bytes: u64,
     /// Keep the interpreter's own frames in mixed Python stacks.
     pub interpreter_frames: bool,
