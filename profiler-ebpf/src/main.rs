@@ -16,6 +16,7 @@
 
 mod exec;
 mod maps;
+mod native;
 mod off_cpu;
 mod on_cpu;
 mod python;

@@ -1,6 +1,7 @@
-//! Fills a [`SampleEvent`] with the current thread's identity and stacks (native user,
-//! kernel with `--kernel` or for kernel threads, and Python): shared by on-CPU samples and
-//! off-CPU events, which both run in the thread's own context.
+//! Fills a [`SampleEvent`] with the current thread's identity and stacks (kernel with `--kernel`
+//! or for kernel threads, Python, and the native user stack by frame pointers when the DWARF
+//! unwinder does not walk it): shared by on-CPU samples and off-CPU events, which both run in
+//! the thread's own context.
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -10,7 +11,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_task, bpf_get_stack},
     },
 };
-use profiler_common::{MAX_NATIVE_FRAMES, OffCpuInfo, SampleEvent, TASK_COMM_LEN};
+use profiler_common::{MAX_NATIVE_FRAMES, OffCpuInfo, SampleEvent, TASK_COMM_LEN, unwind::end};
 
 use crate::{
     maps::{PY_PROCS, kernel_stacks, task_flags_offset},
@@ -53,14 +54,30 @@ pub unsafe fn fill(ctx: *mut c_void, ev: *mut SampleEvent, kind: u32, tgid: u32,
                 (*ev).kernel_stack_len = (n / 8) as u32;
             }
         }
-        // User stacks unwind by frame pointers only; the leaf (the sampled IP) is always right.
-        let n = bpf_get_stack(ctx, (*ev).user_stack.as_mut_ptr().cast(), STACK_BYTES, BPF_F_USER_STACK as u64);
-        (*ev).user_stack_len = if n > 0 { (n / 8) as u32 } else { 0 };
+        (*ev).user_stack_len = 0;
+        (*ev).user_end = end::FRAME_POINTERS;
+        (*ev).user_sp = 0;
 
         (*ev).py_frames_len = 0;
         (*ev).py_status = match PY_PROCS.get(&tgid) {
             Some(info) => python::unwind(info, tgid, tid, &mut (*ev).py_frames, &mut (*ev).py_frames_len),
             None => 0,
         };
+    }
+}
+
+/// The user stack by frame pointers (`bpf_get_stack`), for threads the DWARF unwinder does not
+/// walk: the leaf (the sampled IP) is always right, callers are lost in code built without
+/// frame pointers.
+///
+/// # Safety
+/// As [`fill`].
+#[inline(always)]
+pub unsafe fn frame_pointer_stack(ctx: *mut c_void, ev: *mut SampleEvent) {
+    unsafe {
+        let n = bpf_get_stack(ctx, (*ev).user_stack.as_mut_ptr().cast(), STACK_BYTES, BPF_F_USER_STACK as u64);
+        (*ev).user_stack_len = if n > 0 { (n / 8) as u32 } else { 0 };
+        (*ev).user_end = end::FRAME_POINTERS;
+        (*ev).user_sp = 0;
     }
 }

@@ -393,3 +393,47 @@ pub fn for_each_interpreter(what: &str, mut check: impl FnMut(&Interpreter) -> R
         interpreters().iter().filter_map(|i| check(i).err().map(|e| format!("{}: {e}", i.label))).collect();
     assert!(failures.is_empty(), "{what} failed on:\n{}", failures.join("\n"));
 }
+
+/// The C extension of tests/workloads/native_ext.py, built without frame pointers against the
+/// limited API (one build for every CPython 3.8+).
+const NATIVEEXT_C: &str = r#"
+#define Py_LIMITED_API 0x03080000
+#include <Python.h>
+static volatile unsigned long sink;
+__attribute__((noinline)) static void ext_spin_inner(long n) { for (long i = 0; i < n; i++) sink += i * i; }
+__attribute__((noinline)) static void ext_spin(long n) { ext_spin_inner(n); sink++; }
+__attribute__((noinline)) static PyObject *ext_middle(PyObject *cb) { PyObject *r = PyObject_CallObject(cb, NULL); sink++; return r; }
+__attribute__((noinline)) static PyObject *ext_call_through(PyObject *cb) { PyObject *r = ext_middle(cb); sink++; return r; }
+static PyObject *py_call_through(PyObject *self, PyObject *cb) { (void)self; PyObject *r = ext_call_through(cb); sink++; return r; }
+static PyObject *py_spin(PyObject *self, PyObject *arg) { (void)self; ext_spin(PyLong_AsLong(arg)); sink++; Py_RETURN_NONE; }
+static PyMethodDef methods[] = {
+    {"call_through", py_call_through, METH_O, 0},
+    {"spin", py_spin, METH_O, 0},
+    {0, 0, 0, 0},
+};
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "nativeext", 0, -1, methods, 0, 0, 0, 0};
+PyMODINIT_FUNC PyInit_nativeext(void) { return PyModule_Create(&module); }
+"#;
+
+/// Builds the extension with the oldest pyenv CPython's headers (the limited API of 3.8).
+pub fn native_extension() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    let include = PathBuf::from(home).join(".pyenv/versions");
+    let headers = std::fs::read_dir(&include)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path())
+        .filter_map(|d| {
+            let name = d.file_name()?.to_string_lossy().into_owned();
+            let minor: u32 = name.strip_prefix("3.")?.split('.').next()?.parse().ok()?;
+            let h = d.join(format!("include/python3.{minor}"));
+            (minor >= 8 && h.join("Python.h").exists()).then_some((minor, h))
+        })
+        .min()
+        .map(|(_, h)| h)
+        .or_else(|| Some(PathBuf::from("/usr/include/python3.11")).filter(|h| h.join("Python.h").exists()))
+        .expect("CPython headers to build the test extension");
+    let inc = format!("-I{}", headers.display());
+    crate::c_program_with("nativeext.abi3.so", NATIVEEXT_C, &["-O2", "-fomit-frame-pointer", "-shared", "-fPIC", &inc])
+}

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use super::{
-    aggregate::{Aggregator, LoopWait, NO_FRAME, ON_CPU, RawStack, Weight},
+    aggregate::{Aggregator, LoopWait, NO_FRAME, ON_CPU, RawFrame, RawStack, Weight},
     totals::ThreadTotals,
 };
 use crate::model::{
@@ -65,20 +65,23 @@ pub fn build(agg: &Aggregator, lookups: &dyn Lookups, totals: &ThreadTotals) -> 
 
 /// A raw stack's frames, root first.
 fn frames_of(agg: &Aggregator, raw: &RawStack, lookups: &dyn Lookups) -> Vec<Frame> {
-    let mut frames = Vec::with_capacity(raw.python.len() + raw.user.len() + raw.kernel.len());
-    frames.extend(raw.python.iter().map(|&id| agg.frames.frame[id as usize].clone()));
-    // Leaf first: a walk that reached an address that is not code ends there, marked: what it
-    // found beyond came from the same bad frame pointer.
-    let mut user: Vec<Frame> = Vec::with_capacity(raw.user.len());
-    for (i, &addr) in raw.user.iter().enumerate() {
-        let frame = lookups.user_frame(raw.pid, addr, i);
-        let stop = frame == Frame::Marker(Marker::NotCode);
-        user.push(frame);
-        if stop {
-            break;
-        }
+    let mut frames: Vec<Frame> = Vec::with_capacity(raw.user.len() + raw.kernel.len());
+    for f in raw.user.iter() {
+        frames.push(match *f {
+            RawFrame::Interned(id) => agg.frames.frame[id as usize].clone(),
+            RawFrame::Native { addr, leaf } => lookups.user_frame(raw.pid, addr, if leaf { 0 } else { 1 }),
+        });
     }
-    frames.extend(user.into_iter().rev());
+    // A frame-pointer walk that reached an address that is not code ends there, marked: the
+    // native frames rootward of it came from the same bad frame pointer.
+    if let Some(cut) = frames.iter().rposition(|f| *f == Frame::Marker(Marker::NotCode)) {
+        let mut at = 0;
+        frames.retain(|f| {
+            let keep = at >= cut || !matches!(f, Frame::Native(_) | Frame::Marker(Marker::NotCode));
+            at += 1;
+            keep
+        });
+    }
     for (i, &addr) in raw.kernel.iter().enumerate().rev() {
         frames.push(lookups.kernel_frame(addr, i));
     }
@@ -369,7 +372,7 @@ mod tests {
         struct Unknown;
         impl Lookups for Unknown {
             fn user_frame(&self, _: u32, _: u64, _: usize) -> Frame {
-                Frame::Native(NativeFrame { symbol: None, module: Some("libx.so".into()) })
+                Frame::Native(NativeFrame { symbol: None, module: Some("libx.so".into()), offset: None })
             }
             fn kernel_frame(&self, _: u64, _: usize) -> Frame {
                 Frame::Kernel(None)

@@ -47,6 +47,8 @@ pub fn is_alive(pid: u32) -> bool {
 pub struct Mapping {
     pub start: u64,
     pub end: u64,
+    /// The file offset `start` maps.
+    pub offset: u64,
     /// Mapped executable (`x`): code, the vDSO, a JIT's anonymous pages.
     pub executable: bool,
     /// The file's name (`libc.so.6`), `[vdso]`, or None for anonymous memory.
@@ -69,6 +71,7 @@ pub fn mappings(pid: u32) -> Option<Vec<Mapping>> {
             .map(|m| Mapping {
                 start: m.address.0,
                 end: m.address.1,
+                offset: m.offset,
                 executable: m.perms.contains(MMPermissions::EXECUTE),
                 file: match m.pathname {
                     MMapPath::Path(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()),

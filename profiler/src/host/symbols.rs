@@ -22,11 +22,13 @@ use blazesym::{
 
 use crate::host::procinfo::{self, Mapping};
 
-/// What an address of a process is: its symbol, else the file mapped there (when known).
+/// What an address of a process is: its symbol, else the file mapped there (when known) and
+/// the address's offset in that file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NativeSymbol {
     pub name: Option<String>,
     pub module: Option<String>,
+    pub offset: Option<u64>,
 }
 
 /// A user stack entry, symbolized.
@@ -76,13 +78,11 @@ impl Symbols {
         }
     }
 
-    /// Remembers addresses of a leaf-first user stack that have no symbol yet.
-    pub fn note_user_stack(&mut self, pid: u32, stack: &[u64]) {
-        for (i, &addr) in stack.iter().enumerate() {
-            let key = (pid, lookup_addr(addr, i == 0));
-            if !self.user.contains_key(&key) {
-                self.pending_user.entry(pid).or_default().insert(key.1);
-            }
+    /// Remembers one user address (`leaf`: the sampled instruction, else a return address).
+    pub fn note_user(&mut self, pid: u32, addr: u64, leaf: bool) {
+        let key = (pid, lookup_addr(addr, leaf));
+        if !self.user.contains_key(&key) {
+            self.pending_user.entry(pid).or_default().insert(key.1);
         }
     }
 
@@ -113,9 +113,19 @@ impl Symbols {
                 let results = self.symbolizer.symbolize(&src, Input::AbsAddr(&code)).ok();
                 for (i, &addr) in code.iter().enumerate() {
                     let symbol = match results.as_ref().and_then(|r| r.get(i)) {
-                        Some(Symbolized::Sym(sym)) => NativeSymbol { name: Some(sym.name.to_string()), module: None },
-                        // Name the module, so "[unknown] (libfoo.so)" still says where.
-                        _ => NativeSymbol { name: None, module: maps.file_at(addr) },
+                        Some(Symbolized::Sym(sym)) => {
+                            NativeSymbol { name: Some(sym.name.to_string()), module: None, offset: None }
+                        }
+                        // Name the module and the offset in it, so "[unknown] (libfoo.so+0x1234)"
+                        // still says where (and `addr2line -e libfoo.so` can say more).
+                        _ => match maps.exec_mapping(addr) {
+                            Some(m) => NativeSymbol {
+                                name: None,
+                                module: m.file.clone(),
+                                offset: m.file.as_ref().map(|_| addr - m.start + m.offset),
+                            },
+                            None => NativeSymbol::default(),
+                        },
                     };
                     self.user.insert((pid, addr), UserSymbol::Code(symbol));
                 }
@@ -204,11 +214,6 @@ impl ProcessMaps {
     fn exec_mapping(&self, addr: u64) -> Option<&Mapping> {
         self.cached.as_ref()?.iter().find(|m| m.executable && m.contains(addr))
     }
-
-    /// The file mapped executable at `addr`, if known.
-    fn file_at(&self, addr: u64) -> Option<String> {
-        self.exec_mapping(addr)?.file.clone()
-    }
 }
 
 #[cfg(test)]
@@ -225,7 +230,8 @@ mod tests {
         let data = DATA_SYMBOL.as_ptr() as u64 + 8;
         let mut symbols = Symbols::new();
         // Leaf first: a real return address, then a data address a frame pointer led to.
-        symbols.note_user_stack(pid, &[code + 4, data + 1]);
+        symbols.note_user(pid, code + 4, true);
+        symbols.note_user(pid, data + 1, false);
         symbols.resolve_pending();
         match symbols.user_symbol(pid, code + 4, 0) {
             Some(UserSymbol::Code(s)) => {
@@ -241,7 +247,7 @@ mod tests {
     fn maps_that_cannot_be_read_say_nothing() {
         let mut gone = ProcessMaps {
             pid: u32::MAX,
-            cached: Some(vec![Mapping { start: 0x1000, end: 0x2000, executable: true, file: None }]),
+            cached: Some(vec![Mapping { start: 0x1000, end: 0x2000, offset: 0, executable: true, file: None }]),
             read: MapsRead::NotYet,
         };
         assert_eq!(gone.executable(0x1800), Some(true));

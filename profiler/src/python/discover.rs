@@ -36,6 +36,10 @@ pub struct Interpreter {
     /// Address ranges of the interpreter's own code, to tell interpreter frames from native
     /// code in C extensions and libraries.
     pub code_ranges: Vec<(u64, u64)>,
+    /// Address ranges of the eval loop (`_PyEval_EvalFrameDefault` and its `.cold` part): the
+    /// native frames that run Python frames, in mixed stacks (empty if the binary has no such
+    /// symbols).
+    pub eval_ranges: Vec<(u64, u64)>,
     /// The file it was loaded from.
     pub path: PathBuf,
     /// 3.13+: the process's `_Py_DebugOffsets` (the start of `_PyRuntime`), as many bytes as
@@ -50,6 +54,8 @@ pub struct ElfFacts {
     pub py_version_hex: Option<u32>,
     /// Virtual address of the first loadable segment, page aligned: what file offset 0 maps to.
     pub base_vaddr: u64,
+    /// (start, end) virtual addresses of the eval loop's code.
+    pub eval_vaddrs: Vec<(u64, u64)>,
 }
 
 /// Caches ELF facts per (device, inode), so each interpreter binary is parsed once.
@@ -87,7 +93,15 @@ fn parse_elf_facts<'a, R: ReadRef<'a>>(data: R) -> Option<ElfFacts> {
     let elf = object::File::parse(data).ok()?;
     let mut runtime_vaddr = None;
     let mut py_version_hex = None;
+    let mut eval_vaddrs = Vec::new();
     for sym in elf.dynamic_symbols().chain(elf.symbols()) {
+        if let Ok(name) = sym.name()
+            && (name == EVAL_FUNCTION || name.strip_prefix(EVAL_FUNCTION).is_some_and(|rest| rest.starts_with(".cold")))
+            && sym.address() != 0
+            && !eval_vaddrs.contains(&(sym.address(), sym.address() + sym.size().max(1)))
+        {
+            eval_vaddrs.push((sym.address(), sym.address() + sym.size().max(1)));
+        }
         match sym.name() {
             Ok("_PyRuntime") if runtime_vaddr.is_none() => runtime_vaddr = Some(sym.address()),
             Ok("Py_Version") if py_version_hex.is_none() => {
@@ -99,13 +113,13 @@ fn parse_elf_facts<'a, R: ReadRef<'a>>(data: R) -> Option<ElfFacts> {
             }
             _ => {}
         }
-        if runtime_vaddr.is_some() && py_version_hex.is_some() {
-            break;
-        }
     }
     let base_vaddr = elf.segments().map(|s| s.address()).min()? & !0xfff;
-    Some(ElfFacts { runtime_vaddr, py_version_hex, base_vaddr })
+    Some(ElfFacts { runtime_vaddr, py_version_hex, base_vaddr, eval_vaddrs })
 }
+
+/// The eval loop: each of its calls runs Python frames (one per call before 3.11).
+const EVAL_FUNCTION: &str = "_PyEval_EvalFrameDefault";
 
 impl Inspector {
     fn elf_facts(&mut self, path: &std::path::Path) -> Option<ElfFacts> {
@@ -166,7 +180,16 @@ impl Inspector {
                 .filter(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
                 .map(|m| (m.address.0, m.address.1))
                 .collect();
-            return Inspection::Python(Interpreter { version, runtime_addr, code_ranges, path, debug_offsets });
+            let eval_ranges =
+                facts.eval_vaddrs.iter().map(|&(lo, hi)| (lo.wrapping_add(bias), hi.wrapping_add(bias))).collect();
+            return Inspection::Python(Interpreter {
+                version,
+                runtime_addr,
+                code_ranges,
+                eval_ranges,
+                path,
+                debug_offsets,
+            });
         }
         Inspection::NotPython
     }

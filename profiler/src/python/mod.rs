@@ -67,6 +67,18 @@ mod tests {
     }
 
     #[test]
+    fn is_entry_only_in_3_11() {
+        for ((_, minor, _), o) in super::offsets_generated::TABLE {
+            let at = super::frame_is_entry(o);
+            if *minor == 11 {
+                assert_eq!(at, 68, "3.11: is_entry precedes owner (69)");
+            } else {
+                assert_eq!(at, -1, "3.{minor}");
+            }
+        }
+    }
+
+    #[test]
     fn frame_fields_fit_the_kernels_single_read() {
         for ((major, minor, _), o) in super::offsets_generated::TABLE {
             let len = super::frame_read_len(o);
@@ -124,7 +136,19 @@ pub fn proc_info(runtime_addr: u64, o: &PyOffsets) -> PyProcInfo {
         frame_owner: off(o.frame_owner),
         code_firstlineno: off(o.code_firstlineno),
         frame_read_len: frame_read_len(o),
-        _reserved: 0,
+        frame_is_entry: off(frame_is_entry(o)),
+    }
+}
+
+/// `_PyInterpreterFrame.is_entry` (3.11 only: the first frame of each `_PyEval_EvalFrameDefault`
+/// call; 3.12 replaced it by entry frames). Not in the generated table: in 3.11's struct it is
+/// the `bool` just before the `char owner` (`int stacktop; bool is_entry; char owner;`).
+/// 3.11 is the version with an owner byte and no C-stack owner.
+fn frame_is_entry(o: &PyOffsets) -> i64 {
+    if o.frame_owner > 0 && o.frame_owned_by_cstack < 0 && o.frame_owned_by_interpreter < 0 {
+        o.frame_owner - 1
+    } else {
+        -1
     }
 }
 
@@ -232,6 +256,11 @@ impl PythonProcess {
     /// The GIL's address range: futex waits inside it are waits for the GIL (see [`gil_range`]).
     pub fn gil_range(&self) -> Option<(u64, u64)> {
         gil_range(&self.mem, &self.offsets, self.interpreter.runtime_addr)
+    }
+
+    /// Is `addr` in the eval loop (`_PyEval_EvalFrameDefault`), whose calls run Python frames?
+    pub fn in_eval(&self, addr: u64) -> bool {
+        self.interpreter.eval_ranges.iter().any(|&(lo, hi)| (lo..hi).contains(&addr))
     }
 
     /// Is `addr` inside the interpreter's own machine code?
