@@ -8,13 +8,15 @@
 //! This crate is the whole contract between the two sides: the record and map types, the names
 //! userspace addresses maps, programs and globals by ([`names`]), the maps' capacities
 //! ([`map_size`]), and the few computations both sides make on the same data (the poll family's
-//! argument in [`poll_arg`], the split of an off-CPU interval and the off-CPU stack budget in
+//! argument in [`poll_arg`], a futex's in [`futex_arg`], the split of an off-CPU interval and the off-CPU stack budget in
 //! [`ThreadTimes`]): defined once here, so the kernel and userspace cannot drift apart, and unit
 //! tested on the host. `profiler`'s `bpf::contract` test checks the built object against it.
 #![cfg_attr(not(test), no_std)]
 
+pub mod futex_arg;
 pub mod poll_arg;
 mod times;
+pub mod unwind;
 
 pub use times::split_off_interval;
 
@@ -63,7 +65,39 @@ pub mod map_size {
     pub const EVENTS_DEFAULT_BYTES: u32 = 4 << 20;
     /// Slots of the per-CPU `STATS` array.
     pub const STATS: u32 = super::stat::COUNT;
+    /// Elements (two 4-byte rows each) of the unwind rows array as compiled (24 MiB: 6.3 M
+    /// rows, a busy developer host's worth); userspace sets the real number at load time (1
+    /// without `--native`).
+    pub const UNWIND_ROW_PAIRS: u32 = 3 << 20;
+    /// Page entries (64 KiB of text each): 8 GiB of code.
+    pub const UNWIND_PAGES: u32 = 131_072;
+    /// Distinct unwind rules on the host (a busy host has ~2 500; the row's index is a `u16`).
+    pub const UNWIND_RULES: u32 = 65_536;
+    /// Binaries with a table at once.
+    pub const UNWIND_TABLES: u32 = 8192;
+    /// Executable mappings of all processes, in per-process ranges.
+    pub const UNWIND_MAPPINGS: u32 = 131_072;
+    /// Processes whose mappings the unwinder knows.
+    pub const UNWIND_PROCS: u32 = 8192;
+    /// Per-CPU scratch records: one per kind of program that unwinds ([`super::scratch_slot`]).
+    pub const UNWIND_SCRATCH: u32 = super::scratch_slot::COUNT;
+    /// Slots of each program array (the unwinder's index is [`super::UNWIND_PROG_INDEX`]).
+    pub const UNWIND_PROGS: u32 = 4;
 }
+
+/// Which per-CPU scratch record a program builds its event in. A perf-event program can
+/// interrupt a tracepoint program on the same CPU, and a preemptible kernel can switch tasks
+/// in the middle of `sys_exit`'s program, so each kind of program has its own.
+pub mod scratch_slot {
+    pub const ON_CPU: u32 = 0;
+    pub const SYS_EXIT: u32 = 1;
+    pub const SCHED_SWITCH: u32 = 2;
+    pub const COUNT: u32 = 3;
+}
+
+/// Index of the native unwinder in its program array (the perf-event one, and the raw
+/// tracepoint one for each slot: [`scratch_slot`] + this).
+pub const UNWIND_PROG_INDEX: u32 = 0;
 
 /// What a ring-buffer record holds; the first `u32` of every record.
 #[repr(u32)]
@@ -193,7 +227,8 @@ pub struct SampleEvent {
     pub tid: u32,
     /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds.
     pub time_ns: u64,
-    /// Number of valid entries in `kernel_stack` (0 when not asked for or unavailable).
+    /// Number of valid entries in `kernel_stack` (0 when not asked for or unavailable). Kernel
+    /// threads always have theirs: it is all they have.
     pub kernel_stack_len: u32,
     /// Number of valid entries in `user_stack` (0 for kernel threads or on fault).
     pub user_stack_len: u32,
@@ -209,6 +244,25 @@ pub struct SampleEvent {
     pub user_stack: [u64; MAX_NATIVE_FRAMES],
     /// Python frames, innermost first.
     pub py_frames: [PyFrameRecord; MAX_PY_FRAMES],
+    /// The leaf frame's stack pointer, when the DWARF unwinder walked the stack (with
+    /// `user_cfa`, each frame's stack range: frame i spans `[cfa[i-1], cfa[i])`).
+    pub user_sp: u64,
+    /// How the native walk ended ([`unwind::end`]); [`unwind::end::FRAME_POINTERS`] when
+    /// `user_stack` is `bpf_get_stack`'s frame-pointer walk.
+    pub user_end: u32,
+    pub _pad: u32,
+    /// Each native frame's CFA (its caller's stack pointer), 0 where not known.
+    pub user_cfa: [u64; MAX_NATIVE_FRAMES],
+}
+
+/// The per-CPU record a sample is built in when the native unwinder runs: a ring-buffer
+/// reservation cannot be held across the unwinder's tail calls, so the event is assembled
+/// here and copied to the ring buffer at the end.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct UnwindScratch {
+    pub state: unwind::UnwindState,
+    pub ev: SampleEvent,
 }
 
 /// Why and how long a thread was off-CPU during one syscall (all zero in on-CPU samples).
@@ -221,7 +275,8 @@ pub struct OffCpuInfo {
     pub runq_ns: u64,
     /// Syscall number.
     pub syscall_nr: i64,
-    /// Its first argument (an fd, a futex address...).
+    /// Its first argument (an fd, a futex address...; see [`poll_arg`] and [`futex_arg`] for
+    /// what the kernel records instead for some calls).
     pub arg0: u64,
     /// [`off_state`] class of the last switch-out.
     pub state: u32,
@@ -249,7 +304,8 @@ pub struct OffCpuKey {
     pub state: u32,
     /// Syscall in flight, or -1.
     pub syscall_nr: i64,
-    /// Its first argument, or 0 (see [`poll_arg`] for the poll family).
+    /// Its first argument, or 0 (see [`poll_arg`] for the poll family, [`futex_arg`] for
+    /// futexes).
     pub arg0: u64,
 }
 
@@ -311,9 +367,17 @@ pub struct PyFrameRecord {
     /// `co_firstlineno` read from the code object: tells a code object apart from a later one
     /// allocated at the same address.
     pub fingerprint: u32,
-    /// `_PyInterpreterFrame.owner` (3.11+), 0 before.
+    /// `_PyInterpreterFrame.owner` (3.11+), 0 before; plus [`PY_FRAME_IS_ENTRY`].
     pub owner: u32,
 }
+
+/// Bit of [`PyFrameRecord::owner`]: 3.11's `is_entry` is set on the frame (the first frame of
+/// its `_PyEval_EvalFrameDefault` call).
+pub const PY_FRAME_IS_ENTRY: u32 = 1 << 8;
+/// Frames with an owner from this up are no Python code (3.12+: the eval loop's entry frame,
+/// a local of the C call that runs the frames above it): the kernel records the frame's own
+/// address in [`PyFrameRecord::instr`], which ties it to that C frame in a mixed stack.
+pub const PY_OWNER_ENTRY_MIN: u32 = 3;
 
 /// Bits of [`SampleEvent::py_status`].
 pub mod py_status {
@@ -359,7 +423,8 @@ pub struct PyProcInfo {
     pub code_firstlineno: u16,
     /// Bytes of a frame to read at once to get all its fields above (≤ [`PY_FRAME_READ_MAX`]).
     pub frame_read_len: u16,
-    pub _reserved: u16,
+    /// `_PyInterpreterFrame.is_entry` (a byte, 3.11 only).
+    pub frame_is_entry: u16,
 }
 
 /// Indices into the per-CPU `STATS` counter array.
@@ -370,10 +435,14 @@ pub mod stat {
     pub const PY_THREAD_SCANS: u32 = 1;
     /// Off-CPU stacks not taken: the thread's stack budget was spent.
     pub const OFFCPU_SAMPLED_OUT: u32 = 2;
+    /// Native walks by the DWARF unwinder, and runs of its program (a walk takes one run per
+    /// [`super::unwind::FRAMES_PER_RUN`] frames).
+    pub const NATIVE_WALKS: u32 = 3;
+    pub const NATIVE_RUNS: u32 = 4;
     /// Children of followed processes not followed: `TARGET_PIDS` or `FOLLOWED` was full.
-    pub const FOLLOW_FULL: u32 = 3;
+    pub const FOLLOW_FULL: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 4;
+    pub const COUNT: u32 = 6;
 }
 
 /// Names of the globals, maps and programs the userspace loader addresses by name (the kernel
@@ -405,6 +474,10 @@ pub mod names {
     /// `u32` globals: offsets of `pid` and `tgid` in `task_struct` (from kernel BTF).
     pub const GLOBAL_TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
     pub const GLOBAL_TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+    /// `u32` global: offset of `flags` in `task_struct` (from kernel BTF), 0 if unknown: tells
+    /// kernel threads (`PF_KTHREAD`), whose kernel stack is recorded even without
+    /// `KERNEL_STACKS` (they have no other).
+    pub const GLOBAL_TASK_FLAGS_OFFSET: &str = "TASK_FLAGS_OFFSET";
     /// Hash map [`super::OffCpuKey`] → [`super::OffCpuSum`].
     pub const MAP_OFFCPU_SUMS: &str = "OFFCPU_SUMS";
     /// LRU hash map tid → [`super::ThreadTimes`].
@@ -430,9 +503,39 @@ pub mod names {
     pub const PROG_EXEC: &str = "process_exec";
     /// The `sched_process_fork` raw tracepoint program (process trees).
     pub const PROG_FORK: &str = "process_fork";
+    /// `u8` global: 1 = walk native stacks with the DWARF unwinder (`--native`).
+    pub const GLOBAL_NATIVE: &str = "NATIVE";
+    /// `u32` global: offset of `stack` in `task_struct` (from kernel BTF): where a task's user
+    /// registers are when a sample interrupts it in the kernel.
+    pub const GLOBAL_TASK_STACK_OFFSET: &str = "TASK_STACK_OFFSET";
+    /// Arrays of row pairs (`u64`, see [`super::unwind::row_of_pair`]), [`super::unwind::PageEntry`],
+    /// [`super::unwind::RuleRec`], [`super::unwind::TableInfo`], [`super::unwind::Mapping`].
+    pub const MAP_UNWIND_ROWS: &str = "UNWIND_ROWS";
+    pub const MAP_UNWIND_PAGES: &str = "UNWIND_PAGES";
+    pub const MAP_UNWIND_RULES: &str = "UNWIND_RULES";
+    pub const MAP_UNWIND_TABLES: &str = "UNWIND_TABLES";
+    pub const MAP_UNWIND_MAPPINGS: &str = "UNWIND_MAPPINGS";
+    /// Hash map tgid → [`super::unwind::ProcMaps`].
+    pub const MAP_UNWIND_PROCS: &str = "UNWIND_PROCS";
+    /// Per-CPU array of [`super::UnwindScratch`], one per [`super::scratch_slot`].
+    pub const MAP_UNWIND_SCRATCH: &str = "UNWIND_SCRATCH";
+    /// Program arrays the sampling programs tail-call the unwinder through (a program array
+    /// holds programs of one type).
+    pub const MAP_UNWIND_PROGS_PERF: &str = "UNWIND_PROGS_PERF";
+    pub const MAP_UNWIND_PROGS_RAW_TP: &str = "UNWIND_PROGS_RAW_TP";
+    /// The unwinder: a perf-event program for on-CPU samples, raw tracepoint programs for
+    /// off-CPU stacks (one per scratch slot).
+    pub const PROG_UNWIND_PERF: &str = "unwind_native_on_cpu";
+    pub const PROG_UNWIND_SYS_EXIT: &str = "unwind_native_sys_exit";
+    pub const PROG_UNWIND_SCHED_SWITCH: &str = "unwind_native_sched_switch";
+    /// The raw tracepoint unwinders and their slot in the raw tracepoint program array.
+    pub const RAW_TP_UNWINDERS: [(&str, u32); 2] = [
+        (PROG_UNWIND_SYS_EXIT, super::scratch_slot::SYS_EXIT),
+        (PROG_UNWIND_SCHED_SWITCH, super::scratch_slot::SCHED_SWITCH),
+    ];
 
     /// Every map of the object.
-    pub const MAPS: [&str; 9] = [
+    pub const MAPS: [&str; 18] = [
         MAP_EVENTS,
         MAP_STATS,
         MAP_TARGET_PIDS,
@@ -442,9 +545,18 @@ pub mod names {
         MAP_OFFCPU_SUMS,
         MAP_THREAD_TIMES,
         MAP_IN_FLIGHT,
+        MAP_UNWIND_ROWS,
+        MAP_UNWIND_PAGES,
+        MAP_UNWIND_RULES,
+        MAP_UNWIND_TABLES,
+        MAP_UNWIND_MAPPINGS,
+        MAP_UNWIND_PROCS,
+        MAP_UNWIND_SCRATCH,
+        MAP_UNWIND_PROGS_PERF,
+        MAP_UNWIND_PROGS_RAW_TP,
     ];
     /// Every global of the object, with its size in bytes.
-    pub const GLOBALS: [(&str, usize); 10] = [
+    pub const GLOBALS: [(&str, usize); 13] = [
         (GLOBAL_TARGET_ALL, 1),
         (GLOBAL_KERNEL_STACKS, 1),
         (GLOBAL_SELF_PID, 4),
@@ -455,6 +567,9 @@ pub mod names {
         (GLOBAL_OFFCPU_STACK_COST_NS, 8),
         (GLOBAL_TASK_PID_OFFSET, 4),
         (GLOBAL_TASK_TGID_OFFSET, 4),
+        (GLOBAL_TASK_FLAGS_OFFSET, 4),
+        (GLOBAL_NATIVE, 1),
+        (GLOBAL_TASK_STACK_OFFSET, 4),
     ];
     /// The raw tracepoint programs and the tracepoint each is attached to.
     pub const RAW_TRACEPOINTS: [(&str, &str); 6] = [
@@ -465,8 +580,9 @@ pub mod names {
         (PROG_SYS_ENTER, "sys_enter"),
         (PROG_SYS_EXIT, "sys_exit"),
     ];
-    /// Every program of the object: the perf-event sampler and the raw tracepoints.
-    pub const PROGRAMS: [&str; 7] = [
+    /// Every program of the object: the perf-event sampler, the raw tracepoints, and the
+    /// unwinders they tail-call.
+    pub const PROGRAMS: [&str; 10] = [
         PROG_ON_CPU,
         RAW_TRACEPOINTS[0].0,
         RAW_TRACEPOINTS[1].0,
@@ -474,6 +590,9 @@ pub mod names {
         RAW_TRACEPOINTS[3].0,
         RAW_TRACEPOINTS[4].0,
         RAW_TRACEPOINTS[5].0,
+        PROG_UNWIND_PERF,
+        RAW_TP_UNWINDERS[0].0,
+        RAW_TP_UNWINDERS[1].0,
     ];
 }
 
@@ -502,6 +621,11 @@ pod!(
     OffCpuSum,
     ThreadTimes,
     InFlight,
+    unwind::PageEntry,
+    unwind::RuleRec,
+    unwind::TableInfo,
+    unwind::Mapping,
+    unwind::ProcMaps,
 );
 
 // Layout checks: a mismatch here is a compile error on both sides. Each size is the sum of the
@@ -530,7 +654,22 @@ const _: () = {
                 + size_of::<OffCpuInfo>()
                 + 2 * 8 * MAX_NATIVE_FRAMES
                 + size_of::<PyFrameRecord>() * MAX_PY_FRAMES
+                + 8
+                + 2 * 4
+                + 8 * MAX_NATIVE_FRAMES
     );
+    assert!(offset_of!(SampleEvent, user_sp) == 96 + 2 * 8 * MAX_NATIVE_FRAMES + 24 * MAX_PY_FRAMES);
+    assert!(size_of::<unwind::UnwindRow>() == 4);
+    assert!(size_of::<unwind::PageEntry>() == 4 + 2 + 2);
+    assert!(size_of::<unwind::RuleRec>() == 1 + 1 + 2 + 4);
+    assert!(size_of::<unwind::TableInfo>() == 4 * 4);
+    assert!(size_of::<unwind::Mapping>() == 3 * 8 + 2 * 4);
+    assert!(size_of::<unwind::ProcMaps>() == 2 * 4);
+    assert!(size_of::<unwind::UnwindState>() == 3 * 8 + 6 * 4);
+    assert!(size_of::<UnwindScratch>() == size_of::<unwind::UnwindState>() + size_of::<SampleEvent>());
+    // A page of text has at most 2^16 rows: the search's bound covers it.
+    assert!(1 << unwind::MAX_SEARCH_STEPS >= 1 << unwind::PAGE_BITS);
+    assert!(1 << unwind::MAPPING_SEARCH_STEPS >= unwind::MAX_PROC_MAPPINGS);
     assert!(align_of::<SampleEvent>() == 8);
     // userspace decodes a SampleEvent field by field in this order (engine/events.rs).
     assert!(offset_of!(SampleEvent, time_ns) == 16);

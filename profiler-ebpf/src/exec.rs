@@ -1,9 +1,10 @@
-//! Exec of a profiled process: its old program's layout is void. Drop it from `PY_PROCS` at
-//! once (so the unwinder never walks the new program with the old offsets) and tell userspace.
+//! Exec of a profiled process: its old program's layout is void. Drop it from `PY_PROCS` and
+//! `UNWIND_PROCS` at once (so the unwinders never walk the new program with the old offsets or
+//! mappings) and tell userspace.
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
 use profiler_common::{EventKind, ExecEvent, stat};
 
-use crate::maps::{EVENTS, PY_PROCS, bump, is_target};
+use crate::maps::{EVENTS, PY_PROCS, UNWIND_PROCS, bump, is_target};
 
 /// A raw tracepoint: attaching needs no tracefs mount.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
@@ -13,6 +14,8 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let _ = PY_PROCS.remove(&tgid);
+    // Its mappings are the old program's too.
+    let _ = UNWIND_PROCS.remove(&tgid);
     let event = ExecEvent { kind: EventKind::Exec as u32, pid: tgid };
     if EVENTS.output::<ExecEvent>(&event, 0).is_err() {
         bump(stat::LOST);

@@ -17,6 +17,7 @@
 mod exec;
 mod lifecycle;
 mod maps;
+mod native;
 mod off_cpu;
 mod on_cpu;
 mod python;

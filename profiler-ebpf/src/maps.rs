@@ -1,11 +1,15 @@
 //! Maps and load-time globals shared by the programs. Names are listed in
 //! `profiler_common::names`; userspace addresses them by those names.
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     helpers::bpf_probe_read_kernel,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
-use profiler_common::{InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, map_size};
+use profiler_common::{
+    InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, UnwindScratch, map_size,
+    unwind::{Mapping, PageEntry, ProcMaps, RuleRec, TableInfo},
+};
 
 /// Events to userspace. Userspace resizes it at load time to fit the sampling rate.
 #[map]
@@ -46,6 +50,33 @@ pub static IN_FLIGHT: LruHashMap<u32, InFlight> = LruHashMap::with_max_entries(m
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(map_size::STATS, 0);
 
+/// The native unwinder's tables (see `profiler_common::unwind`), written by userspace: rows,
+/// page directories, the host-wide rule dictionary, where each binary's table is, and each
+/// process's executable mappings. Rows and pages are written by userspace through a memory
+/// mapping of the array (millions of rows would be as many syscalls).
+#[map]
+pub static UNWIND_ROWS: Array<u64> = Array::with_max_entries(map_size::UNWIND_ROW_PAIRS, BPF_F_MMAPABLE);
+#[map]
+pub static UNWIND_PAGES: Array<PageEntry> = Array::with_max_entries(map_size::UNWIND_PAGES, BPF_F_MMAPABLE);
+#[map]
+pub static UNWIND_RULES: Array<RuleRec> = Array::with_max_entries(map_size::UNWIND_RULES, 0);
+#[map]
+pub static UNWIND_TABLES: Array<TableInfo> = Array::with_max_entries(map_size::UNWIND_TABLES, 0);
+#[map]
+pub static UNWIND_MAPPINGS: Array<Mapping> = Array::with_max_entries(map_size::UNWIND_MAPPINGS, 0);
+#[map]
+pub static UNWIND_PROCS: HashMap<u32, ProcMaps> = HashMap::with_max_entries(map_size::UNWIND_PROCS, 0);
+
+/// Where a sample is assembled while the unwinder's tail calls run (see `UnwindScratch`).
+#[map]
+pub static UNWIND_SCRATCH: PerCpuArray<UnwindScratch> = PerCpuArray::with_max_entries(map_size::UNWIND_SCRATCH, 0);
+
+/// The unwinder programs, tail-called by the sampling programs (one array per program type).
+#[map]
+pub static UNWIND_PROGS_PERF: ProgramArray = ProgramArray::with_max_entries(map_size::UNWIND_PROGS, 0);
+#[map]
+pub static UNWIND_PROGS_RAW_TP: ProgramArray = ProgramArray::with_max_entries(map_size::UNWIND_PROGS, 0);
+
 // Globals set by userspace before load (aya `EbpfLoader::set_global`). Read with read_volatile so
 // the compiler does not constant-fold the zero initialiser.
 #[unsafe(no_mangle)]
@@ -66,9 +97,27 @@ static OFFCPU_THRESHOLD_NS: u64 = 0;
 static TASK_PID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_TGID_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_FLAGS_OFFSET: u32 = 0;
 
 #[unsafe(no_mangle)]
 static OFFCPU_STACK_COST_NS: u64 = 0;
+#[unsafe(no_mangle)]
+static NATIVE: u8 = 0;
+#[unsafe(no_mangle)]
+static TASK_STACK_OFFSET: u32 = 0;
+
+/// Is the DWARF unwinder on (`--native`)?
+#[inline(always)]
+pub fn native() -> bool {
+    unsafe { core::ptr::read_volatile(&NATIVE) != 0 }
+}
+
+/// Offset of `stack` in `task_struct`, 0 if unknown.
+#[inline(always)]
+pub fn task_stack_offset() -> u32 {
+    unsafe { core::ptr::read_volatile(&TASK_STACK_OFFSET) }
+}
 
 /// Stack budget one off-CPU stack costs (see `ThreadTimes::take_stack_credit`).
 #[inline(always)]
@@ -97,6 +146,12 @@ pub fn task_ids(task: u64) -> Option<(u32, u32)> {
     let tid = unsafe { bpf_probe_read_kernel((task + pid_off as u64) as *const u32) }.ok()?;
     let tgid = unsafe { bpf_probe_read_kernel((task + tgid_off as u64) as *const u32) }.ok()?;
     Some((tid, tgid))
+}
+
+/// Offset of `flags` in `task_struct`, 0 if unknown.
+#[inline(always)]
+pub fn task_flags_offset() -> u32 {
+    unsafe { core::ptr::read_volatile(&TASK_FLAGS_OFFSET) }
 }
 
 /// Is off-CPU time of this process tracked? Python processes, and explicit targets.

@@ -18,16 +18,16 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use profiler_common::{
-    EventKind, InFlight, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, SampleEvent, ThreadTimes, off_state,
-    poll_arg, split_off_interval, stat,
+    EventKind, InFlight, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, ThreadTimes, futex_arg, off_state,
+    poll_arg, scratch_slot, split_off_interval, stat,
 };
 
 use crate::{
     maps::{
-        EVENTS, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, bump, is_offcpu_target, offcpu_stack_cost_ns,
-        offcpu_threshold_ns, task_ids,
+        EVENTS, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, UNWIND_PROGS_RAW_TP, UNWIND_SCRATCH, bump, is_offcpu_target,
+        offcpu_stack_cost_ns, offcpu_threshold_ns, task_ids,
     },
-    stacks,
+    native, stacks,
 };
 
 /// `prev_state` bit of an uninterruptible sleep.
@@ -36,6 +36,8 @@ const TASK_UNINTERRUPTIBLE: u64 = 0x2;
 const PT_REGS_DI: u64 = 112;
 /// ... and of `si`, the second.
 const PT_REGS_SI: u64 = 104;
+/// ... and of `sp`, the caller's stack pointer.
+const PT_REGS_SP: u64 = 152;
 
 /// Takes one off-CPU stack from the thread's budget, if it has one left (see
 /// `ThreadTimes::take_stack_credit` for why there is a budget).
@@ -87,17 +89,22 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         };
         // Preempted outside a syscall: no sys_exit will come to take the stack it waits
         // in, so take it now, in its own context; userspace keeps it until the wait's end.
-        if t.off_state == off_state::RUNNABLE && IN_FLIGHT.get_ptr(&prev_tid).is_none() && take_stack_budget(t, now) {
-            if let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) {
-                let ev = entry.as_mut_ptr();
-                unsafe {
-                    stacks::fill(ctx.as_ptr(), ev, EventKind::Preempted as u32, prev_tgid, prev_tid);
-                    (*ev).time_ns = now;
-                }
-                entry.submit(aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64);
-            } else {
-                bump(stat::LOST);
+        if t.off_state == off_state::RUNNABLE
+            && IN_FLIGHT.get_ptr(&prev_tid).is_none()
+            && take_stack_budget(t, now)
+            && let Some(s) = UNWIND_SCRATCH.get_ptr_mut(scratch_slot::SCHED_SWITCH)
+        {
+            // SAFETY: this CPU's record for sched_switch; built here, sent by the unwinder.
+            let s = unsafe { &mut *s };
+            unsafe {
+                stacks::fill(ctx.as_ptr(), &mut s.ev, EventKind::Preempted as u32, prev_tgid, prev_tid);
             }
+            s.ev.time_ns = now;
+            if native::prepare(s, prev_tgid, native::current_user_regs) {
+                native::start(&ctx, &UNWIND_PROGS_RAW_TP, scratch_slot::SCHED_SWITCH);
+            }
+            unsafe { stacks::frame_pointer_stack(ctx.as_ptr(), &mut s.ev) };
+            native::submit(s);
         }
     }
 
@@ -179,6 +186,11 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         let arg1 = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const u64) }.unwrap_or(0);
         arg0 = poll_arg::encode(nr, arg0, arg1, |addr| unsafe { bpf_probe_read_user(addr as *const u64) }.ok());
     }
+    // A futex word on the waiter's own stack is a parking-lot wait (CPython's PyMutex): mark it.
+    if nr == futex_arg::SYS_FUTEX {
+        let sp = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SP) as *const u64) }.unwrap_or(0);
+        arg0 = futex_arg::encode(nr, arg0, sp);
+    }
     let call = InFlight { syscall_nr: nr, arg0, entry_ns: unsafe { bpf_ktime_get_ns() }, ..Default::default() };
     let _ = IN_FLIGHT.insert(&tid, &call, 0);
     0
@@ -198,23 +210,24 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if !take_stack_budget(unsafe { &mut *t }, unsafe { bpf_ktime_get_ns() }) {
         return 0;
     }
-    let Some(mut entry) = EVENTS.reserve::<SampleEvent>(0) else {
-        bump(stat::LOST);
-        return 0;
+    let Some(s) = UNWIND_SCRATCH.get_ptr_mut(scratch_slot::SYS_EXIT) else { return 0 };
+    // SAFETY: this CPU's record for sys_exit; built here, sent by the unwinder (or below).
+    let s = unsafe { &mut *s };
+    unsafe { stacks::fill(ctx.as_ptr(), &mut s.ev, EventKind::OffCpu as u32, tgid, tid) };
+    s.ev.off = OffCpuInfo {
+        blocked_ns: call.blocked_ns,
+        runq_ns: call.runq_ns,
+        syscall_nr: call.syscall_nr,
+        arg0: call.arg0,
+        state: call.state,
+        switches: call.switches,
     };
-    let ev = entry.as_mut_ptr();
-    // SAFETY: a reserved, exclusively owned ring-buffer slot of the right size.
-    unsafe {
-        stacks::fill(ctx.as_ptr(), ev, EventKind::OffCpu as u32, tgid, tid);
-        (*ev).off = OffCpuInfo {
-            blocked_ns: call.blocked_ns,
-            runq_ns: call.runq_ns,
-            syscall_nr: call.syscall_nr,
-            arg0: call.arg0,
-            state: call.state,
-            switches: call.switches,
-        };
+    // The syscall's own pt_regs hold the user context it returns to.
+    let regs: u64 = ctx.arg(0);
+    if native::prepare(s, tgid, || native::regs_at(regs)) {
+        native::start(&ctx, &UNWIND_PROGS_RAW_TP, scratch_slot::SYS_EXIT);
     }
-    entry.submit(aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64);
+    unsafe { stacks::frame_pointer_stack(ctx.as_ptr(), &mut s.ev) };
+    native::submit(s);
     0
 }

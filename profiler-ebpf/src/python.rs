@@ -10,8 +10,8 @@ use aya_ebpf::helpers::{
     generated::bpf_get_current_task,
 };
 use profiler_common::{
-    EventKind, MAX_PY_FRAMES, PY_CODE_TAG_MASK, PY_FRAME_READ_MAX, PY_OFFSET_NONE, PyFrameRecord, PyProcInfo,
-    ThreadMissEvent, TstateEntry, py_status, stat,
+    EventKind, MAX_PY_FRAMES, PY_CODE_TAG_MASK, PY_FRAME_IS_ENTRY, PY_FRAME_READ_MAX, PY_OFFSET_NONE,
+    PY_OWNER_ENTRY_MIN, PyFrameRecord, PyProcInfo, ThreadMissEvent, TstateEntry, py_status, stat,
 };
 
 use crate::maps::{EVENTS, TSTATE_CACHE, bump, fsbase_offset, py_max_depth};
@@ -178,7 +178,13 @@ pub fn unwind(info: &PyProcInfo, tgid: u32, tid: u32, out: &mut [PyFrameRecord; 
         // mask from PyProcInfo cost the verifier ~10K more instructions per program.)
         let code = field(&chunk, info.frame_code, 8) & !PY_CODE_TAG_MASK;
         let instr = field(&chunk, info.frame_instr, info.frame_instr_size);
-        let owner = if info.frame_owner != PY_OFFSET_NONE { field(&chunk, info.frame_owner, 1) as u32 } else { 0 };
+        let mut owner = if info.frame_owner != PY_OFFSET_NONE { field(&chunk, info.frame_owner, 1) as u32 } else { 0 };
+        // An entry frame (3.12+) runs no code: its own address is what ties it to the C frame
+        // of the eval call it belongs to, in mixed stacks.
+        let instr = if owner >= PY_OWNER_ENTRY_MIN { frame } else { instr };
+        if info.frame_is_entry != PY_OFFSET_NONE && field(&chunk, info.frame_is_entry, 1) != 0 {
+            owner |= PY_FRAME_IS_ENTRY;
+        }
         let fingerprint = if code != 0 { read_u32(at(code, info.code_firstlineno)).unwrap_or(0) } else { 0 };
         out[i] = PyFrameRecord { code, instr, fingerprint, owner };
         n = i as u32 + 1;

@@ -70,6 +70,24 @@ pub struct SamplingArgs {
     /// the waits it has no stack for is spread over its stacks of the same category.
     #[arg(long, value_name = "PER_SECOND", default_value_t = DEFAULT_OFF_CPU_STACK_RATE)]
     pub off_cpu_stack_rate: u32,
+
+    /// Unwind native stacks in the kernel from DWARF CFI (`.eh_frame`, `.debug_frame`), not
+    /// frame pointers: complete native stacks in code built without them, and for Python
+    /// processes mixed stacks (native frames of extensions and libraries between the Python
+    /// frames that called them).
+    #[arg(long)]
+    pub native: bool,
+
+    /// With --native: memory for unwind tables, shared by every process (MiB, allocated in the
+    /// kernel when profiling starts).
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_NATIVE_TABLE_MIB,
+          value_parser = clap::value_parser!(u32).range(4..=1024), requires = "native")]
+    pub native_table_mib: u32,
+
+    /// With --native: keep the interpreter's own native frames (the eval loop, call
+    /// machinery, interpreter start-up) in Python processes' stacks.
+    #[arg(long, requires = "native")]
+    pub interpreter_frames: bool,
 }
 
 /// Whether the targets' child processes (and theirs) are profiled too: the same flags for
@@ -291,6 +309,9 @@ pub const DEFAULT_FREQUENCY: u32 = 99;
 pub const DEFAULT_OFF_CPU_THRESHOLD_US: u64 = 100;
 /// Off-CPU stacks per second per thread at most, unless told otherwise.
 pub const DEFAULT_OFF_CPU_STACK_RATE: u32 = 50;
+/// Unwind-table memory with --native, unless told otherwise: a busy developer host's binaries
+/// (two Rust toolchains with their LLVM included) need about 15 MiB.
+pub const DEFAULT_NATIVE_TABLE_MIB: u32 = 24;
 
 /// Parses "10", "2.5", "500ms", "30s", "2m" into a positive duration.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

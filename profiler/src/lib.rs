@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! main → cli, commands → engine, output → model
-//!                         engine → bpf, python, offcpu, host
+//!                         engine → bpf, python, offcpu, native, host
 //! ```
 //!
 //! - [`cli`]: the command line (clap types only); read by `main` and [`commands`] alone.
@@ -14,6 +14,7 @@
 //! - [`bpf`]: loading, configuring and reading the kernel programs.
 //! - [`python`]: CPython processes: discovery, layouts, code objects, thread names, event loops.
 //! - [`offcpu`]: what a wait was: syscall classes, descriptor targets, categories.
+//! - [`native`]: native stacks from DWARF CFI: unwind tables for the kernel, mixed stacks.
 //! - [`host`]: the machine: /proc, native symbols, process memory, clocks, privileges.
 //! - [`model`]: the finished profile, typed; what every output is made from.
 //! - [`output`]: files and the terminal summary rendered from the model.
@@ -25,6 +26,7 @@ pub mod engine;
 pub mod error;
 pub mod host;
 pub mod model;
+pub mod native;
 pub mod offcpu;
 pub mod output;
 pub mod python;

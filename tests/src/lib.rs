@@ -164,9 +164,16 @@ pub fn target_dir() -> PathBuf {
 /// A C program compiled with frame pointers (so user stacks unwind), built once into
 /// target/tmp and keyed by a hash of its source.
 pub fn c_program(name: &str, source: &str) -> PathBuf {
+    c_program_with(name, source, &["-O0", "-g", "-fno-omit-frame-pointer", "-pthread"])
+}
+
+/// A C program (or with `-shared`, a library) compiled with `flags`, built once into
+/// target/tmp and keyed by a hash of its source and flags.
+pub fn c_program_with(name: &str, source: &str, flags: &[&str]) -> PathBuf {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     source.hash(&mut h);
+    flags.hash(&mut h);
     // One directory per source hash, so the binary keeps its own name (tests check `comm`).
     let dir = target_dir().join(format!("tmp/c-programs/{:016x}", h.finish()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -177,12 +184,7 @@ pub fn c_program(name: &str, source: &str) -> PathBuf {
         let src = dir.join(format!("{unique}.c"));
         let tmp = dir.join(format!("{unique}.bin"));
         std::fs::write(&src, source).unwrap();
-        let status = Command::new("cc")
-            .args(["-O0", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
-            .arg(&tmp)
-            .arg(&src)
-            .status()
-            .expect("run cc");
+        let status = Command::new("cc").args(flags).arg("-o").arg(&tmp).arg(&src).status().expect("run cc");
         let _ = std::fs::remove_file(&src);
         assert!(status.success(), "cc failed for {name}");
         std::fs::rename(&tmp, &bin).unwrap();

@@ -183,6 +183,13 @@ fn top_categories(screen: &str) -> Vec<String> {
     header.split_whitespace().filter_map(|w| w.strip_suffix('%')).map(str::to_string).collect()
 }
 
+/// top's legend: (letter, category) for each category, as the bar draws them.
+fn top_legend(screen: &str) -> Vec<(String, String)> {
+    let line = screen.lines().find(|l| l.contains(" runqueue ") && !l.contains('%')).expect("legend line");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words.chunks(2).map(|w| (w[0].to_string(), w.get(1).copied().unwrap_or("").to_string())).collect()
+}
+
 /// A data row of top's table: the line whose first number (after the selection mark) is `id`.
 fn top_row(screen: &str, id: u32) -> Option<&str> {
     screen.lines().find(|l| l.trim_start_matches(['>', ' ']).split_whitespace().next() == Some(&id.to_string()))
@@ -238,6 +245,16 @@ fn top_shows_the_busy_process_first_with_the_json_split_and_restores_the_termina
     let screen = tmux.screen();
     let categories = top_categories(&screen);
     assert!(categories.len() >= 9 && categories[0] == "cpu", "{categories:?}");
+    // The legend names every column's category, each with a letter of its own.
+    let legend = top_legend(&screen);
+    let named: Vec<&String> = legend.iter().map(|(_, c)| c).collect();
+    let letters: std::collections::HashSet<&String> = legend.iter().map(|(l, _)| l).collect();
+    assert!(
+        named.iter().copied().eq(categories.iter())
+            && letters.len() == legend.len()
+            && letters.iter().all(|l| l.len() == 1),
+        "legend {legend:?} for categories {categories:?}"
+    );
     let shares = row_shares(top_row(&screen, p).expect("python row"), &categories, true);
     let profile = read_json(&json);
     let json_p = process(&profile, p).expect("python process in the JSON");

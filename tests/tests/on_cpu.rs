@@ -220,3 +220,131 @@ fn devices_and_stdout_are_written_in_place_not_replaced() {
     let folded = String::from_utf8_lossy(&out.stdout);
     assert!(folded.lines().any(|l| l.starts_with("spin (") && l.contains(";inner_spin ")), "stdout: {folded}");
 }
+
+/// Is `pid` a kernel thread? (`Kthread:` in its status, Linux 6.4+; else a child of kthreadd.)
+fn is_kernel_thread(pid: u64) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+    match field("Kthread:") {
+        Some(k) => k == "1",
+        None => pid == 2 || field("PPid:") == Some("2"),
+    }
+}
+
+#[test]
+fn kernel_threads_show_their_kernel_stack_without_being_asked() {
+    // Kernel threads have no user stack: without --kernel they used to be only "[no user
+    // stack]". Writes synced in a loop keep writeback workers and the journal thread busy.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("p.json");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (stop.clone(), dir.path().join("sync.dat"));
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&path).unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                f.write_all(&[7u8; 1 << 16]).unwrap();
+                f.sync_all().unwrap();
+            }
+        })
+    };
+    let out =
+        run(pyebpf().args(["profile", "--all", "-F", "999", "-d", "3", "--no-summary", "-o"]).arg(&json), TIMEOUT);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_success(&out);
+    let profile = read_json(&json);
+    let (mut kernel_samples, mut with_kernel_stack) = (0u64, 0u64);
+    let mut user_kernel_frames = Vec::new();
+    for p in profile["processes"].as_array().unwrap() {
+        let kthread = is_kernel_thread(p["pid"].as_u64().unwrap());
+        for s in p["stacks"].as_array().unwrap().iter().filter(|s| s["category"] == "cpu") {
+            let frames: Vec<&str> = s["frames"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+            let samples = s["samples"].as_u64().unwrap();
+            if kthread {
+                kernel_samples += samples;
+                if !frames.is_empty() && frames.iter().all(|f| f.starts_with("[kernel] ")) {
+                    with_kernel_stack += samples;
+                }
+            } else if frames.iter().any(|f| f.starts_with("[kernel] ")) {
+                user_kernel_frames.push(format!("{} ({}): {frames:?}", p["comm"], p["pid"]));
+            }
+        }
+    }
+    assert!(kernel_samples >= 5, "only {kernel_samples} samples of kernel threads");
+    assert!(
+        with_kernel_stack * 100 >= kernel_samples * 95,
+        "{with_kernel_stack} of {kernel_samples} kernel-thread samples with their kernel stack"
+    );
+    // User processes keep user stacks only, as without --kernel before.
+    assert!(user_kernel_frames.is_empty(), "kernel frames in user processes: {user_kernel_frames:?}");
+}
+
+#[test]
+fn a_frame_pointer_into_data_ends_the_stack_with_a_marker_not_a_data_symbol() {
+    // The spin loop runs with its frame pointer at a fake frame whose return address is inside
+    // a data array (as when code built without frame pointers uses rbp for data): the stack
+    // must end there, marked, and never be named after the array.
+    let src = r#"
+#include <stdlib.h>
+#include <time.h>
+unsigned long pyebpf_test_data_table[64] = {1};
+static unsigned long fake_frame[2];
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+__attribute__((noinline)) void spin_with_bad_frame(double end) {
+    fake_frame[0] = 0;
+    fake_frame[1] = (unsigned long)&pyebpf_test_data_table[8];
+    while (now() < end)
+        __asm__ volatile("push %%rbp\n\tmov %0, %%rbp\n\tmov $20000000, %%rcx\n1:\tdec %%rcx\n\tjnz 1b\n\tpop %%rbp"
+                         : : "r"(fake_frame) : "rcx", "memory");
+}
+int main(int argc, char **argv) { spin_with_bad_frame(now() + (argc > 1 ? atof(argv[1]) : 2.0)); return 0; }
+"#;
+    let bin = c_program("badframe", src);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("p.json");
+    let out = run(pyebpf().args(["profile", "-F", "499", "-o"]).arg(&json).arg("--").arg(&bin).arg("2"), TIMEOUT);
+    assert_success(&out);
+    let profile = read_json(&json);
+    let p = &profile["processes"][0];
+    let (mut spinning, mut marked) = (0u64, 0u64);
+    for s in p["stacks"].as_array().unwrap() {
+        let frames: Vec<&str> = s["frames"].as_array().unwrap().iter().map(|f| f.as_str().unwrap()).collect();
+        assert!(!frames.iter().any(|f| f.contains("pyebpf_test_data_table")), "named after data: {frames:?}");
+        if frames.last() == Some(&"spin_with_bad_frame") {
+            spinning += s["samples"].as_u64().unwrap();
+            if frames == ["[not code]", "spin_with_bad_frame"] {
+                marked += s["samples"].as_u64().unwrap();
+            }
+        }
+    }
+    assert!(spinning > 200, "{spinning} samples in spin_with_bad_frame");
+    assert!(marked * 100 >= spinning * 95, "{marked} of {spinning} samples end at [not code]");
+}
+
+#[test]
+fn outputs_are_created_owner_only_and_existing_ones_keep_their_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (new, existing) = (dir.path().join("new.json"), dir.path().join("existing.svg"));
+    std::fs::write(&existing, "old").unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = run(
+        pyebpf()
+            .args(["profile", "--no-summary", "-o"])
+            .arg(&new)
+            .arg("-o")
+            .arg(&existing)
+            .arg("--")
+            .arg(spin_program())
+            .arg("0.3"),
+        TIMEOUT,
+    );
+    assert_success(&out);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    // Profiles hold command lines and code paths: not for every user of the host.
+    assert_eq!(mode(&new), 0o600, "new output");
+    assert_eq!(mode(&existing), 0o644, "existing output");
+    assert!(std::fs::read_to_string(&existing).unwrap().contains("</svg>"));
+}

@@ -43,6 +43,14 @@ pub enum Which {
         #[arg(long)]
         no_pin: bool,
     },
+    /// The DWARF unwinder (`--native`): kernel time per sample of a 30-frame native and a mixed
+    /// Python/C stack at 99 and 999 Hz beside frame pointers, and unwind-table build time and
+    /// size per binary and for the whole host.
+    Native {
+        /// Seconds per profile.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// A real web service under fixed load (Flask on gunicorn, wrk): requests/s and p99
     /// latency without a profiler, with pyebpf (on- and off-CPU), and with py-spy (default and
     /// --nonblocking) at the same rate; the profilers' CPU, RSS and lost samples.
@@ -92,6 +100,7 @@ pub fn run(root: &Path, bin: &Path, which: Which) -> anyhow::Result<()> {
             bin,
             crate::bench_overhead::Options { seconds, rounds, rate, connections, threads: threads.clone() },
         ),
+        Which::Native { seconds } => crate::bench_native::run(root, bin, seconds),
         Which::Trees { seconds, rounds } => crate::bench_trees::run(bin, seconds, rounds),
         Which::Python { seconds, rounds, no_pin } => {
             bench_python::run(root, bin, bench_python::Options { seconds, rounds, pin: !no_pin })

@@ -26,13 +26,13 @@ use syn::{spanned::Spanned as _, visit::Visit};
 const CLI_IMPORTERS: [&str; 1] = ["commands"];
 /// The layers of profiler/src/lib.rs, top first: a module may import only modules of a lower
 /// layer, so dependencies point one way (`main → cli, commands → engine, output → model`,
-/// `engine → bpf, python, offcpu, host`), not merely without cycles.
+/// `engine → bpf, python, offcpu, native, host`), not merely without cycles.
 const LAYERS: [&[&str]; 7] = [
     &["main"],
     &["commands"],
     &["cli"],
     &["engine", "output"],
-    &["bpf", "python", "offcpu"],
+    &["bpf", "python", "offcpu", "native"],
     &["host", "model"],
     &["error"],
 ];

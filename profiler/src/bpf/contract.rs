@@ -6,7 +6,10 @@
 use std::collections::BTreeMap;
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
-use profiler_common::{InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, map_size, names};
+use profiler_common::{
+    InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, UnwindScratch, map_size, names,
+    unwind::{Mapping, PageEntry, ProcMaps, RuleRec, TableInfo},
+};
 
 use super::EBPF_OBJECT;
 
@@ -16,6 +19,8 @@ const MAP_DEF_LEN: usize = 28;
 
 // linux/bpf.h `enum bpf_map_type`.
 const BPF_MAP_TYPE_HASH: u32 = 1;
+const BPF_MAP_TYPE_ARRAY: u32 = 2;
+const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
 const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const BPF_MAP_TYPE_LRU_HASH: u32 = 9;
 const BPF_MAP_TYPE_RINGBUF: u32 = 27;
@@ -91,6 +96,24 @@ fn every_map_is_named_and_shaped_as_userspace_reads_it() {
             (BPF_MAP_TYPE_LRU_HASH, u32_size, size(size_of::<ThreadTimes>()), map_size::THREAD_TIMES),
         ),
         (names::MAP_IN_FLIGHT, (BPF_MAP_TYPE_LRU_HASH, u32_size, size(size_of::<InFlight>()), map_size::IN_FLIGHT)),
+        (names::MAP_UNWIND_ROWS, (BPF_MAP_TYPE_ARRAY, u32_size, size(size_of::<u64>()), map_size::UNWIND_ROW_PAIRS)),
+        (names::MAP_UNWIND_PAGES, (BPF_MAP_TYPE_ARRAY, u32_size, size(size_of::<PageEntry>()), map_size::UNWIND_PAGES)),
+        (names::MAP_UNWIND_RULES, (BPF_MAP_TYPE_ARRAY, u32_size, size(size_of::<RuleRec>()), map_size::UNWIND_RULES)),
+        (
+            names::MAP_UNWIND_TABLES,
+            (BPF_MAP_TYPE_ARRAY, u32_size, size(size_of::<TableInfo>()), map_size::UNWIND_TABLES),
+        ),
+        (
+            names::MAP_UNWIND_MAPPINGS,
+            (BPF_MAP_TYPE_ARRAY, u32_size, size(size_of::<Mapping>()), map_size::UNWIND_MAPPINGS),
+        ),
+        (names::MAP_UNWIND_PROCS, (BPF_MAP_TYPE_HASH, u32_size, size(size_of::<ProcMaps>()), map_size::UNWIND_PROCS)),
+        (
+            names::MAP_UNWIND_SCRATCH,
+            (BPF_MAP_TYPE_PERCPU_ARRAY, u32_size, size(size_of::<UnwindScratch>()), map_size::UNWIND_SCRATCH),
+        ),
+        (names::MAP_UNWIND_PROGS_PERF, (BPF_MAP_TYPE_PROG_ARRAY, u32_size, u32_size, map_size::UNWIND_PROGS)),
+        (names::MAP_UNWIND_PROGS_RAW_TP, (BPF_MAP_TYPE_PROG_ARRAY, u32_size, u32_size, map_size::UNWIND_PROGS)),
     ]);
     let names: Vec<&str> = expected.keys().copied().collect();
     let mut listed = names::MAPS.to_vec();
@@ -119,6 +142,12 @@ fn every_program_is_named_and_in_its_section() {
         assert_eq!(found[program], format!("raw_tp/{tracepoint}"), "program {program}");
     }
     assert_eq!(found[names::PROG_ON_CPU], "perf_event");
+    // The unwinders are tail-called, never attached: a program array holds programs of its
+    // caller's type only.
+    assert_eq!(found[names::PROG_UNWIND_PERF], "perf_event");
+    for (program, _) in names::RAW_TP_UNWINDERS {
+        assert_eq!(found[program], "raw_tp", "program {program}");
+    }
 }
 
 #[test]

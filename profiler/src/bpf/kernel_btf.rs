@@ -219,5 +219,8 @@ mod tests {
         // Every kernel this project supports has BTF; a missing one is a real failure.
         let off = fsbase_offset().expect("task_struct.thread.fsbase in /sys/kernel/btf/vmlinux");
         assert!(off > 1000 && off.is_multiple_of(8), "implausible offset {off}");
+        // What tells kernel threads apart (see `names::GLOBAL_TASK_FLAGS_OFFSET`): near the start.
+        let flags = KernelBtf::load().unwrap().offset_of("task_struct", &["flags"]).expect("task_struct.flags");
+        assert!(flags > 0 && flags < 256 && flags.is_multiple_of(4), "implausible offset {flags}");
     }
 }

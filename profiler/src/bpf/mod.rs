@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, ProgramArray, RingBuf},
     programs::{
         PerfEvent, RawTracePoint,
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
@@ -16,8 +16,9 @@ use aya::{
     util::online_cpus,
 };
 use profiler_common::{
-    MAX_NATIVE_FRAMES, OffCpuKey, OffCpuSum, PyProcInfo, SampleEvent, ThreadTimes, TstateEntry, names,
-    split_off_interval, stat,
+    MAX_NATIVE_FRAMES, OffCpuKey, OffCpuSum, PyProcInfo, SampleEvent, ThreadTimes, TstateEntry, UNWIND_PROG_INDEX,
+    map_size, names, split_off_interval, stat,
+    unwind::{Mapping, PageEntry, ProcMaps, RuleRec, TableInfo, UnwindRow},
 };
 
 use crate::{
@@ -44,6 +45,9 @@ pub struct BpfConfig {
     pub off_cpu_threshold_ns: u64,
     /// Off-CPU stacks per second per thread at most (0: unlimited).
     pub off_cpu_stack_rate: u32,
+    /// Walk native stacks with the DWARF unwinder, with room for this many unwind rows (None:
+    /// frame pointers only).
+    pub native_rows: Option<u32>,
     /// Follow the children of processes added with [`Bpf::follow`]: the fork hook is attached.
     pub follow_children: bool,
 }
@@ -57,6 +61,122 @@ pub struct Counters {
     pub offcpu_sampled_out: u64,
     /// Children of followed processes that could not be followed (a map was full).
     pub follow_full: u64,
+    /// Stacks the DWARF unwinder walked, and the runs of its program that took.
+    pub native_walks: u64,
+    pub native_runs: u64,
+}
+
+/// The native unwinder's tables in the kernel (see `profiler_common::unwind`); userspace
+/// decides what goes where (`crate::native`), this writes it.
+pub struct UnwindMaps {
+    /// Rows, two per element, written through a memory mapping of the array.
+    rows: MappedArray,
+    pages: MappedArray,
+    rules: Array<MapData, RuleRec>,
+    tables: Array<MapData, TableInfo>,
+    mappings: Array<MapData, Mapping>,
+    procs: HashMap<MapData, u32, ProcMaps>,
+    /// Held for as long as the programs run: the kernel empties a program array when the last
+    /// userspace descriptor of it is closed.
+    _progs: Vec<ProgramArray<MapData>>,
+}
+
+/// A `BPF_F_MMAPABLE` array's values, mapped into our memory: what we write there the kernel
+/// reads at once, with no syscall per element.
+struct MappedArray {
+    ptr: std::ptr::NonNull<u8>,
+    bytes: usize,
+    _map: MapData,
+}
+
+// SAFETY: the mapping is owned by this value alone and only written through `&mut self`.
+unsafe impl Send for MappedArray {}
+
+impl MappedArray {
+    fn new(map: aya::maps::Map, value_size: usize) -> anyhow::Result<Self> {
+        use std::os::fd::AsFd as _;
+        let aya::maps::Map::Array(data) = map else { anyhow::bail!("not an array map") };
+        let info = data.info()?;
+        let bytes = info.max_entries() as usize * value_size.next_multiple_of(8);
+        let fd = data.fd().as_fd();
+        // SAFETY: a shared mapping of the array's values, which the kernel sized for exactly
+        // this (the array was created with BPF_F_MMAPABLE); unmapped in Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("cannot map an unwind table array");
+        }
+        let ptr = std::ptr::NonNull::new(ptr.cast()).context("mmap returned null")?;
+        Ok(Self { ptr, bytes, _map: data })
+    }
+
+    /// Copies `src` (plain integers) to byte offset `at`, if it fits.
+    fn write<T: Copy>(&mut self, at: usize, src: &[T]) -> bool {
+        let len = size_of_val(src);
+        if at.checked_add(len).is_none_or(|end| end > self.bytes) {
+            return false;
+        }
+        // SAFETY: in bounds (checked above) of a mapping we own; T is plain data.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().cast::<u8>(), self.ptr.as_ptr().add(at), len) };
+        true
+    }
+}
+
+impl Drop for MappedArray {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.bytes) };
+    }
+}
+
+impl UnwindMaps {
+    /// Rows the array holds.
+    pub fn row_capacity(&self) -> u64 {
+        (self.rows.bytes / size_of::<UnwindRow>()) as u64
+    }
+
+    /// Writes rows from index `first` on.
+    pub fn set_rows(&mut self, first: u32, rows: &[UnwindRow]) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.rows.write(first as usize * size_of::<UnwindRow>(), rows),
+            "unwind rows {first}+{} beyond the array",
+            rows.len()
+        );
+        Ok(())
+    }
+
+    /// Writes page entries from index `first` on.
+    pub fn set_pages(&mut self, first: u32, pages: &[PageEntry]) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.pages.write(first as usize * size_of::<PageEntry>(), pages),
+            "unwind pages {first}+{} beyond the array",
+            pages.len()
+        );
+        Ok(())
+    }
+    pub fn set_rule(&mut self, index: u32, rule: &RuleRec) -> anyhow::Result<()> {
+        self.rules.set(index, rule, 0).with_context(|| format!("cannot write unwind rule {index}"))
+    }
+    pub fn set_table(&mut self, index: u32, table: &TableInfo) -> anyhow::Result<()> {
+        self.tables.set(index, table, 0).with_context(|| format!("cannot write unwind table {index}"))
+    }
+    pub fn set_mapping(&mut self, index: u32, mapping: &Mapping) -> anyhow::Result<()> {
+        self.mappings.set(index, mapping, 0).with_context(|| format!("cannot write mapping {index}"))
+    }
+    pub fn set_process(&mut self, pid: u32, maps: &ProcMaps) -> anyhow::Result<()> {
+        self.procs.insert(pid, maps, 0).with_context(|| format!("cannot register pid {pid}'s mappings"))
+    }
+    pub fn remove_process(&mut self, pid: u32) {
+        let _ = self.procs.remove(&pid);
+    }
 }
 
 /// Run count and time of one of our programs, from the kernel's BPF stats.
@@ -78,6 +198,8 @@ pub struct Bpf {
     offcpu_sums: HashMap<MapData, OffCpuKey, OffCpuSum>,
     thread_times: HashMap<MapData, u32, ThreadTimes>,
     in_flight: HashMap<MapData, u32, profiler_common::InFlight>,
+    /// The native unwinder's tables (with `--native`).
+    pub unwind: Option<UnwindMaps>,
     /// Keeps BPF run-time accounting on for as long as we hold it.
     _stats_fd: Option<OwnedFd>,
     pub cpus: usize,
@@ -124,6 +246,8 @@ impl Bpf {
         let btf = kernel_btf::KernelBtf::load();
         let task_pid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["pid"])).unwrap_or(0);
         let task_tgid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["tgid"])).unwrap_or(0);
+        // Without it, kernel threads' samples stay `[no user stack]` unless --kernel is given.
+        let task_flags = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["flags"])).unwrap_or(0);
         if cfg.off_cpu && (task_pid == 0 || task_tgid == 0) {
             return Err(fatal(
                 ExitCode::Kernel,
@@ -137,9 +261,37 @@ impl Bpf {
             ));
         }
         let off_cpu = cfg.off_cpu as u8;
+        let native = cfg.native_rows.is_some() as u8;
+        let task_stack = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["stack"])).unwrap_or(0);
+        if native != 0 && task_stack == 0 {
+            log::warn!(
+                "no task_struct.stack in the kernel's BTF: native stacks of samples taken in the kernel use frame pointers"
+            );
+        }
+        // The tables' arrays are allocated in full when loaded: without --native, one entry each.
+        let unwind_sizes: [(&str, u32); 5] = match cfg.native_rows {
+            Some(rows) => [
+                (names::MAP_UNWIND_ROWS, rows.div_ceil(2).max(1)),
+                (names::MAP_UNWIND_PAGES, map_size::UNWIND_PAGES),
+                (names::MAP_UNWIND_RULES, map_size::UNWIND_RULES),
+                (names::MAP_UNWIND_TABLES, map_size::UNWIND_TABLES),
+                (names::MAP_UNWIND_MAPPINGS, map_size::UNWIND_MAPPINGS),
+            ],
+            None => [
+                (names::MAP_UNWIND_ROWS, 1),
+                (names::MAP_UNWIND_PAGES, 1),
+                (names::MAP_UNWIND_RULES, 1),
+                (names::MAP_UNWIND_TABLES, 1),
+                (names::MAP_UNWIND_MAPPINGS, 1),
+            ],
+        };
         let stack_cost_ns: u64 =
             if cfg.off_cpu_stack_rate == 0 { 0 } else { 1_000_000_000 / cfg.off_cpu_stack_rate as u64 };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        for (map, entries) in unwind_sizes {
+            loader.map_max_entries(map, entries);
+        }
+        let mut ebpf = loader
             .override_global(names::GLOBAL_TARGET_ALL, &target_all, true)
             .override_global(names::GLOBAL_KERNEL_STACKS, &kernel_stacks, true)
             .override_global(names::GLOBAL_SELF_PID, &self_pid, true)
@@ -150,6 +302,9 @@ impl Bpf {
             .override_global(names::GLOBAL_OFFCPU_STACK_COST_NS, &stack_cost_ns, true)
             .override_global(names::GLOBAL_TASK_PID_OFFSET, &task_pid, true)
             .override_global(names::GLOBAL_TASK_TGID_OFFSET, &task_tgid, true)
+            .override_global(names::GLOBAL_TASK_FLAGS_OFFSET, &task_flags, true)
+            .override_global(names::GLOBAL_NATIVE, &native, true)
+            .override_global(names::GLOBAL_TASK_STACK_OFFSET, &task_stack, true)
             .map_max_entries(names::MAP_EVENTS, ring_buffer_bytes(cfg.frequency, cpu_list.len(), cfg.off_cpu))
             .load(EBPF_OBJECT)
             .map_err(|e| {
@@ -182,6 +337,11 @@ impl Bpf {
             }
         }
 
+        let unwind = match cfg.native_rows {
+            Some(_) => Some(load_unwinder(&mut ebpf, cfg.off_cpu)?),
+            None => None,
+        };
+
         let events = RingBuf::try_from(ebpf.take_map(names::MAP_EVENTS).context("EVENTS map missing")?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map(names::MAP_STATS).context("STATS map missing")?)?;
         let targets = HashMap::try_from(ebpf.take_map(names::MAP_TARGET_PIDS).context("TARGET_PIDS map missing")?)?;
@@ -204,6 +364,7 @@ impl Bpf {
             offcpu_sums,
             thread_times,
             in_flight,
+            unwind,
             _stats_fd: stats_fd,
             cpus: cpu_list.len(),
             off_cpu: cfg.off_cpu,
@@ -264,7 +425,7 @@ impl Bpf {
     /// worker, a thread waiting on a lock) would show no time until it runs again, or at all.
     /// Entries the kernel made meanwhile are left alone.
     pub fn seed_sleeping_threads(&mut self, pid: u32) {
-        use profiler_common::{InFlight, off_state, poll_arg};
+        use profiler_common::{InFlight, futex_arg, off_state, poll_arg};
         if !self.off_cpu {
             return;
         }
@@ -287,6 +448,7 @@ impl Bpf {
                     let mut word = [0u8; 8];
                     memory.read(addr, &mut word).then(|| u64::from_ne_bytes(word))
                 });
+                let arg0 = futex_arg::encode(nr, arg0, t.sp);
                 let call = InFlight { syscall_nr: nr, arg0, entry_ns: now, ..Default::default() };
                 let _ = self.in_flight.insert(t.tid, call, 1);
             }
@@ -374,11 +536,14 @@ impl Bpf {
         }
     }
 
-    /// Drops an exited process's Python layout and target entry.
+    /// Drops an exited process's Python layout, target entry and mappings.
     pub fn forget_process(&mut self, pid: u32) {
         let _ = self.py_procs.remove(&pid);
         let _ = self.targets.remove(&pid);
         let _ = self.followed.remove(&pid);
+        if let Some(u) = &mut self.unwind {
+            u.remove_process(pid);
+        }
     }
 
     pub fn counters(&self) -> Counters {
@@ -388,6 +553,8 @@ impl Bpf {
             py_thread_scans: read(stat::PY_THREAD_SCANS),
             offcpu_sampled_out: read(stat::OFFCPU_SAMPLED_OUT),
             follow_full: read(stat::FOLLOW_FULL),
+            native_walks: read(stat::NATIVE_WALKS),
+            native_runs: read(stat::NATIVE_RUNS),
         }
     }
 
@@ -406,6 +573,47 @@ impl Bpf {
             })
             .collect()
     }
+}
+
+/// Loads the native unwinder's programs, puts them where the sampling programs tail-call them,
+/// and takes the table maps. The off-CPU programs' unwinders only with off-CPU tracking: each
+/// costs the verifier about a second on a loaded machine.
+fn load_unwinder(ebpf: &mut Ebpf, off_cpu: bool) -> anyhow::Result<UnwindMaps> {
+    let refused = |prog: &str, e: &dyn std::error::Error| {
+        fatal(ExitCode::Kernel, format!("the kernel refused the native unwinder ({prog}): {}", error_chain(e)))
+    };
+    let mut progs = Vec::new();
+    {
+        let prog: &mut PerfEvent =
+            ebpf.program_mut(names::PROG_UNWIND_PERF).context("unwinder missing from the eBPF object")?.try_into()?;
+        prog.load().map_err(|e| refused(names::PROG_UNWIND_PERF, &e))?;
+        let fd = prog.fd()?.try_clone()?;
+        let mut array = ProgramArray::try_from(
+            ebpf.take_map(names::MAP_UNWIND_PROGS_PERF).context("UNWIND_PROGS_PERF map missing")?,
+        )?;
+        array.set(UNWIND_PROG_INDEX, &fd, 0).context("cannot install the unwinder")?;
+        progs.push(array);
+    }
+    let mut raw_tp = ProgramArray::try_from(
+        ebpf.take_map(names::MAP_UNWIND_PROGS_RAW_TP).context("UNWIND_PROGS_RAW_TP map missing")?,
+    )?;
+    for (name, slot) in names::RAW_TP_UNWINDERS.into_iter().filter(|_| off_cpu) {
+        let prog: &mut RawTracePoint =
+            ebpf.program_mut(name).with_context(|| format!("{name} missing from the eBPF object"))?.try_into()?;
+        prog.load().map_err(|e| refused(name, &e))?;
+        raw_tp.set(slot, prog.fd()?, 0).context("cannot install the unwinder")?;
+    }
+    progs.push(raw_tp);
+    let take = |ebpf: &mut Ebpf, name: &str| ebpf.take_map(name).with_context(|| format!("{name} map missing"));
+    Ok(UnwindMaps {
+        rows: MappedArray::new(take(ebpf, names::MAP_UNWIND_ROWS)?, size_of::<u64>())?,
+        pages: MappedArray::new(take(ebpf, names::MAP_UNWIND_PAGES)?, size_of::<PageEntry>())?,
+        rules: Array::try_from(take(ebpf, names::MAP_UNWIND_RULES)?)?,
+        tables: Array::try_from(take(ebpf, names::MAP_UNWIND_TABLES)?)?,
+        mappings: Array::try_from(take(ebpf, names::MAP_UNWIND_MAPPINGS)?)?,
+        procs: HashMap::try_from(take(ebpf, names::MAP_UNWIND_PROCS)?)?,
+        _progs: progs,
+    })
 }
 
 fn attach_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, tracepoint: &str) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ use crate::{
         folded::sanitize,
         profile::{FORMAT_NAME, FORMAT_VERSION},
     },
+    output,
 };
 
 /// What the counts of a profile stand for.
@@ -300,6 +301,10 @@ pub fn functions_moved(before: &Stacks, after: &Stacks, normalize: bool) -> Vec<
     moved
 }
 
+fn is_svg(out: &Path) -> bool {
+    out.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg"))
+}
+
 fn write_output(before: &Stacks, after: &Stacks, out: &Path, normalize: bool, unit: Unit) -> anyhow::Result<()> {
     let folded = |s: &Stacks| {
         let mut lines: Vec<String> = s.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -311,17 +316,11 @@ fn write_output(before: &Stacks, after: &Stacks, out: &Path, normalize: bool, un
     inferno::differential::from_readers(opts, folded(before).as_bytes(), folded(after).as_bytes(), &mut merged)
         .context("differential stacks")?;
     let merged = String::from_utf8(merged).context("differential stacks")?;
-    let dir = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(".pyebpf-")
-        .tempfile_in(dir)
-        .map_err(|e| fatal(ExitCode::Output, format!("cannot write '{}': {e}", out.display())))?;
-    {
-        let mut w = std::io::BufWriter::new(tmp.as_file());
-        if out.extension().is_some_and(|e| e.eq_ignore_ascii_case("svg")) {
+    if merged.trim().is_empty() && is_svg(out) {
+        return Err(fatal(ExitCode::Input, "both profiles are empty: nothing to compare"));
+    }
+    output::write_with(out, |w| {
+        if is_svg(out) {
             let mut opts = inferno::flamegraph::Options::default();
             opts.title = "pyebpf: differential flame graph".to_string();
             opts.subtitle = Some("sized by AFTER; red grew, blue shrank (hover for the change)".to_string());
@@ -333,18 +332,12 @@ fn write_output(before: &Stacks, after: &Stacks, out: &Path, normalize: bool, un
             .to_string();
             opts.deterministic = true;
             opts.text_truncate_direction = inferno::flamegraph::TextTruncateDirection::Right;
-            if merged.trim().is_empty() {
-                return Err(fatal(ExitCode::Input, "both profiles are empty: nothing to compare"));
-            }
-            inferno::flamegraph::from_lines(&mut opts, merged.lines(), &mut w).context("flame graph")?;
+            inferno::flamegraph::from_lines(&mut opts, merged.lines(), w).context("flame graph")?;
         } else {
             w.write_all(merged.as_bytes())?;
         }
-        w.flush()?;
-    }
-    use std::os::unix::fs::PermissionsExt as _;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(out).map_err(|e| fatal(ExitCode::Output, format!("cannot write '{}': {}", out.display(), e.error)))?;
+        Ok(())
+    })?;
     Ok(())
 }
 

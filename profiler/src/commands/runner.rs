@@ -9,7 +9,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::{
     cli::{SamplingArgs, SubprocessArgs},
     engine::{
-        session::{DRAIN_INTERVAL, Session, SessionConfig},
+        session::{DRAIN_INTERVAL, NativeConfig, Session, SessionConfig},
         target::TargetSpec,
     },
     error::{ExitCode, fatal},
@@ -61,6 +61,10 @@ pub fn session_config(target: TargetSpec, sampling: &SamplingArgs, mode: Mode, b
         off_cpu: !sampling.no_off_cpu,
         off_cpu_threshold_ns: sampling.off_cpu_threshold_us.saturating_mul(1000),
         off_cpu_stack_rate: sampling.off_cpu_stack_rate,
+        native: sampling.native.then_some(NativeConfig {
+            table_bytes: sampling.native_table_mib as u64 * (1 << 20),
+            interpreter_frames: sampling.interpreter_frames,
+        }),
         bpf_stats,
         mode,
     }

@@ -4,15 +4,16 @@
 //! [`super::build`] turns what is accumulated here into the model.
 use std::collections::{HashMap, HashSet};
 
-use profiler_common::{off_state, py_status};
+use profiler_common::{PY_FRAME_IS_ENTRY, PY_OWNER_ENTRY_MIN, off_state, py_status, unwind};
 
 use crate::{
     engine::events::{Sample, comm_str},
     host::{procinfo, symbols::Symbols},
     model::{Frame, Marker, PythonFrame, Wait},
+    native::merge::{Grouping, NativeIn, Piece, PyIn, merge},
     offcpu::{classify::Classifier, syscalls},
     python::{
-        PyFrame, PythonRegistry, Resolved,
+        PyFrame, PythonProcess, PythonRegistry, Resolved,
         event_loop::{LoopState, loop_state},
     },
 };
@@ -39,6 +40,16 @@ impl Frames {
     }
 }
 
+/// One frame of a raw stack's user part.
+#[derive(Hash, PartialEq, Eq, Clone, Copy, Debug)]
+pub(super) enum RawFrame {
+    /// An interned frame: a Python frame or a marker.
+    Interned(u32),
+    /// A native address, symbolized when the profile is built; `leaf` when it is the sampled
+    /// instruction itself (other addresses are return addresses, looked up at addr - 1).
+    Native { addr: u64, leaf: bool },
+}
+
 /// One distinct stack of a thread, in one wait.
 #[derive(Hash, PartialEq, Eq, Clone)]
 pub(super) struct RawStack {
@@ -46,10 +57,9 @@ pub(super) struct RawStack {
     pub tid: u32,
     /// Interned [`Wait`] of an off-CPU stack; [`ON_CPU`] for on-CPU samples.
     pub wait: u32,
-    /// Interned Python frames (and markers), root first (empty for native-only stacks).
-    pub python: Box<[u32]>,
-    /// Native user addresses, leaf first. With Python frames, at most the native leaf.
-    pub user: Box<[u64]>,
+    /// The user stack, root first: Python frames, native frames, or both interleaved (mixed
+    /// stacks), with markers.
+    pub user: Box<[RawFrame]>,
     pub kernel: Box<[u64]>,
     /// What the wait meant for a coroutine or event loop on the thread.
     pub on_loop: LoopWait,
@@ -115,6 +125,11 @@ pub struct Aggregator {
     preempted: HashMap<u32, Sample>,
     /// Threads some of whose off-CPU stacks were not taken (over the stack rate).
     pub(super) sampled_out: HashSet<(u32, u32)>,
+    /// Mixed stacks keep the interpreter's own native frames (`--interpreter-frames`).
+    pub interpreter_frames: bool,
+    /// Processes whose native walk hit an address in no mapping it knew: their mappings are
+    /// to be read again (a library loaded since).
+    pub unmapped_pids: HashSet<u32>,
 }
 
 /// Where an event's stack is accumulated: its wait, weight and what it meant for a loop.
@@ -241,27 +256,51 @@ impl Aggregator {
         t.1 += at.on_cpu as u64;
 
         python.observe(s.pid);
-        let mut user = s.user_stack;
+        if s.user_end == unwind::end::UNMAPPED {
+            self.unmapped_pids.insert(s.pid);
+        }
+        let walked = s.user_end != unwind::end::FRAME_POINTERS;
+        let mut user: Vec<RawFrame> = Vec::new();
+        let mut native_only = true;
         if let Some(proc) = python.get_mut(s.pid) {
             self.python_samples += at.on_cpu as u64;
             if !python_ids.is_empty() {
                 self.python_samples_with_frames += at.on_cpu as u64;
-                // Python frames replace the native stack, which cannot be unwound through the
-                // interpreter (no frame pointers); the native leaf stays when it is outside the
-                // interpreter (a C extension, libc, a syscall wrapper).
-                user.truncate(1);
-                if user.first().is_some_and(|&leaf| proc.in_interpreter(leaf)) {
-                    user.clear();
+                native_only = false;
+                if walked {
+                    user = self.mixed(&s, proc);
+                } else {
+                    // Python frames replace the native stack, which frame pointers cannot
+                    // unwind through the interpreter; the native leaf stays when it is outside
+                    // the interpreter (a C extension, libc, a syscall wrapper).
+                    user.extend(python_ids.iter().map(|&id| RawFrame::Interned(id)));
+                    if let Some(&leaf) = s.user_stack.first()
+                        && !proc.in_interpreter(leaf)
+                    {
+                        user.push(RawFrame::Native { addr: leaf, leaf: true });
+                    }
                 }
             }
         }
-        symbols.note_user_stack(s.pid, &user);
+        if native_only {
+            if walked && let Some(m) = stop_marker(s.user_end) {
+                user.push(RawFrame::Interned(self.frames.intern(Frame::Marker(m), None)));
+            }
+            let n = s.user_stack.len();
+            user.extend(
+                s.user_stack.iter().rev().enumerate().map(|(i, &addr)| RawFrame::Native { addr, leaf: i + 1 == n }),
+            );
+        }
+        for f in &user {
+            if let RawFrame::Native { addr, leaf } = *f {
+                symbols.note_user(s.pid, addr, leaf);
+            }
+        }
         symbols.note_kernel_stack(&s.kernel_stack);
         let key = RawStack {
             pid: s.pid,
             tid: s.tid,
             wait: at.wait,
-            python: python_ids.into_boxed_slice(),
             user: user.into_boxed_slice(),
             kernel: s.kernel_stack.into_boxed_slice(),
             on_loop: at.on_loop,
@@ -289,6 +328,70 @@ impl Aggregator {
             info.cmdline = procinfo::cmdline(pid).or_else(|| info.cmdline.take());
         }
         self.py_frames.retain(|(p, ..), _| *p != pid);
+    }
+
+    /// A mixed stack, root first: the native walk with each eval-loop frame replaced by the
+    /// Python frames it ran (see [`crate::native::merge`]), the interpreter's own frames left
+    /// out unless asked for, and a marker where the walk stopped. Python frames the walk did
+    /// not reach go root-ward of the marker. The sample's Python frames are resolved already
+    /// ([`Self::python_frames`] ran first).
+    fn mixed(&mut self, s: &Sample, proc: &mut PythonProcess) -> Vec<RawFrame> {
+        let grouping = match proc.version().minor {
+            ..=10 => Grouping::PerFrame,
+            11 => Grouping::IsEntry,
+            _ => Grouping::EntryFrame,
+        };
+        let py: Vec<PyIn> = s
+            .py_frames
+            .iter()
+            .map(|r| PyIn {
+                entry: r.owner & PY_FRAME_IS_ENTRY != 0,
+                anchor: (grouping == Grouping::EntryFrame && (r.owner & 0xff) >= PY_OWNER_ENTRY_MIN).then_some(r.instr),
+            })
+            .collect();
+        let lookup = |i: usize, pc: u64| if i == 0 { pc } else { pc.wrapping_sub(1) };
+        let mut sp = s.user_sp;
+        let native: Vec<NativeIn> = s
+            .user_stack
+            .iter()
+            .enumerate()
+            .map(|(i, &pc)| {
+                let cfa = s.user_cfa.get(i).copied().unwrap_or(0);
+                let n = NativeIn { sp, cfa, eval: proc.in_eval(lookup(i, pc)) };
+                sp = cfa;
+                n
+            })
+            .collect();
+        let merged = merge(&native, s.user_sp, s.user_end == unwind::end::CLEAN, &py, grouping);
+        let id_of = |rec: &profiler_common::PyFrameRecord| {
+            self.py_frames.get(&(s.pid, rec.code, rec.fingerprint, rec.instr, rec.owner)).copied().flatten()
+        };
+        // Leaf first.
+        let mut out: Vec<RawFrame> = Vec::with_capacity(merged.pieces.len() + 2);
+        // Native frames root-ward of the outermost Python frame are the process's or thread's
+        // start-up (`_start`, `Py_BytesMain`, `start_thread`...): interpreter internals too.
+        let outermost_python = merged.pieces.iter().rposition(|p| matches!(p, Piece::Python(_)));
+        for (k, piece) in merged.pieces.iter().enumerate() {
+            match *piece {
+                Piece::Python(j) => out.extend(id_of(&s.py_frames[j]).map(RawFrame::Interned)),
+                Piece::Native(i) => {
+                    let pc = s.user_stack[i];
+                    let internal = proc.in_interpreter(lookup(i, pc)) || outermost_python.is_some_and(|o| k > o);
+                    if self.interpreter_frames || !internal {
+                        out.push(RawFrame::Native { addr: pc, leaf: i == 0 });
+                    }
+                }
+            }
+        }
+        if let Some(m) = stop_marker(s.user_end) {
+            out.push(RawFrame::Interned(self.frames.intern(Frame::Marker(m), None)));
+        }
+        out.extend(merged.unplaced.iter().filter_map(|&j| id_of(&s.py_frames[j])).map(RawFrame::Interned));
+        if s.py_status & py_status::TRUNCATED != 0 {
+            out.push(RawFrame::Interned(self.frames.intern(Frame::Marker(Marker::Truncated), None)));
+        }
+        out.reverse();
+        out
     }
 
     /// The sample's Python frames, interned, root first.
@@ -319,6 +422,18 @@ impl Aggregator {
             ids.extend(id);
         }
         ids
+    }
+}
+
+/// The marker a native walk that ended this way leaves at its root, if any.
+fn stop_marker(end: u32) -> Option<Marker> {
+    match end {
+        unwind::end::NO_INFO | unwind::end::NO_REGS => Some(Marker::UnwindNoInfo),
+        unwind::end::READ_FAILED => Some(Marker::UnwindUnreadable),
+        unwind::end::UNMAPPED => Some(Marker::UnwindUnmapped),
+        unwind::end::BAD_FRAME => Some(Marker::UnwindBadFrame),
+        unwind::end::TRUNCATED => Some(Marker::UnwindTruncated),
+        _ => None,
     }
 }
 
@@ -357,15 +472,13 @@ impl Aggregator {
             t.1 += weight.0;
             self.samples += weight.0;
         }
-        let key = RawStack {
-            pid,
-            tid,
-            wait,
-            python: ids.into(),
-            user: user.into(),
-            kernel: kernel.into(),
-            on_loop: LoopWait::NONE,
-        };
+        let n = user.len();
+        let frames: Vec<RawFrame> = ids
+            .into_iter()
+            .map(RawFrame::Interned)
+            .chain(user.iter().rev().enumerate().map(|(i, &addr)| RawFrame::Native { addr, leaf: i + 1 == n }))
+            .collect();
+        let key = RawStack { pid, tid, wait, user: frames.into(), kernel: kernel.into(), on_loop: LoopWait::NONE };
         let w = self.stacks.entry(key).or_default();
         w.samples += weight.0;
         w.ns += weight.1;

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 
 use super::{
-    aggregate::{Aggregator, LoopWait, NO_FRAME, ON_CPU, RawStack, Weight},
+    aggregate::{Aggregator, LoopWait, NO_FRAME, ON_CPU, RawFrame, RawStack, Weight},
     totals::ThreadTotals,
 };
 use crate::model::{
@@ -76,10 +76,22 @@ pub fn build(agg: &Aggregator, lookups: &dyn Lookups, totals: &ThreadTotals) -> 
 
 /// A raw stack's frames, root first.
 fn frames_of(agg: &Aggregator, raw: &RawStack, lookups: &dyn Lookups) -> Vec<Frame> {
-    let mut frames = Vec::with_capacity(raw.python.len() + raw.user.len() + raw.kernel.len());
-    frames.extend(raw.python.iter().map(|&id| agg.frames.frame[id as usize].clone()));
-    for (i, &addr) in raw.user.iter().enumerate().rev() {
-        frames.push(lookups.user_frame(raw.pid, addr, i));
+    let mut frames: Vec<Frame> = Vec::with_capacity(raw.user.len() + raw.kernel.len());
+    for f in raw.user.iter() {
+        frames.push(match *f {
+            RawFrame::Interned(id) => agg.frames.frame[id as usize].clone(),
+            RawFrame::Native { addr, leaf } => lookups.user_frame(raw.pid, addr, if leaf { 0 } else { 1 }),
+        });
+    }
+    // A frame-pointer walk that reached an address that is not code ends there, marked: the
+    // native frames rootward of it came from the same bad frame pointer.
+    if let Some(cut) = frames.iter().rposition(|f| *f == Frame::Marker(Marker::NotCode)) {
+        let mut at = 0;
+        frames.retain(|f| {
+            let keep = at >= cut || !matches!(f, Frame::Native(_) | Frame::Marker(Marker::NotCode));
+            at += 1;
+            keep
+        });
     }
     for (i, &addr) in raw.kernel.iter().enumerate().rev() {
         frames.push(lookups.kernel_frame(addr, i));
@@ -343,11 +355,48 @@ mod tests {
     }
 
     #[test]
+    fn a_native_stack_ends_at_its_first_address_that_is_not_code() {
+        struct DataAt3;
+        impl Lookups for DataAt3 {
+            fn user_frame(&self, pid: u32, addr: u64, index: usize) -> Frame {
+                if addr == 3 { Frame::Marker(Marker::NotCode) } else { Fake.user_frame(pid, addr, index) }
+            }
+            fn kernel_frame(&self, addr: u64, index: usize) -> Frame {
+                Fake.kernel_frame(addr, index)
+            }
+            fn python_thread_name(&self, pid: u32, tid: u32) -> Option<String> {
+                Fake.python_thread_name(pid, tid)
+            }
+            fn python_version(&self, pid: u32) -> Option<String> {
+                Fake.python_version(pid)
+            }
+            fn process_names(&self, pid: u32) -> ProcessNames {
+                Fake.process_names(pid)
+            }
+            fn forked_by(&self, pid: u32) -> Option<u32> {
+                Fake.forked_by(pid)
+            }
+            fn thread_name(&self, pid: u32, tid: u32) -> Option<String> {
+                Fake.thread_name(pid, tid)
+            }
+        }
+        let mut agg = Aggregator::new(100);
+        // Leaf first: two real frames, then data, then what the bad frame pointer led to.
+        agg.add_raw(5, 5, None, &[], &[0x1, 0x2, 3, 0x4, 0x5], &[], (1, 10 * MS));
+        agg.add_raw(5, 5, None, &[], &[0x1, 0x2, 3, 0x6], &[], (1, 10 * MS));
+        let p = &build(&agg, &DataAt3, &ThreadTotals::new())[0];
+        let text: Vec<String> = p.stacks[0].frames.iter().map(Frame::to_string).collect();
+        // Both walks are one stack once cut.
+        assert_eq!((p.stacks.len(), p.stacks[0].samples), (1, 2));
+        assert_eq!(text, ["[not code]", "fn_2", "fn_1"]);
+    }
+
+    #[test]
     fn unknown_native_frames_keep_their_module() {
         struct Unknown;
         impl Lookups for Unknown {
             fn user_frame(&self, _: u32, _: u64, _: usize) -> Frame {
-                Frame::Native(NativeFrame { symbol: None, module: Some("libx.so".into()) })
+                Frame::Native(NativeFrame { symbol: None, module: Some("libx.so".into()), offset: None })
             }
             fn kernel_frame(&self, _: u64, _: usize) -> Frame {
                 Frame::Kernel(None)

@@ -5,7 +5,7 @@
 use bytes::Buf;
 use profiler_common::{
     EventKind, ExecEvent, ForkEvent, MAX_NATIVE_FRAMES, MAX_PY_FRAMES, OffCpuInfo, PreemptEndEvent, PyFrameRecord,
-    SampleEvent, TASK_COMM_LEN, ThreadMissEvent,
+    SampleEvent, TASK_COMM_LEN, ThreadMissEvent, unwind,
 };
 
 /// An on-CPU sample, stacks leaf first.
@@ -24,6 +24,11 @@ pub struct Sample {
     pub py_frames: Vec<PyFrameRecord>,
     /// Off-CPU events: what the thread was blocked in (zero for on-CPU samples).
     pub off: OffCpuInfo,
+    /// The leaf's stack pointer, how the native walk ended (`profiler_common::unwind::end`),
+    /// and each native frame's CFA (empty unless the DWARF unwinder walked the stack).
+    pub user_sp: u64,
+    pub user_end: u32,
+    pub user_cfa: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,7 +113,30 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
                     owner: buf.get_u32_ne(),
                 });
             }
-            let sample = Sample { cpu, pid, tid, time_ns, comm, kernel_stack, user_stack, py_status, py_frames, off };
+            buf.advance((MAX_PY_FRAMES - py_len) * size_of::<PyFrameRecord>());
+            let user_sp = buf.get_u64_ne();
+            let user_end = buf.get_u32_ne();
+            buf.advance(4);
+            let user_cfa = if user_end == unwind::end::FRAME_POINTERS {
+                Vec::new()
+            } else {
+                read_stack(&mut buf, user_stack.len())
+            };
+            let sample = Sample {
+                cpu,
+                pid,
+                tid,
+                time_ns,
+                comm,
+                kernel_stack,
+                user_stack,
+                py_status,
+                py_frames,
+                off,
+                user_sp,
+                user_end,
+                user_cfa,
+            };
             Ok(match kind {
                 EventKind::OffCpu => Event::OffCpu(sample),
                 EventKind::Preempted => Event::Preempted(sample),
@@ -187,7 +215,12 @@ mod tests {
             kernel_stack: [0; MAX_NATIVE_FRAMES],
             user_stack: [0; MAX_NATIVE_FRAMES],
             py_frames: [PyFrameRecord::default(); MAX_PY_FRAMES],
+            user_sp: 0x7ff0,
+            user_end: unwind::end::CLEAN,
+            _pad: 0,
+            user_cfa: [0; MAX_NATIVE_FRAMES],
         };
+        ev.user_cfa[..user.len()].copy_from_slice(&user.iter().map(|a| a + 1).collect::<Vec<_>>());
         ev.py_frames[0] = PyFrameRecord { code: 0xc0de, instr: 0x1a57, fingerprint: 42, owner: 1 };
         ev.kernel_stack[..kernel.len()].copy_from_slice(kernel);
         ev.user_stack[..user.len()].copy_from_slice(user);
@@ -205,6 +238,8 @@ mod tests {
         assert_eq!(s.user_stack, vec![0x401000, 0x401100, 0x401200]);
         assert_eq!(s.py_status, 3);
         assert_eq!(s.py_frames, vec![PyFrameRecord { code: 0xc0de, instr: 0x1a57, fingerprint: 42, owner: 1 }]);
+        assert_eq!((s.user_sp, s.user_end), (0x7ff0, unwind::end::CLEAN));
+        assert_eq!(s.user_cfa, vec![0x401001, 0x401101, 0x401201]);
     }
 
     #[test]

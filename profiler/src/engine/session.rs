@@ -7,14 +7,17 @@
 //! on a CPU right now counts its running interval so far, so a thread that is never switched
 //! out still shows its CPU time in every window.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use profiler_common::{OffCpuKey, OffCpuSum, ThreadTimes, fork_flags};
+use profiler_common::{
+    OffCpuKey, OffCpuSum, ThreadTimes, fork_flags,
+    unwind::{Mapping, PageEntry, ProcMaps, RuleRec, TableInfo, UnwindRow},
+};
 
 use crate::{
-    bpf::{Bpf, BpfConfig},
+    bpf::{Bpf, BpfConfig, UnwindMaps},
     engine::{
         aggregate::Aggregator,
         build::{self, Lookups, ProcessNames},
@@ -22,11 +25,16 @@ use crate::{
         target::{CommandEnd, Running, TargetSpec},
         totals::{ThreadTotals, classify_waits, thread_totals},
     },
-    host::{clock::monotonic_ns, procinfo, symbols::Symbols},
+    host::{
+        clock::monotonic_ns,
+        procinfo,
+        symbols::{Symbols, UserSymbol},
+    },
     model::{
-        Frame, Mode, NativeFrame, Profile, ProgramStats,
+        Frame, Marker, Mode, NativeFrame, Profile, ProgramStats,
         profile::{FORMAT_NAME, FORMAT_VERSION},
     },
+    native::registry::{Registry, TableSink},
     offcpu::classify::Classifier,
     python::PythonRegistry,
 };
@@ -51,8 +59,19 @@ pub struct SessionConfig {
     pub off_cpu_threshold_ns: u64,
     /// Off-CPU stacks per second per thread at most (0: unlimited).
     pub off_cpu_stack_rate: u32,
+    /// Native stacks by the DWARF unwinder (None: frame pointers).
+    pub native: Option<NativeConfig>,
     pub bpf_stats: bool,
     pub mode: Mode,
+}
+
+/// The DWARF unwinder's settings.
+#[derive(Clone, Copy, Debug)]
+pub struct NativeConfig {
+    /// Memory for unwind rows (page entries, rules, tables and mappings come on top: ~5.7 MiB).
+    pub table_bytes: u64,
+    /// Keep the interpreter's own frames in mixed Python stacks.
+    pub interpreter_frames: bool,
 }
 
 /// Kernel counters as they were when the current window started.
@@ -87,6 +106,45 @@ pub struct Session {
     base: Baseline,
     /// When the symbolizer's file caches were last dropped.
     files_cached_since: Instant,
+    /// The native unwinder's tables (with `--native`).
+    native: Option<NativeTables>,
+}
+
+/// The native unwinder's side in userspace: which processes the kernel has mappings of, and
+/// the pids seen in events since the last drain.
+struct NativeTables {
+    registry: Registry,
+    interpreter_frames: bool,
+    seen: HashSet<u32>,
+    /// Processes that exec'd since the last drain (the kernel dropped their mappings).
+    execed: Vec<u32>,
+}
+
+/// The kernel's maps as the registry's sink.
+struct Sink<'a>(&'a mut UnwindMaps);
+
+impl TableSink for Sink<'_> {
+    fn set_rows(&mut self, first: u32, rows: &[UnwindRow]) -> anyhow::Result<()> {
+        self.0.set_rows(first, rows)
+    }
+    fn set_pages(&mut self, first: u32, pages: &[PageEntry]) -> anyhow::Result<()> {
+        self.0.set_pages(first, pages)
+    }
+    fn set_rule(&mut self, index: u32, rule: &RuleRec) -> anyhow::Result<()> {
+        self.0.set_rule(index, rule)
+    }
+    fn set_table(&mut self, index: u32, table: &TableInfo) -> anyhow::Result<()> {
+        self.0.set_table(index, table)
+    }
+    fn set_mapping(&mut self, index: u32, mapping: &Mapping) -> anyhow::Result<()> {
+        self.0.set_mapping(index, mapping)
+    }
+    fn set_process(&mut self, pid: u32, maps: &ProcMaps) -> anyhow::Result<()> {
+        self.0.set_process(pid, maps)
+    }
+    fn remove_process(&mut self, pid: u32) {
+        self.0.remove_process(pid)
+    }
 }
 
 impl Session {
@@ -102,6 +160,9 @@ impl Session {
             off_cpu: cfg.off_cpu,
             off_cpu_threshold_ns: cfg.off_cpu_threshold_ns,
             off_cpu_stack_rate: cfg.off_cpu_stack_rate,
+            native_rows: cfg
+                .native
+                .map(|n| (n.table_bytes / size_of::<UnwindRow>() as u64).min(u32::MAX as u64) as u32),
             follow_children: cfg.target.follows_children(),
         })?;
         // A command is sampled from its first instruction (it starts gated, see target.rs);
@@ -114,6 +175,27 @@ impl Session {
         }
         let window_start_wall = SystemTime::now();
         let window_start = Instant::now();
+        // Explicit pids that run Python are registered before they become targets: the off-CPU
+        // hooks follow a target from then on, and every stack they took before the kernel had
+        // the process's layout came without Python frames (up to a tenth of a CPU-bound
+        // program's off-CPU weight, on a loaded machine where inspecting takes a while).
+        let mut python = PythonRegistry::default();
+        let mut classifier = Classifier::default();
+        if let TargetSpec::Pids { pids, .. } = &cfg.target {
+            for &pid in pids {
+                python.observe(pid);
+            }
+            register_python(&mut bpf, &mut python, &mut classifier);
+        }
+        let native = match (&cfg.native, &bpf.unwind) {
+            (Some(n), Some(maps)) => Some(NativeTables {
+                registry: Registry::new(maps.row_capacity()),
+                interpreter_frames: n.interpreter_frames,
+                seen: HashSet::new(),
+                execed: Vec::new(),
+            }),
+            _ => None,
+        };
         let running = cfg.target.start(&mut bpf)?;
         let mut session = Session {
             frequency: cfg.frequency,
@@ -123,22 +205,29 @@ impl Session {
             bpf_stats: cfg.bpf_stats,
             awaiting_exec: running.launched_pid(),
             agg: Aggregator::new(cfg.frequency),
-            classifier: Classifier::default(),
+            classifier,
             symbols: Symbols::new(),
-            python: PythonRegistry::default(),
+            python,
             decode_errors: 0,
             ticks: 0,
             window_start,
             window_start_wall,
             base: Baseline::default(),
             files_cached_since: Instant::now(),
+            native,
             bpf,
             running,
         };
-        // Known targets are looked at before their first sample, so it already has Python frames.
+        session.agg.interpreter_frames = session.native.as_ref().is_some_and(|n| n.interpreter_frames);
+        // Known targets are looked at before their first sample, so it already has Python frames
+        // (and, with explicit pids, its native mappings).
         for pid in session.running.initial_pids() {
             session.python.observe(pid);
+            if explicit_pids && let Some(n) = &mut session.native {
+                n.seen.insert(pid);
+            }
         }
+        session.register_native();
         session.register_python();
         // Explicit --pid targets (and their descendants) that are not Python are tracked
         // off-CPU too (with --all only Python processes are, and they were seeded when
@@ -174,11 +263,22 @@ impl Session {
 
     /// Hands every waiting ring-buffer record to the aggregator.
     pub fn drain(&mut self) {
-        let Session { bpf, agg, symbols, python, classifier, awaiting_exec, decode_errors, running, .. } = self;
+        let Session { bpf, agg, symbols, python, classifier, awaiting_exec, decode_errors, native, running, .. } = self;
+        let mut seen_pids = HashSet::new();
+        let mut seen = |pid: u32| {
+            seen_pids.insert(pid);
+        };
+        let mut execed = Vec::new();
         bpf.drain(|record| match events::decode(record) {
             Ok(Event::Sample(s)) if *awaiting_exec == Some(s.pid) => {}
-            Ok(Event::Sample(s)) => agg.add(s, symbols, python),
-            Ok(Event::OffCpu(s)) => agg.add_off_cpu(s, symbols, python, classifier),
+            Ok(Event::Sample(s)) => {
+                seen(s.pid);
+                agg.add(s, symbols, python)
+            }
+            Ok(Event::OffCpu(s)) => {
+                seen(s.pid);
+                agg.add_off_cpu(s, symbols, python, classifier)
+            }
             Ok(Event::Preempted(s)) if *awaiting_exec == Some(s.pid) => {}
             Ok(Event::Preempted(s)) => agg.preempted(s),
             Ok(Event::PreemptEnd { tid, since_ns, runq_ns, .. }) => {
@@ -201,13 +301,45 @@ impl Session {
                 python.exec(pid);
                 symbols.forget(pid);
                 agg.exec(pid);
+                execed.push(pid);
             }
             Err(e) => {
                 log::debug!("undecodable record: {e:?}");
                 *decode_errors += 1;
             }
         });
+        if let Some(n) = native.as_mut() {
+            n.seen.extend(seen_pids);
+            n.execed.extend(execed);
+        }
         self.register_python();
+        self.register_native();
+    }
+
+    /// Hands the kernel the mappings of processes seen for the first time (their first
+    /// samples were walked by frame pointers), and reads again those of processes whose walks
+    /// met code in no known mapping.
+    fn register_native(&mut self) {
+        let (Some(n), Some(maps)) = (&mut self.native, &mut self.bpf.unwind) else { return };
+        let mut sink = Sink(maps);
+        for pid in n.execed.drain(..) {
+            n.registry.forget(pid, &mut sink);
+        }
+        for pid in n.seen.drain() {
+            if pid == std::process::id() || n.registry.is_registered(pid) {
+                continue;
+            }
+            if let Err(e) = n.registry.register(pid, &mut sink) {
+                log::warn!("pid {pid}: native unwinding: {e:#}");
+            }
+        }
+        for pid in self.agg.unmapped_pids.drain() {
+            if n.registry.is_registered(pid)
+                && let Err(e) = n.registry.refresh(pid, &mut sink)
+            {
+                log::warn!("pid {pid}: native unwinding: {e:#}");
+            }
+        }
     }
 
     /// The profile of the current window (since the start or the last [`Session::rotate`]),
@@ -263,6 +395,7 @@ impl Session {
     pub fn rotate(&mut self) -> Profile {
         let profile = self.snapshot();
         self.agg = Aggregator::new(self.frequency);
+        self.agg.interpreter_frames = self.native.as_ref().is_some_and(|n| n.interpreter_frames);
         self.window_start = Instant::now();
         self.window_start_wall = SystemTime::now();
         self.forget_exited();
@@ -372,6 +505,9 @@ impl Session {
         dead_pids.dedup();
         self.bpf.forget_threads(&dead_tids);
         for &pid in &dead_pids {
+            if let (Some(n), Some(maps)) = (&mut self.native, &mut self.bpf.unwind) {
+                n.registry.forget(pid, &mut Sink(maps));
+            }
             self.bpf.forget_process(pid);
             self.python.forget(pid);
             self.symbols.forget(pid);
@@ -384,20 +520,30 @@ impl Session {
 
     /// Hands the kernel the layout of Python processes found since the last call.
     fn register_python(&mut self) {
-        for (pid, range) in self.python.take_gil_ranges() {
-            self.classifier.set_gil(pid, range);
+        register_python(&mut self.bpf, &mut self.python, &mut self.classifier);
+    }
+}
+
+/// Hands the kernel the layout of the Python processes `python` found since the last call,
+/// and the classifier their GILs and lock kinds.
+fn register_python(bpf: &mut Bpf, python: &mut PythonRegistry, classifier: &mut Classifier) {
+    for (pid, range) in python.take_gil_ranges() {
+        classifier.set_gil(pid, range);
+    }
+    for (pid, info) in python.take_pending() {
+        if let Err(e) = bpf.set_python(pid, &info) {
+            log::warn!("{e:#}");
         }
-        for (pid, info) in self.python.take_pending() {
-            if let Err(e) = self.bpf.set_python(pid, &info) {
-                log::warn!("{e:#}");
-            }
-            // Tracked off-CPU from now on: threads already asleep start their wait now.
-            self.bpf.seed_sleeping_threads(pid);
+        // 3.13+ parks its own locks (PyMutex) on the waiter's stack.
+        if python.version(pid).is_some_and(|v| (v.major, v.minor) >= (3, 13)) {
+            classifier.set_parking_lot(pid);
         }
-        for (tid, tstate) in self.python.take_pending_tstates() {
-            if let Err(e) = self.bpf.set_tstate(tid, tstate) {
-                log::warn!("{e:#}");
-            }
+        // Tracked off-CPU from now on: threads already asleep start their wait now.
+        bpf.seed_sleeping_threads(pid);
+    }
+    for (tid, tstate) in python.take_pending_tstates() {
+        if let Err(e) = bpf.set_tstate(tid, tstate) {
+            log::warn!("{e:#}");
         }
     }
 }
@@ -412,8 +558,13 @@ struct Live<'a> {
 
 impl Lookups for Live<'_> {
     fn user_frame(&self, pid: u32, addr: u64, index: usize) -> Frame {
-        let s = self.symbols.user_symbol(pid, addr, index);
-        Frame::Native(NativeFrame { symbol: s.and_then(|s| s.name.clone()), module: s.and_then(|s| s.module.clone()) })
+        match self.symbols.user_symbol(pid, addr, index) {
+            Some(UserSymbol::NotCode) => Frame::Marker(Marker::NotCode),
+            Some(UserSymbol::Code(s)) => {
+                Frame::Native(NativeFrame { symbol: s.name.clone(), module: s.module.clone(), offset: s.offset })
+            }
+            None => Frame::Native(NativeFrame { symbol: None, module: None, offset: None }),
+        }
     }
 
     fn kernel_frame(&self, addr: u64, index: usize) -> Frame {

@@ -84,21 +84,45 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
-/// A process's file-backed mappings: (start, end, file name), for naming unknown frames.
-pub fn mapped_files(pid: u32) -> Vec<(u64, u64, String)> {
-    let Ok(maps) = Process::new(pid as i32).and_then(|p| p.maps()) else {
-        return Vec::new();
-    };
-    maps.into_iter()
-        .filter_map(|m| match m.pathname {
-            procfs::process::MMapPath::Path(path) => {
-                let name = path.file_name()?.to_string_lossy().into_owned();
-                Some((m.address.0, m.address.1, name))
-            }
-            procfs::process::MMapPath::Vdso => Some((m.address.0, m.address.1, "[vdso]".into())),
-            _ => None,
-        })
-        .collect()
+/// One mapping of a process's address space, as /proc/PID/maps lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    /// The file offset `start` maps.
+    pub offset: u64,
+    /// Mapped executable (`x`): code, the vDSO, a JIT's anonymous pages.
+    pub executable: bool,
+    /// The file's name (`libc.so.6`), `[vdso]`, or None for anonymous memory.
+    pub file: Option<String>,
+}
+
+impl Mapping {
+    pub fn contains(&self, addr: u64) -> bool {
+        (self.start..self.end).contains(&addr)
+    }
+}
+
+/// A process's mappings, in address order; None when they cannot be read (the process is
+/// gone), which says nothing about any address.
+pub fn mappings(pid: u32) -> Option<Vec<Mapping>> {
+    use procfs::process::{MMPermissions, MMapPath};
+    let maps = Process::new(pid as i32).and_then(|p| p.maps()).ok()?;
+    Some(
+        maps.into_iter()
+            .map(|m| Mapping {
+                start: m.address.0,
+                end: m.address.1,
+                offset: m.offset,
+                executable: m.perms.contains(MMPermissions::EXECUTE),
+                file: match m.pathname {
+                    MMapPath::Path(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    MMapPath::Vdso => Some("[vdso]".into()),
+                    _ => None,
+                },
+            })
+            .collect(),
+    )
 }
 
 /// A thread found asleep: its state and, when it sleeps in a syscall, the call's number and
@@ -109,6 +133,8 @@ pub struct SleepingThread {
     /// `S` (interruptible) or `D` (uninterruptible).
     pub state: char,
     pub syscall: Option<(i64, [u64; 6])>,
+    /// Its user stack pointer in that syscall (0 when unknown).
+    pub sp: u64,
 }
 
 /// The threads of `pid` that are asleep now (state S or D).
@@ -126,25 +152,27 @@ pub fn sleeping_threads(pid: u32) -> Vec<SleepingThread> {
         if state != 'S' && state != 'D' {
             continue;
         }
-        let syscall = std::fs::read_to_string(task.path().join("syscall")).ok().and_then(|s| parse_syscall(&s));
-        out.push(SleepingThread { tid, state, syscall });
+        let text = std::fs::read_to_string(task.path().join("syscall")).unwrap_or_default();
+        let (syscall, sp) = parse_syscall(&text).map_or((None, 0), |(nr, args, sp)| (Some((nr, args)), sp));
+        out.push(SleepingThread { tid, state, syscall, sp });
     }
     out
 }
 
 /// `/proc/.../syscall`: "NR ARG1 ... ARG6 SP PC" while blocked in a syscall, "-1 SP PC" when
 /// blocked outside one, "running" otherwise.
-fn parse_syscall(text: &str) -> Option<(i64, [u64; 6])> {
+fn parse_syscall(text: &str) -> Option<(i64, [u64; 6], u64)> {
     let mut fields = text.split_whitespace();
     let nr: i64 = fields.next()?.parse().ok()?;
     if nr < 0 {
         return None;
     }
+    let mut hex = || u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok();
     let mut args = [0u64; 6];
     for a in &mut args {
-        *a = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
+        *a = hex()?;
     }
-    Some((nr, args))
+    Some((nr, args, hex().unwrap_or(0)))
 }
 
 #[cfg(test)]
@@ -152,10 +180,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn own_mappings_tell_code_from_data() {
+        let this: fn() = own_mappings_tell_code_from_data;
+        static DATA: [u8; 4096] = [1; 4096];
+        let maps = mappings(std::process::id()).unwrap();
+        let at = |addr: u64| maps.iter().find(|m| m.contains(addr)).unwrap();
+        let code = at(this as usize as u64);
+        assert!(code.executable && code.file.is_some(), "{code:?}");
+        let data = at(DATA.as_ptr() as u64);
+        assert!(!data.executable, "{data:?}");
+        assert_eq!(mappings(u32::MAX), None);
+    }
+
+    #[test]
     fn syscall_lines() {
         assert_eq!(
             parse_syscall("232 0x3 0x7ffd 0x400 0xffffffff 0x0 0x0 0x7ffc 0x7f12\n"),
-            Some((232, [3, 0x7ffd, 0x400, 0xffffffff, 0, 0]))
+            Some((232, [3, 0x7ffd, 0x400, 0xffffffff, 0, 0], 0x7ffc))
         );
         assert_eq!(parse_syscall("-1 0x7ffc 0x7f12"), None);
         assert_eq!(parse_syscall("running"), None);

@@ -4,6 +4,12 @@
 //! process per batch), then cached for the rest of the run. Batches run every few hundred
 //! milliseconds, so a process that exits soon after it was sampled has usually been symbolized
 //! already; if not, its frames stay `[unknown]`.
+//!
+//! A user address is first checked against the process's executable mappings (its
+//! /proc/PID/maps, cached per process, read again when an address falls outside them: a library
+//! loaded since). Frame-pointer walks through code built without frame pointers return data
+//! addresses too; symbolized, they took the name of the nearest symbol, even a variable's
+//! (`_PyRuntime`). An address outside every executable mapping is [`UserSymbol::NotCode`].
 use std::collections::{BTreeSet, HashMap};
 
 use blazesym::{
@@ -14,19 +20,33 @@ use blazesym::{
     },
 };
 
-use crate::host::procinfo;
+use crate::host::procinfo::{self, Mapping};
 
-/// What an address of a process is: its symbol, else the file mapped there (when known).
+/// What an address of a process is: its symbol, else the file mapped there (when known) and
+/// the address's offset in that file.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NativeSymbol {
     pub name: Option<String>,
     pub module: Option<String>,
+    pub offset: Option<u64>,
+}
+
+/// A user stack entry, symbolized.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserSymbol {
+    /// In an executable mapping.
+    Code(NativeSymbol),
+    /// Outside every executable mapping of the process, by a read of its maps made after the
+    /// address was seen: not a return address.
+    NotCode,
 }
 
 pub struct Symbols {
     symbolizer: Symbolizer,
-    /// (pid, address as looked up) → its symbol.
-    user: HashMap<(u32, u64), NativeSymbol>,
+    /// (pid, address as looked up) → what it is.
+    user: HashMap<(u32, u64), UserSymbol>,
+    /// pid → its mappings as last read.
+    maps: HashMap<u32, Vec<Mapping>>,
     /// Kernel address → its symbol (None: not in kallsyms).
     kernel: HashMap<u64, Option<String>>,
     pending_user: HashMap<u32, BTreeSet<u64>>,
@@ -51,19 +71,18 @@ impl Symbols {
         Self {
             symbolizer,
             user: HashMap::new(),
+            maps: HashMap::new(),
             kernel: HashMap::new(),
             pending_user: HashMap::new(),
             pending_kernel: BTreeSet::new(),
         }
     }
 
-    /// Remembers addresses of a leaf-first user stack that have no symbol yet.
-    pub fn note_user_stack(&mut self, pid: u32, stack: &[u64]) {
-        for (i, &addr) in stack.iter().enumerate() {
-            let key = (pid, lookup_addr(addr, i == 0));
-            if !self.user.contains_key(&key) {
-                self.pending_user.entry(pid).or_default().insert(key.1);
-            }
+    /// Remembers one user address (`leaf`: the sampled instruction, else a return address).
+    pub fn note_user(&mut self, pid: u32, addr: u64, leaf: bool) {
+        let key = (pid, lookup_addr(addr, leaf));
+        if !self.user.contains_key(&key) {
+            self.pending_user.entry(pid).or_default().insert(key.1);
         }
     }
 
@@ -79,21 +98,40 @@ impl Symbols {
     /// Symbolizes everything noted since the last call.
     pub fn resolve_pending(&mut self) {
         for (pid, addrs) in std::mem::take(&mut self.pending_user) {
-            let addrs: Vec<u64> = addrs.into_iter().collect();
-            let src = Source::Process(Process::new(Pid::from(pid)));
-            let results = self.symbolizer.symbolize(&src, Input::AbsAddr(&addrs)).ok();
-            let mut mappings = None;
-            for (i, &addr) in addrs.iter().enumerate() {
-                let symbol = match results.as_ref().and_then(|r| r.get(i)) {
-                    Some(Symbolized::Sym(sym)) => NativeSymbol { name: Some(sym.name.to_string()), module: None },
-                    _ => {
-                        // Name the module, so "[unknown] (libfoo.so)" still says where.
-                        let maps = mappings.get_or_insert_with(|| procinfo::mapped_files(pid));
-                        let module = maps.iter().find(|(lo, hi, _)| (*lo..*hi).contains(&addr)).map(|m| m.2.clone());
-                        NativeSymbol { name: None, module }
+            let mut maps = ProcessMaps { pid, cached: self.maps.remove(&pid), read: MapsRead::NotYet };
+            let mut code = Vec::with_capacity(addrs.len());
+            for addr in addrs {
+                match maps.executable(addr) {
+                    Some(false) => {
+                        self.user.insert((pid, addr), UserSymbol::NotCode);
                     }
-                };
-                self.user.insert((pid, addr), symbol);
+                    _ => code.push(addr),
+                }
+            }
+            if !code.is_empty() {
+                let src = Source::Process(Process::new(Pid::from(pid)));
+                let results = self.symbolizer.symbolize(&src, Input::AbsAddr(&code)).ok();
+                for (i, &addr) in code.iter().enumerate() {
+                    let symbol = match results.as_ref().and_then(|r| r.get(i)) {
+                        Some(Symbolized::Sym(sym)) => {
+                            NativeSymbol { name: Some(sym.name.to_string()), module: None, offset: None }
+                        }
+                        // Name the module and the offset in it, so "[unknown] (libfoo.so+0x1234)"
+                        // still says where (and `addr2line -e libfoo.so` can say more).
+                        _ => match maps.exec_mapping(addr) {
+                            Some(m) => NativeSymbol {
+                                name: None,
+                                module: m.file.clone(),
+                                offset: m.file.as_ref().map(|_| addr - m.start + m.offset),
+                            },
+                            None => NativeSymbol::default(),
+                        },
+                    };
+                    self.user.insert((pid, addr), UserSymbol::Code(symbol));
+                }
+            }
+            if let Some(cached) = maps.cached {
+                self.maps.insert(pid, cached);
             }
         }
         if !self.pending_kernel.is_empty() {
@@ -110,8 +148,8 @@ impl Symbols {
         }
     }
 
-    /// The symbol of a user stack entry (index 0 = leaf); None when it was never resolved.
-    pub fn user_symbol(&self, pid: u32, addr: u64, index: usize) -> Option<&NativeSymbol> {
+    /// What a user stack entry is (index 0 = leaf); None when it was never resolved.
+    pub fn user_symbol(&self, pid: u32, addr: u64, index: usize) -> Option<&UserSymbol> {
         self.user.get(&(pid, lookup_addr(addr, index == 0)))
     }
 
@@ -131,5 +169,89 @@ impl Symbols {
     pub fn forget(&mut self, pid: u32) {
         self.user.retain(|(p, _), _| *p != pid);
         self.pending_user.remove(&pid);
+        self.maps.remove(&pid);
+    }
+}
+
+/// A process's mappings during one batch: the cached ones, read again at most once, when an
+/// address is in none of their executable mappings.
+struct ProcessMaps {
+    pid: u32,
+    cached: Option<Vec<Mapping>>,
+    read: MapsRead,
+}
+
+#[derive(PartialEq, Eq)]
+enum MapsRead {
+    NotYet,
+    /// Read in this batch, after every address of the batch was recorded.
+    Fresh,
+    /// Could not be read (the process is gone): stale maps cannot say an address is not code.
+    Failed,
+}
+
+impl ProcessMaps {
+    /// Is `addr` in an executable mapping? None when that cannot be known.
+    fn executable(&mut self, addr: u64) -> Option<bool> {
+        if self.exec_mapping(addr).is_some() {
+            return Some(true);
+        }
+        if self.read == MapsRead::NotYet {
+            self.read = match procinfo::mappings(self.pid) {
+                Some(maps) => {
+                    self.cached = Some(maps);
+                    MapsRead::Fresh
+                }
+                None => MapsRead::Failed,
+            };
+            if self.exec_mapping(addr).is_some() {
+                return Some(true);
+            }
+        }
+        (self.read == MapsRead::Fresh).then_some(false)
+    }
+
+    fn exec_mapping(&self, addr: u64) -> Option<&Mapping> {
+        self.cached.as_ref()?.iter().find(|m| m.executable && m.contains(addr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static DATA_SYMBOL: [u64; 512] = [7; 512];
+
+    #[test]
+    fn addresses_outside_executable_mappings_are_not_code_and_get_no_symbol() {
+        let this: fn() = addresses_outside_executable_mappings_are_not_code_and_get_no_symbol;
+        let pid = std::process::id();
+        let code = this as usize as u64;
+        let data = DATA_SYMBOL.as_ptr() as u64 + 8;
+        let mut symbols = Symbols::new();
+        // Leaf first: a real return address, then a data address a frame pointer led to.
+        symbols.note_user(pid, code + 4, true);
+        symbols.note_user(pid, data + 1, false);
+        symbols.resolve_pending();
+        match symbols.user_symbol(pid, code + 4, 0) {
+            Some(UserSymbol::Code(s)) => {
+                assert!(s.name.as_deref().is_some_and(|n| n.contains("addresses_outside")), "{s:?}")
+            }
+            other => panic!("code address: {other:?}"),
+        }
+        // DATA_SYMBOL has a symbol of its own, which the address must not take.
+        assert_eq!(symbols.user_symbol(pid, data + 1, 1), Some(&UserSymbol::NotCode));
+    }
+
+    #[test]
+    fn maps_that_cannot_be_read_say_nothing() {
+        let mut gone = ProcessMaps {
+            pid: u32::MAX,
+            cached: Some(vec![Mapping { start: 0x1000, end: 0x2000, offset: 0, executable: true, file: None }]),
+            read: MapsRead::NotYet,
+        };
+        assert_eq!(gone.executable(0x1800), Some(true));
+        assert_eq!(gone.executable(0x5000), None);
+        assert_eq!(gone.executable(0x6000), None);
     }
 }

@@ -39,6 +39,8 @@ pub struct NativeFrame {
     pub symbol: Option<String>,
     /// The file mapped at the address (`libfoo.so`), when the symbol is unknown.
     pub module: Option<String>,
+    /// With `module`: the address's offset in that file (`[unknown] (libfoo.so+0x1234)`).
+    pub offset: Option<u64>,
 }
 
 /// Frames that are not functions.
@@ -51,6 +53,21 @@ pub enum Marker {
     NoUserStack,
     /// A Python frame whose code object could not be read.
     UnknownPython,
+    /// At the root of a native stack: the frame-pointer walk reached an address outside any
+    /// executable mapping (a frame pointer used as a general register, or data on the stack),
+    /// so neither it nor anything the walk found beyond it is a caller.
+    NotCode,
+    /// At the root of a native stack the unwinder could not continue: the last frame's code has
+    /// no unwind info (no CFI: JIT code, a generated trampoline, a binary without `.eh_frame`).
+    UnwindNoInfo,
+    /// ... or the stack could not be read there.
+    UnwindUnreadable,
+    /// ... or the next address is in no mapping known (yet) to the unwinder.
+    UnwindUnmapped,
+    /// ... or the frame did not look like one (garbage registers).
+    UnwindBadFrame,
+    /// ... or the stack is deeper than the unwinder walks.
+    UnwindTruncated,
 }
 
 /// What a native address with no symbol is shown as.
@@ -58,13 +75,29 @@ pub const UNKNOWN: &str = "[unknown]";
 const KERNEL_PREFIX: &str = "[kernel] ";
 
 impl Marker {
-    pub const ALL: [Marker; 3] = [Marker::Truncated, Marker::NoUserStack, Marker::UnknownPython];
+    pub const ALL: [Marker; 9] = [
+        Marker::Truncated,
+        Marker::NoUserStack,
+        Marker::UnknownPython,
+        Marker::NotCode,
+        Marker::UnwindNoInfo,
+        Marker::UnwindUnreadable,
+        Marker::UnwindUnmapped,
+        Marker::UnwindBadFrame,
+        Marker::UnwindTruncated,
+    ];
 
     pub fn text(self) -> &'static str {
         match self {
             Marker::Truncated => "[truncated]",
             Marker::NoUserStack => "[no user stack]",
             Marker::UnknownPython => "[unknown python frame]",
+            Marker::NotCode => "[not code]",
+            Marker::UnwindNoInfo => "[unwind stopped: no unwind info]",
+            Marker::UnwindUnreadable => "[unwind stopped: stack unreadable]",
+            Marker::UnwindUnmapped => "[unwind stopped: unmapped address]",
+            Marker::UnwindBadFrame => "[unwind stopped: bad frame]",
+            Marker::UnwindTruncated => "[unwind stopped: too deep]",
         }
     }
 }
@@ -90,8 +123,11 @@ impl fmt::Display for Frame {
         match self {
             Frame::Python(p) => p.fmt(f),
             Frame::Native(NativeFrame { symbol: Some(s), .. }) => f.write_str(s),
-            Frame::Native(NativeFrame { symbol: None, module: Some(m) }) => write!(f, "{UNKNOWN} ({m})"),
-            Frame::Native(NativeFrame { symbol: None, module: None }) => f.write_str(UNKNOWN),
+            Frame::Native(NativeFrame { symbol: None, module: Some(m), offset: Some(o) }) => {
+                write!(f, "{UNKNOWN} ({m}+{o:#x})")
+            }
+            Frame::Native(NativeFrame { symbol: None, module: Some(m), offset: None }) => write!(f, "{UNKNOWN} ({m})"),
+            Frame::Native(NativeFrame { symbol: None, module: None, .. }) => f.write_str(UNKNOWN),
             Frame::Kernel(Some(s)) => write!(f, "{KERNEL_PREFIX}{s}"),
             Frame::Kernel(None) => write!(f, "{KERNEL_PREFIX}{UNKNOWN}"),
             Frame::Marker(m) => f.write_str(m.text()),
@@ -102,7 +138,7 @@ impl fmt::Display for Frame {
 
 impl Frame {
     pub fn native(symbol: impl Into<String>) -> Frame {
-        Frame::Native(NativeFrame { symbol: Some(symbol.into()), module: None })
+        Frame::Native(NativeFrame { symbol: Some(symbol.into()), module: None, offset: None })
     }
 
     pub fn as_python(&self) -> Option<&PythonFrame> {
@@ -123,10 +159,14 @@ impl Frame {
             return Frame::Kernel((sym != UNKNOWN).then(|| sym.to_string()));
         }
         if text == UNKNOWN {
-            return Frame::Native(NativeFrame { symbol: None, module: None });
+            return Frame::Native(NativeFrame { symbol: None, module: None, offset: None });
         }
         if let Some(module) = text.strip_prefix("[unknown] (").and_then(|m| m.strip_suffix(')')) {
-            return Frame::Native(NativeFrame { symbol: None, module: Some(module.to_string()) });
+            let (module, offset) = match module.rsplit_once("+0x").map(|(m, o)| (m, u64::from_str_radix(o, 16))) {
+                Some((m, Ok(o))) => (m, Some(o)),
+                _ => (module, None),
+            };
+            return Frame::Native(NativeFrame { symbol: None, module: Some(module.to_string()), offset });
         }
         Frame::native(text)
     }
@@ -140,13 +180,16 @@ mod tests {
     fn text_of_each_kind_reads_back() {
         let frames = [
             Frame::native("PyObject_Call"),
-            Frame::Native(NativeFrame { symbol: None, module: Some("libfoo.so".into()) }),
-            Frame::Native(NativeFrame { symbol: None, module: None }),
+            Frame::Native(NativeFrame { symbol: None, module: Some("libfoo.so".into()), offset: None }),
+            Frame::Native(NativeFrame { symbol: None, module: Some("libfoo.so".into()), offset: Some(0x1a2b) }),
+            Frame::Native(NativeFrame { symbol: None, module: None, offset: None }),
+            Frame::Marker(Marker::UnwindNoInfo),
             Frame::Kernel(Some("do_syscall_64".into())),
             Frame::Kernel(None),
             Frame::Marker(Marker::Truncated),
             Frame::Marker(Marker::NoUserStack),
             Frame::Marker(Marker::UnknownPython),
+            Frame::Marker(Marker::NotCode),
         ];
         for f in frames {
             assert_eq!(Frame::from_text(&f.to_string()), f, "{f}");

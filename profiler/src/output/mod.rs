@@ -1,12 +1,11 @@
-//! Output files: choosing formats, checking paths before profiling, writing atomically.
+//! Output files: choosing formats, checking paths before profiling, writing atomically and
+//! owner-only (see [`write_with`]).
 use std::{
     collections::HashSet,
     io::{BufWriter, Write},
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
 };
-
-use anyhow::Context as _;
 
 pub mod flamegraph;
 pub mod pprof;
@@ -171,38 +170,71 @@ fn check_writable(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Writes one output: into a temporary file beside the target, then renamed over it, so a
-/// reader never sees a partial file and an interrupted write leaves the old file in place.
-/// Devices, FIFOs and our own descriptors (`/dev/stdout`) are written in place.
+/// Writes one output (see [`write_with`]).
 pub fn write(profile: &Profile, spec: &OutputSpec) -> anyhow::Result<()> {
-    let path = match destination(&spec.path) {
+    write_with(&spec.path, |w| render(profile, spec.format, w))
+}
+
+/// Mode of a new output file: owner only, as `perf record` writes. Profiles hold every
+/// profiled process's command line (tokens, passwords) and code paths.
+pub const NEW_FILE_MODE: u32 = 0o600;
+
+/// Writes an output file with what `fill` writes: into a temporary file beside the target,
+/// then renamed over it, so a reader never sees a partial file and an interrupted write (or a
+/// `fill` that fails) leaves the old file in place. A new file is made [`NEW_FILE_MODE`], owned
+/// by the user who ran us through sudo if we were; an existing one keeps its mode (and owner,
+/// when we may give it). Devices, FIFOs and our own
+/// descriptors (`/dev/stdout`) are written in place.
+pub fn write_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let cannot = |e: &dyn std::fmt::Display| fatal(ExitCode::Output, format!("cannot write '{}': {e}", path.display()));
+    let file = match destination(path) {
         Destination::Stream(stream) => {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&stream)
-                .map_err(|e| fatal(ExitCode::Output, format!("cannot write '{}': {e}", stream.display())))?;
+            let f = std::fs::OpenOptions::new().write(true).open(&stream).map_err(|e| cannot(&e))?;
             let mut w = BufWriter::new(f);
-            render(profile, spec.format, &mut w)?;
-            w.flush().map_err(|e| fatal(ExitCode::Output, format!("cannot write '{}': {e}", stream.display())))?;
+            fill(&mut w)?;
+            w.flush().map_err(|e| cannot(&e))?;
             return Ok(());
         }
         Destination::File(file) => file,
     };
-    let dir = parent_dir(&path);
-    let tmp = tempfile::Builder::new()
-        .prefix(".pyebpf-")
-        .tempfile_in(dir)
-        .with_context(|| format!("cannot create a temporary file in '{}'", dir.display()))?;
+    // tempfile creates its files 0600.
+    let tmp = tempfile::Builder::new().prefix(".pyebpf-").tempfile_in(parent_dir(&file)).map_err(|e| cannot(&e))?;
     {
         let mut w = BufWriter::new(tmp.as_file());
-        render(profile, spec.format, &mut w)?;
+        fill(&mut w)?;
         w.flush()?;
     }
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    match std::fs::metadata(&file) {
+        Ok(old) => {
+            use std::os::unix::fs::MetadataExt;
+            // Only root may give a file away; anyone else keeps what they made.
+            let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(old.uid()), Some(old.gid()));
+            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o7777))?;
+        }
+        Err(_) => {
+            tmp.as_file().set_permissions(std::fs::Permissions::from_mode(NEW_FILE_MODE))?;
+            // Run through sudo (as `cargo xtask run` does for a user): the user who asked for
+            // the profile can read it; other users still cannot.
+            // SAFETY: geteuid cannot fail.
+            let euid = unsafe { libc::geteuid() };
+            if let Some((uid, gid)) = sudo_owner(euid, |name| std::env::var(name).ok()) {
+                let _ = std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid));
+            }
+        }
+    }
     tmp.as_file().sync_all()?;
-    tmp.persist(&path)
-        .map_err(|e| fatal(ExitCode::Output, format!("cannot write '{}': {}", spec.path.display(), e.error)))?;
+    tmp.persist(&file).map_err(|e| cannot(&e.error))?;
     Ok(())
+}
+
+/// The user and group that ran us through sudo (`SUDO_UID`, `SUDO_GID`), when we run as root
+/// because of it: the owner a new output gets.
+fn sudo_owner(euid: u32, env: impl Fn(&str) -> Option<String>) -> Option<(u32, u32)> {
+    if euid != 0 {
+        return None;
+    }
+    let id = |name: &str| env(name)?.parse::<u32>().ok();
+    Some((id("SUDO_UID")?, id("SUDO_GID")?))
 }
 
 pub fn render(profile: &Profile, format: Format, w: &mut dyn Write) -> anyhow::Result<()> {
@@ -240,6 +272,52 @@ mod tests {
         assert_eq!(Format::from_path(Path::new("x.gz")), None);
         assert_eq!(Format::from_path(Path::new("x")), None);
         assert_eq!(Format::from_path(Path::new("x.png")), None);
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn new_files_are_owner_only_and_existing_ones_keep_their_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("new.json");
+        write_with(&new, |w| Ok(w.write_all(b"one")?)).unwrap();
+        assert_eq!((std::fs::read_to_string(&new).unwrap().as_str(), mode(&new)), ("one", 0o600));
+        // Whatever the umask.
+        // SAFETY: umask cannot fail; other tests creating files meanwhile only get more open
+        // modes, which none of them checks.
+        let old_umask = unsafe { libc::umask(0) };
+        let other = dir.path().join("other.svg");
+        write_with(&other, |w| Ok(w.write_all(b"x")?)).unwrap();
+        // SAFETY: as above.
+        unsafe { libc::umask(old_umask) };
+        assert_eq!(mode(&other), 0o600);
+        // An existing file keeps its mode, also one more open than ours.
+        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_with(&new, |w| Ok(w.write_all(b"two")?)).unwrap();
+        assert_eq!((std::fs::read_to_string(&new).unwrap().as_str(), mode(&new)), ("two", 0o644));
+        std::fs::set_permissions(&new, std::fs::Permissions::from_mode(0o640)).unwrap();
+        write_with(&new, |w| Ok(w.write_all(b"three")?)).unwrap();
+        assert_eq!(mode(&new), 0o640);
+        // A failed render leaves the old file, and no temporary file behind.
+        assert!(write_with(&new, |_| anyhow::bail!("render failed")).is_err());
+        assert_eq!(std::fs::read_to_string(&new).unwrap(), "three");
+        let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, ["new.json", "other.svg"]);
+    }
+
+    #[test]
+    fn new_files_made_under_sudo_belong_to_the_user_who_ran_it() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(sudo_owner(0, env(&[("SUDO_UID", "1000"), ("SUDO_GID", "1001")])), Some((1000, 1001)));
+        // Not root (sudo -u someone), not through sudo, or nonsense: whoever we are.
+        assert_eq!(sudo_owner(1000, env(&[("SUDO_UID", "1000"), ("SUDO_GID", "1001")])), None);
+        assert_eq!(sudo_owner(0, env(&[])), None);
+        assert_eq!(sudo_owner(0, env(&[("SUDO_UID", "x"), ("SUDO_GID", "1")])), None);
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! builds (pyenv, uwsgi, embedders), or the executable itself for static ones (Debian's
 //! python3). Files are opened through `/proc/PID/map_files`, which works across mount
 //! namespaces and for deleted files. The version comes from the `Py_Version` symbol (3.11+),
-//! else from the file name; for 3.13+ it is checked against `_Py_DebugOffsets`, which is kept
-//! for comparing the layout table with (`offsets::for_process`).
+//! else from the file name; for 3.13+ it is checked against `_Py_DebugOffsets`, which also
+//! says whether the build is free-threaded and is kept for comparing the layout table with
+//! (`offsets::for_process`).
 use std::{collections::HashMap, fs::File, path::PathBuf};
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, read::ReadCache};
@@ -35,6 +36,10 @@ pub struct Interpreter {
     /// Address ranges of the interpreter's own code, to tell interpreter frames from native
     /// code in C extensions and libraries.
     pub code_ranges: Vec<(u64, u64)>,
+    /// Address ranges of the eval loop (`_PyEval_EvalFrameDefault` and its `.cold` part): the
+    /// native frames that run Python frames, in mixed stacks (empty if the binary has no such
+    /// symbols).
+    pub eval_ranges: Vec<(u64, u64)>,
     /// The file it was loaded from.
     pub path: PathBuf,
     /// 3.13+: the process's `_Py_DebugOffsets` (the start of `_PyRuntime`), as many bytes as
@@ -49,6 +54,8 @@ pub struct ElfFacts {
     pub py_version_hex: Option<u32>,
     /// Virtual address of the first loadable segment, page aligned: what file offset 0 maps to.
     pub base_vaddr: u64,
+    /// (start, end) virtual addresses of the eval loop's code.
+    pub eval_vaddrs: Vec<(u64, u64)>,
 }
 
 /// Caches ELF facts per (device, inode), so each interpreter binary is parsed once.
@@ -86,7 +93,15 @@ fn parse_elf_facts<'a, R: ReadRef<'a>>(data: R) -> Option<ElfFacts> {
     let elf = object::File::parse(data).ok()?;
     let mut runtime_vaddr = None;
     let mut py_version_hex = None;
+    let mut eval_vaddrs = Vec::new();
     for sym in elf.dynamic_symbols().chain(elf.symbols()) {
+        if let Ok(name) = sym.name()
+            && (name == EVAL_FUNCTION || name.strip_prefix(EVAL_FUNCTION).is_some_and(|rest| rest.starts_with(".cold")))
+            && sym.address() != 0
+            && !eval_vaddrs.contains(&(sym.address(), sym.address() + sym.size().max(1)))
+        {
+            eval_vaddrs.push((sym.address(), sym.address() + sym.size().max(1)));
+        }
         match sym.name() {
             Ok("_PyRuntime") if runtime_vaddr.is_none() => runtime_vaddr = Some(sym.address()),
             Ok("Py_Version") if py_version_hex.is_none() => {
@@ -98,13 +113,13 @@ fn parse_elf_facts<'a, R: ReadRef<'a>>(data: R) -> Option<ElfFacts> {
             }
             _ => {}
         }
-        if runtime_vaddr.is_some() && py_version_hex.is_some() {
-            break;
-        }
     }
     let base_vaddr = elf.segments().map(|s| s.address()).min()? & !0xfff;
-    Some(ElfFacts { runtime_vaddr, py_version_hex, base_vaddr })
+    Some(ElfFacts { runtime_vaddr, py_version_hex, base_vaddr, eval_vaddrs })
 }
+
+/// The eval loop: each of its calls runs Python frames (one per call before 3.11).
+const EVAL_FUNCTION: &str = "_PyEval_EvalFrameDefault";
 
 impl Inspector {
     fn elf_facts(&mut self, path: &std::path::Path) -> Option<ElfFacts> {
@@ -165,7 +180,16 @@ impl Inspector {
                 .filter(|m| m.perms.contains(procfs::process::MMPermissions::EXECUTE))
                 .map(|m| (m.address.0, m.address.1))
                 .collect();
-            return Inspection::Python(Interpreter { version, runtime_addr, code_ranges, path, debug_offsets });
+            let eval_ranges =
+                facts.eval_vaddrs.iter().map(|&(lo, hi)| (lo.wrapping_add(bias), hi.wrapping_add(bias))).collect();
+            return Inspection::Python(Interpreter {
+                version,
+                runtime_addr,
+                code_ranges,
+                eval_ranges,
+                path,
+                debug_offsets,
+            });
         }
         Inspection::NotPython
     }
@@ -184,7 +208,7 @@ pub fn interpreter_version(
     let mut version = match py_version_hex {
         Some(hex) => PyVersion::from_hex(hex),
         None => match version_from_name(name) {
-            Some((major, minor)) => PyVersion { major, minor, patch: None },
+            Some((major, minor)) => PyVersion { major, minor, patch: None, free_threaded: false },
             None => {
                 return Err(Inspection::Unsupported {
                     version: "unknown".into(),
@@ -196,8 +220,8 @@ pub fn interpreter_version(
     let mut debug_offsets = None;
     if version.minor >= 13 {
         match read_debug_offsets(mem, runtime_addr, version) {
-            Ok((hex, bytes)) => {
-                version = PyVersion::from_hex(hex as u32);
+            Ok((hex, free_threaded, bytes)) => {
+                version = PyVersion { free_threaded, ..PyVersion::from_hex(hex as u32) };
                 debug_offsets = Some(bytes);
             }
             Err(reason) => return Err(Inspection::Unsupported { version: version.to_string(), reason }),
@@ -207,28 +231,39 @@ pub fn interpreter_version(
 }
 
 /// 3.13+ starts `_PyRuntime` with `_Py_DebugOffsets`: cookie "xdebugpy", the exact version,
-/// and whether the build is free-threaded (a different layout, not supported). Returns the
-/// version and the struct's bytes (only its head for a version without a known layout of it).
-fn read_debug_offsets(mem: &impl ReadMemory, runtime_addr: u64, version: PyVersion) -> Result<(u64, Vec<u8>), String> {
-    let size = offsets::debug_layout(version.major, version.minor).map_or(24, |l| usize::from(l.size)).max(24);
+/// and whether the build is free-threaded (its own layout). Returns the version, the build and
+/// the struct's bytes (only its head for a version without a known layout of it).
+fn read_debug_offsets(
+    mem: &impl ReadMemory,
+    runtime_addr: u64,
+    version: PyVersion,
+) -> Result<(u64, bool, Vec<u8>), String> {
+    let mut head = [0u8; 24];
+    if !mem.read(runtime_addr, &mut head) {
+        return Err("cannot read _Py_DebugOffsets".into());
+    }
+    let (hex, free_threaded) = check_debug_head(&head)?;
+    let size = offsets::debug_layout(version.major, version.minor, free_threaded)
+        .map_or(head.len(), |l| usize::from(l.size))
+        .max(head.len());
     let mut bytes = vec![0u8; size];
     if !mem.read(runtime_addr, &mut bytes) {
         return Err("cannot read _Py_DebugOffsets".into());
     }
-    let hex = check_debug_head(bytes[..24].try_into().unwrap())?;
-    Ok((hex, bytes))
+    Ok((hex, free_threaded, bytes))
 }
 
-fn check_debug_head(head: &[u8; 24]) -> Result<u64, String> {
+/// (version, free-threaded) from the head of `_Py_DebugOffsets`.
+fn check_debug_head(head: &[u8; 24]) -> Result<(u64, bool), String> {
     if &head[..8] != b"xdebugpy" {
         return Err("_PyRuntime does not start with the _Py_DebugOffsets cookie".into());
     }
     let version = u64::from_ne_bytes(head[8..16].try_into().unwrap());
-    let free_threaded = u64::from_ne_bytes(head[16..24].try_into().unwrap());
-    if free_threaded != 0 {
-        return Err("free-threaded builds are not supported yet".into());
+    match u64::from_ne_bytes(head[16..24].try_into().unwrap()) {
+        0 => Ok((version, false)),
+        1 => Ok((version, true)),
+        other => Err(format!("_Py_DebugOffsets.free_threaded is {other}")),
     }
-    Ok(version)
 }
 
 #[cfg(test)]

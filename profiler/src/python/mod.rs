@@ -28,7 +28,7 @@ mod tests {
     #[test]
     fn shim_frames_are_hidden_by_owner() {
         let owners = |minor| {
-            let o = super::offsets::for_version(3, minor).unwrap();
+            let o = super::offsets::for_version(3, minor, false).unwrap();
             (0..=5).filter(|&owner| super::is_shim_owner(o, owner)).collect::<Vec<u32>>()
         };
         assert!(owners(11).is_empty());
@@ -37,11 +37,22 @@ mod tests {
         assert_eq!(owners(13), [3]);
         // ... 3.14 inserts FRAME_OWNED_BY_INTERPRETER (3, the entry frame) before CSTACK (4).
         assert_eq!(owners(14), [3, 4, 5]);
+        // ... and 3.15 drops CSTACK: owners are 0-3, INTERPRETER the last.
+        assert_eq!(owners(15), [3, 4, 5]);
+        // Free-threaded builds number their owners as their GIL builds do.
+        for ((_, minor, free_threaded), o) in super::offsets_generated::TABLE {
+            if *free_threaded {
+                let gil = super::offsets::for_version(3, *minor, false).unwrap();
+                for owner in 0..=5 {
+                    assert_eq!(super::is_shim_owner(o, owner), super::is_shim_owner(gil, owner), "3.{minor}t");
+                }
+            }
+        }
     }
 
     #[test]
     fn code_pointer_tags_are_cleared_by_the_kernel() {
-        for ((_, minor), o) in super::offsets_generated::TABLE {
+        for ((_, minor, _), o) in super::offsets_generated::TABLE {
             let tags = o.frame_code_tag_bits as u64;
             assert_eq!(tags & !profiler_common::PY_CODE_TAG_MASK, 0, "3.{minor}");
         }
@@ -56,8 +67,20 @@ mod tests {
     }
 
     #[test]
+    fn is_entry_only_in_3_11() {
+        for ((_, minor, _), o) in super::offsets_generated::TABLE {
+            let at = super::frame_is_entry(o);
+            if *minor == 11 {
+                assert_eq!(at, 68, "3.11: is_entry precedes owner (69)");
+            } else {
+                assert_eq!(at, -1, "3.{minor}");
+            }
+        }
+    }
+
+    #[test]
     fn frame_fields_fit_the_kernels_single_read() {
-        for ((major, minor), o) in super::offsets_generated::TABLE {
+        for ((major, minor, _), o) in super::offsets_generated::TABLE {
             let len = super::frame_read_len(o);
             assert!(len > 0 && len as usize <= profiler_common::PY_FRAME_READ_MAX, "{major}.{minor}: {len}");
         }
@@ -69,21 +92,25 @@ pub struct PyVersion {
     pub major: u8,
     pub minor: u8,
     pub patch: Option<u8>,
+    /// A free-threaded build (`--disable-gil`, 3.13+): shown as "3.14.2t", CPython's own name
+    /// for its ABI.
+    pub free_threaded: bool,
 }
 
 impl PyVersion {
-    /// From `PY_VERSION_HEX` (0xMMmmpp..).
+    /// From `PY_VERSION_HEX` (0xMMmmpp..), a GIL build.
     pub fn from_hex(hex: u32) -> Self {
-        Self { major: (hex >> 24) as u8, minor: (hex >> 16) as u8, patch: Some((hex >> 8) as u8) }
+        Self { major: (hex >> 24) as u8, minor: (hex >> 16) as u8, patch: Some((hex >> 8) as u8), free_threaded: false }
     }
 }
 
 impl fmt::Display for PyVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.patch {
-            Some(p) => write!(f, "{}.{}.{}", self.major, self.minor, p),
-            None => write!(f, "{}.{}", self.major, self.minor),
+            Some(p) => write!(f, "{}.{}.{}", self.major, self.minor, p)?,
+            None => write!(f, "{}.{}", self.major, self.minor)?,
         }
+        if self.free_threaded { f.write_str("t") } else { Ok(()) }
     }
 }
 
@@ -109,7 +136,19 @@ pub fn proc_info(runtime_addr: u64, o: &PyOffsets) -> PyProcInfo {
         frame_owner: off(o.frame_owner),
         code_firstlineno: off(o.code_firstlineno),
         frame_read_len: frame_read_len(o),
-        _reserved: 0,
+        frame_is_entry: off(frame_is_entry(o)),
+    }
+}
+
+/// `_PyInterpreterFrame.is_entry` (3.11 only: the first frame of each `_PyEval_EvalFrameDefault`
+/// call; 3.12 replaced it by entry frames). Not in the generated table: in 3.11's struct it is
+/// the `bool` just before the `char owner` (`int stacktop; bool is_entry; char owner;`).
+/// 3.11 is the version with an owner byte and no C-stack owner.
+fn frame_is_entry(o: &PyOffsets) -> i64 {
+    if o.frame_owner > 0 && o.frame_owned_by_cstack < 0 && o.frame_owned_by_interpreter < 0 {
+        o.frame_owner - 1
+    } else {
+        -1
     }
 }
 
@@ -219,6 +258,11 @@ impl PythonProcess {
         gil_range(&self.mem, &self.offsets, self.interpreter.runtime_addr)
     }
 
+    /// Is `addr` in the eval loop (`_PyEval_EvalFrameDefault`), whose calls run Python frames?
+    pub fn in_eval(&self, addr: u64) -> bool {
+        self.interpreter.eval_ranges.iter().any(|&(lo, hi)| (lo..hi).contains(&addr))
+    }
+
     /// Is `addr` inside the interpreter's own machine code?
     pub fn in_interpreter(&self, addr: u64) -> bool {
         self.interpreter.code_ranges.iter().any(|&(lo, hi)| (lo..hi).contains(&addr))
@@ -241,7 +285,10 @@ impl PythonProcess {
         });
         let Some(code) = code else { return Resolved::Unknown };
         let generator = o.frame_owned_by_generator >= 0 && rec.owner as i64 == o.frame_owned_by_generator;
-        match code.line(self.interpreter.version, rec.instr, generator) {
+        // Free-threaded 3.14+: the frame may run its thread's own copy of the bytecode.
+        let instr =
+            if rec.instr != 0 && o.frame_instr_ptr >= 0 { code.main_copy_instr(mem, o, rec.instr) } else { rec.instr };
+        match code.line(self.interpreter.version, instr, generator) {
             FrameLine::Incomplete => Resolved::Hidden,
             FrameLine::Line(line) => Resolved::Frame(PyFrame {
                 function: code.name.clone(),
@@ -343,6 +390,7 @@ impl PythonRegistry {
             Inspection::Python(interpreter) => match offsets::for_process(
                 interpreter.version.major,
                 interpreter.version.minor,
+                interpreter.version.free_threaded,
                 interpreter.debug_offsets.as_deref(),
             ) {
                 Ok(layout) => {

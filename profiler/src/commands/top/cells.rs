@@ -18,9 +18,18 @@ pub(super) fn category_cells(totals: &Totals, wall: u64) -> Vec<String> {
 
 /// The letter a category's part of a bar is drawn with.
 pub(super) fn category_letter(c: Category) -> char {
+    // One letter each, spelled out: first letters collide (ipc and idle, cpu...).
     match c {
+        Category::Cpu => 'C',
         Category::Runqueue => 'Q',
-        _ => c.name().chars().next().unwrap_or('?').to_ascii_uppercase(),
+        Category::Net => 'N',
+        Category::Disk => 'D',
+        Category::Lock => 'L',
+        Category::Gil => 'G',
+        Category::Sleep => 'S',
+        Category::Ipc => 'P',
+        Category::Idle => 'I',
+        Category::Other => 'O',
     }
 }
 
@@ -116,6 +125,13 @@ pub(super) fn function_cells(f: &FunctionProfile) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_category_has_its_own_letter() {
+        let letters: std::collections::HashSet<char> = CATEGORIES.iter().map(|&c| category_letter(c)).collect();
+        assert_eq!(letters.len(), CATEGORIES.len());
+        assert!(!letters.contains(&'.'), "'.' fills the unused part of a bar");
+    }
 
     #[test]
     fn bars_add_up_to_their_width() {
