@@ -371,6 +371,11 @@ pub mod names {
     /// `u32` globals: offsets of `pid` and `tgid` in `task_struct` (from kernel BTF).
     pub const GLOBAL_TASK_PID_OFFSET: &str = "TASK_PID_OFFSET";
     pub const GLOBAL_TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+    /// `u32` global: offset of the task's scheduling state in `task_struct` (`__state` since
+    /// 5.14, `state` before; from kernel BTF), 0 if unknown. `sched_switch` reads the switched-out
+    /// task's state there: the tracepoint's own `prev_state` argument exists only since 5.18,
+    /// and a raw tracepoint program reading past a tracepoint's arguments does not attach.
+    pub const GLOBAL_TASK_STATE_OFFSET: &str = "TASK_STATE_OFFSET";
     /// Hash map [`super::OffCpuKey`] → [`super::OffCpuSum`].
     pub const MAP_OFFCPU_SUMS: &str = "OFFCPU_SUMS";
     /// LRU hash map tid → [`super::ThreadTimes`].
@@ -407,7 +412,7 @@ pub mod names {
         MAP_IN_FLIGHT,
     ];
     /// Every global of the object, with its size in bytes.
-    pub const GLOBALS: [(&str, usize); 10] = [
+    pub const GLOBALS: [(&str, usize); 11] = [
         (GLOBAL_TARGET_ALL, 1),
         (GLOBAL_KERNEL_STACKS, 1),
         (GLOBAL_SELF_PID, 4),
@@ -418,6 +423,7 @@ pub mod names {
         (GLOBAL_OFFCPU_STACK_COST_NS, 8),
         (GLOBAL_TASK_PID_OFFSET, 4),
         (GLOBAL_TASK_TGID_OFFSET, 4),
+        (GLOBAL_TASK_STATE_OFFSET, 4),
     ];
     /// The raw tracepoint programs and the tracepoint each is attached to.
     pub const RAW_TRACEPOINTS: [(&str, &str); 5] = [

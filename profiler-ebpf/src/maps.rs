@@ -60,6 +60,8 @@ static OFFCPU_THRESHOLD_NS: u64 = 0;
 static TASK_PID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_TGID_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_STATE_OFFSET: u32 = 0;
 
 #[unsafe(no_mangle)]
 static OFFCPU_STACK_COST_NS: u64 = 0;
@@ -79,6 +81,12 @@ pub fn offcpu_threshold_ns() -> u64 {
 #[inline(always)]
 pub fn task_pid_offsets() -> (u32, u32) {
     unsafe { (core::ptr::read_volatile(&TASK_PID_OFFSET), core::ptr::read_volatile(&TASK_TGID_OFFSET)) }
+}
+
+/// Offset of `__state` (or, before 5.14, `state`) in `task_struct`; 0 if unknown.
+#[inline(always)]
+pub fn task_state_offset() -> u32 {
+    unsafe { core::ptr::read_volatile(&TASK_STATE_OFFSET) }
 }
 
 /// Is off-CPU time of this process tracked? Python processes, and explicit targets.

@@ -125,6 +125,17 @@ impl Bpf {
                 "off-CPU tracking needs task_struct.pid/tgid from the kernel's BTF (/sys/kernel/btf/vmlinux); use --no-off-cpu",
             ));
         }
+        let task_state = match btf.as_ref().and_then(|b| b.offset_of_any("task_struct", kernel_btf::TASK_STATE_PATHS)) {
+            Some((off, _)) => off,
+            None => {
+                if cfg.off_cpu {
+                    log::warn!(
+                        "no task_struct.__state or .state in the kernel's BTF: off-CPU waits in uninterruptible sleep (D) count as sleep, not disk"
+                    );
+                }
+                0
+            }
+        };
         let off_cpu = cfg.off_cpu as u8;
         let stack_cost_ns: u64 =
             if cfg.off_cpu_stack_rate == 0 { 0 } else { 1_000_000_000 / cfg.off_cpu_stack_rate as u64 };
@@ -139,6 +150,7 @@ impl Bpf {
             .override_global(names::GLOBAL_OFFCPU_STACK_COST_NS, &stack_cost_ns, true)
             .override_global(names::GLOBAL_TASK_PID_OFFSET, &task_pid, true)
             .override_global(names::GLOBAL_TASK_TGID_OFFSET, &task_tgid, true)
+            .override_global(names::GLOBAL_TASK_STATE_OFFSET, &task_state, true)
             .map_max_entries(names::MAP_EVENTS, ring_buffer_bytes(cfg.frequency, cpu_list.len(), cfg.off_cpu))
             .load(EBPF_OBJECT)
             .map_err(|e| {
