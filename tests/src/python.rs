@@ -190,6 +190,18 @@ pub fn interpreters() -> Vec<Interpreter> {
         found.extend(root_interpreters(root));
     }
     found.sort_by(|a, b| (a.minor, &a.label).cmp(&(b.minor, &b.label)));
+    // `PYEBPF_TEST_PYTHONS=3.8,3.13`: only these versions (`cargo xtask test-kernels` runs the
+    // tests under emulation, where every interpreter would take too long).
+    if let Some(only) = std::env::var_os("PYEBPF_TEST_PYTHONS") {
+        let only = only.to_string_lossy().into_owned();
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        found.retain(|i| wanted.contains(&format!("3.{}", i.minor).as_str()));
+        // One interpreter per version (pyenv's, not also the system's or a root's).
+        found.dedup_by_key(|i| i.minor);
+        eprintln!("PYEBPF_TEST_PYTHONS={only}: testing only these versions");
+        assert!(!found.is_empty(), "PYEBPF_TEST_PYTHONS={only}: no such interpreter here");
+        return found;
+    }
     let missing: Vec<String> =
         SUPPORTED_MINORS.filter(|m| !found.iter().any(|i| i.minor == *m)).map(|m| format!("3.{m}")).collect();
     eprintln!(
