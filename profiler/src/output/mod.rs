@@ -9,6 +9,7 @@ use std::{
 use anyhow::Context as _;
 
 pub mod flamegraph;
+pub mod otlp;
 pub mod pprof;
 pub mod speedscope;
 pub mod summary;
@@ -32,6 +33,9 @@ pub enum Format {
     /// pprof's gzipped protobuf (`go tool pprof`, Pyroscope...): per-category values, labels
     /// for process, thread and wait.
     Pprof,
+    /// OpenTelemetry profiles (opentelemetry-proto v1.10.0 `profiles/v1development`): an
+    /// `ExportProfilesServiceRequest`, binary protobuf, as an OTLP collector takes it.
+    Otlp,
 }
 
 impl Format {
@@ -51,12 +55,13 @@ impl Format {
             "folded" | "collapsed" => Some(Self::Folded),
             "json" => Some(Self::Json),
             "pprof" => Some(Self::Pprof),
+            "otlp" => Some(Self::Otlp),
             _ => None,
         }
     }
 
     /// The extensions [`Format::from_path`] knows, for error messages.
-    pub const EXTENSIONS: &'static str = ".svg, .folded, .json, .speedscope.json, .pb.gz or .pprof";
+    pub const EXTENSIONS: &'static str = ".svg, .folded, .json, .speedscope.json, .pb.gz, .pprof or .otlp";
 
     pub fn describe(self) -> &'static str {
         match self {
@@ -65,6 +70,7 @@ impl Format {
             Self::Json => "JSON profile",
             Self::Speedscope => "speedscope profile",
             Self::Pprof => "pprof profile",
+            Self::Otlp => "OTLP profiles request",
         }
     }
 }
@@ -219,6 +225,7 @@ pub fn render(profile: &Profile, format: Format, w: &mut dyn Write) -> anyhow::R
         Format::Svg => flamegraph::write_svg(profile, w)?,
         Format::Speedscope => speedscope::write(profile, w)?,
         Format::Pprof => pprof::write(profile, w)?,
+        Format::Otlp => otlp::write(profile, w)?,
     }
     Ok(())
 }
@@ -237,6 +244,7 @@ mod tests {
         assert_eq!(Format::from_path(Path::new("speedscope.json")), Some(Format::Json));
         assert_eq!(Format::from_path(Path::new("x.pb.gz")), Some(Format::Pprof));
         assert_eq!(Format::from_path(Path::new("x.pprof")), Some(Format::Pprof));
+        assert_eq!(Format::from_path(Path::new("x.OTLP")), Some(Format::Otlp));
         assert_eq!(Format::from_path(Path::new("x.gz")), None);
         assert_eq!(Format::from_path(Path::new("x")), None);
         assert_eq!(Format::from_path(Path::new("x.png")), None);
