@@ -28,6 +28,7 @@ use crate::{
 /// The eBPF object built by build.rs from the profiler-ebpf crate.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
+#[derive(Clone, Copy)]
 pub struct BpfConfig {
     /// Sample every process (true) or only pids added with [`Bpf::add_target`].
     pub target_all: bool,
@@ -119,12 +120,20 @@ impl Bpf {
         let btf = kernel_btf::KernelBtf::load();
         let task_pid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["pid"])).unwrap_or(0);
         let task_tgid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["tgid"])).unwrap_or(0);
-        if cfg.off_cpu && (task_pid == 0 || task_tgid == 0) {
-            return Err(fatal(
-                ExitCode::Kernel,
-                "off-CPU tracking needs task_struct.pid/tgid from the kernel's BTF (/sys/kernel/btf/vmlinux); use --no-off-cpu",
-            ));
+        // Without them the scheduler hooks cannot tell whose switch they see: on-CPU sampling
+        // goes on without them (a kernel built without CONFIG_DEBUG_INFO_BTF).
+        let off_cpu_possible = task_pid != 0 && task_tgid != 0;
+        if cfg.off_cpu && !off_cpu_possible {
+            log::warn!(
+                "{}: off-CPU tracking is off (on-CPU sampling goes on)",
+                if btf.is_none() {
+                    "this kernel has no BTF (/sys/kernel/btf/vmlinux)"
+                } else {
+                    "the kernel's BTF has no task_struct.pid/tgid"
+                }
+            );
         }
+        let cfg = &BpfConfig { off_cpu: cfg.off_cpu && off_cpu_possible, ..*cfg };
         let task_state = match btf.as_ref().and_then(|b| b.offset_of_any("task_struct", kernel_btf::TASK_STATE_PATHS)) {
             Some((off, _)) => off,
             None => {
@@ -285,6 +294,11 @@ impl Bpf {
         // checked_ns is only read for negative entries.
         let entry = TstateEntry { tstate, checked_ns: 0 };
         self.tstate_cache.insert(tid, entry, 0).with_context(|| format!("cannot cache thread {tid}'s state"))
+    }
+
+    /// Off-CPU tracking is on: asked for, and the kernel has what it needs.
+    pub fn off_cpu(&self) -> bool {
+        self.off_cpu
     }
 
     /// Hands every record waiting in the ring buffer to `f`; returns how many there were.

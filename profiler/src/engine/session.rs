@@ -117,7 +117,7 @@ impl Session {
         let mut session = Session {
             frequency: cfg.frequency,
             mode: cfg.mode,
-            off_cpu: cfg.off_cpu,
+            off_cpu: bpf.off_cpu(),
             off_cpu_threshold_ns: cfg.off_cpu_threshold_ns,
             bpf_stats: cfg.bpf_stats,
             awaiting_exec: running.launched_pid(),
