@@ -58,6 +58,9 @@ pub struct Options {
     pub only: Vec<String>,
     /// Only the smoke profile, no integration tests (a quick check that the programs load).
     pub smoke_only: bool,
+    /// Run this shell script in the guest instead (debugging; its results directory is
+    /// `$R`, the host's `target/kernels/results/<release>/`).
+    pub script: Option<PathBuf>,
     pub refresh: bool,
     pub smp: u32,
     pub memory_mib: u32,
@@ -116,7 +119,18 @@ pub fn run(root: &Path, bin: &Path, opts: &Options) -> anyhow::Result<()> {
         let _ = std::fs::remove_dir_all(&results);
         std::fs::create_dir_all(&results)?;
         let run: BTreeMap<String, PathBuf> = if opts.smoke_only { BTreeMap::new() } else { tests.clone() };
-        std::fs::write(results.join("guest.sh"), guest_script(root, bin, &run))?;
+        match &opts.script {
+            Some(script) => {
+                let text = std::fs::read_to_string(script).with_context(|| format!("read {}", script.display()))?;
+                let setup = guest_script(root, bin, &BTreeMap::new());
+                let head = setup.split("echo \"PYEBPF-GUEST: smoke profile\"").next().unwrap_or_default();
+                std::fs::write(
+                    results.join("guest.sh"),
+                    format!("{head}{text}\necho done > $R/finished\nsync\necho o > /proc/sysrq-trigger\nsleep 30\n"),
+                )?
+            }
+            None => std::fs::write(results.join("guest.sh"), guest_script(root, bin, &run))?,
+        }
         eprintln!("xtask: booting {} under qemu (TCG)", files.package);
         let error = boot(&files, &initrd, &results, opts).err().map(|e| format!("{e:#}"));
         let mut outcome = read_results(&results, &files, start.elapsed().as_secs_f64(), opts.smoke_only);

@@ -76,6 +76,10 @@ enum Task {
         /// Only check that the programs load and profile (`profile --all`), no tests.
         #[arg(long)]
         smoke: bool,
+        /// Run this shell script in each guest instead of the tests (for debugging; `$R` is
+        /// the results directory shared with the host, `$PYEBPF_BIN` the binary).
+        #[arg(long, value_name = "FILE")]
+        script: Option<PathBuf>,
         /// Guest CPUs.
         #[arg(long, default_value_t = 2)]
         smp: u32,
@@ -132,9 +136,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Lint => lint::run(&root),
         Task::Test { args } => test(&root, &args),
-        Task::TestKernels { only, refresh, smoke, smp, memory } => {
+        Task::TestKernels { only, refresh, smoke, script, smp, memory } => {
             let bin = build(&root)?;
-            kernels::run(&root, &bin, &kernels::Options { only, refresh, smoke_only: smoke, smp, memory_mib: memory })
+            let opts = kernels::Options {
+                only,
+                refresh,
+                smoke_only: smoke || script.is_some(),
+                script,
+                smp,
+                memory_mib: memory,
+            };
+            kernels::run(&root, &bin, &opts)
         }
         Task::SetupPythons { dev } => pythons::ensure(&root, true, dev),
         Task::Fuzz { seconds, targets } => fuzz::run_all(&root, seconds, &targets),
