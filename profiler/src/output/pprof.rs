@@ -374,6 +374,27 @@ mod tests {
     }
 
     #[test]
+    fn processes_in_a_container_carry_its_labels() {
+        let mut profile = sample_profile(Mode::Wall);
+        profile.processes[0].container = Some(Container {
+            id: Some("ab".repeat(32)),
+            runtime: Some("docker".into()),
+            pod_uid: None,
+            cgroup: "/system.slice/docker-x.scope".into(),
+        });
+        let mut out = Vec::new();
+        write(&profile, &mut out).unwrap();
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(out.as_slice()).read_to_end(&mut bytes).unwrap();
+        let p = proto::Profile::decode(bytes.as_slice()).unwrap();
+        let l = labels(&p, &p.sample[0]);
+        assert!(l.contains(&format!("container_id={}", "ab".repeat(32))), "{l:?}");
+        assert!(l.contains(&"container_runtime=docker".to_string()), "{l:?}");
+        assert!(l.contains(&"cgroup=/system.slice/docker-x.scope".to_string()), "{l:?}");
+        assert!(!l.iter().any(|x| x.starts_with("pod_uid=")), "{l:?}");
+    }
+
+    #[test]
     fn each_stack_is_a_sample_leaf_first_with_its_values_and_labels() {
         let p = round_trip(Mode::Wall);
         assert_eq!(p.sample.len(), 4);
