@@ -97,7 +97,7 @@ fn kernel_core_python_chain_and_thread_names() {
         let m = interp.minor;
         let qualified = |q: &str| if m >= 11 { q.to_string() } else { q.rsplit('.').next().unwrap().to_string() };
         let secs = workload_secs(4, 25);
-        let mut argv: Vec<std::ffi::OsString> = interp.argv().into_iter().map(Into::into).collect();
+        let mut argv: Vec<std::ffi::OsString> = interp.argv();
         argv.extend([interp.workload("chain.py").into(), secs.into(), "2".into()]);
         let argv: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
         let profile = profile_command(&["-F", "199", "--mode", "cpu"], &argv);
@@ -128,7 +128,7 @@ fn kernel_core_python_chain_and_thread_names() {
 fn kernel_core_off_cpu_categories_with_targets() {
     for_each_interpreter("kernel core: off-CPU", |interp| {
         let secs = workload_secs(3, 20);
-        let mut argv: Vec<std::ffi::OsString> = interp.argv().into_iter().map(Into::into).collect();
+        let mut argv: Vec<std::ffi::OsString> = interp.argv();
         argv.extend([interp.workload("offcpu.py").into(), secs.into()]);
         let argv: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
         let profile = profile_command(&[], &argv);
