@@ -86,10 +86,12 @@ impl Image {
     }
 }
 
-/// The CPython minor versions the profiler has layouts for, picked by a fuzzer byte.
+/// The CPython layouts the profiler has (free-threaded builds included), picked by a fuzzer
+/// byte.
 pub fn offsets(selector: u8) -> (u8, &'static PyOffsets) {
-    let minor = 8 + selector % 6;
-    (minor, profiler::python::offsets::for_version(3, minor).expect("layouts cover 3.8-3.13"))
+    let table = profiler::python::offsets::table();
+    let ((_, minor, _), o) = &table[usize::from(selector) % table.len()];
+    (*minor, o)
 }
 
 /// Builds CPython objects in an [`Image`] with one version's layout.
@@ -386,7 +388,7 @@ mod tests {
             );
             assert!(c.is_coroutine());
             let instr = if o.code_code_adaptive >= 0 { addr + o.code_code_adaptive as u64 } else { 0 };
-            let version = PyVersion { major: 3, minor, patch: None };
+            let version = PyVersion { major: 3, minor, patch: None, free_threaded: false };
             assert_eq!(c.line(version, instr, true), code::FrameLine::Line(Some(21)), "3.{minor}");
         }
     }
@@ -404,7 +406,8 @@ mod tests {
                 ];
                 let runtime = threading_graph(&mut objs, &threads, managed).unwrap();
                 let mem = objs.img.memory();
-                let names = thread_names(&mem, o, PyVersion { major: 3, minor, patch: None }, runtime);
+                let names =
+                    thread_names(&mem, o, PyVersion { major: 3, minor, patch: None, free_threaded: false }, runtime);
                 let mut names: Vec<_> = names.into_iter().collect();
                 names.sort();
                 let want =

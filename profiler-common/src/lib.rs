@@ -8,11 +8,12 @@
 //! This crate is the whole contract between the two sides: the record and map types, the names
 //! userspace addresses maps, programs and globals by ([`names`]), the maps' capacities
 //! ([`map_size`]), and the few computations both sides make on the same data (the poll family's
-//! argument in [`poll_arg`], the split of an off-CPU interval and the off-CPU stack budget in
+//! argument in [`poll_arg`], a futex's in [`futex_arg`], the split of an off-CPU interval and the off-CPU stack budget in
 //! [`ThreadTimes`]): defined once here, so the kernel and userspace cannot drift apart, and unit
 //! tested on the host. `profiler`'s `bpf::contract` test checks the built object against it.
 #![cfg_attr(not(test), no_std)]
 
+pub mod futex_arg;
 pub mod poll_arg;
 mod times;
 
@@ -192,7 +193,8 @@ pub struct OffCpuInfo {
     pub runq_ns: u64,
     /// Syscall number.
     pub syscall_nr: i64,
-    /// Its first argument (an fd, a futex address...).
+    /// Its first argument (an fd, a futex address...; see [`poll_arg`] and [`futex_arg`] for
+    /// what the kernel records instead for some calls).
     pub arg0: u64,
     /// [`off_state`] class of the last switch-out.
     pub state: u32,
@@ -220,7 +222,8 @@ pub struct OffCpuKey {
     pub state: u32,
     /// Syscall in flight, or -1.
     pub syscall_nr: i64,
-    /// Its first argument, or 0 (see [`poll_arg`] for the poll family).
+    /// Its first argument, or 0 (see [`poll_arg`] for the poll family, [`futex_arg`] for
+    /// futexes).
     pub arg0: u64,
 }
 

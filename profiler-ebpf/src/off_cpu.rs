@@ -22,8 +22,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use profiler_common::{
-    EventKind, InFlight, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, SampleEvent, ThreadTimes, off_state,
-    poll_arg, split_off_interval, stat,
+    EventKind, InFlight, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, SampleEvent, ThreadTimes, futex_arg,
+    off_state, poll_arg, split_off_interval, stat,
 };
 
 use crate::{
@@ -40,6 +40,8 @@ const TASK_UNINTERRUPTIBLE: u64 = 0x2;
 const PT_REGS_DI: u64 = 112;
 /// ... and of `si`, the second.
 const PT_REGS_SI: u64 = 104;
+/// ... and of `sp`, the caller's stack pointer.
+const PT_REGS_SP: u64 = 152;
 
 /// (tid, tgid) of a task that is not the current one.
 #[inline(always)]
@@ -207,6 +209,11 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if poll_arg::is_poll_family(nr) {
         let arg1 = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const u64) }.unwrap_or(0);
         arg0 = poll_arg::encode(nr, arg0, arg1, |addr| unsafe { bpf_probe_read_user(addr as *const u64) }.ok());
+    }
+    // A futex word on the waiter's own stack is a parking-lot wait (CPython's PyMutex): mark it.
+    if nr == futex_arg::SYS_FUTEX {
+        let sp = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SP) as *const u64) }.unwrap_or(0);
+        arg0 = futex_arg::encode(nr, arg0, sp);
     }
     let call = InFlight { syscall_nr: nr, arg0, entry_ns: unsafe { bpf_ktime_get_ns() }, ..Default::default() };
     let _ = IN_FLIGHT.insert(&tid, &call, 0);

@@ -1,10 +1,11 @@
 //! The CPython interpreters on this machine, and Python workloads to profile.
 //!
-//! Interpreters come from pyenv, the system `/usr/bin/python3`, and OS roots: distribution file
+//! Interpreters come from pyenv, the system `/usr/bin/python3`, OS roots: distribution file
 //! trees (made by `cargo xtask setup-pythons` under target/test-roots) whose interpreters run
 //! through chroot(2), as in a container: another mount namespace, paths that mean something else
-//! inside, a libc the host does not have. Workload scripts are copied into a root, and the files
-//! expected in frames are the paths its processes see.
+//! inside, a libc the host does not have; and free-threaded builds (`--disable-gil`) that
+//! `cargo xtask setup-pythons` makes from source under target/pythons. Workload scripts are
+//! copied into a root, and the files expected in frames are the paths its processes see.
 use std::{
     ffi::OsString,
     io::{BufRead, BufReader},
@@ -15,7 +16,14 @@ use std::{
 use crate::{KillOnDrop, Value};
 
 /// Minor versions the product supports; every one found is tested, every one missing is said.
-pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u8> = 8..=14;
+pub const SUPPORTED_MINORS: std::ops::RangeInclusive<u8> = 8..=15;
+/// Minor versions whose free-threaded builds the product supports (same rule).
+pub const FREE_THREADED_MINORS: std::ops::RangeInclusive<u8> = 13..=15;
+
+/// Where `cargo xtask setup-pythons` builds free-threaded interpreters (`3.Xt/` each), and the
+/// file it leaves in a complete one.
+const BUILT_PYTHONS: &str = "target/pythons";
+const BUILT_READY: &str = ".pyebpf-built";
 
 /// Where `cargo xtask setup-pythons` makes OS roots, and the file it leaves in a complete one.
 const TEST_ROOTS: &str = "target/test-roots";
@@ -30,6 +38,8 @@ pub struct Interpreter {
     /// The interpreter as its processes see it (inside `root` for a root).
     pub path: PathBuf,
     pub minor: u8,
+    /// A free-threaded build (no GIL: threads run Python in parallel).
+    pub free_threaded: bool,
     /// The OS root it runs in through chroot; None for this machine's own file tree.
     pub root: Option<PathBuf>,
 }
@@ -136,6 +146,7 @@ fn root_interpreters(root: &Path) -> Vec<Interpreter> {
             label: String::new(),
             path: Path::new("/usr/bin").join(&name),
             minor,
+            free_threaded: false,
             root: Some(root.to_path_buf()),
         };
         match version_of(&mut interp.command()) {
@@ -148,6 +159,37 @@ fn root_interpreters(root: &Path) -> Vec<Interpreter> {
         }
     }
     found
+}
+
+/// The free-threaded interpreters `cargo xtask setup-pythons` built, and why the others are not
+/// there (from the notes a failed build leaves).
+fn built_interpreters() -> (Vec<Interpreter>, Vec<String>) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(BUILT_PYTHONS);
+    let mut found = Vec::new();
+    let mut failures = Vec::new();
+    for minor in FREE_THREADED_MINORS {
+        let prefix = dir.join(format!("3.{minor}t"));
+        let path = prefix.join(format!("bin/python3.{minor}t"));
+        if prefix.join(BUILT_READY).exists() {
+            match version_of(&mut Command::new(&path)) {
+                Some(version) if minor_of(&version) == Some(minor) => found.push(Interpreter {
+                    label: format!("{version}t (free-threaded, built from source: {})", path.display()),
+                    path,
+                    minor,
+                    free_threaded: true,
+                    root: None,
+                }),
+                other => failures.push(format!("{} does not run: {other:?}", path.display())),
+            }
+            continue;
+        }
+        let failed = dir.join(format!("3.{minor}t.failed"));
+        match std::fs::read_to_string(&failed) {
+            Ok(reason) => failures.push(format!("3.{minor}t could not be built: {}", reason.trim())),
+            Err(_) => failures.push(format!("3.{minor}t not built: `cargo xtask setup-pythons` builds it")),
+        }
+    }
+    (found, failures)
 }
 
 /// Every CPython 3.8+ here: pyenv versions, the system python3 and OS roots' interpreters.
@@ -169,7 +211,13 @@ pub fn interpreters() -> Vec<Interpreter> {
             }
             let path = dir.path().join(format!("bin/python3.{minor}"));
             if path.exists() {
-                found.push(Interpreter { label: format!("{name} (pyenv)"), path, minor, root: None });
+                found.push(Interpreter {
+                    label: format!("{name} (pyenv)"),
+                    path,
+                    minor,
+                    free_threaded: false,
+                    root: None,
+                });
             }
         }
     }
@@ -181,6 +229,7 @@ pub fn interpreters() -> Vec<Interpreter> {
                 label: format!("{version} (system {})", real.display()),
                 path: real,
                 minor,
+                free_threaded: false,
                 root: None,
             });
         }
@@ -189,21 +238,34 @@ pub fn interpreters() -> Vec<Interpreter> {
     for root in &roots {
         found.extend(root_interpreters(root));
     }
-    found.sort_by(|a, b| (a.minor, &a.label).cmp(&(b.minor, &b.label)));
-    // `PYEBPF_TEST_PYTHONS=3.8,3.13`: only these versions (`cargo xtask test-kernels` runs the
-    // tests under emulation, where every interpreter would take too long).
+    let (built, not_built) = built_interpreters();
+    found.extend(built);
+    found.sort_by(|a, b| (a.minor, a.free_threaded, &a.label).cmp(&(b.minor, b.free_threaded, &b.label)));
+    // `PYEBPF_TEST_PYTHONS=3.8,3.13`: only these versions (`3.13t` for a free-threaded build;
+    // `cargo xtask test-kernels` runs the tests under emulation, where every interpreter would
+    // take too long).
     if let Some(only) = std::env::var_os("PYEBPF_TEST_PYTHONS") {
         let only = only.to_string_lossy().into_owned();
         let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
-        found.retain(|i| wanted.contains(&format!("3.{}", i.minor).as_str()));
+        found.retain(|i| {
+            let version = format!("3.{}{}", i.minor, if i.free_threaded { "t" } else { "" });
+            wanted.contains(&version.as_str())
+        });
         // One interpreter per version (pyenv's, not also the system's or a root's).
-        found.dedup_by_key(|i| i.minor);
+        found.dedup_by_key(|i| (i.minor, i.free_threaded));
         eprintln!("PYEBPF_TEST_PYTHONS={only}: testing only these versions");
         assert!(!found.is_empty(), "PYEBPF_TEST_PYTHONS={only}: no such interpreter here");
         return found;
     }
-    let missing: Vec<String> =
-        SUPPORTED_MINORS.filter(|m| !found.iter().any(|i| i.minor == *m)).map(|m| format!("3.{m}")).collect();
+    let mut missing: Vec<String> = SUPPORTED_MINORS
+        .filter(|m| !found.iter().any(|i| i.minor == *m && !i.free_threaded))
+        .map(|m| format!("3.{m}"))
+        .collect();
+    missing.extend(
+        FREE_THREADED_MINORS
+            .filter(|m| !found.iter().any(|i| i.minor == *m && i.free_threaded))
+            .map(|m| format!("3.{m}t")),
+    );
     eprintln!(
         "CPython interpreters under test: {}",
         found.iter().map(|i| i.label.as_str()).collect::<Vec<_>>().join(", ")
@@ -213,17 +275,20 @@ pub fn interpreters() -> Vec<Interpreter> {
         if let Some(why) = no_root {
             eprintln!("  ({why})");
         }
+        for why in not_built {
+            eprintln!("  ({why})");
+        }
     }
     assert!(!found.is_empty(), "no CPython 3.8+ interpreter found");
     found
 }
 
-/// The newest interpreter that runs on the host itself (not through a root), for tests that
-/// need one Python and start it by path.
+/// The newest interpreter with a GIL that runs on the host itself (not through a root), for
+/// tests that need one Python and start it by path.
 pub fn host_interpreter() -> Interpreter {
     interpreters()
         .into_iter()
-        .filter(|i| i.root.is_none())
+        .filter(|i| i.root.is_none() && !i.free_threaded)
         .max_by_key(|i| i.minor)
         .expect("no CPython 3.8+ on the host")
 }

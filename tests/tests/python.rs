@@ -269,3 +269,60 @@ fn layout_agrees_with_each_processs_debug_offsets_from_3_13() {
         }
     });
 }
+
+#[test]
+fn free_threaded_lanes_run_in_parallel_each_with_its_own_chain() {
+    let line = |m: &str| line_of(&workload("parallel.py"), m);
+    let free_threaded: Vec<Interpreter> = interpreters().into_iter().filter(|i| i.free_threaded).collect();
+    if free_threaded.is_empty() {
+        eprintln!("no free-threaded interpreter on this machine: see MISSING above");
+        return;
+    }
+    let failures: Vec<String> = free_threaded
+        .iter()
+        .filter_map(|interp| {
+            let check = || -> Result<(), String> {
+                let script = interp.workload("parallel.py");
+                let child = start_ready(interp, "parallel.py", &["15"]);
+                let (_, p) = profile_pid(child.pid(), "2.5", &[]);
+                let version = p["python_version"].as_str().unwrap_or("");
+                if !version.starts_with(&format!("3.{}.", interp.minor)) || !version.ends_with('t') {
+                    return Err(format!("python_version {version:?}"));
+                }
+                for lane in 0..4 {
+                    let name = format!("lane-{lane}");
+                    let t = p["threads"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|t| t["python_name"] == name.as_str())
+                        .ok_or_else(|| format!("no thread named {name}"))?;
+                    let chain = [
+                        Expect::at(&format!("lane_{lane}"), line(&format!("# CALL lane-{lane}"))),
+                        Expect::at("Stage.run", line("# CALL burn")),
+                        Expect { function: "burn".into(), lines: line("# LOOP start")..=line("# LOOP end") },
+                    ];
+                    let (hit, n) = count(&p, t["tid"].as_u64(), |s| has_chain(s, &script, &chain));
+                    if n < 50 || hit * 100 < n * 95 {
+                        return Err(format!("{name}: {hit}/{n} samples with its chain"));
+                    }
+                    // No GIL: a lane is on a CPU whenever one is free for it; it never waits
+                    // for another lane.
+                    let ns = |c: &str| t["totals_ns"][c].as_u64().unwrap_or(0) as f64;
+                    let wall = t["wall_ns"].as_u64().unwrap_or(0) as f64;
+                    let running = ns("cpu") / (wall - ns("runqueue")).max(1.0);
+                    if ns("gil") > 0.0 || running < 0.8 {
+                        return Err(format!(
+                            "{name}: cpu {:.0}% of its time off the run queue: {}",
+                            running * 100.0,
+                            t["totals_ns"]
+                        ));
+                    }
+                }
+                Ok(())
+            };
+            check().err().map(|e| format!("{}: {e}", interp.label))
+        })
+        .collect();
+    assert!(failures.is_empty(), "parallel lanes failed on:\n{}", failures.join("\n"));
+}

@@ -6,17 +6,21 @@ look at what was corrupted) while its state is broken, restoring it between roun
 - "code": its caller's frame points to a fake code object: random bytes whose type pointer is
   the real code type, so it passes a type check and every field after that is garbage;
 - "tstate": its thread state's current-frame pointer is a wild address, or random bytes.
-The layouts are those of profiler/src/python/offsets_generated.rs. Corrupting a live
+The layouts are those of profiler/src/python/offsets_generated.rs (free-threaded builds' object
+headers are 16 bytes longer: `ob_tid` and split reference counts). Corrupting a live
 interpreter can still crash it: the profiler under test must not care.
 Usage: hostile.py SECONDS. Prints "ready" once the threads run.
 """
 import ctypes
 import os
 import sys
+import sysconfig
 import threading
 import time
 
 V = sys.version_info[:2]
+# Extra bytes of a free-threaded build's object header, before every object field.
+HEAD = 16 if sysconfig.get_config_var("Py_GIL_DISABLED") else 0
 # _PyInterpreterFrame.previous / f_code (PyFrameObject.f_back / f_code before 3.11).
 PREVIOUS = {(3, 11): 48}.get(V, 8 if V >= (3, 12) else 24)
 CODE = {(3, 11): 32}.get(V, 0 if V >= (3, 12) else 32)
@@ -30,7 +34,7 @@ def u64(addr):
 def iframe(frame):
     """Address of the frame the interpreter walks for a frame object."""
     if V >= (3, 11):
-        return u64(id(frame) + 24).value  # PyFrameObject.f_frame
+        return u64(id(frame) + 24 + HEAD).value  # PyFrameObject.f_frame
     return id(frame)
 
 
@@ -67,7 +71,7 @@ def cycle_caller(deadline):
 
 def code_spinner(deadline):
     fake = ctypes.create_string_buffer(os.urandom(1024))
-    u64(ctypes.addressof(fake) + 8).value = id(type(cycle_caller.__code__))  # ob_type
+    u64(ctypes.addressof(fake) + 8 + HEAD).value = id(type(cycle_caller.__code__))  # ob_type
     slot = u64(iframe(sys._getframe(1)) + CODE)
     original = slot.value
     rounds = 0

@@ -7,6 +7,7 @@ mod bench;
 mod bench_offcpu;
 mod bench_overhead;
 mod bench_python;
+mod cpython_build;
 mod fuzz;
 mod kernels;
 mod lint;
@@ -37,9 +38,11 @@ enum Task {
         #[arg(long)]
         tests: bool,
     },
-    /// Make the OS roots whose interpreters the tests run through chroot (Debian sid with
-    /// python3.14 in target/test-roots/sid; 3-5 minutes once, then instant). `cargo xtask test`
-    /// does this too, and carries on without the root when it cannot be made.
+    /// Make the interpreters the tests need beyond pyenv's: an OS root run through chroot (Debian
+    /// sid with python3.14 and python3.15 in target/test-roots/sid; 3-5 minutes once), and
+    /// free-threaded 3.13t, 3.14t and 3.15t built from Debian's source packages in
+    /// target/pythons (minutes each, once). `cargo xtask test` does this too, and carries on
+    /// without what cannot be made.
     SetupPythons {
         /// Also install CPython's headers and a C compiler in the root, for gen-python-offsets.
         #[arg(long)]
@@ -171,7 +174,8 @@ fn test(root: &std::path::Path, extra: &[String]) -> anyhow::Result<()> {
     let bin = build(root)?;
     util::require_root("the integration tests load BPF programs and profile real processes")?;
     test_tools::ensure(root)?;
-    // Interpreters in OS roots (3.14); without them the tests say which versions are missing.
+    // Interpreters in OS roots (3.14, 3.15) and free-threaded builds; without them the tests say
+    // which versions are missing.
     pythons::ensure(root, false, false)?;
     let mut args = vec!["test", "--release", "--no-fail-fast"];
     args.extend(extra.iter().map(String::as_str));

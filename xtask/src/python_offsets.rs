@@ -17,6 +17,14 @@
 //! --dev`) is used when present. When the install has a shared libpython the
 //! probe is linked against it and also reads live objects back through the
 //! printed layout (see `check_live_layouts` in the probe).
+//!
+//! Free-threaded builds (3.13+, `Py_GIL_DISABLED`) have their own layout (object
+//! headers, code objects, frames with a bytecode index) and their own table
+//! entries. They are probed like pyenv installs from the builds `cargo xtask
+//! setup-pythons` makes under `target/pythons/3.Xt`; for a minor without such a
+//! build, from a root's GIL-build headers compiled with `-DPy_GIL_DISABLED=1`
+//! (each layout difference is an `#ifdef` on that macro), which cannot be
+//! checked against a live library and says so in the generated file.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -30,7 +38,9 @@ use anyhow::{Context, Result, bail, ensure};
 const PROBE_SOURCE: &str = include_str!("python_offsets_probe.c");
 
 /// CPython 3.minor versions the table covers.
-const MINORS: std::ops::RangeInclusive<u8> = 8..=14;
+const MINORS: std::ops::RangeInclusive<u8> = 8..=15;
+/// Minor versions with a free-threaded build (`--disable-gil`, PEP 703).
+const FREE_THREADED_MINORS: std::ops::RangeInclusive<u8> = 13..=15;
 
 /// The OS root `cargo xtask setup-pythons` makes (relative to the workspace).
 pub const TEST_ROOT: &str = "target/test-roots/sid";
@@ -68,6 +78,12 @@ const FIELDS: &[&str] = &[
     "code_argcount",
     "code_flags",
     "code_size_of",
+    "code_units",
+    "code_tlbc",
+    "code_array_size",
+    "code_array_entries",
+    "frame_tlbc_index",
+    "free_threaded",
     "object_type",
     "type_name",
     "bytes_size",
@@ -130,7 +146,8 @@ const FIELDS: &[&str] = &[
 /// Where one minor version's headers come from.
 #[derive(Debug, Clone)]
 enum Source {
-    /// A pyenv install: `prefix` is `~/.pyenv/versions/3.X.Y`.
+    /// An install in its own prefix: pyenv's `~/.pyenv/versions/3.X.Y`, or a free-threaded
+    /// build under `target/pythons/3.Xt`.
     Pyenv { prefix: PathBuf },
     /// An OS root with the headers under `usr/include/python3.X`; `os` names
     /// the distribution (from its os-release) for the generated file.
@@ -144,6 +161,8 @@ struct Install {
     /// directory name); for a root, "3.X" until the probe says.
     version: String,
     minor: u8,
+    /// A free-threaded build's layout (`Py_GIL_DISABLED`).
+    free_threaded: bool,
     source: Source,
 }
 
@@ -152,9 +171,21 @@ impl Install {
     /// root for a root).
     fn include_dir(&self) -> PathBuf {
         match &self.source {
-            Source::Pyenv { prefix } => prefix.join(format!("include/python3.{}", self.minor)),
+            Source::Pyenv { prefix } => prefix.join(format!("include/python3.{}{}", self.minor, self.abi())),
+            // A root's headers are its GIL build's (see `headers_only_free_threaded`).
             Source::Root { .. } => PathBuf::from(format!("/usr/include/python3.{}", self.minor)),
         }
+    }
+
+    /// "t" for a free-threaded build (its headers' directory, library and executable).
+    fn abi(&self) -> &'static str {
+        if self.free_threaded { "t" } else { "" }
+    }
+
+    /// A free-threaded layout probed from a GIL build's headers with `Py_GIL_DISABLED` defined:
+    /// nothing to link against or check live.
+    fn headers_only_free_threaded(&self) -> bool {
+        self.free_threaded && matches!(self.source, Source::Root { .. })
     }
 
     /// Where the headers are from here.
@@ -173,7 +204,10 @@ impl Install {
     /// How the generated file names it.
     fn label(&self) -> String {
         match &self.source {
-            Source::Pyenv { .. } => self.version.clone(),
+            Source::Pyenv { .. } => format!("{}{}", self.version, self.abi()),
+            Source::Root { os, .. } if self.free_threaded => {
+                format!("{}t (headers of the OS root {os} with Py_GIL_DISABLED)", self.version)
+            }
             Source::Root { os, .. } => format!("{} (OS root: {os})", self.version),
         }
     }
@@ -218,10 +252,15 @@ pub fn generate(workspace: &Path, out: &Path, roots: &[PathBuf]) -> Result<()> {
 
     let mut probed = Vec::new();
     let mut missing = Vec::new();
-    for minor in MINORS {
-        let found = match find_install(&versions_dir, minor)? {
-            Some(install) => Some(install),
-            None => find_in_roots(&roots, minor),
+    let builds = MINORS.map(|minor| (minor, false)).chain(FREE_THREADED_MINORS.map(|minor| (minor, true)));
+    for (minor, free_threaded) in builds {
+        let found = if free_threaded {
+            find_free_threaded_build(workspace, minor).or_else(|| find_in_roots(&roots, minor, true))
+        } else {
+            match find_install(&versions_dir, minor)? {
+                Some(install) => Some(install),
+                None => find_in_roots(&roots, minor, false),
+            }
         };
         match found {
             Some(install) => {
@@ -234,9 +273,10 @@ pub fn generate(workspace: &Path, out: &Path, roots: &[PathBuf]) -> Result<()> {
                 eprintln!("probed CPython {}", result.install.label());
                 probed.push(result);
             }
-            None => missing.push(format!("3.{minor}")),
+            None => missing.push(format!("3.{minor}{}", if free_threaded { "t" } else { "" })),
         }
     }
+    probed.sort_by_key(|p| (p.install.minor, p.install.free_threaded));
     ensure!(
         !probed.is_empty(),
         "no CPython 3.{}..=3.{} with headers under {} or in an OS root",
@@ -292,7 +332,8 @@ fn find_install(versions_dir: &Path, minor: u8) -> Result<Option<Install>> {
         let Some(patch) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        let install = Install { version: name, minor, source: Source::Pyenv { prefix: entry.path() } };
+        let install =
+            Install { version: name, minor, free_threaded: false, source: Source::Pyenv { prefix: entry.path() } };
         if install.has_headers() && best.as_ref().is_none_or(|(b, _)| patch > *b) {
             best = Some((patch, install));
         }
@@ -300,17 +341,30 @@ fn find_install(versions_dir: &Path, minor: u8) -> Result<Option<Install>> {
     Ok(best.map(|(_, install)| install))
 }
 
-/// The first root with `3.<minor>`'s headers (the release build's: Debian's
-/// free-threaded `python3.Xt` headers live in their own directory).
-fn find_in_roots(roots: &[PathBuf], minor: u8) -> Option<Install> {
+/// The first root with `3.<minor>`'s headers (the GIL build's; with `free_threaded`,
+/// probed with `Py_GIL_DISABLED` defined).
+fn find_in_roots(roots: &[PathBuf], minor: u8, free_threaded: bool) -> Option<Install> {
     roots.iter().find_map(|root| {
         let install = Install {
             version: format!("3.{minor}"),
             minor,
+            free_threaded,
             source: Source::Root { root: root.clone(), os: os_name(root) },
         };
         install.has_headers().then_some(install)
     })
+}
+
+/// The free-threaded 3.`minor` that `cargo xtask setup-pythons` built under `target/pythons`.
+fn find_free_threaded_build(workspace: &Path, minor: u8) -> Option<Install> {
+    let prefix = workspace.join(crate::cpython_build::DIR).join(format!("3.{minor}t"));
+    let install = Install {
+        version: format!("3.{minor}"),
+        minor,
+        free_threaded: true,
+        source: Source::Pyenv { prefix: prefix.clone() },
+    };
+    (prefix.join(crate::cpython_build::READY_MARKER).exists() && install.has_headers()).then_some(install)
 }
 
 /// `PRETTY_NAME` from a root's os-release, e.g. "Debian GNU/Linux forky/sid".
@@ -343,9 +397,9 @@ fn probe(install: Install, source: &Path, scratch: &Path) -> Result<Probed> {
     // _Py_DebugOffsets the library was built with. Without a shared libpython
     // it still probes, and says in a note what went unchecked.
     let lib_dir = prefix.join("lib");
-    let libpython = lib_dir.join(format!("libpython3.{}.so", install.minor));
+    let libpython = lib_dir.join(format!("libpython3.{}{}.so", install.minor, install.abi()));
     if libpython.exists() {
-        cmd.args(link_args(install.minor)).arg("-L").arg(&lib_dir).arg(format!("-Wl,-rpath,{}", lib_dir.display()));
+        cmd.args(link_args(&install)).arg("-L").arg(&lib_dir).arg(format!("-Wl,-rpath,{}", lib_dir.display()));
     }
     compile(&mut cmd, &include)?;
     let stdout = run_probe(&mut Command::new(&exe))?;
@@ -380,11 +434,12 @@ fn probe_in_root(install: Install) -> Result<Probed> {
     let include = install.include_dir();
     let mut args: Vec<std::ffi::OsString> = vec!["cc".into()];
     args.extend(compile_args(&include, &inside.join("python_offsets_probe.c"), &exe));
-    // Debian puts the shared library in a multiarch directory the compiler
-    // searches by itself.
-    let shared = glob_one(&root.join("usr/lib"), &format!("libpython3.{}.so", install.minor));
-    if shared {
-        args.extend(link_args(install.minor));
+    if install.headers_only_free_threaded() {
+        args.push("-DPy_GIL_DISABLED=1".into());
+    } else if glob_one(&root.join("usr/lib"), &format!("libpython3.{}.so", install.minor)) {
+        // Debian puts the shared library in a multiarch directory the compiler
+        // searches by itself.
+        args.extend(link_args(&install));
     }
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     compile(&mut in_root(&args), &include)?;
@@ -413,8 +468,8 @@ fn compile_args(include: &Path, source: &Path, exe: &Path) -> Vec<std::ffi::OsSt
     ]
 }
 
-fn link_args(minor: u8) -> Vec<std::ffi::OsString> {
-    vec!["-DPROBE_LINKED_LIBPYTHON".into(), format!("-lpython3.{minor}").into()]
+fn link_args(install: &Install) -> Vec<std::ffi::OsString> {
+    vec!["-DPROBE_LINKED_LIBPYTHON".into(), format!("-lpython3.{}{}", install.minor, install.abi()).into()]
 }
 
 fn compile(cmd: &mut Command, include: &Path) -> Result<()> {
@@ -441,7 +496,13 @@ fn run_probe(cmd: &mut Command) -> Result<String> {
 
 fn parse_probe(mut install: Install, stdout: &str) -> Result<Probed> {
     let parsed = parse_probe_output(stdout, install.minor)?;
-    if matches!(install.source, Source::Root { .. }) {
+    let free_threaded = FIELDS.iter().position(|f| *f == "free_threaded").map(|i| parsed.values[i] == 1);
+    ensure!(
+        free_threaded == Some(install.free_threaded),
+        "the probe compiled against {} says free_threaded = {free_threaded:?}",
+        install.label()
+    );
+    if matches!(install.source, Source::Root { .. }) || install.free_threaded {
         install.version = parsed.version;
     }
     Ok(Probed { install, values: parsed.values, debug: parsed.debug, notes: parsed.notes })
@@ -542,12 +603,21 @@ fn render(probed: &[Probed], missing: &[String]) -> String {
     for note in probed.iter().flat_map(|p| &p.notes) {
         let _ = writeln!(s, "// {note}");
     }
+    for p in probed.iter().filter(|p| p.install.headers_only_free_threaded()) {
+        let _ = writeln!(
+            s,
+            "// {}.{}t: from the GIL build's headers with Py_GIL_DISABLED defined (no free-threaded build to \
+             link against): checked only against each process's own _Py_DebugOffsets",
+            3, p.install.minor
+        );
+    }
     s.push_str("\nuse super::offsets::{DebugField, DebugLayout, PyOffsets};\n\n");
-    s.push_str("pub const TABLE: &[((u8, u8), PyOffsets)] = &[\n");
+    s.push_str("/// (major, minor, free-threaded) → layout.\n");
+    s.push_str("pub const TABLE: &[((u8, u8, bool), PyOffsets)] = &[\n");
     for p in probed {
-        let _ = writeln!(s, "    // {}", p.install.version);
+        let _ = writeln!(s, "    // {}", p.install.label());
         s.push_str("    (\n");
-        let _ = writeln!(s, "        (3, {}),", p.install.minor);
+        let _ = writeln!(s, "        (3, {}, {}),", p.install.minor, p.install.free_threaded);
         s.push_str("        PyOffsets {\n");
         for (field, value) in FIELDS.iter().zip(&p.values) {
             let _ = writeln!(s, "            {field}: {value},");
@@ -558,12 +628,12 @@ fn render(probed: &[Probed], missing: &[String]) -> String {
     s.push_str("];\n");
 
     s.push_str("\n/// Where 3.13+ processes' own `_Py_DebugOffsets` hold `PyOffsets` fields.\n");
-    s.push_str("pub const DEBUG_TABLE: &[((u8, u8), DebugLayout)] = &[\n");
+    s.push_str("pub const DEBUG_TABLE: &[((u8, u8, bool), DebugLayout)] = &[\n");
     for p in probed {
         let Some(debug) = &p.debug else { continue };
-        let _ = writeln!(s, "    // {}", p.install.version);
+        let _ = writeln!(s, "    // {}", p.install.label());
         s.push_str("    (\n");
-        let _ = writeln!(s, "        (3, {}),", p.install.minor);
+        let _ = writeln!(s, "        (3, {}, {}),", p.install.minor, p.install.free_threaded);
         s.push_str("        DebugLayout {\n");
         let _ = writeln!(s, "            size: {},", debug.size);
         s.push_str("            fields: &[\n");

@@ -7,7 +7,11 @@
  *
  * (and, when the install has a shared libpython, linked against it with
  * -DPROBE_LINKED_LIBPYTHON: the probe then checks 3.13+'s _Py_DebugOffsets and
- * reads live objects back through its own numbers), then run. It prints one `name value` line per PyOffsets field, -1 for a field
+ * reads live objects back through its own numbers), then run. Free-threaded
+ * builds (3.13+, Py_GIL_DISABLED) are probed the same way against their own
+ * pyconfig.h, or, when no such build is at hand, against a GIL build's headers
+ * with -DPy_GIL_DISABLED=1 (every layout difference is an #ifdef on that macro
+ * in the headers; nothing can then be checked live). It prints one `name value` line per PyOffsets field, -1 for a field
  * that this version does not have, and `# ...` lines that the generator copies
  * into the generated table as comments. Anything it cannot vouch for makes it
  * fail (compile error, or a message on stderr and exit status 1), so a new
@@ -145,6 +149,12 @@ static long long printed_value(const char *name)
 }
 
 #define FIELD(name, value) print_field((name), (long long)(value))
+/* Notes name the build: "3.14t" for a free-threaded one. */
+#ifdef Py_GIL_DISABLED
+#define PROBE_ABI "t"
+#else
+#define PROBE_ABI ""
+#endif
 #define ABSENT(name) FIELD((name), -1)
 #define SIZEOF_MEMBER(type, member) sizeof(((type *)0)->member)
 
@@ -257,11 +267,13 @@ static void state_bits(const char *field, const PyASCIIObject *o, const char *sh
 static long long frame_code_tag_bits(void)
 {
 #if PY_MINOR_VERSION >= 14
-#if defined(Py_STACKREF_DEBUG) || defined(Py_GIL_DISABLED)
-#error "debug stack references and free-threaded builds are not supported"
+#if defined(Py_STACKREF_DEBUG)
+#error "debug stack references are not supported"
 #endif
     static PyObject aligned[2];
     const uintptr_t object = (uintptr_t)&aligned[1];
+    /* Free-threaded 3.14 tags deferred references with Py_TAG_DEFERRED (its
+     * Py_TAG_BITS is 1); GIL builds and 3.15 with Py_TAG_REFCNT. */
     const uintptr_t tags[] = {0, Py_TAG_REFCNT};
     if ((object & Py_TAG_BITS) != 0) {
         fprintf(stderr, "objects are not aligned past the stack reference tag bits\n");
@@ -345,6 +357,15 @@ static void check_debug_offsets(void)
         fprintf(stderr, "_PyRuntime does not start with the _Py_DebugOffsets cookie\n");
         exit(1);
     }
+#ifdef Py_GIL_DISABLED
+    if (d->free_threaded != 1) {
+#else
+    if (d->free_threaded != 0) {
+#endif
+        fprintf(stderr, "_Py_DebugOffsets.free_threaded is %llu in the linked libpython\n",
+                (unsigned long long)d->free_threaded);
+        exit(1);
+    }
     if (d->version != PY_VERSION_HEX) {
         fprintf(stderr, "linked libpython is 0x%llx but the headers are 0x%x\n",
                 (unsigned long long)d->version, PY_VERSION_HEX);
@@ -370,6 +391,10 @@ static void check_debug_offsets(void)
     DEBUG_CHECK(code_object, firstlineno, offsetof(PyCodeObject, co_firstlineno));
     DEBUG_CHECK(code_object, argcount, offsetof(PyCodeObject, co_argcount));
     DEBUG_CHECK(code_object, co_code_adaptive, offsetof(PyCodeObject, co_code_adaptive));
+#if defined(Py_GIL_DISABLED) && PY_MINOR_VERSION >= 14
+    DEBUG_CHECK(code_object, co_tlbc, offsetof(PyCodeObject, co_tlbc));
+    DEBUG_CHECK(interpreter_frame, tlbc_index, offsetof(_PyInterpreterFrame, tlbc_index));
+#endif
     DEBUG_CHECK(pyobject, ob_type, offsetof(PyObject, ob_type));
     DEBUG_CHECK(type_object, tp_name, offsetof(PyTypeObject, tp_name));
     DEBUG_CHECK(bytes_object, ob_size, offsetof(PyBytesObject, ob_base.ob_size));
@@ -390,10 +415,10 @@ static void check_debug_offsets(void)
                 debug_mismatches, debug_checked);
         exit(1);
     }
-    printf("# %d.%d: %d fields agree with _Py_DebugOffsets in the linked libpython (0x%llx)\n",
+    printf("# %d.%d" PROBE_ABI ": %d fields agree with _Py_DebugOffsets in the linked libpython (0x%llx)\n",
            PY_MAJOR_VERSION, PY_MINOR_VERSION, debug_checked, (unsigned long long)d->version);
 #else
-    printf("# %d.%d: _Py_DebugOffsets not checked (probe was not linked against libpython)\n",
+    printf("# %d.%d" PROBE_ABI ": _Py_DebugOffsets not checked (probe was not linked against libpython)\n",
            PY_MAJOR_VERSION, PY_MINOR_VERSION);
 #endif
 }
@@ -814,7 +839,7 @@ static void check_live_layouts(void)
         fprintf(stderr, "%d live layout checks failed\n", live_failures);
         exit(1);
     }
-    printf("# %d.%d: dict, instance attribute, int and module layouts checked against live objects "
+    printf("# %d.%d" PROBE_ABI ": dict, instance attribute, int and module layouts checked against live objects "
            "in the linked libpython\n",
            PY_MAJOR_VERSION, PY_MINOR_VERSION);
 }
@@ -869,6 +894,15 @@ static void check_live_gil(void)
                    "GIL synchronization object %zu at %p is outside [%p, %p)", i, members[i],
                    (const void *)gil, (const void *)end);
     }
+#ifdef Py_GIL_DISABLED
+    /* Free-threaded: the GIL exists (PYTHON_GIL=1 or an extension module
+     * without free-threading support turns it on) but is disabled here, so
+     * nobody holds it and nobody waits on it. */
+    (void)tstate;
+    LIVE_CHECK(named->enabled == 0, "the GIL of a free-threaded build is enabled");
+    LIVE_CHECK(rd32(gil, l.locked) == 0, "gil.locked reads %d with the GIL disabled",
+               rd32(gil, l.locked));
+#else
     LIVE_CHECK(rd32(gil, l.locked) == 1, "gil.locked reads %d while holding the GIL",
                rd32(gil, l.locked));
     LIVE_CHECK(rd64(gil, l.last_holder) == (uint64_t)(uintptr_t)tstate,
@@ -879,12 +913,13 @@ static void check_live_gil(void)
     LIVE_CHECK(released == 0, "gil.locked reads %d after releasing the GIL", released);
     LIVE_CHECK(rd32(gil, l.locked) == 1, "gil.locked reads %d after retaking the GIL",
                rd32(gil, l.locked));
+#endif
 
     if (live_failures != 0) {
         fprintf(stderr, "%d live GIL checks failed\n", live_failures);
         exit(1);
     }
-    printf("# %d.%d: GIL location, size, locked and last_holder checked against the live GIL "
+    printf("# %d.%d" PROBE_ABI ": GIL location, size, locked and last_holder checked against the live GIL "
            "in the linked libpython\n",
            PY_MAJOR_VERSION, PY_MINOR_VERSION);
 }
@@ -929,6 +964,10 @@ static const struct debug_map_entry debug_map[] = {
     {"code_linetable", DEBUG_AT(code_object, linetable), -1},
     {"code_argcount", DEBUG_AT(code_object, argcount), -1},
     {"code_size_of", DEBUG_AT(code_object, size), -1},
+#if defined(Py_GIL_DISABLED) && PY_MINOR_VERSION >= 14
+    {"code_tlbc", DEBUG_AT(code_object, co_tlbc), -1},
+    {"frame_tlbc_index", DEBUG_AT(interpreter_frame, tlbc_index), -1},
+#endif
     {"object_type", DEBUG_AT(pyobject, ob_type), -1},
     {"type_name", DEBUG_AT(type_object, tp_name), -1},
     {"type_flags", DEBUG_AT(type_object, tp_flags), -1},
@@ -981,7 +1020,7 @@ static void print_debug_map(void)
     if (mismatches != 0) {
         exit(1);
     }
-    printf("# %d.%d: %zu fields read from each process's _Py_DebugOffsets too, all equal to the "
+    printf("# %d.%d" PROBE_ABI ": %zu fields read from each process's _Py_DebugOffsets too, all equal to the "
            "linked libpython's\n",
            PY_MAJOR_VERSION, PY_MINOR_VERSION, n);
 #endif
@@ -1061,10 +1100,18 @@ static void check_live_frames(void)
         exit(1);
     }
     Py_DECREF(result);
+#if PY_MINOR_VERSION >= 15
+    /* 3.15 ends every thread's chain in its thread state's base frame, owned by the
+     * interpreter too, below the entry frame of the first call from C. */
+    PyObject *want_called = Py_BuildValue("[sssss]", "C.method", "outer", "<module>", "<entry>", "<entry>");
+    PyObject *want_generated =
+        Py_BuildValue("[sssss]", "gen (generator)", "<entry>", "<module>", "<entry>", "<entry>");
+#else
     PyObject *want_called = Py_BuildValue("[ssss]", "C.method", "outer", "<module>", "<entry>");
     /* next() resumes the generator from C: a second entry frame between. */
     PyObject *want_generated =
         Py_BuildValue("[ssss]", "gen (generator)", "<entry>", "<module>", "<entry>");
+#endif
     PyObject *called = PyDict_GetItemString(globals, "called");
     PyObject *generated = PyDict_GetItemString(globals, "generated");
     LIVE_CHECK(PyObject_RichCompareBool(called, want_called, Py_EQ) == 1, "frames of a call: %s",
@@ -1078,7 +1125,7 @@ static void check_live_frames(void)
         fprintf(stderr, "%d live frame checks failed\n", live_failures);
         exit(1);
     }
-    printf("# %d.%d: live frame chains walked through the printed layout: code objects under "
+    printf("# %d.%d" PROBE_ABI ": live frame chains walked through the printed layout: code objects under "
            "tag bits 0x%llx (set on %d of %d frames), entry frames owned by the interpreter, "
            "generator frames by their generator\n",
            PY_MAJOR_VERSION, PY_MINOR_VERSION, printed_value("frame_code_tag_bits"), frames_tagged,
@@ -1153,9 +1200,10 @@ int main(void)
     ABSENT("frame_owned_by_generator");
 #else
     FIELD("frame_owner", offsetof(_PyInterpreterFrame, owner));
-#if PY_MINOR_VERSION >= 12
+#if PY_MINOR_VERSION >= 12 && PY_MINOR_VERSION <= 14
     FIELD("frame_owned_by_cstack", FRAME_OWNED_BY_CSTACK);
 #else
+    /* 3.15 drops it: owners are THREAD, GENERATOR, FRAME_OBJECT, INTERPRETER. */
     ABSENT("frame_owned_by_cstack");
 #endif
     FIELD("frame_owned_by_generator", FRAME_OWNED_BY_GENERATOR);
@@ -1165,7 +1213,10 @@ int main(void)
      * and gives it to the eval loop's entry frame; every owner from it up is
      * not Python code (CPython's own readers test owner >= INTERPRETER). */
     FIELD("frame_owned_by_interpreter", FRAME_OWNED_BY_INTERPRETER);
-    if (FRAME_OWNED_BY_CSTACK < FRAME_OWNED_BY_INTERPRETER ||
+    if (
+#if PY_MINOR_VERSION == 14
+        FRAME_OWNED_BY_CSTACK < FRAME_OWNED_BY_INTERPRETER ||
+#endif
         FRAME_OWNED_BY_GENERATOR >= FRAME_OWNED_BY_INTERPRETER) {
         fprintf(stderr, "frame owners are no longer ordered: code owners below INTERPRETER\n");
         return 1;
@@ -1200,7 +1251,32 @@ int main(void)
     FIELD("code_argcount", offsetof(PyCodeObject, co_argcount));
     FIELD("code_flags", offsetof(PyCodeObject, co_flags));
     FIELD("code_size_of", sizeof(PyCodeObject));
+#if PY_MINOR_VERSION >= 11
+    /* Code units of bytecode (co_code_adaptive and each per-thread copy). */
+    FIELD("code_units", offsetof(PyCodeObject, ob_base.ob_size));
+#else
+    ABSENT("code_units");
+#endif
+    /* Free-threaded 3.14+: each thread may run its own copy of the bytecode
+     * (co_tlbc->entries[tlbc_index], entries[0] being co_code_adaptive), so a
+     * frame's instr_ptr can point into any of them. */
+#if defined(Py_GIL_DISABLED) && PY_MINOR_VERSION >= 14
+    FIELD("code_tlbc", offsetof(PyCodeObject, co_tlbc));
+    FIELD("code_array_size", offsetof(_PyCodeArray, size));
+    FIELD("code_array_entries", offsetof(_PyCodeArray, entries));
+    FIELD("frame_tlbc_index", offsetof(_PyInterpreterFrame, tlbc_index));
+#else
+    ABSENT("code_tlbc");
+    ABSENT("code_array_size");
+    ABSENT("code_array_entries");
+    ABSENT("frame_tlbc_index");
+#endif
 
+#ifdef Py_GIL_DISABLED
+    FIELD("free_threaded", 1);
+#else
+    FIELD("free_threaded", 0);
+#endif
     FIELD("object_type", offsetof(PyObject, ob_type));
     FIELD("type_name", offsetof(PyTypeObject, tp_name));
     FIELD("bytes_size", offsetof(PyBytesObject, ob_base.ob_size));
@@ -1300,10 +1376,10 @@ int main(void)
     check_live_frames();
 #endif
 #else
-    printf("# %d.%d: dict, instance attribute, int and module layouts not checked against live objects "
+    printf("# %d.%d" PROBE_ABI ": dict, instance attribute, int and module layouts not checked against live objects "
            "(probe was not linked against libpython)\n",
            PY_MAJOR_VERSION, PY_MINOR_VERSION);
-    printf("# %d.%d: GIL layout not checked against the live GIL "
+    printf("# %d.%d" PROBE_ABI ": GIL layout not checked against the live GIL "
            "(probe was not linked against libpython)\n",
            PY_MAJOR_VERSION, PY_MINOR_VERSION);
 #endif

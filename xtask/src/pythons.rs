@@ -1,12 +1,17 @@
-//! `cargo xtask setup-pythons`: CPython interpreters for the tests that pyenv does not provide,
-//! in OS roots the tests run them in through chroot(2), the way a container runs its Python.
+//! `cargo xtask setup-pythons`: CPython interpreters for the tests that pyenv does not provide.
 //!
-//! The one root so far is Debian sid with `python3.14` (`target/test-roots/sid`, about 275 MB,
-//! made by `debootstrap --variant=minbase` in 3–5 minutes). It is made once: later runs only
-//! check that it is there (a stat and one chroot run). When it cannot be made (no network, sid
-//! no longer ships `python3.14`) this says why and carries on: the tests then list 3.14 among
-//! the missing versions instead of failing. A failed attempt is not retried by `cargo xtask
-//! test` for a day (`cargo xtask setup-pythons` always retries).
+//! - An OS root the tests run interpreters in through chroot(2), the way a container runs its
+//!   Python: Debian sid with `python3.14` and `python3.15` (`target/test-roots/sid`, about
+//!   300 MB, made by `debootstrap --variant=minbase` in 3–5 minutes). It is made once: later
+//!   runs only check that it is there (a stat and one chroot run per interpreter); a root made
+//!   before an interpreter joined the list gets it with apt-get.
+//! - Free-threaded interpreters (`--disable-gil`), built from Debian's source packages of the
+//!   same versions (see `cpython_build`), under `target/pythons/`.
+//!
+//! When the root cannot be made (no network, sid no longer ships an interpreter) this says why
+//! and carries on: the tests then list those versions among the missing ones instead of
+//! failing. A failed attempt is not retried by `cargo xtask test` for a day (`cargo xtask
+//! setup-pythons` always retries).
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -16,13 +21,14 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
-use crate::{python_offsets::TEST_ROOT, setup, util};
+use crate::{cpython_build, python_offsets::TEST_ROOT, setup, util};
 
 /// The Debian suite and the interpreter packages the root is made with.
 const SUITE: &str = "sid";
-const PYTHON: &str = "python3.14";
+/// The interpreters of the root: (package and command, minor version).
+pub const PYTHONS: &[(&str, u8)] = &[("python3.14", 14), ("python3.15", 15)];
 /// What `--dev` adds: the headers (with the internal ones) and a compiler for the offset probe.
-const DEV_PACKAGES: &[&str] = &["libpython3.14-dev", "gcc", "libc6-dev"];
+const DEV_PACKAGES: &[&str] = &["libpython3.14-dev", "libpython3.15-dev", "gcc", "libc6-dev"];
 const DEFAULT_MIRROR: &str = "http://deb.debian.org/debian";
 /// Written into the root once it is complete.
 const READY_MARKER: &str = ".pyebpf-test-root";
@@ -39,8 +45,9 @@ pub fn ensure(workspace: &Path, explicit: bool, dev: bool) -> Result<()> {
         Ok(()) => {}
         Err(e) if !explicit => {
             eprintln!(
-                "xtask: no {PYTHON} test root ({e:#}); the CPython tests will list 3.14 as missing. \
-                 `cargo xtask setup-pythons` tries again."
+                "xtask: no {SUITE} test root ({e:#}); the CPython tests will list {} and the free-threaded \
+                 builds as missing. `cargo xtask setup-pythons` tries again.",
+                versions()
             );
             return Ok(());
         }
@@ -49,12 +56,17 @@ pub fn ensure(workspace: &Path, explicit: bool, dev: bool) -> Result<()> {
     if dev {
         ensure_dev(&root)?;
     }
-    Ok(())
+    cpython_build::ensure(workspace, &root, explicit)
+}
+
+/// "3.14, 3.15".
+fn versions() -> String {
+    PYTHONS.iter().map(|(_, minor)| format!("3.{minor}")).collect::<Vec<_>>().join(", ")
 }
 
 fn ensure_root(root: &Path, explicit: bool) -> Result<()> {
     if root.join(READY_MARKER).exists() {
-        return check_python(root);
+        return check_pythons(root);
     }
     let failed = failed_marker(root);
     if !explicit && let Some(reason) = recent_failure(&failed) {
@@ -65,8 +77,8 @@ fn ensure_root(root: &Path, explicit: bool) -> Result<()> {
     match make_root(root) {
         Ok(()) => {
             let _ = fs::remove_file(&failed);
-            eprintln!("xtask: made the {PYTHON} test root in {:.0} s", started.elapsed().as_secs_f64());
-            check_python(root)
+            eprintln!("xtask: made the {SUITE} test root in {:.0} s", started.elapsed().as_secs_f64());
+            check_pythons(root)
         }
         Err(e) => {
             if let Some(parent) = failed.parent() {
@@ -89,21 +101,48 @@ fn recent_failure(marker: &Path) -> Option<String> {
     (age < RETRY_AFTER).then(|| fs::read_to_string(marker).unwrap_or_default().trim().to_owned())
 }
 
-/// The interpreter runs in the root and is the version the tests expect.
-fn check_python(root: &Path) -> Result<()> {
-    let out = chroot(root, &[PYTHON, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
-        .output()
-        .context("running chroot")?;
-    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    ensure!(
-        out.status.success() && version.starts_with("3.14."),
-        "{PYTHON} in {} does not run: {} {}",
-        root.display(),
-        version,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+/// Every interpreter of [`PYTHONS`] runs in the root and is the version the tests expect. One
+/// missing from a root made before it joined the list is installed with apt-get.
+fn check_pythons(root: &Path) -> Result<()> {
+    let missing: Vec<&str> =
+        PYTHONS.iter().filter(|(python, _)| !root.join("usr/bin").join(python).exists()).map(|(p, _)| *p).collect();
+    if !missing.is_empty() {
+        util::require_root("installing interpreters in the test root runs apt-get through chroot")?;
+        eprintln!("xtask: installing {} in the {SUITE} test root", missing.join(" "));
+        apt_install_in(root, &missing)?;
+    }
+    for (python, minor) in PYTHONS {
+        let out = chroot(root, &[python, "-c", "import sys; print('%d.%d.%d' % sys.version_info[:3])"])
+            .output()
+            .context("running chroot")?;
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        ensure!(
+            out.status.success() && version.starts_with(&format!("3.{minor}.")),
+            "{python} in {} does not run: {} {}",
+            root.display(),
+            version,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     Ok(())
 }
+
+/// `apt-get install` inside the root. Its package lists may be older than the mirror's Release
+/// file is valid for, so their expiry is not checked.
+pub fn apt_install_in(root: &Path, packages: &[&str]) -> Result<()> {
+    apt_update_in(root)?;
+    let mut args = vec!["apt-get", "-o", NO_EXPIRY, "install", "-y", "-qq", "--no-install-recommends"];
+    args.extend_from_slice(packages);
+    util::run(chroot(root, &args).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// `apt-get update` inside the root.
+pub fn apt_update_in(root: &Path) -> Result<()> {
+    util::run(chroot(root, &["apt-get", "-o", NO_EXPIRY, "update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// The root's package lists may be older than the mirror's Release file is valid for.
+pub const NO_EXPIRY: &str = "Acquire::Check-Valid-Until=false";
 
 /// debootstrap into `<root>.partial`, then rename: an interrupted run never leaves a root that
 /// looks complete.
@@ -121,10 +160,11 @@ fn make_root(root: &Path) -> Result<()> {
     }
     fs::create_dir_all(partial.parent().context("root has a parent")?)?;
     let mirror = std::env::var("PYEBPF_DEBIAN_MIRROR").unwrap_or_else(|_| DEFAULT_MIRROR.to_owned());
-    eprintln!("xtask: making the {PYTHON} test root: debootstrap {SUITE} from {mirror} (3-5 minutes, ~275 MB)");
+    let include = PYTHONS.iter().map(|(p, _)| *p).collect::<Vec<_>>().join(",");
+    eprintln!("xtask: making the {SUITE} test root: debootstrap {SUITE} from {mirror} (3-5 minutes, ~300 MB)");
     let log = partial.with_extension("log");
     let result = Command::new("debootstrap")
-        .args(["--variant=minbase", &format!("--include={PYTHON}"), SUITE])
+        .args(["--variant=minbase", &format!("--include={include}"), SUITE])
         .arg(&partial)
         .arg(&mirror)
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -148,7 +188,7 @@ fn make_root(root: &Path) -> Result<()> {
             let _ = fs::remove_file(deb.path());
         }
     }
-    fs::write(partial.join(READY_MARKER), format!("debootstrap {SUITE} --include={PYTHON} from {mirror}\n"))?;
+    fs::write(partial.join(READY_MARKER), format!("debootstrap {SUITE} --include={include} from {mirror}\n"))?;
     if root.exists() {
         unmount_under(root);
         fs::remove_dir_all(root).with_context(|| format!("removing the incomplete {}", root.display()))?;
@@ -160,21 +200,18 @@ fn make_root(root: &Path) -> Result<()> {
 
 /// Headers and a compiler in the root, for `cargo xtask gen-python-offsets`.
 fn ensure_dev(root: &Path) -> Result<()> {
-    let headers = root.join("usr/include/python3.14/internal/pycore_debug_offsets.h");
+    let headers = PYTHONS
+        .iter()
+        .all(|(_, minor)| root.join(format!("usr/include/python3.{minor}/internal/pycore_debug_offsets.h")).exists());
     let cc = chroot(root, &["sh", "-c", "command -v cc"]).output().is_ok_and(|o| o.status.success());
-    if headers.exists() && cc {
+    if headers && cc {
         return Ok(());
     }
     eprintln!("xtask: installing {} in the test root", DEV_PACKAGES.join(" "));
-    // The root's package lists may be older than the mirror's Release file is valid for.
-    let no_expiry = "Acquire::Check-Valid-Until=false";
-    util::run(chroot(root, &["apt-get", "-o", no_expiry, "update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive"))?;
-    let mut args = vec!["apt-get", "-o", no_expiry, "install", "-y", "-qq", "--no-install-recommends"];
-    args.extend_from_slice(DEV_PACKAGES);
-    util::run(chroot(root, &args).env("DEBIAN_FRONTEND", "noninteractive"))
+    apt_install_in(root, DEV_PACKAGES)
 }
 
-fn chroot(root: &Path, args: &[&str]) -> Command {
+pub fn chroot(root: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new("chroot");
     cmd.arg(root).args(args).env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     cmd

@@ -253,7 +253,7 @@ impl Bpf {
     /// worker, a thread waiting on a lock) would show no time until it runs again, or at all.
     /// Entries the kernel made meanwhile are left alone.
     pub fn seed_sleeping_threads(&mut self, pid: u32) {
-        use profiler_common::{InFlight, off_state, poll_arg};
+        use profiler_common::{InFlight, futex_arg, off_state, poll_arg};
         if !self.off_cpu {
             return;
         }
@@ -276,6 +276,7 @@ impl Bpf {
                     let mut word = [0u8; 8];
                     memory.read(addr, &mut word).then(|| u64::from_ne_bytes(word))
                 });
+                let arg0 = futex_arg::encode(nr, arg0, t.sp);
                 let call = InFlight { syscall_nr: nr, arg0, entry_ns: now, ..Default::default() };
                 let _ = self.in_flight.insert(t.tid, call, 1);
             }

@@ -364,6 +364,10 @@ impl Session {
             if let Err(e) = self.bpf.set_python(pid, &info) {
                 log::warn!("{e:#}");
             }
+            // 3.13+ parks its own locks (PyMutex) on the waiter's stack.
+            if self.python.version(pid).is_some_and(|v| (v.major, v.minor) >= (3, 13)) {
+                self.classifier.set_parking_lot(pid);
+            }
             // Tracked off-CPU from now on: threads already asleep start their wait now.
             self.bpf.seed_sleeping_threads(pid);
         }

@@ -67,6 +67,8 @@ pub struct SleepingThread {
     /// `S` (interruptible) or `D` (uninterruptible).
     pub state: char,
     pub syscall: Option<(i64, [u64; 6])>,
+    /// Its user stack pointer in that syscall (0 when unknown).
+    pub sp: u64,
 }
 
 /// The threads of `pid` that are asleep now (state S or D).
@@ -84,25 +86,27 @@ pub fn sleeping_threads(pid: u32) -> Vec<SleepingThread> {
         if state != 'S' && state != 'D' {
             continue;
         }
-        let syscall = std::fs::read_to_string(task.path().join("syscall")).ok().and_then(|s| parse_syscall(&s));
-        out.push(SleepingThread { tid, state, syscall });
+        let text = std::fs::read_to_string(task.path().join("syscall")).unwrap_or_default();
+        let (syscall, sp) = parse_syscall(&text).map_or((None, 0), |(nr, args, sp)| (Some((nr, args)), sp));
+        out.push(SleepingThread { tid, state, syscall, sp });
     }
     out
 }
 
 /// `/proc/.../syscall`: "NR ARG1 ... ARG6 SP PC" while blocked in a syscall, "-1 SP PC" when
 /// blocked outside one, "running" otherwise.
-fn parse_syscall(text: &str) -> Option<(i64, [u64; 6])> {
+fn parse_syscall(text: &str) -> Option<(i64, [u64; 6], u64)> {
     let mut fields = text.split_whitespace();
     let nr: i64 = fields.next()?.parse().ok()?;
     if nr < 0 {
         return None;
     }
+    let mut hex = || u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok();
     let mut args = [0u64; 6];
     for a in &mut args {
-        *a = u64::from_str_radix(fields.next()?.trim_start_matches("0x"), 16).ok()?;
+        *a = hex()?;
     }
-    Some((nr, args))
+    Some((nr, args, hex().unwrap_or(0)))
 }
 
 #[cfg(test)]
@@ -113,7 +117,7 @@ mod tests {
     fn syscall_lines() {
         assert_eq!(
             parse_syscall("232 0x3 0x7ffd 0x400 0xffffffff 0x0 0x0 0x7ffc 0x7f12\n"),
-            Some((232, [3, 0x7ffd, 0x400, 0xffffffff, 0, 0]))
+            Some((232, [3, 0x7ffd, 0x400, 0xffffffff, 0, 0], 0x7ffc))
         );
         assert_eq!(parse_syscall("-1 0x7ffc 0x7f12"), None);
         assert_eq!(parse_syscall("running"), None);

@@ -2,7 +2,7 @@
 //! (socket peer, file path...) behind each blocked interval.
 use std::collections::HashMap;
 
-use profiler_common::{off_state, poll_arg};
+use profiler_common::{futex_arg, off_state, poll_arg};
 
 use crate::{
     model::{Category, Wait},
@@ -19,6 +19,9 @@ pub struct Classifier {
     cache: HashMap<(u32, u32, i64, u64), Wait>,
     /// pid → address range of its GIL, for telling GIL waits from other futex waits.
     gil: HashMap<u32, (u64, u64)>,
+    /// Processes whose locks wait in a parking lot (CPython 3.13+): a futex on the waiter's
+    /// own stack there is a `PyMutex` (see `profiler_common::futex_arg`).
+    parking_lot: std::collections::HashSet<u32>,
     /// (pid, syscall, argument) of waits seen, from their stacks, to be an event loop waiting
     /// for work: every interval with that key is idle time, stack or not.
     loop_idle: std::collections::HashSet<(u32, i64, u64)>,
@@ -32,6 +35,7 @@ impl Default for Classifier {
             fds: FdCache::new(std::time::Duration::from_millis(250)),
             cache: HashMap::new(),
             gil: HashMap::new(),
+            parking_lot: Default::default(),
             loop_idle: Default::default(),
         }
     }
@@ -45,10 +49,19 @@ impl Classifier {
         }
     }
 
+    /// Process `pid` waits for its own locks in CPython's parking lot (3.13+): futex waits on
+    /// the waiter's stack are waits for a `PyMutex`.
+    pub fn set_parking_lot(&mut self, pid: u32) {
+        if self.parking_lot.insert(pid) {
+            self.cache.retain(|&(p, ..), _| p != pid);
+        }
+    }
+
     /// Process `pid` exited: drop its cached classes, descriptors and GIL range.
     pub fn forget(&mut self, pid: u32) {
         self.cache.retain(|&(p, ..), _| p != pid);
         self.gil.remove(&pid);
+        self.parking_lot.remove(&pid);
         self.fds.forget_process(pid);
         self.loop_idle.retain(|&(p, ..)| p != pid);
     }
@@ -119,8 +132,14 @@ impl Classifier {
             },
             SyscallClass::FdIo => (if uninterruptible { Category::Disk } else { Category::Other }, None),
             SyscallClass::Futex => {
-                let gil = self.gil.get(&pid).is_some_and(|&(lo, hi)| (lo..hi).contains(&arg0));
-                (if gil { Category::Gil } else { Category::Lock }, None)
+                let (addr, on_stack) = futex_arg::decode(arg0);
+                if self.gil.get(&pid).is_some_and(|&(lo, hi)| (lo..hi).contains(&addr)) {
+                    (Category::Gil, None)
+                } else if on_stack && self.parking_lot.contains(&pid) {
+                    (Category::Lock, Some(PYMUTEX_TARGET.to_string()))
+                } else {
+                    (Category::Lock, None)
+                }
             }
             SyscallClass::Sleep => (Category::Sleep, None),
             SyscallClass::Wait => (Category::Ipc, None),
@@ -150,6 +169,11 @@ impl Classifier {
 
 /// Target text of an event loop's idle waits whose descriptor says nothing more.
 pub const LOOP_IDLE_TARGET: &str = "event loop";
+
+/// Target of a lock wait in CPython's parking lot (3.13+): a `PyMutex` (`threading.Lock`, a
+/// free-threaded build's per-object locks, the interpreter's own mutexes), as opposed to a
+/// futex of the GIL or of a `pthread` lock (C extensions, libc), which have no target.
+pub const PYMUTEX_TARGET: &str = "PyMutex";
 
 fn is_poll_with_fds(syscall_nr: i64, arg0: u64) -> bool {
     poll_fds(syscall_nr, arg0).is_some_and(|fds| !fds.is_empty())
@@ -220,6 +244,16 @@ mod tests {
         c.set_gil(me, (0x1000, 0x1100));
         assert_eq!(c.classify(me, off_state::SLEEPING, libc::SYS_futex, 0x1040).category, Category::Gil);
         assert_eq!(c.classify(me, off_state::SLEEPING, libc::SYS_futex, 0x2000).category, Category::Lock);
+        // A futex on the waiter's stack: a PyMutex once the process is known to park its
+        // locks (CPython 3.13+), a plain lock before.
+        let parked = futex_arg::encode(libc::SYS_futex, 0x7ffd_0000_0100, 0x7ffd_0000_0000);
+        let wait = c.classify(me, off_state::SLEEPING, libc::SYS_futex, parked);
+        assert_eq!((wait.category, wait.target), (Category::Lock, None));
+        c.set_parking_lot(me);
+        let wait = c.classify(me, off_state::SLEEPING, libc::SYS_futex, parked);
+        assert_eq!((wait.category, wait.target.as_deref()), (Category::Lock, Some(PYMUTEX_TARGET)));
+        assert_eq!(c.classify(me, off_state::SLEEPING, libc::SYS_futex, 0x2000).target, None);
+        assert_eq!(c.classify(me, off_state::SLEEPING, libc::SYS_futex, 0x1040).category, Category::Gil);
         assert_eq!(c.classify(me, off_state::SLEEPING, libc::SYS_wait4, 0).category, Category::Ipc);
     }
 

@@ -1,5 +1,13 @@
 //! Code objects read out of a target process: name, file, first line and line table, enough to
 //! name any frame that runs the code and find its current line.
+//!
+//! Free-threaded 3.14+ runs each thread on its own copy of the bytecode once that thread has
+//! specialized it (`co_tlbc`, an array indexed by the thread's bytecode index; entry 0 is
+//! `co_code_adaptive`), so a frame's instruction pointer may point into any copy. The copy is
+//! found by address among the array's entries (read when an instruction pointer falls outside
+//! the copies already known) and the pointer mapped to the same offset in the main copy, which
+//! the line table describes. No frame field is needed for it, so the kernel records the same
+//! two words per frame for every build.
 use super::{PyVersion, linetable, offsets::PyOffsets};
 use crate::host::memory::{MAX_OBJECT_BYTES, ReadMemory, field_i32, field_u64};
 
@@ -17,7 +25,20 @@ pub struct CodeObject {
     code_start: u64,
     /// `_co_firsttraceable` (3.11+): frames before it are still being set up.
     first_traceable: i64,
+    /// The code object's address, to read `co_tlbc` from.
+    addr: u64,
+    /// Bytes of bytecode (3.11+): of `co_code_adaptive` and of each per-thread copy.
+    code_bytes: u64,
+    /// Free-threaded 3.14+: the per-thread bytecode copies as last read from `co_tlbc`.
+    copies: Vec<u64>,
 }
+
+/// Entries of a `co_tlbc` array read at most: one per thread index (indices are reused as
+/// threads exit, so this bounds threads alive at once that ran the code, not threads ever).
+const MAX_BYTECODE_COPIES: u64 = 4096;
+/// Bytecode of one code object, at most (a corrupt `ob_size` must not make every address look
+/// like it is inside a copy).
+const MAX_CODE_BYTES: u64 = 1 << 24;
 
 /// Where a frame is, as far as naming it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +57,31 @@ const CO_ITERABLE_COROUTINE: i32 = 0x100;
 const CO_ASYNC_GENERATOR: i32 = 0x200;
 
 impl CodeObject {
+    /// The instruction pointer `instr` (3.11+) as an address in `co_code_adaptive`: itself, or,
+    /// when it points into a free-threaded thread's own copy of the bytecode, the same offset
+    /// in the main copy. A pointer in no known copy (a corrupt frame, a copy freed since) is
+    /// returned as it is, and gives no line.
+    pub fn main_copy_instr(&mut self, mem: &impl ReadMemory, o: &PyOffsets, instr: u64) -> u64 {
+        if o.code_tlbc < 0 || self.code_bytes == 0 || self.in_copy(self.code_start, instr) {
+            return instr;
+        }
+        if let Some(mapped) = self.map_from_copies(instr) {
+            return mapped;
+        }
+        // A copy made since the last read (threads specialize lazily): read the array again.
+        self.copies = read_copies(mem, o, self.addr).unwrap_or_default();
+        self.map_from_copies(instr).unwrap_or(instr)
+    }
+
+    fn in_copy(&self, start: u64, instr: u64) -> bool {
+        instr.wrapping_sub(start) < self.code_bytes
+    }
+
+    fn map_from_copies(&self, instr: u64) -> Option<u64> {
+        let copy = self.copies.iter().copied().find(|&c| c != 0 && self.in_copy(c, instr))?;
+        Some(self.code_start.wrapping_add(instr - copy))
+    }
+
     /// Whether frames of this code are coroutines, run by an event loop.
     pub fn is_coroutine(&self) -> bool {
         self.flags & (CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR) != 0
@@ -144,7 +190,35 @@ pub fn read_code(mem: &impl ReadMemory, o: &PyOffsets, addr: u64) -> Option<Code
     } else {
         (0, 0)
     };
-    Some(CodeObject { name, filename, firstlineno, flags, linetable, code_start, first_traceable })
+    let code_bytes = if o.code_units >= 0 {
+        field_u64(&raw, o.code_units)?.checked_mul(2).filter(|&n| n <= MAX_CODE_BYTES).unwrap_or(0)
+    } else {
+        0
+    };
+    let copies = if o.code_tlbc >= 0 { read_copies(mem, o, addr).unwrap_or_default() } else { Vec::new() };
+    Some(CodeObject {
+        name,
+        filename,
+        firstlineno,
+        flags,
+        linetable,
+        code_start,
+        first_traceable,
+        addr,
+        code_bytes,
+        copies,
+    })
+}
+
+/// The entries of a free-threaded code object's `co_tlbc` array: its bytecode copies.
+fn read_copies(mem: &impl ReadMemory, o: &PyOffsets, code: u64) -> Option<Vec<u64>> {
+    let array = mem.u64(code.checked_add(o.code_tlbc as u64)?)?;
+    let size = mem.u64(array.checked_add(o.code_array_size as u64)?)?;
+    if size == 0 || size > MAX_BYTECODE_COPIES {
+        return None;
+    }
+    let bytes = mem.bytes(array.checked_add(o.code_array_entries as u64)?, size as usize * 8)?;
+    Some(bytes.chunks_exact(8).map(|w| u64::from_ne_bytes(w.try_into().unwrap())).collect())
 }
 
 #[cfg(test)]
@@ -157,8 +231,8 @@ mod tests {
     /// length check).
     #[test]
     fn str_lengths_that_overflow_are_refused() {
-        for minor in 8..=13 {
-            let o = for_version(3, minor).unwrap();
+        for ((_, minor, free_threaded), _) in crate::python::offsets::table() {
+            let o = for_version(3, *minor, *free_threaded).unwrap();
             let mut image = vec![0u8; 256];
             let put = |image: &mut Vec<u8>, off: i64, bytes: &[u8]| {
                 image[off as usize..off as usize + bytes.len()].copy_from_slice(bytes)
@@ -189,19 +263,63 @@ mod tests {
             linetable,
             code_start,
             first_traceable: 0,
+            addr: 0,
+            code_bytes: 0,
+            copies: Vec::new(),
         }
+    }
+
+    /// Free-threaded 3.14+: a frame running its thread's own copy of the bytecode is mapped to
+    /// the same offset in `co_code_adaptive`, the copies being read from `co_tlbc` when a
+    /// pointer is in none of those known.
+    #[test]
+    fn instruction_pointers_in_per_thread_bytecode_copies_map_to_the_main_copy() {
+        let ft = for_version(3, 14, true).unwrap();
+        let base = 0x10_0000u64;
+        let mut image = vec![0u8; 0x3000];
+        let put = |image: &mut Vec<u8>, off: u64, v: u64| {
+            image[off as usize..off as usize + 8].copy_from_slice(&v.to_ne_bytes())
+        };
+        let main = base + ft.code_code_adaptive as u64;
+        let (array, copy) = (base + 0x1000, base + 0x2000);
+        put(&mut image, ft.code_tlbc as u64, array);
+        put(&mut image, 0x1000 + ft.code_array_size as u64, 3);
+        let entries = 0x1000 + ft.code_array_entries as u64;
+        put(&mut image, entries, main);
+        put(&mut image, entries + 8, 0); // a thread index without a copy
+        put(&mut image, entries + 16, copy);
+        let mem = ImageMemory { base, image };
+        let mut c = CodeObject { addr: base, code_bytes: 64, ..code(Vec::new(), main) };
+        assert_eq!(c.main_copy_instr(&mem, ft, main + 10), main + 10);
+        assert!(c.copies.is_empty(), "the main copy needs no read");
+        assert_eq!(c.main_copy_instr(&mem, ft, copy + 10), main + 10);
+        assert_eq!(c.copies, [main, 0, copy]);
+        // Past the end of every copy (a corrupt frame, a freed copy): left as it is.
+        assert_eq!(c.main_copy_instr(&mem, ft, copy + 64), copy + 64);
+        assert_eq!(c.main_copy_instr(&mem, ft, 8), 8);
+        // GIL builds have one copy, and never read an array.
+        let gil = for_version(3, 14, false).unwrap();
+        let mut c = CodeObject { addr: base, code_bytes: 64, ..code(Vec::new(), main) };
+        assert_eq!(c.main_copy_instr(&mem, gil, copy + 10), copy + 10);
+        assert!(c.copies.is_empty());
+        // A corrupt array size is not followed.
+        let mut image = mem.image.clone();
+        put(&mut image, 0x1000 + ft.code_array_size as u64, u64::MAX);
+        let mem = ImageMemory { base, image };
+        let mut c = CodeObject { addr: base, code_bytes: 64, ..code(Vec::new(), main) };
+        assert_eq!(c.main_copy_instr(&mem, ft, copy + 10), copy + 10);
     }
 
     /// Found by the `code_object` fuzzer: a corrupt 3.10 `f_lasti` overflowed when turned into
     /// a byte offset, and a 3.11+ instruction pointer far from the code did too.
     #[test]
     fn corrupt_instruction_fields_give_no_line() {
-        let v310 = PyVersion { major: 3, minor: 10, patch: None };
+        let v310 = PyVersion { major: 3, minor: 10, patch: None, free_threaded: false };
         let c = code(vec![4, 1, 4, 1], 0);
         assert_eq!(c.line(v310, 2, false), FrameLine::Line(Some(12)));
         assert_eq!(c.line(v310, i32::MAX as u64, false), FrameLine::Line(None));
         assert_eq!(c.line(v310, u64::MAX, false), FrameLine::Line(Some(10)), "-1: not started yet");
-        let v312 = PyVersion { major: 3, minor: 12, patch: None };
+        let v312 = PyVersion { major: 3, minor: 12, patch: None, free_threaded: false };
         let c = code(vec![0x80 | (13 << 3) | 1, 2], 0x7f00_0000_0000);
         assert_eq!(c.line(v312, 0x7f00_0000_0002, false), FrameLine::Line(Some(11)));
         assert_eq!(c.line(v312, u64::MAX, true), FrameLine::Line(None));

@@ -4,8 +4,9 @@
 //! builds (pyenv, uwsgi, embedders), or the executable itself for static ones (Debian's
 //! python3). Files are opened through `/proc/PID/map_files`, which works across mount
 //! namespaces and for deleted files. The version comes from the `Py_Version` symbol (3.11+),
-//! else from the file name; for 3.13+ it is checked against `_Py_DebugOffsets`, which is kept
-//! for comparing the layout table with (`offsets::for_process`).
+//! else from the file name; for 3.13+ it is checked against `_Py_DebugOffsets`, which also
+//! says whether the build is free-threaded and is kept for comparing the layout table with
+//! (`offsets::for_process`).
 use std::{collections::HashMap, fs::File, path::PathBuf};
 
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, ReadRef, read::ReadCache};
@@ -184,7 +185,7 @@ pub fn interpreter_version(
     let mut version = match py_version_hex {
         Some(hex) => PyVersion::from_hex(hex),
         None => match version_from_name(name) {
-            Some((major, minor)) => PyVersion { major, minor, patch: None },
+            Some((major, minor)) => PyVersion { major, minor, patch: None, free_threaded: false },
             None => {
                 return Err(Inspection::Unsupported {
                     version: "unknown".into(),
@@ -196,8 +197,8 @@ pub fn interpreter_version(
     let mut debug_offsets = None;
     if version.minor >= 13 {
         match read_debug_offsets(mem, runtime_addr, version) {
-            Ok((hex, bytes)) => {
-                version = PyVersion::from_hex(hex as u32);
+            Ok((hex, free_threaded, bytes)) => {
+                version = PyVersion { free_threaded, ..PyVersion::from_hex(hex as u32) };
                 debug_offsets = Some(bytes);
             }
             Err(reason) => return Err(Inspection::Unsupported { version: version.to_string(), reason }),
@@ -207,28 +208,39 @@ pub fn interpreter_version(
 }
 
 /// 3.13+ starts `_PyRuntime` with `_Py_DebugOffsets`: cookie "xdebugpy", the exact version,
-/// and whether the build is free-threaded (a different layout, not supported). Returns the
-/// version and the struct's bytes (only its head for a version without a known layout of it).
-fn read_debug_offsets(mem: &impl ReadMemory, runtime_addr: u64, version: PyVersion) -> Result<(u64, Vec<u8>), String> {
-    let size = offsets::debug_layout(version.major, version.minor).map_or(24, |l| usize::from(l.size)).max(24);
+/// and whether the build is free-threaded (its own layout). Returns the version, the build and
+/// the struct's bytes (only its head for a version without a known layout of it).
+fn read_debug_offsets(
+    mem: &impl ReadMemory,
+    runtime_addr: u64,
+    version: PyVersion,
+) -> Result<(u64, bool, Vec<u8>), String> {
+    let mut head = [0u8; 24];
+    if !mem.read(runtime_addr, &mut head) {
+        return Err("cannot read _Py_DebugOffsets".into());
+    }
+    let (hex, free_threaded) = check_debug_head(&head)?;
+    let size = offsets::debug_layout(version.major, version.minor, free_threaded)
+        .map_or(head.len(), |l| usize::from(l.size))
+        .max(head.len());
     let mut bytes = vec![0u8; size];
     if !mem.read(runtime_addr, &mut bytes) {
         return Err("cannot read _Py_DebugOffsets".into());
     }
-    let hex = check_debug_head(bytes[..24].try_into().unwrap())?;
-    Ok((hex, bytes))
+    Ok((hex, free_threaded, bytes))
 }
 
-fn check_debug_head(head: &[u8; 24]) -> Result<u64, String> {
+/// (version, free-threaded) from the head of `_Py_DebugOffsets`.
+fn check_debug_head(head: &[u8; 24]) -> Result<(u64, bool), String> {
     if &head[..8] != b"xdebugpy" {
         return Err("_PyRuntime does not start with the _Py_DebugOffsets cookie".into());
     }
     let version = u64::from_ne_bytes(head[8..16].try_into().unwrap());
-    let free_threaded = u64::from_ne_bytes(head[16..24].try_into().unwrap());
-    if free_threaded != 0 {
-        return Err("free-threaded builds are not supported yet".into());
+    match u64::from_ne_bytes(head[16..24].try_into().unwrap()) {
+        0 => Ok((version, false)),
+        1 => Ok((version, true)),
+        other => Err(format!("_Py_DebugOffsets.free_threaded is {other}")),
     }
-    Ok(version)
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ mod tests {
     #[test]
     fn shim_frames_are_hidden_by_owner() {
         let owners = |minor| {
-            let o = super::offsets::for_version(3, minor).unwrap();
+            let o = super::offsets::for_version(3, minor, false).unwrap();
             (0..=5).filter(|&owner| super::is_shim_owner(o, owner)).collect::<Vec<u32>>()
         };
         assert!(owners(11).is_empty());
@@ -37,11 +37,22 @@ mod tests {
         assert_eq!(owners(13), [3]);
         // ... 3.14 inserts FRAME_OWNED_BY_INTERPRETER (3, the entry frame) before CSTACK (4).
         assert_eq!(owners(14), [3, 4, 5]);
+        // ... and 3.15 drops CSTACK: owners are 0-3, INTERPRETER the last.
+        assert_eq!(owners(15), [3, 4, 5]);
+        // Free-threaded builds number their owners as their GIL builds do.
+        for ((_, minor, free_threaded), o) in super::offsets_generated::TABLE {
+            if *free_threaded {
+                let gil = super::offsets::for_version(3, *minor, false).unwrap();
+                for owner in 0..=5 {
+                    assert_eq!(super::is_shim_owner(o, owner), super::is_shim_owner(gil, owner), "3.{minor}t");
+                }
+            }
+        }
     }
 
     #[test]
     fn code_pointer_tags_are_cleared_by_the_kernel() {
-        for ((_, minor), o) in super::offsets_generated::TABLE {
+        for ((_, minor, _), o) in super::offsets_generated::TABLE {
             let tags = o.frame_code_tag_bits as u64;
             assert_eq!(tags & !profiler_common::PY_CODE_TAG_MASK, 0, "3.{minor}");
         }
@@ -57,7 +68,7 @@ mod tests {
 
     #[test]
     fn frame_fields_fit_the_kernels_single_read() {
-        for ((major, minor), o) in super::offsets_generated::TABLE {
+        for ((major, minor, _), o) in super::offsets_generated::TABLE {
             let len = super::frame_read_len(o);
             assert!(len > 0 && len as usize <= profiler_common::PY_FRAME_READ_MAX, "{major}.{minor}: {len}");
         }
@@ -69,21 +80,25 @@ pub struct PyVersion {
     pub major: u8,
     pub minor: u8,
     pub patch: Option<u8>,
+    /// A free-threaded build (`--disable-gil`, 3.13+): shown as "3.14.2t", CPython's own name
+    /// for its ABI.
+    pub free_threaded: bool,
 }
 
 impl PyVersion {
-    /// From `PY_VERSION_HEX` (0xMMmmpp..).
+    /// From `PY_VERSION_HEX` (0xMMmmpp..), a GIL build.
     pub fn from_hex(hex: u32) -> Self {
-        Self { major: (hex >> 24) as u8, minor: (hex >> 16) as u8, patch: Some((hex >> 8) as u8) }
+        Self { major: (hex >> 24) as u8, minor: (hex >> 16) as u8, patch: Some((hex >> 8) as u8), free_threaded: false }
     }
 }
 
 impl fmt::Display for PyVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.patch {
-            Some(p) => write!(f, "{}.{}.{}", self.major, self.minor, p),
-            None => write!(f, "{}.{}", self.major, self.minor),
+            Some(p) => write!(f, "{}.{}.{}", self.major, self.minor, p)?,
+            None => write!(f, "{}.{}", self.major, self.minor)?,
         }
+        if self.free_threaded { f.write_str("t") } else { Ok(()) }
     }
 }
 
@@ -241,7 +256,10 @@ impl PythonProcess {
         });
         let Some(code) = code else { return Resolved::Unknown };
         let generator = o.frame_owned_by_generator >= 0 && rec.owner as i64 == o.frame_owned_by_generator;
-        match code.line(self.interpreter.version, rec.instr, generator) {
+        // Free-threaded 3.14+: the frame may run its thread's own copy of the bytecode.
+        let instr =
+            if rec.instr != 0 && o.frame_instr_ptr >= 0 { code.main_copy_instr(mem, o, rec.instr) } else { rec.instr };
+        match code.line(self.interpreter.version, instr, generator) {
             FrameLine::Incomplete => Resolved::Hidden,
             FrameLine::Line(line) => Resolved::Frame(PyFrame {
                 function: code.name.clone(),
@@ -343,6 +361,7 @@ impl PythonRegistry {
             Inspection::Python(interpreter) => match offsets::for_process(
                 interpreter.version.major,
                 interpreter.version.minor,
+                interpreter.version.free_threaded,
                 interpreter.debug_offsets.as_deref(),
             ) {
                 Ok(layout) => {

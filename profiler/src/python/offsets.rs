@@ -10,11 +10,16 @@
 //! does not exist in that version. Widths of the integer fields the reader loads
 //! (i32 `co_firstlineno`, u64 thread ids, the u8 frame owner, ...) are fixed by
 //! static asserts in the probe, so a version that changes one fails generation.
+//!
+//! Free-threaded builds (3.13t+, `Py_GIL_DISABLED`) have their own entries: bigger object
+//! headers (`ob_tid`, split reference counts) move every object field, and from 3.14 a frame
+//! may run a per-thread copy of its code's bytecode (`co_tlbc`). A process says which build it
+//! is in `_Py_DebugOffsets.free_threaded`.
 
 use super::offsets_generated::{DEBUG_TABLE, TABLE};
 
-/// Struct member offsets for one CPython minor version (64-bit builds with the
-/// GIL; the free-threaded 3.13t/3.14t layouts are different and not covered).
+/// Struct member offsets for one CPython minor version and build (with the GIL, or
+/// free-threaded: see `free_threaded`), 64-bit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PyOffsets {
     /// `_PyRuntimeState.interpreters.head`: the most recently created
@@ -109,6 +114,23 @@ pub struct PyOffsets {
     /// `sizeof(PyCodeObject)` (without the inline bytecode in 3.11+), for
     /// reading the whole header in one go.
     pub code_size_of: i64,
+    /// `ob_size` of a code object (i64, 3.11+): its bytecode's length in 2-byte code units,
+    /// the length of `co_code_adaptive` and of every per-thread copy.
+    pub code_units: i64,
+    /// `PyCodeObject.co_tlbc` (free-threaded 3.14+): the `_PyCodeArray*` of the code's
+    /// bytecode copies, one per thread index that specialized its own; entry 0 is
+    /// `co_code_adaptive`. A frame's instruction pointer points into its thread's copy.
+    pub code_tlbc: i64,
+    /// `_PyCodeArray.size` (i64): number of entries.
+    pub code_array_size: i64,
+    /// `_PyCodeArray.entries`: the copies' addresses (NULL where a thread index has none).
+    pub code_array_entries: i64,
+    /// `_PyInterpreterFrame.tlbc_index` (i32, free-threaded 3.14+): which copy the frame runs.
+    /// Not read: the copy is found by address (see `code::CodeObject::line`); kept to check
+    /// against `_Py_DebugOffsets`.
+    pub frame_tlbc_index: i64,
+    /// 1 for a free-threaded build's layout, 0 for a GIL build's (a flag, not an offset).
+    pub free_threaded: i64,
 
     /// `PyObject.ob_type`.
     pub object_type: i64,
@@ -278,9 +300,15 @@ pub struct PyOffsets {
     pub gil_last_holder: i64,
 }
 
-/// The offsets for CPython `major.minor`, if the table covers it.
-pub fn for_version(major: u8, minor: u8) -> Option<&'static PyOffsets> {
-    TABLE.iter().find(|(version, _)| *version == (major, minor)).map(|(_, offsets)| offsets)
+/// Every layout the profiler has: ((major, minor, free-threaded), offsets).
+pub fn table() -> &'static [((u8, u8, bool), PyOffsets)] {
+    TABLE
+}
+
+/// The offsets for CPython `major.minor` (its free-threaded build's with `free_threaded`), if
+/// the table covers it.
+pub fn for_version(major: u8, minor: u8, free_threaded: bool) -> Option<&'static PyOffsets> {
+    TABLE.iter().find(|(version, _)| *version == (major, minor, free_threaded)).map(|(_, offsets)| offsets)
 }
 
 /// Where a 3.13+ process's `_Py_DebugOffsets` (the start of its `_PyRuntime`)
@@ -305,9 +333,10 @@ pub struct DebugLayout {
 /// `_Py_DebugOffsets` starts with this cookie, then the version and the free-threaded flag.
 const DEBUG_COOKIE: &[u8; 8] = b"xdebugpy";
 
-/// The debug-offsets layout of `major.minor` (3.13+).
-pub fn debug_layout(major: u8, minor: u8) -> Option<&'static DebugLayout> {
-    DEBUG_TABLE.iter().find(|(version, _)| *version == (major, minor)).map(|(_, layout)| layout)
+/// The debug-offsets layout of `major.minor` (3.13+), of its free-threaded build with
+/// `free_threaded`.
+pub fn debug_layout(major: u8, minor: u8, free_threaded: bool) -> Option<&'static DebugLayout> {
+    DEBUG_TABLE.iter().find(|(version, _)| *version == (major, minor, free_threaded)).map(|(_, layout)| layout)
 }
 
 /// The layout of one process, after checking the table against what the process says of itself.
@@ -328,20 +357,23 @@ pub struct ProcessLayout {
 const MAX_OFFSET: i64 = 1 << 15;
 const MAX_FRAME_FIELD: i64 = profiler_common::PY_FRAME_READ_MAX as i64 - 8;
 
-/// The offsets for a process of CPython `major.minor`. From 3.13 `debug` must be the start of
-/// the process's `_PyRuntime` (at least [`DebugLayout::size`] bytes): its `_Py_DebugOffsets`
-/// must carry the cookie, the same minor version and no free-threading, and every field it
-/// also gives is compared with the table. A field that differs is taken from the process (it
-/// describes the build that runs; the headers the table came from may be another patch
-/// release's) unless so many differ that the struct itself is not laid out as expected.
-pub fn for_process(major: u8, minor: u8, debug: Option<&[u8]>) -> Result<ProcessLayout, String> {
-    let table = for_version(major, minor).ok_or_else(|| "no layout for this version".to_owned())?;
+/// The offsets for a process of CPython `major.minor`, a free-threaded build if
+/// `free_threaded`. From 3.13 `debug` must be the start of the process's `_PyRuntime` (at least
+/// [`DebugLayout::size`] bytes): its `_Py_DebugOffsets` must carry the cookie, the same minor
+/// version and the same build (`free_threaded`), and every field it also gives is compared
+/// with the table. A field that differs is taken from the process (it describes the build that
+/// runs; the headers the table came from may be another patch release's) unless so many
+/// differ that the struct itself is not laid out as expected.
+pub fn for_process(major: u8, minor: u8, free_threaded: bool, debug: Option<&[u8]>) -> Result<ProcessLayout, String> {
+    let table = for_version(major, minor, free_threaded).ok_or_else(|| {
+        if free_threaded { "no layout for this free-threaded version" } else { "no layout for this version" }.to_owned()
+    })?;
     // The kernel clears a fixed set of low bits from code pointers (see PY_CODE_TAG_MASK).
     if table.frame_code_tag_bits as u64 & !profiler_common::PY_CODE_TAG_MASK != 0 {
         return Err(format!("code pointer tag bits 0x{:x} not cleared by the unwinder", table.frame_code_tag_bits));
     }
     let mut layout = ProcessLayout { offsets: *table, version_hex: None, checked: 0, corrected: Vec::new() };
-    let Some(debug_layout) = debug_layout(major, minor) else {
+    let Some(debug_layout) = debug_layout(major, minor, free_threaded) else {
         return Ok(layout);
     };
     let debug = debug.ok_or_else(|| "_Py_DebugOffsets could not be read".to_owned())?;
@@ -354,8 +386,8 @@ pub fn for_process(major: u8, minor: u8, debug: Option<&[u8]>) -> Result<Process
         return Err(format!("_Py_DebugOffsets gives version 0x{version:x}"));
     }
     layout.version_hex = Some(version as u32);
-    if word(16) != Some(0) {
-        return Err("free-threaded builds are not supported yet".into());
+    if word(16) != Some(u64::from(free_threaded)) {
+        return Err(format!("_Py_DebugOffsets.free_threaded is {:?}, not {}", word(16), u64::from(free_threaded)));
     }
     let mut values = Vec::new();
     for f in debug_layout.fields {
@@ -401,9 +433,11 @@ mod tests {
 
     #[test]
     fn lookup() {
-        assert!(for_version(2, 7).is_none());
+        assert!(for_version(2, 7, false).is_none());
+        assert!(for_version(3, 12, true).is_none(), "no free-threaded build before 3.13");
         for (version, offsets) in TABLE {
-            assert_eq!(for_version(version.0, version.1), Some(offsets));
+            assert_eq!(for_version(version.0, version.1, version.2), Some(offsets));
+            assert_eq!(offsets.free_threaded, i64::from(version.2));
         }
     }
 
@@ -411,7 +445,7 @@ mod tests {
     /// make sure each generation of the layout has exactly the ones it needs.
     #[test]
     fn fields_present_match_the_frame_model() {
-        for ((_, minor), o) in TABLE {
+        for ((_, minor, free_threaded), o) in TABLE {
             let frame_object = *minor <= 10;
             assert_eq!(o.frame_lasti >= 0, frame_object, "3.{minor}");
             assert_eq!(o.frame_lasti_size, if frame_object { 4 } else { -1 }, "3.{minor}");
@@ -419,7 +453,8 @@ mod tests {
             assert_eq!(o.frame_owner >= 0, !frame_object, "3.{minor}");
             assert_eq!(o.code_code_adaptive >= 0, !frame_object, "3.{minor}");
             assert_eq!(o.cframe_current_frame >= 0, (11..=12).contains(minor), "3.{minor}");
-            assert_eq!(o.frame_owned_by_cstack >= 0, *minor >= 12, "3.{minor}");
+            // 3.15 has no FRAME_OWNED_BY_CSTACK.
+            assert_eq!(o.frame_owned_by_cstack >= 0, (12..=14).contains(minor), "3.{minor}");
             // 3.14: f_executable is a tagged stack reference, and every owner from
             // FRAME_OWNED_BY_INTERPRETER up (the entry frame, C-stack shims) is not code.
             assert_eq!(o.frame_owned_by_interpreter >= 0, *minor >= 14, "3.{minor}");
@@ -427,8 +462,18 @@ mod tests {
             assert!((0..8).contains(&o.frame_code_tag_bits), "3.{minor}: objects are 8-byte aligned");
             if o.frame_owned_by_interpreter >= 0 {
                 assert!(o.frame_owned_by_generator < o.frame_owned_by_interpreter, "3.{minor}");
-                assert!(o.frame_owned_by_cstack >= o.frame_owned_by_interpreter, "3.{minor}");
+                assert!(
+                    o.frame_owned_by_cstack < 0 || o.frame_owned_by_cstack >= o.frame_owned_by_interpreter,
+                    "3.{minor}"
+                );
             }
+            // Bytecode length from 3.11; per-thread bytecode copies in free-threaded 3.14+.
+            assert_eq!(o.code_units >= 0, !frame_object, "3.{minor}");
+            let tlbc = *free_threaded && *minor >= 14;
+            for field in [o.code_tlbc, o.code_array_size, o.code_array_entries, o.frame_tlbc_index] {
+                assert_eq!(field >= 0, tlbc, "3.{minor} free-threaded {free_threaded}");
+            }
+            assert!(!*free_threaded || *minor >= 13, "3.{minor}t");
             assert_eq!(o.tstate_native_thread_id >= 0, *minor >= 11, "3.{minor}");
             for required in [
                 o.runtime_interpreters_head,
@@ -458,7 +503,7 @@ mod tests {
     /// keys layout, where instance attributes live, and how ints are encoded.
     #[test]
     fn fields_present_match_the_object_model() {
-        for ((_, minor), o) in TABLE {
+        for ((_, minor, _), o) in TABLE {
             let minor = *minor;
             let log2_keys = minor >= 11;
             assert_eq!(o.dict_keys_size >= 0, !log2_keys, "3.{minor}");
@@ -510,13 +555,14 @@ mod tests {
 
     /// A process's `_Py_DebugOffsets` that says exactly what the table says, laid out as the
     /// version's headers lay it out.
-    fn debug_bytes(minor: u8) -> Vec<u8> {
-        let o = for_version(3, minor).unwrap();
-        let layout = debug_layout(3, minor).unwrap();
+    fn debug_bytes(minor: u8, free_threaded: bool) -> Vec<u8> {
+        let o = for_version(3, minor, free_threaded).unwrap();
+        let layout = debug_layout(3, minor, free_threaded).unwrap();
         let mut bytes = vec![0u8; layout.size as usize];
         let mut put = |at: usize, v: u64| bytes[at..at + 8].copy_from_slice(&v.to_ne_bytes());
         put(0, u64::from_ne_bytes(*DEBUG_COOKIE));
         put(8, 3 << 24 | u64::from(minor) << 16 | 0x0af0);
+        put(16, u64::from(free_threaded));
         let base = 4096;
         for f in layout.fields {
             let value = *(f.field)(&mut o.clone()) as u64;
@@ -532,8 +578,8 @@ mod tests {
 
     #[test]
     fn debug_offsets_cover_3_13_on() {
-        for ((major, minor), _) in TABLE {
-            let layout = debug_layout(*major, *minor);
+        for ((major, minor, free_threaded), _) in TABLE {
+            let layout = debug_layout(*major, *minor, *free_threaded);
             assert_eq!(layout.is_some(), *minor >= 13, "3.{minor}");
             if let Some(layout) = layout {
                 // The thread and frame walk are all cross-checked.
@@ -551,61 +597,67 @@ mod tests {
 
     #[test]
     fn process_layout_from_debug_offsets() {
-        for minor in [13, 14] {
-            let table = for_version(3, minor).unwrap();
-            let good = debug_bytes(minor);
-            let layout = for_process(3, minor, Some(&good)).unwrap();
+        let with_debug_offsets = TABLE.iter().filter(|((_, minor, _), _)| *minor >= 13).map(|(v, _)| (v.1, v.2));
+        for (minor, ft) in with_debug_offsets {
+            let table = for_version(3, minor, ft).unwrap();
+            let good = debug_bytes(minor, ft);
+            let layout = for_process(3, minor, ft, Some(&good)).unwrap();
             assert_eq!(&layout.offsets, table, "3.{minor}");
-            assert_eq!(layout.checked, debug_layout(3, minor).unwrap().fields.len());
+            assert_eq!(layout.checked, debug_layout(3, minor, ft).unwrap().fields.len());
             assert!(layout.corrected.is_empty());
             assert_eq!(layout.version_hex, Some(3 << 24 | u32::from(minor) << 16 | 0x0af0));
 
             // A patch release that moved a field: the process's value wins.
             let mut moved = good.clone();
-            let f =
-                debug_layout(3, minor).unwrap().fields.iter().find(|f| f.name == "tstate_native_thread_id").unwrap();
+            let f = debug_layout(3, minor, ft)
+                .unwrap()
+                .fields
+                .iter()
+                .find(|f| f.name == "tstate_native_thread_id")
+                .unwrap();
             let at = f.at as usize;
             moved[at..at + 8].copy_from_slice(&(table.tstate_native_thread_id as u64 + 8).to_ne_bytes());
-            let layout = for_process(3, minor, Some(&moved)).unwrap();
+            let layout = for_process(3, minor, ft, Some(&moved)).unwrap();
             assert_eq!(layout.offsets.tstate_native_thread_id, table.tstate_native_thread_id + 8);
             assert_eq!(
                 layout.corrected,
                 [("tstate_native_thread_id", table.tstate_native_thread_id, table.tstate_native_thread_id + 8)]
             );
 
-            // Refused: no debug offsets, wrong cookie, another version, free-threaded, a struct
-            // laid out otherwise, values no layout has, too short.
-            assert!(for_process(3, minor, None).is_err());
+            // Refused: no debug offsets, wrong cookie, another version, the other build, a
+            // struct laid out otherwise, values no layout has, too short.
+            assert!(for_process(3, minor, ft, None).is_err());
             let mut bad = good.clone();
             bad[0] = b'y';
-            assert!(for_process(3, minor, Some(&bad)).unwrap_err().contains("cookie"));
+            assert!(for_process(3, minor, ft, Some(&bad)).unwrap_err().contains("cookie"));
             let mut other = good.clone();
             other[8..16].copy_from_slice(&(3u64 << 24 | 12 << 16).to_ne_bytes());
-            assert!(for_process(3, minor, Some(&other)).unwrap_err().contains("version"));
-            let mut free_threaded = good.clone();
-            free_threaded[16] = 1;
-            assert!(for_process(3, minor, Some(&free_threaded)).unwrap_err().contains("free-threaded"));
+            assert!(for_process(3, minor, ft, Some(&other)).unwrap_err().contains("version"));
+            let mut other_build = good.clone();
+            other_build[16] = u8::from(!ft);
+            assert!(for_process(3, minor, ft, Some(&other_build)).unwrap_err().contains("free_threaded"));
             let mut shifted = vec![0u8; good.len()];
             shifted[..24].copy_from_slice(&good[..24]);
             shifted[32..].copy_from_slice(&good[24..good.len() - 8]);
-            assert!(for_process(3, minor, Some(&shifted)).is_err(), "3.{minor}: shifted struct accepted");
+            assert!(for_process(3, minor, ft, Some(&shifted)).is_err(), "3.{minor}: shifted struct accepted");
             let mut huge = good.clone();
-            let owner = debug_layout(3, minor).unwrap().fields.iter().find(|f| f.name == "frame_owner").unwrap();
+            let owner = debug_layout(3, minor, ft).unwrap().fields.iter().find(|f| f.name == "frame_owner").unwrap();
             huge[owner.at as usize..owner.at as usize + 8].copy_from_slice(&200u64.to_ne_bytes());
-            assert!(for_process(3, minor, Some(&huge)).unwrap_err().contains("frame_owner"));
-            assert!(for_process(3, minor, Some(&good[..good.len() - 8])).is_err());
+            assert!(for_process(3, minor, ft, Some(&huge)).unwrap_err().contains("frame_owner"));
+            assert!(for_process(3, minor, ft, Some(&good[..good.len() - 8])).is_err());
         }
         // Before 3.13 there is nothing to compare with.
-        let layout = for_process(3, 12, None).unwrap();
+        let layout = for_process(3, 12, false, None).unwrap();
         assert_eq!((layout.checked, layout.version_hex), (0, None));
-        assert_eq!(for_process(3, 15, None).unwrap_err(), "no layout for this version");
+        assert_eq!(for_process(3, 99, false, None).unwrap_err(), "no layout for this version");
+        assert_eq!(for_process(3, 12, true, None).unwrap_err(), "no layout for this free-threaded version");
     }
 
     /// The GIL is embedded in `_PyRuntime` up to 3.11 and reached through a
     /// per-interpreter pointer from 3.12: exactly one of the two is present.
     #[test]
     fn fields_present_match_the_gil_model() {
-        for ((_, minor), o) in TABLE {
+        for ((_, minor, _), o) in TABLE {
             let per_interpreter = *minor >= 12;
             assert_eq!(o.runtime_ceval_gil >= 0, !per_interpreter, "3.{minor}");
             assert_eq!(o.interp_ceval_gil >= 0, per_interpreter, "3.{minor}");

@@ -495,8 +495,11 @@ mod tests {
     use super::super::offsets::for_version;
     use super::*;
 
+    /// Every layout of the table, free-threaded ones included.
     fn layouts() -> impl Iterator<Item = (u8, &'static PyOffsets)> {
-        (8..=14).map(|minor| (minor, for_version(3, minor).expect("table covers 3.8-3.14")))
+        super::super::offsets::table().iter().map(|((_, minor, free_threaded), _)| {
+            (*minor, for_version(3, *minor, *free_threaded).expect("in the table"))
+        })
     }
 
     fn put(buf: &mut [u8], off: i64, bytes: &[u8]) {
