@@ -70,10 +70,16 @@ fn workload_secs(native: u32, emulated: u32) -> String {
     (if std::env::var_os("PYEBPF_TEST_EMULATED").is_some() { emulated } else { native }).to_string()
 }
 
+/// Profiles a command pyebpf starts until it exits; the JSON profile.
 fn profile_command(args: &[&str], command: &[&std::ffi::OsStr]) -> Value {
-    profile_json(|cmd, json| {
-        cmd.arg("profile").args(args).arg("-o").arg(json).arg("--").args(command);
-    })
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("p.json");
+    let mut cmd = pyebpf();
+    cmd.arg("profile").args(args).arg("-o").arg(&json).arg("--").args(command);
+    // Under emulation the load alone takes a minute, and a Python process starts in seconds.
+    let timeout = if std::env::var_os("PYEBPF_TEST_EMULATED").is_some() { 600 } else { 90 };
+    assert_success(&run(&mut cmd, Duration::from_secs(timeout)));
+    read_json(&json)
 }
 
 #[test]
@@ -96,7 +102,7 @@ fn kernel_core_python_chain_and_thread_names() {
     for_each_interpreter("kernel core: Python chain", |interp| {
         let m = interp.minor;
         let qualified = |q: &str| if m >= 11 { q.to_string() } else { q.rsplit('.').next().unwrap().to_string() };
-        let secs = workload_secs(4, 25);
+        let secs = workload_secs(4, 15);
         let mut argv: Vec<std::ffi::OsString> = interp.argv();
         argv.extend([interp.workload("chain.py").into(), secs.into(), "2".into()]);
         let argv: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
@@ -127,7 +133,7 @@ fn kernel_core_python_chain_and_thread_names() {
 #[test]
 fn kernel_core_off_cpu_categories_with_targets() {
     for_each_interpreter("kernel core: off-CPU", |interp| {
-        let secs = workload_secs(3, 20);
+        let secs = workload_secs(3, 10);
         let mut argv: Vec<std::ffi::OsString> = interp.argv();
         argv.extend([interp.workload("offcpu.py").into(), secs.into()]);
         let argv: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
