@@ -241,6 +241,22 @@ pub fn interpreters() -> Vec<Interpreter> {
     let (built, not_built) = built_interpreters();
     found.extend(built);
     found.sort_by(|a, b| (a.minor, a.free_threaded, &a.label).cmp(&(b.minor, b.free_threaded, &b.label)));
+    // `PYEBPF_TEST_PYTHONS=3.8,3.13`: only these versions (`3.13t` for a free-threaded build;
+    // `cargo xtask test-kernels` runs the tests under emulation, where every interpreter would
+    // take too long).
+    if let Some(only) = std::env::var_os("PYEBPF_TEST_PYTHONS") {
+        let only = only.to_string_lossy().into_owned();
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        found.retain(|i| {
+            let version = format!("3.{}{}", i.minor, if i.free_threaded { "t" } else { "" });
+            wanted.contains(&version.as_str())
+        });
+        // One interpreter per version (pyenv's, not also the system's or a root's).
+        found.dedup_by_key(|i| (i.minor, i.free_threaded));
+        eprintln!("PYEBPF_TEST_PYTHONS={only}: testing only these versions");
+        assert!(!found.is_empty(), "PYEBPF_TEST_PYTHONS={only}: no such interpreter here");
+        return found;
+    }
     let mut missing: Vec<String> = SUPPORTED_MINORS
         .filter(|m| !found.iter().any(|i| i.minor == *m && !i.free_threaded))
         .map(|m| format!("3.{m}"))

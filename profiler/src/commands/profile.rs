@@ -9,7 +9,7 @@ use crate::{
 pub async fn run(args: ProfileArgs) -> anyhow::Result<()> {
     let outputs = output::plan(&args.outputs, args.format)?;
     runner::preflight(&args.sampling)?;
-    let target = TargetSpec::resolve(args.all, &args.pids, &args.command)?;
+    let target = TargetSpec::resolve(args.all, &args.pids, &args.containers, &args.command)?;
     let mode = runner::mode(args.mode, &args.sampling)?;
     let mut stop = Stop::catch_signals()?;
 

@@ -8,7 +8,11 @@ use profiler_common::{PY_FRAME_IS_ENTRY, PY_OWNER_ENTRY_MIN, off_state, py_statu
 
 use crate::{
     engine::events::{Sample, comm_str},
-    host::{procinfo, symbols::Symbols},
+    host::{
+        cgroup::{self, CgroupIdentity},
+        procinfo,
+        symbols::Symbols,
+    },
     model::{Frame, Marker, PythonFrame, Wait},
     native::merge::{Grouping, NativeIn, Piece, PyIn, merge},
     offcpu::{classify::Classifier, syscalls},
@@ -82,10 +86,12 @@ impl LoopWait {
     pub(super) const NONE: LoopWait = LoopWait { coroutine: NO_FRAME, stalled: false };
 }
 
-/// A process's names, read when it is first seen (it may be gone when the profile is built).
+/// A process's names and cgroup, read when it is first seen (it may be gone when the profile
+/// is built).
 pub(super) struct ProcessInfo {
     pub comm: String,
     pub cmdline: Option<String>,
+    pub cgroup: Option<CgroupIdentity>,
 }
 
 /// `RawStack::wait` of on-CPU samples.
@@ -245,6 +251,7 @@ impl Aggregator {
             ProcessInfo {
                 comm: procinfo::comm(s.pid).unwrap_or_else(|| thread_name.clone()),
                 cmdline: procinfo::cmdline(s.pid),
+                cgroup: cgroup::identity(s.pid),
             }
         });
         let t = self.threads.entry((s.pid, s.tid)).or_insert_with(|| (String::new(), 0));
@@ -458,7 +465,11 @@ impl Aggregator {
             Some(w) => self.intern_wait(w),
             None => ON_CPU,
         };
-        self.processes.entry(pid).or_insert_with(|| ProcessInfo { comm: format!("proc{pid}"), cmdline: None });
+        self.processes.entry(pid).or_insert_with(|| ProcessInfo {
+            comm: format!("proc{pid}"),
+            cmdline: None,
+            cgroup: None,
+        });
         let t = self.threads.entry((pid, tid)).or_insert_with(|| (format!("thread{tid}"), 0));
         if wait == ON_CPU {
             t.1 += weight.0;

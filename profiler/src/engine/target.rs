@@ -1,27 +1,118 @@
-//! What to profile: the whole host, given pids, or a command we start.
-use std::ffi::{CString, OsString};
+//! What to profile: the whole host, given pids, the processes of given containers, or a
+//! command we start.
+use std::{
+    collections::HashSet,
+    ffi::{CString, OsString},
+};
 
 use crate::{
     bpf::Bpf,
     error::{ExitCode, fatal},
-    host::procinfo,
+    host::{cgroup, procinfo},
 };
 
 pub enum TargetSpec {
     All,
     Pids(Vec<u32>),
+    /// Full container ids (resolved from the prefixes given) and their processes now.
+    Containers(Containers),
     Command(Vec<OsString>),
+}
+
+/// The processes of some containers: those running, and those that appear later (checked on
+/// every housekeeping tick: a new pid's cgroup is read once).
+pub struct Containers {
+    ids: Vec<String>,
+    members: Vec<u32>,
+    /// Pids whose cgroup was read (members or not), pruned to the living.
+    seen: HashSet<u32>,
+}
+
+impl Containers {
+    /// Resolves id prefixes against the containers of the processes running now: each must
+    /// name exactly one container, as `docker` requires.
+    fn resolve(prefixes: &[String]) -> anyhow::Result<Self> {
+        let mut running: Vec<(u32, String)> = Vec::new();
+        let mut seen = HashSet::new();
+        for pid in all_pids() {
+            seen.insert(pid);
+            if let Some(id) = cgroup::identity(pid).and_then(|i| i.container_id) {
+                running.push((pid, id));
+            }
+        }
+        let mut ids: Vec<String> = Vec::new();
+        for prefix in prefixes {
+            let prefix = prefix.to_ascii_lowercase();
+            if prefix.is_empty() {
+                return Err(fatal(
+                    ExitCode::Usage,
+                    "--container: an empty id (give the container id or a prefix of it)",
+                ));
+            }
+            let mut matching: Vec<&str> =
+                running.iter().map(|(_, id)| id.as_str()).filter(|id| id.starts_with(&prefix)).collect();
+            matching.sort();
+            matching.dedup();
+            match matching.as_slice() {
+                [] => {
+                    return Err(fatal(
+                        ExitCode::Target,
+                        format!("--container {prefix}: no process in a container whose id starts with {prefix}"),
+                    ));
+                }
+                [id] => ids.push(id.to_string()),
+                many => {
+                    let short: Vec<&str> = many.iter().map(|id| &id[..12]).collect();
+                    return Err(fatal(
+                        ExitCode::Target,
+                        format!(
+                            "--container {prefix} matches more than one container ({}): give more of the id",
+                            short.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        let members = running.iter().filter(|(_, id)| ids.contains(id)).map(|(pid, _)| *pid).collect();
+        Ok(Self { ids, members, seen })
+    }
+
+    /// Processes that joined one of the containers since the last call.
+    fn discover(&mut self) -> Vec<u32> {
+        let now: HashSet<u32> = all_pids().into_iter().collect();
+        self.seen.retain(|pid| now.contains(pid));
+        self.members.retain(|pid| now.contains(pid));
+        let mut joined = Vec::new();
+        for pid in now {
+            if self.seen.insert(pid)
+                && cgroup::identity(pid).and_then(|i| i.container_id).is_some_and(|id| self.ids.contains(&id))
+            {
+                self.members.push(pid);
+                joined.push(pid);
+            }
+        }
+        joined
+    }
+}
+
+fn all_pids() -> Vec<u32> {
+    procfs::process::all_processes()
+        .map(|all| all.filter_map(|p| p.ok()).map(|p| p.pid as u32).collect())
+        .unwrap_or_default()
 }
 
 impl TargetSpec {
     /// Checks the target before anything is loaded: pids must exist (a thread id stands for its
     /// process), a command must be non-empty.
-    pub fn resolve(all: bool, pids: &[u32], command: &[OsString]) -> anyhow::Result<Self> {
+    pub fn resolve(all: bool, pids: &[u32], containers: &[String], command: &[OsString]) -> anyhow::Result<Self> {
         if all {
             return Ok(Self::All);
         }
         if !command.is_empty() {
             return Ok(Self::Command(command.to_vec()));
+        }
+        if !containers.is_empty() {
+            return Ok(Self::Containers(Containers::resolve(containers)?));
         }
         let mut resolved = Vec::new();
         for &pid in pids {
@@ -51,8 +142,19 @@ impl TargetSpec {
                 }
                 Ok(Running::Pids { pids, gone: Vec::new() })
             }
+            Self::Containers(containers) => {
+                for &pid in &containers.members {
+                    bpf.add_target(pid)?;
+                }
+                Ok(Running::Containers(containers))
+            }
             Self::Command(argv) => Ok(Running::Command(spawn_gated(&argv, bpf)?)),
         }
+    }
+
+    /// The processes are named one by one (pids, containers), not the whole host or a command.
+    pub fn is_explicit(&self) -> bool {
+        matches!(self, Self::Pids(_) | Self::Containers(_))
     }
 }
 
@@ -190,6 +292,7 @@ impl Launched {
 pub enum Running {
     All,
     Pids { pids: Vec<u32>, gone: Vec<u32> },
+    Containers(Containers),
     Command(Launched),
 }
 
@@ -201,8 +304,17 @@ impl Running {
                 .map(|all| all.filter_map(|p| p.ok()).map(|p| p.pid as u32).collect())
                 .unwrap_or_default(),
             Self::Pids { pids, .. } => pids.clone(),
+            Self::Containers(c) => c.members.clone(),
             Self::Command(_) => Vec::new(),
         }
+    }
+
+    /// Targets that appeared since the last call (processes a target container started),
+    /// now registered with the BPF programs.
+    pub fn discover(&mut self, bpf: &mut Bpf) -> Vec<u32> {
+        let Self::Containers(c) = self else { return Vec::new() };
+        let joined = c.discover();
+        joined.into_iter().filter(|&pid| bpf.add_target(pid).is_ok()).collect()
     }
 
     /// The command we started, until its exec is seen: its samples before that are our own
@@ -217,7 +329,8 @@ impl Running {
     /// Polls the targets; `Some(reason)` once there is nothing left to profile.
     pub fn finished(&mut self) -> Option<String> {
         match self {
-            Self::All => None,
+            // A container's processes come and go (and it may restart): until stopped.
+            Self::All | Self::Containers(_) => None,
             Self::Pids { pids, gone } => {
                 for &pid in pids.iter() {
                     if !gone.contains(&pid) && !procinfo::is_alive(pid) {

@@ -38,6 +38,9 @@ fn merge_process(into: &mut ProcessProfile, other: &ProcessProfile) {
     if other.python_version.is_some() {
         into.python_version = other.python_version.clone();
     }
+    if other.container.is_some() {
+        into.container = other.container.clone();
+    }
     into.samples += other.samples;
     into.wall_ns += other.wall_ns;
     into.totals_ns.add_all(&other.totals_ns);
@@ -258,6 +261,7 @@ mod tests {
             start_time_unix: start,
             bpf_stats: None,
             processes: vec![ProcessProfile {
+                container: None,
                 pid: 1,
                 comm: "app".into(),
                 cmdline: None,

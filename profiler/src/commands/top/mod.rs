@@ -25,7 +25,7 @@ use crate::{
 
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     runner::preflight(&args.sampling)?;
-    let target = TargetSpec::resolve(args.target.all || args.target.pids.is_empty(), &args.target.pids, &[])?;
+    let target = TargetSpec::resolve(args.target.all(), &args.target.pids, &args.target.containers, &[])?;
     let mode = runner::mode(None, &args.sampling)?;
     let mut stop = Stop::catch_signals()?;
     let mut session = Session::start(runner::session_config(target, &args.sampling, mode, false))?;
