@@ -478,6 +478,11 @@ pub mod names {
     /// kernel threads (`PF_KTHREAD`), whose kernel stack is recorded even without
     /// `KERNEL_STACKS` (they have no other).
     pub const GLOBAL_TASK_FLAGS_OFFSET: &str = "TASK_FLAGS_OFFSET";
+    /// `u32` global: offset of the task's scheduling state in `task_struct` (`__state` since
+    /// 5.14, `state` before; from kernel BTF), 0 if unknown. `sched_switch` reads the switched-out
+    /// task's state there: the tracepoint's own `prev_state` argument exists only since 5.18,
+    /// and a raw tracepoint program reading past a tracepoint's arguments does not attach.
+    pub const GLOBAL_TASK_STATE_OFFSET: &str = "TASK_STATE_OFFSET";
     /// Hash map [`super::OffCpuKey`] → [`super::OffCpuSum`].
     pub const MAP_OFFCPU_SUMS: &str = "OFFCPU_SUMS";
     /// LRU hash map tid → [`super::ThreadTimes`].
@@ -556,7 +561,7 @@ pub mod names {
         MAP_UNWIND_PROGS_RAW_TP,
     ];
     /// Every global of the object, with its size in bytes.
-    pub const GLOBALS: [(&str, usize); 13] = [
+    pub const GLOBALS: [(&str, usize); 14] = [
         (GLOBAL_TARGET_ALL, 1),
         (GLOBAL_KERNEL_STACKS, 1),
         (GLOBAL_SELF_PID, 4),
@@ -570,6 +575,7 @@ pub mod names {
         (GLOBAL_TASK_FLAGS_OFFSET, 4),
         (GLOBAL_NATIVE, 1),
         (GLOBAL_TASK_STACK_OFFSET, 4),
+        (GLOBAL_TASK_STATE_OFFSET, 4),
     ];
     /// The raw tracepoint programs and the tracepoint each is attached to.
     pub const RAW_TRACEPOINTS: [(&str, &str); 6] = [

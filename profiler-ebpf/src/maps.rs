@@ -99,6 +99,8 @@ static TASK_PID_OFFSET: u32 = 0;
 static TASK_TGID_OFFSET: u32 = 0;
 #[unsafe(no_mangle)]
 static TASK_FLAGS_OFFSET: u32 = 0;
+#[unsafe(no_mangle)]
+static TASK_STATE_OFFSET: u32 = 0;
 
 #[unsafe(no_mangle)]
 static OFFCPU_STACK_COST_NS: u64 = 0;
@@ -152,6 +154,12 @@ pub fn task_ids(task: u64) -> Option<(u32, u32)> {
 #[inline(always)]
 pub fn task_flags_offset() -> u32 {
     unsafe { core::ptr::read_volatile(&TASK_FLAGS_OFFSET) }
+}
+
+/// Offset of `__state` (or, before 5.14, `state`) in `task_struct`; 0 if unknown.
+#[inline(always)]
+pub fn task_state_offset() -> u32 {
+    unsafe { core::ptr::read_volatile(&TASK_STATE_OFFSET) }
 }
 
 /// Is off-CPU time of this process tracked? Python processes, and explicit targets.

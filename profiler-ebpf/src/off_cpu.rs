@@ -9,6 +9,10 @@
 //!   thread's stacks: the thread is back in its own context there, and its Python and user
 //!   stacks are still the ones it blocked in, so one unwind covers every switch of the call.
 //!
+//! `sched_switch` reads arguments 0–2 only (preempt, prev, next): the fourth, `prev_state`, exists
+//! since 5.18, and the kernel refuses to attach a raw tracepoint program that reads past the
+//! tracepoint's arguments (EINVAL on 5.10). Prev's state is read from the task instead.
+//!
 //! Only threads of Python processes (or explicitly targeted ones) are tracked; everything is
 //! per-tid, never per-CPU, since a thread can block on one CPU and wake on another.
 use aya_ebpf::{
@@ -25,12 +29,12 @@ use profiler_common::{
 use crate::{
     maps::{
         EVENTS, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, UNWIND_PROGS_RAW_TP, UNWIND_SCRATCH, bump, is_offcpu_target,
-        offcpu_stack_cost_ns, offcpu_threshold_ns, task_ids,
+        offcpu_stack_cost_ns, offcpu_threshold_ns, task_ids, task_state_offset,
     },
     native, stacks,
 };
 
-/// `prev_state` bit of an uninterruptible sleep.
+/// Task state bit of an uninterruptible sleep.
 const TASK_UNINTERRUPTIBLE: u64 = 0x2;
 /// x86-64 `struct pt_regs` offset of `di`, the first syscall argument (uapi, stable).
 const PT_REGS_DI: u64 = 112;
@@ -38,6 +42,18 @@ const PT_REGS_DI: u64 = 112;
 const PT_REGS_SI: u64 = 104;
 /// ... and of `sp`, the caller's stack pointer.
 const PT_REGS_SP: u64 = 152;
+
+/// The switched-out task's state (`__state`, or the low half of `state` before 5.14): 0 when
+/// runnable, `TASK_UNINTERRUPTIBLE` set in a `D` sleep. Without the offset (a kernel whose BTF
+/// lacks both; userspace warns) every voluntary switch counts as an interruptible sleep.
+#[inline(always)]
+fn prev_task_state(prev: u64) -> u64 {
+    let off = task_state_offset();
+    if off == 0 {
+        return 1;
+    }
+    unsafe { bpf_probe_read_kernel((prev + off as u64) as *const u32) }.map_or(1, |s| s as u64)
+}
 
 /// Takes one off-CPU stack from the thread's budget, if it has one left (see
 /// `ThreadTimes::take_stack_credit` for why there is a budget).
@@ -65,8 +81,8 @@ fn times(tid: u32, tgid: u32) -> Option<*mut ThreadTimes> {
 pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let preempt: u64 = ctx.arg(0);
+    let prev: u64 = ctx.arg(1);
     let next: u64 = ctx.arg(2);
-    let prev_state: u64 = ctx.arg(3);
 
     // The thread going out is the current one.
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -80,6 +96,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         t.on_since_ns = 0;
         t.off_since_ns = now;
         t.wake_ns = 0;
+        let prev_state = prev_task_state(prev);
         t.off_state = if preempt & 1 != 0 || prev_state == 0 {
             off_state::RUNNABLE
         } else if prev_state & TASK_UNINTERRUPTIBLE != 0 {

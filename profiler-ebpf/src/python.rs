@@ -168,7 +168,12 @@ pub fn unwind(info: &PyProcInfo, tgid: u32, tid: u32, out: &mut [PyFrameRecord; 
             break;
         }
         // One read for all the frame's fields: the reads, not the arithmetic, are the cost.
-        let bytes = unsafe { core::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast::<u8>(), read_len) };
+        // The length is loaded and bounded here, next to the call: 5.10's verifier does not
+        // carry a bound learned after a register was spilled to the stack back to the spilled
+        // copy, and LLVM spilled the length bounded once before the loop ("invalid indirect
+        // access to stack ... size=65535" on Debian 11's kernel).
+        let len = unsafe { core::ptr::read_volatile(&read_len) }.min(FRAME_BYTES);
+        let bytes = unsafe { core::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast::<u8>(), len) };
         if unsafe { bpf_probe_read_user_buf(frame as *const u8, bytes) }.is_err() {
             status |= py_status::READ_ERROR;
             break;

@@ -128,13 +128,26 @@ pub struct HostTargetArgs {
     #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
 
+    /// Only the processes of this container (repeatable): its id or a unique prefix of it, as
+    /// `docker ps` shows it (Docker, containerd/Kubernetes, CRI-O and Podman, from cgroup names);
+    /// processes it starts later are followed.
+    #[arg(long = "container", value_name = "ID", conflicts_with_all = ["all", "pids"])]
+    pub containers: Vec<String>,
+
     #[command(flatten)]
     pub subprocesses: SubprocessArgs,
 }
 
+impl HostTargetArgs {
+    /// No target given means the whole host.
+    pub fn all(&self) -> bool {
+        self.all || (self.pids.is_empty() && self.containers.is_empty())
+    }
+}
+
 #[derive(Debug, Args)]
 #[command(group(
-    ArgGroup::new("target").required(true).multiple(false).args(["all", "pids", "command"])
+    ArgGroup::new("target").required(true).multiple(false).args(["all", "pids", "containers", "command"])
 ))]
 pub struct ProfileArgs {
     /// Profile every process on the host.
@@ -144,6 +157,12 @@ pub struct ProfileArgs {
     /// Profile this process and all its threads (repeatable).
     #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
+
+    /// Profile the processes of this container (repeatable): its id or a unique prefix of it
+    /// (Docker, containerd/Kubernetes, CRI-O and Podman, from cgroup names); processes it
+    /// starts later are followed.
+    #[arg(long = "container", value_name = "ID")]
+    pub containers: Vec<String>,
 
     #[command(flatten)]
     pub subprocesses: SubprocessArgs,
@@ -163,7 +182,7 @@ pub struct ProfileArgs {
     pub sampling: SamplingArgs,
 
     /// Write the profile here (repeatable). The format comes from the extension
-    /// (.svg, .folded, .json, .speedscope.json, .pb.gz or .pprof) unless --format is given.
+    /// (.svg, .folded, .json, .speedscope.json, .pb.gz, .pprof or .otlp) unless --format is given.
     #[arg(short = 'o', long = "output", value_name = "PATH")]
     pub outputs: Vec<PathBuf>,
 
@@ -258,6 +277,11 @@ pub struct DaemonArgs {
     /// (`http://host:port`; `POST /ingest?format=pprof`).
     #[arg(long, value_name = "URL")]
     pub push: Option<String>,
+
+    /// Send each window to this OpenTelemetry collector as OTLP profiles (`http://host:4318`;
+    /// `POST /v1development/profiles`, protobuf, opentelemetry-proto v1.10.0).
+    #[arg(long, value_name = "URL")]
+    pub otlp: Option<String>,
 
     /// Application name the pushed profiles are stored under (a `host` label is added).
     #[arg(long, value_name = "NAME", default_value = "pyebpf", requires = "push")]

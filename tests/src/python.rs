@@ -241,6 +241,22 @@ pub fn interpreters() -> Vec<Interpreter> {
     let (built, not_built) = built_interpreters();
     found.extend(built);
     found.sort_by(|a, b| (a.minor, a.free_threaded, &a.label).cmp(&(b.minor, b.free_threaded, &b.label)));
+    // `PYEBPF_TEST_PYTHONS=3.8,3.13`: only these versions (`3.13t` for a free-threaded build;
+    // `cargo xtask test-kernels` runs the tests under emulation, where every interpreter would
+    // take too long).
+    if let Some(only) = std::env::var_os("PYEBPF_TEST_PYTHONS") {
+        let only = only.to_string_lossy().into_owned();
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
+        found.retain(|i| {
+            let version = format!("3.{}{}", i.minor, if i.free_threaded { "t" } else { "" });
+            wanted.contains(&version.as_str())
+        });
+        // One interpreter per version (pyenv's, not also the system's or a root's).
+        found.dedup_by_key(|i| (i.minor, i.free_threaded));
+        eprintln!("PYEBPF_TEST_PYTHONS={only}: testing only these versions");
+        assert!(!found.is_empty(), "PYEBPF_TEST_PYTHONS={only}: no such interpreter here");
+        return found;
+    }
     let mut missing: Vec<String> = SUPPORTED_MINORS
         .filter(|m| !found.iter().any(|i| i.minor == *m && !i.free_threaded))
         .map(|m| format!("3.{m}"))
@@ -395,9 +411,12 @@ pub fn for_each_interpreter(what: &str, mut check: impl FnMut(&Interpreter) -> R
 }
 
 /// The C extension of tests/workloads/native_ext.py, built without frame pointers against the
-/// limited API (one build for every CPython 3.8+).
+/// limited API (one build for every CPython 3.8+ with a GIL; free-threaded builds load no abi3
+/// modules, so they get their own build, which declares that it does not need the GIL).
 const NATIVEEXT_C: &str = r#"
+#ifndef NATIVEEXT_FREE_THREADED
 #define Py_LIMITED_API 0x03080000
+#endif
 #include <Python.h>
 static volatile unsigned long sink;
 __attribute__((noinline)) static void ext_spin_inner(long n) { for (long i = 0; i < n; i++) sink += i * i; }
@@ -412,11 +431,32 @@ static PyMethodDef methods[] = {
     {0, 0, 0, 0},
 };
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "nativeext", 0, -1, methods, 0, 0, 0, 0};
-PyMODINIT_FUNC PyInit_nativeext(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit_nativeext(void) {
+    PyObject *m = PyModule_Create(&module);
+#ifdef Py_GIL_DISABLED
+    if (m) PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED);
+#endif
+    return m;
+}
 "#;
 
-/// Builds the extension with the oldest pyenv CPython's headers (the limited API of 3.8).
-pub fn native_extension() -> PathBuf {
+/// Builds the extension `interp` loads: for interpreters with a GIL, one abi3 build with the oldest
+/// pyenv CPython's headers (the limited API of 3.8); for a free-threaded one, a build against its
+/// own headers, named `nativeext.so` (the suffix every build accepts).
+pub fn native_extension(interp: &Interpreter) -> PathBuf {
+    if interp.free_threaded {
+        let prefix = interp.path.parent().and_then(|bin| bin.parent()).expect("interpreter under PREFIX/bin");
+        let headers = prefix.join(format!("include/python3.{}t", interp.minor));
+        assert!(headers.join("Python.h").exists(), "no CPython headers at {}", headers.display());
+        let inc = format!("-I{}", headers.display());
+        let flags = ["-O2", "-fomit-frame-pointer", "-shared", "-fPIC", "-DNATIVEEXT_FREE_THREADED", &inc];
+        return crate::c_program_with("nativeext.so", NATIVEEXT_C, &flags);
+    }
+    native_extension_abi3()
+}
+
+/// The abi3 build of the extension, loadable by every CPython 3.8+ with a GIL.
+pub fn native_extension_abi3() -> PathBuf {
     let home = std::env::var_os("HOME").unwrap_or_default();
     let include = PathBuf::from(home).join(".pyenv/versions");
     let headers = std::fs::read_dir(&include)

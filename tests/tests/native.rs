@@ -263,7 +263,6 @@ fn off_cpu_stacks_of_a_blocked_c_call_are_complete() {
 
 #[test]
 fn c_extension_calling_back_into_python_gives_exact_mixed_stacks_on_every_interpreter() {
-    let ext = native_extension();
     let chain = [
         "outer",
         "py_call_through",
@@ -276,6 +275,7 @@ fn c_extension_calling_back_into_python_gives_exact_mixed_stacks_on_every_interp
     ];
     for_each_interpreter("mixed stacks through a C extension", |interp| {
         // The extension goes where the interpreter's processes can see it.
+        let ext = native_extension(interp);
         let script = interp.workload("native_ext.py");
         let ext_dir_seen = script.parent().unwrap().to_path_buf();
         let ext_dir = match &interp.root {
@@ -283,7 +283,7 @@ fn c_extension_calling_back_into_python_gives_exact_mixed_stacks_on_every_interp
             None => ext.parent().unwrap().to_path_buf(),
         };
         if interp.root.is_some() {
-            std::fs::copy(&ext, ext_dir.join("nativeext.abi3.so")).map_err(|e| e.to_string())?;
+            std::fs::copy(&ext, ext_dir.join(ext.file_name().unwrap())).map_err(|e| e.to_string())?;
         }
         let dir_arg = if interp.root.is_some() { ext_dir_seen } else { ext_dir };
         let mut child = interp

@@ -263,9 +263,13 @@ fn off_cpu_stacks_of_cpu_bound_threads_keep_their_python_frames() {
     // Two CPU-bound threads (chain.py's main thread and one burner) handing the GIL back and
     // forth, and preempted on a busy machine: every off-CPU stack is taken while Python code
     // runs, so every one must carry its Python frames, on every version. (The stackless
-    // remainder of short waits carries no stack by design and is left out.)
+    // remainder of short waits carries no stack by design and is left out.) A free-threaded
+    // build has no GIL to hand over: there, more burners than cores are preempted instead.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let free_threaded_burners = (2 * cores).to_string();
     for_each_interpreter("off-CPU Python frames", |interp| {
-        let child = start_ready(interp, "chain.py", &["20", "1"]);
+        let burners = if interp.free_threaded { free_threaded_burners.as_str() } else { "1" };
+        let child = start_ready(interp, "chain.py", &["20", burners]);
         let pid = child.pid();
         let profile = profile_json(|cmd, json| {
             cmd.args(["profile", "-d", "3", "--mode", "wall", "--pid", &pid.to_string(), "-o"]).arg(json);
@@ -285,7 +289,8 @@ fn off_cpu_stacks_of_cpu_bound_threads_keep_their_python_frames() {
                 with_python += weight;
             }
         }
-        // Two threads sharing one GIL for 3 s wait about 3 s between them.
+        // Two threads sharing one GIL for 3 s wait about 3 s between them; 2×cores+1 free
+        // threads on `cores` cores wait (cores+1)×3 s.
         if total < 1_000_000_000 {
             return Err(format!("only {:.3} s of off-CPU stacks", total as f64 / 1e9));
         }

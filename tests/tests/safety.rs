@@ -373,9 +373,11 @@ fn hostile_processes_corrupting_their_interpreter_do_not_disturb_the_profiler_or
     let interps = host_interpreters();
     let chain = workload("chain.py");
     // Every interpreter corrupting itself (those of OS roots through chroot), and two
-    // well-behaved processes beside them.
+    // well-behaved processes beside them. They live far longer than the profile: a free-threaded
+    // build started beside the others' 20 spinning threads takes ~30 s to print "ready" (its
+    // stop-the-world pauses wait for threads the kernel has descheduled); all are killed on drop.
     let mut hostiles: Vec<(Interpreter, KillOnDrop)> =
-        interpreters().iter().map(|i| (i.clone(), start_ready(i, "hostile.py", &["30"]))).collect();
+        interpreters().iter().map(|i| (i.clone(), start_ready(i, "hostile.py", &["120"]))).collect();
     let normals: Vec<(Interpreter, KillOnDrop)> = [interps.first().unwrap(), interps.last().unwrap()]
         .into_iter()
         .map(|i| (i.clone(), start_script(&i.path, &chain, &["30", "1"])))
@@ -402,7 +404,12 @@ fn hostile_processes_corrupting_their_interpreter_do_not_disturb_the_profiler_or
     for (interp, child) in &mut hostiles {
         let survived = child.0.try_wait().unwrap().is_none_or(|s| s.success());
         let Some(p) = process(&profile, child.pid()) else {
-            failures.push(format!("{}: hostile pid {} not in the profile", interp.label, child.pid()));
+            let status = child.0.try_wait().unwrap();
+            failures.push(format!(
+                "{}: hostile pid {} not in the profile (exit: {status:?})",
+                interp.label,
+                child.pid()
+            ));
             continue;
         };
         let in_thread = |name: &str, pred: &dyn Fn(&Value) -> bool| -> u64 {

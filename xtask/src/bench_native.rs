@@ -67,7 +67,7 @@ pub fn run(root: &Path, bin: &Path, seconds: u64) -> anyhow::Result<()> {
 fn kernel_cost(root: &Path, bin: &Path, python: &Path, seconds: u64) -> anyhow::Result<()> {
     let _ = root;
     let deep = integration_tests::c_program_with("deep30", DEEP_C, &["-O2", "-fomit-frame-pointer"]);
-    let ext = integration_tests::python::native_extension();
+    let ext = integration_tests::python::native_extension_abi3();
     let dir = tempfile::tempdir()?;
     let script = dir.path().join("mixed.py");
     std::fs::write(&script, MIXED_PY)?;

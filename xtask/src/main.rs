@@ -1,5 +1,5 @@
-//! Project tasks: `cargo xtask setup | setup-pythons | build | run | lint | test | bench | fuzz |
-//! gen-python-offsets`.
+//! Project tasks: `cargo xtask setup | setup-pythons | build | run | lint | test | test-kernels |
+//! bench | fuzz | gen-python-offsets`.
 //!
 //! Everything the project needs on a fresh machine is installed from here, idempotently: each
 //! step checks first and does nothing when already done.
@@ -11,6 +11,7 @@ mod bench_python;
 mod bench_trees;
 mod cpython_build;
 mod fuzz;
+mod kernels;
 mod lint;
 mod module_graph;
 mod python_offsets;
@@ -67,6 +68,30 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Boot Debian's 5.10, 6.1 and 6.12 kernels under qemu (downloaded once through apt into
+    /// target/kernels, never installed) and run the BPF programs and a core subset of the
+    /// integration tests in each; prints each kernel's time and results (as root).
+    TestKernels {
+        /// Only this series (repeatable): 5.10, 6.1, 6.12.
+        #[arg(long = "kernel", value_name = "SERIES")]
+        only: Vec<String>,
+        /// Look for newer kernel packages than the cached ones.
+        #[arg(long)]
+        refresh: bool,
+        /// Only check that the programs load and profile (`profile --all`), no tests.
+        #[arg(long)]
+        smoke: bool,
+        /// Run this shell script in each guest instead of the tests (for debugging; `$R` is
+        /// the results directory shared with the host, `$PYEBPF_BIN` the binary).
+        #[arg(long, value_name = "FILE")]
+        script: Option<PathBuf>,
+        /// Guest CPUs.
+        #[arg(long, default_value_t = 2)]
+        smp: u32,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = 3072)]
+        memory: u32,
+    },
     /// Measure the profiler's cost; prints ratios measured side by side in one run.
     Bench {
         #[command(subcommand)]
@@ -116,6 +141,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Lint => lint::run(&root),
         Task::Test { args } => test(&root, &args),
+        Task::TestKernels { only, refresh, smoke, script, smp, memory } => {
+            let bin = build(&root)?;
+            let opts = kernels::Options {
+                only,
+                refresh,
+                smoke_only: smoke || script.is_some(),
+                script,
+                smp,
+                memory_mib: memory,
+            };
+            kernels::run(&root, &bin, &opts)
+        }
         Task::SetupPythons { dev } => pythons::ensure(&root, true, dev),
         Task::Fuzz { seconds, targets } => fuzz::run_all(&root, seconds, &targets),
         Task::GenPythonOffsets { roots } => {

@@ -29,6 +29,7 @@ use crate::{
 /// The eBPF object built by build.rs from the profiler-ebpf crate.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/profiler"));
 
+#[derive(Clone, Copy)]
 pub struct BpfConfig {
     /// Sample every process (true) or only pids added with [`Bpf::add_target`].
     pub target_all: bool,
@@ -248,18 +249,47 @@ impl Bpf {
         let task_tgid = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["tgid"])).unwrap_or(0);
         // Without it, kernel threads' samples stay `[no user stack]` unless --kernel is given.
         let task_flags = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["flags"])).unwrap_or(0);
-        if cfg.off_cpu && (task_pid == 0 || task_tgid == 0) {
-            return Err(fatal(
-                ExitCode::Kernel,
-                "off-CPU tracking needs task_struct.pid/tgid from the kernel's BTF (/sys/kernel/btf/vmlinux); use --no-off-cpu",
-            ));
+        // Without them the scheduler hooks cannot tell whose switch they see: on-CPU sampling
+        // goes on without them (a kernel built without CONFIG_DEBUG_INFO_BTF).
+        let task_ids_known = task_pid != 0 && task_tgid != 0;
+        if cfg.off_cpu && !task_ids_known {
+            log::warn!(
+                "{}: off-CPU tracking is off (on-CPU sampling goes on)",
+                if btf.is_none() {
+                    "this kernel has no BTF (/sys/kernel/btf/vmlinux)"
+                } else {
+                    "the kernel's BTF has no task_struct.pid/tgid"
+                }
+            );
         }
-        if cfg.follow_children && (task_pid == 0 || task_tgid == 0) {
-            return Err(fatal(
-                ExitCode::Kernel,
-                "following child processes needs task_struct.pid/tgid from the kernel's BTF (/sys/kernel/btf/vmlinux); use --no-subprocesses",
-            ));
+        // The fork hook reads the child's tgid at the same offsets: without them, the children
+        // running at start are still found from /proc, later ones are not.
+        if cfg.follow_children && !task_ids_known {
+            log::warn!(
+                "{}: child processes started from now on are not followed (those running now are)",
+                if btf.is_none() {
+                    "this kernel has no BTF (/sys/kernel/btf/vmlinux)"
+                } else {
+                    "the kernel's BTF has no task_struct.pid/tgid"
+                }
+            );
         }
+        let cfg = &BpfConfig {
+            off_cpu: cfg.off_cpu && task_ids_known,
+            follow_children: cfg.follow_children && task_ids_known,
+            ..*cfg
+        };
+        let task_state = match btf.as_ref().and_then(|b| b.offset_of_any("task_struct", kernel_btf::TASK_STATE_PATHS)) {
+            Some((off, _)) => off,
+            None => {
+                if cfg.off_cpu {
+                    log::warn!(
+                        "no task_struct.__state or .state in the kernel's BTF: off-CPU waits in uninterruptible sleep (D) count as sleep, not disk"
+                    );
+                }
+                0
+            }
+        };
         let off_cpu = cfg.off_cpu as u8;
         let native = cfg.native_rows.is_some() as u8;
         let task_stack = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["stack"])).unwrap_or(0);
@@ -305,6 +335,7 @@ impl Bpf {
             .override_global(names::GLOBAL_TASK_FLAGS_OFFSET, &task_flags, true)
             .override_global(names::GLOBAL_NATIVE, &native, true)
             .override_global(names::GLOBAL_TASK_STACK_OFFSET, &task_stack, true)
+            .override_global(names::GLOBAL_TASK_STATE_OFFSET, &task_state, true)
             .map_max_entries(names::MAP_EVENTS, ring_buffer_bytes(cfg.frequency, cpu_list.len(), cfg.off_cpu))
             .load(EBPF_OBJECT)
             .map_err(|e| {
@@ -467,6 +498,11 @@ impl Bpf {
         // checked_ns is only read for negative entries.
         let entry = TstateEntry { tstate, checked_ns: 0 };
         self.tstate_cache.insert(tid, entry, 0).with_context(|| format!("cannot cache thread {tid}'s state"))
+    }
+
+    /// Off-CPU tracking is on: asked for, and the kernel has what it needs.
+    pub fn off_cpu(&self) -> bool {
+        self.off_cpu
     }
 
     /// Hands every record waiting in the ring buffer to `f`; returns how many there were.

@@ -23,8 +23,9 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<u8> {
     if args.leave_running && args.command.is_empty() {
         return Err(fatal(ExitCode::Usage, "--leave-running is for a command started with `-- COMMAND`"));
     }
-    let children = runner::subprocesses(&args.subprocesses, args.all)?;
-    let target = TargetSpec::resolve(args.all, &args.pids, &args.command, children, args.leave_running)?;
+    let children = runner::subprocesses(&args.subprocesses, args.all, !args.containers.is_empty())?;
+    let target =
+        TargetSpec::resolve(args.all, &args.pids, &args.containers, &args.command, children, args.leave_running)?;
     let mode = runner::mode(args.mode, &args.sampling)?;
     let mut stop = Stop::catch_signals()?;
 

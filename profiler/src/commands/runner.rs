@@ -38,15 +38,18 @@ pub fn mode(explicit: Option<Mode>, sampling: &SamplingArgs) -> anyhow::Result<M
 
 /// Whether to follow the targets' children, from `--subprocesses` / `--no-subprocesses`
 /// (`None`: the target's default). They mean nothing with `--all`, which profiles every
-/// process already: say so rather than ignore them.
-pub fn subprocesses(flags: &SubprocessArgs, all: bool) -> anyhow::Result<Option<bool>> {
+/// process already, nor with `--container`, whose later processes are found by their cgroup:
+/// say so rather than ignore them.
+pub fn subprocesses(flags: &SubprocessArgs, all: bool, containers: bool) -> anyhow::Result<Option<bool>> {
     let choice = flags.choice();
-    if all && choice.is_some() {
+    if (all || containers) && choice.is_some() {
         let flag = if flags.subprocesses { "--subprocesses" } else { "--no-subprocesses" };
-        return Err(fatal(
-            ExitCode::Usage,
-            format!("{flag} is for --pid (and -- COMMAND) targets: with --all every process is profiled already"),
-        ));
+        let why = if all {
+            "with --all every process is profiled already"
+        } else {
+            "with --container every process of the container is profiled already, children included"
+        };
+        return Err(fatal(ExitCode::Usage, format!("{flag} is for --pid (and -- COMMAND) targets: {why}")));
     }
     Ok(choice)
 }

@@ -8,7 +8,11 @@ use profiler_common::{PY_FRAME_IS_ENTRY, PY_OWNER_ENTRY_MIN, off_state, py_statu
 
 use crate::{
     engine::events::{Sample, comm_str},
-    host::{procinfo, symbols::Symbols},
+    host::{
+        cgroup::{self, CgroupIdentity},
+        procinfo,
+        symbols::Symbols,
+    },
     model::{Frame, Marker, PythonFrame, Wait},
     native::merge::{Grouping, NativeIn, Piece, PyIn, merge},
     offcpu::{classify::Classifier, syscalls},
@@ -82,12 +86,13 @@ impl LoopWait {
     pub(super) const NONE: LoopWait = LoopWait { coroutine: NO_FRAME, stalled: false };
 }
 
-/// A process's names and parent, read when it is first seen (it may be gone when the profile
+/// A process's names, parent and cgroup, read when it is first seen (it may be gone when the profile
 /// is built).
 pub(super) struct ProcessInfo {
     pub comm: String,
     pub cmdline: Option<String>,
     pub ppid: Option<u32>,
+    pub cgroup: Option<CgroupIdentity>,
 }
 
 /// `RawStack::wait` of on-CPU samples.
@@ -249,6 +254,7 @@ impl Aggregator {
                 ppid: stat.as_ref().map(|s| s.ppid),
                 comm: stat.map(|s| s.comm).unwrap_or_else(|| thread_name.clone()),
                 cmdline: procinfo::cmdline(s.pid),
+                cgroup: cgroup::identity(s.pid),
             }
         });
         let t = self.threads.entry((s.pid, s.tid)).or_insert_with(|| (String::new(), 0));
@@ -466,6 +472,7 @@ impl Aggregator {
             comm: format!("proc{pid}"),
             cmdline: None,
             ppid: None,
+            cgroup: None,
         });
         let t = self.threads.entry((pid, tid)).or_insert_with(|| (format!("thread{tid}"), 0));
         if wait == ON_CPU {

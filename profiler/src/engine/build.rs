@@ -11,11 +11,17 @@ use super::{
     aggregate::{Aggregator, LoopWait, NO_FRAME, ON_CPU, RawFrame, RawStack, Weight},
     totals::ThreadTotals,
 };
+use crate::host::cgroup::CgroupIdentity;
 use crate::model::{
-    CATEGORIES, Category, Frame, Marker, ProcessProfile, StackProfile, ThreadProfile, Totals,
+    CATEGORIES, Category, Container, Frame, Marker, ProcessProfile, StackProfile, ThreadProfile, Totals,
     analysis::{function_table, loop_stalls},
     profile::cmp_frames,
 };
+
+/// The model's view of what a process's cgroup names.
+pub fn container(c: CgroupIdentity) -> Container {
+    Container { id: c.container_id, runtime: c.runtime.map(str::to_string), pod_uid: c.pod_uid, cgroup: c.cgroup }
+}
 
 /// What building a profile asks of the live system.
 pub trait Lookups {
@@ -32,6 +38,10 @@ pub trait Lookups {
     fn process_names(&self, pid: u32) -> ProcessNames;
     /// The followed process that forked `pid` (exact, even once `pid` is re-parented).
     fn forked_by(&self, pid: u32) -> Option<u32>;
+    /// Cgroup of a process never sampled (None when it is gone).
+    fn cgroup(&self, _pid: u32) -> Option<CgroupIdentity> {
+        None
+    }
     /// OS name of a thread never sampled.
     fn thread_name(&self, pid: u32, tid: u32) -> Option<String>;
 }
@@ -185,12 +195,18 @@ fn build_process(
             (names.comm, names.cmdline, names.ppid)
         }
     };
+    let container = match agg.processes.get(&pid).and_then(|info| info.cgroup.clone()) {
+        Some(cgroup) => Some(cgroup),
+        None => lookups.cgroup(pid),
+    }
+    .map(container);
     ProcessProfile {
         pid,
         ppid: lookups.forked_by(pid).or(ppid),
         comm: comm.unwrap_or_default(),
         cmdline,
         python_version: lookups.python_version(pid),
+        container,
         samples: threads.iter().map(|t| t.samples).sum(),
         wall_ns: threads.iter().map(|t| t.wall_ns).sum(),
         totals_ns,

@@ -169,7 +169,7 @@ impl Session {
         // other targets once the Python processes among them are registered, so that their
         // first samples already have Python frames.
         let command = matches!(cfg.target, TargetSpec::Command { .. });
-        let explicit_pids = matches!(cfg.target, TargetSpec::Pids { .. });
+        let explicit_pids = cfg.target.is_explicit();
         if command {
             bpf.start_sampling()?;
         }
@@ -200,7 +200,7 @@ impl Session {
         let mut session = Session {
             frequency: cfg.frequency,
             mode: cfg.mode,
-            off_cpu: cfg.off_cpu,
+            off_cpu: bpf.off_cpu(),
             off_cpu_threshold_ns: cfg.off_cpu_threshold_ns,
             bpf_stats: cfg.bpf_stats,
             awaiting_exec: running.launched_pid(),
@@ -256,6 +256,14 @@ impl Session {
             self.symbols.resolve_pending();
             self.python.refresh_thread_names();
             classify_waits(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
+            let joined = self.running.discover(&mut self.bpf);
+            for &pid in &joined {
+                self.python.observe(pid);
+                self.bpf.seed_sleeping_threads(pid);
+            }
+            if !joined.is_empty() {
+                self.register_python();
+            }
             return self.running.finished();
         }
         None
@@ -591,6 +599,10 @@ impl Lookups for Live<'_> {
 
     fn forked_by(&self, pid: u32) -> Option<u32> {
         self.running.ppid(pid)
+    }
+
+    fn cgroup(&self, pid: u32) -> Option<crate::host::cgroup::CgroupIdentity> {
+        crate::host::cgroup::identity(pid)
     }
 
     fn thread_name(&self, pid: u32, tid: u32) -> Option<String> {

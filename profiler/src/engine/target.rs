@@ -1,7 +1,7 @@
-//! What to profile: the whole host, given pids, or a command we start; with or without the
-//! targets' descendants ([`super::tree`]), and what happens to a command still running when
+//! What to profile: the whole host, given pids, the processes of given containers, or a
+//! command we start; with or without the pids' and command's descendants ([`super::tree`]), and what happens to a command still running when
 //! profiling stops ([`super::launch`]).
-use std::ffi::OsString;
+use std::{collections::HashSet, ffi::OsString};
 
 use crate::{
     bpf::Bpf,
@@ -10,7 +10,7 @@ use crate::{
         tree::Tree,
     },
     error::{ExitCode, fatal},
-    host::procinfo,
+    host::{cgroup, procinfo},
 };
 
 pub enum TargetSpec {
@@ -20,6 +20,8 @@ pub enum TargetSpec {
         /// Follow their descendants.
         children: bool,
     },
+    /// Full container ids (resolved from the prefixes given) and their processes now.
+    Containers(Containers),
     Command {
         argv: Vec<OsString>,
         /// Follow its descendants.
@@ -29,13 +31,97 @@ pub enum TargetSpec {
     },
 }
 
+/// The processes of some containers: those running, and those that appear later (checked on
+/// every housekeeping tick: a new pid's cgroup is read once).
+pub struct Containers {
+    ids: Vec<String>,
+    members: Vec<u32>,
+    /// Pids whose cgroup was read (members or not), pruned to the living.
+    seen: HashSet<u32>,
+}
+
+impl Containers {
+    /// Resolves id prefixes against the containers of the processes running now: each must
+    /// name exactly one container, as `docker` requires.
+    fn resolve(prefixes: &[String]) -> anyhow::Result<Self> {
+        let mut running: Vec<(u32, String)> = Vec::new();
+        let mut seen = HashSet::new();
+        for pid in all_pids() {
+            seen.insert(pid);
+            if let Some(id) = cgroup::identity(pid).and_then(|i| i.container_id) {
+                running.push((pid, id));
+            }
+        }
+        let mut ids: Vec<String> = Vec::new();
+        for prefix in prefixes {
+            let prefix = prefix.to_ascii_lowercase();
+            if prefix.is_empty() {
+                return Err(fatal(
+                    ExitCode::Usage,
+                    "--container: an empty id (give the container id or a prefix of it)",
+                ));
+            }
+            let mut matching: Vec<&str> =
+                running.iter().map(|(_, id)| id.as_str()).filter(|id| id.starts_with(&prefix)).collect();
+            matching.sort();
+            matching.dedup();
+            match matching.as_slice() {
+                [] => {
+                    return Err(fatal(
+                        ExitCode::Target,
+                        format!("--container {prefix}: no process in a container whose id starts with {prefix}"),
+                    ));
+                }
+                [id] => ids.push(id.to_string()),
+                many => {
+                    let short: Vec<&str> = many.iter().map(|id| &id[..12]).collect();
+                    return Err(fatal(
+                        ExitCode::Target,
+                        format!(
+                            "--container {prefix} matches more than one container ({}): give more of the id",
+                            short.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        let members = running.iter().filter(|(_, id)| ids.contains(id)).map(|(pid, _)| *pid).collect();
+        Ok(Self { ids, members, seen })
+    }
+
+    /// Processes that joined one of the containers since the last call.
+    fn discover(&mut self) -> Vec<u32> {
+        let now: HashSet<u32> = all_pids().into_iter().collect();
+        self.seen.retain(|pid| now.contains(pid));
+        self.members.retain(|pid| now.contains(pid));
+        let mut joined = Vec::new();
+        for pid in now {
+            if self.seen.insert(pid)
+                && cgroup::identity(pid).and_then(|i| i.container_id).is_some_and(|id| self.ids.contains(&id))
+            {
+                self.members.push(pid);
+                joined.push(pid);
+            }
+        }
+        joined
+    }
+}
+
+fn all_pids() -> Vec<u32> {
+    procfs::process::all_processes()
+        .map(|all| all.filter_map(|p| p.ok()).map(|p| p.pid as u32).collect())
+        .unwrap_or_default()
+}
+
 impl TargetSpec {
     /// Checks the target before anything is loaded: pids must exist (a thread id stands for its
-    /// process), a command must be non-empty. `children`: follow the targets' descendants
-    /// (`None`: the default, yes for a command, no for pids).
+    /// process), a command must be non-empty, container prefixes must name one container each.
+    /// `children`: follow the pids' or command's descendants (`None`: the default, yes for a
+    /// command, no for pids).
     pub fn resolve(
         all: bool,
         pids: &[u32],
+        containers: &[String],
         command: &[OsString],
         children: Option<bool>,
         leave_running: bool,
@@ -45,6 +131,9 @@ impl TargetSpec {
         }
         if !command.is_empty() {
             return Ok(Self::Command { argv: command.to_vec(), children: children.unwrap_or(true), leave_running });
+        }
+        if !containers.is_empty() {
+            return Ok(Self::Containers(Containers::resolve(containers)?));
         }
         let mut resolved = Vec::new();
         for &pid in pids {
@@ -67,7 +156,8 @@ impl TargetSpec {
     /// Whether the kernel must follow forks.
     pub fn follows_children(&self) -> bool {
         match self {
-            Self::All => false,
+            // A container's later processes are found by their cgroup, children or not.
+            Self::All | Self::Containers(_) => false,
             Self::Pids { children, .. } | Self::Command { children, .. } => *children,
         }
     }
@@ -89,6 +179,12 @@ impl TargetSpec {
                 let descendants = tree.adopt_running(bpf);
                 Ok(Running { started: Started::Pids { pids, gone: Vec::new(), descendants }, tree: Some(tree) })
             }
+            Self::Containers(containers) => {
+                for &pid in &containers.members {
+                    bpf.add_target(pid)?;
+                }
+                Ok(Running { started: Started::Containers(containers), tree: None })
+            }
             Self::Command { argv, children, leave_running } => {
                 let mut tree = children.then(Tree::default);
                 let launched = launch::spawn_gated(&argv, !leave_running, |pid| match &mut tree {
@@ -98,6 +194,11 @@ impl TargetSpec {
                 Ok(Running { started: Started::Command { launched, leave_running }, tree })
             }
         }
+    }
+
+    /// The processes are named one by one (pids, containers), not the whole host or a command.
+    pub fn is_explicit(&self) -> bool {
+        matches!(self, Self::Pids { .. } | Self::Containers(_))
     }
 }
 
@@ -109,6 +210,7 @@ enum Started {
         /// Their descendants running at start (when followed).
         descendants: Vec<u32>,
     },
+    Containers(Containers),
     Command {
         launched: Launched,
         leave_running: bool,
@@ -138,12 +240,19 @@ impl Running {
     /// Processes known to be targets from the start (for `--all`, every process now running).
     pub fn initial_pids(&self) -> Vec<u32> {
         match &self.started {
-            Started::All => procfs::process::all_processes()
-                .map(|all| all.filter_map(|p| p.ok()).map(|p| p.pid as u32).collect())
-                .unwrap_or_default(),
+            Started::All => all_pids(),
             Started::Pids { pids, descendants, .. } => pids.iter().chain(descendants).copied().collect(),
+            Started::Containers(c) => c.members.clone(),
             Started::Command { .. } => Vec::new(),
         }
+    }
+
+    /// Targets that appeared since the last call (processes a target container started),
+    /// now registered with the BPF programs.
+    pub fn discover(&mut self, bpf: &mut Bpf) -> Vec<u32> {
+        let Started::Containers(c) = &mut self.started else { return Vec::new() };
+        let joined = c.discover();
+        joined.into_iter().filter(|&pid| bpf.add_target(pid).is_ok()).collect()
     }
 
     /// The command we started, until its exec is seen: its samples before that are our own
@@ -196,7 +305,8 @@ impl Running {
     pub fn finished(&mut self) -> Option<String> {
         let tree = &self.tree;
         match &mut self.started {
-            Started::All => None,
+            // A container's processes come and go (and it may restart): until stopped.
+            Started::All | Started::Containers(_) => None,
             Started::Pids { pids, gone, .. } => {
                 for &pid in pids.iter() {
                     if !gone.contains(&pid) && !procinfo::is_alive(pid) {

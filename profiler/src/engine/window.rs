@@ -41,6 +41,9 @@ fn merge_process(into: &mut ProcessProfile, other: &ProcessProfile) {
     if other.ppid.is_some() {
         into.ppid = other.ppid;
     }
+    if other.container.is_some() {
+        into.container = other.container.clone();
+    }
     into.samples += other.samples;
     into.wall_ns += other.wall_ns;
     into.totals_ns.add_all(&other.totals_ns);
@@ -261,6 +264,7 @@ mod tests {
             start_time_unix: start,
             bpf_stats: None,
             processes: vec![ProcessProfile {
+                container: None,
                 pid: 1,
                 ppid: None,
                 comm: "app".into(),

@@ -18,5 +18,7 @@ pub mod totals;
 pub use category::{CATEGORIES, Category, Wait};
 pub use frame::{Frame, Marker, NativeFrame, PythonFrame};
 pub use mode::Mode;
-pub use profile::{FunctionProfile, LoopStall, ProcessProfile, Profile, ProgramStats, StackProfile, ThreadProfile};
+pub use profile::{
+    Container, FunctionProfile, LoopStall, ProcessProfile, Profile, ProgramStats, StackProfile, ThreadProfile,
+};
 pub use totals::Totals;

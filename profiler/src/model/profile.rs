@@ -67,6 +67,10 @@ pub struct ProcessProfile {
     pub cmdline: Option<String>,
     /// CPython version when this is a Python process we unwound.
     pub python_version: Option<String>,
+    /// Its cgroup, and the container and Kubernetes pod it names (absent in profiles written
+    /// before this field, and for processes gone before they were looked at).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
     pub samples: u64,
     /// Sum of its threads' `wall_ns`.
     pub wall_ns: u64,
@@ -81,6 +85,26 @@ pub struct ProcessProfile {
     #[serde(default)]
     pub loop_stalls: Vec<LoopStall>,
     pub stacks: Vec<StackProfile>,
+}
+
+/// Where a process runs: its cgroup, and the container and pod its cgroup's name gives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// Container id (64 hex digits), None for a process outside any container.
+    pub id: Option<String>,
+    /// `docker`, `containerd`, `cri-o` or `podman`, when the cgroup's name says.
+    pub runtime: Option<String>,
+    /// Kubernetes pod UID.
+    pub pod_uid: Option<String>,
+    /// The cgroup path, as the host sees it.
+    pub cgroup: String,
+}
+
+impl Container {
+    /// The id as `docker ps` shows it (12 digits).
+    pub fn short_id(&self) -> Option<&str> {
+        self.id.as_deref().map(|id| &id[..id.len().min(12)])
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -383,6 +407,7 @@ pub(crate) mod tests {
             start_time_unix: 0.0,
             bpf_stats: None,
             processes: vec![ProcessProfile {
+                container: None,
                 pid: 10,
                 ppid: None,
                 comm: "app".into(),

@@ -8,6 +8,7 @@ use std::{
 };
 
 pub mod flamegraph;
+pub mod otlp;
 pub mod pprof;
 pub mod speedscope;
 pub mod summary;
@@ -31,6 +32,9 @@ pub enum Format {
     /// pprof's gzipped protobuf (`go tool pprof`, Pyroscope...): per-category values, labels
     /// for process, thread and wait.
     Pprof,
+    /// OpenTelemetry profiles (opentelemetry-proto v1.10.0 `profiles/v1development`): an
+    /// `ExportProfilesServiceRequest`, binary protobuf, as an OTLP collector takes it.
+    Otlp,
 }
 
 impl Format {
@@ -50,12 +54,13 @@ impl Format {
             "folded" | "collapsed" => Some(Self::Folded),
             "json" => Some(Self::Json),
             "pprof" => Some(Self::Pprof),
+            "otlp" => Some(Self::Otlp),
             _ => None,
         }
     }
 
     /// The extensions [`Format::from_path`] knows, for error messages.
-    pub const EXTENSIONS: &'static str = ".svg, .folded, .json, .speedscope.json, .pb.gz or .pprof";
+    pub const EXTENSIONS: &'static str = ".svg, .folded, .json, .speedscope.json, .pb.gz, .pprof or .otlp";
 
     pub fn describe(self) -> &'static str {
         match self {
@@ -64,6 +69,7 @@ impl Format {
             Self::Json => "JSON profile",
             Self::Speedscope => "speedscope profile",
             Self::Pprof => "pprof profile",
+            Self::Otlp => "OTLP profiles request",
         }
     }
 }
@@ -251,6 +257,7 @@ pub fn render(profile: &Profile, format: Format, w: &mut dyn Write) -> anyhow::R
         Format::Svg => flamegraph::write_svg(profile, w)?,
         Format::Speedscope => speedscope::write(profile, w)?,
         Format::Pprof => pprof::write(profile, w)?,
+        Format::Otlp => otlp::write(profile, w)?,
     }
     Ok(())
 }
@@ -269,6 +276,7 @@ mod tests {
         assert_eq!(Format::from_path(Path::new("speedscope.json")), Some(Format::Json));
         assert_eq!(Format::from_path(Path::new("x.pb.gz")), Some(Format::Pprof));
         assert_eq!(Format::from_path(Path::new("x.pprof")), Some(Format::Pprof));
+        assert_eq!(Format::from_path(Path::new("x.OTLP")), Some(Format::Otlp));
         assert_eq!(Format::from_path(Path::new("x.gz")), None);
         assert_eq!(Format::from_path(Path::new("x")), None);
         assert_eq!(Format::from_path(Path::new("x.png")), None);

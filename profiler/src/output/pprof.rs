@@ -15,7 +15,7 @@ use std::{collections::HashMap, io::Write};
 use flate2::{Compression, write::GzEncoder};
 use prost::Message as _;
 
-use crate::model::{CATEGORIES, Category, Frame, Mode, Profile, StackProfile};
+use crate::model::{CATEGORIES, Category, Container, Frame, Mode, Profile, StackProfile};
 
 /// profile.proto's messages, declared by hand with the proto's field numbers (prost derives the
 /// encoding; no protoc at build time). Fields pyebpf never sets are left out.
@@ -192,31 +192,62 @@ impl Builder {
     }
 }
 
+/// A process's container labels: `container_id`, `container_runtime`, `pod_uid` when its cgroup
+/// names them, and `cgroup` always (`-tagfocus container_id=3f4e…`).
+pub(super) fn container_labels(c: &Container) -> Vec<(&'static str, &str)> {
+    let mut out = Vec::new();
+    if let Some(id) = &c.id {
+        out.push(("container_id", id.as_str()));
+    }
+    if let Some(runtime) = &c.runtime {
+        out.push(("container_runtime", runtime.as_str()));
+    }
+    if let Some(pod) = &c.pod_uid {
+        out.push(("pod_uid", pod.as_str()));
+    }
+    out.push(("cgroup", c.cgroup.as_str()));
+    out
+}
+
 /// Off-CPU categories, each with its own value after samples, cpu and wall.
 fn off_cpu_categories() -> impl Iterator<Item = Category> {
     CATEGORIES.into_iter().filter(|&c| c != Category::Cpu)
 }
 
-fn clamp(v: u64) -> i64 {
+pub(super) fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The values every sample carries, as (type, unit): `samples/count`, `cpu/nanoseconds`,
+/// `wall/nanoseconds`, then each off-CPU category's nanoseconds. Shared with the OTLP output.
+pub(super) fn value_types() -> Vec<(&'static str, &'static str)> {
+    let mut types = vec![("samples", "count"), ("cpu", "nanoseconds"), ("wall", "nanoseconds")];
+    types.extend(off_cpu_categories().map(|c| (c.name(), "nanoseconds")));
+    types
+}
+
+/// One stack's values, in [`value_types`] order.
+pub(super) fn values(s: &StackProfile, period_ns: u64) -> Vec<i64> {
+    let mut value = vec![clamp(s.samples), 0, clamp(s.weight_ns)];
+    value.extend(off_cpu_categories().map(|c| if c == s.category { clamp(s.weight_ns) } else { 0 }));
+    if s.category == Category::Cpu {
+        value[1] = clamp(s.samples * period_ns);
+    }
+    value
+}
+
+/// Nanoseconds one on-CPU sample stands for.
+pub(super) fn period_ns(profile: &Profile) -> u64 {
+    1_000_000_000 / profile.frequency_hz.max(1) as u64
 }
 
 fn build(profile: &Profile) -> proto::Profile {
     let mut b = Builder::new();
-    let mut types =
-        vec![b.value_type("samples", "count"), b.value_type("cpu", "nanoseconds"), b.value_type("wall", "nanoseconds")];
-    for c in off_cpu_categories() {
-        types.push(b.value_type(c.name(), "nanoseconds"));
-    }
-    b.out.sample_type = types;
-    let period_ns = 1_000_000_000 / profile.frequency_hz.max(1) as u64;
+    b.out.sample_type = value_types().into_iter().map(|(kind, unit)| b.value_type(kind, unit)).collect();
+    let period_ns = period_ns(profile);
     for p in &profile.processes {
         for s in &p.stacks {
-            let mut value = vec![clamp(s.samples), 0, clamp(s.weight_ns)];
-            value.extend(off_cpu_categories().map(|c| if c == s.category { clamp(s.weight_ns) } else { 0 }));
-            if s.category == Category::Cpu {
-                value[1] = clamp(s.samples * period_ns);
-            }
+            let value = values(s, period_ns);
             if value.iter().all(|&v| v == 0) {
                 continue;
             }
@@ -233,6 +264,11 @@ fn build(profile: &Profile) -> proto::Profile {
             }
             if let Some(target) = &s.target {
                 label.push(b.str_label("target", target));
+            }
+            if let Some(c) = &p.container {
+                for (key, value) in container_labels(c) {
+                    label.push(b.str_label(key, value));
+                }
             }
             b.out.sample.push(proto::Sample { location_id, value, label });
         }
@@ -335,6 +371,27 @@ mod tests {
         assert_eq!((s(&p, period_type.r#type), s(&p, period_type.unit), p.period), ("cpu", "nanoseconds", 10_000_000));
         assert_eq!((p.time_nanos, p.duration_nanos), (1_700_000_000_500_000_000, 2_000_000_000));
         assert!(p.comment.iter().any(|&c| s(&p, c).starts_with("pyebpf ")));
+    }
+
+    #[test]
+    fn processes_in_a_container_carry_its_labels() {
+        let mut profile = sample_profile(Mode::Wall);
+        profile.processes[0].container = Some(Container {
+            id: Some("ab".repeat(32)),
+            runtime: Some("docker".into()),
+            pod_uid: None,
+            cgroup: "/system.slice/docker-x.scope".into(),
+        });
+        let mut out = Vec::new();
+        write(&profile, &mut out).unwrap();
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(out.as_slice()).read_to_end(&mut bytes).unwrap();
+        let p = proto::Profile::decode(bytes.as_slice()).unwrap();
+        let l = labels(&p, &p.sample[0]);
+        assert!(l.contains(&format!("container_id={}", "ab".repeat(32))), "{l:?}");
+        assert!(l.contains(&"container_runtime=docker".to_string()), "{l:?}");
+        assert!(l.contains(&"cgroup=/system.slice/docker-x.scope".to_string()), "{l:?}");
+        assert!(!l.iter().any(|x| x.starts_with("pod_uid=")), "{l:?}");
     }
 
     #[test]

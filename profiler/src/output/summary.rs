@@ -3,7 +3,9 @@
 //! that are CPU- or I/O-bound.
 use std::io::Write;
 
-use crate::model::{Category, FunctionProfile, LoopStall, Mode, ProcessProfile, Profile, StackProfile, Totals};
+use crate::model::{
+    Category, Container, FunctionProfile, LoopStall, Mode, ProcessProfile, Profile, StackProfile, Totals,
+};
 
 const TOP_PROCESSES: usize = 15;
 const TOP_THREADS: usize = 6;
@@ -82,6 +84,9 @@ pub fn write(profile: &Profile, notes: &[String], w: &mut dyn Write) -> std::io:
             p.python_version.as_deref().map(|v| format!("[Python {v}] ")).unwrap_or_default(),
             truncate(p.cmdline.as_deref().unwrap_or("-"), 50),
         )?;
+        if let Some(c) = p.container.as_ref().filter(|c| c.id.is_some() || c.pod_uid.is_some()) {
+            writeln!(w, "{:>8}  {}", "", container_line(c))?;
+        }
         if p.threads.len() > 1 {
             for t in p.threads.iter().take(TOP_THREADS) {
                 writeln!(
@@ -105,6 +110,24 @@ pub fn write(profile: &Profile, notes: &[String], w: &mut dyn Write) -> std::io:
     write_top_stacks(profile, w)?;
     write_loop_stalls(profile, w)?;
     write_functions(profile, w)
+}
+
+/// `container 3f4e5d6c7b8a (docker) pod 7c1b…`: under the process's line in the summary.
+fn container_line(c: &Container) -> String {
+    let mut out = String::new();
+    if let Some(id) = c.short_id() {
+        out.push_str(&format!("container {id}"));
+        if let Some(runtime) = &c.runtime {
+            out.push_str(&format!(" ({runtime})"));
+        }
+    }
+    if let Some(pod) = &c.pod_uid {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&format!("pod {pod}"));
+    }
+    out
 }
 
 const TOP_STALLS: usize = 6;

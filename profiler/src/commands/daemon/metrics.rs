@@ -21,11 +21,17 @@ pub(super) struct Metrics {
     /// Windows pushed, and pushes that failed.
     pub(super) pushes: u64,
     pub(super) push_errors: u64,
+    /// Windows sent to --otlp, and sends that failed.
+    pub(super) otlp_pushes: u64,
+    pub(super) otlp_push_errors: u64,
 }
 
 struct ProcessCounters {
     comm: String,
     python_version: Option<String>,
+    /// Container id and Kubernetes pod UID, when its cgroup names them.
+    container_id: Option<String>,
+    pod_uid: Option<String>,
     samples: u64,
     /// Nanoseconds per category.
     ns: Totals,
@@ -44,10 +50,16 @@ impl Metrics {
             let c = self.processes.entry(p.pid).or_insert_with(|| ProcessCounters {
                 comm: p.comm.clone(),
                 python_version: None,
+                container_id: None,
+                pod_uid: None,
                 samples: 0,
                 ns: Totals::default(),
                 last_seen: now,
             });
+            if let Some(container) = &p.container {
+                c.container_id = container.id.clone();
+                c.pod_uid = container.pod_uid.clone();
+            }
             c.comm = p.comm.clone();
             if p.python_version.is_some() {
                 c.python_version = p.python_version.clone();
@@ -112,9 +124,11 @@ pub(super) fn render_metrics(m: &Metrics, off_cpu: bool, window: Duration, me: &
     pids.sort();
     let labels = |pid: u32, c: &ProcessCounters| {
         format!(
-            "pid=\"{pid}\",comm=\"{}\",python_version=\"{}\"",
+            "pid=\"{pid}\",comm=\"{}\",python_version=\"{}\",container_id=\"{}\",pod_uid=\"{}\"",
             label(&c.comm),
-            label(c.python_version.as_deref().unwrap_or(""))
+            label(c.python_version.as_deref().unwrap_or("")),
+            label(c.container_id.as_deref().unwrap_or("")),
+            label(c.pod_uid.as_deref().unwrap_or(""))
         )
     };
     let mut lines = String::new();
@@ -166,6 +180,18 @@ pub(super) fn render_metrics(m: &Metrics, off_cpu: bool, window: Duration, me: &
     scalar("pyebpf_pushes_total", "counter", "Windows pushed to --push (successful or not).", m.pushes.to_string());
     scalar("pyebpf_push_errors_total", "counter", "Window pushes that failed.", m.push_errors.to_string());
     scalar(
+        "pyebpf_otlp_pushes_total",
+        "counter",
+        "Windows sent to --otlp (successful or not).",
+        m.otlp_pushes.to_string(),
+    );
+    scalar(
+        "pyebpf_otlp_push_errors_total",
+        "counter",
+        "Window sends to --otlp that failed.",
+        m.otlp_push_errors.to_string(),
+    );
+    scalar(
         "pyebpf_self_cpu_seconds_total",
         "counter",
         "CPU time used by the daemon itself (user and system).",
@@ -198,6 +224,8 @@ mod tests {
             ProcessCounters {
                 comm: "we\"ird\\".into(),
                 python_version: Some("3.12.1".into()),
+                container_id: Some("3f4e".into()),
+                pod_uid: None,
                 samples: 7,
                 ns: [(crate::model::Category::Cpu, 1_500_000_000), (crate::model::Category::Net, 250_000_000)]
                     .into_iter()
@@ -212,11 +240,11 @@ mod tests {
             Duration::from_secs(10),
             &SelfUsage { cpu_seconds: 0.5, resident_bytes: 1024, start_time_unix: 1.0 },
         );
-        assert!(text.contains("pyebpf_process_seconds_total{pid=\"42\",comm=\"we\\\"ird\\\\\",python_version=\"3.12.1\",category=\"cpu\"} 1.5\n"), "{text}");
+        assert!(text.contains("pyebpf_process_seconds_total{pid=\"42\",comm=\"we\\\"ird\\\\\",python_version=\"3.12.1\",container_id=\"3f4e\",pod_uid=\"\",category=\"cpu\"} 1.5\n"), "{text}");
         assert!(text.contains("category=\"net\"} 0.25\n"), "{text}");
         assert!(
             text.contains(
-                "pyebpf_process_samples_total{pid=\"42\",comm=\"we\\\"ird\\\\\",python_version=\"3.12.1\"} 7\n"
+                "pyebpf_process_samples_total{pid=\"42\",comm=\"we\\\"ird\\\\\",python_version=\"3.12.1\",container_id=\"3f4e\",pod_uid=\"\"} 7\n"
             )
         );
         assert!(

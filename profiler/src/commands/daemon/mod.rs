@@ -52,11 +52,13 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     if args.retention < args.window {
         return Err(fatal(ExitCode::Usage, "--retention must be at least one --window"));
     }
-    let all = args.target.all || args.target.pids.is_empty();
-    let children = runner::subprocesses(&args.target.subprocesses, all)?;
-    let target = TargetSpec::resolve(all, &args.target.pids, &[], children, false)?;
+    let children =
+        runner::subprocesses(&args.target.subprocesses, args.target.all(), !args.target.containers.is_empty())?;
+    let target =
+        TargetSpec::resolve(args.target.all(), &args.target.pids, &args.target.containers, &[], children, false)?;
     let mode = runner::mode(None, &args.sampling)?;
     let push = args.push.as_deref().map(|url| push::Target::parse(url, &args.push_name)).transpose()?;
+    let otlp = args.otlp.as_deref().map(push::OtlpTarget::parse).transpose()?;
     // Bind before loading anything: a taken port is the commonest mistake.
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -103,6 +105,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             if let Some(target) = &push {
                 push_window(target, &w, &shared);
             }
+            if let Some(target) = &otlp {
+                push_otlp_window(target, &w, &shared);
+            }
             let (processes, lost) = (w.processes.len(), w.lost_events);
             let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
             let retention = s.retention;
@@ -132,6 +137,24 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     drop(session);
     eprintln!("pyebpf daemon: stopped ({reason})");
     Ok(())
+}
+
+/// Sends a window to the OTLP collector in the background; counted in `/metrics`.
+fn push_otlp_window(target: &push::OtlpTarget, w: &Profile, shared: &Arc<Mutex<Shared>>) {
+    use prost::Message as _;
+    let request = crate::output::otlp::build(w, &crate::output::otlp::host_name()).encode_to_vec();
+    let (target, shared) = (target.clone(), shared.clone());
+    tokio::spawn(async move {
+        let result = target.push(request).await;
+        let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+        s.metrics.otlp_pushes += 1;
+        if let Err(e) = result {
+            s.metrics.otlp_push_errors += 1;
+            if s.metrics.otlp_push_errors == 1 || s.metrics.otlp_push_errors % 60 == 0 {
+                log::warn!("--otlp {}: {e:#} ({} failed so far)", target.path, s.metrics.otlp_push_errors);
+            }
+        }
+    });
 }
 
 /// Pushes a window in the background; the outcome is counted in `/metrics`.

@@ -1,6 +1,10 @@
-//! Pushes each daemon window to a Pyroscope-compatible ingest endpoint: `POST {URL}/ingest`
-//! with `format=pprof`, the window's `from`/`until`, the application name with a `host` label,
-//! and the pprof profile as the multipart field `profile` (what Pyroscope's own clients send).
+//! Pushes each daemon window:
+//!
+//! - `--push URL`: to a Pyroscope-compatible ingest endpoint, `POST {URL}/ingest` with
+//!   `format=pprof`, the window's `from`/`until`, the application name with a `host` label, and
+//!   the pprof profile as the multipart field `profile` (what Pyroscope's own clients send);
+//! - `--otlp URL`: to an OpenTelemetry collector, `POST {URL}/v1development/profiles` with the
+//!   window as an `ExportProfilesServiceRequest` (OTLP/HTTP, `application/x-protobuf`).
 //!
 //! Plain `http://` only (put a TLS-terminating proxy in front for https). A push that fails is
 //! logged and counted; profiling goes on.
@@ -27,26 +31,13 @@ pub struct Target {
 impl Target {
     /// Parses `http://host:port[/prefix]`.
     pub fn parse(url: &str, app: &str) -> anyhow::Result<Self> {
-        let bad = |why: &str| fatal(ExitCode::Usage, format!("--push '{url}': {why}"));
-        let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(_) => return Err(bad("only http:// is supported (use a local TLS proxy for https)")),
-            None => return Err(bad("give a full URL, e.g. http://127.0.0.1:4040")),
-        }
-        let host = uri.host().ok_or_else(|| bad("no host"))?;
-        let port = uri.port_u16().unwrap_or(80);
-        let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+        let (authority, prefix) = http_endpoint("--push", url)?;
         if app.is_empty() || !app.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
             return Err(fatal(ExitCode::Usage, format!("--push-name '{app}': use letters, digits, '.', '_' and '-'")));
         }
         let hostname =
             hostname().chars().filter(|c| c.is_ascii_alphanumeric() || "._-".contains(*c)).collect::<String>();
-        Ok(Target {
-            authority: format!("{host}:{port}"),
-            prefix: uri.path().trim_end_matches('/').to_string(),
-            name: format!("{app}{{host={hostname}}}"),
-        })
+        Ok(Target { authority, prefix, name: format!("{app}{{host={hostname}}}") })
     }
 
     /// The request path and query for one window.
@@ -71,33 +62,74 @@ impl Target {
         body.extend_from_slice(&pprof);
         body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
 
-        let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(&self.authority))
-            .await
-            .context("connect timed out")?
-            .with_context(|| format!("cannot connect to {}", self.authority))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                log::debug!("push connection: {e}");
-            }
-        });
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header("host", &self.authority)
-            .header("content-type", format!("multipart/form-data; boundary={boundary}"))
-            .header("user-agent", concat!("pyebpf/", env!("CARGO_PKG_VERSION")))
-            .body(Full::new(bytes::Bytes::from(body)))?;
-        let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
-            .await
-            .context("no answer within 10 s")??;
-        let status = response.status();
-        if !status.is_success() {
-            let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            anyhow::bail!("{status}: {}", String::from_utf8_lossy(&text).trim());
-        }
-        Ok(())
+        post(&self.authority, path, &format!("multipart/form-data; boundary={boundary}"), body).await
     }
+}
+
+/// Where `--otlp` sends windows: an OTLP/HTTP collector's profiles endpoint.
+#[derive(Clone, Debug)]
+pub struct OtlpTarget {
+    authority: String,
+    /// `{prefix}/v1development/profiles`.
+    pub path: String,
+}
+
+impl OtlpTarget {
+    /// Parses `http://host:port[/prefix]`.
+    pub fn parse(url: &str) -> anyhow::Result<Self> {
+        let (authority, prefix) = http_endpoint("--otlp", url)?;
+        Ok(OtlpTarget { authority, path: format!("{prefix}/v1development/profiles") })
+    }
+
+    /// Sends one window's `ExportProfilesServiceRequest`.
+    pub async fn push(&self, request: Vec<u8>) -> anyhow::Result<()> {
+        post(&self.authority, self.path.clone(), "application/x-protobuf", request).await
+    }
+}
+
+/// (host:port, path prefix without a trailing slash) of a plain `http://` URL given to `flag`.
+fn http_endpoint(flag: &str, url: &str) -> anyhow::Result<(String, String)> {
+    let bad = |why: &str| fatal(ExitCode::Usage, format!("{flag} '{url}': {why}"));
+    let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some(_) => return Err(bad("only http:// is supported (use a local TLS proxy for https)")),
+        None => return Err(bad("give a full URL, e.g. http://127.0.0.1:4040")),
+    }
+    let host = uri.host().ok_or_else(|| bad("no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let host = if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+    Ok((format!("{host}:{port}"), uri.path().trim_end_matches('/').to_string()))
+}
+
+/// One HTTP/1.1 POST; any answer but 2xx is an error (with the body's text).
+async fn post(authority: &str, path: String, content_type: &str, body: Vec<u8>) -> anyhow::Result<()> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(authority))
+        .await
+        .context("connect timed out")?
+        .with_context(|| format!("cannot connect to {authority}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            log::debug!("push connection: {e}");
+        }
+    });
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("host", authority)
+        .header("content-type", content_type)
+        .header("user-agent", concat!("pyebpf/", env!("CARGO_PKG_VERSION")))
+        .body(Full::new(bytes::Bytes::from(body)))?;
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .context("no answer within 10 s")??;
+    let status = response.status();
+    if !status.is_success() {
+        let text = response.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        anyhow::bail!("{status}: {}", String::from_utf8_lossy(&text).trim());
+    }
+    Ok(())
 }
 
 fn hostname() -> String {
@@ -137,5 +169,9 @@ mod tests {
         assert!(Target::parse("https://pyro", "a").is_err());
         assert!(Target::parse("pyro:4040", "a").is_err());
         assert!(Target::parse("http://pyro", "a b").is_err());
+        assert_eq!(OtlpTarget::parse("http://otel:4318").unwrap().path, "/v1development/profiles");
+        assert_eq!(OtlpTarget::parse("http://otel:4318/otlp/").unwrap().path, "/otlp/v1development/profiles");
+        assert_eq!(OtlpTarget::parse("http://otel").unwrap().authority, "otel:80");
+        assert!(OtlpTarget::parse("https://otel:4318").is_err());
     }
 }
