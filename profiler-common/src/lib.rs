@@ -46,6 +46,8 @@ pub const OFFCPU_STACK_BURST: u64 = 16;
 pub mod map_size {
     /// Explicit targets (`--pid`, `-- COMMAND` and its children).
     pub const TARGET_PIDS: u32 = 8192;
+    /// Processes whose children are followed (a subset of the targets).
+    pub const FOLLOWED: u32 = TARGET_PIDS;
     /// CPython processes known to the unwinder.
     pub const PY_PROCS: u32 = 8192;
     /// Threads whose `PyThreadState` is cached (LRU: threads come and go).
@@ -118,6 +120,9 @@ pub enum EventKind {
     Preempted = 5,
     /// See [`EventKind::Preempted`].
     PreemptEnd = 6,
+    /// A followed process forked a child process, which the kernel has made a target (and
+    /// followed) before it first ran: a [`ForkEvent`].
+    Fork = 7,
 }
 
 impl EventKind {
@@ -129,6 +134,7 @@ impl EventKind {
             4 => Some(Self::ThreadMiss),
             5 => Some(Self::Preempted),
             6 => Some(Self::PreemptEnd),
+            7 => Some(Self::Fork),
             _ => None,
         }
     }
@@ -142,6 +148,29 @@ pub struct ExecEvent {
     /// [`EventKind`] as `u32`.
     pub kind: u32,
     pub pid: u32,
+}
+
+/// See [`EventKind::Fork`]. Only processes (new thread groups) are reported, never threads.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkEvent {
+    /// [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// The child (its tgid).
+    pub pid: u32,
+    /// The process that forked it (its tgid).
+    pub ppid: u32,
+    /// [`fork_flags`] bits.
+    pub flags: u32,
+}
+
+/// Bits of [`ForkEvent::flags`].
+pub mod fork_flags {
+    /// The child is in `TARGET_PIDS` and `FOLLOWED` (unset: a map was full, it is not profiled).
+    pub const FOLLOWED: u32 = 1;
+    /// The parent's CPython layout was copied to the child (the same memory, after a fork):
+    /// the child's first samples already carry Python frames.
+    pub const PYTHON_COPIED: u32 = 2;
 }
 
 /// See [`EventKind::ThreadMiss`].
@@ -410,8 +439,10 @@ pub mod stat {
     /// [`super::unwind::FRAMES_PER_RUN`] frames).
     pub const NATIVE_WALKS: u32 = 3;
     pub const NATIVE_RUNS: u32 = 4;
+    /// Children of followed processes not followed: `TARGET_PIDS` or `FOLLOWED` was full.
+    pub const FOLLOW_FULL: u32 = 5;
     /// Number of counters.
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Names of the globals, maps and programs the userspace loader addresses by name (the kernel
@@ -426,6 +457,9 @@ pub mod names {
     pub const GLOBAL_SELF_PID: &str = "SELF_PID";
     /// Hash map tgid → 1 of profiled processes when `TARGET_ALL` is 0.
     pub const MAP_TARGET_PIDS: &str = "TARGET_PIDS";
+    /// Hash map tgid → 1 of processes whose children become targets (and followed) as they
+    /// are forked.
+    pub const MAP_FOLLOWED: &str = "FOLLOWED";
     /// `u32` global: byte offset of the fs base in `task_struct` (from kernel BTF), 0 if unknown.
     pub const GLOBAL_FSBASE_OFFSET: &str = "FSBASE_OFFSET";
     /// `u32` global: Python frames to walk at most (≤ `MAX_PY_FRAMES`).
@@ -472,6 +506,8 @@ pub mod names {
     pub const PROG_ON_CPU: &str = "on_cpu_sample";
     /// The `sched_process_exec` raw tracepoint program.
     pub const PROG_EXEC: &str = "process_exec";
+    /// The `sched_process_fork` raw tracepoint program (process trees).
+    pub const PROG_FORK: &str = "process_fork";
     /// `u8` global: 1 = walk native stacks with the DWARF unwinder (`--native`).
     pub const GLOBAL_NATIVE: &str = "NATIVE";
     /// `u32` global: offset of `stack` in `task_struct` (from kernel BTF): where a task's user
@@ -504,10 +540,11 @@ pub mod names {
     ];
 
     /// Every map of the object.
-    pub const MAPS: [&str; 17] = [
+    pub const MAPS: [&str; 18] = [
         MAP_EVENTS,
         MAP_STATS,
         MAP_TARGET_PIDS,
+        MAP_FOLLOWED,
         MAP_PY_PROCS,
         MAP_TSTATE_CACHE,
         MAP_OFFCPU_SUMS,
@@ -541,8 +578,9 @@ pub mod names {
         (GLOBAL_TASK_STATE_OFFSET, 4),
     ];
     /// The raw tracepoint programs and the tracepoint each is attached to.
-    pub const RAW_TRACEPOINTS: [(&str, &str); 5] = [
+    pub const RAW_TRACEPOINTS: [(&str, &str); 6] = [
         (PROG_EXEC, "sched_process_exec"),
+        (PROG_FORK, "sched_process_fork"),
         (PROG_SCHED_SWITCH, "sched_switch"),
         (PROG_SCHED_WAKEUP, "sched_wakeup"),
         (PROG_SYS_ENTER, "sys_enter"),
@@ -550,13 +588,14 @@ pub mod names {
     ];
     /// Every program of the object: the perf-event sampler, the raw tracepoints, and the
     /// unwinders they tail-call.
-    pub const PROGRAMS: [&str; 9] = [
+    pub const PROGRAMS: [&str; 10] = [
         PROG_ON_CPU,
         RAW_TRACEPOINTS[0].0,
         RAW_TRACEPOINTS[1].0,
         RAW_TRACEPOINTS[2].0,
         RAW_TRACEPOINTS[3].0,
         RAW_TRACEPOINTS[4].0,
+        RAW_TRACEPOINTS[5].0,
         PROG_UNWIND_PERF,
         RAW_TP_UNWINDERS[0].0,
         RAW_TP_UNWINDERS[1].0,
@@ -577,6 +616,7 @@ macro_rules! pod {
 pod!(
     SampleEvent,
     ExecEvent,
+    ForkEvent,
     ThreadMissEvent,
     PreemptEndEvent,
     PyProcInfo,
@@ -600,6 +640,7 @@ pod!(
 const _: () = {
     use core::mem::{align_of, offset_of, size_of};
     assert!(size_of::<ExecEvent>() == 4 + 4);
+    assert!(size_of::<ForkEvent>() == 4 * 4);
     assert!(size_of::<ThreadMissEvent>() == 3 * 4 + 4 + 8);
     assert!(size_of::<PreemptEndEvent>() == 4 * 4 + 2 * 8);
     assert!(size_of::<TstateEntry>() == 2 * 8);
@@ -647,6 +688,7 @@ const _: () = {
     // Every record starts with its EventKind as a u32.
     assert!(offset_of!(SampleEvent, kind) == 0);
     assert!(offset_of!(ExecEvent, kind) == 0);
+    assert!(offset_of!(ForkEvent, kind) == 0);
     assert!(offset_of!(ThreadMissEvent, kind) == 0);
     assert!(offset_of!(PreemptEndEvent, kind) == 0);
 };

@@ -15,6 +15,7 @@
 #![allow(clippy::undocumented_unsafe_blocks, reason = "the verifier checks memory safety; see above")]
 
 mod exec;
+mod lifecycle;
 mod maps;
 mod native;
 mod off_cpu;

@@ -2,6 +2,7 @@
 //! `profiler_common::names`; userspace addresses them by those names.
 use aya_ebpf::{
     bindings::BPF_F_MMAPABLE,
+    helpers::bpf_probe_read_kernel,
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
@@ -17,6 +18,11 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(map_size::EVENTS_DEFAULT_BY
 /// tgid → 1 for the processes being profiled, when not profiling the whole host.
 #[map]
 pub static TARGET_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(map_size::TARGET_PIDS, 0);
+
+/// tgid → 1 for the targets whose children are profiled too: a child forked by one of them is
+/// added here and to `TARGET_PIDS` before it first runs (see `lifecycle.rs`).
+#[map]
+pub static FOLLOWED: HashMap<u32, u8> = HashMap::with_max_entries(map_size::FOLLOWED, 0);
 
 /// tgid → where that CPython process keeps its threads, and its version's offsets.
 #[map]
@@ -128,8 +134,20 @@ pub fn offcpu_threshold_ns() -> u64 {
 
 /// Offsets of `pid` and `tgid` in `task_struct`.
 #[inline(always)]
-pub fn task_pid_offsets() -> (u32, u32) {
+fn task_pid_offsets() -> (u32, u32) {
     unsafe { (core::ptr::read_volatile(&TASK_PID_OFFSET), core::ptr::read_volatile(&TASK_TGID_OFFSET)) }
+}
+
+/// (tid, tgid) of a task that is not the current one, read at the offsets from kernel BTF.
+#[inline(always)]
+pub fn task_ids(task: u64) -> Option<(u32, u32)> {
+    let (pid_off, tgid_off) = task_pid_offsets();
+    if pid_off == 0 {
+        return None;
+    }
+    let tid = unsafe { bpf_probe_read_kernel((task + pid_off as u64) as *const u32) }.ok()?;
+    let tgid = unsafe { bpf_probe_read_kernel((task + tgid_off as u64) as *const u32) }.ok()?;
+    Some((tid, tgid))
 }
 
 /// Offset of `flags` in `task_struct`, 0 if unknown.

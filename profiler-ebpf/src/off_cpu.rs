@@ -29,7 +29,7 @@ use profiler_common::{
 use crate::{
     maps::{
         EVENTS, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, UNWIND_PROGS_RAW_TP, UNWIND_SCRATCH, bump, is_offcpu_target,
-        offcpu_stack_cost_ns, offcpu_threshold_ns, task_pid_offsets, task_state_offset,
+        offcpu_stack_cost_ns, offcpu_threshold_ns, task_ids, task_state_offset,
     },
     native, stacks,
 };
@@ -42,18 +42,6 @@ const PT_REGS_DI: u64 = 112;
 const PT_REGS_SI: u64 = 104;
 /// ... and of `sp`, the caller's stack pointer.
 const PT_REGS_SP: u64 = 152;
-
-/// (tid, tgid) of a task that is not the current one.
-#[inline(always)]
-fn task_ids(task: u64) -> Option<(u32, u32)> {
-    let (pid_off, tgid_off) = task_pid_offsets();
-    if pid_off == 0 {
-        return None;
-    }
-    let tid = unsafe { bpf_probe_read_kernel((task + pid_off as u64) as *const u32) }.ok()?;
-    let tgid = unsafe { bpf_probe_read_kernel((task + tgid_off as u64) as *const u32) }.ok()?;
-    Some((tid, tgid))
-}
 
 /// The switched-out task's state (`__state`, or the low half of `state` before 5.14): 0 when
 /// runnable, `TASK_UNINTERRUPTIBLE` set in a `D` sleep. Without the offset (a kernel whose BTF

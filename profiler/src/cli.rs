@@ -90,6 +90,32 @@ pub struct SamplingArgs {
     pub interpreter_frames: bool,
 }
 
+/// Whether the targets' child processes (and theirs) are profiled too: the same flags for
+/// `profile`, `top` and `daemon`.
+#[derive(Debug, Clone, Args)]
+pub struct SubprocessArgs {
+    /// Also profile the child processes of each --pid target and their descendants, those
+    /// running now and those started later, each as its own process (the default for
+    /// `-- COMMAND`): a gunicorn, uWSGI or Celery master's workers, a multiprocessing pool.
+    #[arg(long, conflicts_with = "no_subprocesses")]
+    pub subprocesses: bool,
+
+    /// Profile the targets only, not their child processes (the default for --pid).
+    #[arg(long)]
+    pub no_subprocesses: bool,
+}
+
+impl SubprocessArgs {
+    /// `Some(true)` / `Some(false)` when asked, `None` for the target's default.
+    pub fn choice(&self) -> Option<bool> {
+        match (self.subprocesses, self.no_subprocesses) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        }
+    }
+}
+
 /// `--all` or `--pid`, for the commands that watch the host by default (`top`, `daemon`).
 #[derive(Debug, Clone, Args)]
 #[command(group(ArgGroup::new("target").multiple(false).args(["all", "pids"])))]
@@ -107,6 +133,9 @@ pub struct HostTargetArgs {
     /// processes it starts later are followed.
     #[arg(long = "container", value_name = "ID", conflicts_with_all = ["all", "pids"])]
     pub containers: Vec<String>,
+
+    #[command(flatten)]
+    pub subprocesses: SubprocessArgs,
 }
 
 impl HostTargetArgs {
@@ -134,6 +163,15 @@ pub struct ProfileArgs {
     /// starts later are followed.
     #[arg(long = "container", value_name = "ID")]
     pub containers: Vec<String>,
+
+    #[command(flatten)]
+    pub subprocesses: SubprocessArgs,
+
+    /// When profiling stops (duration, Ctrl-C, SIGTERM) before the command has exited, leave
+    /// it and what it started running. By default pyebpf ends them: SIGINT to the command's
+    /// process group, then SIGTERM, then SIGKILL.
+    #[arg(long)]
+    pub leave_running: bool,
 
     /// Stop after this long: seconds ("10", "2.5") or with a unit ("500ms", "30s", "2m").
     /// Default: until Ctrl-C, or until the profiled command or pids exit.

@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(commands::run(cli.command));
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(status) => std::process::ExitCode::from(status),
         Err(e) => {
             let code = match e.downcast_ref::<Fatal>() {
                 Some(fatal) => {

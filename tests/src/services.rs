@@ -514,6 +514,17 @@ pub struct Gunicorn {
 
 /// gunicorn serving tests/services/flask_app.py as configured, on 127.0.0.1.
 pub fn start_gunicorn_with(env: &PythonEnv, pg: &Postgres, fsync_dir: &Path, config: &Gunicorn) -> WebServer {
+    start_gunicorn_with_args(env, pg, fsync_dir, config, &[])
+}
+
+/// [`start_gunicorn_with`], with more gunicorn options (`--max-requests 20`...).
+pub fn start_gunicorn_with_args(
+    env: &PythonEnv,
+    pg: &Postgres,
+    fsync_dir: &Path,
+    config: &Gunicorn,
+    extra: &[&str],
+) -> WebServer {
     let port = free_port();
     let workers = config.workers;
     let args: Vec<String> = [
@@ -531,10 +542,12 @@ pub fn start_gunicorn_with(env: &PythonEnv, pg: &Postgres, fsync_dir: &Path, con
         "2",
         "--log-level",
         "warning",
-        "flask_app:app",
     ]
+    .into_iter()
+    .chain(extra.iter().copied())
+    .chain(["flask_app:app"])
     .map(String::from)
-    .to_vec();
+    .collect();
     let env_vars = [("PYEBPF_PG_DSN", pg.dsn()), ("PYEBPF_FSYNC_DIR", fsync_dir.display().to_string())];
     let server = WebServer::spawn("gunicorn", &env.python, &args, &env_vars, port);
     // Every worker forked (they take requests as soon as they exist: the app is preloaded).
@@ -592,6 +605,11 @@ impl FlaskService {
     }
 
     pub fn start_with(config: &Gunicorn) -> Self {
+        Self::start_with_args(config, &[])
+    }
+
+    /// [`FlaskService::start_with`], with more gunicorn options.
+    pub fn start_with_args(config: &Gunicorn, extra: &[&str]) -> Self {
         let env = python_env();
         let postgres = Postgres::start();
         let scratch = target_dir().join("tmp");
@@ -599,7 +617,7 @@ impl FlaskService {
         // Canonical, as the profiler reports files (from /proc/PID/fd links).
         let scratch = std::fs::canonicalize(scratch).unwrap();
         let fsync_dir = tempfile::Builder::new().prefix("pyebpf-fsync-").tempdir_in(scratch).unwrap();
-        let gunicorn = start_gunicorn_with(env, &postgres, fsync_dir.path(), config);
+        let gunicorn = start_gunicorn_with_args(env, &postgres, fsync_dir.path(), config, extra);
         FlaskService { gunicorn, postgres, fsync_dir }
     }
 }

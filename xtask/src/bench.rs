@@ -71,6 +71,17 @@ pub enum Which {
         #[arg(long, value_delimiter = ',', default_values_t = [16, 64])]
         threads: Vec<u32>,
     },
+    /// Following process trees: a fork storm's rate alone, profiled with its children
+    /// followed, without, and beside an unrelated followed target; pyebpf's CPU and the fork
+    /// hook's kernel time per run.
+    Trees {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Rounds; each runs every configuration once, in rotating order.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 impl Default for Which {
@@ -90,6 +101,7 @@ pub fn run(root: &Path, bin: &Path, which: Which) -> anyhow::Result<()> {
             crate::bench_overhead::Options { seconds, rounds, rate, connections, threads: threads.clone() },
         ),
         Which::Native { seconds } => crate::bench_native::run(root, bin, seconds),
+        Which::Trees { seconds, rounds } => crate::bench_trees::run(bin, seconds, rounds),
         Which::Python { seconds, rounds, no_pin } => {
             bench_python::run(root, bin, bench_python::Options { seconds, rounds, pin: !no_pin })
         }

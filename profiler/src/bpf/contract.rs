@@ -81,6 +81,7 @@ fn every_map_is_named_and_shaped_as_userspace_reads_it() {
         (names::MAP_EVENTS, (BPF_MAP_TYPE_RINGBUF, 0, 0, map_size::EVENTS_DEFAULT_BYTES)),
         (names::MAP_STATS, (BPF_MAP_TYPE_PERCPU_ARRAY, u32_size, size(size_of::<u64>()), map_size::STATS)),
         (names::MAP_TARGET_PIDS, (BPF_MAP_TYPE_HASH, u32_size, size(size_of::<u8>()), map_size::TARGET_PIDS)),
+        (names::MAP_FOLLOWED, (BPF_MAP_TYPE_HASH, u32_size, size(size_of::<u8>()), map_size::FOLLOWED)),
         (names::MAP_PY_PROCS, (BPF_MAP_TYPE_HASH, u32_size, size(size_of::<PyProcInfo>()), map_size::PY_PROCS)),
         (
             names::MAP_TSTATE_CACHE,

@@ -49,6 +49,8 @@ pub struct BpfConfig {
     /// Walk native stacks with the DWARF unwinder, with room for this many unwind rows (None:
     /// frame pointers only).
     pub native_rows: Option<u32>,
+    /// Follow the children of processes added with [`Bpf::follow`]: the fork hook is attached.
+    pub follow_children: bool,
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -58,6 +60,8 @@ pub struct Counters {
     pub py_thread_scans: u64,
     /// Off-CPU stacks not taken: their thread's stack budget was spent.
     pub offcpu_sampled_out: u64,
+    /// Children of followed processes that could not be followed (a map was full).
+    pub follow_full: u64,
     /// Stacks the DWARF unwinder walked, and the runs of its program that took.
     pub native_walks: u64,
     pub native_runs: u64,
@@ -189,6 +193,7 @@ pub struct Bpf {
     events: RingBuf<MapData>,
     stats: PerCpuArray<MapData, u64>,
     targets: HashMap<MapData, u32, u8>,
+    followed: HashMap<MapData, u32, u8>,
     py_procs: HashMap<MapData, u32, PyProcInfo>,
     tstate_cache: HashMap<MapData, u32, TstateEntry>,
     offcpu_sums: HashMap<MapData, OffCpuKey, OffCpuSum>,
@@ -246,8 +251,8 @@ impl Bpf {
         let task_flags = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["flags"])).unwrap_or(0);
         // Without them the scheduler hooks cannot tell whose switch they see: on-CPU sampling
         // goes on without them (a kernel built without CONFIG_DEBUG_INFO_BTF).
-        let off_cpu_possible = task_pid != 0 && task_tgid != 0;
-        if cfg.off_cpu && !off_cpu_possible {
+        let task_ids_known = task_pid != 0 && task_tgid != 0;
+        if cfg.off_cpu && !task_ids_known {
             log::warn!(
                 "{}: off-CPU tracking is off (on-CPU sampling goes on)",
                 if btf.is_none() {
@@ -257,7 +262,23 @@ impl Bpf {
                 }
             );
         }
-        let cfg = &BpfConfig { off_cpu: cfg.off_cpu && off_cpu_possible, ..*cfg };
+        // The fork hook reads the child's tgid at the same offsets: without them, the children
+        // running at start are still found from /proc, later ones are not.
+        if cfg.follow_children && !task_ids_known {
+            log::warn!(
+                "{}: child processes started from now on are not followed (those running now are)",
+                if btf.is_none() {
+                    "this kernel has no BTF (/sys/kernel/btf/vmlinux)"
+                } else {
+                    "the kernel's BTF has no task_struct.pid/tgid"
+                }
+            );
+        }
+        let cfg = &BpfConfig {
+            off_cpu: cfg.off_cpu && task_ids_known,
+            follow_children: cfg.follow_children && task_ids_known,
+            ..*cfg
+        };
         let task_state = match btf.as_ref().and_then(|b| b.offset_of_any("task_struct", kernel_btf::TASK_STATE_PATHS)) {
             Some((off, _)) => off,
             None => {
@@ -334,9 +355,15 @@ impl Bpf {
         })?;
         // Attached by `start_sampling`, once the caller has registered what it knows of.
 
-        // The exec hook always; the scheduler and syscall hooks only for off-CPU tracking.
+        // The exec hook always; the fork hook when children are followed; the scheduler and
+        // syscall hooks only for off-CPU tracking.
         for (prog, tracepoint) in names::RAW_TRACEPOINTS {
-            if prog == names::PROG_EXEC || cfg.off_cpu {
+            let wanted = match prog {
+                names::PROG_EXEC => true,
+                names::PROG_FORK => cfg.follow_children,
+                _ => cfg.off_cpu,
+            };
+            if wanted {
                 attach_raw_tracepoint(&mut ebpf, prog, tracepoint)?;
             }
         }
@@ -349,6 +376,7 @@ impl Bpf {
         let events = RingBuf::try_from(ebpf.take_map(names::MAP_EVENTS).context("EVENTS map missing")?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map(names::MAP_STATS).context("STATS map missing")?)?;
         let targets = HashMap::try_from(ebpf.take_map(names::MAP_TARGET_PIDS).context("TARGET_PIDS map missing")?)?;
+        let followed = HashMap::try_from(ebpf.take_map(names::MAP_FOLLOWED).context("FOLLOWED map missing")?)?;
         let py_procs = HashMap::try_from(ebpf.take_map(names::MAP_PY_PROCS).context("PY_PROCS map missing")?)?;
         let tstate_cache =
             HashMap::try_from(ebpf.take_map(names::MAP_TSTATE_CACHE).context("TSTATE_CACHE map missing")?)?;
@@ -361,6 +389,7 @@ impl Bpf {
             events,
             stats,
             targets,
+            followed,
             py_procs,
             tstate_cache,
             offcpu_sums,
@@ -407,6 +436,19 @@ impl Bpf {
     /// Starts sampling process `pid` (all its threads).
     pub fn add_target(&mut self, pid: u32) -> anyhow::Result<()> {
         self.targets.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the BPF target map"))
+    }
+
+    /// Samples process `pid` and follows it: every child it forks from now on is a target
+    /// (and followed) before it first runs (`process_fork` in the kernel).
+    pub fn follow(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.add_target(pid)?;
+        self.followed.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the BPF followed map"))
+    }
+
+    /// Every process the kernel follows now (those [`Bpf::follow`] added and the children it
+    /// added itself).
+    pub fn followed(&self) -> Vec<u32> {
+        self.followed.keys().filter_map(Result::ok).collect()
     }
 
     /// Starts the off-CPU intervals of `pid`'s threads that are asleep now. The kernel opens an
@@ -534,6 +576,7 @@ impl Bpf {
     pub fn forget_process(&mut self, pid: u32) {
         let _ = self.py_procs.remove(&pid);
         let _ = self.targets.remove(&pid);
+        let _ = self.followed.remove(&pid);
         if let Some(u) = &mut self.unwind {
             u.remove_process(pid);
         }
@@ -545,6 +588,7 @@ impl Bpf {
             lost: read(stat::LOST),
             py_thread_scans: read(stat::PY_THREAD_SCANS),
             offcpu_sampled_out: read(stat::OFFCPU_SAMPLED_OUT),
+            follow_full: read(stat::FOLLOW_FULL),
             native_walks: read(stat::NATIVE_WALKS),
             native_runs: read(stat::NATIVE_RUNS),
         }

@@ -9,12 +9,13 @@ pub mod top;
 
 use crate::cli::Command;
 
-/// Runs one subcommand to its end.
-pub async fn run(command: Command) -> anyhow::Result<()> {
+/// Runs one subcommand to its end; the exit status to end with (0, or the status of the
+/// command `profile` started, see [`profile`]).
+pub async fn run(command: Command) -> anyhow::Result<u8> {
     match command {
         Command::Profile(args) => profile::run(args).await,
-        Command::Diff(args) => diff::run(args),
-        Command::Top(args) => top::run(args).await,
-        Command::Daemon(args) => daemon::run(args).await,
+        Command::Diff(args) => diff::run(args).map(|()| 0),
+        Command::Top(args) => top::run(args).await.map(|()| 0),
+        Command::Daemon(args) => daemon::run(args).await.map(|()| 0),
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::{
-    cli::SamplingArgs,
+    cli::{SamplingArgs, SubprocessArgs},
     engine::{
         session::{DRAIN_INTERVAL, NativeConfig, Session, SessionConfig},
         target::TargetSpec,
@@ -34,6 +34,24 @@ pub fn mode(explicit: Option<Mode>, sampling: &SamplingArgs) -> anyhow::Result<M
         (None, true) => Ok(Mode::Cpu),
         (None, false) => Ok(Mode::Wall),
     }
+}
+
+/// Whether to follow the targets' children, from `--subprocesses` / `--no-subprocesses`
+/// (`None`: the target's default). They mean nothing with `--all`, which profiles every
+/// process already, nor with `--container`, whose later processes are found by their cgroup:
+/// say so rather than ignore them.
+pub fn subprocesses(flags: &SubprocessArgs, all: bool, containers: bool) -> anyhow::Result<Option<bool>> {
+    let choice = flags.choice();
+    if (all || containers) && choice.is_some() {
+        let flag = if flags.subprocesses { "--subprocesses" } else { "--no-subprocesses" };
+        let why = if all {
+            "with --all every process is profiled already"
+        } else {
+            "with --container every process of the container is profiled already, children included"
+        };
+        return Err(fatal(ExitCode::Usage, format!("{flag} is for --pid (and -- COMMAND) targets: {why}")));
+    }
+    Ok(choice)
 }
 
 /// A session's configuration from the shared sampling flags.

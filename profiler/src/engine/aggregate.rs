@@ -86,11 +86,12 @@ impl LoopWait {
     pub(super) const NONE: LoopWait = LoopWait { coroutine: NO_FRAME, stalled: false };
 }
 
-/// A process's names and cgroup, read when it is first seen (it may be gone when the profile
+/// A process's names, parent and cgroup, read when it is first seen (it may be gone when the profile
 /// is built).
 pub(super) struct ProcessInfo {
     pub comm: String,
     pub cmdline: Option<String>,
+    pub ppid: Option<u32>,
     pub cgroup: Option<CgroupIdentity>,
 }
 
@@ -248,8 +249,10 @@ impl Aggregator {
         let thread_name = comm_str(&s.comm);
         self.processes.entry(s.pid).or_insert_with(|| {
             // Read eagerly: the process may be gone by the time the profile is written.
+            let stat = procinfo::stat(s.pid);
             ProcessInfo {
-                comm: procinfo::comm(s.pid).unwrap_or_else(|| thread_name.clone()),
+                ppid: stat.as_ref().map(|s| s.ppid),
+                comm: stat.map(|s| s.comm).unwrap_or_else(|| thread_name.clone()),
                 cmdline: procinfo::cmdline(s.pid),
                 cgroup: cgroup::identity(s.pid),
             }
@@ -468,6 +471,7 @@ impl Aggregator {
         self.processes.entry(pid).or_insert_with(|| ProcessInfo {
             comm: format!("proc{pid}"),
             cmdline: None,
+            ppid: None,
             cgroup: None,
         });
         let t = self.threads.entry((pid, tid)).or_insert_with(|| (format!("thread{tid}"), 0));

@@ -33,14 +33,25 @@ pub trait Lookups {
     fn python_thread_name(&self, pid: u32, tid: u32) -> Option<String>;
     /// The CPython version of a process we unwound.
     fn python_version(&self, pid: u32) -> Option<String>;
-    /// (comm, command line) of a process never sampled (seen only through its totals).
-    fn process_names(&self, pid: u32) -> (Option<String>, Option<String>);
+    /// Name, command line and parent of a process never sampled (seen only through its
+    /// totals), and the command line of one whose first sample came too early to read it.
+    fn process_names(&self, pid: u32) -> ProcessNames;
+    /// The followed process that forked `pid` (exact, even once `pid` is re-parented).
+    fn forked_by(&self, pid: u32) -> Option<u32>;
     /// Cgroup of a process never sampled (None when it is gone).
     fn cgroup(&self, _pid: u32) -> Option<CgroupIdentity> {
         None
     }
     /// OS name of a thread never sampled.
     fn thread_name(&self, pid: u32, tid: u32) -> Option<String>;
+}
+
+/// What /proc says of a process, for [`Lookups::process_names`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessNames {
+    pub comm: Option<String>,
+    pub cmdline: Option<String>,
+    pub ppid: Option<u32>,
 }
 
 /// Target text of the stackless part of a thread's waits.
@@ -176,10 +187,13 @@ fn build_process(
     for t in &threads {
         totals_ns.add_all(&t.totals_ns);
     }
-    let (comm, cmdline) = match agg.processes.get(&pid) {
-        Some(info) if info.cmdline.is_some() => (Some(info.comm.clone()), info.cmdline.clone()),
-        Some(info) => (Some(info.comm.clone()), lookups.process_names(pid).1),
-        None => lookups.process_names(pid),
+    let (comm, cmdline, ppid) = match agg.processes.get(&pid) {
+        Some(info) if info.cmdline.is_some() => (Some(info.comm.clone()), info.cmdline.clone(), info.ppid),
+        Some(info) => (Some(info.comm.clone()), lookups.process_names(pid).cmdline, info.ppid),
+        None => {
+            let names = lookups.process_names(pid);
+            (names.comm, names.cmdline, names.ppid)
+        }
     };
     let container = match agg.processes.get(&pid).and_then(|info| info.cgroup.clone()) {
         Some(cgroup) => Some(cgroup),
@@ -188,6 +202,7 @@ fn build_process(
     .map(container);
     ProcessProfile {
         pid,
+        ppid: lookups.forked_by(pid).or(ppid),
         comm: comm.unwrap_or_default(),
         cmdline,
         python_version: lookups.python_version(pid),
@@ -266,8 +281,11 @@ mod tests {
         fn python_version(&self, pid: u32) -> Option<String> {
             (pid == 10).then(|| "3.12.1".to_string())
         }
-        fn process_names(&self, pid: u32) -> (Option<String>, Option<String>) {
-            (Some(format!("unsampled{pid}")), None)
+        fn process_names(&self, pid: u32) -> ProcessNames {
+            ProcessNames { comm: Some(format!("unsampled{pid}")), cmdline: None, ppid: Some(1) }
+        }
+        fn forked_by(&self, pid: u32) -> Option<u32> {
+            (pid == 10).then_some(9)
         }
         fn thread_name(&self, _pid: u32, tid: u32) -> Option<String> {
             Some(format!("os{tid}"))
@@ -296,6 +314,8 @@ mod tests {
         agg.add_raw(10, 11, None, &[], &[], &[], (1, 10 * MS));
         let p = &build(&agg, &Fake, &ThreadTotals::new())[0];
         assert_eq!((p.pid, p.comm.as_str(), p.python_version.as_deref()), (10, "proc10", Some("3.12.1")));
+        // The process that forked it, when followed.
+        assert_eq!(p.ppid, Some(9));
         let s = &p.stacks[0];
         let text: Vec<String> = s.frames.iter().map(Frame::to_string).collect();
         assert_eq!(text, ["main (/srv/app.py:3)", "work (/srv/app.py:9)", "fn_a1", "[kernel] k_b2", "[kernel] k_b1"]);
@@ -332,7 +352,8 @@ mod tests {
         // A process seen only through totals is named by the lookups.
         let only_totals: ThreadTotals =
             [((20, 21), [(Category::Sleep, MS)].into_iter().collect())].into_iter().collect();
-        assert_eq!(build(&Aggregator::new(100), &Fake, &only_totals)[0].comm, "unsampled20");
+        let unsampled = &build(&Aggregator::new(100), &Fake, &only_totals)[0];
+        assert_eq!((unsampled.comm.as_str(), unsampled.ppid), ("unsampled20", Some(1)));
     }
 
     #[test]
@@ -365,8 +386,11 @@ mod tests {
             fn python_version(&self, pid: u32) -> Option<String> {
                 Fake.python_version(pid)
             }
-            fn process_names(&self, pid: u32) -> (Option<String>, Option<String>) {
+            fn process_names(&self, pid: u32) -> ProcessNames {
                 Fake.process_names(pid)
+            }
+            fn forked_by(&self, pid: u32) -> Option<u32> {
+                Fake.forked_by(pid)
             }
             fn thread_name(&self, pid: u32, tid: u32) -> Option<String> {
                 Fake.thread_name(pid, tid)
@@ -399,8 +423,11 @@ mod tests {
             fn python_version(&self, _: u32) -> Option<String> {
                 None
             }
-            fn process_names(&self, _: u32) -> (Option<String>, Option<String>) {
-                (None, None)
+            fn process_names(&self, _: u32) -> ProcessNames {
+                ProcessNames::default()
+            }
+            fn forked_by(&self, _: u32) -> Option<u32> {
+                None
             }
             fn thread_name(&self, _: u32, _: u32) -> Option<String> {
                 None

@@ -4,8 +4,8 @@
 //! of an unknown kind is rejected and counted, never trusted.
 use bytes::Buf;
 use profiler_common::{
-    EventKind, ExecEvent, MAX_NATIVE_FRAMES, MAX_PY_FRAMES, OffCpuInfo, PreemptEndEvent, PyFrameRecord, SampleEvent,
-    TASK_COMM_LEN, ThreadMissEvent, unwind,
+    EventKind, ExecEvent, ForkEvent, MAX_NATIVE_FRAMES, MAX_PY_FRAMES, OffCpuInfo, PreemptEndEvent, PyFrameRecord,
+    SampleEvent, TASK_COMM_LEN, ThreadMissEvent, unwind,
 };
 
 /// An on-CPU sample, stacks leaf first.
@@ -37,6 +37,12 @@ pub enum Event {
     /// Process `pid` called exec.
     Exec {
         pid: u32,
+    },
+    /// Followed process `ppid` forked process `pid`; `flags` are `profiler_common::fork_flags`.
+    Fork {
+        pid: u32,
+        ppid: u32,
+        flags: u32,
     },
     /// A long blocking syscall, with the stacks it blocked in.
     OffCpu(Sample),
@@ -144,6 +150,14 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
             buf.advance(4);
             Ok(Event::Exec { pid: buf.get_u32_ne() })
         }
+        Some(EventKind::Fork) => {
+            if buf.len() < size_of::<ForkEvent>() {
+                return Err(DecodeError::Short { len: buf.len() });
+            }
+            buf.advance(4);
+            let (pid, ppid, flags) = (buf.get_u32_ne(), buf.get_u32_ne(), buf.get_u32_ne());
+            Ok(Event::Fork { pid, ppid, flags })
+        }
         Some(EventKind::ThreadMiss) => {
             if buf.len() < size_of::<ThreadMissEvent>() {
                 return Err(DecodeError::Short { len: buf.len() });
@@ -235,6 +249,17 @@ mod tests {
         raw.extend_from_slice(&4321u32.to_ne_bytes());
         assert_eq!(decode(&raw), Ok(Event::Exec { pid: 4321 }));
         assert_eq!(decode(&raw[..6]), Err(DecodeError::Short { len: 6 }));
+    }
+
+    #[test]
+    fn decodes_fork() {
+        let mut raw = Vec::new();
+        for word in [EventKind::Fork as u32, 4322, 4321, 3] {
+            raw.extend_from_slice(&word.to_ne_bytes());
+        }
+        assert_eq!(raw.len(), size_of::<ForkEvent>());
+        assert_eq!(decode(&raw), Ok(Event::Fork { pid: 4322, ppid: 4321, flags: 3 }));
+        assert_eq!(decode(&raw[..12]), Err(DecodeError::Short { len: 12 }));
     }
 
     #[test]

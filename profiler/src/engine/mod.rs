@@ -8,11 +8,15 @@
 //! - [`build`]: raw stacks and exact totals turned into the model (through [`build::Lookups`],
 //!   so it is tested without a live system).
 //! - [`target`]: what is profiled: the host, pids, or a command started for the profile.
+//! - [`tree`]: the targets' descendants, followed as they fork.
+//! - [`launch`]: the command started for the profile, and ending everything it started.
 //! - [`window`]: window profiles merged into longer spans, and the daemon's ring of them.
 pub mod aggregate;
 pub mod build;
 pub mod events;
+pub mod launch;
 pub mod session;
 pub mod target;
 pub mod totals;
+pub mod tree;
 pub mod window;

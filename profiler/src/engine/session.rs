@@ -12,7 +12,7 @@ use std::{
 };
 
 use profiler_common::{
-    OffCpuKey, OffCpuSum, ThreadTimes,
+    OffCpuKey, OffCpuSum, ThreadTimes, fork_flags,
     unwind::{Mapping, PageEntry, ProcMaps, RuleRec, TableInfo, UnwindRow},
 };
 
@@ -20,9 +20,9 @@ use crate::{
     bpf::{Bpf, BpfConfig, UnwindMaps},
     engine::{
         aggregate::Aggregator,
-        build::{self, Lookups},
+        build::{self, Lookups, ProcessNames},
         events::{self, Event},
-        target::{Running, TargetSpec},
+        target::{CommandEnd, Running, TargetSpec},
         totals::{ThreadTotals, classify_waits, thread_totals},
     },
     host::{
@@ -163,11 +163,12 @@ impl Session {
             native_rows: cfg
                 .native
                 .map(|n| (n.table_bytes / size_of::<UnwindRow>() as u64).min(u32::MAX as u64) as u32),
+            follow_children: cfg.target.follows_children(),
         })?;
         // A command is sampled from its first instruction (it starts gated, see target.rs);
         // other targets once the Python processes among them are registered, so that their
         // first samples already have Python frames.
-        let command = matches!(cfg.target, TargetSpec::Command(_));
+        let command = matches!(cfg.target, TargetSpec::Command { .. });
         let explicit_pids = cfg.target.is_explicit();
         if command {
             bpf.start_sampling()?;
@@ -180,7 +181,7 @@ impl Session {
         // program's off-CPU weight, on a loaded machine where inspecting takes a while).
         let mut python = PythonRegistry::default();
         let mut classifier = Classifier::default();
-        if let TargetSpec::Pids(pids) = &cfg.target {
+        if let TargetSpec::Pids { pids, .. } = &cfg.target {
             for &pid in pids {
                 python.observe(pid);
             }
@@ -228,8 +229,9 @@ impl Session {
         }
         session.register_native();
         session.register_python();
-        // Explicit --pid targets that are not Python are tracked off-CPU too (with --all only
-        // Python processes are, and they were seeded when registered).
+        // Explicit --pid targets (and their descendants) that are not Python are tracked
+        // off-CPU too (with --all only Python processes are, and they were seeded when
+        // registered).
         if explicit_pids {
             for pid in session.running.initial_pids() {
                 session.bpf.seed_sleeping_threads(pid);
@@ -247,6 +249,10 @@ impl Session {
         self.drain();
         self.ticks += 1;
         if self.ticks.is_multiple_of(HOUSEKEEPING_EVERY) {
+            // Followed children whose fork event was lost are looked at as new targets.
+            for pid in self.running.sweep(&mut self.bpf) {
+                self.python.observe(pid);
+            }
             self.symbols.resolve_pending();
             self.python.refresh_thread_names();
             classify_waits(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
@@ -265,7 +271,7 @@ impl Session {
 
     /// Hands every waiting ring-buffer record to the aggregator.
     pub fn drain(&mut self) {
-        let Session { bpf, agg, symbols, python, classifier, awaiting_exec, decode_errors, native, .. } = self;
+        let Session { bpf, agg, symbols, python, classifier, awaiting_exec, decode_errors, native, running, .. } = self;
         let mut seen_pids = HashSet::new();
         let mut seen = |pid: u32| {
             seen_pids.insert(pid);
@@ -287,8 +293,18 @@ impl Session {
                 agg.preempt_end(tid, since_ns, runq_ns, symbols, python)
             }
             Ok(Event::ThreadMiss { pid, tid, key_offset, key }) => python.thread_miss(pid, tid, key_offset, key),
-            Ok(Event::Exec { pid }) if *awaiting_exec == Some(pid) => *awaiting_exec = None,
+            Ok(Event::Fork { pid, ppid, flags }) => {
+                running.forked(pid, ppid);
+                if flags & fork_flags::FOLLOWED != 0 {
+                    python.forked(pid, ppid, flags & fork_flags::PYTHON_COPIED != 0);
+                }
+            }
+            Ok(Event::Exec { pid }) if *awaiting_exec == Some(pid) => {
+                *awaiting_exec = None;
+                running.exec(pid);
+            }
             Ok(Event::Exec { pid }) => {
+                running.exec(pid);
                 // A new program in the same pid: forget what we knew and look again.
                 python.exec(pid);
                 symbols.forget(pid);
@@ -367,7 +383,11 @@ impl Session {
             off_cpu_threshold_ns: self.off_cpu_threshold_ns,
             off_cpu_events: self.agg.off_cpu_events,
             off_cpu_stacks_sampled_out: counters.offcpu_sampled_out.saturating_sub(self.base.sampled_out),
-            processes: build::build(&self.agg, &Live { symbols: &self.symbols, python: &self.python }, &totals),
+            processes: build::build(
+                &self.agg,
+                &Live { symbols: &self.symbols, python: &self.python, running: &self.running },
+                &totals,
+            ),
             bpf_stats: self.bpf_stats.then(|| {
                 self.bpf
                     .program_stats()
@@ -387,6 +407,7 @@ impl Session {
         self.window_start = Instant::now();
         self.window_start_wall = SystemTime::now();
         self.forget_exited();
+        self.running.forget_exited();
         if self.files_cached_since.elapsed() >= DROP_FILE_CACHES_EVERY {
             self.symbols.drop_file_caches();
             self.files_cached_since = Instant::now();
@@ -402,15 +423,29 @@ impl Session {
         profile
     }
 
-    /// Stops a command we started, if it still runs.
-    pub fn stop(&mut self) {
-        self.running.stop();
+    /// Ends what is left of a command we started (or leaves it running, as configured); what
+    /// became of it. `None` without a command.
+    pub fn stop(&mut self) -> Option<CommandEnd> {
+        self.running.stop()
     }
 
-    /// Notes for the summary: targets that exited, processes that could not be unwound.
+    /// The command we started was stopped for using the terminal.
+    pub fn command_stopped_on_terminal(&self) -> bool {
+        self.running.stopped_on_terminal()
+    }
+
+    /// Notes for the summary: targets that exited, processes that could not be unwound or
+    /// followed.
     pub fn notes(&self) -> Vec<String> {
         let mut notes = self.running.notes();
         notes.extend(self.python.notes.iter().cloned());
+        let unfollowed = self.bpf.counters().follow_full;
+        if unfollowed > 0 {
+            notes.push(format!(
+                "{unfollowed} child processes were not followed: the kernel's target map was full ({} processes)",
+                profiler_common::map_size::TARGET_PIDS
+            ));
+        }
         notes
     }
 
@@ -526,6 +561,7 @@ fn register_python(bpf: &mut Bpf, python: &mut PythonRegistry, classifier: &mut 
 struct Live<'a> {
     symbols: &'a Symbols,
     python: &'a PythonRegistry,
+    running: &'a Running,
 }
 
 impl Lookups for Live<'_> {
@@ -551,8 +587,18 @@ impl Lookups for Live<'_> {
         self.python.version(pid).map(|v| v.to_string())
     }
 
-    fn process_names(&self, pid: u32) -> (Option<String>, Option<String>) {
-        (procinfo::comm(pid), procinfo::cmdline(pid))
+    fn process_names(&self, pid: u32) -> ProcessNames {
+        let stat = procinfo::stat(pid);
+        ProcessNames {
+            ppid: stat.as_ref().map(|s| s.ppid),
+            // A followed child that has exited is named as it was last seen.
+            comm: stat.map(|s| s.comm).or_else(|| self.running.comm(pid).map(str::to_string)),
+            cmdline: procinfo::cmdline(pid),
+        }
+    }
+
+    fn forked_by(&self, pid: u32) -> Option<u32> {
+        self.running.ppid(pid)
     }
 
     fn cgroup(&self, pid: u32) -> Option<crate::host::cgroup::CgroupIdentity> {

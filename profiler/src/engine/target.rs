@@ -1,22 +1,34 @@
 //! What to profile: the whole host, given pids, the processes of given containers, or a
-//! command we start.
-use std::{
-    collections::HashSet,
-    ffi::{CString, OsString},
-};
+//! command we start; with or without the pids' and command's descendants ([`super::tree`]), and what happens to a command still running when
+//! profiling stops ([`super::launch`]).
+use std::{collections::HashSet, ffi::OsString};
 
 use crate::{
     bpf::Bpf,
+    engine::{
+        launch::{self, Ended, Launched, NamedPid},
+        tree::Tree,
+    },
     error::{ExitCode, fatal},
     host::{cgroup, procinfo},
 };
 
 pub enum TargetSpec {
     All,
-    Pids(Vec<u32>),
+    Pids {
+        pids: Vec<u32>,
+        /// Follow their descendants.
+        children: bool,
+    },
     /// Full container ids (resolved from the prefixes given) and their processes now.
     Containers(Containers),
-    Command(Vec<OsString>),
+    Command {
+        argv: Vec<OsString>,
+        /// Follow its descendants.
+        children: bool,
+        /// Leave it running when profiling stops before it exits.
+        leave_running: bool,
+    },
 }
 
 /// The processes of some containers: those running, and those that appear later (checked on
@@ -103,13 +115,22 @@ fn all_pids() -> Vec<u32> {
 
 impl TargetSpec {
     /// Checks the target before anything is loaded: pids must exist (a thread id stands for its
-    /// process), a command must be non-empty.
-    pub fn resolve(all: bool, pids: &[u32], containers: &[String], command: &[OsString]) -> anyhow::Result<Self> {
+    /// process), a command must be non-empty, container prefixes must name one container each.
+    /// `children`: follow the pids' or command's descendants (`None`: the default, yes for a
+    /// command, no for pids).
+    pub fn resolve(
+        all: bool,
+        pids: &[u32],
+        containers: &[String],
+        command: &[OsString],
+        children: Option<bool>,
+        leave_running: bool,
+    ) -> anyhow::Result<Self> {
         if all {
             return Ok(Self::All);
         }
         if !command.is_empty() {
-            return Ok(Self::Command(command.to_vec()));
+            return Ok(Self::Command { argv: command.to_vec(), children: children.unwrap_or(true), leave_running });
         }
         if !containers.is_empty() {
             return Ok(Self::Containers(Containers::resolve(containers)?));
@@ -129,190 +150,107 @@ impl TargetSpec {
                 resolved.push(tgid);
             }
         }
-        Ok(Self::Pids(resolved))
+        Ok(Self::Pids { pids: resolved, children: children.unwrap_or(false) })
     }
 
-    /// Registers the targets with the loaded BPF programs (starting the command if there is one).
+    /// Whether the kernel must follow forks.
+    pub fn follows_children(&self) -> bool {
+        match self {
+            // A container's later processes are found by their cgroup, children or not.
+            Self::All | Self::Containers(_) => false,
+            Self::Pids { children, .. } | Self::Command { children, .. } => *children,
+        }
+    }
+
+    /// Registers the targets with the loaded BPF programs (starting the command if there is
+    /// one; following the pids' descendants running now, if asked).
     pub fn start(self, bpf: &mut Bpf) -> anyhow::Result<Running> {
         match self {
-            Self::All => Ok(Running::All),
-            Self::Pids(pids) => {
+            Self::All => Ok(Running { started: Started::All, tree: None }),
+            Self::Pids { pids, children: false } => {
                 for &pid in &pids {
                     bpf.add_target(pid)?;
                 }
-                Ok(Running::Pids { pids, gone: Vec::new() })
+                Ok(Running { started: Started::Pids { pids, gone: Vec::new(), descendants: Vec::new() }, tree: None })
+            }
+            Self::Pids { pids, children: true } => {
+                let mut tree = Tree::default();
+                tree.follow_roots(&pids, bpf)?;
+                let descendants = tree.adopt_running(bpf);
+                Ok(Running { started: Started::Pids { pids, gone: Vec::new(), descendants }, tree: Some(tree) })
             }
             Self::Containers(containers) => {
                 for &pid in &containers.members {
                     bpf.add_target(pid)?;
                 }
-                Ok(Running::Containers(containers))
+                Ok(Running { started: Started::Containers(containers), tree: None })
             }
-            Self::Command(argv) => Ok(Running::Command(spawn_gated(&argv, bpf)?)),
+            Self::Command { argv, children, leave_running } => {
+                let mut tree = children.then(Tree::default);
+                let launched = launch::spawn_gated(&argv, !leave_running, |pid| match &mut tree {
+                    Some(tree) => tree.follow_roots(&[pid], bpf),
+                    None => bpf.add_target(pid),
+                })?;
+                Ok(Running { started: Started::Command { launched, leave_running }, tree })
+            }
         }
     }
 
     /// The processes are named one by one (pids, containers), not the whole host or a command.
     pub fn is_explicit(&self) -> bool {
-        matches!(self, Self::Pids(_) | Self::Containers(_))
+        matches!(self, Self::Pids { .. } | Self::Containers(_))
     }
 }
 
-/// A command we started: its pid, and its wait status once reaped.
-pub struct Launched {
-    pid: u32,
-    status: Option<i32>,
-}
-
-/// Finds the program like execvp would, so that a missing one fails here with a clear message.
-fn resolve_program(name: &OsString) -> anyhow::Result<std::path::PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let not_found = |why: &str| fatal(ExitCode::Target, format!("cannot start '{}': {why}", name.to_string_lossy()));
-    let executable = |p: &std::path::Path| {
-        std::fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
-    };
-    let path = std::path::Path::new(name);
-    if name.as_encoded_bytes().contains(&b'/') {
-        if !path.exists() {
-            return Err(not_found("no such file"));
-        }
-        if !executable(path) {
-            return Err(not_found("not an executable file"));
-        }
-        return Ok(path.to_path_buf());
-    }
-    let search = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&search)
-        .map(|dir| dir.join(name))
-        .find(|p| executable(p))
-        .ok_or_else(|| not_found("command not found in PATH"))
-}
-
-fn cstring(s: &std::ffi::OsStr) -> anyhow::Result<CString> {
-    CString::new(s.as_encoded_bytes())
-        .map_err(|_| fatal(ExitCode::Usage, format!("argument '{}' contains a NUL byte", s.to_string_lossy())))
-}
-
-fn pipe() -> std::io::Result<(i32, i32)> {
-    let mut fds = [0i32; 2];
-    // SAFETY: plain syscall on a valid array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((fds[0], fds[1]))
-}
-
-/// Starts `argv` so that it cannot run one instruction of the program before its pid is in the
-/// BPF target map: the forked child waits on a pipe until we say go, then execs.
-///
-/// This is fork+exec by hand because std's `Command::spawn` waits for the exec to happen, which
-/// would deadlock with a child that waits for us.
-fn spawn_gated(argv: &[OsString], bpf: &mut Bpf) -> anyhow::Result<Launched> {
-    let program = cstring(resolve_program(&argv[0])?.as_os_str())?;
-    let args = argv.iter().map(|a| cstring(a)).collect::<anyhow::Result<Vec<_>>>()?;
-    let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    arg_ptrs.push(std::ptr::null());
-    let (gate_r, gate_w) = pipe()?;
-    let (err_r, err_w) = pipe()?;
-
-    // SAFETY: after fork the child only makes async-signal-safe calls (close, read, execv,
-    // write, _exit) on memory prepared before the fork.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    if pid == 0 {
-        // SAFETY: the child of a fork; only async-signal-safe calls on memory prepared before it.
-        unsafe {
-            libc::close(gate_w);
-            libc::close(err_r);
-            let mut byte = 0u8;
-            let go = loop {
-                let n = libc::read(gate_r, std::ptr::from_mut(&mut byte).cast(), 1);
-                if n >= 0 || *libc::__errno_location() != libc::EINTR {
-                    break n == 1;
-                }
-            };
-            if go {
-                libc::execv(program.as_ptr(), arg_ptrs.as_ptr());
-            }
-            let errno: i32 = if go { *libc::__errno_location() } else { 0 };
-            libc::write(err_w, std::ptr::from_ref(&errno).cast(), 4);
-            libc::_exit(127);
-        }
-    }
-
-    let pid = pid as u32;
-    // SAFETY: closing the ends of our own pipes that only the child uses.
-    unsafe {
-        libc::close(gate_r);
-        libc::close(err_w);
-    }
-    let registered = bpf.add_target(pid);
-    // Closing the gate without a byte makes the child exit instead of running unprofiled.
-    if registered.is_ok() {
-        // SAFETY: one byte from a live array into our pipe.
-        unsafe { libc::write(gate_w, [1u8].as_ptr().cast(), 1) };
-    }
-    // SAFETY: our own descriptor, closed once.
-    unsafe { libc::close(gate_w) };
-    // The error pipe closes on a successful exec (O_CLOEXEC) or carries exec's errno.
-    let mut errno = 0i32;
-    // SAFETY: reads at most 4 bytes into an i32 we own, then closes our own descriptor.
-    let n = unsafe { libc::read(err_r, std::ptr::from_mut(&mut errno).cast(), 4) };
-    // SAFETY: as above.
-    unsafe { libc::close(err_r) };
-    let mut launched = Launched { pid, status: None };
-    if n == 4 || registered.is_err() {
-        launched.wait(true);
-        registered?;
-        return Err(fatal(
-            ExitCode::Target,
-            format!("cannot start '{}': {}", argv[0].to_string_lossy(), std::io::Error::from_raw_os_error(errno)),
-        ));
-    }
-    Ok(launched)
-}
-
-impl Launched {
-    /// Reaps the child if it has exited (or waits for it when `block`).
-    fn wait(&mut self, block: bool) -> Option<i32> {
-        if self.status.is_none() {
-            let mut status = 0;
-            let flags = if block { 0 } else { libc::WNOHANG };
-            // SAFETY: waiting for our own child.
-            if unsafe { libc::waitpid(self.pid as i32, &mut status, flags) } == self.pid as i32 {
-                self.status = Some(status);
-            }
-        }
-        self.status
-    }
-}
-
-pub enum Running {
+enum Started {
     All,
-    Pids { pids: Vec<u32>, gone: Vec<u32> },
+    Pids {
+        pids: Vec<u32>,
+        gone: Vec<u32>,
+        /// Their descendants running at start (when followed).
+        descendants: Vec<u32>,
+    },
     Containers(Containers),
-    Command(Launched),
+    Command {
+        launched: Launched,
+        leave_running: bool,
+    },
+}
+
+/// The targets while profiling.
+pub struct Running {
+    started: Started,
+    /// The followed processes, when descendants are followed.
+    tree: Option<Tree>,
+}
+
+/// What became of the command when profiling stopped, for the user and pyebpf's exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandEnd {
+    /// It exited on its own (wait status); `left` of its processes were still running and
+    /// are left so.
+    Exited { status: i32, left: Vec<NamedPid> },
+    /// Profiling stopped first and pyebpf ended its processes.
+    Ended { ended: Ended, status: Option<i32> },
+    /// Profiling stopped first; `--leave-running` leaves these processes running.
+    LeftRunning { running: Vec<NamedPid> },
 }
 
 impl Running {
     /// Processes known to be targets from the start (for `--all`, every process now running).
     pub fn initial_pids(&self) -> Vec<u32> {
-        match self {
-            Self::All => procfs::process::all_processes()
-                .map(|all| all.filter_map(|p| p.ok()).map(|p| p.pid as u32).collect())
-                .unwrap_or_default(),
-            Self::Pids { pids, .. } => pids.clone(),
-            Self::Containers(c) => c.members.clone(),
-            Self::Command(_) => Vec::new(),
+        match &self.started {
+            Started::All => all_pids(),
+            Started::Pids { pids, descendants, .. } => pids.iter().chain(descendants).copied().collect(),
+            Started::Containers(c) => c.members.clone(),
+            Started::Command { .. } => Vec::new(),
         }
     }
 
     /// Targets that appeared since the last call (processes a target container started),
     /// now registered with the BPF programs.
     pub fn discover(&mut self, bpf: &mut Bpf) -> Vec<u32> {
-        let Self::Containers(c) = self else { return Vec::new() };
+        let Started::Containers(c) = &mut self.started else { return Vec::new() };
         let joined = c.discover();
         joined.into_iter().filter(|&pid| bpf.add_target(pid).is_ok()).collect()
     }
@@ -320,71 +258,117 @@ impl Running {
     /// The command we started, until its exec is seen: its samples before that are our own
     /// forked child between fork and exec, not the command.
     pub fn launched_pid(&self) -> Option<u32> {
-        match self {
-            Self::Command(child) => Some(child.pid),
+        match &self.started {
+            Started::Command { launched, .. } => Some(launched.pid),
             _ => None,
+        }
+    }
+
+    /// The kernel followed a child forked by `ppid`.
+    pub fn forked(&mut self, pid: u32, ppid: u32) {
+        if let Some(tree) = &mut self.tree {
+            tree.forked(pid, ppid);
+        }
+    }
+
+    /// A followed process called exec.
+    pub fn exec(&mut self, pid: u32) {
+        if let Some(tree) = &mut self.tree {
+            tree.exec(pid);
+        }
+    }
+
+    /// The parent of a followed process (the one that forked it).
+    pub fn ppid(&self, pid: u32) -> Option<u32> {
+        self.tree.as_ref()?.ppid(pid)
+    }
+
+    /// The name of a followed process when last read (it may have exited since).
+    pub fn comm(&self, pid: u32) -> Option<&str> {
+        self.tree.as_ref()?.comm(pid)
+    }
+
+    /// Housekeeping of the followed processes (see [`Tree::sweep`]): the pids of followed
+    /// children not seen before (their fork event was lost).
+    pub fn sweep(&mut self, bpf: &mut Bpf) -> Vec<u32> {
+        self.tree.as_mut().map(|t| t.sweep(bpf)).unwrap_or_default()
+    }
+
+    /// Forgets followed processes that exited (rotating sessions, after a window is built).
+    pub fn forget_exited(&mut self) {
+        if let Some(tree) = &mut self.tree {
+            tree.forget_exited();
         }
     }
 
     /// Polls the targets; `Some(reason)` once there is nothing left to profile.
     pub fn finished(&mut self) -> Option<String> {
-        match self {
+        let tree = &self.tree;
+        match &mut self.started {
             // A container's processes come and go (and it may restart): until stopped.
-            Self::All | Self::Containers(_) => None,
-            Self::Pids { pids, gone } => {
+            Started::All | Started::Containers(_) => None,
+            Started::Pids { pids, gone, .. } => {
                 for &pid in pids.iter() {
                     if !gone.contains(&pid) && !procinfo::is_alive(pid) {
                         gone.push(pid);
                     }
                 }
-                (gone.len() == pids.len()).then(|| match pids.as_slice() {
-                    [pid] => format!("process {pid} exited"),
-                    _ => "all target processes exited".to_string(),
+                if gone.len() < pids.len() || tree.as_ref().is_some_and(Tree::any_running) {
+                    return None;
+                }
+                let children =
+                    if tree.as_ref().is_some_and(|t| t.len() > pids.len()) { " and their children" } else { "" };
+                Some(match pids.as_slice() {
+                    [pid] if children.is_empty() => format!("process {pid} exited"),
+                    [pid] => format!("process {pid} and its children exited"),
+                    _ => format!("all target processes{children} exited"),
                 })
             }
-            Self::Command(child) => {
-                child.wait(false).map(|status| format!("command exited ({})", describe_status(status)))
+            Started::Command { launched, .. } => {
+                if let Some(status) = launched.wait(false) {
+                    return Some(format!("command exited ({})", launch::describe_status(status)));
+                }
+                launched.terminal_stop().map(|signal| {
+                    format!(
+                        "the command was stopped by {} when it used the terminal: it runs in a process group of \
+                         its own, which cannot read the terminal (give it its input with `< FILE`, or start it \
+                         yourself and profile it with --pid)",
+                        launch::signal_name(signal)
+                    )
+                })
             }
         }
     }
 
+    /// The command was stopped for touching the terminal (see [`Running::finished`]).
+    pub fn stopped_on_terminal(&self) -> bool {
+        matches!(&self.started, Started::Command { launched, .. } if launched.terminal_stop().is_some())
+    }
+
     /// Notes about targets that exited while profiling (for the summary).
     pub fn notes(&self) -> Vec<String> {
-        match self {
-            Self::Pids { pids, gone } if !gone.is_empty() && gone.len() < pids.len() => {
+        match &self.started {
+            Started::Pids { pids, gone, .. } if !gone.is_empty() && gone.len() < pids.len() => {
                 gone.iter().map(|pid| format!("process {pid} exited during profiling; its samples are kept")).collect()
             }
             _ => Vec::new(),
         }
     }
 
-    /// When profiling stops before the command we started has exited, stop it too: it was
-    /// started for this profile. SIGTERM first, SIGKILL after a grace period.
-    pub fn stop(&mut self) {
-        let Self::Command(child) = self else { return };
-        if child.wait(false).is_some() {
-            return;
+    /// When profiling stops, what becomes of a command we started: if it still runs, its
+    /// processes are ended (it was started for the profile), or left running with
+    /// `--leave-running`; if it exited on its own, what it left running stays. `None` when
+    /// there is no command.
+    pub fn stop(&mut self) -> Option<CommandEnd> {
+        let tree = self.tree.as_ref();
+        let Started::Command { launched, leave_running } = &mut self.started else { return None };
+        if let Some(status) = launched.wait(false) {
+            return Some(CommandEnd::Exited { status, left: launched.running(tree) });
         }
-        // SAFETY: signalling our own child, which has not been reaped.
-        unsafe { libc::kill(child.pid as i32, libc::SIGTERM) };
-        for _ in 0..40 {
-            if child.wait(false).is_some() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        if *leave_running {
+            return Some(CommandEnd::LeftRunning { running: launched.running(tree) });
         }
-        // SAFETY: a signal to the child we started and have not reaped.
-        unsafe { libc::kill(child.pid as i32, libc::SIGKILL) };
-        child.wait(true);
-    }
-}
-
-fn describe_status(status: i32) -> String {
-    if libc::WIFEXITED(status) {
-        format!("status {}", libc::WEXITSTATUS(status))
-    } else if libc::WIFSIGNALED(status) {
-        format!("signal {}", libc::WTERMSIG(status))
-    } else {
-        "unknown status".to_string()
+        let ended = launched.end(tree);
+        Some(CommandEnd::Ended { ended, status: launched.status() })
     }
 }

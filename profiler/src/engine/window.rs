@@ -38,6 +38,9 @@ fn merge_process(into: &mut ProcessProfile, other: &ProcessProfile) {
     if other.python_version.is_some() {
         into.python_version = other.python_version.clone();
     }
+    if other.ppid.is_some() {
+        into.ppid = other.ppid;
+    }
     if other.container.is_some() {
         into.container = other.container.clone();
     }
@@ -263,6 +266,7 @@ mod tests {
             processes: vec![ProcessProfile {
                 container: None,
                 pid: 1,
+                ppid: None,
                 comm: "app".into(),
                 cmdline: None,
                 python_version: Some("3.12.1".into()),

@@ -3,7 +3,49 @@ use procfs::process::Process;
 
 /// Process name (the main thread's `comm`).
 pub fn comm(pid: u32) -> Option<String> {
-    Process::new(pid as i32).ok()?.stat().ok().map(|s| s.comm)
+    stat(pid).map(|s| s.comm)
+}
+
+/// What /proc/PID/stat says of a process: its name, and its place among processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    pub pid: u32,
+    pub comm: String,
+    /// The parent now (a process whose parent exited has been re-parented, to init or a
+    /// subreaper).
+    pub ppid: u32,
+    /// Process group and session.
+    pub pgrp: u32,
+    pub session: u32,
+    /// Exited and not yet reaped, or being torn down: not running any more.
+    pub zombie: bool,
+    /// When it started, in clock ticks since boot: with the pid, names one process (a pid is
+    /// reused after its process is reaped, the pair is not).
+    pub starttime: u64,
+}
+
+fn proc_stat(process: &Process) -> Option<ProcStat> {
+    let s = process.stat().ok()?;
+    Some(ProcStat {
+        pid: s.pid as u32,
+        comm: s.comm,
+        ppid: s.ppid as u32,
+        pgrp: s.pgrp as u32,
+        session: s.session as u32,
+        zombie: s.state == 'Z' || s.state == 'X',
+        starttime: s.starttime,
+    })
+}
+
+/// /proc/PID/stat of one process; `None` once it is reaped.
+pub fn stat(pid: u32) -> Option<ProcStat> {
+    proc_stat(&Process::new(pid as i32).ok()?)
+}
+
+/// /proc/PID/stat of every process on the host (one pass over /proc).
+pub fn all_stats() -> Vec<ProcStat> {
+    let Ok(all) = procfs::process::all_processes() else { return Vec::new() };
+    all.filter_map(Result::ok).filter_map(|p| proc_stat(&p)).collect()
 }
 
 /// A thread's name (`comm`).
@@ -158,6 +200,27 @@ mod tests {
         );
         assert_eq!(parse_syscall("-1 0x7ffc 0x7f12"), None);
         assert_eq!(parse_syscall("running"), None);
+    }
+
+    #[test]
+    fn stat_places_a_process_in_its_tree() {
+        let me = stat(std::process::id()).unwrap();
+        assert_eq!((me.pid, me.zombie), (std::process::id(), false));
+        // SAFETY: plain getters.
+        let (ppid, pgrp, sid) = unsafe { (libc::getppid(), libc::getpgrp(), libc::getsid(0)) };
+        assert_eq!((me.ppid, me.pgrp, me.session), (ppid as u32, pgrp as u32, sid as u32));
+        assert!(me.starttime > 0);
+        assert!(all_stats().contains(&me));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Exited, not reaped: a zombie until waited for, then gone.
+        let zombie = (0..200).find_map(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            stat(pid).filter(|s| s.zombie)
+        });
+        assert_eq!(zombie.map(|z| z.ppid), Some(std::process::id()));
+        child.wait().unwrap();
+        assert_eq!(stat(pid), None);
     }
 
     #[test]

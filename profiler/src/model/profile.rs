@@ -58,6 +58,11 @@ pub struct ProgramStats {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessProfile {
     pub pid: u32,
+    /// Its parent: the process that forked it when it was followed as a target's descendant,
+    /// else its parent in /proc when first seen. Absent in profiles written before pyebpf
+    /// knew it (and then not written back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ppid: Option<u32>,
     pub comm: String,
     pub cmdline: Option<String>,
     /// CPython version when this is a Python process we unwound.
@@ -404,6 +409,7 @@ pub(crate) mod tests {
             processes: vec![ProcessProfile {
                 container: None,
                 pid: 10,
+                ppid: None,
                 comm: "app".into(),
                 cmdline: None,
                 python_version: None,

@@ -69,14 +69,18 @@ pub fn write(profile: &Profile, notes: &[String], w: &mut dyn Write) -> std::io:
     let wall_secs = |ns: u64| ns as f64 / 1e9;
     writeln!(w)?;
     writeln!(w, "{:>8}  {:<16} {:>9}  {:<44} COMMAND", "PID/└TID", "PROCESS/THREAD", "TIME s", "WHERE THE TIME WENT")?;
+    // A process whose parent is profiled too (a followed child: a worker, a pool process) says
+    // which one: their command lines are often the same.
+    let profiled: std::collections::HashSet<u32> = profile.processes.iter().map(|p| p.pid).collect();
     for p in profile.processes.iter().take(TOP_PROCESSES) {
         writeln!(
             w,
-            "{:>8}  {:<16} {:>9.2}  {:<44} {}{}",
+            "{:>8}  {:<16} {:>9.2}  {:<44} {}{}{}",
             p.pid,
             truncate(&p.comm, 16),
             wall_secs(p.wall_ns),
             truncate(&split(&p.totals_ns, p.wall_ns), 44),
+            p.ppid.filter(|ppid| profiled.contains(ppid)).map(|ppid| format!("[child of {ppid}] ")).unwrap_or_default(),
             p.python_version.as_deref().map(|v| format!("[Python {v}] ")).unwrap_or_default(),
             truncate(p.cmdline.as_deref().unwrap_or("-"), 50),
         )?;

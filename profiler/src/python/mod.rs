@@ -452,6 +452,39 @@ impl PythonRegistry {
         Known::Unsupported
     }
 
+    /// Followed process `parent` forked `pid`: the child is a copy of the parent's memory, so
+    /// it is the same interpreter at the same addresses (no inspection needed), and not Python
+    /// if the parent is not (until it execs: see [`PythonRegistry::exec`]). `copied`: the
+    /// kernel already gave the child its parent's layout.
+    pub fn forked(&mut self, pid: u32, parent: u32, copied: bool) {
+        let known = match self.known.get(&parent) {
+            Some(Known::Python(p)) => {
+                let mut info = proc_info(p.interpreter.runtime_addr, &p.offsets);
+                if p.namespaced {
+                    info.tstate_native_thread_id = PY_OFFSET_NONE;
+                }
+                if !copied {
+                    self.pending.push((pid, info));
+                }
+                self.gil_pending.insert(pid);
+                Known::Python(Box::new(PythonProcess {
+                    interpreter: p.interpreter.clone(),
+                    offsets: p.offsets,
+                    mem: Memory::new(pid),
+                    code_type: p.code_type,
+                    codes: HashMap::new(),
+                    thread_names: HashMap::new(),
+                    names_read: None,
+                    namespaced: p.namespaced,
+                }))
+            }
+            Some(Known::NotPython { .. }) => Known::NotPython { checked: Instant::now(), recheck_until: None },
+            Some(Known::Unsupported) => Known::Unsupported,
+            None => return self.observe(pid),
+        };
+        self.known.insert(pid, known);
+    }
+
     /// Process `pid` called exec: inspect it afresh, for a while, as a new process.
     pub fn exec(&mut self, pid: u32) {
         self.gil_pending.remove(&pid);

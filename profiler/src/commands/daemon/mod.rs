@@ -52,7 +52,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     if args.retention < args.window {
         return Err(fatal(ExitCode::Usage, "--retention must be at least one --window"));
     }
-    let target = TargetSpec::resolve(args.target.all(), &args.target.pids, &args.target.containers, &[])?;
+    let children =
+        runner::subprocesses(&args.target.subprocesses, args.target.all(), !args.target.containers.is_empty())?;
+    let target =
+        TargetSpec::resolve(args.target.all(), &args.target.pids, &args.target.containers, &[], children, false)?;
     let mode = runner::mode(None, &args.sampling)?;
     let push = args.push.as_deref().map(|url| push::Target::parse(url, &args.push_name)).transpose()?;
     let otlp = args.otlp.as_deref().map(push::OtlpTarget::parse).transpose()?;

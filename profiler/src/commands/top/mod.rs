@@ -25,7 +25,10 @@ use crate::{
 
 pub async fn run(args: TopArgs) -> anyhow::Result<()> {
     runner::preflight(&args.sampling)?;
-    let target = TargetSpec::resolve(args.target.all(), &args.target.pids, &args.target.containers, &[])?;
+    let children =
+        runner::subprocesses(&args.target.subprocesses, args.target.all(), !args.target.containers.is_empty())?;
+    let target =
+        TargetSpec::resolve(args.target.all(), &args.target.pids, &args.target.containers, &[], children, false)?;
     let mode = runner::mode(None, &args.sampling)?;
     let mut stop = Stop::catch_signals()?;
     let mut session = Session::start(runner::session_config(target, &args.sampling, mode, false))?;
