@@ -196,6 +196,13 @@ fn built_interpreters() -> (Vec<Interpreter>, Vec<String>) {
 /// Prints which supported versions are missing, so a machine without them says so in the test
 /// output.
 pub fn interpreters() -> Vec<Interpreter> {
+    // Found once per test binary: finding them runs every interpreter (and may set up a root),
+    // seconds that a test must not spend between starting pyebpf and its workload.
+    static FOUND: std::sync::OnceLock<Vec<Interpreter>> = std::sync::OnceLock::new();
+    FOUND.get_or_init(find_interpreters).clone()
+}
+
+fn find_interpreters() -> Vec<Interpreter> {
     let mut found = Vec::new();
     let pyenv = std::env::var_os("PYENV_ROOT")
         .map(PathBuf::from)

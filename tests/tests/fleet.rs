@@ -166,12 +166,18 @@ fn container_targets_select_by_id_prefix_and_follow_new_processes() {
     // A process that enters the container after profiling began is followed.
     let late = spinner();
     cgroups.enter(&format!("system.slice/docker-{ID_DOCKER}.scope"), late.pid());
+
     let out = wait_output(child, Duration::from_secs(90));
     assert_success(&out);
     let profile = read_json(&json);
     let pids: Vec<u64> = profile["processes"].as_array().unwrap().iter().filter_map(|p| p["pid"].as_u64()).collect();
     assert!(pids.contains(&(inside.pid() as u64)), "{pids:?}");
-    assert!(pids.contains(&(late.pid() as u64)), "the late process is not followed: {pids:?}");
+    assert!(
+        pids.contains(&(late.pid() as u64)),
+        "the late process {} is not followed: {pids:?}\n{}",
+        late.pid(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!pids.contains(&(other.pid() as u64)) && !pids.contains(&(outside.pid() as u64)), "{pids:?}");
     let p = process(&profile, inside.pid()).unwrap();
     assert!(p["samples"].as_u64().unwrap() > 20 && p["python_version"].is_string(), "{}", p["samples"]);

@@ -1,7 +1,11 @@
 //! What to profile: the whole host, given pids, the processes of given containers, or a
 //! command we start; with or without the pids' and command's descendants ([`super::tree`]), and what happens to a command still running when
 //! profiling stops ([`super::launch`]).
-use std::{collections::HashSet, ffi::OsString};
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::OsString,
+    time::{Duration, Instant},
+};
 
 use crate::{
     bpf::Bpf,
@@ -32,22 +36,29 @@ pub enum TargetSpec {
 }
 
 /// The processes of some containers: those running, and those that appear later (checked on
-/// every housekeeping tick: a new pid's cgroup is read once).
+/// every housekeeping tick). A process can join a container's cgroup after it started: runtimes
+/// fork outside it and move the child in (`runc exec`), so a pid seen outside is read again
+/// [`RECHECK_AFTER`] after it was first seen, then left alone: a bounded few reads per pid.
 pub struct Containers {
     ids: Vec<String>,
     members: Vec<u32>,
-    /// Pids whose cgroup was read (members or not), pruned to the living.
-    seen: HashSet<u32>,
+    /// Pids whose cgroup was read and that are not members: when first seen, and how many of
+    /// the re-reads were done; pruned to the living.
+    seen: HashMap<u32, (Instant, usize)>,
 }
+
+/// When a pid seen outside the containers has its cgroup read again, from its first sight.
+const RECHECK_AFTER: [Duration; 3] = [Duration::from_millis(500), Duration::from_secs(2), Duration::from_secs(10)];
 
 impl Containers {
     /// Resolves id prefixes against the containers of the processes running now: each must
     /// name exactly one container, as `docker` requires.
     fn resolve(prefixes: &[String]) -> anyhow::Result<Self> {
         let mut running: Vec<(u32, String)> = Vec::new();
-        let mut seen = HashSet::new();
+        let mut seen = HashMap::new();
+        let now = Instant::now();
         for pid in all_pids() {
-            seen.insert(pid);
+            seen.insert(pid, (now, 0));
             if let Some(id) = cgroup::identity(pid).and_then(|i| i.container_id) {
                 running.push((pid, id));
             }
@@ -85,20 +96,39 @@ impl Containers {
                 }
             }
         }
-        let members = running.iter().filter(|(_, id)| ids.contains(id)).map(|(pid, _)| *pid).collect();
+        let members: Vec<u32> = running.iter().filter(|(_, id)| ids.contains(id)).map(|(pid, _)| *pid).collect();
+        seen.retain(|pid, _| !members.contains(pid));
         Ok(Self { ids, members, seen })
     }
 
-    /// Processes that joined one of the containers since the last call.
+    /// Processes that joined one of the containers since the last call: new pids, and pids
+    /// seen outside whose re-read is due.
     fn discover(&mut self) -> Vec<u32> {
-        let now: HashSet<u32> = all_pids().into_iter().collect();
-        self.seen.retain(|pid| now.contains(pid));
-        self.members.retain(|pid| now.contains(pid));
+        let alive: HashSet<u32> = all_pids().into_iter().collect();
+        let now = Instant::now();
+        self.seen.retain(|pid, _| alive.contains(pid));
+        self.members.retain(|pid| alive.contains(pid));
         let mut joined = Vec::new();
-        for pid in now {
-            if self.seen.insert(pid)
-                && cgroup::identity(pid).and_then(|i| i.container_id).is_some_and(|id| self.ids.contains(&id))
-            {
+        for pid in alive {
+            if self.members.contains(&pid) {
+                continue;
+            }
+            let due = match self.seen.get_mut(&pid) {
+                None => {
+                    self.seen.insert(pid, (now, 0));
+                    true
+                }
+                Some((first, rereads)) => {
+                    let due = RECHECK_AFTER.get(*rereads).is_some_and(|after| now.duration_since(*first) >= *after);
+                    if due {
+                        *rereads += 1;
+                    }
+                    due
+                }
+            };
+            if due && cgroup::identity(pid).and_then(|i| i.container_id).is_some_and(|id| self.ids.contains(&id)) {
+                log::debug!("pid {pid} joined a target container");
+                self.seen.remove(&pid);
                 self.members.push(pid);
                 joined.push(pid);
             }
