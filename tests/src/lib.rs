@@ -153,6 +153,26 @@ pub fn process(profile: &Value, pid: u32) -> Option<&Value> {
     profile["processes"].as_array()?.iter().find(|p| p["pid"] == pid)
 }
 
+/// A profiled process's thread by its Python name.
+pub fn python_thread<'a>(process: &'a Value, name: &str) -> Result<&'a Value, String> {
+    process["threads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["python_name"] == name)
+        .ok_or_else(|| format!("no thread named {name}"))
+}
+
+/// Whether a profiled process has an off-CPU stack of `category` whose target starts with
+/// `target` and whose Python frames include `function`.
+pub fn has_wait_stack(process: &Value, category: &str, function: &str, target: &str) -> bool {
+    process["stacks"].as_array().unwrap().iter().any(|s| {
+        s["category"] == category
+            && s["target"].as_str().is_some_and(|t| t.starts_with(target))
+            && s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == function)
+    })
+}
+
 /// The workspace's target directory (`$CARGO_TARGET_DIR`, else target/), where built and
 /// downloaded test helpers are cached.
 pub fn target_dir() -> PathBuf {

@@ -159,12 +159,7 @@ fn kernel_core_off_cpu_categories_with_targets() {
         let p = &profile["processes"][0];
         // Each thread's own wait is its largest off-CPU category.
         for (thread, category) in [("compute-sleep", "sleep"), ("net-client", "net"), ("lock-waiter", "lock")] {
-            let t = p["threads"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["python_name"] == thread)
-                .ok_or_else(|| format!("no thread named {thread}"))?;
+            let t = python_thread(p, thread)?;
             let totals = t["totals_ns"].as_object().unwrap();
             let largest = totals
                 .iter()
@@ -175,18 +170,10 @@ fn kernel_core_off_cpu_categories_with_targets() {
                 return Err(format!("{thread}: largest wait is {largest:?}, not {category}: {}", t["totals_ns"]));
             }
         }
-        let stacks = p["stacks"].as_array().unwrap();
-        let find = |category: &str, function: &str, target: &str| {
-            stacks.iter().any(|s| {
-                s["category"] == category
-                    && s["target"].as_str().is_some_and(|t| t.starts_with(target))
-                    && s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == function)
-            })
-        };
-        if !find("net", "client_loop", "tcp 127.0.0.1:") {
+        if !has_wait_stack(p, "net", "client_loop", "tcp 127.0.0.1:") {
             return Err("no net stack in client_loop on tcp 127.0.0.1".into());
         }
-        if !find("disk", "fsync_loop", "file /") {
+        if !has_wait_stack(p, "disk", "fsync_loop", "file /") {
             return Err("no disk stack in fsync_loop with the file's path".into());
         }
         Ok(())

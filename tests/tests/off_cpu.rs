@@ -19,15 +19,6 @@ fn profile_workload(interp: &Interpreter, extra: &[&str]) -> Value {
     profile["processes"][0].clone()
 }
 
-fn thread<'a>(p: &'a Value, name: &str) -> Result<&'a Value, String> {
-    p["threads"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["python_name"] == name)
-        .ok_or_else(|| format!("no thread named {name}"))
-}
-
 /// Percent of a thread's wall time in the given categories.
 fn pct(t: &Value, categories: &[&str]) -> f64 {
     let wall = t["wall_ns"].as_u64().unwrap().max(1) as f64;
@@ -40,7 +31,7 @@ fn waits_are_split_by_cause_with_their_stacks_and_targets() {
         let p = profile_workload(interp, &[]);
         // compute 40 ms / sleep 60 ms: within 5 points. Computing time may be spent waiting for
         // the GIL or a CPU, which is where it went.
-        let cs = thread(&p, "compute-sleep")?;
+        let cs = python_thread(&p, "compute-sleep")?;
         let (sleep, compute) = (pct(cs, &["sleep"]), pct(cs, &["cpu", "gil", "runqueue"]));
         // Waiting for a CPU after each wakeup lengthens the loop by what the machine's load
         // decides: the split may move by that much.
@@ -48,11 +39,11 @@ fn waits_are_split_by_cause_with_their_stacks_and_targets() {
         if (sleep - 60.0).abs() > slack || (compute - 40.0).abs() > slack {
             return Err(format!("compute-sleep: sleep {sleep:.1}%, compute {compute:.1}%: {}", cs["totals_ns"]));
         }
-        let net = pct(thread(&p, "net-client")?, &["net"]);
+        let net = pct(python_thread(&p, "net-client")?, &["net"]);
         if net < 85.0 {
             return Err(format!("net-client: net {net:.1}%"));
         }
-        let waiter = thread(&p, "lock-waiter")?;
+        let waiter = python_thread(&p, "lock-waiter")?;
         let lock = pct(waiter, &["lock"]) * 100.0 / (100.0 - pct(waiter, &["runqueue"])).max(1.0);
         if lock < 70.0 {
             return Err(format!(
@@ -61,14 +52,7 @@ fn waits_are_split_by_cause_with_their_stacks_and_targets() {
             ));
         }
         // Stacks name the function and the target of the wait.
-        let stacks = p["stacks"].as_array().unwrap();
-        let find = |category: &str, function: &str, target: &str| {
-            stacks.iter().any(|s| {
-                s["category"] == category
-                    && s["target"].as_str().is_some_and(|t| t.starts_with(target))
-                    && s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == function)
-            })
-        };
+        let find = |category: &str, function: &str, target: &str| has_wait_stack(&p, category, function, target);
         if !find("net", "client_loop", "tcp 127.0.0.1:") {
             return Err("no net stack in client_loop on tcp 127.0.0.1".into());
         }
@@ -81,7 +65,7 @@ fn waits_are_split_by_cause_with_their_stacks_and_targets() {
         if (interp.minor >= 14 || interp.free_threaded) && !find("lock", "wait_for_lock", "PyMutex") {
             return Err("no lock stack in wait_for_lock with the PyMutex target".into());
         }
-        let sleeping = stacks.iter().any(|s| {
+        let sleeping = p["stacks"].as_array().unwrap().iter().any(|s| {
             s["category"] == "sleep"
                 && s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "compute_sleep")
         });
@@ -95,7 +79,7 @@ fn waits_are_split_by_cause_with_their_stacks_and_targets() {
 /// Two CPU-bound threads sharing one GIL: each runs about half the time and waits the rest.
 fn gil_is_shared(p: &Value) -> Result<(), String> {
     for name in ["gil-a", "gil-b"] {
-        let t = thread(p, name)?;
+        let t = python_thread(p, name)?;
         // Time waiting for a CPU depends on the machine's load, not on the profiler: judge the
         // shares of the rest.
         let rest = 100.0 - pct(t, &["runqueue"]);
@@ -119,7 +103,7 @@ fn cpu_bound_threads_wait_for_the_gil() {
         // No GIL: both threads run Python at once, and nothing is GIL time.
         let p = profile_workload(interp, &["gil"]);
         for name in ["gil-a", "gil-b"] {
-            let t = thread(&p, name)?;
+            let t = python_thread(&p, name)?;
             let rest = 100.0 - pct(t, &["runqueue"]);
             let (gil, cpu) = (pct(t, &["gil"]), pct(t, &["cpu"]) * 100.0 / rest.max(1.0));
             if gil > 0.0 || cpu < 80.0 {
@@ -209,13 +193,13 @@ fn event_loop_stalls_are_named_and_idle_loops_are_not_io() {
             return Err(format!("be_polite awaits, yet is listed as stalling the loop: {s}"));
         }
         // The loop thread waits for requests most of the time: idle, not net.
-        let main = thread(p, "MainThread")?;
+        let main = python_thread(p, "MainThread")?;
         let (idle, net) = (pct(main, &["idle"]), pct(main, &["net"]));
         if idle < 30.0 || net > 5.0 {
             return Err(format!("event loop thread: idle {idle:.1}%, net {net:.1}%: {}", main["totals_ns"]));
         }
         // A thread waiting in select() on a listening socket is idle too, and says on what.
-        let sync = thread(p, "sync-server")?;
+        let sync = python_thread(p, "sync-server")?;
         let idle = pct(sync, &["idle"]);
         if idle < 80.0 {
             return Err(format!("sync-server: idle {idle:.1}%: {}", sync["totals_ns"]));
@@ -244,8 +228,8 @@ fn threads_asleep_for_the_whole_profile_are_counted_in_full() {
         });
         let p = process(&profile, target.pid()).ok_or("process missing from the profile")?;
         let seconds = |t: &Value, c: &str| t["totals_ns"][c].as_u64().unwrap_or(0) as f64 / 1e9;
-        let main = thread(p, "MainThread")?;
-        let waiter = thread(p, "lock-waiter")?;
+        let main = python_thread(p, "MainThread")?;
+        let waiter = python_thread(p, "lock-waiter")?;
         let (slept, locked) = (seconds(main, "sleep"), seconds(waiter, "lock"));
         // The profile lasts 1.5 s from the BPF programs' attach; allow for start-up and exit.
         if !(1.3..=2.0).contains(&slept) || !(1.3..=2.0).contains(&locked) {
