@@ -5,10 +5,7 @@
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use profiler::{
-    host::memory::ImageMemory,
-    python::{PyVersion, code},
-};
+use profiler::{host::memory::ImageMemory, python::code};
 use pyebpf_fuzz::{BASE, Objects, Poke, Text, offsets};
 
 #[derive(Arbitrary, Debug)]
@@ -30,7 +27,7 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let (minor, o) = offsets(input.version);
+    let (version, o) = offsets(input.version);
     let mut objects = match Objects::new(o, 1 << 16) {
         Some(objects) => objects,
         None => return,
@@ -63,7 +60,6 @@ fuzz_target!(|input: Input| {
     } else {
         input.instr as u64
     };
-    let version = PyVersion { major: 3, minor, patch: None };
     let _ = code.line(version, instr, input.generator);
     let _ = code.is_coroutine();
 });

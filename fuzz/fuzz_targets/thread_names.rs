@@ -6,7 +6,7 @@
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use profiler::python::{PyVersion, gil_range, thread_names, thread_states};
+use profiler::python::{gil_range, thread_names, thread_states};
 use pyebpf_fuzz::{Objects, Poke, PyThread, offsets, threading_graph};
 
 #[derive(Arbitrary, Debug)]
@@ -19,14 +19,13 @@ struct Input {
 }
 
 fuzz_target!(|input: Input| {
-    let (minor, o) = offsets(input.version);
+    let (version, o) = offsets(input.version);
     let Some(mut objs) = Objects::new(o, 1 << 16) else { return };
     let Some(runtime_addr) = threading_graph(&mut objs, &input.threads, input.managed) else { return };
     for poke in &input.pokes {
         objs.img.poke(poke);
     }
     let mem = objs.img.memory();
-    let version = PyVersion { major: 3, minor, patch: None };
     let _ = thread_names::thread_names(&mem, o, version, runtime_addr);
     let key = if o.tstate_native_thread_id >= 0 { o.tstate_native_thread_id } else { o.tstate_thread_id };
     let _ = thread_states(&mem, o, runtime_addr, key as u64);

@@ -6,7 +6,10 @@
 //! processes), then corrupt it with the fuzzer's pokes: any word anywhere, any value. Both the
 //! valid paths and every way off them get exercised.
 use arbitrary::Arbitrary;
-use profiler::{host::memory::ImageMemory, python::offsets::PyOffsets};
+use profiler::{
+    host::memory::ImageMemory,
+    python::{PyVersion, offsets::PyOffsets},
+};
 
 /// Where the image is mapped: any page-aligned address away from 0 does.
 pub const BASE: u64 = 0x7f00_0000_0000;
@@ -88,10 +91,10 @@ impl Image {
 
 /// The CPython layouts the profiler has (free-threaded builds included), picked by a fuzzer
 /// byte.
-pub fn offsets(selector: u8) -> (u8, &'static PyOffsets) {
+pub fn offsets(selector: u8) -> (PyVersion, &'static PyOffsets) {
     let table = profiler::python::offsets::table();
-    let ((_, minor, _), o) = &table[usize::from(selector) % table.len()];
-    (*minor, o)
+    let ((major, minor, free_threaded), o) = &table[usize::from(selector) % table.len()];
+    (PyVersion { major: *major, minor: *minor, patch: None, free_threaded: *free_threaded }, o)
 }
 
 /// Builds CPython objects in an [`Image`] with one version's layout.
@@ -354,7 +357,7 @@ pub fn threading_graph(objs: &mut Objects, threads: &[PyThread], managed: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use profiler::python::{PyVersion, code, thread_names::thread_names, thread_states};
+    use profiler::python::{code, thread_names::thread_names, thread_states};
 
     fn text(s: &str, kind: u8) -> Text {
         let bytes = match kind % 4 {
@@ -369,7 +372,8 @@ mod tests {
     #[test]
     fn code_objects_read_back() {
         for selector in 0..6 {
-            let (minor, o) = offsets(selector);
+            let (version, o) = offsets(selector);
+            let minor = version.minor;
             let mut objs = Objects::new(o, 1 << 16).unwrap();
             // Line 20, +1 for the first instruction, in each version's table format.
             let table: &[u8] = match minor {
@@ -388,7 +392,6 @@ mod tests {
             );
             assert!(c.is_coroutine());
             let instr = if o.code_code_adaptive >= 0 { addr + o.code_code_adaptive as u64 } else { 0 };
-            let version = PyVersion { major: 3, minor, patch: None, free_threaded: false };
             assert_eq!(c.line(version, instr, true), code::FrameLine::Line(Some(21)), "3.{minor}");
         }
     }
@@ -397,7 +400,8 @@ mod tests {
     fn thread_graphs_read_back() {
         for selector in 0..6 {
             for managed in [false, true] {
-                let (minor, o) = offsets(selector);
+                let (version, o) = offsets(selector);
+                let minor = version.minor;
                 let mut objs = Objects::new(o, 1 << 16).unwrap();
                 let threads = [
                     PyThread { name: text("MainThread", 0), native_id: 100, ident: 7 },
@@ -406,8 +410,7 @@ mod tests {
                 ];
                 let runtime = threading_graph(&mut objs, &threads, managed).unwrap();
                 let mem = objs.img.memory();
-                let names =
-                    thread_names(&mem, o, PyVersion { major: 3, minor, patch: None, free_threaded: false }, runtime);
+                let names = thread_names(&mem, o, version, runtime);
                 let mut names: Vec<_> = names.into_iter().collect();
                 names.sort();
                 let want =
