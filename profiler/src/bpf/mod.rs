@@ -1,6 +1,7 @@
 //! Loads the embedded eBPF object, configures it and attaches it; reads its maps.
 #[cfg(test)]
 mod contract;
+mod event_reader;
 pub mod kernel_btf;
 
 use std::os::fd::OwnedFd;
@@ -190,7 +191,8 @@ pub struct ProgramStats {
 
 pub struct Bpf {
     ebpf: Ebpf,
-    events: RingBuf<MapData>,
+    /// The `EVENTS` ring buffer, read by a thread of its own (see `event_reader`).
+    events: event_reader::EventReader,
     stats: PerCpuArray<MapData, u64>,
     targets: HashMap<MapData, u32, u8>,
     followed: HashMap<MapData, u32, u8>,
@@ -211,6 +213,10 @@ pub struct Bpf {
     cpu_list: Vec<u32>,
     period_ns: u64,
 }
+
+/// How many ring buffers' worth of records may wait in userspace for the session (see
+/// `event_reader`): 8, so 64 MiB with off-CPU tracking at most, and only while the session is stalled.
+const READER_QUEUE_BUFFERS: usize = 8;
 
 /// Ring buffer for half a second of samples at the configured rate: it is drained every 50 ms,
 /// so that is a 10x margin, and its pages count in our RSS once touched. A power of two of at
@@ -235,6 +241,7 @@ impl Bpf {
             None
         };
 
+        let ring_bytes = ring_buffer_bytes(cfg.frequency, cpu_list.len(), cfg.off_cpu);
         let target_all = cfg.target_all as u8;
         let kernel_stacks = cfg.kernel_stacks as u8;
         let self_pid = std::process::id();
@@ -336,7 +343,7 @@ impl Bpf {
             .override_global(names::GLOBAL_NATIVE, &native, true)
             .override_global(names::GLOBAL_TASK_STACK_OFFSET, &task_stack, true)
             .override_global(names::GLOBAL_TASK_STATE_OFFSET, &task_state, true)
-            .map_max_entries(names::MAP_EVENTS, ring_buffer_bytes(cfg.frequency, cpu_list.len(), cfg.off_cpu))
+            .map_max_entries(names::MAP_EVENTS, ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 fatal(
@@ -374,6 +381,9 @@ impl Bpf {
         };
 
         let events = RingBuf::try_from(ebpf.take_map(names::MAP_EVENTS).context("EVENTS map missing")?)?;
+        // Records wait in userspace for up to 8 buffers' worth while the session is busy.
+        let events = event_reader::EventReader::start(events, ring_bytes as usize * READER_QUEUE_BUFFERS)
+            .context("cannot start the ring buffer's reader thread")?;
         let stats = PerCpuArray::try_from(ebpf.take_map(names::MAP_STATS).context("STATS map missing")?)?;
         let targets = HashMap::try_from(ebpf.take_map(names::MAP_TARGET_PIDS).context("TARGET_PIDS map missing")?)?;
         let followed = HashMap::try_from(ebpf.take_map(names::MAP_FOLLOWED).context("FOLLOWED map missing")?)?;
@@ -505,14 +515,10 @@ impl Bpf {
         self.off_cpu
     }
 
-    /// Hands every record waiting in the ring buffer to `f`; returns how many there were.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
-        let mut n = 0;
-        while let Some(item) = self.events.next() {
-            f(&item);
-            n += 1;
-        }
-        n
+    /// Hands every record the kernel has written since the last drain to `f`, oldest first;
+    /// returns how many there were.
+    pub fn drain(&mut self, f: impl FnMut(&[u8])) -> usize {
+        self.events.drain(f)
     }
 
     /// Every thread's exact off-CPU sums, per (state, syscall, first argument).
@@ -585,7 +591,7 @@ impl Bpf {
     pub fn counters(&self) -> Counters {
         let read = |idx: u32| -> u64 { self.stats.get(&idx, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0) };
         Counters {
-            lost: read(stat::LOST),
+            lost: read(stat::LOST) + self.events.dropped(),
             py_thread_scans: read(stat::PY_THREAD_SCANS),
             offcpu_sampled_out: read(stat::OFFCPU_SAMPLED_OUT),
             follow_full: read(stat::FOLLOW_FULL),
