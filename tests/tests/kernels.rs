@@ -173,7 +173,9 @@ fn kernel_core_off_cpu_categories_with_targets() {
         if !has_wait_stack(p, "net", "client_loop", "tcp 127.0.0.1:") {
             return Err("no net stack in client_loop on tcp 127.0.0.1".into());
         }
-        if !has_wait_stack(p, "disk", "fsync_loop", "file /") {
+        // The guest has no block device: its root is the host's over 9p under a tmpfs overlay,
+        // where fsync returns at once, so no disk wait there to find.
+        if !emulated() && !has_wait_stack(p, "disk", "fsync_loop", "file /") {
             return Err("no disk stack in fsync_loop with the file's path".into());
         }
         Ok(())

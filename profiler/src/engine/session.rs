@@ -302,6 +302,10 @@ impl Session {
             Ok(Event::Exec { pid }) if *awaiting_exec == Some(pid) => {
                 *awaiting_exec = None;
                 running.exec(pid);
+                // Its interpreter is mapped only now, by the dynamic loader: look at it for a
+                // while from its exec, not from its fork, which was before the programs loaded
+                // (a minute ago under emulation, seconds on a loaded host).
+                python.exec(pid);
             }
             Ok(Event::Exec { pid }) => {
                 running.exec(pid);

@@ -350,14 +350,28 @@ enum Known {
     /// is mapped by the dynamic loader after exec, and the interpreter may only come later.
     NotPython {
         checked: Instant,
-        recheck_until: Option<Instant>,
+        /// When the process started or last called exec, while that is under [`YOUNG`] ago.
+        young_since: Option<Instant>,
     },
     Unsupported,
 }
 
-/// How long after a process starts it is re-inspected if it did not look like Python.
-const YOUNG: Duration = Duration::from_secs(3);
+/// How long after a process starts (or execs) it is re-inspected if it did not look like
+/// Python. Loading an interpreter takes milliseconds on an idle host, but seconds on a loaded
+/// one and under emulation (ld.so reading libpython over 9p in `cargo xtask test-kernels`,
+/// userspace ~30x slower), and the look-ups thin out with age (below), so the window is long.
+const YOUNG: Duration = Duration::from_secs(30);
+/// The shortest time between two looks at a young process; later ones are a quarter of its
+/// age apart (about 25 looks in [`YOUNG`], each a read of /proc/PID/maps).
 const RECHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// Whether a process that did not look like Python when `checked` is due another look.
+fn recheck_due(checked: Instant, young_since: Option<Instant>) -> bool {
+    young_since.is_some_and(|since| {
+        let age = since.elapsed();
+        age < YOUNG && checked.elapsed() >= RECHECK_EVERY.max(age / 4)
+    })
+}
 /// Python thread names are read from the process this often (a read costs a few ms).
 const THREAD_NAMES_EVERY: Duration = Duration::from_secs(1);
 
@@ -381,8 +395,7 @@ impl PythonRegistry {
     /// Looks at `pid` if it has not been looked at (or is young and due another look).
     pub fn observe(&mut self, pid: u32) {
         match self.known.get(&pid) {
-            Some(Known::NotPython { checked, recheck_until: Some(until) })
-                if checked.elapsed() >= RECHECK_EVERY && Instant::now() < *until => {}
+            Some(Known::NotPython { checked, young_since }) if recheck_due(*checked, *young_since) => {}
             Some(_) => return,
             None => {}
         }
@@ -438,8 +451,13 @@ impl PythonRegistry {
             Inspection::Unsupported { version, reason } => self.unsupported(pid, &version, &reason),
             Inspection::NotPython => {
                 let now = Instant::now();
-                let recheck_until = process_age(pid).filter(|age| *age < YOUNG).map(|age| now + (YOUNG - age));
-                Known::NotPython { checked: now, recheck_until }
+                log::debug!("pid {pid}: not Python (yet)");
+                // Young since its exec when that was seen, else since it started.
+                let young_since = match self.known.get(&pid) {
+                    Some(Known::NotPython { young_since: Some(since), .. }) => Some(*since),
+                    _ => process_age(pid).and_then(|age| now.checked_sub(age)),
+                };
+                Known::NotPython { checked: now, young_since: young_since.filter(|since| since.elapsed() < YOUNG) }
             }
         };
         self.known.insert(pid, known);
@@ -478,7 +496,7 @@ impl PythonRegistry {
                     namespaced: p.namespaced,
                 }))
             }
-            Some(Known::NotPython { .. }) => Known::NotPython { checked: Instant::now(), recheck_until: None },
+            Some(Known::NotPython { .. }) => Known::NotPython { checked: Instant::now(), young_since: None },
             Some(Known::Unsupported) => Known::Unsupported,
             None => return self.observe(pid),
         };
@@ -490,7 +508,7 @@ impl PythonRegistry {
         self.gil_pending.remove(&pid);
         self.known.insert(
             pid,
-            Known::NotPython { checked: Instant::now() - RECHECK_EVERY, recheck_until: Some(Instant::now() + YOUNG) },
+            Known::NotPython { checked: Instant::now() - RECHECK_EVERY, young_since: Some(Instant::now()) },
         );
     }
 
