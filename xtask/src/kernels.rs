@@ -528,19 +528,6 @@ fn guest_script(root: &Path, bin: &Path, tests: &BTreeMap<String, PathBuf>) -> S
         bin = bin.display(),
         root = root.display(),
     );
-    // The guest reads the host's files over 9p, where the first read of a libpython's symbol
-    // tables (1-2 MB of a 13-31 MB file) took 24 s under TCG on a loaded host: pyebpf's
-    // discovery of the workload then ended after the workload did. A host reads them from its
-    // page cache or disk in milliseconds, so the guest reads the interpreters' files once first
-    // and the checks judge the kernel, not 9p.
-    if !tests.is_empty() {
-        writeln!(
-            s,
-            "for v in {}; do cat $HOME/.pyenv/versions/$v.*/lib/libpython$v*.so* $HOME/.pyenv/versions/$v.*/bin/python$v > /dev/null 2>&1; done",
-            GUEST_PYTHONS.replace(',', " ")
-        )
-        .unwrap();
-    }
     for (test, names) in GUEST_TESTS {
         let Some(exe) = tests.get(test) else { continue };
         writeln!(
