@@ -54,10 +54,10 @@ pub fn read_all<K: Pod, V: Pod, M: IterableMap<K, V>>(map: &M) -> Option<Vec<(K,
             map_fd: fd as u32,
             ..Default::default()
         };
+        let attr_ptr: *mut BatchAttr = &mut attr;
         // SAFETY: `attr` is a valid bpf_attr prefix of the size passed; the key and value
         // buffers hold `count` elements of the map's own key and value types (aya checked
         // their sizes when the map was opened), the tokens 64 bytes each.
-        let attr_ptr: *mut BatchAttr = &mut attr;
         let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, attr_ptr, size_of::<BatchAttr>()) };
         let err = (r < 0).then(std::io::Error::last_os_error);
         match err.as_ref().and_then(std::io::Error::raw_os_error) {
