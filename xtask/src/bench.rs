@@ -71,6 +71,42 @@ pub enum Which {
         #[arg(long, value_delimiter = ',', default_values_t = [16, 64])]
         threads: Vec<u32>,
     },
+    /// The profiler's own cost as a host agent in steady state: `daemon --all` beside 20
+    /// Python processes of 4 threads waking 20x/s and a CPU-bound one (1), the web overhead
+    /// benchmark (2), 500 Python processes (3), 1,000 short-lived processes a second (4); its
+    /// CPU%, RSS and lost events.
+    Agent {
+        /// Seconds of the measured window (after the warm-up).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Seconds after the daemon serves before the window starts.
+        #[arg(long, default_value_t = 10)]
+        warmup: u64,
+        /// Scenarios to run (comma-separated, 1-4).
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 2, 3, 4])]
+        scenario: Vec<u32>,
+        /// Scenario 1: Python processes.
+        #[arg(long, default_value_t = 20)]
+        processes: usize,
+        /// Scenario 1: threads per process.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+        /// Scenario 1: wake-ups per second per thread.
+        #[arg(long, default_value_t = 20)]
+        wake_hz: u32,
+        /// Scenario 3: Python processes.
+        #[arg(long, default_value_t = 500)]
+        many: usize,
+        /// Scenario 4: short-lived processes started per second.
+        #[arg(long, default_value_t = 1000)]
+        spawn_rate: u32,
+        /// Rounds per scenario (each binary once per round, in rotating order).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+        /// Another pyebpf binary measured side by side in the daemon scenarios (before/after).
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
+    },
     /// Following process trees: a fork storm's rate alone, profiled with its children
     /// followed, without, and beside an unrelated followed target; pyebpf's CPU and the fork
     /// hook's kernel time per run.
@@ -98,9 +134,43 @@ pub fn run(root: &Path, bin: &Path, which: Which) -> anyhow::Result<()> {
         Which::Overhead { seconds, rounds, rate, connections, ref threads } => crate::bench_overhead::run(
             root,
             bin,
-            crate::bench_overhead::Options { seconds, rounds, rate, connections, threads: threads.clone() },
+            crate::bench_overhead::Options {
+                seconds,
+                rounds,
+                rate,
+                connections,
+                threads: threads.clone(),
+                with_py_spy: true,
+            },
         ),
         Which::Native { seconds } => crate::bench_native::run(root, bin, seconds),
+        Which::Agent {
+            seconds,
+            warmup,
+            ref scenario,
+            processes,
+            threads,
+            wake_hz,
+            many,
+            spawn_rate,
+            rounds,
+            ref baseline,
+        } => crate::bench_agent::run(
+            root,
+            bin,
+            crate::bench_agent::Options {
+                seconds,
+                warmup,
+                scenarios: scenario.clone(),
+                processes,
+                threads,
+                wake_hz,
+                many,
+                spawn_rate,
+                rounds,
+                baseline: baseline.clone(),
+            },
+        ),
         Which::Trees { seconds, rounds } => crate::bench_trees::run(bin, seconds, rounds),
         Which::Python { seconds, rounds, no_pin } => {
             bench_python::run(root, bin, bench_python::Options { seconds, rounds, pin: !no_pin })

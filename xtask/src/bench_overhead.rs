@@ -45,6 +45,8 @@ pub struct Options {
     pub rate: u32,
     pub connections: u32,
     pub threads: Vec<u32>,
+    /// Also measure py-spy (`bench agent` compares pyebpf with no profiler only).
+    pub with_py_spy: bool,
 }
 
 /// One measured load run.
@@ -61,9 +63,13 @@ struct Run {
 
 pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
     let (python, _) = bench_python::find_python()?;
-    let py_spy = bench_python::ensure_py_spy(root, &python)
-        .map_err(|e| eprintln!("warning: py-spy is unavailable, its rows are skipped: {e:#}"))
-        .ok();
+    let py_spy = if opts.with_py_spy {
+        bench_python::ensure_py_spy(root, &python)
+            .map_err(|e| eprintln!("warning: py-spy is unavailable, its rows are skipped: {e:#}"))
+            .ok()
+    } else {
+        None
+    };
     let dir = tempfile::tempdir()?;
     // A private copy: a rebuild of target/release/pyebpf during the rounds cannot change it.
     let pyebpf = dir.path().join("pyebpf");

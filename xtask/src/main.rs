@@ -4,6 +4,7 @@
 //! Everything the project needs on a fresh machine is installed from here, idempotently: each
 //! step checks first and does nothing when already done.
 mod bench;
+mod bench_agent;
 mod bench_native;
 mod bench_offcpu;
 mod bench_overhead;

@@ -1,4 +1,5 @@
 //! Loads the embedded eBPF object, configures it and attaches it; reads its maps.
+mod batch;
 #[cfg(test)]
 mod contract;
 mod event_reader;
@@ -523,12 +524,12 @@ impl Bpf {
 
     /// Every thread's exact off-CPU sums, per (state, syscall, first argument).
     pub fn offcpu_sums(&self) -> Vec<(OffCpuKey, OffCpuSum)> {
-        self.offcpu_sums.iter().filter_map(Result::ok).collect()
+        batch::read_all(&self.offcpu_sums).unwrap_or_else(|| self.offcpu_sums.iter().filter_map(Result::ok).collect())
     }
 
     /// Every tracked thread's scheduling times.
     pub fn thread_times(&self) -> Vec<(u32, ThreadTimes)> {
-        self.thread_times.iter().filter_map(Result::ok).collect()
+        batch::read_all(&self.thread_times).unwrap_or_else(|| self.thread_times.iter().filter_map(Result::ok).collect())
     }
 
     /// Off-CPU intervals still going on at `now` (CLOCK_MONOTONIC ns, the kernel's clock), as

@@ -47,7 +47,9 @@ const HOUSEKEEPING_EVERY: u32 = 5;
 
 /// How often a rotating session drops the symbolizer's parsed files (see
 /// [`Symbols::drop_file_caches`]).
-const DROP_FILE_CACHES_EVERY: Duration = Duration::from_secs(10);
+/// A backstop only: files are released as the processes mapping them exit
+/// ([`Symbols::forget`]); this drops what that misses (libraries unloaded by a live process).
+const DROP_FILE_CACHES_EVERY: Duration = Duration::from_secs(600);
 
 /// What to profile and how.
 pub struct SessionConfig {

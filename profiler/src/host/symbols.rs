@@ -10,12 +10,21 @@
 //! loaded since). Frame-pointer walks through code built without frame pointers return data
 //! addresses too; symbolized, they took the name of the nearest symbol, even a variable's
 //! (`_PyRuntime`). An address outside every executable mapping is [`UserSymbol::NotCode`].
-use std::collections::{BTreeSet, HashMap};
+//!
+//! blazesym keeps every binary it parsed (keyed by device and inode, shared by the processes
+//! that map it) and is handed each process's mappings once, when they are first or newly
+//! read here, instead of reading /proc/PID/maps on every batch. When a process exits or
+//! execs, its files are released ([`Symbols::forget`]): a file's parsed symbols live as long as
+//! a process we symbolized maps it, so memory follows the live processes, and a long-running
+//! session no longer has to drop everything now and then (which re-parsed libc, libpython and
+//! kallsyms every ten seconds).
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use blazesym::{
     Pid,
     symbolize::{
-        Input, Symbolized, Symbolizer,
+        Input, Symbolized, Symbolizer, cache,
+        evict::{self, Evict},
         source::{Kernel, Process, Source},
     },
 };
@@ -51,6 +60,8 @@ pub struct Symbols {
     kernel: HashMap<u64, Option<String>>,
     pending_user: HashMap<u32, BTreeSet<u64>>,
     pending_kernel: BTreeSet<u64>,
+    /// Processes whose mappings blazesym holds (as last read here).
+    vmas_given: HashSet<u32>,
 }
 
 /// Return addresses point after the call; look up the call itself (the leaf is a real IP).
@@ -75,6 +86,7 @@ impl Symbols {
             kernel: HashMap::new(),
             pending_user: HashMap::new(),
             pending_kernel: BTreeSet::new(),
+            vmas_given: HashSet::new(),
         }
     }
 
@@ -109,6 +121,15 @@ impl Symbols {
                 }
             }
             if !code.is_empty() {
+                // blazesym reads the maps itself unless given them: once, and again when they
+                // were read again here (an address outside them: a library loaded since).
+                if !self.vmas_given.contains(&pid) || maps.read == MapsRead::Fresh {
+                    let mut vmas = cache::Process::new(Pid::from(pid));
+                    vmas.cache_perf_map = false;
+                    if self.symbolizer.cache(&vmas.into()).is_ok() {
+                        self.vmas_given.insert(pid);
+                    }
+                }
                 let src = Source::Process(Process::new(Pid::from(pid)));
                 let results = self.symbolizer.symbolize(&src, Input::AbsAddr(&code)).ok();
                 for (i, &addr) in code.iter().enumerate() {
@@ -163,12 +184,23 @@ impl Symbols {
     /// where processes come and go, those files are mostly gone.
     pub fn drop_file_caches(&mut self) {
         self.symbolizer = Self::new().symbolizer;
+        self.vmas_given.clear();
     }
 
-    /// Drops a process's cached symbols: after an exec its addresses mean other things.
+    /// Drops a process's cached symbols (after an exec its addresses mean other things, after
+    /// its exit nothing), and releases its files in blazesym: a file no other process we
+    /// symbolized maps is dropped with its parsed symbols.
     pub fn forget(&mut self, pid: u32) {
         self.user.retain(|(p, _), _| *p != pid);
         self.pending_user.remove(&pid);
+        if self.vmas_given.remove(&pid) {
+            // blazesym names each file by the process's /proc/PID/map_files entry.
+            for m in self.maps.get(&pid).into_iter().flatten().filter(|m| m.executable && m.file.is_some()) {
+                let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+                let _ = self.symbolizer.evict(&Evict::Elf(evict::Elf::new(path)));
+            }
+            let _ = self.symbolizer.evict(&Evict::Process(evict::Process::new(Pid::from(pid))));
+        }
         self.maps.remove(&pid);
     }
 }
@@ -241,6 +273,28 @@ mod tests {
         }
         // DATA_SYMBOL has a symbol of its own, which the address must not take.
         assert_eq!(symbols.user_symbol(pid, data + 1, 1), Some(&UserSymbol::NotCode));
+    }
+
+    #[test]
+    fn a_forgotten_process_is_symbolized_again_from_scratch() {
+        let this: fn() = a_forgotten_process_is_symbolized_again_from_scratch;
+        let (pid, code) = (std::process::id(), this as usize as u64 + 4);
+        let mut symbols = Symbols::new();
+        let named = |symbols: &Symbols| match symbols.user_symbol(pid, code, 0) {
+            Some(UserSymbol::Code(s)) => s.name.as_deref().is_some_and(|n| n.contains("a_forgotten_process")),
+            _ => false,
+        };
+        symbols.note_user(pid, code, true);
+        symbols.resolve_pending();
+        assert!(named(&symbols));
+        assert!(symbols.vmas_given.contains(&pid), "blazesym was handed the maps");
+        // Exit or exec: names, maps and blazesym's files of the process go...
+        symbols.forget(pid);
+        assert!(symbols.user_symbol(pid, code, 0).is_none() && !symbols.vmas_given.contains(&pid));
+        // ...and come back on the next sample.
+        symbols.note_user(pid, code, true);
+        symbols.resolve_pending();
+        assert!(named(&symbols));
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod code;
 pub mod discover;
 pub mod event_loop;
 pub mod linetable;
+mod name_refresh;
 pub mod offsets;
 mod offsets_generated;
 pub mod thread_names;
@@ -19,6 +20,7 @@ use profiler_common::{PY_OFFSET_NONE, PyFrameRecord, PyProcInfo};
 use self::{
     code::{CodeObject, FrameLine},
     discover::{Inspection, Inspector, Interpreter},
+    name_refresh::NameRefresh,
     offsets::PyOffsets,
 };
 use crate::host::memory::{Memory, ReadMemory};
@@ -201,7 +203,8 @@ pub struct PythonProcess {
     codes: HashMap<(u64, u32), Option<CodeObject>>,
     /// tid → `threading.Thread.name`, as last read.
     thread_names: HashMap<u32, String>,
-    names_read: Option<Instant>,
+    /// When to read them again (new threads, renames).
+    names_refresh: NameRefresh,
     /// In a pid namespace of its own: its tids are not the ones the kernel reports.
     namespaced: bool,
 }
@@ -211,13 +214,23 @@ impl PythonProcess {
         self.interpreter.version
     }
 
-    /// Reads the Python thread names again, at most once per `THREAD_NAMES_EVERY`. Names of
-    /// threads that have ended are kept: their samples still need them.
+    /// Reads the Python thread names again when a thread without one has appeared, or for
+    /// renames now and then (see [`name_refresh`]). Names of threads that have ended are
+    /// kept: their samples still need them.
     pub fn refresh_thread_names(&mut self) {
-        if self.names_read.is_some_and(|t| t.elapsed() < THREAD_NAMES_EVERY) {
+        let now = Instant::now();
+        let pid = self.mem.pid;
+        let mut tids = Vec::new();
+        let due = self.names_refresh.due(now, &self.thread_names, || {
+            tids = name_refresh::task_ids(pid);
+            tids.clone()
+        });
+        if !due {
             return;
         }
-        self.names_read = Some(Instant::now());
+        if tids.is_empty() {
+            tids = name_refresh::task_ids(pid);
+        }
         let names = thread_names::thread_names(
             &self.mem,
             &self.offsets,
@@ -231,6 +244,7 @@ impl PythonProcess {
         } else {
             self.thread_names.extend(names);
         }
+        self.names_refresh.read_done(now, &self.thread_names, &tids);
     }
 
     pub fn thread_name(&self, tid: u32) -> Option<&str> {
@@ -372,8 +386,6 @@ fn recheck_due(checked: Instant, young_since: Option<Instant>) -> bool {
         age < YOUNG && checked.elapsed() >= RECHECK_EVERY.max(age / 4)
     })
 }
-/// Python thread names are read from the process this often (a read costs a few ms).
-const THREAD_NAMES_EVERY: Duration = Duration::from_secs(1);
 
 /// All processes seen so far, and which of them are Python.
 #[derive(Default)]
@@ -437,7 +449,7 @@ impl PythonRegistry {
                         code_type: None,
                         codes: HashMap::new(),
                         thread_names: HashMap::new(),
-                        names_read: None,
+                        names_refresh: NameRefresh::default(),
                         namespaced,
                     };
                     if !namespaced {
@@ -492,7 +504,7 @@ impl PythonRegistry {
                     code_type: p.code_type,
                     codes: HashMap::new(),
                     thread_names: HashMap::new(),
-                    names_read: None,
+                    names_refresh: NameRefresh::default(),
                     namespaced: p.namespaced,
                 }))
             }

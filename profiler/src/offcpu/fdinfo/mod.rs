@@ -91,11 +91,19 @@ fn resolve_socket(pid: u32, fd_path: &str, inode: u64, net: &mut NetCache) -> Op
     Some(Resolved::provisional(FdTarget::OtherSocket { kind }))
 }
 
-/// A listed socket. One without a peer may still connect, so it is only provisional.
+/// A listed socket. One without a peer may still connect, so it is only provisional, unless it
+/// listens: a listening socket never connects, and looking it up again every second (servers
+/// wait on theirs all the time) re-read the whole TCP table each time, which walks the
+/// kernel's entire established-socket hash (milliseconds on a large host).
 fn socket_target(entry: &SocketEntry, pid: u32, netns: u64, inode: u64) -> Resolved {
     let inet = |target, remote: &SocketAddr| Resolved { target, complete: !is_unset(remote) };
     match entry {
-        SocketEntry::Tcp { local, remote } => inet(FdTarget::Tcp { local: *local, peer: *remote }, remote),
+        SocketEntry::Tcp { local, remote, listening: true } => {
+            Resolved::complete(FdTarget::Tcp { local: *local, peer: *remote })
+        }
+        SocketEntry::Tcp { local, remote, listening: false } => {
+            inet(FdTarget::Tcp { local: *local, peer: *remote }, remote)
+        }
         SocketEntry::Udp { local, remote } => {
             let peer = (!is_unset(remote)).then_some(*remote);
             inet(FdTarget::Udp { local: *local, peer }, remote)

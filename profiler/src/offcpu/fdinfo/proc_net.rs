@@ -46,7 +46,9 @@ impl Table {
     pub(super) fn parse_line(self, line: &str) -> Option<(u64, SocketEntry)> {
         match self {
             Table::Tcp | Table::Tcp6 => {
-                parse_inet_line(line).map(|(inode, local, remote)| (inode, SocketEntry::Tcp { local, remote }))
+                let listening = is_listening_line(line);
+                parse_inet_line(line)
+                    .map(|(inode, local, remote)| (inode, SocketEntry::Tcp { local, remote, listening }))
             }
             Table::Udp | Table::Udp6 => {
                 parse_inet_line(line).map(|(inode, local, remote)| (inode, SocketEntry::Udp { local, remote }))
@@ -58,9 +60,19 @@ impl Table {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum SocketEntry {
-    Tcp { local: SocketAddr, remote: SocketAddr },
-    Udp { local: SocketAddr, remote: SocketAddr },
-    Unix { path: Option<String> },
+    /// `listening`: in state LISTEN, which never gets a peer (so its entry is final).
+    Tcp {
+        local: SocketAddr,
+        remote: SocketAddr,
+        listening: bool,
+    },
+    Udp {
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+    Unix {
+        path: Option<String>,
+    },
 }
 
 /// Parsed socket tables per network namespace (by netns inode), each re-read at most once per
@@ -135,6 +147,11 @@ pub fn parse_inet_line(line: &str) -> Option<(u64, SocketAddr, SocketAddr)> {
     Some((inode, local, remote))
 }
 
+/// Is this line of /proc/net/tcp{,6} a socket in state LISTEN (`st` = `0A`, `TCP_LISTEN`)?
+fn is_listening_line(line: &str) -> bool {
+    line.split_ascii_whitespace().nth(3) == Some("0A")
+}
+
 /// `ADDR:PORT` in /proc/net's hex. The kernel prints each 32-bit word of the address (one for
 /// IPv4, four for IPv6) with `%08X` as the word sits in memory, that is network-order bytes read
 /// as a host-order integer: so each word's bytes come back with `to_ne_bytes`. The port is
@@ -196,8 +213,18 @@ mod tests {
         assert_eq!(parse_inet_line(header), None);
         let listen = "   0: 0100007F:1538 00000000:0000 0A 00000000:00000000 00:00000000 00000000   113        0 23456 1 0000000000000000 100 0 0 10 0";
         assert_eq!(parse_inet_line(listen), Some((23456, addr("127.0.0.1:5432"), addr("0.0.0.0:0"))));
+        assert!(is_listening_line(listen));
+        assert_eq!(
+            Table::Tcp.parse_line(listen),
+            Some((
+                23456,
+                SocketEntry::Tcp { local: addr("127.0.0.1:5432"), remote: addr("0.0.0.0:0"), listening: true }
+            ))
+        );
         let established = "   3: 0F02000A:D2F2 0101A8C0:01BB 01 00000000:00000000 02:000004F1 00000000  1000        0 981234 2 0000000000000000 20 4 30 10 -1";
         assert_eq!(parse_inet_line(established), Some((981234, addr("10.0.2.15:54002"), addr("192.168.1.1:443"))));
+        assert!(!is_listening_line(established));
+        assert!(!is_listening_line(header));
     }
 
     #[cfg(target_endian = "little")]
