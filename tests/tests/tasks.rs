@@ -10,7 +10,9 @@ use std::{
 use integration_tests::{
     KillOnDrop, pyebpf,
     python::{Interpreter, for_each_interpreter},
-    read_json, spawn_sampling, wait_output,
+    read_json,
+    services::{Load, free_port, python_env, start_aiohttp},
+    spawn_sampling, wait_output,
 };
 use serde_json::Value;
 
@@ -194,4 +196,101 @@ fn no_tasks_turns_them_off() {
     let interp = integration_tests::python::host_interpreter();
     let (profile, _, pid) = profile_tasks(&interp, &["--no-tasks"]).unwrap();
     assert!(tasks_of(&profile, pid).is_empty(), "tasks with --no-tasks");
+}
+
+/// The innermost application frame of a task's chain (not the standard library's, not a
+/// package's): its handler.
+fn handler(task: &Value) -> Option<String> {
+    task["python_frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|f| !f["file"].as_str().unwrap().contains("/lib/python3"))
+        .map(|f| f["function"].as_str().unwrap().to_string())
+}
+
+/// An aiohttp service under wrk load on its three endpoints: the awaiting handler's time is
+/// the upstream's, the computing one runs for its CPU time, the blocking one for its sleeps.
+fn check_aiohttp(uvloop: bool) -> Result<(), String> {
+    let env = python_env();
+    let up_port = free_port();
+    let _upstream = start_aiohttp(env, up_port, &["--role", "upstream"]);
+    let port = free_port();
+    let up = up_port.to_string();
+    let mut args = vec!["--role", "app", "--upstream-port", &up];
+    if uvloop {
+        args.push("--uvloop");
+    }
+    let app = start_aiohttp(env, port, &args);
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("p.json");
+    let profiler = spawn_sampling(
+        pyebpf().args(["profile", "--pid", &app.pid().to_string(), "--task-rate", "20", "-d", "9", "-o"]).arg(&json),
+    );
+    let loads = [
+        Load::new(port, &["/upstream"]).connections(2).duration_secs(6).start(),
+        Load::new(port, &["/compute"]).connections(1).duration_secs(6).start(),
+        Load::new(port, &["/block"]).connections(1).duration_secs(6).start(),
+    ];
+    let reports: Vec<_> = loads.into_iter().map(|l| l.wait()).collect();
+    let output = wait_output(profiler, Duration::from_secs(60));
+    if !output.status.success() {
+        return Err(format!("pyebpf failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    for r in &reports {
+        r.assert_clean();
+    }
+    let (_, stats) = app.get("/stats");
+    let stats: Value = serde_json::from_str(&stats).unwrap();
+    let profile = read_json(&json);
+    let tasks = tasks_of(&profile, app.pid());
+    let all = describe(&tasks);
+    let of = |name: &str, state: Option<&str>| {
+        seconds(&tasks, |t| handler(t).as_deref() == Some(name) && state.is_none_or(|s| t["state"] == s))
+    };
+    let label = if uvloop { "aiohttp on uvloop" } else { "aiohttp" };
+    let requests = stats["upstream_requests"].as_f64().unwrap();
+    let awaited = stats["upstream_await_s"].as_f64().unwrap();
+    let (awaiting, total) = (of("upstream", Some("awaiting")), of("upstream", None));
+    eprintln!(
+        "{label}: /upstream awaiting {awaiting:.3} s of {total:.3} s in the handler; {requests} requests x 40 ms = \
+         {:.3} s; the handler measured {awaited:.3} s",
+        requests * 0.040
+    );
+    if (total / awaited - 1.0).abs() > 0.10 || awaiting < 0.9 * requests * 0.040 {
+        return Err(format!(
+            "{label}: upstream handler {total:.3} s ({awaiting:.3} s awaiting), measured {awaited:.3} s:\n{all}"
+        ));
+    }
+    let process = integration_tests::process(&profile, app.pid()).unwrap();
+    let in_function = |name: &str| -> f64 {
+        process["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == name))
+            .map(|s| s["weight_ns"].as_u64().unwrap() as f64 / 1e9)
+            .sum()
+    };
+    let (running, thread) = (of("compute", Some("running")), in_function("compute"));
+    eprintln!("{label}: /compute running {running:.3} s, thread in compute {thread:.3} s");
+    if thread < 0.3 || (running / thread - 1.0).abs() > 0.15 {
+        return Err(format!("{label}: compute running {running:.3} s vs thread {thread:.3} s:\n{all}"));
+    }
+    let (running, slept) = (of("block", Some("running")), stats["block_s"].as_f64().unwrap());
+    eprintln!("{label}: /block running {running:.3} s, slept {slept:.3} s");
+    if slept < 0.3 || (running / slept - 1.0).abs() > 0.15 {
+        return Err(format!("{label}: block running {running:.3} s vs slept {slept:.3} s:\n{all}"));
+    }
+    Ok(())
+}
+
+#[test]
+#[ignore = "fails today, see docs/DESIGN.md (asyncio tasks, known gaps): a running task's chain \
+            stops at its executing coroutine (the handler's own frames are not reached), and on \
+            the default loop the per-connection tasks drop out of the registry reads after a while"]
+fn aiohttp_handlers_split_into_running_ready_and_awaiting() {
+    let failures: Vec<String> = [false, true].into_iter().filter_map(|uvloop| check_aiohttp(uvloop).err()).collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -92,6 +92,7 @@ impl TaskSampler {
             // A process's first snapshot reads its code objects and types once: not the
             // steady cost the budget is about.
             cold |= entry.last.is_none();
+            log::trace!("pid {pid}: {} tasks", tasks.len());
             for t in &mut tasks {
                 if let Some(fd) = t.fd
                     && let Some(target) = self.fds.describe(pid, fd)

@@ -72,8 +72,10 @@ impl PythonProcess {
         let registries = state.registries.as_ref()?;
         let mut reader = Reader { mem: &self.mem, o: &self.offsets, l, type_names: &mut state.type_names };
         let running = reader.running(registries);
-        let mut raw: Vec<RawTask> =
-            reader.task_addresses(registries).into_iter().filter_map(|t| reader.task(t, &running)).collect();
+        let addresses = reader.task_addresses(registries);
+        let found = addresses.len();
+        let mut raw: Vec<RawTask> = addresses.into_iter().filter_map(|t| reader.task(t, &running)).collect();
+        log::trace!("asyncio: {found} task addresses, {} tasks", raw.len());
         // Task groups: the parent waits in `TaskGroup.__aexit__`, whose `self._tasks` are the
         // children (3.11+; its `self` is the frame's first local).
         let mut group_children: HashMap<u64, Vec<u64>> = HashMap::new();
@@ -169,7 +171,9 @@ impl PythonProcess {
 /// What an awaiting task waits on, from the future it waits on and its innermost coroutine.
 fn target(waiter: &Waiter, innermost: Option<&PyFrame>, names: &HashMap<u64, String>, group: bool) -> String {
     match waiter {
-        Waiter::Task(t) => return format!("task {}", names.get(t).map(String::as_str).unwrap_or("[unknown]")),
+        Waiter::Task(t) => {
+            return format!("task {}", names.get(t).map_or("[unknown]", |name| aggregate_name(name)));
+        }
         Waiter::Gather(_) => return "gather".to_string(),
         _ if group => return "task group".to_string(),
         _ => {}
