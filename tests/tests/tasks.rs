@@ -119,8 +119,16 @@ fn check_tasks(interp: &Interpreter) -> Result<(), String> {
         interp.label,
         requests * 0.040
     );
-    if (awaiting / slept - 1.0).abs() > 0.10 {
-        return Err(format!("fetcher awaiting {awaiting:.3} s, upstream delays {slept:.3} s:\n{all}"));
+    // Truth: the upstream's delays (40 ms, more on a loaded machine: what it really slept), and
+    // the round trips the fetcher measured (its own steps, a few % when the machine is loaded,
+    // are running or ready time). The upstream's reply has its way back to make after it
+    // slept (more on a loaded machine: hence 15% above, 10% below).
+    let fetcher = seconds(&tasks, |t| t["task"] == "fetcher" && has(t, "fetch_upstream"));
+    if !(0.90..=1.15).contains(&(awaiting / slept)) || (fetcher / round_trips - 1.0).abs() > 0.10 {
+        return Err(format!(
+            "fetcher awaiting {awaiting:.3} s of {fetcher:.3} s, round trips {round_trips:.3} s, upstream slept \
+             {slept:.3} s:\n{all}"
+        ));
     }
     if awaiting < 0.9 * requests * 0.040 || stream < 0.8 * awaiting {
         return Err(format!("awaiting {awaiting:.3} s (stream {stream:.3}) for {requests} requests:\n{all}"));

@@ -76,6 +76,20 @@ impl PythonProcess {
         let found = addresses.len();
         let mut raw: Vec<RawTask> = addresses.into_iter().filter_map(|t| reader.task(t, &running)).collect();
         log::trace!("asyncio: {found} task addresses, {} tasks", raw.len());
+        // A running task's coroutines are executing: their frames are on the thread's stack,
+        // above the task's coroutine frame, with the functions they call.
+        if raw.iter().any(|t| t.state == TaskState::Running) {
+            let stacks = self.thread_stacks(&mut reader);
+            for task in raw.iter_mut().filter(|t| t.state == TaskState::Running) {
+                let Some(frame) = task.coro_frame else { continue };
+                for stack in &stacks {
+                    if let Some(at) = stack.iter().position(|(addr, _)| *addr == frame) {
+                        task.chain = stack[..=at].iter().rev().map(|(_, rec)| *rec).collect();
+                        break;
+                    }
+                }
+            }
+        }
         // Task groups: the parent waits in `TaskGroup.__aexit__`, whose `self._tasks` are the
         // children (3.11+; its `self` is the frame's first local).
         let mut group_children: HashMap<u64, Vec<u64>> = HashMap::new();
@@ -165,6 +179,30 @@ impl PythonProcess {
             })
             .collect();
         Some(samples)
+    }
+}
+
+impl PythonProcess {
+    /// Every thread's Python frames, innermost first, with their addresses.
+    fn thread_stacks<M: crate::host::memory::ReadMemory>(
+        &self,
+        reader: &mut Reader<'_, M>,
+    ) -> Vec<Vec<(u64, profiler_common::PyFrameRecord)>> {
+        let o = &self.offsets;
+        let Ok(key) = u64::try_from(o.tstate_frame) else { return Vec::new() };
+        super::thread_states(&self.mem, o, self.interpreter.runtime_addr, key)
+            .into_iter()
+            .filter_map(|(_, frame)| {
+                // 3.11–3.12: the thread state points to a `_PyCFrame`, which points to the frame.
+                if o.cframe_current_frame >= 0 {
+                    reader.mem.u64(frame.checked_add(o.cframe_current_frame as u64)?)
+                } else {
+                    Some(frame)
+                }
+            })
+            .filter(|&frame| frame != 0)
+            .map(|frame| reader.thread_frames(frame))
+            .collect()
     }
 }
 

@@ -83,7 +83,13 @@ pub struct RawTask {
     /// 3.11+: the innermost coroutine's first local (`self` of a method), for waits whose
     /// owner only that object knows (a `TaskGroup`'s tasks).
     pub innermost_self: Option<u64>,
+    /// Address of the task's coroutine's frame: a running task's frames are found on its
+    /// thread's frame stack above it.
+    pub coro_frame: Option<u64>,
 }
+
+/// Frames walked down a thread's stack looking for a running coroutine's frame.
+const MAX_THREAD_FRAMES: usize = 256;
 
 /// Where a process keeps its task registries; found once.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -204,6 +210,11 @@ impl<M: ReadMemory> Reader<'_, M> {
         let coro = field_u64(&raw, l.task_coro)?;
         let fut_waiter = field_u64(&raw, l.task_fut_waiter)?;
         let (chain, innermost_self) = self.chain(coro);
+        let coro_frame = if l.gen_iframe >= 0 {
+            coro.checked_add(l.gen_iframe as u64)
+        } else {
+            read_ptr(self.mem, coro, l.gen_frame_ptr)
+        };
         let waiter = if fut_waiter == 0 { Waiter::None } else { self.waiter(fut_waiter) };
         let state = if running.contains(&addr) {
             TaskState::Running
@@ -213,7 +224,7 @@ impl<M: ReadMemory> Reader<'_, M> {
             // No future, or one that is done: the task's wake-up is in the loop's ready queue.
             TaskState::Ready
         };
-        Some(RawTask { addr, name, state, chain, waiter, innermost_self })
+        Some(RawTask { addr, name, state, chain, waiter, innermost_self, coro_frame })
     }
 
     /// A task's name: its str, or `Task-n` for the int 3.12+ keep until the name is asked for.
@@ -353,6 +364,40 @@ impl<M: ReadMemory> Reader<'_, M> {
             let first_local = field_u64(&head, l.frame_localsplus).filter(|&p| p != 0);
             Some((record, awaited, first_local))
         }
+    }
+
+    /// A thread's frames from `frame` (its innermost) outwards, as (frame address, record).
+    pub fn thread_frames(&mut self, mut frame: u64) -> Vec<(u64, PyFrameRecord)> {
+        let o = self.o;
+        let mut out = Vec::new();
+        while frame != 0 && out.len() < MAX_THREAD_FRAMES {
+            let Some(record) = self.frame_record(frame) else { break };
+            out.push((frame, record));
+            match read_ptr(self.mem, frame, o.frame_previous) {
+                Some(previous) => frame = previous,
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// The record of a frame on a thread's stack (an interpreter frame 3.11+, a frame object
+    /// before), as the kernel would record it.
+    fn frame_record(&mut self, frame: u64) -> Option<PyFrameRecord> {
+        let o = self.o;
+        let code_at = u64::try_from(o.frame_code).ok()?;
+        let code = self.mem.u64(frame.checked_add(code_at)?)? & !(o.frame_code_tag_bits.max(0) as u64);
+        let (instr, owner) = if o.frame_instr_ptr >= 0 {
+            let instr = self.mem.u64(frame.checked_add(o.frame_instr_ptr as u64)?)?;
+            let owner = self.mem.bytes(frame.checked_add(u64::try_from(o.frame_owner).ok()?)?, 1)?[0];
+            (instr, u32::from(owner))
+        } else {
+            let b = self.mem.bytes(frame.checked_add(u64::try_from(o.frame_lasti).ok()?)?, 4)?;
+            (i32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as u32 as u64, 0)
+        };
+        // The entry frame of 3.13+ has no code object (None): a record that resolves to nothing.
+        let fingerprint = self.firstlineno(code).unwrap_or(0);
+        Some(PyFrameRecord { code, instr, fingerprint, owner })
     }
 
     fn firstlineno(&mut self, code: u64) -> Option<u32> {
