@@ -281,7 +281,10 @@ fn check_aiohttp(uvloop: bool) -> Result<(), String> {
             .map(|s| s["weight_ns"].as_u64().unwrap() as f64 / 1e9)
             .sum()
     };
-    let (running, thread) = (of("compute", Some("running")), in_function("compute"));
+    // A running task's chain holds the functions its step calls: the innermost application
+    // frame is `spin`, under `compute`.
+    let running = seconds(&tasks, |t| t["state"] == "running" && has(t, "compute"));
+    let thread = in_function("compute");
     eprintln!("{label}: /compute running {running:.3} s, thread in compute {thread:.3} s");
     if thread < 0.3 || (running / thread - 1.0).abs() > 0.15 {
         return Err(format!("{label}: compute running {running:.3} s vs thread {thread:.3} s:\n{all}"));
@@ -295,9 +298,9 @@ fn check_aiohttp(uvloop: bool) -> Result<(), String> {
 }
 
 #[test]
-#[ignore = "fails today, see docs/DESIGN.md (asyncio tasks, known gaps): a running task's chain \
-            stops at its executing coroutine (the handler's own frames are not reached), and on \
-            the default loop the per-connection tasks drop out of the registry reads after a while"]
+#[ignore = "fails today, see docs/DESIGN.md (asyncio tasks, known gaps): the upstream handler \
+            matches (within 2-5%) but /compute's running time is off by 20-50% against the thread's \
+            time in compute (on uvloop and the default loop), cause not found yet"]
 fn aiohttp_handlers_split_into_running_ready_and_awaiting() {
     let failures: Vec<String> = [false, true].into_iter().filter_map(|uvloop| check_aiohttp(uvloop).err()).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -14,7 +14,7 @@ use std::{
 };
 
 use crate::{
-    model::{ProcessProfile, PythonFrame, TaskProfile},
+    model::{ProcessProfile, PythonFrame, TaskProfile, tasks::is_application},
     offcpu::fdinfo::{DEFAULT_TABLE_MAX_AGE, FdCache},
     python::{
         PyFrame, PythonRegistry,
@@ -38,7 +38,7 @@ const MAX_WEIGHT: Duration = Duration::from_secs(10);
 /// one slow round (new code objects to read) does not stop sampling for seconds.
 const COST_SMOOTHING: f64 = 0.2;
 
-type Key = (String, Vec<PythonFrame>, &'static str, Option<String>);
+type Key = (String, Vec<PythonFrame>, &'static str, Option<String>, Option<usize>);
 
 #[derive(Default)]
 struct ProcessTasks {
@@ -133,12 +133,13 @@ impl TaskSampler {
         let mut out: Vec<TaskProfile> = p
             .sums
             .iter()
-            .map(|((task, frames, state, target), &weight_ns)| TaskProfile {
+            .map(|((task, frames, state, target, handler_index), &weight_ns)| TaskProfile {
                 task: task.clone(),
                 frames: frames.clone(),
                 state: state.to_string(),
                 target: target.clone(),
                 weight_ns,
+                handler_index: *handler_index,
             })
             .collect();
         out.sort_by(|a, b| b.weight_ns.cmp(&a.weight_ns).then_with(|| a.task.cmp(&b.task)));
@@ -161,8 +162,11 @@ impl TaskSampler {
 
 fn add(sums: &mut HashMap<Key, u64>, tasks: Vec<TaskSample>, weight_ns: u64) {
     for t in tasks {
+        // The handler: the innermost coroutine of application code (a running task's chain also
+        // holds the plain functions its step calls).
+        let handler = t.frames.iter().rposition(|f| f.coroutine && is_application(&f.file));
         let frames = t.frames.iter().map(model_frame).collect();
-        *sums.entry((aggregate_name(&t.name).to_string(), frames, t.state.as_str(), t.target)).or_default() +=
+        *sums.entry((aggregate_name(&t.name).to_string(), frames, t.state.as_str(), t.target, handler)).or_default() +=
             weight_ns;
     }
 }

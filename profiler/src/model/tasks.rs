@@ -20,12 +20,18 @@ pub struct TaskProfile {
     pub target: Option<String>,
     /// Wall time: snapshots it was seen in, each weighted by the interval it stands for.
     pub weight_ns: u64,
+    /// Index in `frames` of its handler when the profiler knew which frames are coroutines
+    /// (not written to JSON: read back, the handler is found by [`TaskProfile::handler`]'s rule).
+    pub handler_index: Option<usize>,
 }
 
 impl TaskProfile {
     /// The handler: the innermost frame of application code (not the standard library's, not
     /// an installed package's), else the innermost frame.
     pub fn handler(&self) -> Option<&PythonFrame> {
+        if let Some(frame) = self.handler_index.and_then(|i| self.frames.get(i)) {
+            return Some(frame);
+        }
         self.frames.iter().rev().find(|f| is_application(&f.file)).or(self.frames.last())
     }
 
@@ -43,10 +49,13 @@ impl TaskProfile {
 /// first.
 pub fn merge_tasks(into: &mut Vec<TaskProfile>, other: &[TaskProfile]) {
     for t in other {
-        match into
-            .iter_mut()
-            .find(|x| x.task == t.task && x.frames == t.frames && x.state == t.state && x.target == t.target)
-        {
+        match into.iter_mut().find(|x| {
+            x.task == t.task
+                && x.frames == t.frames
+                && x.state == t.state
+                && x.target == t.target
+                && x.handler_index == t.handler_index
+        }) {
             Some(x) => x.weight_ns += t.weight_ns,
             None => into.push(t.clone()),
         }
@@ -95,6 +104,7 @@ impl<'de> Deserialize<'de> for TaskProfile {
             state: j.state,
             target: j.target,
             weight_ns: j.weight_ns,
+            handler_index: None,
         })
     }
 }
@@ -119,6 +129,7 @@ mod tests {
             state: "awaiting".into(),
             target: Some("sleep".into()),
             weight_ns: 5,
+            handler_index: None,
         };
         assert_eq!(t.handler().unwrap().function, "slow");
         assert_eq!(t.leaf(), "[awaiting] sleep");

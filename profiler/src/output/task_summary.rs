@@ -81,6 +81,7 @@ mod tests {
             state: state.into(),
             target: target.map(Into::into),
             weight_ns: ns,
+            handler_index: None,
         }
     }
 
