@@ -88,6 +88,18 @@ pub struct SamplingArgs {
     /// machinery, interpreter start-up) in Python processes' stacks.
     #[arg(long, requires = "native")]
     pub interpreter_frames: bool,
+    /// asyncio task snapshots per second per process at most (each task's await chain and
+    /// state, weighed as wall time); lowered automatically to stay within `--task-budget`.
+    #[arg(long, value_name = "HZ", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub task_rate: u32,
+
+    /// CPU the task snapshots may use, in percent of one core.
+    #[arg(long, value_name = "PERCENT", default_value_t = 1.0, value_parser = parse_task_budget)]
+    pub task_budget: f64,
+
+    /// No asyncio task snapshots.
+    #[arg(long)]
+    pub no_tasks: bool,
 }
 
 /// Whether the targets' child processes (and theirs) are profiled too: the same flags for
@@ -363,6 +375,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("duration '{text}' is longer than a year"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// `--task-budget`: a share of one core, above 0 and at most 100 percent.
+fn parse_task_budget(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 100.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a percentage of one core above 0 and at most 100")),
+    }
 }
 
 #[cfg(test)]

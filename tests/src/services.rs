@@ -463,6 +463,13 @@ impl Drop for WebServer {
     }
 }
 
+/// tests/services/aiohttp_app.py with `args` (`--role`, ...), listening on `port`.
+pub fn start_aiohttp(env: &PythonEnv, port: u16, args: &[&str]) -> WebServer {
+    let mut module_args = vec!["aiohttp_app".to_string(), "--port".to_string(), port.to_string()];
+    module_args.extend(args.iter().map(|a| a.to_string()));
+    WebServer::spawn("aiohttp", &env.python, &module_args, &[], port)
+}
+
 /// Pids whose parent is `pid` (from /proc/PID/stat).
 pub fn children_of(pid: u32) -> Vec<u32> {
     let mut out: Vec<u32> = std::fs::read_dir("/proc")

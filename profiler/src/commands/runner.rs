@@ -11,6 +11,7 @@ use crate::{
     engine::{
         session::{DRAIN_INTERVAL, NativeConfig, Session, SessionConfig},
         target::TargetSpec,
+        tasks::TaskConfig,
     },
     error::{ExitCode, fatal},
     host::privileges,
@@ -70,6 +71,8 @@ pub fn session_config(target: TargetSpec, sampling: &SamplingArgs, mode: Mode, b
         }),
         bpf_stats,
         mode,
+        tasks: (!sampling.no_tasks)
+            .then(|| TaskConfig { rate_hz: f64::from(sampling.task_rate), budget: sampling.task_budget / 100.0 }),
     }
 }
 

@@ -214,6 +214,7 @@ fn build_process(
         loop_stalls: loop_stalls(&stacks),
         threads,
         stacks,
+        tasks: Vec::new(),
     }
 }
 

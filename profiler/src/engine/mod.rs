@@ -10,6 +10,7 @@
 //! - [`target`]: what is profiled: the host, pids, or a command started for the profile.
 //! - [`tree`]: the targets' descendants, followed as they fork.
 //! - [`launch`]: the command started for the profile, and ending everything it started.
+//! - [`tasks`]: asyncio task snapshots within a CPU budget, weighed as wall time.
 //! - [`window`]: window profiles merged into longer spans, and the daemon's ring of them.
 pub mod aggregate;
 pub mod build;
@@ -17,6 +18,7 @@ pub mod events;
 pub mod launch;
 pub mod session;
 pub mod target;
+pub mod tasks;
 pub mod totals;
 pub mod tree;
 pub mod window;

@@ -23,6 +23,7 @@ use crate::{
         build::{self, Lookups, ProcessNames},
         events::{self, Event},
         target::{CommandEnd, Running, TargetSpec},
+        tasks::{self, TaskConfig, TaskSampler},
         totals::{ThreadTotals, classify_waits, thread_totals},
     },
     host::{
@@ -65,6 +66,8 @@ pub struct SessionConfig {
     pub native: Option<NativeConfig>,
     pub bpf_stats: bool,
     pub mode: Mode,
+    /// asyncio task snapshots (None: `--no-tasks`).
+    pub tasks: Option<TaskConfig>,
 }
 
 /// The DWARF unwinder's settings.
@@ -110,6 +113,8 @@ pub struct Session {
     files_cached_since: Instant,
     /// The native unwinder's tables (with `--native`).
     native: Option<NativeTables>,
+    /// asyncio task snapshots.
+    tasks: Option<TaskSampler>,
 }
 
 /// The native unwinder's side in userspace: which processes the kernel has mappings of, and
@@ -219,6 +224,7 @@ impl Session {
             native,
             bpf,
             running,
+            tasks: cfg.tasks.map(TaskSampler::new),
         };
         session.agg.interpreter_frames = session.native.as_ref().is_some_and(|n| n.interpreter_frames);
         // Known targets are looked at before their first sample, so it already has Python frames
@@ -250,6 +256,9 @@ impl Session {
     pub fn tick(&mut self) -> Option<String> {
         self.drain();
         self.ticks += 1;
+        if let Some(tasks) = &mut self.tasks {
+            tasks.tick(&mut self.python);
+        }
         if self.ticks.is_multiple_of(HOUSEKEEPING_EVERY) {
             // Followed children whose fork event was lost are looked at as new targets.
             for pid in self.running.sweep(&mut self.bpf) {
@@ -389,10 +398,13 @@ impl Session {
             off_cpu_threshold_ns: self.off_cpu_threshold_ns,
             off_cpu_events: self.agg.off_cpu_events,
             off_cpu_stacks_sampled_out: counters.offcpu_sampled_out.saturating_sub(self.base.sampled_out),
-            processes: build::build(
-                &self.agg,
-                &Live { symbols: &self.symbols, python: &self.python, running: &self.running },
-                &totals,
+            processes: tasks::attach(
+                &mut self.tasks,
+                build::build(
+                    &self.agg,
+                    &Live { symbols: &self.symbols, python: &self.python, running: &self.running },
+                    &totals,
+                ),
             ),
             bpf_stats: self.bpf_stats.then(|| {
                 self.bpf
@@ -408,6 +420,9 @@ impl Session {
     /// processes that have exited is dropped here, so a long-running session stays bounded.
     pub fn rotate(&mut self) -> Profile {
         let profile = self.snapshot();
+        if let Some(tasks) = &mut self.tasks {
+            tasks.clear_window();
+        }
         self.agg = Aggregator::new(self.frequency);
         self.agg.interpreter_frames = self.native.as_ref().is_some_and(|n| n.interpreter_frames);
         self.window_start = Instant::now();
@@ -524,6 +539,9 @@ impl Session {
             }
             self.bpf.forget_process(pid);
             self.python.forget(pid);
+            if let Some(tasks) = &mut self.tasks {
+                tasks.forget(pid);
+            }
             self.symbols.forget(pid);
             self.classifier.forget(pid);
         }

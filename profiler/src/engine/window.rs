@@ -31,6 +31,7 @@ pub fn merge(into: &mut Profile, other: &Profile) {
 }
 
 fn merge_process(into: &mut ProcessProfile, other: &ProcessProfile) {
+    crate::model::tasks::merge_tasks(&mut into.tasks, &other.tasks);
     into.comm = other.comm.clone();
     if other.cmdline.is_some() {
         into.cmdline = other.cmdline.clone();
@@ -275,6 +276,7 @@ mod tests {
                 totals_ns: totals(cpu_ns, net_ns),
                 functions: vec![],
                 loop_stalls: vec![],
+                tasks: vec![],
                 threads: vec![ThreadProfile {
                     tid: 2,
                     name: "w".into(),

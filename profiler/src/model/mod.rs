@@ -13,6 +13,7 @@ pub mod folded;
 pub mod frame;
 pub mod mode;
 pub mod profile;
+pub mod tasks;
 pub mod totals;
 
 pub use category::{CATEGORIES, Category, Wait};
@@ -21,4 +22,5 @@ pub use mode::Mode;
 pub use profile::{
     Container, FunctionProfile, LoopStall, ProcessProfile, Profile, ProgramStats, StackProfile, ThreadProfile,
 };
+pub use tasks::TaskProfile;
 pub use totals::Totals;

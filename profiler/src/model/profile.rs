@@ -85,6 +85,9 @@ pub struct ProcessProfile {
     #[serde(default)]
     pub loop_stalls: Vec<LoopStall>,
     pub stacks: Vec<StackProfile>,
+    /// asyncio tasks' wall time by await chain and state (absent when none were read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<super::TaskProfile>,
 }
 
 /// Where a process runs: its cgroup, and the container and pod its cgroup's name gives.
@@ -418,6 +421,7 @@ pub(crate) mod tests {
                 totals_ns: Default::default(),
                 functions: vec![],
                 loop_stalls: vec![],
+                tasks: vec![],
                 threads: vec![],
                 stacks: vec![
                     stack(11, "w;1", frames(&["main", "a::b;c"]), Category::Cpu, 3, 30_000_000, (None, None)),

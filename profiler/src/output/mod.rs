@@ -12,6 +12,7 @@ pub mod otlp;
 pub mod pprof;
 pub mod speedscope;
 pub mod summary;
+pub mod task_summary;
 
 use crate::{
     error::{ExitCode, fatal},

@@ -109,7 +109,8 @@ pub fn write(profile: &Profile, notes: &[String], w: &mut dyn Write) -> std::io:
 
     write_top_stacks(profile, w)?;
     write_loop_stalls(profile, w)?;
-    write_functions(profile, w)
+    write_functions(profile, w)?;
+    super::task_summary::write_task_handlers(profile, w)
 }
 
 /// `container 3f4e5d6c7b8a (docker) pod 7c1b…`: under the process's line in the summary.

@@ -1,5 +1,6 @@
 //! CPython support in userspace: finding Python processes, handing the kernel their layout,
 //! and turning the frames the kernel recorded into names, files and lines.
+pub mod asyncio;
 pub mod code;
 pub mod discover;
 pub mod event_loop;

@@ -75,7 +75,7 @@ fn read_thread_names(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64) ->
 }
 
 /// The main interpreter: the list at `interpreters.head` is newest first, so it is the last one.
-fn main_interpreter(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64) -> Option<u64> {
+pub(super) fn main_interpreter(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64) -> Option<u64> {
     let mut interp = read_ptr(mem, runtime_addr, o.runtime_interpreters_head)?;
     for _ in 0..MAX_INTERPRETERS {
         match read_ptr(mem, interp, o.interp_next) {
@@ -96,7 +96,7 @@ fn thread_identity(mem: &impl ReadMemory, o: &PyOffsets, thread: u64) -> Option<
 }
 
 /// A non-NULL pointer field of the struct at `base`.
-fn read_ptr(mem: &impl ReadMemory, base: u64, offset: i64) -> Option<u64> {
+pub(super) fn read_ptr(mem: &impl ReadMemory, base: u64, offset: i64) -> Option<u64> {
     let offset = u64::try_from(offset).ok()?;
     mem.u64(base.checked_add(offset)?).filter(|&p| p != 0)
 }
@@ -153,7 +153,7 @@ fn is_a(mem: &impl ReadMemory, o: &PyOffsets, obj: u64, flag: i64) -> bool {
 // ---- str and int -------------------------------------------------------------------------------
 
 /// A str object's text, after checking it is one.
-fn read_str(mem: &impl ReadMemory, o: &PyOffsets, addr: u64) -> Option<String> {
+pub(super) fn read_str(mem: &impl ReadMemory, o: &PyOffsets, addr: u64) -> Option<String> {
     if !is_a(mem, o, addr, o.type_flag_unicode_subclass) {
         return None;
     }
@@ -173,7 +173,7 @@ fn ascii_len(o: &PyOffsets, head: &[u8]) -> Option<usize> {
 /// Is the object at `addr` the str `want` (ASCII)? Dict keys are compared by content since the
 /// target's string hashes are seeded per process. Cheap on mismatch: the header alone rules out
 /// most keys by length; only a full match pays for the type check.
-fn str_is(mem: &impl ReadMemory, o: &PyOffsets, addr: u64, want: &str) -> bool {
+pub(super) fn str_is(mem: &impl ReadMemory, o: &PyOffsets, addr: u64, want: &str) -> bool {
     let Some(head) = mem.bytes(addr, o.unicode_ascii_data as usize) else { return false };
     if ascii_len(o, &head) != Some(want.len()) {
         return false;
@@ -217,7 +217,7 @@ fn combine_digits(digits: &[u32], bits: u32, sign: i64) -> Option<i64> {
 }
 
 /// An int's value, if it is an int that fits in i64 (a bool is an int too; fine for a TID).
-fn read_int(mem: &impl ReadMemory, o: &PyOffsets, addr: u64) -> Option<i64> {
+pub(super) fn read_int(mem: &impl ReadMemory, o: &PyOffsets, addr: u64) -> Option<i64> {
     if !is_a(mem, o, addr, o.type_flag_long_subclass) {
         return None;
     }
@@ -365,7 +365,7 @@ fn read_dict_header(mem: &impl ReadMemory, o: &PyOffsets, dict: u64) -> Option<D
 }
 
 /// A dict's live (key, value) pairs, as one consistent snapshot.
-fn dict_items(mem: &impl ReadMemory, o: &PyOffsets, dict: u64) -> Option<Vec<(u64, u64)>> {
+pub(super) fn dict_items(mem: &impl ReadMemory, o: &PyOffsets, dict: u64) -> Option<Vec<(u64, u64)>> {
     if !is_a(mem, o, dict, o.type_flag_dict_subclass) {
         return None;
     }
@@ -384,7 +384,7 @@ fn dict_items(mem: &impl ReadMemory, o: &PyOffsets, dict: u64) -> Option<Vec<(u6
 }
 
 /// The values stored under each of `names` (str keys) among `items`.
-fn find_str_keys<const N: usize>(
+pub(super) fn find_str_keys<const N: usize>(
     mem: &impl ReadMemory,
     o: &PyOffsets,
     items: &[(u64, u64)],
@@ -403,7 +403,7 @@ fn find_str_keys<const N: usize>(
 }
 
 /// Looks `names` up in the dict at `dict`; None if it cannot be read as a dict.
-fn dict_lookup<const N: usize>(
+pub(super) fn dict_lookup<const N: usize>(
     mem: &impl ReadMemory,
     o: &PyOffsets,
     dict: u64,
@@ -479,7 +479,7 @@ fn locate_managed(mem: &impl ReadMemory, o: &PyOffsets, obj: u64, ty: &TypeInfo)
 }
 
 /// An instance's attributes as (name, value) pairs, as one consistent snapshot.
-fn attribute_items(mem: &impl ReadMemory, o: &PyOffsets, obj: u64) -> Option<Vec<(u64, u64)>> {
+pub(super) fn attribute_items(mem: &impl ReadMemory, o: &PyOffsets, obj: u64) -> Option<Vec<(u64, u64)>> {
     consistent(
         || locate_attributes(mem, o, obj),
         |attributes| match *attributes {

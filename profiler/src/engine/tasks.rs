@@ -1,0 +1,189 @@
+//! asyncio task sampling: snapshots of every task of every asyncio process (see
+//! `python::asyncio`), taken from the session's tick at `--task-rate` within a CPU budget
+//! (`--task-budget`), each weighted by the wall time since the process's previous snapshot,
+//! and summed per (task, await chain, state, target) into `processes[].tasks`.
+//!
+//! The budget is adaptive: after each round of snapshots the next one waits at least
+//! `cost / budget` (a round that took 2 ms under a 1% budget is followed by 200 ms of
+//! nothing), so a process with thousands of tasks is read less often, never more than the
+//! budget allows; weights stay wall time, since each snapshot stands for the time since the
+//! last.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    model::{ProcessProfile, PythonFrame, TaskProfile, tasks::is_application},
+    offcpu::fdinfo::{DEFAULT_TABLE_MAX_AGE, FdCache},
+    python::{
+        PyFrame, PythonRegistry,
+        asyncio::{AsyncioState, TaskSample, aggregate_name},
+    },
+};
+
+/// Task sampling settings.
+#[derive(Clone, Copy, Debug)]
+pub struct TaskConfig {
+    /// Snapshots per second per process at most.
+    pub rate_hz: f64,
+    /// Share of one CPU the snapshots may use (0.01 = 1%).
+    pub budget: f64,
+}
+
+/// A snapshot stands for the time since the process's previous one, up to this much (a
+/// stall of ours longer than that is not the tasks' time).
+const MAX_WEIGHT: Duration = Duration::from_secs(10);
+/// Weight of the newest round's cost in the running average the budget is applied to, so that
+/// one slow round (new code objects to read) does not stop sampling for seconds.
+const COST_SMOOTHING: f64 = 0.2;
+
+type Key = (String, Vec<PythonFrame>, &'static str, Option<String>, Option<usize>);
+
+#[derive(Default)]
+struct ProcessTasks {
+    state: AsyncioState,
+    last: Option<Instant>,
+    sums: HashMap<Key, u64>,
+}
+
+/// The sampler: per-process state and sums for the current window.
+pub struct TaskSampler {
+    cfg: TaskConfig,
+    processes: HashMap<u32, ProcessTasks>,
+    /// What a stream's socket is connected to, as off-CPU targets are named.
+    fds: FdCache,
+    next_round: Option<Instant>,
+    /// Running average of a round's cost, in seconds.
+    average_cost: Option<f64>,
+    /// Time spent in snapshots, and how many, since the start (for the notes).
+    pub spent: Duration,
+    pub snapshots: u64,
+}
+
+impl TaskSampler {
+    pub fn new(cfg: TaskConfig) -> Self {
+        Self {
+            cfg,
+            processes: HashMap::new(),
+            fds: FdCache::new(DEFAULT_TABLE_MAX_AGE),
+            next_round: None,
+            average_cost: None,
+            spent: Duration::ZERO,
+            snapshots: 0,
+        }
+    }
+
+    /// Takes a round of snapshots if one is due.
+    pub fn tick(&mut self, python: &mut PythonRegistry) {
+        let now = Instant::now();
+        if self.next_round.is_some_and(|t| now < t) {
+            return;
+        }
+        let started = Instant::now();
+        let mut cold = false;
+        for pid in python.known_pids() {
+            let Some(process) = python.get_mut(pid) else { continue };
+            if !process.asyncio_supported() {
+                continue;
+            }
+            let entry = self.processes.entry(pid).or_default();
+            let Some(mut tasks) = process.asyncio_tasks(&mut entry.state) else { continue };
+            // A process's first snapshot reads its code objects and types once: not the
+            // steady cost the budget is about.
+            cold |= entry.last.is_none();
+            log::trace!("pid {pid}: {} tasks", tasks.len());
+            for t in &mut tasks {
+                if let Some(fd) = t.fd
+                    && let Some(target) = self.fds.describe(pid, fd)
+                {
+                    t.target = Some(target.to_string());
+                }
+            }
+            let at = Instant::now();
+            let weight = match entry.last {
+                Some(last) => at.duration_since(last).min(MAX_WEIGHT),
+                None => Duration::from_secs_f64(1.0 / self.cfg.rate_hz).min(MAX_WEIGHT),
+            };
+            entry.last = Some(at);
+            self.snapshots += 1;
+            add(&mut entry.sums, tasks, weight.as_nanos() as u64);
+        }
+        let cost = started.elapsed();
+        self.spent += cost;
+        let cost_s = cost.as_secs_f64();
+        let average = match self.average_cost {
+            _ if cold => self.average_cost.unwrap_or(0.0),
+            // A spike (new code objects to read) moves the average at most 4 times as far.
+            Some(avg) => avg + COST_SMOOTHING * (cost_s.min(4.0 * avg) - avg),
+            None => cost_s,
+        };
+        if !cold {
+            self.average_cost = Some(average);
+        }
+        log::debug!("asyncio task round: {:.3} ms (average {:.3} ms)", cost.as_secs_f64() * 1e3, average * 1e3);
+        let min_gap = Duration::from_secs_f64(1.0 / self.cfg.rate_hz);
+        let budget_gap = Duration::from_secs_f64(average / self.cfg.budget.max(1e-4));
+        self.next_round = Some(now + min_gap.max(budget_gap));
+    }
+
+    /// The window's task stacks of `pid`, heaviest first.
+    pub fn window(&self, pid: u32) -> Vec<TaskProfile> {
+        let Some(p) = self.processes.get(&pid) else { return Vec::new() };
+        let mut out: Vec<TaskProfile> = p
+            .sums
+            .iter()
+            .map(|((task, frames, state, target, handler_index), &weight_ns)| TaskProfile {
+                task: task.clone(),
+                frames: frames.clone(),
+                state: state.to_string(),
+                target: target.clone(),
+                weight_ns,
+                handler_index: *handler_index,
+            })
+            .collect();
+        out.sort_by(|a, b| b.weight_ns.cmp(&a.weight_ns).then_with(|| a.task.cmp(&b.task)));
+        out
+    }
+
+    /// Starts a new window.
+    pub fn clear_window(&mut self) {
+        for p in self.processes.values_mut() {
+            p.sums.clear();
+        }
+    }
+
+    /// Drops processes that have exited.
+    pub fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+        self.fds.forget_process(pid);
+    }
+}
+
+fn add(sums: &mut HashMap<Key, u64>, tasks: Vec<TaskSample>, weight_ns: u64) {
+    for t in tasks {
+        // The handler: the innermost coroutine of application code (a running task's chain also
+        // holds the plain functions its step calls).
+        let handler = t.frames.iter().rposition(|f| f.coroutine && is_application(&f.file));
+        let frames = t.frames.iter().map(model_frame).collect();
+        *sums.entry((aggregate_name(&t.name).to_string(), frames, t.state.as_str(), t.target, handler)).or_default() +=
+            weight_ns;
+    }
+}
+
+fn model_frame(f: &PyFrame) -> PythonFrame {
+    PythonFrame { function: f.function.clone(), file: f.file.clone(), line: f.line, first_line: f.first_line }
+}
+
+/// Gives each process of a window its task stacks.
+pub fn attach(sampler: &mut Option<TaskSampler>, mut processes: Vec<ProcessProfile>) -> Vec<ProcessProfile> {
+    if let Some(sampler) = sampler {
+        for p in &mut processes {
+            p.tasks = sampler.window(p.pid);
+        }
+        if sampler.snapshots > 0 {
+            log::info!("asyncio task snapshots: {} in {:.1} ms", sampler.snapshots, sampler.spent.as_secs_f64() * 1e3);
+        }
+    }
+    processes
+}

@@ -1,0 +1,120 @@
+//! Where asyncio keeps a task's state, per CPython version (64-bit, with the GIL).
+//!
+//! `TaskObj` and `FutureObj` are private structs of `Modules/_asynciomodule.c`: no header
+//! declares them, so an `offsetof` probe like `cargo xtask gen-python-offsets` has nothing to
+//! compile against. The numbers below were found in memory by `tests/probes/asyncio_layout.py`,
+//! which creates a task awaiting a coroutine awaiting a future and locates each known object
+//! inside the live Task, Future, coroutine and frame (run it with an interpreter to check or
+//! add a version: it prints this table's fields). The integration tests check them again live
+//! on every interpreter found, by reading tasks whose chains and states are known.
+//!
+//! Generator and frame fields follow the public layouts: 3.11+ keep a coroutine's frame inline
+//! (`gi_iframe`) with a one-byte `gi_frame_state` before it; 3.8–3.10 point to a frame object.
+//! A suspended coroutine's top of stack is what it awaits (CPython's own `_PyGen_yf`).
+
+/// Offsets of one version; -1 where the version has no such field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AsyncioLayout {
+    pub minor: u8,
+    /// `TaskObj.task_fut_waiter`: the future the task's coroutine waits on, or NULL.
+    pub task_fut_waiter: i64,
+    /// `TaskObj.task_coro`.
+    pub task_coro: i64,
+    /// `TaskObj.task_name`: a str, or (3.12+, until someone asks) an int n for `Task-n`.
+    pub task_name: i64,
+    /// `FutureObj.fut_state` (an enum int: PENDING 0, CANCELLED 1, FINISHED 2); a task is a
+    /// future, so its own state is here too.
+    pub future_state: i64,
+    /// 3.11+: `gi_iframe`, the coroutine's `_PyInterpreterFrame`, inline.
+    pub gen_iframe: i64,
+    /// 3.11+: `gi_frame_state` (int8).
+    pub gen_frame_state: i64,
+    /// 3.8–3.10: `gi_frame`, a `PyFrameObject*` (NULL once finished).
+    pub gen_frame_ptr: i64,
+    /// Top of the frame's value stack: 3.11–3.13 `stacktop` (int, slots from
+    /// `frame_localsplus`); 3.10 `f_stackdepth` (int, slots from `frame_valuestack`); 3.8–3.9
+    /// `f_stacktop` (a pointer past the top slot, NULL while running).
+    pub frame_stacktop: i64,
+    /// The frame's locals: `_PyInterpreterFrame.localsplus` (3.11–3.13), `PyFrameObject.f_localsplus`
+    /// (3.8–3.10). The first is a method's `self`.
+    pub frame_localsplus: i64,
+    /// 3.10: `PyFrameObject.f_valuestack`.
+    pub frame_valuestack: i64,
+    /// `PyWeakReference.wr_object`: a `WeakSet`'s items are weak references.
+    pub weakref_object: i64,
+}
+
+/// `PySetObject` (the same from 3.8 to 3.14 with the GIL): `mask` (slots - 1) and the `table`
+/// of `setentry {key, hash}`.
+pub const SET_MASK: u64 = 32;
+pub const SET_TABLE: u64 = 40;
+pub const SET_ENTRY_SIZE: usize = 16;
+/// `PyListObject.ob_item` (after `ob_size` at 16).
+pub const LIST_SIZE: u64 = 16;
+pub const LIST_ITEMS: u64 = 24;
+
+/// Future states (`fut_state`).
+pub const STATE_PENDING: i32 = 0;
+
+const fn layout(minor: u8, task: [i64; 4], generator: [i64; 3], frame: [i64; 3]) -> AsyncioLayout {
+    AsyncioLayout {
+        minor,
+        task_fut_waiter: task[0],
+        task_coro: task[1],
+        task_name: task[2],
+        future_state: task[3],
+        gen_iframe: generator[0],
+        gen_frame_state: generator[1],
+        gen_frame_ptr: generator[2],
+        frame_stacktop: frame[0],
+        frame_localsplus: frame[1],
+        frame_valuestack: frame[2],
+        weakref_object: 16,
+    }
+}
+
+/// Found by `tests/probes/asyncio_layout.py` with CPython 3.8.18, 3.9.18, 3.10.13, 3.11.7
+/// (and Debian's 3.11), 3.12.1 and 3.13.0.
+/// Fields: task [fut_waiter, coro, name, state], gen [iframe, frame_state, frame_ptr],
+/// frame [stacktop, localsplus, valuestack].
+const TABLE: [AsyncioLayout; 6] = [
+    layout(8, [104, 112, 120, 72], [-1, -1, 16], [72, 360, -1]),
+    layout(9, [144, 152, 160, 80], [-1, -1, 16], [72, 360, -1]),
+    layout(10, [152, 160, 168, 88], [-1, -1, 16], [80, 352, 64]),
+    layout(11, [128, 136, 144, 88], [80, 75, -1], [64, 72, -1]),
+    layout(12, [128, 136, 144, 88], [72, 67, -1], [64, 72, -1]),
+    layout(13, [112, 120, 128, 96], [72, 67, -1], [64, 72, -1]),
+];
+
+/// The layout of CPython 3.`minor` with the GIL; None for versions without one (3.14+ and
+/// free-threaded builds are not read yet).
+pub fn for_version(minor: u8, free_threaded: bool) -> Option<&'static AsyncioLayout> {
+    if free_threaded {
+        return None;
+    }
+    TABLE.iter().find(|l| l.minor == minor)
+}
+
+/// Is a `gi_frame_state` one of a frame that can be read (created, suspended or running), not
+/// completed or cleared? Every version numbers those states below 1.
+pub fn frame_alive(state: i8) -> bool {
+    state < 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_version_has_one_frame_scheme() {
+        for l in &TABLE {
+            assert_eq!(l.gen_iframe >= 0, l.minor >= 11, "3.{}", l.minor);
+            assert_eq!(l.gen_frame_ptr >= 0, l.minor <= 10, "3.{}", l.minor);
+            assert_eq!(l.frame_valuestack >= 0, l.minor == 10, "3.{}", l.minor);
+            assert!(l.gen_iframe < 0 || l.gen_frame_state < l.gen_iframe);
+            // The task's fields follow the future's, in the order TaskObj declares them.
+            assert!(l.future_state < l.task_fut_waiter && l.task_fut_waiter < l.task_coro && l.task_coro < l.task_name);
+        }
+        assert!(for_version(14, false).is_none() && for_version(13, true).is_none());
+    }
+}
