@@ -166,3 +166,73 @@ fn category_shares_match_schedstat_under_contention() {
         stacks_add_up(p)
     });
 }
+
+#[test]
+fn dump_names_each_threads_function_and_the_waiters_lock_wait() {
+    for_each_interpreter("dump", |interp| {
+        let target = start_ready(interp, "blocked.py", &[]);
+        let pid = target.pid().to_string();
+        let out = run(pyebpf().args(["dump", "--pid", &pid, "--json"]), Duration::from_secs(60));
+        assert_success(&out);
+        let doc: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))?;
+        let p = &doc["processes"][0];
+        if p["pid"] != target.pid() || p["threads"].as_array().map_or(0, Vec::len) != 5 {
+            return Err(format!("expected 5 threads of {pid}: {p}"));
+        }
+        let thread = |name: &str| {
+            p["threads"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["python_name"] == name)
+                .cloned()
+                .ok_or(format!("no {name}"))
+        };
+        for (name, function) in [
+            ("acceptor", "accept_forever"),
+            ("sleeper", "sleep_an_hour"),
+            ("holder", "hold_lock"),
+            ("waiter", "wait_for_lock"),
+        ] {
+            let t = thread(name)?;
+            // Innermost first: the thread's own function is the first frame of this file.
+            let ours = t["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|f| f["file"].as_str().is_some_and(|f| f.ends_with("blocked.py")));
+            if ours.is_none_or(|f| f["function"] != function) {
+                return Err(format!("{name}: innermost blocked.py frame is not {function}: {}", t["frames"]));
+            }
+            if t["state"] != "sleeping" || t["blocked_s"].as_f64().is_none_or(|s| s <= 0.0) {
+                return Err(format!("{name}: not shown blocked: {t}"));
+            }
+        }
+        let waiter = thread("waiter")?;
+        if waiter["category"] != "lock" || waiter["syscall"] != "futex" {
+            return Err(format!("waiter: not in a lock wait: {waiter}"));
+        }
+        let acceptor = thread("acceptor")?;
+        if !acceptor["target"].as_str().is_some_and(|t| t.starts_with("tcp listen 127.0.0.1:")) {
+            return Err(format!("acceptor: not waiting on its listening socket: {acceptor}"));
+        }
+        // The text form says the same.
+        let text = run(pyebpf().args(["dump", "--pid", &pid]), Duration::from_secs(60));
+        assert_success(&text);
+        let text = String::from_utf8_lossy(&text.stdout);
+        if !text.contains("wait_for_lock (") || !text.contains("[lock]") {
+            return Err(format!("text dump: {text}"));
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn dump_of_a_missing_pid_fails_with_the_target_status() {
+    let out = run(pyebpf().args(["dump", "--pid", &unused_pid().to_string()]), Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let usage = run(pyebpf().args(["dump"]), Duration::from_secs(30));
+    assert_eq!(usage.status.code(), Some(2));
+}
