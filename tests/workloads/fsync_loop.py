@@ -1,5 +1,7 @@
 """A write+fsync loop in the main thread for SECONDS (argv[1]): disk time, CPU time and,
-beside CPU burners, run-queue time. Prints its tid and "ready" first."""
+beside CPU burners, run-queue time. Prints its tid first; when the loop ends, "done" and the
+CLOCK_BOOTTIME ns of that moment, then sleeps a second (while it sleeps, its schedstat is
+current: a waiting thread's run-queue time is only added when it next runs)."""
 import os
 import sys
 import tempfile
@@ -9,7 +11,6 @@ import time
 END = time.time() + float(sys.argv[1])
 path = os.path.join(tempfile.gettempdir(), f"pyebpf-fsync-loop-{os.getpid()}.dat")
 print(threading.get_native_id(), flush=True)
-print("ready", flush=True)
 try:
     with open(path, "wb") as f:
         while time.time() < END:
@@ -18,3 +19,5 @@ try:
             os.fsync(f.fileno())
 finally:
     os.unlink(path)
+print("done", time.clock_gettime_ns(time.CLOCK_BOOTTIME), flush=True)
+time.sleep(1.0)

@@ -213,8 +213,9 @@ pub struct Bpf {
     in_flight: HashMap<MapData, u32, profiler_common::InFlight>,
     /// The native unwinder's tables (with `--native`).
     pub unwind: Option<UnwindMaps>,
-    /// The task iterator, when the kernel accepts it.
-    task_iter: Option<task_iter::TaskIter>,
+    /// The task iterator: loaded on first use (None: not yet; Some(None): the kernel
+    /// refused it), so that profiles without blocked threads do not wait for its verifier.
+    task_iter: Option<Option<task_iter::TaskIter>>,
     /// Keeps BPF run-time accounting on for as long as we hold it.
     _stats_fd: Option<OwnedFd>,
     pub cpus: usize,
@@ -387,8 +388,6 @@ impl Bpf {
             None => None,
         };
 
-        let task_iter = task_iter::TaskIter::load(&mut ebpf);
-
         let events = RingBuf::try_from(ebpf.take_map(names::MAP_EVENTS).context("EVENTS map missing")?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map(names::MAP_STATS).context("STATS map missing")?)?;
         let targets = HashMap::try_from(ebpf.take_map(names::MAP_TARGET_PIDS).context("TARGET_PIDS map missing")?)?;
@@ -412,7 +411,7 @@ impl Bpf {
             thread_times,
             in_flight,
             unwind,
-            task_iter,
+            task_iter: None,
             _stats_fd: stats_fd,
             cpus: cpu_list.len(),
             off_cpu: cfg.off_cpu,
@@ -501,16 +500,12 @@ impl Bpf {
     /// Every thread of the registered processes now, from the task iterator (empty without
     /// one): state, fs base, kernel stack and, on 5.15+, the syscall it is in.
     pub fn tasks(&mut self) -> Vec<profiler_common::task_iter::TaskRecord> {
-        let Some(it) = &self.task_iter else { return Vec::new() };
+        let it = self.task_iter.get_or_insert_with(|| task_iter::TaskIter::load(&mut self.ebpf));
+        let Some(it) = it else { return Vec::new() };
         it.run(&mut self.ebpf).unwrap_or_else(|e| {
             log::debug!("task iterator: {e:#}");
             Vec::new()
         })
-    }
-
-    /// The task iterator's records carry syscalls (5.15+).
-    pub fn tasks_have_regs(&self) -> bool {
-        self.task_iter.as_ref().is_some_and(|t| t.has_regs())
     }
 
     /// Tells the unwinder where process `pid` keeps its Python threads and frames.

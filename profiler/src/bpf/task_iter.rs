@@ -38,11 +38,6 @@ impl TaskIter {
         None
     }
 
-    /// Syscall numbers and arguments come with the records (else from /proc).
-    pub fn has_regs(&self) -> bool {
-        self.program == PROG_TASK_THREADS
-    }
-
     /// One record per thread of the registered processes, now.
     pub fn run(&self, ebpf: &mut Ebpf) -> anyhow::Result<Vec<TaskRecord>> {
         let iter: &mut Iter =
