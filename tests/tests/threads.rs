@@ -102,22 +102,24 @@ fn category_shares_match_schedstat_under_contention() {
         std::thread::sleep(Duration::from_millis(200));
         let dir = tempfile::tempdir().unwrap();
         let json = dir.path().join("p.json");
-        let mut child = pyebpf()
-            .args(["profile", "--no-summary", "-o"])
-            .arg(&json)
-            .arg("--")
-            .args(interp.argv())
-            .arg(interp.workload("fsync_loop.py"))
-            .arg("4")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok);
+        let mut child = KillOnDrop(
+            pyebpf()
+                .args(["profile", "--no-summary", "-o"])
+                .arg(&json)
+                .arg("--")
+                .args(interp.argv())
+                .arg(interp.workload("fsync_loop.py"))
+                .arg("4")
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut lines = std::io::BufReader::new(child.0.stdout.take().unwrap()).lines().map_while(Result::ok);
         let tid: u64 = lines.next().and_then(|l| l.trim().parse().ok()).ok_or("no tid")?;
         let done: f64 =
             lines.find_map(|l| l.strip_prefix("done ").and_then(|v| v.trim().parse().ok())).ok_or("no done line")?;
         let (started, on_cpu, runq) = thread_sched(tid, tid).ok_or("cannot read the loop's schedstat")?;
-        let status = child.wait().unwrap();
+        let status = child.0.wait().unwrap();
         drop(burners);
         if !status.success() {
             return Err(format!("pyebpf: {status}"));
