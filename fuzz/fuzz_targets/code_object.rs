@@ -63,7 +63,7 @@ fuzz_target!(|input: Input| {
     } else {
         input.instr as u64
     };
-    let version = PyVersion { major: 3, minor, patch: None };
+    let version = PyVersion { major: 3, minor, patch: None, free_threaded: false };
     let _ = code.line(version, instr, input.generator);
     let _ = code.is_coroutine();
 });

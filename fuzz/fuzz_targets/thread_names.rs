@@ -26,7 +26,7 @@ fuzz_target!(|input: Input| {
         objs.img.poke(poke);
     }
     let mem = objs.img.memory();
-    let version = PyVersion { major: 3, minor, patch: None };
+    let version = PyVersion { major: 3, minor, patch: None, free_threaded: false };
     let _ = thread_names::thread_names(&mem, o, version, runtime_addr);
     let key = if o.tstate_native_thread_id >= 0 { o.tstate_native_thread_id } else { o.tstate_thread_id };
     let _ = thread_states(&mem, o, runtime_addr, key as u64);
