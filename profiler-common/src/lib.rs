@@ -15,6 +15,7 @@
 
 pub mod futex_arg;
 pub mod poll_arg;
+pub mod task_iter;
 mod times;
 pub mod unwind;
 

@@ -22,6 +22,7 @@ mod off_cpu;
 mod on_cpu;
 mod python;
 mod stacks;
+mod task_iter;
 
 #[cfg(not(test))]
 #[panic_handler]

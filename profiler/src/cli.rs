@@ -35,6 +35,9 @@ pub enum Command {
     /// Profile continuously and serve pprof profiles, Prometheus metrics and JSON summaries
     /// over HTTP.
     Daemon(DaemonArgs),
+    /// Every thread of Python processes now, without pausing them: state, what each is
+    /// blocked in and on what, for how long, the GIL, and its Python stack.
+    Dump(DumpArgs),
 }
 
 /// How the kernel samples and tracks time: the same flags, with the same defaults, for every
@@ -406,4 +409,24 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("target").required(true).multiple(false).args(["all", "pids"])))]
+pub struct DumpArgs {
+    /// Every Python process on the host.
+    #[arg(long)]
+    pub all: bool,
+
+    /// This process (repeatable); any process, Python or not.
+    #[arg(short = 'p', long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
+    pub pids: Vec<u32>,
+
+    /// JSON on stdout instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Each thread's kernel stack too (from the kernel's task iterator).
+    #[arg(long)]
+    pub kernel: bool,
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 use profiler_common::{
-    InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, UnwindScratch, map_size, names,
+    InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, UnwindScratch, map_size, names, task_iter,
     unwind::{Mapping, PageEntry, ProcMaps, RuleRec, TableInfo},
 };
 
@@ -114,9 +114,14 @@ fn every_map_is_named_and_shaped_as_userspace_reads_it() {
         ),
         (names::MAP_UNWIND_PROGS_PERF, (BPF_MAP_TYPE_PROG_ARRAY, u32_size, u32_size, map_size::UNWIND_PROGS)),
         (names::MAP_UNWIND_PROGS_RAW_TP, (BPF_MAP_TYPE_PROG_ARRAY, u32_size, u32_size, map_size::UNWIND_PROGS)),
+        (
+            task_iter::MAP_TASK_SCRATCH,
+            (BPF_MAP_TYPE_PERCPU_ARRAY, u32_size, size(size_of::<task_iter::TaskRecord>()), 1),
+        ),
     ]);
     let names: Vec<&str> = expected.keys().copied().collect();
     let mut listed = names::MAPS.to_vec();
+    listed.extend(task_iter::MAPS);
     listed.sort_unstable();
     assert_eq!(names, listed, "names::MAPS and this test's table list different maps");
 
@@ -133,6 +138,7 @@ fn every_program_is_named_and_in_its_section() {
     let found = contents().programs;
     let mut in_object: Vec<&str> = found.keys().map(String::as_str).collect();
     let mut listed = names::PROGRAMS.to_vec();
+    listed.extend(task_iter::PROGRAMS);
     in_object.sort_unstable();
     listed.sort_unstable();
     assert_eq!(in_object, listed, "programs in the object vs names::PROGRAMS");
@@ -147,6 +153,9 @@ fn every_program_is_named_and_in_its_section() {
     assert_eq!(found[names::PROG_UNWIND_PERF], "perf_event");
     for (program, _) in names::RAW_TP_UNWINDERS {
         assert_eq!(found[program], "raw_tp", "program {program}");
+    }
+    for program in task_iter::PROGRAMS {
+        assert_eq!(found[program], format!("iter/{}", task_iter::ITER_TARGET), "program {program}");
     }
 }
 

@@ -4,6 +4,7 @@ mod batch;
 mod contract;
 mod event_reader;
 pub mod kernel_btf;
+pub mod task_iter;
 
 use std::os::fd::OwnedFd;
 
@@ -182,6 +183,17 @@ impl UnwindMaps {
     }
 }
 
+/// The first argument the kernel's `sys_enter` records for syscall `nr` (see
+/// `profiler_common::poll_arg` and `futex_arg`), worked out for a thread found already in the
+/// call, from its arguments and stack pointer and its process's memory.
+pub fn recorded_arg0(memory: &crate::host::memory::Memory, nr: i64, args: &[u64; 6], sp: u64) -> u64 {
+    let arg0 = profiler_common::poll_arg::encode(nr, args[0], args[1], |addr| {
+        let mut word = [0u8; 8];
+        memory.read(addr, &mut word).then(|| u64::from_ne_bytes(word))
+    });
+    profiler_common::futex_arg::encode(nr, arg0, sp)
+}
+
 /// Run count and time of one of our programs, from the kernel's BPF stats.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProgramStats {
@@ -204,6 +216,9 @@ pub struct Bpf {
     in_flight: HashMap<MapData, u32, profiler_common::InFlight>,
     /// The native unwinder's tables (with `--native`).
     pub unwind: Option<UnwindMaps>,
+    /// The task iterator: loaded on first use (None: not yet; Some(None): the kernel
+    /// refused it), so that profiles without blocked threads do not wait for its verifier.
+    task_iter: Option<Option<task_iter::TaskIter>>,
     /// Keeps BPF run-time accounting on for as long as we hold it.
     _stats_fd: Option<OwnedFd>,
     pub cpus: usize,
@@ -407,6 +422,7 @@ impl Bpf {
             thread_times,
             in_flight,
             unwind,
+            task_iter: None,
             _stats_fd: stats_fd,
             cpus: cpu_list.len(),
             off_cpu: cfg.off_cpu,
@@ -467,7 +483,7 @@ impl Bpf {
     /// worker, a thread waiting on a lock) would show no time until it runs again, or at all.
     /// Entries the kernel made meanwhile are left alone.
     pub fn seed_sleeping_threads(&mut self, pid: u32) {
-        use profiler_common::{InFlight, futex_arg, off_state, poll_arg};
+        use profiler_common::{InFlight, off_state};
         if !self.off_cpu {
             return;
         }
@@ -485,16 +501,22 @@ impl Bpf {
                 continue;
             }
             if let Some((nr, args)) = t.syscall {
-                // What the kernel's sys_enter recorded had it seen the call begin.
-                let arg0 = poll_arg::encode(nr, args[0], args[1], |addr| {
-                    let mut word = [0u8; 8];
-                    memory.read(addr, &mut word).then(|| u64::from_ne_bytes(word))
-                });
-                let arg0 = futex_arg::encode(nr, arg0, t.sp);
+                let arg0 = recorded_arg0(&memory, nr, &args, t.sp);
                 let call = InFlight { syscall_nr: nr, arg0, entry_ns: now, ..Default::default() };
                 let _ = self.in_flight.insert(t.tid, call, 1);
             }
         }
+    }
+
+    /// Every thread of the registered processes now, from the task iterator (empty without
+    /// one): state, fs base, kernel stack and, on 5.15+, the syscall it is in.
+    pub fn tasks(&mut self) -> Vec<profiler_common::task_iter::TaskRecord> {
+        let it = self.task_iter.get_or_insert_with(|| task_iter::TaskIter::load(&mut self.ebpf));
+        let Some(it) = it else { return Vec::new() };
+        it.run(&mut self.ebpf).unwrap_or_else(|e| {
+            log::debug!("task iterator: {e:#}");
+            Vec::new()
+        })
     }
 
     /// Tells the unwinder where process `pid` keeps its Python threads and frames.

@@ -3,6 +3,7 @@
 //! command line. [`runner`] is the set-up and loop the profiling commands share.
 pub mod daemon;
 pub mod diff;
+pub mod dump;
 pub mod profile;
 pub mod runner;
 pub mod top;
@@ -17,5 +18,6 @@ pub async fn run(command: Command) -> anyhow::Result<u8> {
         Command::Diff(args) => diff::run(args).map(|()| 0),
         Command::Top(args) => top::run(args).await.map(|()| 0),
         Command::Daemon(args) => daemon::run(args).await.map(|()| 0),
+        Command::Dump(args) => dump::run(args).map(|()| 0),
     }
 }

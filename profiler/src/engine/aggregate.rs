@@ -135,6 +135,10 @@ pub struct Aggregator {
     /// Processes whose native walk hit an address in no mapping it knew: their mappings are
     /// to be read again (a library loaded since).
     pub unmapped_pids: HashSet<u32>,
+    /// While Some: the stacks added, to be taken back by [`Aggregator::retract_provisional`]
+    /// (waits still going on, weighed up to a snapshot that does not end the window).
+    /// With the event count when they began.
+    provisional: Option<(Vec<(RawStack, u64)>, u64)>,
 }
 
 /// Where an event's stack is accumulated: its wait, weight and what it meant for a loop.
@@ -311,9 +315,32 @@ impl Aggregator {
             kernel: s.kernel_stack.into_boxed_slice(),
             on_loop: at.on_loop,
         };
+        if let Some((p, _)) = &mut self.provisional {
+            p.push((key.clone(), at.ns));
+        }
         let w = self.stacks.entry(key).or_default();
         w.samples += 1;
         w.ns += at.ns;
+    }
+
+    /// Stacks added from now on are provisional, until [`Aggregator::retract_provisional`].
+    pub fn begin_provisional(&mut self) {
+        self.provisional = Some((Vec::new(), self.off_cpu_events));
+    }
+
+    /// Takes back the stacks added since [`Aggregator::begin_provisional`].
+    pub fn retract_provisional(&mut self) {
+        let Some((stacks, events)) = self.provisional.take() else { return };
+        self.off_cpu_events = events;
+        for (key, ns) in stacks {
+            if let Some(w) = self.stacks.get_mut(&key) {
+                w.samples = w.samples.saturating_sub(1);
+                w.ns = w.ns.saturating_sub(ns);
+                if w.samples == 0 && w.ns == 0 {
+                    self.stacks.remove(&key);
+                }
+            }
+        }
     }
 
     /// Notes the threads whose off-CPU stacks were rate-limited by the kernel, from its

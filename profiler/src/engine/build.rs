@@ -222,10 +222,24 @@ fn build_process(
 /// shorter than the threshold, or over the stack rate: when the kernel skipped stacks of this
 /// thread (`scale`), the kept ones are a sample of its waits and their weights are scaled to
 /// the exact total of their category; otherwise what is left becomes a stackless entry.
+///
+/// On-CPU stacks weigh samples × period, an estimate: they are scaled to the thread's exact
+/// on-CPU time, so they add up to it and none exceeds the thread. Stacks of a category that
+/// weigh more than its exact total (a wait that began in an earlier window weighs all of
+/// itself when it ends) are scaled down to it.
 fn account_waits(stacks: &mut Vec<StackProfile>, tid: u32, exact: &Totals, scale: bool) {
+    let on_cpu = exact.get(Category::Cpu);
+    let sampled: u64 = stacks.iter().filter(|s| s.tid == tid && s.category == Category::Cpu).map(|s| s.weight_ns).sum();
+    if on_cpu > 0 && sampled > 0 && on_cpu != sampled {
+        scale_weights(stacks.iter_mut().filter(|s| s.tid == tid && s.category == Category::Cpu), sampled, on_cpu);
+    }
     for &c in &CATEGORIES[1..] {
         let total = exact.get(c);
         let stacked: u64 = stacks.iter().filter(|s| s.tid == tid && s.category == c).map(|s| s.weight_ns).sum();
+        if stacked > total {
+            scale_weights(stacks.iter_mut().filter(|s| s.tid == tid && s.category == c), stacked, total);
+            continue;
+        }
         if scale && stacked > 0 && total > stacked {
             scale_weights(stacks.iter_mut().filter(|s| s.tid == tid && s.category == c), stacked, total);
             continue;
@@ -369,6 +383,25 @@ mod tests {
         let weights: Vec<u64> = p.stacks.iter().map(|s| s.weight_ns).collect();
         // 3:1 kept, the rounding remainder on the heaviest, no stackless entry.
         assert_eq!(weights, [75 * MS + 1, 25 * MS]);
+    }
+
+    #[test]
+    fn on_cpu_stacks_add_up_to_the_exact_on_cpu_time_and_waits_never_exceed_theirs() {
+        let mut agg = Aggregator::new(100);
+        // 14 samples × 10 ms = 140 ms sampled; the kernel timed 100 ms on the CPU.
+        agg.add_raw(10, 11, None, &[py("a", 1)], &[], &[], (10, 100 * MS));
+        agg.add_raw(10, 11, None, &[py("b", 2)], &[], &[], (4, 40 * MS));
+        // A wait that began in an earlier window weighs all of itself when it ends.
+        agg.add_raw(10, 11, Some(net()), &[py("c", 3)], &[], &[], (1, 500 * MS));
+        let exact: Totals = [(Category::Cpu, 100 * MS), (Category::Net, 200 * MS)].into_iter().collect();
+        let totals: ThreadTotals = [((10, 11), exact)].into_iter().collect();
+        let p = &build(&agg, &Fake, &totals)[0];
+        let sum = |c| p.stacks.iter().filter(|s| s.category == c).map(|s| s.weight_ns).sum::<u64>();
+        assert_eq!((sum(Category::Cpu), sum(Category::Net)), (100 * MS, 200 * MS));
+        // Proportions kept: 10:4 of 100 ms.
+        let cpu: Vec<u64> = p.stacks.iter().filter(|s| s.category == Category::Cpu).map(|s| s.weight_ns).collect();
+        assert_eq!(cpu, [71_428_572, 28_571_428]);
+        assert!(p.stacks.iter().all(|s| s.weight_ns <= p.threads[0].wall_ns));
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! - [`session`]: the pipeline's driver (start, tick, snapshot, rotate).
 //! - [`events`]: ring-buffer records decoded into typed events.
 //! - [`aggregate`]: samples and waits accumulated as raw stacks while profiling.
+//! - [`blocked`]: stacks of waits still going on at a snapshot (threads blocked all along).
+//! - [`dump`]: every thread of a process now, for `pyebpf dump`.
 //! - [`totals`]: exact per-thread time per category from the kernel's cumulative maps.
 //! - [`build`]: raw stacks and exact totals turned into the model (through [`build::Lookups`],
 //!   so it is tested without a live system).
@@ -13,7 +15,9 @@
 //! - [`tasks`]: asyncio task snapshots within a CPU budget, weighed as wall time.
 //! - [`window`]: window profiles merged into longer spans, and the daemon's ring of them.
 pub mod aggregate;
+pub mod blocked;
 pub mod build;
+pub mod dump;
 pub mod events;
 pub mod launch;
 pub mod session;

@@ -20,6 +20,7 @@ use crate::{
     bpf::{Bpf, BpfConfig, UnwindMaps},
     engine::{
         aggregate::Aggregator,
+        blocked::{BlockedStacks, Window},
         build::{self, Lookups, ProcessNames},
         events::{self, Event},
         target::{CommandEnd, Running, TargetSpec},
@@ -115,6 +116,11 @@ pub struct Session {
     native: Option<NativeTables>,
     /// asyncio task snapshots.
     tasks: Option<TaskSampler>,
+    /// Stacks of waits going on at a snapshot, and what they need.
+    blocked: BlockedStacks,
+    /// The window's start on CLOCK_MONOTONIC (the kernel's clock).
+    window_start_ns: u64,
+    max_depth: u32,
 }
 
 /// The native unwinder's side in userspace: which processes the kernel has mappings of, and
@@ -182,6 +188,7 @@ impl Session {
         }
         let window_start_wall = SystemTime::now();
         let window_start = Instant::now();
+        let window_start_ns = monotonic_ns();
         // Explicit pids that run Python are registered before they become targets: the off-CPU
         // hooks follow a target from then on, and every stack they took before the kernel had
         // the process's layout came without Python frames (up to a tenth of a CPU-bound
@@ -222,6 +229,9 @@ impl Session {
             base: Baseline::default(),
             files_cached_since: Instant::now(),
             native,
+            blocked: BlockedStacks::default(),
+            window_start_ns,
+            max_depth: cfg.max_depth,
             bpf,
             running,
             tasks: cfg.tasks.map(TaskSampler::new),
@@ -369,10 +379,25 @@ impl Session {
     /// with everything collected so far drained and symbolized.
     pub fn snapshot(&mut self) -> Profile {
         self.drain();
+        // Waits going on now weigh their stacks up to now, in this profile only: the window
+        // goes on after a snapshot (the daemon's), and their end will weigh them again.
+        self.agg.begin_provisional();
+        // One instant for the waits' stacks and the totals they must add up to.
+        let now = monotonic_ns();
+        if self.off_cpu {
+            let window = Window {
+                start_ns: self.window_start_ns,
+                now_ns: now,
+                threshold_ns: self.off_cpu_threshold_ns,
+                max_depth: self.max_depth.min(profiler_common::MAX_PY_FRAMES as u32) as usize,
+            };
+            let Session { blocked, bpf, agg, symbols, python, classifier, .. } = self;
+            blocked.add(bpf, &window, agg, symbols, python, classifier);
+        }
         self.symbols.resolve_pending();
         self.python.refresh_thread_names();
-        let (times, sums) = (self.bpf.thread_times(), self.sums_so_far());
-        let totals = self.window_totals(&times, &sums);
+        let (times, sums) = (self.bpf.thread_times(), self.sums_so_far(now));
+        let totals = self.window_totals(&times, &sums, now);
         self.agg.note_sampled_out(&times);
         let counters = self.bpf.counters();
         log::info!(
@@ -384,7 +409,7 @@ impl Session {
             sums.len(),
             times.len(),
         );
-        Profile {
+        let profile = Profile {
             format: FORMAT_NAME.to_string(),
             version: FORMAT_VERSION,
             duration_ns: self.window_start.elapsed().as_nanos() as u64,
@@ -413,7 +438,9 @@ impl Session {
                     .map(|p| ProgramStats { program: p.program, run_count: p.run_count, run_time_ns: p.run_time_ns })
                     .collect()
             }),
-        }
+        };
+        self.agg.retract_provisional();
+        profile
     }
 
     /// Ends the current window: returns its profile and starts the next one. What is known of
@@ -434,9 +461,11 @@ impl Session {
             self.files_cached_since = Instant::now();
         }
         let now = monotonic_ns();
+        // The baseline's instant: waits going on count in the next window from here.
+        self.window_start_ns = now;
         self.base = Baseline {
             oncpu: self.bpf.thread_times().into_iter().map(|(tid, t)| (tid, (t.pid, t.oncpu_ns_at(now)))).collect(),
-            sums: self.sums_so_far().into_iter().collect(),
+            sums: self.sums_so_far(now).into_iter().collect(),
             lost: self.bpf.counters().lost,
             sampled_out: self.bpf.counters().offcpu_sampled_out,
             decode_errors: self.decode_errors,
@@ -473,10 +502,10 @@ impl Session {
     /// The kernel's off-CPU sums plus the waits still going on now (added by the kernel only
     /// when the thread runs again): a thread blocked for a whole window still shows, and the
     /// next window's deltas do not count that part twice (baselines include it too).
-    fn sums_so_far(&self) -> Vec<(OffCpuKey, OffCpuSum)> {
+    fn sums_so_far(&self, now: u64) -> Vec<(OffCpuKey, OffCpuSum)> {
         let mut sums: HashMap<OffCpuKey, OffCpuSum> = self.bpf.offcpu_sums().into_iter().collect();
         let times = self.bpf.thread_times();
-        for (key, part) in self.bpf.offcpu_in_progress(&times, monotonic_ns()) {
+        for (key, part) in self.bpf.offcpu_in_progress(&times, now) {
             let s = sums.entry(key).or_default();
             s.blocked_ns += part.blocked_ns;
             s.runq_ns += part.runq_ns;
@@ -486,8 +515,12 @@ impl Session {
 
     /// Each thread's time per category in this window: the kernel's cumulative counters minus
     /// the window's baseline.
-    fn window_totals(&mut self, times: &[(u32, ThreadTimes)], sums: &[(OffCpuKey, OffCpuSum)]) -> ThreadTotals {
-        let now = monotonic_ns();
+    fn window_totals(
+        &mut self,
+        times: &[(u32, ThreadTimes)],
+        sums: &[(OffCpuKey, OffCpuSum)],
+        now: u64,
+    ) -> ThreadTotals {
         let times: Vec<(u32, ThreadTimes)> = times
             .iter()
             .map(|&(tid, t)| {

@@ -159,6 +159,11 @@ pub fn sleeping_threads(pid: u32) -> Vec<SleepingThread> {
     out
 }
 
+/// The syscall thread `tid` of `pid` is blocked in now: number, arguments, stack pointer.
+pub fn thread_syscall(pid: u32, tid: u32) -> Option<(i64, [u64; 6], u64)> {
+    parse_syscall(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
+}
+
 /// `/proc/.../syscall`: "NR ARG1 ... ARG6 SP PC" while blocked in a syscall, "-1 SP PC" when
 /// blocked outside one, "running" otherwise.
 fn parse_syscall(text: &str) -> Option<(i64, [u64; 6], u64)> {

@@ -7,8 +7,10 @@
 //! - [`totals`]: time per category.
 //! - [`analysis`]: function tables and event-loop stalls computed from stacks.
 //! - [`folded`]: the folded-stack text form.
+//! - [`dump`]: `pyebpf dump`'s view of threads at one moment.
 pub mod analysis;
 pub mod category;
+pub mod dump;
 pub mod folded;
 pub mod frame;
 pub mod mode;

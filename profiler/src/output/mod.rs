@@ -7,6 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub mod dump;
 pub mod flamegraph;
 pub mod otlp;
 pub mod pprof;

@@ -227,11 +227,13 @@ pub(super) fn value_types() -> Vec<(&'static str, &'static str)> {
 }
 
 /// One stack's values, in [`value_types`] order.
-pub(super) fn values(s: &StackProfile, period_ns: u64) -> Vec<i64> {
+pub(super) fn values(s: &StackProfile, _period_ns: u64) -> Vec<i64> {
     let mut value = vec![clamp(s.samples), 0, clamp(s.weight_ns)];
     value.extend(off_cpu_categories().map(|c| if c == s.category { clamp(s.weight_ns) } else { 0 }));
+    // On-CPU stacks weigh their share of the thread's exact on-CPU time (`engine::build`
+    // scales them to it), which samples × period only estimates.
     if s.category == Category::Cpu {
-        value[1] = clamp(s.samples * period_ns);
+        value[1] = clamp(s.weight_ns);
     }
     value
 }

@@ -5,7 +5,7 @@
 //! Weights are nanoseconds in both modes, so a thread's profiles compare across files:
 //! - `wall`: every stack, off-CPU ones ending in the frame naming their wait
 //!   (`[net] recvfrom tcp 127.0.0.1:5432`), weighing the time they stand for;
-//! - `cpu`: on-CPU stacks only, weighing samples × sampling period.
+//! - `cpu`: on-CPU stacks only, weighing their share of the thread's exact on-CPU time.
 //!
 //! This is what folded stacks hold in each mode (there, wall is in µs and cpu in samples).
 use std::{collections::HashMap, io::Write};
@@ -92,7 +92,7 @@ impl Frames {
 /// What a stack weighs in this mode (nanoseconds), or None when it is left out.
 fn weight(profile: &Profile, s: &StackProfile) -> Option<u64> {
     let ns = match profile.mode {
-        Mode::Cpu if s.category == Category::Cpu => s.samples * (1_000_000_000 / profile.frequency_hz.max(1) as u64),
+        Mode::Cpu if s.category == Category::Cpu => s.weight_ns,
         Mode::Cpu => return None,
         Mode::Wall => s.weight_ns,
     };

@@ -9,6 +9,7 @@ mod name_refresh;
 pub mod offsets;
 mod offsets_generated;
 pub mod thread_names;
+pub mod walk;
 
 use std::{
     collections::HashMap,
@@ -283,6 +284,62 @@ impl PythonProcess {
         self.interpreter.code_ranges.iter().any(|&(lo, hi)| (lo..hi).contains(&addr))
     }
 
+    /// Where each thread's `PyThreadState` is now, by host tid (3.11+) and by `pthread_t`
+    /// (every version): one walk of the thread lists, for [`PythonProcess::thread_frames`].
+    pub fn thread_state_index(&self) -> ThreadStateIndex {
+        let mut index = ThreadStateIndex::default();
+        let off = self.offsets.tstate_native_thread_id;
+        if off >= 0 {
+            let host = if self.namespaced { Some(host_tids(self.mem.pid)) } else { None };
+            for (tstate, tid) in self.thread_states(off as u64) {
+                let tid = tid as u32;
+                let tid = match &host {
+                    Some(host) => match host.get(&tid) {
+                        Some(&t) => t,
+                        None => continue,
+                    },
+                    None => tid,
+                };
+                index.by_tid.insert(tid, tstate);
+            }
+        }
+        if self.offsets.tstate_thread_id >= 0 {
+            index.by_pthread =
+                self.thread_states(self.offsets.tstate_thread_id as u64).into_iter().map(|(t, k)| (k, t)).collect();
+        }
+        index
+    }
+
+    /// Thread `tid`'s Python frames now, innermost first, with their `py_status` bits, read
+    /// from its thread state in userspace (see [`walk`]): found by tid, else by its
+    /// `pthread_t` (the fs base, from the kernel's task iterator). None when it has no state.
+    pub fn thread_frames(
+        &self,
+        index: &ThreadStateIndex,
+        tid: u32,
+        fsbase: Option<u64>,
+        max_depth: usize,
+    ) -> Option<(Vec<PyFrameRecord>, u32)> {
+        let tstate = index.by_tid.get(&tid).or_else(|| index.by_pthread.get(&fsbase.filter(|&f| f != 0)?))?;
+        let info = proc_info(self.interpreter.runtime_addr, &self.offsets);
+        Some(walk::walk(&self.mem, &info, *tstate, max_depth))
+    }
+
+    /// The `PyThreadState` holding the GIL now: `locked` set, and `last_holder` (None when
+    /// unlocked or unreadable; free-threaded builds run without it).
+    pub fn gil_holder(&self) -> Option<u64> {
+        let (start, _) = self.gil_range()?;
+        let o = &self.offsets;
+        let mut locked = [0u8; 4];
+        if o.gil_locked < 0 || !self.mem.read(start.wrapping_add(o.gil_locked as u64), &mut locked) {
+            return None;
+        }
+        if i32::from_ne_bytes(locked) == 0 || o.gil_last_holder < 0 {
+            return None;
+        }
+        self.mem.u64(start.wrapping_add(o.gil_last_holder as u64)).filter(|&t| t != 0)
+    }
+
     pub fn resolve(&mut self, rec: &PyFrameRecord) -> Resolved {
         let o = &self.offsets;
         if is_shim_owner(o, rec.owner) {
@@ -314,6 +371,14 @@ impl PythonProcess {
             }),
         }
     }
+}
+
+/// Thread states of one process by what identifies their thread (see
+/// [`PythonProcess::thread_state_index`]).
+#[derive(Debug, Default, Clone)]
+pub struct ThreadStateIndex {
+    pub by_tid: HashMap<u32, u64>,
+    pub by_pthread: HashMap<u64, u64>,
 }
 
 /// Every `PyThreadState` of every interpreter, with no bound but a sanity cap, as

@@ -1,0 +1,229 @@
+//! `pyebpf dump`: every thread of each Python process (or of the given processes) as it is
+//! now, without pausing anything: the task iterator gives each thread's kernel stack, fs base
+//! and (5.15+) the syscall it is in; /proc the thread list, states, names and how long each
+//! has been off the CPU; process memory the Python stacks (the kernel unwinder's walk, from
+//! userspace) and who holds the GIL. Waits are classified as in profiles.
+use std::collections::HashMap;
+
+use profiler_common::{off_state, task_iter::TaskRecord};
+
+use crate::{
+    bpf::{Bpf, BpfConfig, recorded_arg0},
+    host::{clock::monotonic_ns, memory::Memory, procinfo, symbols::Symbols},
+    model::{
+        Category,
+        dump::{DumpFrame, DumpProcess, DumpThread},
+    },
+    offcpu::{classify::Classifier, syscalls},
+    python::{PythonRegistry, Resolved},
+};
+
+/// Which processes: these pids (any process, Python or not), or every Python process.
+pub enum DumpTarget {
+    Pids(Vec<u32>),
+    AllPython,
+}
+
+/// A thread's scheduling state from /proc/PID/task/TID/stat, named.
+fn state_name(c: char) -> &'static str {
+    match c {
+        'R' => "running",
+        'S' => "sleeping",
+        'D' => "disk-sleep",
+        'T' => "stopped",
+        't' => "traced",
+        'Z' => "zombie",
+        'I' => "idle",
+        _ => "unknown",
+    }
+}
+
+/// One thread's /proc view: state letter, syscall (number, args, sp) when blocked in one.
+struct ProcThread {
+    tid: u32,
+    state: char,
+    syscall: Option<(i64, [u64; 6], u64)>,
+}
+
+fn proc_threads(pid: u32) -> Vec<ProcThread> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let mut out: Vec<ProcThread> = tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next())?.chars().next()?;
+            let syscall = if state == 'S' || state == 'D' { procinfo::thread_syscall(pid, tid) } else { None };
+            Some(ProcThread { tid, state, syscall })
+        })
+        .collect();
+    out.sort_by_key(|t| t.tid);
+    out
+}
+
+/// Seconds since the thread last ran (`se.exec_start` in /proc/PID/task/TID/sched, the
+/// scheduler's clock in ms; CLOCK_MONOTONIC is within a tick of it).
+fn off_cpu_for(pid: u32, tid: u32, now_ns: u64) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("se.exec_start"))?;
+    let ms: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    Some(((now_ns as f64 / 1e6 - ms) / 1e3).max(0.0))
+}
+
+/// The dump of every target process, in pid order. `bpf` is None when the kernel refused
+/// the programs: threads then come without kernel stacks, and 3.8–3.10 threads without
+/// Python stacks (their thread states are found by fs base, which only the kernel knows).
+pub fn dump(target: &DumpTarget, kernel_frames: bool) -> Vec<DumpProcess> {
+    let mut python = PythonRegistry::default();
+    let pids: Vec<u32> = match target {
+        DumpTarget::Pids(pids) => pids.clone(),
+        DumpTarget::AllPython => procinfo::all_stats().into_iter().filter(|s| !s.zombie).map(|s| s.pid).collect(),
+    };
+    let own = std::process::id();
+    let mut pids: Vec<u32> = pids.into_iter().filter(|&p| p != own).collect();
+    for &pid in &pids {
+        python.observe(pid);
+    }
+    if matches!(target, DumpTarget::AllPython) {
+        pids.retain(|&pid| python.get_mut(pid).is_some());
+    }
+    let mut bpf = Bpf::load(&BpfConfig {
+        target_all: false,
+        kernel_stacks: false,
+        frequency: 1,
+        bpf_stats: false,
+        py_max_depth: profiler_common::MAX_PY_FRAMES as u32,
+        off_cpu: false,
+        off_cpu_threshold_ns: 0,
+        off_cpu_stack_rate: 0,
+        native_rows: None,
+        follow_children: false,
+    })
+    .map_err(|e| log::warn!("no task iterator ({e:#}): threads come without kernel stacks"))
+    .ok();
+    let mut classifier = Classifier::default();
+    for (pid, range) in python.take_gil_ranges() {
+        classifier.set_gil(pid, range);
+    }
+    for (pid, info) in python.take_pending() {
+        if python.version(pid).is_some_and(|v| (v.major, v.minor) >= (3, 13)) {
+            classifier.set_parking_lot(pid);
+        }
+        if let Some(bpf) = &mut bpf {
+            let _ = bpf.set_python(pid, &info);
+        }
+    }
+    let tasks: HashMap<u32, TaskRecord> = match &mut bpf {
+        Some(bpf) => {
+            for &pid in &pids {
+                let _ = bpf.add_target(pid);
+            }
+            bpf.tasks().into_iter().map(|r| (r.tid, r)).collect()
+        }
+        None => HashMap::new(),
+    };
+    let now = monotonic_ns();
+    let mut symbols = Symbols::new();
+    if kernel_frames {
+        for r in tasks.values() {
+            symbols.note_kernel_stack(&r.kstack[..(r.kstack_len as usize).min(r.kstack.len())]);
+        }
+        symbols.resolve_pending();
+    }
+    pids.sort_unstable();
+    pids.into_iter()
+        .filter_map(|pid| {
+            let stat = procinfo::stat(pid)?;
+            let threads = proc_threads(pid);
+            let memory = Memory::new(pid);
+            let proc = python.get_mut(pid);
+            let version = proc.as_ref().map(|p| p.version().to_string());
+            let (index, holder) = match proc {
+                Some(p) => {
+                    p.refresh_thread_names();
+                    (Some(p.thread_state_index()), p.gil_holder())
+                }
+                None => (None, None),
+            };
+            let holder_tid = holder.and_then(|h| {
+                let index = index.as_ref()?;
+                index.by_tid.iter().find(|&(_, &t)| t == h).map(|(&tid, _)| tid).or_else(|| {
+                    let pthread = index.by_pthread.iter().find(|&(_, &t)| t == h)?.0;
+                    tasks.values().find(|r| r.tgid == pid && r.fsbase == *pthread).map(|r| r.tid)
+                })
+            });
+            let threads = threads
+                .into_iter()
+                .map(|t| {
+                    let task = tasks.get(&t.tid);
+                    let syscall = match task {
+                        Some(r) if r.flags & profiler_common::task_iter::TASK_HAS_REGS != 0 && r.state != 0 => {
+                            (r.syscall_nr >= 0).then_some((r.syscall_nr, r.args, r.sp))
+                        }
+                        _ => t.syscall,
+                    };
+                    let blocked = t.state == 'S' || t.state == 'D';
+                    let wait = syscall.filter(|_| blocked).map(|(nr, args, sp)| {
+                        let state = if t.state == 'D' { off_state::UNINTERRUPTIBLE } else { off_state::SLEEPING };
+                        let arg0 = recorded_arg0(&memory, nr, &args, sp);
+                        (nr, classifier.classify(pid, state, nr, arg0))
+                    });
+                    let mut frames = Vec::new();
+                    if let (Some(index), Some(p)) = (&index, python.get_mut(pid))
+                        && let Some((records, _)) =
+                            p.thread_frames(index, t.tid, task.map(|r| r.fsbase), profiler_common::MAX_PY_FRAMES)
+                    {
+                        for rec in &records {
+                            match p.resolve(rec) {
+                                Resolved::Frame(f) => {
+                                    frames.push(DumpFrame { function: f.function, file: f.file, line: f.line })
+                                }
+                                Resolved::Unknown => frames.push(DumpFrame {
+                                    function: "[unknown]".into(),
+                                    file: String::new(),
+                                    line: None,
+                                }),
+                                Resolved::Hidden => {}
+                            }
+                        }
+                    }
+                    let gil = if holder_tid == Some(t.tid) {
+                        Some("holding".to_string())
+                    } else if wait.as_ref().is_some_and(|(_, w)| w.category == Category::Gil) {
+                        Some("waiting".to_string())
+                    } else {
+                        None
+                    };
+                    let kernel = match task {
+                        Some(r) if kernel_frames => r.kstack[..(r.kstack_len as usize).min(r.kstack.len())]
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &a)| symbols.kernel_symbol(a, i).unwrap_or("[unknown]").to_string())
+                            .collect(),
+                        _ => Vec::new(),
+                    };
+                    DumpThread {
+                        tid: t.tid,
+                        name: procinfo::thread_comm(pid, t.tid).unwrap_or_default(),
+                        python_name: python.thread_name(pid, t.tid).map(str::to_string),
+                        state: state_name(t.state).to_string(),
+                        syscall: wait.as_ref().map(|(nr, _)| syscalls::name(*nr as u64).into_owned()),
+                        target: wait.as_ref().and_then(|(_, w)| w.target.clone()),
+                        category: wait.as_ref().map(|(_, w)| w.category.name().to_string()),
+                        blocked_s: if blocked { off_cpu_for(pid, t.tid, now) } else { None },
+                        gil,
+                        frames,
+                        kernel_frames: kernel,
+                    }
+                })
+                .collect();
+            Some(DumpProcess {
+                pid,
+                comm: stat.comm,
+                cmdline: procinfo::cmdline(pid),
+                python_version: version,
+                threads,
+            })
+        })
+        .collect()
+}
