@@ -241,8 +241,8 @@ fn otlp_files_hold_the_same_samples_values_frames_and_attributes_as_the_profile(
     let samples: u64 = stacks.iter().map(|s| s["samples"].as_u64().unwrap()).sum();
     assert_eq!(profile_of(decoded, "samples")["total"].as_u64(), Some(samples));
     let period = 1_000_000_000 / profile["frequency_hz"].as_u64().unwrap();
-    let cpu: u64 =
-        stacks.iter().filter(|s| s["category"] == "cpu").map(|s| s["samples"].as_u64().unwrap() * period).sum();
+    // CPU: each on-CPU stack's share of its thread's exact on-CPU time, as in pprof.
+    let cpu: u64 = stacks.iter().filter(|s| s["category"] == "cpu").map(|s| s["weight_ns"].as_u64().unwrap()).sum();
     assert_eq!(profile_of(decoded, "cpu")["total"].as_u64(), Some(cpu));
     for category in ["net", "sleep", "lock", "disk"] {
         let ns: u64 =

@@ -39,9 +39,16 @@ fn waits_are_split_by_cause_with_their_stacks_and_targets() {
         if (sleep - 60.0).abs() > slack || (compute - 40.0).abs() > slack {
             return Err(format!("compute-sleep: sleep {sleep:.1}%, compute {compute:.1}%: {}", cs["totals_ns"]));
         }
-        let net = pct(python_thread(&p, "net-client")?, &["net"]);
+        // Of the time not spent waiting for a CPU or for the GIL (both set by the other
+        // threads and the machine's load: 82.8% of all its time in one suite run), as for the
+        // lock waiter below.
+        let client = python_thread(&p, "net-client")?;
+        let net = pct(client, &["net"]) * 100.0 / (100.0 - pct(client, &["runqueue", "gil"])).max(1.0);
         if net < 85.0 {
-            return Err(format!("net-client: net {net:.1}%"));
+            return Err(format!(
+                "net-client: net {net:.1}% of its time not in the run queue or the GIL: {}",
+                client["totals_ns"]
+            ));
         }
         let waiter = python_thread(&p, "lock-waiter")?;
         let lock = pct(waiter, &["lock"]) * 100.0 / (100.0 - pct(waiter, &["runqueue"])).max(1.0);

@@ -56,9 +56,16 @@ impl Drop for Screen {
 }
 
 fn render(frame: &mut Frame, state: &State) {
-    let [header, main, functions, footer] =
-        Layout::vertical([Constraint::Length(2), Constraint::Min(6), Constraint::Length(12), Constraint::Length(1)])
-            .areas(frame.area());
+    // The functions pane: 12 lines (9 functions), or half a taller terminal. Threads blocked
+    // all along carry their functions too, so a busy process has more than 9 worth seeing.
+    let functions_height = (frame.area().height / 2).max(12);
+    let [header, main, functions, footer] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Min(6),
+        Constraint::Length(functions_height),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
 
     let mut title = header_line(state);
     if let Some(p) = state.drilled() {
