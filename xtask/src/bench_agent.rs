@@ -33,7 +33,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::{bench_overhead, bench_python};
+use crate::{
+    bench_overhead::{self, cpu_ticks},
+    bench_python,
+};
 
 pub struct Options {
     pub seconds: u64,
@@ -391,15 +394,6 @@ impl Drop for KillOnDrop {
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }
-}
-
-/// utime + stime of a process itself, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0 };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn rss_kib(pid: u32, key: &str) -> u64 {

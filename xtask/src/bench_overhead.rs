@@ -248,7 +248,7 @@ impl Drop for Profiler {
 }
 
 /// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
+pub(crate) fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else { return 0 };
     let fields: Vec<&str> = rest.split_whitespace().collect();
