@@ -83,6 +83,26 @@ pub fn spawn_sampling(cmd: &mut Command) -> Child {
     }
 }
 
+/// Waits until pyebpf, writing its stderr to `stderr` (a file the test reads afterwards), says
+/// it is sampling; panics with what it printed if it does not within 60 s.
+pub fn wait_sampling_in(stderr: &Path, child: &mut Child) {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(stderr).unwrap_or_default();
+        if text.lines().any(|l| l.starts_with(SAMPLING_LINE)) {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("pyebpf ended ({status}) before sampling: {text}");
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("pyebpf did not start sampling within 60 s: {text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Runs pyebpf to completion, with a generous timeout so a hang fails instead of blocking CI.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start pyebpf");

@@ -189,7 +189,10 @@ fn thousands_of_short_lived_processes_under_all() {
         .spawn()
         .unwrap();
     let pid = profiler.id();
-    std::thread::sleep(Duration::from_millis(200));
+    // The storm lasts about a second on an idle host: it must not start before sampling does
+    // (loading took over a second in CI, and the profile then held 44 processes).
+    let mut profiler = profiler;
+    wait_sampling_in(&stderr, &mut profiler);
     // Three loops starting /bin/true as fast as bash forks, one python3 -c pass loop, each
     // until it has started its share (or 60 s, on a very loaded machine); then Ctrl-C.
     let storm = |command: String, target: u32| {
