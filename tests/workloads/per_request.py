@@ -5,7 +5,8 @@
   descriptor number the first had)                → disk waits on DIR/req-N.dat
 - conn-requests: each request connects to a local TCP server (which answers after 20 ms),
   sends, waits for the reply, closes              → net waits on tcp 127.0.0.1:PORT
-Prints "port PORT", then "ready".
+Prints "port PORT", then "ready"; at the end "slow_fsyncs N", the fsyncs that took 1 ms or more
+(none on a filesystem whose fsync does not wait, such as tmpfs: there is no disk wait to name).
 
 Every descriptor is closed (and its number reused by the next request) long before a profiler
 could look it up in /proc after the fact: only what was captured at the syscall names it.
@@ -18,6 +19,7 @@ import time
 
 END = time.time() + float(sys.argv[1])
 DIR = sys.argv[2]
+slow_fsyncs = 0
 
 
 def serve(listener):
@@ -34,7 +36,11 @@ def file_request(n):
     with open(path, "wb") as f:
         f.write(b"x" * 262144)
         f.flush()
+        start = time.perf_counter()
         os.fsync(f.fileno())
+        if time.perf_counter() - start >= 0.001:
+            global slow_fsyncs
+            slow_fsyncs += 1
     os.unlink(path)
     held = os.path.join(DIR, "held", f"held-{n}.txt")
     with open(held, "w"):
@@ -78,3 +84,4 @@ if __name__ == "__main__":
         t.start()
     for t in threads:
         t.join()
+    print("slow_fsyncs", slow_fsyncs, flush=True)
