@@ -5,26 +5,35 @@
 //! instruction unprofiled, and its own children are followed in turn. Only this is done here:
 //! the child of a process in `FOLLOWED` becomes a target and followed, inherits its parent's
 //! CPython layout (a forked child is a copy of the parent's memory), and userspace is told
-//! with a `Fork` event (it names the process and learns its parent). New threads (the same
-//! tgid) and children of processes not followed return at once: one hash lookup per fork.
+//! with a `Fork` event (it names the process and learns its parent). A new thread or child of a
+//! tracked process gets its first off-CPU interval opened (`off_cpu::open_first_wait`). Forks
+//! of other processes return at once: two hash lookups per fork.
 //! An exec keeps the pid, so an exec'd child stays followed (`exec.rs` reports the exec).
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
 use profiler_common::{EventKind, ForkEvent, fork_flags, stat};
 
-use crate::maps::{EVENTS, FOLLOWED, PY_PROCS, TARGET_PIDS, bump, task_ids};
+use crate::{
+    maps::{EVENTS, FOLLOWED, PY_PROCS, TARGET_PIDS, bump, is_offcpu_target, task_ids},
+    off_cpu,
+};
 
 /// A raw tracepoint: `(struct task_struct *parent, struct task_struct *child)`; the parent is
 /// the current task.
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn process_fork(ctx: RawTracePointContext) -> i32 {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if FOLLOWED.get_ptr(&parent).is_none() {
+    let followed = FOLLOWED.get_ptr(&parent).is_some();
+    if !followed && !is_offcpu_target(parent) {
         return 0;
     }
     let child_task: u64 = ctx.arg(1);
-    let Some((_, child)) = task_ids(child_task) else { return 0 };
-    if child == parent || child == 0 {
-        // A new thread of a followed process: already profiled with it.
+    let Some((child_tid, child)) = task_ids(child_task) else { return 0 };
+    if child == parent {
+        // A new thread: profiled with its process; its time counts from now.
+        off_cpu::open_first_wait(child_tid, child);
+        return 0;
+    }
+    if !followed || child == 0 {
         return 0;
     }
     let mut flags = 0;
@@ -41,6 +50,8 @@ pub fn process_fork(ctx: RawTracePointContext) -> i32 {
             flags |= fork_flags::PYTHON_COPIED;
         }
     }
+    // After the maps above: they make it a target.
+    off_cpu::open_first_wait(child_tid, child);
     let event = ForkEvent { kind: EventKind::Fork as u32, pid: child, ppid: parent, flags };
     if EVENTS.output::<ForkEvent>(&event, 0).is_err() {
         bump(stat::LOST);

@@ -1,5 +1,7 @@
 //! Off-CPU time: why and how long each profiled thread is not running.
 //!
+//! - `sched_process_fork` (from `lifecycle.rs`): opens a new thread's first interval, its
+//!   run-queue wait before it first runs.
 //! - `sched_switch`: closes the on-CPU interval of the thread going out and opens its off-CPU
 //!   interval; closes the off-CPU interval of the thread coming in, splitting it into blocked
 //!   time and run-queue wait (from `sched_wakeup`), and adds it to that thread's exact sums,
@@ -77,59 +79,14 @@ fn times(tid: u32, tgid: u32) -> Option<*mut ThreadTimes> {
     THREAD_TIMES.get_ptr_mut(&tid)
 }
 
-#[raw_tracepoint(tracepoint = "sched_switch")]
-pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
-    let now = unsafe { bpf_ktime_get_ns() };
-    let preempt: u64 = ctx.arg(0);
-    let prev: u64 = ctx.arg(1);
-    let next: u64 = ctx.arg(2);
-
-    // The thread going out is the current one.
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (prev_tgid, prev_tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if prev_tid != 0
-        && is_offcpu_target(prev_tgid)
-        && let Some(t) = times(prev_tid, prev_tgid)
-    {
-        let t = unsafe { &mut *t };
-        t.oncpu_ns = t.oncpu_ns_at(now);
-        t.on_since_ns = 0;
-        t.off_since_ns = now;
-        t.wake_ns = 0;
-        let prev_state = prev_task_state(prev);
-        t.off_state = if preempt & 1 != 0 || prev_state == 0 {
-            off_state::RUNNABLE
-        } else if prev_state & TASK_UNINTERRUPTIBLE != 0 {
-            off_state::UNINTERRUPTIBLE
-        } else {
-            off_state::SLEEPING
-        };
-        // Preempted outside a syscall: no sys_exit will come to take the stack it waits
-        // in, so take it now, in its own context; userspace keeps it until the wait's end.
-        if t.off_state == off_state::RUNNABLE
-            && IN_FLIGHT.get_ptr(&prev_tid).is_none()
-            && take_stack_budget(t, now)
-            && let Some(s) = UNWIND_SCRATCH.get_ptr_mut(scratch_slot::SCHED_SWITCH)
-        {
-            // SAFETY: this CPU's record for sched_switch; built here, sent by the unwinder.
-            let s = unsafe { &mut *s };
-            unsafe {
-                stacks::fill(ctx.as_ptr(), &mut s.ev, EventKind::Preempted as u32, prev_tgid, prev_tid);
-            }
-            s.ev.time_ns = now;
-            if native::prepare(s, prev_tgid, native::current_user_regs) {
-                native::start(&ctx, &UNWIND_PROGS_RAW_TP, scratch_slot::SCHED_SWITCH);
-            }
-            unsafe { stacks::frame_pointer_stack(ctx.as_ptr(), &mut s.ev) };
-            native::submit(s);
-        }
-    }
-
-    let Some((next_tid, next_tgid)) = task_ids(next) else { return 0 };
+/// Closes the off-CPU interval of `next`, the thread coming in, and opens its on-CPU one.
+#[inline(always)]
+fn account_incoming(next: u64, now: u64) {
+    let Some((next_tid, next_tgid)) = task_ids(next) else { return };
     if next_tid == 0 || !is_offcpu_target(next_tgid) {
-        return 0;
+        return;
     }
-    let Some(t) = times(next_tid, next_tgid) else { return 0 };
+    let Some(t) = times(next_tid, next_tgid) else { return };
     let t = unsafe { &mut *t };
     if t.off_since_ns != 0 {
         let (blocked, runq) = split_off_interval(t.off_state, t.off_since_ns, t.wake_ns, now);
@@ -171,6 +128,77 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     t.on_since_ns = now;
     t.off_since_ns = 0;
     t.wake_ns = 0;
+}
+
+/// Opens the first off-CPU interval of a thread or process being created (at
+/// `sched_process_fork`, before it is first woken): it waits on the run queue from its
+/// creation to its first run, and the scheduler counts that wait (`run_delay`), so we do too.
+/// Without this its entry would be made at its first switch-in, that wait lost. An entry left
+/// by an exited thread whose tid is reused is replaced: it is a new thread.
+#[inline(always)]
+pub fn open_first_wait(tid: u32, tgid: u32) {
+    if tid == 0 || !is_offcpu_target(tgid) {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let fresh = ThreadTimes {
+        off_since_ns: now,
+        off_state: off_state::RUNNABLE,
+        ..ThreadTimes::new(tgid, offcpu_stack_cost_ns(), now)
+    };
+    let _ = THREAD_TIMES.insert(&tid, &fresh, 0);
+}
+
+#[raw_tracepoint(tracepoint = "sched_switch")]
+pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let preempt: u64 = ctx.arg(0);
+    let prev: u64 = ctx.arg(1);
+    let next: u64 = ctx.arg(2);
+    // The thread coming in first: the outgoing one's stack may be walked by a tail call to
+    // the native unwinder below, which never returns here.
+    account_incoming(next, now);
+
+    // The thread going out is the current one.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (prev_tgid, prev_tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if prev_tid != 0
+        && is_offcpu_target(prev_tgid)
+        && let Some(t) = times(prev_tid, prev_tgid)
+    {
+        let t = unsafe { &mut *t };
+        t.oncpu_ns = t.oncpu_ns_at(now);
+        t.on_since_ns = 0;
+        t.off_since_ns = now;
+        t.wake_ns = 0;
+        let prev_state = prev_task_state(prev);
+        t.off_state = if preempt & 1 != 0 || prev_state == 0 {
+            off_state::RUNNABLE
+        } else if prev_state & TASK_UNINTERRUPTIBLE != 0 {
+            off_state::UNINTERRUPTIBLE
+        } else {
+            off_state::SLEEPING
+        };
+        // Preempted outside a syscall: no sys_exit will come to take the stack it waits
+        // in, so take it now, in its own context; userspace keeps it until the wait's end.
+        if t.off_state == off_state::RUNNABLE
+            && IN_FLIGHT.get_ptr(&prev_tid).is_none()
+            && take_stack_budget(t, now)
+            && let Some(s) = UNWIND_SCRATCH.get_ptr_mut(scratch_slot::SCHED_SWITCH)
+        {
+            // SAFETY: this CPU's record for sched_switch; built here, sent by the unwinder.
+            let s = unsafe { &mut *s };
+            unsafe {
+                stacks::fill(ctx.as_ptr(), &mut s.ev, EventKind::Preempted as u32, prev_tgid, prev_tid);
+            }
+            s.ev.time_ns = now;
+            if native::prepare(s, prev_tgid, native::current_user_regs) {
+                native::start(&ctx, &UNWIND_PROGS_RAW_TP, scratch_slot::SCHED_SWITCH);
+            }
+            unsafe { stacks::frame_pointer_stack(ctx.as_ptr(), &mut s.ev) };
+            native::submit(s);
+        }
+    }
     0
 }
 

@@ -21,20 +21,23 @@ fn share_in_function(p: &Value, tid: u64, wall: u64, function: &str) -> f64 {
 
 /// Each thread's stacks weigh exactly its total, category by category.
 fn stacks_add_up(p: &Value) -> Result<(), String> {
-    for t in p["threads"].as_array().unwrap() {
-        let tid = &t["tid"];
-        for (category, total) in t["totals_ns"].as_object().unwrap() {
-            let total = total.as_u64().unwrap();
-            let stacked: u64 = p["stacks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|s| &s["tid"] == tid && s["category"] == category.as_str())
-                .map(|s| s["weight_ns"].as_u64().unwrap())
-                .sum();
-            if stacked != total {
-                return Err(format!("thread {tid}: {category} stacks weigh {stacked} ns, total {total} ns"));
-            }
+    p["threads"].as_array().unwrap().iter().try_for_each(|t| thread_stacks_add_up(p, t))
+}
+
+/// Thread `t`'s stacks weigh exactly its total, category by category.
+fn thread_stacks_add_up(p: &Value, t: &Value) -> Result<(), String> {
+    let tid = &t["tid"];
+    for (category, total) in t["totals_ns"].as_object().unwrap() {
+        let total = total.as_u64().unwrap();
+        let stacked: u64 = p["stacks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| &s["tid"] == tid && s["category"] == category.as_str())
+            .map(|s| s["weight_ns"].as_u64().unwrap())
+            .sum();
+        if stacked != total {
+            return Err(format!("thread {tid}: {category} stacks weigh {stacked} ns, total {total} ns"));
         }
     }
     Ok(())
@@ -227,4 +230,109 @@ fn dump_of_a_missing_pid_fails_with_the_target_status() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     let usage = run(pyebpf().args(["dump"]), Duration::from_secs(30));
     assert_eq!(usage.status.code(), Some(2));
+}
+
+/// `burners SECONDS THREADS`: THREADS threads burn CPU for SECONDS each, then the program prints
+/// one line per thread with what the scheduler counted for it, read by the thread itself while
+/// it runs (so current): `tid wall_ns cpu_ns runqueue_ns`, wall from its creation to its end
+/// (its run-queue wait before its first instruction, then its own clock), on-CPU time from
+/// `CLOCK_THREAD_CPUTIME_ID` (exact), run-queue time from its schedstat.
+const BURNERS_C: &str = r#"
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+static volatile unsigned long sink;
+static double seconds;
+static unsigned long long ns(clockid_t c) { struct timespec t; clock_gettime(c, &t); return t.tv_sec * 1000000000ULL + t.tv_nsec; }
+static unsigned long long run_delay(void) {
+    char b[128];
+    int fd = open("/proc/thread-self/schedstat", O_RDONLY);
+    ssize_t n = fd < 0 ? -1 : read(fd, b, sizeof b - 1);
+    if (fd >= 0) close(fd);
+    unsigned long long on = 0, rq = 0;
+    if (n > 0) { b[n] = 0; sscanf(b, "%llu %llu", &on, &rq); }
+    return rq;
+}
+__attribute__((noinline)) void inner_spin(void) { for (unsigned long i = 0; i < 200000UL; i++) sink += i; }
+__attribute__((noinline)) void *burner(void *arg) {
+    char *out = arg;
+    unsigned long long waited = run_delay();
+    unsigned long long start = ns(CLOCK_MONOTONIC);
+    while (ns(CLOCK_MONOTONIC) - start < seconds * 1e9) inner_spin();
+    unsigned long long cpu = ns(CLOCK_THREAD_CPUTIME_ID), rq = run_delay(), end = ns(CLOCK_MONOTONIC);
+    snprintf(out, 128, "%ld %llu %llu %llu\n", (long)gettid(), end - start + waited, cpu, rq);
+    return 0;
+}
+int main(int argc, char **argv) {
+    seconds = atof(argv[1]);
+    int n = atoi(argv[2]);
+    pthread_t t[64];
+    static char out[64][128];
+    for (int i = 0; i < n && i < 64; i++) pthread_create(&t[i], 0, burner, out[i]);
+    for (int i = 0; i < n && i < 64; i++) { pthread_join(t[i], 0); fputs(out[i], stdout); }
+    return 0;
+}
+"#;
+
+/// More CPU-bound threads than CPUs in one profiled process preempt one another: with
+/// `--native`, the outgoing thread's stack is walked by a tail call from `sched_switch`, which
+/// never returns, and the incoming thread's accounting must not depend on it. Each thread's
+/// totals must add up to its life (from its creation, its first run-queue wait included) and
+/// its on-CPU and run-queue shares must match what the scheduler counted, within 2 points,
+/// with and without `--native`.
+#[test]
+fn each_threads_totals_match_schedstat_with_and_without_native_unwinding() {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
+    let burners = c_program("burners", BURNERS_C);
+    let mut failures = Vec::new();
+    for native in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let json = dir.path().join("p.json");
+        let mut cmd = pyebpf();
+        cmd.args(["profile", "--no-summary", "-o"]).arg(&json);
+        if native {
+            cmd.arg("--native");
+        }
+        let out = run(cmd.arg("--").arg(&burners).args(["4", &(2 * cpus + 1).to_string()]), Duration::from_secs(300));
+        assert_success(&out);
+        let profile = read_json(&json);
+        let p = profile["processes"].as_array().unwrap().first().expect("the burners are missing from the profile");
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let f: Vec<f64> = line.split_whitespace().map(|v| v.parse().unwrap()).collect();
+            let (tid, wall, cpu, runq) = (f[0] as u64, f[1], f[2], f[3]);
+            let Some(t) = p["threads"].as_array().unwrap().iter().find(|t| t["tid"] == tid) else {
+                failures.push(format!("native {native}: thread {tid} missing"));
+                continue;
+            };
+            let ns = |c: &str| t["totals_ns"][c].as_u64().unwrap_or(0) as f64;
+            let ours_wall = t["wall_ns"].as_u64().unwrap() as f64;
+            let (ours_cpu, ours_runq) = (ns("cpu") * 100.0 / ours_wall, ns("runqueue") * 100.0 / ours_wall);
+            let (true_cpu, true_runq) = (cpu * 100.0 / wall, runq * 100.0 / wall);
+            eprintln!(
+                "native {native}: thread {tid}: wall {:.3} s (schedstat {:.3} s), cpu {ours_cpu:.1}% ({true_cpu:.1}%), runqueue {ours_runq:.1}% ({true_runq:.1}%)",
+                ours_wall / 1e9,
+                wall / 1e9
+            );
+            // Its totals cover its life: after its last reading it only returns and exits.
+            if (ours_wall - wall).abs() > 0.02 * wall
+                || (ours_cpu - true_cpu).abs() > 2.0
+                || (ours_runq - true_runq).abs() > 2.0
+            {
+                failures.push(format!(
+                    "native {native}: thread {tid}: wall {ours_wall} ns (schedstat {wall}), cpu {ours_cpu:.1}% ({true_cpu:.1}%), runqueue {ours_runq:.1}% ({true_runq:.1}%): {}",
+                    t["totals_ns"]
+                ));
+            }
+            // (Not the main thread: it only starts them and waits, 2-3 ms of CPU, and may
+            // have no on-CPU sample to carry that time.)
+            if let Err(e) = thread_stacks_add_up(p, t) {
+                failures.push(format!("native {native}: {e}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
