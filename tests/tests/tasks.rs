@@ -201,11 +201,153 @@ fn task_chains_states_and_targets_match_the_workload() {
     });
 }
 
+/// The SVG, speedscope and pprof files of one run, beside its JSON.
+struct Views {
+    svg: String,
+    speedscope: Value,
+    pprof: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Profiles the workload on the host's interpreter with every output at once.
+fn profile_with_views(extra: &[&str]) -> (Value, Views, u32) {
+    let interp = integration_tests::python::host_interpreter();
+    let dir = tempfile::tempdir().unwrap();
+    let (svg, speedscope, pprof) =
+        (dir.path().join("p.svg"), dir.path().join("p.speedscope.json"), dir.path().join("p.pb.gz"));
+    let mut args: Vec<&str> = extra.to_vec();
+    for path in [&svg, &speedscope, &pprof] {
+        args.extend(["-o", path.to_str().unwrap()]);
+    }
+    let (profile, _, pid) = profile_tasks(&interp, &args).unwrap();
+    let views =
+        Views { svg: std::fs::read_to_string(&svg).unwrap(), speedscope: read_json(&speedscope), pprof, _dir: dir };
+    (profile, views, pid)
+}
+
+/// The frames of inferno's SVG: each `<title>` is `name (N µs, P%)`; widths sum per name.
+fn svg_frames(svg: &str) -> Vec<(String, u64)> {
+    svg.split("<title>")
+        .skip(1)
+        .filter_map(|t| {
+            let title = t.split("</title>").next()?;
+            let title = title.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").replace("&quot;", "\"");
+            let open = title.rfind(" (")?;
+            let count = title[open + 2..].split(' ').next()?.replace(',', "").parse().ok()?;
+            Some((title[..open].to_string(), count))
+        })
+        .collect()
+}
+
+/// speedscope's task profile of `pid`: its stacks as frame names, root first, with weights.
+fn speedscope_tasks(file: &Value, pid: u32) -> Option<(Vec<(Vec<String>, u64)>, u64)> {
+    let frames = file["shared"]["frames"].as_array().unwrap();
+    let p = file["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str().unwrap().ends_with(&format!("({pid}) / asyncio tasks")))?;
+    let stacks = p["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(p["weights"].as_array().unwrap())
+        .map(|(s, w)| {
+            let names =
+                s.as_array().unwrap().iter().map(|i| frames[i.as_u64().unwrap() as usize]["name"].as_str().unwrap());
+            (names.map(str::to_string).collect(), w.as_u64().unwrap())
+        })
+        .collect();
+    Some((stacks, p["endValue"].as_u64().unwrap()))
+}
+
+/// In wall mode the flame graph, speedscope and pprof hold each asyncio process's task stacks
+/// beside its threads: the JSON's task chains and states, adding up to its task weights.
+#[test]
+fn task_views_in_flame_graph_speedscope_and_pprof() {
+    let (profile, views, pid) = profile_with_views(&[]);
+    let tasks = tasks_of(&profile, pid);
+    assert!(!tasks.is_empty(), "no tasks in the profile");
+    let all = describe(&tasks);
+    let weight = |t: &Value| t["weight_ns"].as_u64().unwrap();
+    let total_ns: u64 = tasks.iter().map(weight).sum();
+    let fetcher_ns: u64 = tasks.iter().filter(|t| t["task"] == "fetcher").map(weight).sum();
+    let leaves: std::collections::BTreeSet<String> = tasks
+        .iter()
+        .map(|t| match t["target"].as_str() {
+            Some(target) => format!("[{}] {target}", t["state"].as_str().unwrap()),
+            None => format!("[{}]", t["state"].as_str().unwrap()),
+        })
+        .collect();
+    for state in ["[running]", "[ready]", "[awaiting] sleep", "[awaiting] event"] {
+        assert!(leaves.contains(state), "the workload's tasks are {state}: {leaves:?}\n{all}");
+    }
+
+    // Flame graph: one `[asyncio tasks]` frame in the process, as wide as its tasks in µs
+    // (each stack rounded down to whole µs), the fetcher's chain and every state under it.
+    let svg = svg_frames(&views.svg);
+    let root: Vec<u64> = svg.iter().filter(|(n, _)| n == "[asyncio tasks]").map(|&(_, c)| c).collect();
+    let expected_us: u64 = tasks.iter().map(|t| weight(t) / 1000).sum();
+    // (The upstream is a process of its own: only the workload's view is compared.)
+    assert!(root.contains(&expected_us), "the task view's root {root:?} against the JSON's tasks ({expected_us} µs)");
+    let fetcher_us: u64 = svg.iter().filter(|(n, _)| n == "fetcher").map(|&(_, c)| c).sum();
+    let fetcher_expected: u64 = tasks.iter().filter(|t| t["task"] == "fetcher").map(|t| weight(t) / 1000).sum();
+    assert_eq!(fetcher_us, fetcher_expected, "fetcher in the flame graph");
+    assert!(svg.iter().any(|(n, _)| n.starts_with("fetch_upstream (")), "the fetcher's chain in the SVG");
+    // (inferno leaves out frames narrower than 0.1 pixel: the four states above are wide.)
+    for leaf in ["[running]", "[ready]", "[awaiting] sleep", "[awaiting] event"] {
+        assert!(svg.iter().any(|(n, _)| n == leaf), "{leaf} in the flame graph");
+    }
+
+    // speedscope: a profile named after the process, weights summing to the task weights.
+    let (stacks, end) = speedscope_tasks(&views.speedscope, pid).expect("a speedscope profile of the tasks");
+    assert_eq!(end, total_ns);
+    assert_eq!(stacks.iter().map(|(_, w)| w).sum::<u64>(), total_ns);
+    assert!(
+        stacks.iter().any(|(f, _)| f[0] == "fetcher" && f.iter().any(|x| x == "fetch_upstream")),
+        "the fetcher's chain in speedscope: {stacks:?}"
+    );
+    let ss_leaves: std::collections::BTreeSet<String> = stacks.iter().map(|(f, _)| f.last().unwrap().clone()).collect();
+    assert_eq!(ss_leaves, leaves, "speedscope's task leaves against the JSON's states");
+    // The view opened first is still a thread's.
+    let active = views.speedscope["activeProfileIndex"].as_u64().unwrap() as usize;
+    assert!(!views.speedscope["profiles"][active]["name"].as_str().unwrap().ends_with("asyncio tasks"));
+
+    // pprof: `-sample_index=tasks` totals the task weights, labels pick a task and a state.
+    let top = integration_tests::consumers::pprof_top(&views.pprof, "tasks", 30);
+    assert_eq!(top.total as u64, total_ns, "pprof's tasks total\n{}", top.text);
+    assert!(top.rows.iter().any(|r| r.name == "[running]"), "{}", top.text);
+    let focused =
+        integration_tests::consumers::pprof_top_with(&views.pprof, &["-sample_index=tasks", "-tagfocus=task=fetcher"]);
+    assert_eq!(focused.rows.iter().map(|r| r.flat).sum::<i64>() as u64, fetcher_ns, "{}", focused.text);
+    let running_ns: u64 = tasks.iter().filter(|t| t["state"] == "running").map(weight).sum();
+    let running = integration_tests::consumers::pprof_top_with(
+        &views.pprof,
+        &["-sample_index=tasks", "-tagfocus=task_state=running"],
+    );
+    assert_eq!(running.rows.iter().map(|r| r.flat).sum::<i64>() as u64, running_ns, "{}", running.text);
+    // Wall time is still the threads' alone.
+    let wall = integration_tests::consumers::pprof_top(&views.pprof, "wall", 1);
+    let stacks_ns: i64 = integration_tests::process(&profile, pid).unwrap()["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["weight_ns"].as_i64().unwrap())
+        .sum();
+    assert_eq!(wall.total, stacks_ns, "wall in pprof against the JSON's stacks");
+}
+
 #[test]
 fn no_tasks_turns_them_off() {
-    let interp = integration_tests::python::host_interpreter();
-    let (profile, _, pid) = profile_tasks(&interp, &["--no-tasks"]).unwrap();
+    let (profile, views, pid) = profile_with_views(&["--no-tasks"]);
     assert!(tasks_of(&profile, pid).is_empty(), "tasks with --no-tasks");
+    assert!(!views.svg.contains("[asyncio tasks]"), "a task view in the flame graph with --no-tasks");
+    assert!(speedscope_tasks(&views.speedscope, pid).is_none(), "a speedscope task profile with --no-tasks");
+    // `go tool pprof -raw` lists the value types first: no `tasks`.
+    let raw = std::process::Command::new("go").args(["tool", "pprof", "-raw"]).arg(&views.pprof).output().unwrap();
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    assert!(raw.contains("wall/nanoseconds"), "{raw}");
+    assert!(!raw.contains("tasks/nanoseconds"), "a tasks value in pprof with --no-tasks:\n{raw}");
 }
 
 /// The innermost application frame of a task's chain (not the standard library's, not a
