@@ -362,8 +362,24 @@ fn handler(task: &Value) -> Option<String> {
         .map(|f| f["function"].as_str().unwrap().to_string())
 }
 
+/// Seconds of wrk load on the aiohttp service; the profile covers them.
+const AIOHTTP_LOAD_S: u64 = 15;
+/// The session's tick (50 ms) bounds task snapshots at 20 a second, and a loaded machine
+/// delays ticks: the tolerance below counts on 15 a second.
+const SNAPSHOTS_PER_S: f64 = 15.0;
+
+/// How far a time estimated from periodic snapshots may be from the truth: a state that holds
+/// a share `p` of the time is seen in about n·p of n snapshots, a binomial count whose relative
+/// standard deviation is sqrt((1 - p) / (n·p)). Three of those, and never under 10%.
+fn snapshot_tolerance(truth_s: f64, span_s: f64) -> f64 {
+    let n = SNAPSHOTS_PER_S * span_s;
+    let p = (truth_s / span_s).clamp(1e-3, 1.0);
+    (3.0 * ((1.0 - p) / (n * p)).sqrt()).max(0.10)
+}
+
 /// An aiohttp service under wrk load on its three endpoints: the awaiting handler's time is
-/// the upstream's, the computing one runs for its CPU time, the blocking one for its sleeps.
+/// the upstream's, the computing one runs for the time its handler measured, the blocking one
+/// for its sleeps; tasks wait `ready` while the loop is saturated.
 fn check_aiohttp(uvloop: bool) -> Result<(), String> {
     let env = python_env();
     let up_port = free_port();
@@ -377,13 +393,18 @@ fn check_aiohttp(uvloop: bool) -> Result<(), String> {
     let app = start_aiohttp(env, port, &args);
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
+    // --task-rate 20 is the tick's rate; a budget of 20% keeps the budget from lowering it
+    // (the few tasks here cost about 1 ms a round on a loaded machine).
     let profiler = spawn_sampling(
-        pyebpf().args(["profile", "--pid", &app.pid().to_string(), "--task-rate", "20", "-d", "9", "-o"]).arg(&json),
+        pyebpf()
+            .args(["profile", "--pid", &app.pid().to_string(), "--task-rate", "20", "--task-budget", "20"])
+            .args(["-d", &(AIOHTTP_LOAD_S + 3).to_string(), "-o"])
+            .arg(&json),
     );
     let loads = [
-        Load::new(port, &["/upstream"]).connections(2).duration_secs(6).start(),
-        Load::new(port, &["/compute"]).connections(1).duration_secs(6).start(),
-        Load::new(port, &["/block"]).connections(1).duration_secs(6).start(),
+        Load::new(port, &["/upstream"]).connections(2).duration_secs(AIOHTTP_LOAD_S).start(),
+        Load::new(port, &["/compute"]).connections(1).duration_secs(AIOHTTP_LOAD_S).start(),
+        Load::new(port, &["/block"]).connections(1).duration_secs(AIOHTTP_LOAD_S).start(),
     ];
     let reports: Vec<_> = loads.into_iter().map(|l| l.wait()).collect();
     let output = wait_output(profiler, Duration::from_secs(60));
@@ -402,6 +423,7 @@ fn check_aiohttp(uvloop: bool) -> Result<(), String> {
         seconds(&tasks, |t| handler(t).as_deref() == Some(name) && state.is_none_or(|s| t["state"] == s))
     };
     let label = if uvloop { "aiohttp on uvloop" } else { "aiohttp" };
+    let span = AIOHTTP_LOAD_S as f64;
     let requests = stats["upstream_requests"].as_f64().unwrap();
     let awaited = stats["upstream_await_s"].as_f64().unwrap();
     let (awaiting, total) = (of("upstream", Some("awaiting")), of("upstream", None));
@@ -415,36 +437,63 @@ fn check_aiohttp(uvloop: bool) -> Result<(), String> {
             "{label}: upstream handler {total:.3} s ({awaiting:.3} s awaiting), measured {awaited:.3} s:\n{all}"
         ));
     }
+    // /compute: its task runs from the handler's first line to its last, on the CPU or in the
+    // run queue. The handler's own wall time is the truth: the kernel's stacks hold only the
+    // run-queue waits long enough to carry a stack (the rest are stackless "short waits"), so
+    // "the thread's time in compute" falls short of it on a loaded machine.
     let process = integration_tests::process(&profile, app.pid()).unwrap();
-    let in_function = |name: &str| -> f64 {
+    let in_compute = |category: &str| -> f64 {
         process["stacks"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|s| s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == name))
+            .filter(|s| s["category"] == category)
+            .filter(|s| s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "compute"))
             .map(|s| s["weight_ns"].as_u64().unwrap() as f64 / 1e9)
             .sum()
     };
-    // A running task's chain holds the functions its step calls: the innermost application
-    // frame is `spin`, under `compute`.
     let running = seconds(&tasks, |t| t["state"] == "running" && has(t, "compute"));
-    let thread = in_function("compute");
-    eprintln!("{label}: /compute running {running:.3} s, thread in compute {thread:.3} s");
-    if thread < 0.3 || (running / thread - 1.0).abs() > 0.15 {
-        return Err(format!("{label}: compute running {running:.3} s vs thread {thread:.3} s:\n{all}"));
+    let (measured, measured_cpu) = (stats["compute_s"].as_f64().unwrap(), stats["compute_cpu_s"].as_f64().unwrap());
+    let tolerance = snapshot_tolerance(measured, span);
+    eprintln!(
+        "{label}: /compute running {running:.3} s ({:+.1}%, tolerance {:.0}%); the handler measured {measured:.3} s \
+         wall, {measured_cpu:.3} s CPU ({} requests); the kernel's stacks in compute: {:.3} s on CPU, {:.3} s in the \
+         run queue (the process's run queue: {:.3} s)",
+        100.0 * (running / measured - 1.0),
+        100.0 * tolerance,
+        stats["compute_requests"],
+        in_compute("cpu"),
+        in_compute("runqueue"),
+        process["totals_ns"]["runqueue"].as_f64().unwrap_or(0.0) / 1e9,
+    );
+    if measured_cpu < 0.3 || (running / measured - 1.0).abs() > tolerance {
+        return Err(format!("{label}: compute running {running:.3} s vs measured {measured:.3} s:\n{all}"));
+    }
+    // The CPU truth: running holds the CPU time the handler burnt (and its run-queue waits).
+    if running < (1.0 - tolerance) * measured_cpu {
+        return Err(format!("{label}: compute running {running:.3} s under its CPU time {measured_cpu:.3} s:\n{all}"));
     }
     let (running, slept) = (of("block", Some("running")), stats["block_s"].as_f64().unwrap());
-    eprintln!("{label}: /block running {running:.3} s, slept {slept:.3} s");
-    if slept < 0.3 || (running / slept - 1.0).abs() > 0.15 {
+    let tolerance = snapshot_tolerance(slept, span);
+    eprintln!(
+        "{label}: /block running {running:.3} s ({:+.1}%, tolerance {:.0}%), slept {slept:.3} s",
+        100.0 * (running / slept - 1.0),
+        100.0 * tolerance
+    );
+    if slept < 0.3 || (running / slept - 1.0).abs() > tolerance {
         return Err(format!("{label}: block running {running:.3} s vs slept {slept:.3} s:\n{all}"));
+    }
+    // Four connections on one loop busy about 90% of the time: while one handler holds it,
+    // others' tasks wake up and wait `ready` (measured 0.7-1.1 s of 15 s).
+    let ready = seconds(&tasks, |t| t["state"] == "ready");
+    eprintln!("{label}: ready {ready:.3} s");
+    if ready < 0.02 * span {
+        return Err(format!("{label}: ready {ready:.3} s while the loop was saturated:\n{all}"));
     }
     Ok(())
 }
 
 #[test]
-#[ignore = "fails today, see docs/DESIGN.md (asyncio tasks, known gaps): the upstream handler \
-            matches (within 2-5%) but /compute's running time is off by 20-50% against the thread's \
-            time in compute (on uvloop and the default loop), cause not found yet"]
 fn aiohttp_handlers_split_into_running_ready_and_awaiting() {
     let failures: Vec<String> = [false, true].into_iter().filter_map(|uvloop| check_aiohttp(uvloop).err()).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));
