@@ -239,8 +239,11 @@ fn svg_frames(svg: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// speedscope's task profile of `pid`: its stacks as frame names, root first, with weights.
-fn speedscope_tasks(file: &Value, pid: u32) -> Option<(Vec<(Vec<String>, u64)>, u64)> {
+/// A speedscope stack: frame names, root first, and its weight.
+type NamedStack = (Vec<String>, u64);
+
+/// speedscope's task profile of `pid`: its stacks, and its `endValue`.
+fn speedscope_tasks(file: &Value, pid: u32) -> Option<(Vec<NamedStack>, u64)> {
     let frames = file["shared"]["frames"].as_array().unwrap();
     let p = file["profiles"]
         .as_array()
