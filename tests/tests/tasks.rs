@@ -205,6 +205,7 @@ fn task_chains_states_and_targets_match_the_workload() {
 struct Views {
     svg: String,
     speedscope: Value,
+    speedscope_path: std::path::PathBuf,
     pprof: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -220,8 +221,13 @@ fn profile_with_views(extra: &[&str]) -> (Value, Views, u32) {
         args.extend(["-o", path.to_str().unwrap()]);
     }
     let (profile, _, pid) = profile_tasks(&interp, &args).unwrap();
-    let views =
-        Views { svg: std::fs::read_to_string(&svg).unwrap(), speedscope: read_json(&speedscope), pprof, _dir: dir };
+    let views = Views {
+        svg: std::fs::read_to_string(&svg).unwrap(),
+        speedscope: read_json(&speedscope),
+        speedscope_path: speedscope,
+        pprof,
+        _dir: dir,
+    };
     (profile, views, pid)
 }
 
@@ -315,6 +321,16 @@ fn task_views_in_flame_graph_speedscope_and_pprof() {
     // The view opened first is still a thread's.
     let active = views.speedscope["activeProfileIndex"].as_u64().unwrap() as usize;
     assert!(!views.speedscope["profiles"][active]["name"].as_str().unwrap().ends_with("asyncio tasks"));
+    // speedscope's schema and app take the file and list the task view in the profile picker.
+    let out = integration_tests::target_dir().join("test-output/tasks");
+    std::fs::create_dir_all(&out).unwrap();
+    let shown = integration_tests::consumers::speedscope_check(&views.speedscope_path, &out.join("speedscope.png"));
+    assert_eq!(shown["problems"], serde_json::json!([]), "{shown}");
+    let listed = shown["threads"].as_array().unwrap();
+    assert!(
+        listed.iter().any(|t| t.as_str().is_some_and(|t| t.ends_with(&format!("({pid}) / asyncio tasks")))),
+        "the task view in speedscope's picker: {shown}"
+    );
 
     // pprof: `-sample_index=tasks` totals the task weights, labels pick a task and a state.
     let top = integration_tests::consumers::pprof_top(&views.pprof, "tasks", 30);
