@@ -19,8 +19,16 @@ use crate::{
 };
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-pub const TARGETS: [&str; 7] =
-    ["linetable", "code_object", "thread_names", "elf_discovery", "kernel_btf", "proc_net", "frame_walk"];
+pub const TARGETS: [&str; 8] = [
+    "linetable",
+    "code_object",
+    "thread_names",
+    "elf_discovery",
+    "kernel_btf",
+    "proc_net",
+    "frame_walk",
+    "asyncio_tasks",
+];
 
 pub fn run_all(root: &Path, seconds: u32, only: &[String]) -> anyhow::Result<()> {
     for name in only {
