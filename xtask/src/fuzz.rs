@@ -19,7 +19,7 @@ use crate::{
 };
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "linetable",
     "code_object",
     "thread_names",
@@ -28,6 +28,7 @@ pub const TARGETS: [&str; 8] = [
     "proc_net",
     "frame_walk",
     "wait_target",
+    "asyncio_tasks",
 ];
 
 pub fn run_all(root: &Path, seconds: u32, only: &[String]) -> anyhow::Result<()> {
