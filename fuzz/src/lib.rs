@@ -5,6 +5,8 @@
 //! objects, strings, dicts, ints, thread states: the same layouts the profiler reads from live
 //! processes), then corrupt it with the fuzzer's pokes: any word anywhere, any value. Both the
 //! valid paths and every way off them get exercised.
+pub mod asyncio;
+
 use arbitrary::Arbitrary;
 use profiler::{
     host::memory::ImageMemory,

@@ -18,6 +18,7 @@ pub mod poll_arg;
 pub mod task_iter;
 mod times;
 pub mod unwind;
+pub mod wait_target;
 
 pub use times::split_off_interval;
 
@@ -124,6 +125,9 @@ pub enum EventKind {
     /// A followed process forked a child process, which the kernel has made a target (and
     /// followed) before it first ran: a [`ForkEvent`].
     Fork = 7,
+    /// What the descriptor of the `OffCpu` event that follows referred to: a
+    /// [`wait_target::WaitTargetEvent`].
+    WaitTarget = 8,
 }
 
 impl EventKind {
@@ -136,6 +140,7 @@ impl EventKind {
             5 => Some(Self::Preempted),
             6 => Some(Self::PreemptEnd),
             7 => Some(Self::Fork),
+            8 => Some(Self::WaitTarget),
             _ => None,
         }
     }
@@ -514,6 +519,8 @@ pub mod names {
     /// `u32` global: offset of `stack` in `task_struct` (from kernel BTF): where a task's user
     /// registers are when a sample interrupts it in the kernel.
     pub const GLOBAL_TASK_STACK_OFFSET: &str = "TASK_STACK_OFFSET";
+    /// [`super::wait_target::WaitTargetOffsets`] global: kernel offsets for naming wait targets.
+    pub const GLOBAL_WAIT_TARGET_OFFSETS: &str = "WAIT_TARGET_OFFSETS";
     /// Arrays of row pairs (`u64`, see [`super::unwind::row_of_pair`]), [`super::unwind::PageEntry`],
     /// [`super::unwind::RuleRec`], [`super::unwind::TableInfo`], [`super::unwind::Mapping`].
     pub const MAP_UNWIND_ROWS: &str = "UNWIND_ROWS";
@@ -562,7 +569,7 @@ pub mod names {
         MAP_UNWIND_PROGS_RAW_TP,
     ];
     /// Every global of the object, with its size in bytes.
-    pub const GLOBALS: [(&str, usize); 14] = [
+    pub const GLOBALS: [(&str, usize); 15] = [
         (GLOBAL_TARGET_ALL, 1),
         (GLOBAL_KERNEL_STACKS, 1),
         (GLOBAL_SELF_PID, 4),
@@ -577,6 +584,7 @@ pub mod names {
         (GLOBAL_NATIVE, 1),
         (GLOBAL_TASK_STACK_OFFSET, 4),
         (GLOBAL_TASK_STATE_OFFSET, 4),
+        (GLOBAL_WAIT_TARGET_OFFSETS, size_of::<super::wait_target::WaitTargetOffsets>()),
     ];
     /// The raw tracepoint programs and the tracepoint each is attached to.
     pub const RAW_TRACEPOINTS: [(&str, &str); 6] = [
@@ -633,6 +641,8 @@ pod!(
     unwind::TableInfo,
     unwind::Mapping,
     unwind::ProcMaps,
+    wait_target::WaitTargetEvent,
+    wait_target::WaitTargetOffsets,
 );
 
 // Layout checks: a mismatch here is a compile error on both sides. Each size is the sum of the

@@ -33,7 +33,7 @@ use crate::{
         EVENTS, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, UNWIND_PROGS_RAW_TP, UNWIND_SCRATCH, bump, is_offcpu_target,
         offcpu_stack_cost_ns, offcpu_threshold_ns, task_ids, task_state_offset,
     },
-    native, stacks,
+    native, stacks, wait_target,
 };
 
 /// Task state bit of an uninterruptible sleep.
@@ -254,6 +254,11 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let Some(t) = THREAD_TIMES.get_ptr_mut(&tid) else { return 0 };
     if !take_stack_budget(unsafe { &mut *t }, unsafe { bpf_ktime_get_ns() }) {
         return 0;
+    }
+    // What the descriptor waited on was, sent ahead of the stack (the poll family's and
+    // futex's recorded arguments are not descriptors).
+    if !poll_arg::is_poll_family(call.syscall_nr) && call.syscall_nr != futex_arg::SYS_FUTEX {
+        wait_target::send(tgid, tid, call.syscall_nr, call.arg0);
     }
     let Some(s) = UNWIND_SCRATCH.get_ptr_mut(scratch_slot::SYS_EXIT) else { return 0 };
     // SAFETY: this CPU's record for sys_exit; built here, sent by the unwinder (or below).

@@ -7,6 +7,8 @@
 upstream, seconds blocked); /health answers once the server is up.
     python -m aiohttp_app --port P --role app --upstream-port U [--uvloop]
     python -m aiohttp_app --port U --role upstream
+--live-tasks N (app role) keeps N more tasks alive, as long-poll handlers would be: each awaits
+an event that a notifier sets every 1-3 s, or sleeps 0.5-2 s, in a loop (`cargo xtask bench tasks`).
 """
 import argparse
 import asyncio
@@ -15,7 +17,15 @@ import time
 from aiohttp import ClientSession, web
 
 DELAY = 0.040
-STATS = {"upstream_requests": 0, "upstream_await_s": 0.0, "compute_requests": 0, "block_requests": 0, "block_s": 0.0}
+STATS = {
+    "upstream_requests": 0,
+    "upstream_await_s": 0.0,
+    "compute_requests": 0,
+    "compute_s": 0.0,
+    "compute_cpu_s": 0.0,
+    "block_requests": 0,
+    "block_s": 0.0,
+}
 
 
 def spin(ms):
@@ -36,7 +46,12 @@ async def upstream(request):
 
 
 async def compute(request):
+    # Wall time in the handler's step (the task runs all along: on the CPU or waiting for it)
+    # and the CPU time it burnt.
+    t, cpu = time.monotonic(), time.thread_time()
     spin(4)  # compute-spin
+    STATS["compute_s"] += time.monotonic() - t
+    STATS["compute_cpu_s"] += time.thread_time() - cpu
     STATS["compute_requests"] += 1
     return web.Response(text="computed")
 
@@ -62,6 +77,39 @@ async def stats(request):
     return web.json_response(STATS)
 
 
+async def long_poll(i, events):
+    # Half wait for a notification, half poll on a timer: both kinds of long-lived waiters.
+    while True:
+        if i % 2:
+            event = events[i % len(events)]
+            await event.wait()
+        else:
+            await asyncio.sleep(0.5 + (i % 16) / 10)
+
+
+async def notifier(events):
+    n = 0
+    while True:
+        await asyncio.sleep(0.1)
+        # One event in 20 a tick: each is set about every 2 s, and cleared for its next round.
+        event = events[n % len(events)]
+        event.set()
+        event.clear()
+        n += 1
+
+
+def live_tasks(count):
+    async def start(app):
+        events = [asyncio.Event() for _ in range(20)]
+        tasks = [asyncio.ensure_future(long_poll(i, events)) for i in range(count)]
+        tasks.append(asyncio.ensure_future(notifier(events)))
+        yield
+        for t in tasks:
+            t.cancel()
+
+    return start
+
+
 async def open_session(app):
     app["session"] = ClientSession()
     yield
@@ -74,6 +122,7 @@ def main():
     p.add_argument("--role", choices=["app", "upstream"], required=True)
     p.add_argument("--upstream-port", type=int)
     p.add_argument("--uvloop", action="store_true")
+    p.add_argument("--live-tasks", type=int, default=0)
     args = p.parse_args()
     app = web.Application()
     app.router.add_get("/health", health)
@@ -82,6 +131,8 @@ def main():
     else:
         app["upstream_url"] = "http://127.0.0.1:%d/delay" % args.upstream_port
         app.cleanup_ctx.append(open_session)
+        if args.live_tasks:
+            app.cleanup_ctx.append(live_tasks(args.live_tasks))
         app.router.add_get("/upstream", upstream)
         app.router.add_get("/compute", compute)
         app.router.add_get("/block", block)

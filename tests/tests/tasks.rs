@@ -110,11 +110,13 @@ fn check_tasks(interp: &Interpreter) -> Result<(), String> {
     let slept = stats["upstream_slept_s"].as_f64().unwrap();
     let round_trips = stats["upstream_round_trip_s"].as_f64().unwrap();
     let awaiting = seconds(&tasks, |t| t["task"] == "fetcher" && t["state"] == "awaiting" && has(t, "fetch_upstream"));
+    // The socket behind the stream, named as off-CPU targets are, on every version.
+    let upstream_port = stats["upstream_port"].as_u64().unwrap();
     let stream = seconds(&tasks, |t| {
-        t["task"] == "fetcher" && t["target"].as_str().is_some_and(|s| s == "stream" || s.starts_with("tcp 127.0.0.1:"))
+        t["task"] == "fetcher" && t["target"].as_str() == Some(format!("tcp 127.0.0.1:{upstream_port}").as_str())
     });
     eprintln!(
-        "{}: fetcher awaiting {awaiting:.3} s (stream {stream:.3} s); {requests} requests x 40 ms = {:.3} s; \
+        "{}: fetcher awaiting {awaiting:.3} s (on tcp 127.0.0.1:{upstream_port} {stream:.3} s); {requests} requests x 40 ms = {:.3} s; \
          upstream slept {slept:.3} s; round trips {round_trips:.3} s",
         interp.label,
         requests * 0.040
@@ -193,7 +195,7 @@ fn check_tasks(interp: &Interpreter) -> Result<(), String> {
 #[test]
 fn task_chains_states_and_targets_match_the_workload() {
     for_each_interpreter("asyncio tasks", |interp| {
-        if interp.free_threaded || interp.minor >= 14 {
+        if interp.free_threaded || interp.minor >= 16 {
             eprintln!("{}: asyncio task layouts not read for this version (skipped)", interp.label);
             return Ok(());
         }
@@ -201,11 +203,172 @@ fn task_chains_states_and_targets_match_the_workload() {
     });
 }
 
+/// The SVG, speedscope and pprof files of one run, beside its JSON.
+struct Views {
+    svg: String,
+    speedscope: Value,
+    speedscope_path: std::path::PathBuf,
+    pprof: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Profiles the workload on the host's interpreter with every output at once.
+fn profile_with_views(extra: &[&str]) -> (Value, Views, u32) {
+    let interp = integration_tests::python::host_interpreter();
+    let dir = tempfile::tempdir().unwrap();
+    let (svg, speedscope, pprof) =
+        (dir.path().join("p.svg"), dir.path().join("p.speedscope.json"), dir.path().join("p.pb.gz"));
+    let mut args: Vec<&str> = extra.to_vec();
+    for path in [&svg, &speedscope, &pprof] {
+        args.extend(["-o", path.to_str().unwrap()]);
+    }
+    let (profile, _, pid) = profile_tasks(&interp, &args).unwrap();
+    let views = Views {
+        svg: std::fs::read_to_string(&svg).unwrap(),
+        speedscope: read_json(&speedscope),
+        speedscope_path: speedscope,
+        pprof,
+        _dir: dir,
+    };
+    (profile, views, pid)
+}
+
+/// The frames of inferno's SVG: each `<title>` is `name (N µs, P%)`; widths sum per name.
+fn svg_frames(svg: &str) -> Vec<(String, u64)> {
+    svg.split("<title>")
+        .skip(1)
+        .filter_map(|t| {
+            let title = t.split("</title>").next()?;
+            let title = title.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&").replace("&quot;", "\"");
+            let open = title.rfind(" (")?;
+            let count = title[open + 2..].split(' ').next()?.replace(',', "").parse().ok()?;
+            Some((title[..open].to_string(), count))
+        })
+        .collect()
+}
+
+/// A speedscope stack: frame names, root first, and its weight.
+type NamedStack = (Vec<String>, u64);
+
+/// speedscope's task profile of `pid`: its stacks, and its `endValue`.
+fn speedscope_tasks(file: &Value, pid: u32) -> Option<(Vec<NamedStack>, u64)> {
+    let frames = file["shared"]["frames"].as_array().unwrap();
+    let p = file["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str().unwrap().ends_with(&format!("({pid}) / asyncio tasks")))?;
+    let stacks = p["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(p["weights"].as_array().unwrap())
+        .map(|(s, w)| {
+            let names =
+                s.as_array().unwrap().iter().map(|i| frames[i.as_u64().unwrap() as usize]["name"].as_str().unwrap());
+            (names.map(str::to_string).collect(), w.as_u64().unwrap())
+        })
+        .collect();
+    Some((stacks, p["endValue"].as_u64().unwrap()))
+}
+
+/// In wall mode the flame graph, speedscope and pprof hold each asyncio process's task stacks
+/// beside its threads: the JSON's task chains and states, adding up to its task weights.
+#[test]
+fn task_views_in_flame_graph_speedscope_and_pprof() {
+    let (profile, views, pid) = profile_with_views(&[]);
+    let tasks = tasks_of(&profile, pid);
+    assert!(!tasks.is_empty(), "no tasks in the profile");
+    let all = describe(&tasks);
+    let weight = |t: &Value| t["weight_ns"].as_u64().unwrap();
+    let total_ns: u64 = tasks.iter().map(weight).sum();
+    let fetcher_ns: u64 = tasks.iter().filter(|t| t["task"] == "fetcher").map(weight).sum();
+    let leaves: std::collections::BTreeSet<String> = tasks
+        .iter()
+        .map(|t| match t["target"].as_str() {
+            Some(target) => format!("[{}] {target}", t["state"].as_str().unwrap()),
+            None => format!("[{}]", t["state"].as_str().unwrap()),
+        })
+        .collect();
+    for state in ["[running]", "[ready]", "[awaiting] sleep", "[awaiting] event"] {
+        assert!(leaves.contains(state), "the workload's tasks are {state}: {leaves:?}\n{all}");
+    }
+
+    // Flame graph: one `[asyncio tasks]` frame in the process, as wide as its tasks in µs
+    // (each stack rounded down to whole µs), the fetcher's chain and every state under it.
+    let svg = svg_frames(&views.svg);
+    let root: Vec<u64> = svg.iter().filter(|(n, _)| n == "[asyncio tasks]").map(|&(_, c)| c).collect();
+    let expected_us: u64 = tasks.iter().map(|t| weight(t) / 1000).sum();
+    // (The upstream is a process of its own: only the workload's view is compared.)
+    assert!(root.contains(&expected_us), "the task view's root {root:?} against the JSON's tasks ({expected_us} µs)");
+    let fetcher_us: u64 = svg.iter().filter(|(n, _)| n == "fetcher").map(|&(_, c)| c).sum();
+    let fetcher_expected: u64 = tasks.iter().filter(|t| t["task"] == "fetcher").map(|t| weight(t) / 1000).sum();
+    assert_eq!(fetcher_us, fetcher_expected, "fetcher in the flame graph");
+    assert!(svg.iter().any(|(n, _)| n.starts_with("fetch_upstream (")), "the fetcher's chain in the SVG");
+    // (inferno leaves out frames narrower than 0.1 pixel: the four states above are wide.)
+    for leaf in ["[running]", "[ready]", "[awaiting] sleep", "[awaiting] event"] {
+        assert!(svg.iter().any(|(n, _)| n == leaf), "{leaf} in the flame graph");
+    }
+
+    // speedscope: a profile named after the process, weights summing to the task weights.
+    let (stacks, end) = speedscope_tasks(&views.speedscope, pid).expect("a speedscope profile of the tasks");
+    assert_eq!(end, total_ns);
+    assert_eq!(stacks.iter().map(|(_, w)| w).sum::<u64>(), total_ns);
+    assert!(
+        stacks.iter().any(|(f, _)| f[0] == "fetcher" && f.iter().any(|x| x == "fetch_upstream")),
+        "the fetcher's chain in speedscope: {stacks:?}"
+    );
+    let ss_leaves: std::collections::BTreeSet<String> = stacks.iter().map(|(f, _)| f.last().unwrap().clone()).collect();
+    assert_eq!(ss_leaves, leaves, "speedscope's task leaves against the JSON's states");
+    // The view opened first is still a thread's.
+    let active = views.speedscope["activeProfileIndex"].as_u64().unwrap() as usize;
+    assert!(!views.speedscope["profiles"][active]["name"].as_str().unwrap().ends_with("asyncio tasks"));
+    // speedscope's schema and app take the file and list the task view in the profile picker.
+    let out = integration_tests::target_dir().join("test-output/tasks");
+    std::fs::create_dir_all(&out).unwrap();
+    let shown = integration_tests::consumers::speedscope_check(&views.speedscope_path, &out.join("speedscope.png"));
+    assert_eq!(shown["problems"], serde_json::json!([]), "{shown}");
+    let listed = shown["threads"].as_array().unwrap();
+    assert!(
+        listed.iter().any(|t| t.as_str().is_some_and(|t| t.ends_with(&format!("({pid}) / asyncio tasks")))),
+        "the task view in speedscope's picker: {shown}"
+    );
+
+    // pprof: `-sample_index=tasks` totals the task weights, labels pick a task and a state.
+    let top = integration_tests::consumers::pprof_top(&views.pprof, "tasks", 30);
+    assert_eq!(top.total as u64, total_ns, "pprof's tasks total\n{}", top.text);
+    assert!(top.rows.iter().any(|r| r.name == "[running]"), "{}", top.text);
+    let focused =
+        integration_tests::consumers::pprof_top_with(&views.pprof, &["-sample_index=tasks", "-tagfocus=task=fetcher"]);
+    assert_eq!(focused.rows.iter().map(|r| r.flat).sum::<i64>() as u64, fetcher_ns, "{}", focused.text);
+    let running_ns: u64 = tasks.iter().filter(|t| t["state"] == "running").map(weight).sum();
+    let running = integration_tests::consumers::pprof_top_with(
+        &views.pprof,
+        &["-sample_index=tasks", "-tagfocus=task_state=running"],
+    );
+    assert_eq!(running.rows.iter().map(|r| r.flat).sum::<i64>() as u64, running_ns, "{}", running.text);
+    // Wall time is still the threads' alone.
+    let wall = integration_tests::consumers::pprof_top(&views.pprof, "wall", 1);
+    let stacks_ns: i64 = integration_tests::process(&profile, pid).unwrap()["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["weight_ns"].as_i64().unwrap())
+        .sum();
+    assert_eq!(wall.total, stacks_ns, "wall in pprof against the JSON's stacks");
+}
+
 #[test]
 fn no_tasks_turns_them_off() {
-    let interp = integration_tests::python::host_interpreter();
-    let (profile, _, pid) = profile_tasks(&interp, &["--no-tasks"]).unwrap();
+    let (profile, views, pid) = profile_with_views(&["--no-tasks"]);
     assert!(tasks_of(&profile, pid).is_empty(), "tasks with --no-tasks");
+    assert!(!views.svg.contains("[asyncio tasks]"), "a task view in the flame graph with --no-tasks");
+    assert!(speedscope_tasks(&views.speedscope, pid).is_none(), "a speedscope task profile with --no-tasks");
+    // `go tool pprof -raw` lists the value types first: no `tasks`.
+    let raw = std::process::Command::new("go").args(["tool", "pprof", "-raw"]).arg(&views.pprof).output().unwrap();
+    let raw = String::from_utf8_lossy(&raw.stdout);
+    assert!(raw.contains("wall/nanoseconds"), "{raw}");
+    assert!(!raw.contains("tasks/nanoseconds"), "a tasks value in pprof with --no-tasks:\n{raw}");
 }
 
 /// The innermost application frame of a task's chain (not the standard library's, not a
@@ -220,8 +383,24 @@ fn handler(task: &Value) -> Option<String> {
         .map(|f| f["function"].as_str().unwrap().to_string())
 }
 
+/// Seconds of wrk load on the aiohttp service; the profile covers them.
+const AIOHTTP_LOAD_S: u64 = 15;
+/// The session's tick (50 ms) bounds task snapshots at 20 a second, and a loaded machine
+/// delays ticks: the tolerance below counts on 15 a second.
+const SNAPSHOTS_PER_S: f64 = 15.0;
+
+/// How far a time estimated from periodic snapshots may be from the truth: a state that holds
+/// a share `p` of the time is seen in about n·p of n snapshots, a binomial count whose relative
+/// standard deviation is sqrt((1 - p) / (n·p)). Three of those, and never under 10%.
+fn snapshot_tolerance(truth_s: f64, span_s: f64) -> f64 {
+    let n = SNAPSHOTS_PER_S * span_s;
+    let p = (truth_s / span_s).clamp(1e-3, 1.0);
+    (3.0 * ((1.0 - p) / (n * p)).sqrt()).max(0.10)
+}
+
 /// An aiohttp service under wrk load on its three endpoints: the awaiting handler's time is
-/// the upstream's, the computing one runs for its CPU time, the blocking one for its sleeps.
+/// the upstream's, the computing one runs for the time its handler measured, the blocking one
+/// for its sleeps; tasks wait `ready` while the loop is saturated.
 fn check_aiohttp(uvloop: bool) -> Result<(), String> {
     let env = python_env();
     let up_port = free_port();
@@ -235,13 +414,18 @@ fn check_aiohttp(uvloop: bool) -> Result<(), String> {
     let app = start_aiohttp(env, port, &args);
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("p.json");
+    // --task-rate 20 is the tick's rate; a budget of 20% keeps the budget from lowering it
+    // (the few tasks here cost about 1 ms a round on a loaded machine).
     let profiler = spawn_sampling(
-        pyebpf().args(["profile", "--pid", &app.pid().to_string(), "--task-rate", "20", "-d", "9", "-o"]).arg(&json),
+        pyebpf()
+            .args(["profile", "--pid", &app.pid().to_string(), "--task-rate", "20", "--task-budget", "20"])
+            .args(["-d", &(AIOHTTP_LOAD_S + 3).to_string(), "-o"])
+            .arg(&json),
     );
     let loads = [
-        Load::new(port, &["/upstream"]).connections(2).duration_secs(6).start(),
-        Load::new(port, &["/compute"]).connections(1).duration_secs(6).start(),
-        Load::new(port, &["/block"]).connections(1).duration_secs(6).start(),
+        Load::new(port, &["/upstream"]).connections(2).duration_secs(AIOHTTP_LOAD_S).start(),
+        Load::new(port, &["/compute"]).connections(1).duration_secs(AIOHTTP_LOAD_S).start(),
+        Load::new(port, &["/block"]).connections(1).duration_secs(AIOHTTP_LOAD_S).start(),
     ];
     let reports: Vec<_> = loads.into_iter().map(|l| l.wait()).collect();
     let output = wait_output(profiler, Duration::from_secs(60));
@@ -260,6 +444,7 @@ fn check_aiohttp(uvloop: bool) -> Result<(), String> {
         seconds(&tasks, |t| handler(t).as_deref() == Some(name) && state.is_none_or(|s| t["state"] == s))
     };
     let label = if uvloop { "aiohttp on uvloop" } else { "aiohttp" };
+    let span = AIOHTTP_LOAD_S as f64;
     let requests = stats["upstream_requests"].as_f64().unwrap();
     let awaited = stats["upstream_await_s"].as_f64().unwrap();
     let (awaiting, total) = (of("upstream", Some("awaiting")), of("upstream", None));
@@ -273,36 +458,63 @@ fn check_aiohttp(uvloop: bool) -> Result<(), String> {
             "{label}: upstream handler {total:.3} s ({awaiting:.3} s awaiting), measured {awaited:.3} s:\n{all}"
         ));
     }
+    // /compute: its task runs from the handler's first line to its last, on the CPU or in the
+    // run queue. The handler's own wall time is the truth: the kernel's stacks hold only the
+    // run-queue waits long enough to carry a stack (the rest are stackless "short waits"), so
+    // "the thread's time in compute" falls short of it on a loaded machine.
     let process = integration_tests::process(&profile, app.pid()).unwrap();
-    let in_function = |name: &str| -> f64 {
+    let in_compute = |category: &str| -> f64 {
         process["stacks"]
             .as_array()
             .unwrap()
             .iter()
-            .filter(|s| s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == name))
+            .filter(|s| s["category"] == category)
+            .filter(|s| s["python_frames"].as_array().unwrap().iter().any(|f| f["function"] == "compute"))
             .map(|s| s["weight_ns"].as_u64().unwrap() as f64 / 1e9)
             .sum()
     };
-    // A running task's chain holds the functions its step calls: the innermost application
-    // frame is `spin`, under `compute`.
     let running = seconds(&tasks, |t| t["state"] == "running" && has(t, "compute"));
-    let thread = in_function("compute");
-    eprintln!("{label}: /compute running {running:.3} s, thread in compute {thread:.3} s");
-    if thread < 0.3 || (running / thread - 1.0).abs() > 0.15 {
-        return Err(format!("{label}: compute running {running:.3} s vs thread {thread:.3} s:\n{all}"));
+    let (measured, measured_cpu) = (stats["compute_s"].as_f64().unwrap(), stats["compute_cpu_s"].as_f64().unwrap());
+    let tolerance = snapshot_tolerance(measured, span);
+    eprintln!(
+        "{label}: /compute running {running:.3} s ({:+.1}%, tolerance {:.0}%); the handler measured {measured:.3} s \
+         wall, {measured_cpu:.3} s CPU ({} requests); the kernel's stacks in compute: {:.3} s on CPU, {:.3} s in the \
+         run queue (the process's run queue: {:.3} s)",
+        100.0 * (running / measured - 1.0),
+        100.0 * tolerance,
+        stats["compute_requests"],
+        in_compute("cpu"),
+        in_compute("runqueue"),
+        process["totals_ns"]["runqueue"].as_f64().unwrap_or(0.0) / 1e9,
+    );
+    if measured_cpu < 0.3 || (running / measured - 1.0).abs() > tolerance {
+        return Err(format!("{label}: compute running {running:.3} s vs measured {measured:.3} s:\n{all}"));
+    }
+    // The CPU truth: running holds the CPU time the handler burnt (and its run-queue waits).
+    if running < (1.0 - tolerance) * measured_cpu {
+        return Err(format!("{label}: compute running {running:.3} s under its CPU time {measured_cpu:.3} s:\n{all}"));
     }
     let (running, slept) = (of("block", Some("running")), stats["block_s"].as_f64().unwrap());
-    eprintln!("{label}: /block running {running:.3} s, slept {slept:.3} s");
-    if slept < 0.3 || (running / slept - 1.0).abs() > 0.15 {
+    let tolerance = snapshot_tolerance(slept, span);
+    eprintln!(
+        "{label}: /block running {running:.3} s ({:+.1}%, tolerance {:.0}%), slept {slept:.3} s",
+        100.0 * (running / slept - 1.0),
+        100.0 * tolerance
+    );
+    if slept < 0.3 || (running / slept - 1.0).abs() > tolerance {
         return Err(format!("{label}: block running {running:.3} s vs slept {slept:.3} s:\n{all}"));
+    }
+    // Four connections on one loop busy about 90% of the time: while one handler holds it,
+    // others' tasks wake up and wait `ready` (measured 0.7-1.1 s of 15 s).
+    let ready = seconds(&tasks, |t| t["state"] == "ready");
+    eprintln!("{label}: ready {ready:.3} s");
+    if ready < 0.02 * span {
+        return Err(format!("{label}: ready {ready:.3} s while the loop was saturated:\n{all}"));
     }
     Ok(())
 }
 
 #[test]
-#[ignore = "fails today, see docs/DESIGN.md (asyncio tasks, known gaps): the upstream handler \
-            matches (within 2-5%) but /compute's running time is off by 20-50% against the thread's \
-            time in compute (on uvloop and the default loop), cause not found yet"]
 fn aiohttp_handlers_split_into_running_ready_and_awaiting() {
     let failures: Vec<String> = [false, true].into_iter().filter_map(|uvloop| check_aiohttp(uvloop).err()).collect();
     assert!(failures.is_empty(), "{}", failures.join("\n"));

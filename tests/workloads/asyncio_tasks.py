@@ -98,7 +98,8 @@ async def main(duration):
     port = int(upstream.stdout.readline())
     print("ready", flush=True)
     sys.stdin.readline()
-    stats = {"upstream_requests": 0, "upstream_round_trip_s": 0.0, "upstream_slept_s": 0.0, "compute_steps": 0}
+    stats = {"upstream_requests": 0, "upstream_round_trip_s": 0.0, "upstream_slept_s": 0.0, "compute_steps": 0,
+             "upstream_port": port}
     stop = asyncio.Event()
     event = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -107,6 +107,26 @@ pub enum Which {
         #[arg(long)]
         baseline: Option<std::path::PathBuf>,
     },
+    /// asyncio task sampling: an aiohttp service with 1,000 live tasks under a fixed wrk load
+    /// of short requests, without a profiler, with `profile --all`, and with `--all --no-tasks`:
+    /// requests/s and p99 side by side, and pyebpf's CPU.
+    Tasks {
+        /// Seconds of load per run.
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+        /// Rounds; each runs every configuration once, in rotating order.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Live tasks in the service besides the requests'.
+        #[arg(long, default_value_t = 1000)]
+        live_tasks: u32,
+        /// wrk connections (concurrent requests).
+        #[arg(long, default_value_t = 8)]
+        connections: u32,
+        /// pyebpf's --task-rate.
+        #[arg(long, default_value_t = 10)]
+        task_rate: u32,
+    },
     /// Following process trees: a fork storm's rate alone, profiled with its children
     /// followed, without, and beside an unrelated followed target; pyebpf's CPU and the fork
     /// hook's kernel time per run.
@@ -170,6 +190,10 @@ pub fn run(root: &Path, bin: &Path, which: Which) -> anyhow::Result<()> {
                 rounds,
                 baseline: baseline.clone(),
             },
+        ),
+        Which::Tasks { seconds, rounds, live_tasks, connections, task_rate } => crate::bench_tasks::run(
+            bin,
+            crate::bench_tasks::Options { seconds, rounds, live_tasks, connections, task_rate },
         ),
         Which::Trees { seconds, rounds } => crate::bench_trees::run(bin, seconds, rounds),
         Which::Python { seconds, rounds, no_pin } => {

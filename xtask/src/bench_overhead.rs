@@ -179,8 +179,8 @@ fn measure(
 }
 
 /// A profiler process whose output is collected; started when a line shows it is sampling.
-struct Profiler {
-    child: Child,
+pub(crate) struct Profiler {
+    pub(crate) child: Child,
     /// Everything it printed, stdout and stderr.
     output: Arc<Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
@@ -189,7 +189,7 @@ struct Profiler {
 impl Profiler {
     /// Starts the profiler and waits for `ready` on its stdout or stderr (py-spy talks on
     /// stdout, pyebpf logs on stderr).
-    fn start(mut cmd: Command, ready: &str) -> anyhow::Result<Self> {
+    pub(crate) fn start(mut cmd: Command, ready: &str) -> anyhow::Result<Self> {
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("start the profiler")?;
         let output = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
@@ -220,7 +220,7 @@ impl Profiler {
     }
 
     /// SIGINT (both write their output on it), then what it printed.
-    fn stop(&mut self) -> anyhow::Result<String> {
+    pub(crate) fn stop(&mut self) -> anyhow::Result<String> {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -273,7 +273,7 @@ fn py_spy_counts(printed: &str) -> (Option<u64>, Option<u64>) {
     (number_after("Samples:"), number_after("Errors:"))
 }
 
-fn median(mut xs: Vec<f64>) -> f64 {
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     match xs.len() {
         0 => f64::NAN,

@@ -19,8 +19,17 @@ use crate::{
 };
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-pub const TARGETS: [&str; 7] =
-    ["linetable", "code_object", "thread_names", "elf_discovery", "kernel_btf", "proc_net", "frame_walk"];
+pub const TARGETS: [&str; 9] = [
+    "linetable",
+    "code_object",
+    "thread_names",
+    "elf_discovery",
+    "kernel_btf",
+    "proc_net",
+    "frame_walk",
+    "wait_target",
+    "asyncio_tasks",
+];
 
 pub fn run_all(root: &Path, seconds: u32, only: &[String]) -> anyhow::Result<()> {
     for name in only {
@@ -146,6 +155,25 @@ fn write_seeds(fuzz_dir: &Path) -> anyhow::Result<()> {
             .map(String::from),
     );
     std::fs::write(proc_net.join("seed-links"), links.join("\n"))?;
+
+    // A wait-target record (profiler_common::wait_target::WaitTargetEvent, 864 bytes): a
+    // regular file with a complete three-part path, and the same bytes as a TCP socket.
+    let wait_target = corpus("wait_target")?;
+    let mut record = vec![0u8; 864];
+    record[0..4].copy_from_slice(&8u32.to_le_bytes());
+    record[12..16].copy_from_slice(&3u32.to_le_bytes());
+    record[44..48].copy_from_slice(&0o100644u32.to_le_bytes());
+    record[60..64].copy_from_slice(&3u32.to_le_bytes());
+    for (i, part) in ["a.dat", "app", "tmp"].iter().enumerate() {
+        record[96 + 48 * i..96 + 48 * i + part.len()].copy_from_slice(part.as_bytes());
+    }
+    std::fs::write(wait_target.join("seed-file"), &record)?;
+    record[12..16].copy_from_slice(&5u32.to_le_bytes());
+    record[44..48].copy_from_slice(&0o140777u32.to_le_bytes());
+    record[48..50].copy_from_slice(&2u16.to_le_bytes());
+    record[50..52].copy_from_slice(&6u16.to_le_bytes());
+    record[64..68].copy_from_slice(&[127, 0, 0, 1]);
+    std::fs::write(wait_target.join("seed-tcp"), &record)?;
 
     // Small shared objects shaped like libpython: _PyRuntime (starting with 3.13's debug
     // cookie, or not) and Py_Version (3.11+), or neither.

@@ -42,14 +42,18 @@ const MODULES: [&str; 5] = ["virtio_pci", "9pnet_virtio", "9p", "overlay", "virt
 /// categories of commands pyebpf starts, so they begin once it samples. The other integration
 /// tests start workloads first and bound their start-up, which emulation (a minute for the
 /// verifier alone) does not meet.
-pub const GUEST_TESTS: [(&str, &[&str]); 1] = [(
-    "kernels",
-    &[
-        "kernel_core_native_frame_pointer_chain",
-        "kernel_core_python_chain_and_thread_names",
-        "kernel_core_off_cpu_categories_with_targets",
-    ],
-)];
+pub const GUEST_TESTS: [(&str, &[&str]); 2] = [
+    (
+        "kernels",
+        &[
+            "kernel_core_native_frame_pointer_chain",
+            "kernel_core_python_chain_and_thread_names",
+            "kernel_core_off_cpu_categories_with_targets",
+        ],
+    ),
+    // Wait targets read from the kernel's own structs, at offsets each kernel's BTF gives.
+    ("wait_targets", &["per_request_files_and_connections_are_named"]),
+];
 
 /// Interpreters the guest tests use (`PYEBPF_TEST_PYTHONS`): the oldest (threads keyed by
 /// pthread_t through the fs base) and a 3.11+ one (keyed by tid).

@@ -9,6 +9,7 @@ mod bench_native;
 mod bench_offcpu;
 mod bench_overhead;
 mod bench_python;
+mod bench_tasks;
 mod bench_trees;
 mod cpython_build;
 mod fuzz;

@@ -5,6 +5,7 @@ mod contract;
 mod event_reader;
 pub mod kernel_btf;
 pub mod task_iter;
+mod wait_target_offsets;
 
 use std::os::fd::OwnedFd;
 
@@ -314,6 +315,12 @@ impl Bpf {
             }
         };
         let off_cpu = cfg.off_cpu as u8;
+        let wait_targets = wait_target_offsets::wait_target_offsets(btf.as_ref());
+        if cfg.off_cpu && wait_targets.enabled == 0 {
+            log::warn!(
+                "the kernel's BTF lacks the fd table or file members: wait targets are looked up in /proc after the fact"
+            );
+        }
         let native = cfg.native_rows.is_some() as u8;
         let task_stack = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["stack"])).unwrap_or(0);
         if native != 0 && task_stack == 0 {
@@ -359,6 +366,7 @@ impl Bpf {
             .override_global(names::GLOBAL_NATIVE, &native, true)
             .override_global(names::GLOBAL_TASK_STACK_OFFSET, &task_stack, true)
             .override_global(names::GLOBAL_TASK_STATE_OFFSET, &task_state, true)
+            .override_global(names::GLOBAL_WAIT_TARGET_OFFSETS, &wait_targets, true)
             .map_max_entries(names::MAP_EVENTS, ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| {

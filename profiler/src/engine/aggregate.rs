@@ -192,7 +192,7 @@ impl Aggregator {
             LoopState::NotLoop { coroutine: Some(c) } => LoopWait { coroutine: ids[c], stalled: false },
             LoopState::Stalled { culprit } => LoopWait { coroutine: at(culprit), stalled: true },
         };
-        let wait = classifier.classify(s.pid, s.off.state, s.off.syscall_nr, s.off.arg0);
+        let wait = classifier.classify_event(s.pid, s.tid, s.off.state, s.off.syscall_nr, s.off.arg0);
         let (blocked_ns, runq_ns) = (s.off.blocked_ns, s.off.runq_ns);
         if runq_ns > 0 {
             let id = self.intern_wait(Wait::runqueue_after(&wait));

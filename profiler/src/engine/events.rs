@@ -8,6 +8,8 @@ use profiler_common::{
     SampleEvent, TASK_COMM_LEN, ThreadMissEvent, unwind,
 };
 
+use crate::offcpu::kernel_target::KernelTarget;
+
 /// An on-CPU sample, stacks leaf first.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sample {
@@ -55,6 +57,8 @@ pub enum Event {
         since_ns: u64,
         runq_ns: u64,
     },
+    /// What the descriptor of the `OffCpu` event that follows referred to.
+    WaitTarget(KernelTarget),
     /// The kernel could not find thread `tid`'s `PyThreadState` in its bounded scan: the one
     /// whose field at `key_offset` holds `key`.
     ThreadMiss {
@@ -78,6 +82,9 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
     }
     let kind = u32::from_ne_bytes(buf[..4].try_into().unwrap());
     match EventKind::from_u32(kind) {
+        Some(EventKind::WaitTarget) => {
+            KernelTarget::decode(buf).map(Event::WaitTarget).ok_or(DecodeError::Short { len: buf.len() })
+        }
         Some(kind @ (EventKind::OnCpuSample | EventKind::OffCpu | EventKind::Preempted)) => {
             let len = buf.len();
             if len < size_of::<SampleEvent>() {

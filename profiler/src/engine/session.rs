@@ -308,6 +308,7 @@ impl Session {
                 seen(s.pid);
                 agg.add_off_cpu(s, symbols, python, classifier)
             }
+            Ok(Event::WaitTarget(t)) => classifier.kernel_target(&t),
             Ok(Event::Preempted(s)) if *awaiting_exec == Some(s.pid) => {}
             Ok(Event::Preempted(s)) => agg.preempted(s),
             Ok(Event::PreemptEnd { tid, since_ns, runq_ns, .. }) => {

@@ -7,13 +7,16 @@
 //! `cost / budget` (a round that took 2 ms under a 1% budget is followed by 200 ms of
 //! nothing), so a process with thousands of tasks is read less often, never more than the
 //! budget allows; weights stay wall time, since each snapshot stands for the time since the
-//! last.
+//! last. A round's cost is the CPU time of the thread that took it, not its wall time: on a
+//! loaded machine a round preempted for 100 ms would otherwise count as 100 ms of reading and
+//! stop sampling for 10 s under a 1% budget.
 use std::{
     collections::HashMap,
     time::{Duration, Instant},
 };
 
 use crate::{
+    host::clock::thread_cpu_ns,
     model::{ProcessProfile, PythonFrame, TaskProfile, tasks::is_application},
     offcpu::fdinfo::{DEFAULT_TABLE_MAX_AGE, FdCache},
     python::{
@@ -56,7 +59,7 @@ pub struct TaskSampler {
     next_round: Option<Instant>,
     /// Running average of a round's cost, in seconds.
     average_cost: Option<f64>,
-    /// Time spent in snapshots, and how many, since the start (for the notes).
+    /// CPU time spent in snapshots, and how many, since the start (for the notes).
     pub spent: Duration,
     pub snapshots: u64,
 }
@@ -80,7 +83,7 @@ impl TaskSampler {
         if self.next_round.is_some_and(|t| now < t) {
             return;
         }
-        let started = Instant::now();
+        let cpu_started = thread_cpu_ns();
         let mut cold = false;
         for pid in python.known_pids() {
             let Some(process) = python.get_mut(pid) else { continue };
@@ -109,7 +112,7 @@ impl TaskSampler {
             self.snapshots += 1;
             add(&mut entry.sums, tasks, weight.as_nanos() as u64);
         }
-        let cost = started.elapsed();
+        let cost = Duration::from_nanos(thread_cpu_ns().saturating_sub(cpu_started));
         self.spent += cost;
         let cost_s = cost.as_secs_f64();
         let average = match self.average_cost {
@@ -182,7 +185,11 @@ pub fn attach(sampler: &mut Option<TaskSampler>, mut processes: Vec<ProcessProfi
             p.tasks = sampler.window(p.pid);
         }
         if sampler.snapshots > 0 {
-            log::info!("asyncio task snapshots: {} in {:.1} ms", sampler.snapshots, sampler.spent.as_secs_f64() * 1e3);
+            log::info!(
+                "asyncio task snapshots: {} in {:.1} ms of CPU",
+                sampler.snapshots,
+                sampler.spent.as_secs_f64() * 1e3
+            );
         }
     }
     processes

@@ -5,7 +5,11 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer, ser::SerializeStruct};
 
-use super::PythonFrame;
+use super::{Mode, Profile, PythonFrame, folded::sanitize};
+
+/// The root frame of a process's task view in flame graphs, beside its threads: the task
+/// stacks' weights are wall time per task, so they do not add to the threads' time.
+pub const TASKS_ROOT: &str = "[asyncio tasks]";
 
 /// One aggregated task stack.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +46,43 @@ impl TaskProfile {
             let _ = write!(leaf, " {target}");
         }
         leaf
+    }
+}
+
+impl Profile {
+    /// Does this profile show task views? In wall mode, for processes whose tasks were read
+    /// (`--no-tasks` leaves `tasks` empty, and so the views out). CPU mode's outputs hold
+    /// on-CPU samples only, and a task's states are wall time.
+    pub fn shows_task_views(&self) -> bool {
+        self.mode == Mode::Wall && self.processes.iter().any(|p| !p.tasks.is_empty())
+    }
+
+    /// Folded lines of the task views, sorted, in µs as wall stacks are:
+    /// `process (pid);[asyncio tasks];task;frame;...;[state] target count`. The flame graph
+    /// draws them beside the threads' stacks; folded output keeps to the threads' (its lines
+    /// add up to the threads' time, which tools summing it rely on).
+    pub fn task_folded_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if self.mode != Mode::Wall {
+            return lines;
+        }
+        for p in &self.processes {
+            for t in &p.tasks {
+                let count = t.weight_ns / 1000;
+                if count == 0 {
+                    continue;
+                }
+                let mut line = format!("{} ({});{TASKS_ROOT};{}", sanitize(&p.comm), p.pid, sanitize(&t.task));
+                for f in &t.frames {
+                    line.push(';');
+                    line.push_str(&sanitize(&f.to_string()));
+                }
+                let _ = write!(line, ";{} {count}", sanitize(&t.leaf()));
+                lines.push(line);
+            }
+        }
+        lines.sort();
+        lines
     }
 }
 
@@ -137,5 +178,30 @@ mod tests {
         assert_eq!(json["frames"][1], "slow (/srv/app.py:3)");
         let back: TaskProfile = serde_json::from_value(json).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn task_folded_lines_root_each_process_s_tasks_beside_its_threads() {
+        let mut p = crate::model::profile::tests::sample_profile(Mode::Wall);
+        p.processes[0].tasks = vec![TaskProfile {
+            task: "fetch;er".into(),
+            frames: vec![frame("main", "/srv/app.py"), frame("get", "/srv/app.py")],
+            state: "awaiting".into(),
+            target: Some("tcp 127.0.0.1:80".into()),
+            weight_ns: 2_500_000,
+            handler_index: None,
+        }];
+        assert!(p.shows_task_views());
+        assert_eq!(
+            p.task_folded_lines(),
+            [
+                "app (10);[asyncio tasks];fetch:er;main (/srv/app.py:3);get (/srv/app.py:3);[awaiting] tcp 127.0.0.1:80 2500"
+            ]
+        );
+        // The threads' folded lines do not change.
+        assert!(p.folded_lines().iter().all(|l| !l.contains(TASKS_ROOT)));
+        p.mode = Mode::Cpu;
+        assert!(!p.shows_task_views());
+        assert!(p.task_folded_lines().is_empty());
     }
 }

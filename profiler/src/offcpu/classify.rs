@@ -8,6 +8,7 @@ use crate::{
     model::{Category, Wait},
     offcpu::{
         fdinfo::{FdCache, FdTarget},
+        kernel_target::{KernelTarget, KernelTargets},
         syscalls::{self, SyscallClass},
     },
 };
@@ -25,6 +26,8 @@ pub struct Classifier {
     /// (pid, syscall, argument) of waits seen, from their stacks, to be an event loop waiting
     /// for work: every interval with that key is idle time, stack or not.
     loop_idle: std::collections::HashSet<(u32, i64, u64)>,
+    /// Targets the kernel read at the syscall, waiting for their wait's stack event.
+    kernel: KernelTargets,
 }
 
 impl Default for Classifier {
@@ -37,6 +40,7 @@ impl Default for Classifier {
             gil: HashMap::new(),
             parking_lot: Default::default(),
             loop_idle: Default::default(),
+            kernel: Default::default(),
         }
     }
 }
@@ -70,6 +74,39 @@ impl Classifier {
     /// on its intervals are [`Category::Idle`], including the short ones that carry no stack.
     pub fn mark_loop_idle(&mut self, pid: u32, syscall_nr: i64, arg0: u64) {
         self.loop_idle.insert((pid, syscall_nr, arg0));
+    }
+
+    /// What the kernel read from the descriptor of thread `t.tid`'s wait, just before the
+    /// wait's stack event.
+    pub fn kernel_target(&mut self, t: &KernelTarget) {
+        self.kernel.record(t);
+    }
+
+    /// A wait reported with its stack: named from the kernel's record of its descriptor when
+    /// one came with it (the descriptor may be closed or reused by now), else as [`classify`].
+    /// The kernel's answer is also kept as the last one for the (pid, state, syscall,
+    /// argument) key, so the short waits on the same descriptor that carry no stack get it
+    /// once the descriptor is gone.
+    ///
+    /// [`classify`]: Classifier::classify
+    pub fn classify_event(&mut self, pid: u32, tid: u32, state: u32, syscall_nr: i64, arg0: u64) -> Wait {
+        let kernel = self.kernel.take(tid, syscall_nr, arg0).flatten();
+        let fd_wait = syscall_nr >= 0 && state != off_state::RUNNABLE && syscalls::fd_arg(syscall_nr as u64);
+        let (Some(target), true) = (kernel, fd_wait) else {
+            return self.classify(pid, state, syscall_nr, arg0);
+        };
+        let uninterruptible = state == off_state::UNINTERRUPTIBLE;
+        let category = fd_category(&target, uninterruptible);
+        let wait = Wait {
+            category,
+            syscall: Some(syscalls::name(syscall_nr as u64).into_owned()),
+            target: Some(target.to_string()),
+        };
+        self.cache.insert((pid, state, syscall_nr, arg0), wait.clone());
+        if state == off_state::SLEEPING && self.loop_idle.contains(&(pid, syscall_nr, arg0)) {
+            return Wait { category: Category::Idle, ..wait };
+        }
+        wait
     }
 
     /// The blocked part of an interval (its run-queue part is always [`Category::Runqueue`]).

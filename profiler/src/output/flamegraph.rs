@@ -25,8 +25,22 @@ fn category_color(c: Category) -> &'static str {
     }
 }
 
+/// Colours of the task views' leaves (`[running]`, `[ready]`, `[awaiting] sleep`): a
+/// running task as CPU, a ready one as the run queue (both wait for the loop's thread), an
+/// awaiting one in teal, apart from the threads' wait colours.
+fn task_state_color(state: &str) -> &'static str {
+    match state {
+        "running" => category_color(Category::Cpu),
+        "ready" => category_color(Category::Runqueue),
+        _ => "#1abc9c",
+    }
+}
+
 pub fn write_svg(profile: &Profile, w: &mut dyn Write) -> anyhow::Result<()> {
-    let lines = profile.folded_lines();
+    let mut lines = profile.folded_lines();
+    // Each asyncio process's tasks beside its threads, under one `[asyncio tasks]` frame.
+    lines.extend(profile.task_folded_lines());
+    lines.sort();
     let mut opts = Options::default();
     let wall = profile.mode == Mode::Wall;
     opts.title = if wall { "pyebpf: wall clock (on- and off-CPU)" } else { "pyebpf: on-CPU" }.to_string();
@@ -46,6 +60,11 @@ pub fn write_svg(profile: &Profile, w: &mut dyn Write) -> anyhow::Result<()> {
             if let (Some(leaf), Some(color)) = (s.wait_frame(), parse_hex_color(category_color(s.category))) {
                 palette.insert(crate::model::folded::sanitize(&leaf.to_string()), color);
             }
+        }
+    }
+    for t in profile.processes.iter().flat_map(|p| &p.tasks) {
+        if let Some(color) = parse_hex_color(task_state_color(&t.state)) {
+            palette.insert(crate::model::folded::sanitize(&t.leaf()), color);
         }
     }
     opts.palette_map = Some(&mut palette);

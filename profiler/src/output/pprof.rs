@@ -10,12 +10,17 @@
 //! Off-CPU stacks end in the same wait frame as folded wall stacks (`[net] recvfrom tcp ...`),
 //! so `pprof -top` names the wait. Process and thread are labels (`-tagfocus thread=worker`),
 //! not frames as in folded output.
+//!
+//! In wall mode a profile with asyncio tasks has one more value, `tasks/nanoseconds`, and one
+//! sample per task stack holding only it (`-sample_index=tasks`): the task's await chain as
+//! locations under its state leaf (`[awaiting] sleep`), labels `task`, `task_state` and
+//! `task_target`. Its time is wall time per task, so it stays out of `wall`.
 use std::{collections::HashMap, io::Write};
 
 use flate2::{Compression, write::GzEncoder};
 use prost::Message as _;
 
-use crate::model::{CATEGORIES, Category, Container, Frame, Mode, Profile, StackProfile};
+use crate::model::{CATEGORIES, Category, Container, Frame, Mode, Profile, StackProfile, TaskProfile};
 
 /// profile.proto's messages, declared by hand with the proto's field numbers (prost derives the
 /// encoding; no protoc at build time). Fields pyebpf never sets are left out.
@@ -183,6 +188,15 @@ impl Builder {
             .collect()
     }
 
+    /// Location ids of a task stack, leaf first: its state leaf, then its chain.
+    fn task_stack(&mut self, t: &TaskProfile) -> Vec<u64> {
+        let mut ids = vec![self.location(&t.leaf(), "", 0, 0)];
+        for p in t.frames.iter().rev() {
+            ids.push(self.location(&p.function, &p.file, p.first_line.into(), p.line.unwrap_or(0).into()));
+        }
+        ids
+    }
+
     fn str_label(&mut self, key: &str, value: &str) -> proto::Label {
         proto::Label { key: self.string(key), str: self.string(value), num: 0 }
     }
@@ -247,9 +261,17 @@ fn build(profile: &Profile) -> proto::Profile {
     let mut b = Builder::new();
     b.out.sample_type = value_types().into_iter().map(|(kind, unit)| b.value_type(kind, unit)).collect();
     let period_ns = period_ns(profile);
+    let tasks = profile.shows_task_views();
+    if tasks {
+        let task_type = b.value_type("tasks", "nanoseconds");
+        b.out.sample_type.push(task_type);
+    }
     for p in &profile.processes {
         for s in &p.stacks {
-            let value = values(s, period_ns);
+            let mut value = values(s, period_ns);
+            if tasks {
+                value.push(0);
+            }
             if value.iter().all(|&v| v == 0) {
                 continue;
             }
@@ -266,6 +288,29 @@ fn build(profile: &Profile) -> proto::Profile {
             }
             if let Some(target) = &s.target {
                 label.push(b.str_label("target", target));
+            }
+            if let Some(c) = &p.container {
+                for (key, value) in container_labels(c) {
+                    label.push(b.str_label(key, value));
+                }
+            }
+            b.out.sample.push(proto::Sample { location_id, value, label });
+        }
+        if !tasks {
+            continue;
+        }
+        for t in p.tasks.iter().filter(|t| t.weight_ns > 0) {
+            let mut value = vec![0; b.out.sample_type.len()];
+            *value.last_mut().unwrap() = clamp(t.weight_ns);
+            let location_id = b.task_stack(t);
+            let mut label = vec![
+                b.num_label("pid", p.pid),
+                b.str_label("process", &p.comm),
+                b.str_label("task", &t.task),
+                b.str_label("task_state", &t.state),
+            ];
+            if let Some(target) = &t.target {
+                label.push(b.str_label("task_target", target));
             }
             if let Some(c) = &p.container {
                 for (key, value) in container_labels(c) {
@@ -438,6 +483,53 @@ mod tests {
         assert!(p.function.iter().all(|f| f.system_name == 0));
         // Wall time adds up to the stacks' weights.
         assert_eq!(p.sample.iter().map(|x| x.value[2]).sum::<i64>(), 121_000_000);
+    }
+
+    #[test]
+    fn wall_mode_adds_task_samples_under_their_own_value() {
+        let mut profile = sample_profile(Mode::Wall);
+        let frame = |function: &str, line| crate::model::PythonFrame {
+            function: function.into(),
+            file: "/srv/app.py".into(),
+            line: Some(line),
+            first_line: 1,
+        };
+        profile.processes[0].tasks = vec![TaskProfile {
+            task: "fetcher".into(),
+            frames: vec![frame("handle", 4), frame("fetch", 9)],
+            state: "awaiting".into(),
+            target: Some("sleep".into()),
+            weight_ns: 300_000_000,
+            handler_index: None,
+        }];
+        let decode = |profile: &Profile| {
+            let mut out = Vec::new();
+            write(profile, &mut out).unwrap();
+            let mut bytes = Vec::new();
+            flate2::read::GzDecoder::new(out.as_slice()).read_to_end(&mut bytes).unwrap();
+            proto::Profile::decode(bytes.as_slice()).unwrap()
+        };
+        let p = decode(&profile);
+        let last = p.sample_type.last().unwrap();
+        assert_eq!((s(&p, last.r#type), s(&p, last.unit)), ("tasks", "nanoseconds"));
+        let n = p.sample_type.len();
+        assert_eq!(p.sample.len(), 5);
+        assert!(p.sample.iter().all(|x| x.value.len() == n));
+        let task = p.sample.iter().find(|x| x.value[n - 1] > 0).unwrap();
+        assert_eq!(frames(&p, task), ["[awaiting] sleep", "fetch /srv/app.py:9 (1)", "handle /srv/app.py:4 (1)"]);
+        assert!(task.value[..n - 1].iter().all(|&v| v == 0));
+        assert_eq!(task.value[n - 1], 300_000_000);
+        assert_eq!(
+            labels(&p, task),
+            ["pid=10", "process=app", "task=fetcher", "task_state=awaiting", "task_target=sleep"]
+        );
+        // Wall time is still the threads' alone.
+        assert_eq!(p.sample.iter().map(|x| x.value[2]).sum::<i64>(), 121_000_000);
+        // CPU mode: no task value, no task samples.
+        profile.mode = Mode::Cpu;
+        let p = decode(&profile);
+        assert_eq!(p.sample.len(), 4);
+        assert!(p.sample_type.iter().all(|t| s(&p, t.r#type) != "tasks"));
     }
 
     #[test]

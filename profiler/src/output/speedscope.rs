@@ -12,7 +12,7 @@ use std::{collections::HashMap, io::Write};
 
 use serde::Serialize;
 
-use crate::model::{Category, Frame as StackFrame, Mode, Profile, StackProfile};
+use crate::model::{Category, Frame as StackFrame, Mode, ProcessProfile, Profile, StackProfile, TaskProfile};
 
 /// The schema's required `$schema` value.
 const SCHEMA: &str = "https://www.speedscope.app/file-format-schema.json";
@@ -87,6 +87,38 @@ impl Frames {
             .map(|f| self.id(f))
             .collect()
     }
+
+    /// A task stack's frame ids, root first: the task's name, its await chain, the state leaf.
+    fn task_stack(&mut self, t: &TaskProfile) -> Vec<usize> {
+        let name = Frame { name: t.task.clone(), file: None, line: None };
+        let chain =
+            t.frames.iter().map(|p| Frame { name: p.function.clone(), file: Some(p.file.clone()), line: p.line });
+        let leaf = Frame { name: t.leaf(), file: None, line: None };
+        std::iter::once(name).chain(chain).chain(std::iter::once(leaf)).map(|f| self.id(f)).collect()
+    }
+}
+
+/// A process's task view (wall mode): one profile of its tasks' stacks, weighing the wall
+/// time each stood for, so it sums to task time, not thread time.
+fn task_profile(frames: &mut Frames, p: &ProcessProfile) -> Option<SampledProfile> {
+    let mut tasks: Vec<&TaskProfile> = p.tasks.iter().filter(|t| t.weight_ns > 0).collect();
+    if tasks.is_empty() {
+        return None;
+    }
+    tasks.sort_by_cached_key(|t| {
+        (t.task.clone(), t.frames.iter().map(ToString::to_string).collect::<Vec<_>>(), t.leaf())
+    });
+    let samples = tasks.iter().map(|t| frames.task_stack(t)).collect();
+    let weights: Vec<u64> = tasks.iter().map(|t| t.weight_ns).collect();
+    Some(SampledProfile {
+        kind: "sampled",
+        name: format!("{} ({}) / asyncio tasks", p.comm, p.pid),
+        unit: "nanoseconds",
+        start_value: 0,
+        end_value: weights.iter().sum(),
+        samples,
+        weights,
+    })
 }
 
 /// What a stack weighs in this mode (nanoseconds), or None when it is left out.
@@ -147,6 +179,10 @@ fn build(profile: &Profile) -> File {
         .rev()
         .max_by_key(|(_, (pr, cpu))| (**cpu, pr.end_value))
         .map(|(i, _)| i);
+    // Task views come after every thread's profile and are never the one opened first.
+    if profile.shows_task_views() {
+        profiles.extend(profile.processes.iter().filter_map(|p| task_profile(&mut frames, p)));
+    }
     let what = match profile.mode {
         Mode::Wall => "wall clock (on- and off-CPU)",
         Mode::Cpu => "on-CPU",
@@ -241,6 +277,48 @@ mod tests {
         // 3 samples at 100 Hz = 30 ms; the off-CPU stack is left out.
         assert_eq!(stacks(&f, 0), vec![(vec!["main".into(), "work".into(), "a::b;c".into()], 30_000_000)]);
         assert_eq!(f["profiles"][1]["endValue"], 40_000_000);
+    }
+
+    #[test]
+    fn wall_mode_adds_a_task_profile_per_asyncio_process() {
+        let mut p = sample_profile(Mode::Wall);
+        let frame = |function: &str| crate::model::PythonFrame {
+            function: function.into(),
+            file: "/srv/app.py".into(),
+            line: Some(9),
+            first_line: 8,
+        };
+        let task = |state: &str, target: Option<&str>, weight_ns| TaskProfile {
+            task: "Task-*".into(),
+            frames: vec![frame("handle"), frame("fetch")],
+            state: state.into(),
+            target: target.map(str::to_string),
+            weight_ns,
+            handler_index: None,
+        };
+        p.processes[0].tasks = vec![task("awaiting", Some("sleep"), 300_000_000), task("running", None, 20_000_000)];
+        let mut out = Vec::new();
+        write(&p, &mut out).unwrap();
+        let f: Value = serde_json::from_slice(&out).unwrap();
+        let names: Vec<&str> = f["profiles"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["app (10) / main (11)", "app (10) / worker (12)", "app (10) / asyncio tasks"]);
+        assert_eq!(f["activeProfileIndex"], 1);
+        assert_eq!(f["profiles"][2]["endValue"], 320_000_000);
+        assert_eq!(
+            stacks(&f, 2),
+            vec![
+                (vec!["Task-*".into(), "handle".into(), "fetch".into(), "[awaiting] sleep".into()], 300_000_000),
+                (vec!["Task-*".into(), "handle".into(), "fetch".into(), "[running]".into()], 20_000_000),
+            ]
+        );
+        let frames = f["shared"]["frames"].as_array().unwrap();
+        assert!(frames.contains(&json!({"name": "fetch", "file": "/srv/app.py", "line": 9})));
+        // CPU mode: no task view.
+        p.mode = Mode::Cpu;
+        let mut out = Vec::new();
+        write(&p, &mut out).unwrap();
+        let f: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(f["profiles"].as_array().unwrap().len(), 2);
     }
 
     #[test]

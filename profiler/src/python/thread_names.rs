@@ -126,17 +126,20 @@ struct TypeInfo {
     addr: u64,
     flags: u64,
     dictoffset: i64,
+    /// `tp_basicsize`, right after `tp_name` in every version: where 3.13+ inline values start.
+    basicsize: u64,
 }
 
 fn read_type(mem: &impl ReadMemory, o: &PyOffsets, obj: u64) -> Option<TypeInfo> {
     let addr = read_ptr(mem, obj, o.object_type)?;
     // Only the fields we use: a static type object may end soon after them.
-    let len = o.type_flags.max(o.type_dictoffset) as usize + 8;
+    let len = o.type_flags.max(o.type_dictoffset).max(o.type_name + 8) as usize + 8;
     let raw = mem.bytes(addr, len)?;
     Some(TypeInfo {
         addr,
         flags: field_u64(&raw, o.type_flags)?,
         dictoffset: field_u64(&raw, o.type_dictoffset)? as i64,
+        basicsize: field_u64(&raw, o.type_name + 8)?,
     })
 }
 
@@ -462,9 +465,17 @@ fn locate_managed(mem: &impl ReadMemory, o: &PyOffsets, obj: u64, ty: &TypeInfo)
         values = slot(o.object_managed_values_before)?;
     }
     if values == 0 && dict == 0 && has_flag(ty.flags, o.type_flag_inline_values) && o.object_inline_values >= 0 {
-        // 3.13: inline values, unless they were given up for a combined dict.
-        let inline = obj.checked_add(o.object_inline_values as u64)?;
-        if mem.bytes(inline + o.dict_values_valid as u64, 1)?[0] != 0 {
+        // 3.13: inline values, unless they were given up for a combined dict. They follow the
+        // instance's own fields, at `tp_basicsize` (CPython's `_PyObject_InlineValues`): past
+        // the object header for a plain class, further for one with `__slots__` in a base (an
+        // asyncio transport) or deriving from a C type (3.14's `_GatheringFuture`).
+        let at = if ty.basicsize % 8 == 0 && (o.object_inline_values as u64..1 << 16).contains(&ty.basicsize) {
+            ty.basicsize
+        } else {
+            o.object_inline_values as u64
+        };
+        let inline = obj.checked_add(at)?;
+        if mem.bytes(inline.checked_add(o.dict_values_valid as u64)?, 1)?[0] != 0 {
             values = inline;
         }
     }

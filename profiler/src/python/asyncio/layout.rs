@@ -42,6 +42,16 @@ pub struct AsyncioLayout {
     pub frame_valuestack: i64,
     /// `PyWeakReference.wr_object`: a `WeakSet`'s items are weak references.
     pub weakref_object: i64,
+    /// 3.14+: `_PyInterpreterFrame.stackpointer`, a pointer past the top of the value stack
+    /// (whose slots are `_PyStackRef`s: tag bits in the low bits), replacing `stacktop`.
+    pub frame_stackpointer: i64,
+    /// Which slot below the top of a suspended coroutine's stack holds what it awaits: 1 (the
+    /// top, CPython's `_PyGen_yf`) up to 3.14; 2 in 3.15, which keeps one more value above it.
+    pub awaited_below_top: u64,
+    /// The last `gi_frame_state` of a frame that can be read (created, suspended or running):
+    /// `FRAME_EXECUTING`, 0 up to 3.14 (whose earlier states are negative); 3.15 renumbered
+    /// them from `FRAME_CREATED` = 0 to `FRAME_EXECUTING` = 4 (`FRAME_CLEARED` = 5).
+    pub frame_state_executing: i8,
 }
 
 /// `PySetObject` (the same from 3.8 to 3.14 with the GIL): `mask` (slots - 1) and the `table`
@@ -70,6 +80,9 @@ const fn layout(minor: u8, task: [i64; 4], generator: [i64; 3], frame: [i64; 3])
         frame_localsplus: frame[1],
         frame_valuestack: frame[2],
         weakref_object: 16,
+        frame_stackpointer: -1,
+        awaited_below_top: 1,
+        frame_state_executing: 0,
     }
 }
 
@@ -77,16 +90,29 @@ const fn layout(minor: u8, task: [i64; 4], generator: [i64; 3], frame: [i64; 3])
 /// (and Debian's 3.11), 3.12.1 and 3.13.0.
 /// Fields: task [fut_waiter, coro, name, state], gen [iframe, frame_state, frame_ptr],
 /// frame [stacktop, localsplus, valuestack].
-const TABLE: [AsyncioLayout; 6] = [
+/// 3.14 (the probe with Debian sid's 3.14): the future's and task's fields are 8 bytes further
+/// on (name and coroutine agree with the process's `_AsyncioDebug`, compared live by
+/// `debug_section`'s caller); the frame's `stacktop` became `stackpointer`, and `localsplus`
+/// follows `owner` and `visited` (74, 75) at 80.
+/// 3.15 (Debian sid's 3.15, checked live the same way): the 3.14 layout, with the frame states
+/// renumbered and the awaited object one slot below the top of the stack.
+const TABLE: [AsyncioLayout; 8] = [
     layout(8, [104, 112, 120, 72], [-1, -1, 16], [72, 360, -1]),
     layout(9, [144, 152, 160, 80], [-1, -1, 16], [72, 360, -1]),
     layout(10, [152, 160, 168, 88], [-1, -1, 16], [80, 352, 64]),
     layout(11, [128, 136, 144, 88], [80, 75, -1], [64, 72, -1]),
     layout(12, [128, 136, 144, 88], [72, 67, -1], [64, 72, -1]),
     layout(13, [112, 120, 128, 96], [72, 67, -1], [64, 72, -1]),
+    AsyncioLayout { frame_stackpointer: 64, ..layout(14, [120, 128, 136, 104], [72, 67, -1], [-1, 80, -1]) },
+    AsyncioLayout {
+        frame_stackpointer: 64,
+        awaited_below_top: 2,
+        frame_state_executing: 4,
+        ..layout(15, [120, 128, 136, 104], [72, 67, -1], [-1, 80, -1])
+    },
 ];
 
-/// The layout of CPython 3.`minor` with the GIL; None for versions without one (3.14+ and
+/// The layout of CPython 3.`minor` with the GIL; None for versions without one (3.16+ and
 /// free-threaded builds are not read yet).
 pub fn for_version(minor: u8, free_threaded: bool) -> Option<&'static AsyncioLayout> {
     if free_threaded {
@@ -95,10 +121,12 @@ pub fn for_version(minor: u8, free_threaded: bool) -> Option<&'static AsyncioLay
     TABLE.iter().find(|l| l.minor == minor)
 }
 
-/// Is a `gi_frame_state` one of a frame that can be read (created, suspended or running), not
-/// completed or cleared? Every version numbers those states below 1.
-pub fn frame_alive(state: i8) -> bool {
-    state < 1
+impl AsyncioLayout {
+    /// Is a `gi_frame_state` one of a frame that can be read (created, suspended or running),
+    /// not completed or cleared?
+    pub fn frame_alive(&self, state: i8) -> bool {
+        state <= self.frame_state_executing
+    }
 }
 
 #[cfg(test)]
@@ -111,10 +139,12 @@ mod tests {
             assert_eq!(l.gen_iframe >= 0, l.minor >= 11, "3.{}", l.minor);
             assert_eq!(l.gen_frame_ptr >= 0, l.minor <= 10, "3.{}", l.minor);
             assert_eq!(l.frame_valuestack >= 0, l.minor == 10, "3.{}", l.minor);
+            // One way to find the top of a suspended frame's stack.
+            assert_eq!(l.frame_stackpointer >= 0, l.frame_stacktop < 0, "3.{}", l.minor);
             assert!(l.gen_iframe < 0 || l.gen_frame_state < l.gen_iframe);
             // The task's fields follow the future's, in the order TaskObj declares them.
             assert!(l.future_state < l.task_fut_waiter && l.task_fut_waiter < l.task_coro && l.task_coro < l.task_name);
         }
-        assert!(for_version(14, false).is_none() && for_version(13, true).is_none());
+        assert!(for_version(16, false).is_none() && for_version(13, true).is_none());
     }
 }

@@ -2,6 +2,7 @@
 //! (named frames, root first, tasks awaited by another under their awaiter), its state and
 //! what it waits on. See `reader` for the walk and `layout` for the per-version offsets;
 //! `engine/tasks` samples this and weighs it.
+pub mod debug_section;
 pub mod layout;
 pub mod reader;
 
@@ -11,7 +12,7 @@ use std::{
 };
 
 pub use reader::TaskState;
-use reader::{RawTask, Reader, Registries, Waiter};
+use reader::{RawTask, Reader, Registries, TaskListHeads, Waiter};
 
 use super::{PyFrame, PythonProcess, Resolved};
 
@@ -41,6 +42,9 @@ pub struct AsyncioState {
     registries: Option<Registries>,
     looked: Option<Instant>,
     type_names: HashMap<u64, String>,
+    /// Why this process's tasks are not read (said once), e.g. a 3.14 whose `_AsyncioDebug`
+    /// disagrees with the version's task layout.
+    refused: Option<String>,
 }
 
 impl AsyncioState {
@@ -68,14 +72,58 @@ impl PythonProcess {
             }
             state.looked = Some(Instant::now());
             state.registries = reader::find_registries(&self.mem, &self.offsets, self.interpreter.runtime_addr);
+            if let Some(registries) = state.registries.as_mut()
+                && v.minor >= 14
+            {
+                // `asyncio.tasks` imports `_asyncio`: its section is mapped by now.
+                let pid = self.mem.pid;
+                registries.lists = debug_section::AsyncioDebugOffsets::find(pid, &self.interpreter.path);
+                match registries.lists {
+                    None => log::debug!(
+                        "pid {pid}: no {} section: only asyncio's registries are read",
+                        debug_section::SECTION
+                    ),
+                    Some(d) if (d.task_coro, d.task_name) != (l.task_coro as u64, l.task_name as u64) => {
+                        state.refused = Some(format!(
+                            "pid {pid}: asyncio tasks not read: its {} puts task_coro/task_name at {}/{}, the 3.{} layout at {}/{}",
+                            debug_section::SECTION,
+                            d.task_coro,
+                            d.task_name,
+                            v.minor,
+                            l.task_coro,
+                            l.task_name
+                        ));
+                        log::warn!("{}", state.refused.as_deref().unwrap_or_default());
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if state.refused.is_some() {
+            return None;
         }
         let registries = state.registries.as_ref()?;
+        let heads = match registries.lists {
+            Some(debug) => TaskListHeads {
+                thread_states: super::thread_states(
+                    &self.mem,
+                    &self.offsets,
+                    self.interpreter.runtime_addr,
+                    debug.tstate_running_task,
+                )
+                .into_iter()
+                .map(|(tstate, _)| tstate)
+                .collect(),
+                interpreter: crate::python::thread_names::main_interpreter(
+                    &self.mem,
+                    &self.offsets,
+                    self.interpreter.runtime_addr,
+                ),
+            },
+            None => TaskListHeads::default(),
+        };
         let mut reader = Reader { mem: &self.mem, o: &self.offsets, l, type_names: &mut state.type_names };
-        let running = reader.running(registries);
-        let addresses = reader.task_addresses(registries);
-        let found = addresses.len();
-        let mut raw: Vec<RawTask> = addresses.into_iter().filter_map(|t| reader.task(t, &running)).collect();
-        log::trace!("asyncio: {found} task addresses, {} tasks", raw.len());
+        let mut raw: Vec<RawTask> = reader::read_tasks(&mut reader, registries, &heads);
         // A running task's coroutines are executing: their frames are on the thread's stack,
         // above the task's coroutine frame, with the functions they call.
         if raw.iter().any(|t| t.state == TaskState::Running) {
@@ -112,7 +160,8 @@ impl PythonProcess {
         let mut sync_kinds: HashMap<u64, &'static str> = HashMap::new();
         for (task, frames) in raw.iter().zip(&chains) {
             let (Some(inner), Some(this)) = (frames.last(), task.innermost_self) else { continue };
-            if inner.function.ends_with("TaskGroup.__aexit__") {
+            // 3.14 moved the wait into `TaskGroup._aexit`, called by `__aexit__`.
+            if inner.function.ends_with("TaskGroup.__aexit__") || inner.function.ends_with("TaskGroup._aexit") {
                 group_children.insert(task.addr, reader.task_set_attribute(this, "_tasks"));
                 continue;
             }

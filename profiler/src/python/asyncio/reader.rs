@@ -1,4 +1,4 @@
-//! Reads every live asyncio task of a CPython 3.8–3.13 process from outside, without running
+//! Reads every live asyncio task of a CPython 3.8–3.14 process from outside, without running
 //! code in it or pausing it: the tasks, which one each loop is running, each task's await
 //! chain (frame records, resolved later like the kernel's) and what its innermost coroutine
 //! waits on.
@@ -10,6 +10,12 @@
 //! uvloop's) registers its tasks in them. Their addresses are found once per process; each
 //! snapshot then reads the sets' tables, the tasks, and each coroutine with its frame.
 //!
+//! From 3.14 the C module keeps native tasks out of those registries: each is a node of a
+//! linked list headed in its thread's state (the interpreter's for tasks of finished threads),
+//! and the task a thread runs is in its state too; `debug_section` says where. Those lists are
+//! walked with the same bounds (a node count, a seen set: a cycle or a wild pointer ends the
+//! list).
+//!
 //! Every read is bounded (table sizes, chain depth, task count) and every object is
 //! type-checked by its type's `tp_name` before its fields are trusted; a garbage pointer ends
 //! that part of the walk, never the snapshot.
@@ -17,9 +23,8 @@ use std::collections::{HashMap, HashSet};
 
 use profiler_common::PyFrameRecord;
 
-use super::layout::{
-    AsyncioLayout, LIST_ITEMS, LIST_SIZE, SET_ENTRY_SIZE, SET_MASK, SET_TABLE, STATE_PENDING, frame_alive,
-};
+use super::debug_section::AsyncioDebugOffsets;
+use super::layout::{AsyncioLayout, LIST_ITEMS, LIST_SIZE, SET_ENTRY_SIZE, SET_MASK, SET_TABLE, STATE_PENDING};
 use crate::host::memory::{ReadMemory, field_i32, field_u64};
 use crate::python::offsets::PyOffsets;
 use crate::python::thread_names::{
@@ -100,6 +105,40 @@ pub struct Registries {
     pub sets: Vec<u64>,
     /// `_current_tasks`: loop → running task.
     pub current: Option<u64>,
+    /// 3.14+: where the per-thread task lists are (the process's `_AsyncioDebug`).
+    pub lists: Option<AsyncioDebugOffsets>,
+}
+
+/// Where a 3.14+ snapshot finds native tasks: every thread state (with its list head and
+/// running task) and the interpreter (its list of tasks whose thread has finished).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskListHeads {
+    pub thread_states: Vec<u64>,
+    pub interpreter: Option<u64>,
+}
+
+/// Reads the live tasks of a snapshot: every registry and (3.14+) list, which task each loop
+/// or thread runs, and each pending task. This is the whole walk of untrusted memory the
+/// fuzzer drives (`fuzz/fuzz_targets/asyncio_tasks.rs`).
+pub fn read_tasks<M: ReadMemory>(reader: &mut Reader<'_, M>, reg: &Registries, heads: &TaskListHeads) -> Vec<RawTask> {
+    let mut running = reader.running(reg);
+    let mut addresses = reader.task_addresses(reg);
+    if let Some(debug) = &reg.lists {
+        running.extend(reader.running_in_threads(debug, &heads.thread_states));
+        let mut seen: HashSet<u64> = addresses.iter().copied().collect();
+        let list_heads = heads
+            .thread_states
+            .iter()
+            .filter_map(|t| t.checked_add(debug.tstate_tasks_head))
+            .chain(heads.interpreter.and_then(|i| i.checked_add(debug.interp_tasks_head)));
+        for head in list_heads {
+            reader.listed_tasks(debug, head, &mut addresses, &mut seen);
+        }
+    }
+    let found = addresses.len();
+    let raw: Vec<RawTask> = addresses.into_iter().filter_map(|t| reader.task(t, &running)).collect();
+    log::trace!("asyncio: {found} task addresses, {} tasks", raw.len());
+    raw
 }
 
 /// Finds asyncio's registries; None while `asyncio.tasks` is not imported.
@@ -186,6 +225,39 @@ impl<M: ReadMemory> Reader<'_, M> {
             }
         }
         out
+    }
+
+    /// 3.14+: the tasks of one list (`llist_node`s from `head`, each a task's `task_node`),
+    /// added to `out` when not `seen`; a cycle or a wild pointer ends the list.
+    pub fn listed_tasks(
+        &mut self,
+        debug: &AsyncioDebugOffsets,
+        head: u64,
+        out: &mut Vec<u64>,
+        seen: &mut HashSet<u64>,
+    ) {
+        let mut nodes = HashSet::new();
+        let mut node = self.mem.u64(head).unwrap_or(0);
+        // An empty list points to itself; a thread that never ran a task may hold zeros.
+        while node != 0 && node != head && out.len() < MAX_TASKS && nodes.insert(node) {
+            let Some(task) = node.checked_sub(debug.task_node) else { break };
+            if seen.insert(task) {
+                out.push(task);
+            }
+            match self.mem.u64(node) {
+                Some(next) => node = next,
+                None => break,
+            }
+        }
+    }
+
+    /// 3.14+: the task each thread is running (`asyncio_running_task`).
+    pub fn running_in_threads(&mut self, debug: &AsyncioDebugOffsets, thread_states: &[u64]) -> HashSet<u64> {
+        thread_states
+            .iter()
+            .filter_map(|t| self.mem.u64(t.checked_add(debug.tstate_running_task)?))
+            .filter(|&task| task != 0)
+            .collect()
     }
 
     /// The tasks the loops are running now.
@@ -324,7 +396,7 @@ impl<M: ReadMemory> Reader<'_, M> {
         let (l, o) = (self.l, self.o);
         if l.gen_iframe >= 0 {
             let state = self.mem.bytes(coro.checked_add(l.gen_frame_state as u64)?, 1)?[0] as i8;
-            if !frame_alive(state) {
+            if !l.frame_alive(state) {
                 return None;
             }
             let frame = coro.checked_add(l.gen_iframe as u64)?;
@@ -333,13 +405,21 @@ impl<M: ReadMemory> Reader<'_, M> {
             let instr = field_u64(&head, o.frame_instr_ptr)?;
             let owner = u32::from(*head.get(usize::try_from(o.frame_owner).ok()?)?);
             let record = PyFrameRecord { code, instr, fingerprint: self.firstlineno(code)?, owner };
-            let top = i64::from(field_i32(&head, l.frame_stacktop)?);
-            let awaited = (1..MAX_STACK_SLOTS)
-                .contains(&top)
-                .then(|| self.mem.u64(frame + l.frame_localsplus as u64 + (top as u64 - 1) * 8))
-                .flatten()
-                .filter(|&p| p != 0);
-            let first_local = field_u64(&head, l.frame_localsplus).filter(|&p| p != 0);
+            let base = frame.checked_add(l.frame_localsplus as u64)?;
+            // 3.14+: stack slots are `_PyStackRef`s, tagged as the frame's code is.
+            let untag = !(o.frame_code_tag_bits.max(0) as u64);
+            let top_slot = if l.frame_stackpointer >= 0 {
+                let sp = field_u64(&head, l.frame_stackpointer)?;
+                let below = l.awaited_below_top;
+                sp.checked_sub(base)
+                    .filter(|d| d % 8 == 0 && (below..MAX_STACK_SLOTS as u64).contains(&(d / 8)))
+                    .map(|_| sp - below * 8)
+            } else {
+                let top = i64::from(field_i32(&head, l.frame_stacktop)?);
+                (1..MAX_STACK_SLOTS).contains(&top).then(|| base.checked_add((top as u64 - 1) * 8)).flatten()
+            };
+            let awaited = top_slot.and_then(|slot| self.mem.u64(slot)).map(|p| p & untag).filter(|&p| p != 0);
+            let first_local = field_u64(&head, l.frame_localsplus).map(|p| p & untag).filter(|&p| p != 0);
             Some((record, awaited, first_local))
         } else {
             let frame = read_ptr(self.mem, coro, l.gen_frame_ptr)?;
