@@ -469,7 +469,7 @@ fn locate_managed(mem: &impl ReadMemory, o: &PyOffsets, obj: u64, ty: &TypeInfo)
         // instance's own fields, at `tp_basicsize` (CPython's `_PyObject_InlineValues`): past
         // the object header for a plain class, further for one with `__slots__` in a base (an
         // asyncio transport) or deriving from a C type (3.14's `_GatheringFuture`).
-        let at = if ty.basicsize % 8 == 0 && (o.object_inline_values as u64..1 << 16).contains(&ty.basicsize) {
+        let at = if ty.basicsize.is_multiple_of(8) && (o.object_inline_values as u64..1 << 16).contains(&ty.basicsize) {
             ty.basicsize
         } else {
             o.object_inline_values as u64
