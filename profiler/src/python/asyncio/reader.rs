@@ -412,7 +412,7 @@ impl<M: ReadMemory> Reader<'_, M> {
                 let sp = field_u64(&head, l.frame_stackpointer)?;
                 let below = l.awaited_below_top;
                 sp.checked_sub(base)
-                    .filter(|d| d % 8 == 0 && (below..MAX_STACK_SLOTS as u64).contains(&(d / 8)))
+                    .filter(|d| d.is_multiple_of(8) && (below..MAX_STACK_SLOTS as u64).contains(&(d / 8)))
                     .map(|_| sp - below * 8)
             } else {
                 let top = i64::from(field_i32(&head, l.frame_stacktop)?);
