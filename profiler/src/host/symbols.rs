@@ -111,12 +111,24 @@ impl Symbols {
         }
     }
 
-    /// Symbolizes everything noted since the last call.
+    /// Symbolizes everything noted since the last call, but for addresses outside the known
+    /// mappings of a process whose maps were read too recently (see [`MapsCache`]): those wait
+    /// for a later call.
     pub fn resolve_pending(&mut self) {
+        self.resolve(false);
+    }
+
+    /// Symbolizes everything noted so far, reading maps again wherever an address needs it:
+    /// before a profile is built, so that no address waits past it.
+    pub fn resolve_all(&mut self) {
+        self.resolve(true);
+    }
+
+    fn resolve(&mut self, no_wait: bool) {
         let now = Instant::now();
         for (pid, addrs) in std::mem::take(&mut self.pending_user) {
-            let mut maps =
-                ProcessMaps { pid, cached: self.maps.remove(&pid), read: MapsRead::NotYet, now, new_code: false };
+            let cached = self.maps.remove(&pid);
+            let mut maps = ProcessMaps { pid, cached, read: MapsRead::NotYet, now, new_code: false, no_wait };
             let mut code = Vec::with_capacity(addrs.len());
             let mut deferred = BTreeSet::new();
             let known = self.user.entry(pid).or_default();
@@ -253,6 +265,8 @@ struct ProcessMaps {
     now: Instant,
     /// The maps read in this batch list executable mappings the previous read did not.
     new_code: bool,
+    /// Read them again if an address needs it, however recent the last read.
+    no_wait: bool,
 }
 
 #[derive(PartialEq, Eq)]
@@ -286,7 +300,9 @@ impl ProcessMaps {
         }
         if self.read == MapsRead::NotYet {
             self.read = match &self.cached {
-                Some(c) if self.now.saturating_duration_since(c.read_at) < c.wait => MapsRead::Deferred,
+                Some(c) if !self.no_wait && self.now.saturating_duration_since(c.read_at) < c.wait => {
+                    MapsRead::Deferred
+                }
                 _ => self.read_again(),
             };
             if self.exec_mapping(addr).is_some() {
@@ -389,6 +405,13 @@ mod tests {
         assert_eq!(symbols.user_symbol(pid, data, 0), None);
         assert_eq!(symbols.maps[&pid].read_at, read_at, "not read again");
         assert!(symbols.pending_user[&pid].contains(&data), "still pending");
+        // A profile is about to be built: no address waits past it.
+        let mut before_a_profile = Symbols::new();
+        before_a_profile.note_user(pid, code, true);
+        before_a_profile.resolve_pending();
+        before_a_profile.note_user(pid, data, true);
+        before_a_profile.resolve_all();
+        assert_eq!(before_a_profile.user_symbol(pid, data, 0), Some(&UserSymbol::NotCode));
         // Once the wait is over, the next batch reads them: not code; nothing new was mapped,
         // so the next wait is twice as long.
         symbols.maps.get_mut(&pid).unwrap().read_at = read_at - REREAD_MIN;
@@ -410,6 +433,7 @@ mod tests {
             read: MapsRead::NotYet,
             now,
             new_code: false,
+            no_wait: false,
         };
         assert_eq!(gone.place(0x1800), Place::Code);
         assert_eq!(gone.place(0x5000), Place::Unknown);
