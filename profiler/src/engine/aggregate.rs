@@ -2,7 +2,9 @@
 //! addresses stay raw (they are symbolized in batches, see [`crate::host::symbols`]); Python
 //! frames are named as they arrive, while the process is surely alive to read its code objects.
 //! [`super::build`] turns what is accumulated here into the model.
-use std::collections::{HashMap, HashSet};
+// foldhash, not SipHash: these tables are keyed by every event's stack (thousands a second
+// on a busy host), and SipHash over the stacks was a twentieth of the daemon's CPU.
+use foldhash::{HashMap, HashSet};
 
 use profiler_common::{PY_FRAME_IS_ENTRY, PY_OWNER_ENTRY_MIN, off_state, py_status, unwind};
 

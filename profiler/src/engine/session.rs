@@ -395,7 +395,7 @@ impl Session {
             let Session { blocked, bpf, agg, symbols, python, classifier, .. } = self;
             blocked.add(bpf, &window, agg, symbols, python, classifier);
         }
-        self.symbols.resolve_pending();
+        self.symbols.resolve_all();
         self.python.refresh_thread_names();
         let (times, sums) = (self.bpf.thread_times(), self.sums_so_far(now));
         let totals = self.window_totals(&times, &sums, now);
@@ -471,6 +471,8 @@ impl Session {
             sampled_out: self.bpf.counters().offcpu_sampled_out,
             decode_errors: self.decode_errors,
         };
+        // The old window's tables are gone: give their pages back (see host::heap).
+        crate::host::heap::release_free_memory();
         profile
     }
 

@@ -7,7 +7,7 @@
 //!
 //! A user address is first checked against the process's executable mappings (its
 //! /proc/PID/maps, cached per process, read again when an address falls outside them: a library
-//! loaded since). Frame-pointer walks through code built without frame pointers return data
+//! loaded since; see [`MapsCache`] for how often). Frame-pointer walks through code built without frame pointers return data
 //! addresses too; symbolized, they took the name of the nearest symbol, even a variable's
 //! (`_PyRuntime`). An address outside every executable mapping is [`UserSymbol::NotCode`].
 //!
@@ -18,7 +18,10 @@
 //! a process we symbolized maps it, so memory follows the live processes, and a long-running
 //! session no longer has to drop everything now and then (which re-parsed libc, libpython and
 //! kallsyms every ten seconds).
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use blazesym::{
     Pid,
@@ -52,10 +55,11 @@ pub enum UserSymbol {
 
 pub struct Symbols {
     symbolizer: Symbolizer,
-    /// (pid, address as looked up) → what it is.
-    user: HashMap<(u32, u64), UserSymbol>,
-    /// pid → its mappings as last read.
-    maps: HashMap<u32, Vec<Mapping>>,
+    /// pid → address as looked up → what it is (per process, so that forgetting one is not a
+    /// walk of every process's addresses).
+    user: HashMap<u32, HashMap<u64, UserSymbol>>,
+    /// pid → its mappings as last read, and when they may be read again.
+    maps: HashMap<u32, MapsCache>,
     /// Kernel address → its symbol (None: not in kallsyms).
     kernel: HashMap<u64, Option<String>>,
     pending_user: HashMap<u32, BTreeSet<u64>>,
@@ -92,9 +96,9 @@ impl Symbols {
 
     /// Remembers one user address (`leaf`: the sampled instruction, else a return address).
     pub fn note_user(&mut self, pid: u32, addr: u64, leaf: bool) {
-        let key = (pid, lookup_addr(addr, leaf));
-        if !self.user.contains_key(&key) {
-            self.pending_user.entry(pid).or_default().insert(key.1);
+        let addr = lookup_addr(addr, leaf);
+        if !self.user.get(&pid).is_some_and(|known| known.contains_key(&addr)) {
+            self.pending_user.entry(pid).or_default().insert(addr);
         }
     }
 
@@ -107,23 +111,45 @@ impl Symbols {
         }
     }
 
-    /// Symbolizes everything noted since the last call.
+    /// Symbolizes everything noted since the last call, but for addresses outside the known
+    /// mappings of a process whose maps were read too recently (see [`MapsCache`]): those wait
+    /// for a later call.
     pub fn resolve_pending(&mut self) {
+        self.resolve(false);
+    }
+
+    /// Symbolizes everything noted so far, reading maps again wherever an address needs it:
+    /// before a profile is built, so that no address waits past it.
+    pub fn resolve_all(&mut self) {
+        self.resolve(true);
+    }
+
+    fn resolve(&mut self, no_wait: bool) {
+        let now = Instant::now();
         for (pid, addrs) in std::mem::take(&mut self.pending_user) {
-            let mut maps = ProcessMaps { pid, cached: self.maps.remove(&pid), read: MapsRead::NotYet };
+            let cached = self.maps.remove(&pid);
+            let mut maps = ProcessMaps { pid, cached, read: MapsRead::NotYet, now, new_code: false, no_wait };
             let mut code = Vec::with_capacity(addrs.len());
+            let mut deferred = BTreeSet::new();
+            let known = self.user.entry(pid).or_default();
             for addr in addrs {
-                match maps.executable(addr) {
-                    Some(false) => {
-                        self.user.insert((pid, addr), UserSymbol::NotCode);
+                match maps.place(addr) {
+                    Place::NotCode => {
+                        known.insert(addr, UserSymbol::NotCode);
                     }
-                    _ => code.push(addr),
+                    Place::Code | Place::Unknown => code.push(addr),
+                    Place::Later => {
+                        deferred.insert(addr);
+                    }
                 }
+            }
+            if !deferred.is_empty() {
+                self.pending_user.insert(pid, deferred);
             }
             if !code.is_empty() {
                 // blazesym reads the maps itself unless given them: once, and again when they
-                // were read again here (an address outside them: a library loaded since).
-                if !self.vmas_given.contains(&pid) || maps.read == MapsRead::Fresh {
+                // were read again here and list new code (a library loaded since).
+                if !self.vmas_given.contains(&pid) || maps.new_code {
                     let mut vmas = cache::Process::new(Pid::from(pid));
                     vmas.cache_perf_map = false;
                     if self.symbolizer.cache(&vmas.into()).is_ok() {
@@ -148,11 +174,14 @@ impl Symbols {
                             None => NativeSymbol::default(),
                         },
                     };
-                    self.user.insert((pid, addr), UserSymbol::Code(symbol));
+                    known.insert(addr, UserSymbol::Code(symbol));
                 }
             }
             if let Some(cached) = maps.cached {
                 self.maps.insert(pid, cached);
+            }
+            if known.is_empty() {
+                self.user.remove(&pid);
             }
         }
         if !self.pending_kernel.is_empty() {
@@ -171,7 +200,7 @@ impl Symbols {
 
     /// What a user stack entry is (index 0 = leaf); None when it was never resolved.
     pub fn user_symbol(&self, pid: u32, addr: u64, index: usize) -> Option<&UserSymbol> {
-        self.user.get(&(pid, lookup_addr(addr, index == 0)))
+        self.user.get(&pid)?.get(&lookup_addr(addr, index == 0))
     }
 
     /// The symbol of a kernel stack entry (index 0 = leaf).
@@ -191,11 +220,12 @@ impl Symbols {
     /// its exit nothing), and releases its files in blazesym: a file no other process we
     /// symbolized maps is dropped with its parsed symbols.
     pub fn forget(&mut self, pid: u32) {
-        self.user.retain(|(p, _), _| *p != pid);
+        self.user.remove(&pid);
         self.pending_user.remove(&pid);
         if self.vmas_given.remove(&pid) {
             // blazesym names each file by the process's /proc/PID/map_files entry.
-            for m in self.maps.get(&pid).into_iter().flatten().filter(|m| m.executable && m.file.is_some()) {
+            let mappings = self.maps.get(&pid).map(|c| c.mappings.as_slice()).unwrap_or_default();
+            for m in mappings.iter().filter(|m| m.executable && m.file.is_some()) {
                 let path = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
                 let _ = self.symbolizer.evict(&Evict::Elf(evict::Elf::new(path)));
             }
@@ -205,12 +235,38 @@ impl Symbols {
     }
 }
 
+/// Re-reading the maps of a process: at least this long after the last read...
+const REREAD_MIN: Duration = Duration::from_secs(1);
+/// ...doubling, up to this, while re-reads find no new code.
+const REREAD_MAX: Duration = Duration::from_secs(32);
+
+/// A process's mappings as last read, and how long to wait before reading them again.
+///
+/// Frame-pointer walks through code built without frame pointers (a compiler, most C++
+/// services) end on data addresses, a new handful in every batch; each one sent a process's
+/// /proc/PID/maps to be read again, here and by blazesym, several times a second (a fifth of
+/// the daemon's CPU beside a few busy `rustc`s). A read that finds no new executable mapping
+/// doubles the wait before the next one (from [`REREAD_MIN`] up to [`REREAD_MAX`]); one that
+/// finds new code (a library loaded since) brings the wait back down. Addresses outside the
+/// known mappings wait for the next allowed read to be told code from data, so a library
+/// loaded a moment ago is named at most [`REREAD_MAX`] late, never called not-code.
+struct MapsCache {
+    mappings: Vec<Mapping>,
+    read_at: Instant,
+    wait: Duration,
+}
+
 /// A process's mappings during one batch: the cached ones, read again at most once, when an
-/// address is in none of their executable mappings.
+/// address is in none of their executable mappings and the cache's wait is over.
 struct ProcessMaps {
     pid: u32,
-    cached: Option<Vec<Mapping>>,
+    cached: Option<MapsCache>,
     read: MapsRead,
+    now: Instant,
+    /// The maps read in this batch list executable mappings the previous read did not.
+    new_code: bool,
+    /// Read them again if an address needs it, however recent the last read.
+    no_wait: bool,
 }
 
 #[derive(PartialEq, Eq)]
@@ -220,31 +276,67 @@ enum MapsRead {
     Fresh,
     /// Could not be read (the process is gone): stale maps cannot say an address is not code.
     Failed,
+    /// Not read again in this batch: the last read was too recent.
+    Deferred,
+}
+
+/// Where an address is, as far as one batch can tell.
+#[derive(Debug, PartialEq, Eq)]
+enum Place {
+    /// In an executable mapping.
+    Code,
+    /// Outside every executable mapping of maps read after the address was seen.
+    NotCode,
+    /// The maps cannot be read (the process is gone): symbolize it anyway.
+    Unknown,
+    /// Outside the cached mappings, which may not be read again yet: ask in a later batch.
+    Later,
 }
 
 impl ProcessMaps {
-    /// Is `addr` in an executable mapping? None when that cannot be known.
-    fn executable(&mut self, addr: u64) -> Option<bool> {
+    fn place(&mut self, addr: u64) -> Place {
         if self.exec_mapping(addr).is_some() {
-            return Some(true);
+            return Place::Code;
         }
         if self.read == MapsRead::NotYet {
-            self.read = match procinfo::mappings(self.pid) {
-                Some(maps) => {
-                    self.cached = Some(maps);
-                    MapsRead::Fresh
+            self.read = match &self.cached {
+                Some(c) if !self.no_wait && self.now.saturating_duration_since(c.read_at) < c.wait => {
+                    MapsRead::Deferred
                 }
-                None => MapsRead::Failed,
+                _ => self.read_again(),
             };
             if self.exec_mapping(addr).is_some() {
-                return Some(true);
+                return Place::Code;
             }
         }
-        (self.read == MapsRead::Fresh).then_some(false)
+        match self.read {
+            MapsRead::Fresh => Place::NotCode,
+            MapsRead::Deferred => Place::Later,
+            _ => Place::Unknown,
+        }
+    }
+
+    fn read_again(&mut self) -> MapsRead {
+        let Some(mappings) = procinfo::mappings(self.pid) else { return MapsRead::Failed };
+        let code = |maps: &[Mapping]| -> HashSet<(u64, u64)> {
+            maps.iter().filter(|m| m.executable).map(|m| (m.start, m.end)).collect()
+        };
+        let wait = match &self.cached {
+            Some(old) => {
+                self.new_code = !code(&mappings).is_subset(&code(&old.mappings));
+                if self.new_code { REREAD_MIN } else { (old.wait * 2).min(REREAD_MAX) }
+            }
+            None => {
+                self.new_code = true;
+                REREAD_MIN
+            }
+        };
+        self.cached = Some(MapsCache { mappings, read_at: self.now, wait });
+        MapsRead::Fresh
     }
 
     fn exec_mapping(&self, addr: u64) -> Option<&Mapping> {
-        self.cached.as_ref()?.iter().find(|m| m.executable && m.contains(addr))
+        self.cached.as_ref()?.mappings.iter().find(|m| m.executable && m.contains(addr))
     }
 }
 
@@ -298,14 +390,53 @@ mod tests {
     }
 
     #[test]
+    fn maps_are_read_again_for_an_unknown_address_only_after_a_wait_that_grows() {
+        let this: fn() = maps_are_read_again_for_an_unknown_address_only_after_a_wait_that_grows;
+        let (pid, code) = (std::process::id(), this as usize as u64 + 4);
+        let data = DATA_SYMBOL.as_ptr() as u64 + 16;
+        let mut symbols = Symbols::new();
+        symbols.note_user(pid, code, true);
+        symbols.resolve_pending();
+        let read_at = symbols.maps[&pid].read_at;
+        // A data address right after: the maps were just read, so it waits for a later batch
+        // instead of sending them to be read again.
+        symbols.note_user(pid, data, true);
+        symbols.resolve_pending();
+        assert_eq!(symbols.user_symbol(pid, data, 0), None);
+        assert_eq!(symbols.maps[&pid].read_at, read_at, "not read again");
+        assert!(symbols.pending_user[&pid].contains(&data), "still pending");
+        // A profile is about to be built: no address waits past it.
+        let mut before_a_profile = Symbols::new();
+        before_a_profile.note_user(pid, code, true);
+        before_a_profile.resolve_pending();
+        before_a_profile.note_user(pid, data, true);
+        before_a_profile.resolve_all();
+        assert_eq!(before_a_profile.user_symbol(pid, data, 0), Some(&UserSymbol::NotCode));
+        // Once the wait is over, the next batch reads them: not code; nothing new was mapped,
+        // so the next wait is twice as long.
+        symbols.maps.get_mut(&pid).unwrap().read_at = read_at - REREAD_MIN;
+        symbols.resolve_pending();
+        assert_eq!(symbols.user_symbol(pid, data, 0), Some(&UserSymbol::NotCode));
+        assert_eq!(symbols.maps[&pid].wait, REREAD_MIN * 2);
+    }
+
+    #[test]
     fn maps_that_cannot_be_read_say_nothing() {
+        let now = Instant::now();
         let mut gone = ProcessMaps {
             pid: u32::MAX,
-            cached: Some(vec![Mapping { start: 0x1000, end: 0x2000, offset: 0, executable: true, file: None }]),
+            cached: Some(MapsCache {
+                mappings: vec![Mapping { start: 0x1000, end: 0x2000, offset: 0, executable: true, file: None }],
+                read_at: now - REREAD_MAX,
+                wait: REREAD_MIN,
+            }),
             read: MapsRead::NotYet,
+            now,
+            new_code: false,
+            no_wait: false,
         };
-        assert_eq!(gone.executable(0x1800), Some(true));
-        assert_eq!(gone.executable(0x5000), None);
-        assert_eq!(gone.executable(0x6000), None);
+        assert_eq!(gone.place(0x1800), Place::Code);
+        assert_eq!(gone.place(0x5000), Place::Unknown);
+        assert_eq!(gone.place(0x6000), Place::Unknown);
     }
 }
