@@ -381,9 +381,11 @@ fn hostile_processes_corrupting_their_interpreter_do_not_disturb_the_profiler_or
     // stop-the-world pauses wait for threads the kernel has descheduled); all are killed on drop.
     let mut hostiles: Vec<(Interpreter, KillOnDrop)> =
         interpreters().iter().map(|i| (i.clone(), start_ready(i, "hostile.py", &["120"]))).collect();
+    // As long-lived as the hostiles: a free-threaded chain started after them took over 30 s to
+    // say "ready" here, by which time a 30-s chain started before it had already ended.
     let normals: Vec<(Interpreter, KillOnDrop)> = [interps.first().unwrap(), interps.last().unwrap()]
         .into_iter()
-        .map(|i| (i.clone(), start_script(&i.path, &chain, &["30", "1"])))
+        .map(|i| (i.clone(), start_script(&i.path, &chain, &["120", "1"])))
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = pyebpf();
