@@ -155,12 +155,6 @@ pub fn unwind(info: &PyProcInfo, tgid: u32, tid: u32, out: &mut [PyFrameRecord; 
     let read_len = (info.frame_read_len as usize).min(FRAME_BYTES);
     let mut n = 0u32;
     let mut chunk = [0u64; FRAME_WORDS];
-    // The last two code objects whose fingerprint was read in this walk, and their
-    // fingerprints: recursion (a function calling itself, or two calling each other) repeats
-    // them frame after frame. Every frame on the stack holds a reference to its code object,
-    // and the thread is stopped while it is walked, so a code object met twice in one walk is
-    // the same object both times: its fingerprint need not be read again.
-    let (mut last_code, mut last_fp, mut prev_code, mut prev_fp) = (0u64, 0u32, 0u64, 0u32);
     #[allow(
         clippy::needless_range_loop,
         reason = "a counted loop with a constant bound is what the verifier sees through; `i` is also the depth"
@@ -196,17 +190,7 @@ pub fn unwind(info: &PyProcInfo, tgid: u32, tid: u32, out: &mut [PyFrameRecord; 
         if info.frame_is_entry != PY_OFFSET_NONE && field(&chunk, info.frame_is_entry, 1) != 0 {
             owner |= PY_FRAME_IS_ENTRY;
         }
-        let fingerprint = if code == 0 {
-            0
-        } else if code == last_code {
-            last_fp
-        } else if code == prev_code {
-            prev_fp
-        } else {
-            let fp = read_u32(at(code, info.code_firstlineno)).unwrap_or(0);
-            (prev_code, prev_fp, last_code, last_fp) = (last_code, last_fp, code, fp);
-            fp
-        };
+        let fingerprint = if code != 0 { read_u32(at(code, info.code_firstlineno)).unwrap_or(0) } else { 0 };
         out[i] = PyFrameRecord { code, instr, fingerprint, owner };
         n = i as u32 + 1;
         frame = field(&chunk, info.frame_previous, 8);
