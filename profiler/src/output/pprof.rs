@@ -204,6 +204,14 @@ impl Builder {
     fn num_label(&mut self, key: &str, value: u32) -> proto::Label {
         proto::Label { key: self.string(key), str: 0, num: value.into() }
     }
+
+    /// Appends a process's container labels (none outside a container): thread stacks and task
+    /// stacks carry the same ones.
+    fn push_container_labels(&mut self, label: &mut Vec<proto::Label>, container: Option<&Container>) {
+        for (key, value) in container.map(container_labels).unwrap_or_default() {
+            label.push(self.str_label(key, value));
+        }
+    }
 }
 
 /// A process's container labels: `container_id`, `container_runtime`, `pod_uid` when its cgroup
@@ -289,11 +297,7 @@ fn build(profile: &Profile) -> proto::Profile {
             if let Some(target) = &s.target {
                 label.push(b.str_label("target", target));
             }
-            if let Some(c) = &p.container {
-                for (key, value) in container_labels(c) {
-                    label.push(b.str_label(key, value));
-                }
-            }
+            b.push_container_labels(&mut label, p.container.as_ref());
             b.out.sample.push(proto::Sample { location_id, value, label });
         }
         if !tasks {
@@ -312,11 +316,7 @@ fn build(profile: &Profile) -> proto::Profile {
             if let Some(target) = &t.target {
                 label.push(b.str_label("task_target", target));
             }
-            if let Some(c) = &p.container {
-                for (key, value) in container_labels(c) {
-                    label.push(b.str_label(key, value));
-                }
-            }
+            b.push_container_labels(&mut label, p.container.as_ref());
             b.out.sample.push(proto::Sample { location_id, value, label });
         }
     }
