@@ -11,7 +11,8 @@
 //! (DESIGN, Shares under contention). To compare like with like, a test records each run of the
 //! thread (`sched_switch`) and each charge the scheduler makes for it (`sched_stat_runtime`, at
 //! every `update_curr`), and moves what a run was charged beyond its own length from schedstat's
-//! on-CPU time to its run-queue time.
+//! on-CPU time to its run-queue time, and what it was charged short of its length (the end of
+//! the run, charged to the next task) back to on-CPU time.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -21,7 +22,7 @@ use std::{
 const TRACEFS: &str = "/sys/kernel/tracing";
 /// Per CPU: the loop's runs and charges and those of its parent, a few MiB in 4 s.
 const BUFFER_KIB: &str = "16384";
-const EVENTS: [&str; 2] = ["sched_switch", "sched_stat_runtime"];
+const EVENTS: [&str; 4] = ["sched_switch", "sched_stat_runtime", "sched_wakeup", "sched_wakeup_new"];
 
 /// A tracefs instance of its own (the global buffer and other instances untouched) recording
 /// the runs and charges of tasks named `comm`; removed on drop.
@@ -52,7 +53,9 @@ impl SchedTrace {
             "events/sched/sched_switch/filter",
             &format!("prev_comm == \"{comm}\" || next_comm == \"{comm}\""),
         )?;
-        trace.write("events/sched/sched_stat_runtime/filter", &format!("comm == \"{comm}\""))?;
+        for event in &EVENTS[1..] {
+            trace.write(&format!("events/sched/{event}/filter"), &format!("comm == \"{comm}\""))?;
+        }
         for event in EVENTS {
             trace.write(&format!("events/sched/{event}/enable"), "1")?;
         }
@@ -106,6 +109,16 @@ pub struct Runs {
     /// What runs were charged beyond their own length: time before the switch-in (the wait
     /// after a preempting wakeup), run-queue time by the switches.
     pub charged_before_switch_in_ns: u64,
+    /// What runs were charged short of their own length (microseconds a run): the scheduler
+    /// stops charging a task at the clock update at the start of the `__schedule` that switches
+    /// it out and charges the rest, the pick of the next task, to that next task; on-CPU time
+    /// by the switches.
+    pub charged_short_ns: u64,
+    /// Waits for a CPU by the switches and wakeups: from a preemption or a wakeup (or the
+    /// thread's creation) to the switch-in, as pyebpf measures them.
+    pub runq_ns: u64,
+    /// Sleeps by the switches and wakeups: from a switch-out in a sleep to the wakeup.
+    pub blocked_ns: u64,
 }
 
 /// Thread `tid`'s runs and charges in ftrace's text output.
@@ -113,12 +126,21 @@ pub fn runs(trace: &str, tid: u32) -> Runs {
     let mut out = Runs::default();
     // Start of the run in progress and what it has been charged so far.
     let mut run: Option<(u64, u64)> = None;
+    // Start of the wait in progress, whether runnable all along, and its wakeup.
+    let mut off: Option<(u64, bool, Option<u64>)> = None;
     for line in trace.lines().filter(|l| !l.starts_with('#')) {
         let Some((event, at, fields)) = parse_line(line) else { continue };
         let field = |name: &str| {
             fields.split_whitespace().find_map(|kv| kv.strip_prefix(name)?.strip_prefix('=')?.parse::<u64>().ok())
         };
+        let is_tid = |name: &str| field(name) == Some(tid as u64);
         match event {
+            "sched_wakeup_new" if is_tid("pid") => off = Some((at, true, None)),
+            "sched_wakeup" if is_tid("pid") => {
+                if let Some((_, false, wake @ None)) = off.as_mut() {
+                    *wake = Some(at);
+                }
+            }
             "sched_stat_runtime" if field("pid") == Some(tid as u64) => {
                 let charge = field("runtime").unwrap_or(0);
                 out.charged_ns += charge;
@@ -129,16 +151,26 @@ pub fn runs(trace: &str, tid: u32) -> Runs {
             "sched_switch" => {
                 // The charge of a run's end comes before its switch-out (the dequeue or the
                 // put of the outgoing task, in the same `__schedule`).
-                if field("prev_pid") == Some(tid as u64)
+                if is_tid("prev_pid")
                     && let Some((start, charged)) = run.take()
                 {
                     let length = at.saturating_sub(start);
                     out.runs += 1;
                     out.on_cpu_ns += length;
                     out.charged_before_switch_in_ns += charged.saturating_sub(length);
+                    out.charged_short_ns += length.saturating_sub(charged);
                 }
-                if field("next_pid") == Some(tid as u64) {
+                if is_tid("prev_pid") {
+                    let state = fields.split_whitespace().find_map(|kv| kv.strip_prefix("prev_state="));
+                    off = Some((at, state.is_some_and(|s| s.starts_with('R')), None));
+                }
+                if is_tid("next_pid") {
                     run = Some((at, 0));
+                    if let Some((start, runnable, wake)) = off.take() {
+                        let woken = if runnable { start } else { wake.unwrap_or(at) };
+                        out.blocked_ns += woken.saturating_sub(start);
+                        out.runq_ns += at.saturating_sub(woken);
+                    }
                 }
             }
             _ => {}
@@ -178,5 +210,9 @@ mod tests {
 ";
         let r = runs(trace, 7);
         assert_eq!((r.runs, r.on_cpu_ns, r.charged_ns, r.charged_before_switch_in_ns), (1, 50_000, 53_000, 3_000));
+        assert_eq!((r.charged_short_ns, r.blocked_ns, r.runq_ns), (0, 1_000_000, 0));
+        let short = trace.replace("runtime=53000", "runtime=49000");
+        let r = runs(&short, 7);
+        assert_eq!((r.charged_before_switch_in_ns, r.charged_short_ns), (0, 1_000));
     }
 }

@@ -92,7 +92,9 @@ fn category_shares_match_schedstat_under_contention() {
     // schedstat charges a task woken with a preemption from its wakeup, not its switch-in, and
     // pyebpf counts that wait as run queue: ftrace's record of the loop's runs and of the
     // scheduler's charges for them (`sched_trace`) says how much, moved from schedstat's on-CPU
-    // time to its run-queue time before comparing (about a tenth of the loop's CPU time here).
+    // time to its run-queue time before comparing (about a tenth of the loop's CPU time here);
+    // and the microseconds at the end of each run that the scheduler charges to the next task
+    // go back to the loop's on-CPU time.
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
     for_each_interpreter("shares under contention", |interp| {
         use std::io::{BufRead as _, Write as _};
@@ -136,8 +138,8 @@ fn category_shares_match_schedstat_under_contention() {
         if !status.success() {
             return Err(format!("pyebpf: {status}"));
         }
-        let moved = runs.charged_before_switch_in_ns as f64;
-        let (true_cpu, true_runq) = ((on_cpu - moved) * 100.0 / wall, (runq + moved) * 100.0 / wall);
+        let (moved, short) = (runs.charged_before_switch_in_ns as f64, runs.charged_short_ns as f64);
+        let (true_cpu, true_runq) = ((on_cpu - moved + short) * 100.0 / wall, (runq + moved) * 100.0 / wall);
         let (charged_cpu, charged_runq) = (on_cpu * 100.0 / wall, runq * 100.0 / wall);
         let true_blocked = 100.0 - true_cpu - true_runq;
         let profile = read_json(&json);
@@ -148,15 +150,20 @@ fn category_shares_match_schedstat_under_contention() {
         let total = t["wall_ns"].as_u64().unwrap() as f64;
         let (cpu, runq) = (ns("cpu") * 100.0 / total, ns("runqueue") * 100.0 / total);
         let blocked = 100.0 - cpu - runq;
+        let traced = (runs.on_cpu_ns + runs.runq_ns + runs.blocked_ns).max(1) as f64;
         eprintln!(
-            "{}: cpu {cpu:.2}% (schedstat {true_cpu:.2}%, as charged {:.2}%), runqueue {runq:.2}% ({true_runq:.2}%, {:.2}%), blocked {blocked:.2}% ({true_blocked:.2}%); charged before the switch-in {:.1} ms of {:.1} ms in {} runs (ftrace runs {:.1} ms); wall {:.3} s ({:.3} s): {}",
+            "{}: cpu {cpu:.2}% (schedstat {true_cpu:.2}%, as charged {:.2}%), runqueue {runq:.2}% ({true_runq:.2}%, {:.2}%), blocked {blocked:.2}% ({true_blocked:.2}%); charged before the switch-in {:.1} ms and short {:.1} ms of {:.1} ms in {} runs; ftrace: cpu {:.2}%, runqueue {:.2}%, blocked {:.2}% of {:.3} s; wall {:.3} s ({:.3} s): {}",
             interp.label,
             charged_cpu,
             charged_runq,
             moved / 1e6,
+            short / 1e6,
             on_cpu / 1e6,
             runs.runs,
-            runs.on_cpu_ns as f64 / 1e6,
+            runs.on_cpu_ns as f64 * 100.0 / traced,
+            runs.runq_ns as f64 * 100.0 / traced,
+            runs.blocked_ns as f64 * 100.0 / traced,
+            traced / 1e9,
             total / 1e9,
             wall / 1e9,
             t["totals_ns"]
