@@ -224,7 +224,8 @@ fn build_process(
 /// the exact total of their category; otherwise what is left becomes a stackless entry.
 ///
 /// On-CPU stacks weigh samples × period, an estimate: they are scaled to the thread's exact
-/// on-CPU time, so they add up to it and none exceeds the thread. Stacks of a category that
+/// on-CPU time, so they add up to it and none exceeds the thread; a thread with on-CPU time
+/// and no sample gets an `[on CPU, not sampled]` stack of that time. Stacks of a category that
 /// weigh more than its exact total (a wait that began in an earlier window weighs all of
 /// itself when it ends) are scaled down to it.
 fn account_waits(stacks: &mut Vec<StackProfile>, tid: u32, exact: &Totals, scale: bool) {
@@ -232,6 +233,22 @@ fn account_waits(stacks: &mut Vec<StackProfile>, tid: u32, exact: &Totals, scale
     let sampled: u64 = stacks.iter().filter(|s| s.tid == tid && s.category == Category::Cpu).map(|s| s.weight_ns).sum();
     if on_cpu > 0 && sampled > 0 && on_cpu != sampled {
         scale_weights(stacks.iter_mut().filter(|s| s.tid == tid && s.category == Category::Cpu), sampled, on_cpu);
+    }
+    // A thread that ran too little for any sample to land in it still has its CPU time
+    // carried by a stack: a marker, as its short waits are.
+    if on_cpu > 0 && sampled == 0 {
+        stacks.push(StackProfile {
+            tid,
+            thread: String::new(),
+            frames: vec![Frame::Marker(Marker::Unsampled)],
+            samples: 0,
+            category: Category::Cpu,
+            weight_ns: on_cpu,
+            syscall: None,
+            target: None,
+            coroutine: None,
+            stalls_loop: false,
+        });
     }
     for &c in &CATEGORIES[1..] {
         let total = exact.get(c);
@@ -340,6 +357,21 @@ mod tests {
         // Without exact totals, a thread's CPU time is samples × period.
         assert_eq!(p.threads[0].totals_ns[Category::Cpu], 4 * 10 * MS);
         assert_eq!(p.functions.iter().find(|f| f.function == "work").map(|f| f.own_ns), Some(30 * MS));
+    }
+
+    #[test]
+    fn on_cpu_time_no_sample_landed_in_is_carried_by_a_marker() {
+        let agg = Aggregator::new(100);
+        let exact: Totals = [(Category::Cpu, 4 * MS), (Category::Disk, 96 * MS)].into_iter().collect();
+        let totals: ThreadTotals = [((10, 11), exact)].into_iter().collect();
+        let p = &build(&agg, &Fake, &totals)[0];
+        let cpu: Vec<_> = p.stacks.iter().filter(|s| s.category == Category::Cpu).collect();
+        assert_eq!(cpu.len(), 1);
+        assert_eq!(
+            (cpu[0].frames.as_slice(), cpu[0].weight_ns),
+            ([Frame::Marker(Marker::Unsampled)].as_slice(), 4 * MS)
+        );
+        assert_eq!(cpu[0].frames[0].to_string(), "[on CPU, not sampled]");
     }
 
     #[test]

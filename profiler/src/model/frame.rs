@@ -68,6 +68,9 @@ pub enum Marker {
     UnwindBadFrame,
     /// ... or the stack is deeper than the unwinder walks.
     UnwindTruncated,
+    /// The only frame of a thread's on-CPU time when no sample landed in it (a thread that ran
+    /// for less than a few sampling periods in all): the time is exact, where it ran unknown.
+    Unsampled,
 }
 
 /// What a native address with no symbol is shown as.
@@ -75,7 +78,7 @@ pub const UNKNOWN: &str = "[unknown]";
 const KERNEL_PREFIX: &str = "[kernel] ";
 
 impl Marker {
-    pub const ALL: [Marker; 9] = [
+    pub const ALL: [Marker; 10] = [
         Marker::Truncated,
         Marker::NoUserStack,
         Marker::UnknownPython,
@@ -85,6 +88,7 @@ impl Marker {
         Marker::UnwindUnmapped,
         Marker::UnwindBadFrame,
         Marker::UnwindTruncated,
+        Marker::Unsampled,
     ];
 
     pub fn text(self) -> &'static str {
@@ -98,6 +102,7 @@ impl Marker {
             Marker::UnwindUnmapped => "[unwind stopped: unmapped address]",
             Marker::UnwindBadFrame => "[unwind stopped: bad frame]",
             Marker::UnwindTruncated => "[unwind stopped: too deep]",
+            Marker::Unsampled => "[on CPU, not sampled]",
         }
     }
 }
@@ -190,6 +195,7 @@ mod tests {
             Frame::Marker(Marker::NoUserStack),
             Frame::Marker(Marker::UnknownPython),
             Frame::Marker(Marker::NotCode),
+            Frame::Marker(Marker::Unsampled),
         ];
         for f in frames {
             assert_eq!(Frame::from_text(&f.to_string()), f, "{f}");
