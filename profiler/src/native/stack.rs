@@ -16,6 +16,8 @@ use profiler_common::unwind::{
     find_row, frame_pointer_step, step,
 };
 
+pub use profiler_common::unwind::Regs as StackRegs;
+
 use super::registry::{Registry, TableSink};
 use crate::host::memory::ReadMemory;
 
