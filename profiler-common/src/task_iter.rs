@@ -12,7 +12,8 @@
 /// Kernel frames a record carries at most.
 pub const TASK_KSTACK_MAX: usize = 48;
 
-/// [`TaskRecord::flags`]: `syscall_nr`, `args` and `sp` were read from the task's registers.
+/// [`TaskRecord::flags`]: `syscall_nr`, `args`, `sp`, `ip` and `bp` were read from the task's
+/// registers.
 pub const TASK_HAS_REGS: u32 = 1;
 
 /// One thread, as the iterator saw it.
@@ -36,6 +37,10 @@ pub struct TaskRecord {
     pub kstack_len: u32,
     pub _pad: u32,
     pub kstack: [u64; TASK_KSTACK_MAX],
+    /// With [`TASK_HAS_REGS`]: the user instruction pointer and frame pointer saved when the
+    /// thread entered the kernel (with `sp`, where `dump --native` starts its unwind).
+    pub ip: u64,
+    pub bp: u64,
 }
 
 impl TaskRecord {
@@ -52,6 +57,8 @@ impl TaskRecord {
             kstack_len: 0,
             _pad: 0,
             kstack: [0; TASK_KSTACK_MAX],
+            ip: 0,
+            bp: 0,
         }
     }
 }
@@ -61,7 +68,7 @@ const _: () = {
     assert!(offset_of!(TaskRecord, fsbase) == 16);
     assert!(offset_of!(TaskRecord, args) == 32);
     assert!(offset_of!(TaskRecord, kstack_len) == 88);
-    assert!(size_of::<TaskRecord>() == 96 + 8 * TASK_KSTACK_MAX);
+    assert!(size_of::<TaskRecord>() == 112 + 8 * TASK_KSTACK_MAX);
 };
 
 /// The iterator with `bpf_task_pt_regs` (5.15+), and the one without; userspace loads the

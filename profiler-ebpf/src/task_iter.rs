@@ -27,6 +27,9 @@ static TASK_SCRATCH: PerCpuArray<TaskRecord> = PerCpuArray::with_max_entries(1, 
 const PT_REGS_ORIG_AX: u64 = 120;
 const PT_REGS_ARGS: [u64; 6] = [112, 104, 96, 56, 72, 64];
 const PT_REGS_SP: u64 = 152;
+/// `ip` and `bp`: where a user-stack unwind starts (`dump --native`).
+const PT_REGS_IP: u64 = 128;
+const PT_REGS_BP: u64 = 32;
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/task")]
@@ -72,6 +75,8 @@ fn visit<const REGS: bool>(ctx: *mut core::ffi::c_void) -> i32 {
     r.flags = 0;
     r.syscall_nr = -1;
     r.sp = 0;
+    r.ip = 0;
+    r.bp = 0;
     if REGS {
         let regs = unsafe { bpf_task_pt_regs(task) } as u64;
         if regs != 0 {
@@ -81,6 +86,8 @@ fn visit<const REGS: bool>(ctx: *mut core::ffi::c_void) -> i32 {
                 r.args[i] = read::<u64>(regs + off).unwrap_or(0);
             }
             r.sp = read::<u64>(regs + PT_REGS_SP).unwrap_or(0);
+            r.ip = read::<u64>(regs + PT_REGS_IP).unwrap_or(0);
+            r.bp = read::<u64>(regs + PT_REGS_BP).unwrap_or(0);
         }
     }
     let bytes = (TASK_KSTACK_MAX * 8) as u32;

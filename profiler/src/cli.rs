@@ -429,4 +429,9 @@ pub struct DumpArgs {
     /// Each thread's kernel stack too (from the kernel's task iterator).
     #[arg(long)]
     pub kernel: bool,
+
+    /// Each blocked thread's native stack (DWARF CFI, walked from its saved registers), with
+    /// its Python frames in place of the interpreter's eval-loop frames.
+    #[arg(long)]
+    pub native: bool,
 }

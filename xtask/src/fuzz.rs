@@ -19,7 +19,7 @@ use crate::{
 };
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "linetable",
     "code_object",
     "thread_names",
@@ -29,6 +29,7 @@ pub const TARGETS: [&str; 9] = [
     "frame_walk",
     "wait_target",
     "asyncio_tasks",
+    "native_walk",
 ];
 
 pub fn run_all(root: &Path, seconds: u32, only: &[String]) -> anyhow::Result<()> {

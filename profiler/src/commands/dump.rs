@@ -24,7 +24,7 @@ pub fn run(args: DumpArgs) -> anyhow::Result<()> {
             _ => return Err(fatal(ExitCode::Usage, "give --pid PID or --all")),
         }
     };
-    let processes = dump(&target, args.kernel);
+    let processes = dump(&target, args.kernel, args.native);
     if let DumpTarget::Pids(pids) = &target
         && let Some(gone) = pids.iter().find(|p| !processes.iter().any(|d| d.pid == **p))
     {

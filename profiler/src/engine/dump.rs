@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use profiler_common::{off_state, task_iter::TaskRecord};
 
+use super::dump_native::{NativeDump, PyFrame};
 use crate::{
     bpf::{Bpf, BpfConfig, recorded_arg0},
     host::{clock::monotonic_ns, memory::Memory, procinfo, symbols::Symbols},
@@ -73,7 +74,8 @@ fn off_cpu_for(pid: u32, tid: u32, now_ns: u64) -> Option<f64> {
 /// The dump of every target process, in pid order. `bpf` is None when the kernel refused
 /// the programs: threads then come without kernel stacks, and 3.8–3.10 threads without
 /// Python stacks (their thread states are found by fs base, which only the kernel knows).
-pub fn dump(target: &DumpTarget, kernel_frames: bool) -> Vec<DumpProcess> {
+/// `native`: each thread's native stack too, merged with its Python frames (`dump_native`).
+pub fn dump(target: &DumpTarget, kernel_frames: bool, native: bool) -> Vec<DumpProcess> {
     let mut python = PythonRegistry::default();
     let pids: Vec<u32> = match target {
         DumpTarget::Pids(pids) => pids.clone(),
@@ -113,15 +115,23 @@ pub fn dump(target: &DumpTarget, kernel_frames: bool) -> Vec<DumpProcess> {
             let _ = bpf.set_python(pid, &info);
         }
     }
-    let tasks: HashMap<u32, TaskRecord> = match &mut bpf {
-        Some(bpf) => {
-            for &pid in &pids {
-                let _ = bpf.add_target(pid);
-            }
-            bpf.tasks().into_iter().map(|r| (r.tid, r)).collect()
+    let mut native_dump = native.then(|| NativeDump::prepare(&pids));
+    if let Some(bpf) = &mut bpf {
+        for &pid in &pids {
+            let _ = bpf.add_target(pid);
         }
+    }
+    // Switch counts just before the registers are read, stacks walked just after.
+    if let Some(d) = &mut native_dump {
+        d.note_switches();
+    }
+    let tasks: HashMap<u32, TaskRecord> = match &mut bpf {
+        Some(bpf) => bpf.tasks().into_iter().map(|r| (r.tid, r)).collect(),
         None => HashMap::new(),
     };
+    if let Some(d) = &mut native_dump {
+        d.capture(&tasks);
+    }
     let now = monotonic_ns();
     let mut symbols = Symbols::new();
     if kernel_frames {
@@ -169,22 +179,23 @@ pub fn dump(target: &DumpTarget, kernel_frames: bool) -> Vec<DumpProcess> {
                         (nr, classifier.classify(pid, state, nr, arg0))
                     });
                     let mut frames = Vec::new();
+                    let mut py: Vec<PyFrame> = Vec::new();
                     if let (Some(index), Some(p)) = (&index, python.get_mut(pid))
                         && let Some((records, _)) =
                             p.thread_frames(index, t.tid, task.map(|r| r.fsbase), profiler_common::MAX_PY_FRAMES)
                     {
                         for rec in &records {
-                            match p.resolve(rec) {
+                            let shown = match p.resolve(rec) {
                                 Resolved::Frame(f) => {
-                                    frames.push(DumpFrame { function: f.function, file: f.file, line: f.line })
+                                    Some(DumpFrame { function: f.function, file: f.file, line: f.line })
                                 }
-                                Resolved::Unknown => frames.push(DumpFrame {
-                                    function: "[unknown]".into(),
-                                    file: String::new(),
-                                    line: None,
-                                }),
-                                Resolved::Hidden => {}
-                            }
+                                Resolved::Unknown => {
+                                    Some(DumpFrame { function: "[unknown]".into(), file: String::new(), line: None })
+                                }
+                                Resolved::Hidden => None,
+                            };
+                            frames.extend(shown.clone());
+                            py.push((*rec, shown));
                         }
                     }
                     let gil = if holder_tid == Some(t.tid) {
@@ -202,6 +213,14 @@ pub fn dump(target: &DumpTarget, kernel_frames: bool) -> Vec<DumpProcess> {
                             .collect(),
                         _ => Vec::new(),
                     };
+                    let (native, native_note) = match &mut native_dump {
+                        Some(d) => {
+                            let p = python.get_mut(pid).map(|p| &*p);
+                            let (stack, note) = d.thread(pid, t.tid, t.state, &py, p);
+                            (Some(stack), note)
+                        }
+                        None => (None, None),
+                    };
                     DumpThread {
                         tid: t.tid,
                         name: procinfo::thread_comm(pid, t.tid).unwrap_or_default(),
@@ -214,6 +233,8 @@ pub fn dump(target: &DumpTarget, kernel_frames: bool) -> Vec<DumpProcess> {
                         gil,
                         frames,
                         kernel_frames: kernel,
+                        native,
+                        native_note,
                     }
                 })
                 .collect();

@@ -6,6 +6,7 @@
 //! - [`aggregate`]: samples and waits accumulated as raw stacks while profiling.
 //! - [`blocked`]: stacks of waits still going on at a snapshot (threads blocked all along).
 //! - [`dump`]: every thread of a process now, for `pyebpf dump`.
+//! - [`dump_native`]: its threads' native stacks, merged with their Python frames (`--native`).
 //! - [`totals`]: exact per-thread time per category from the kernel's cumulative maps.
 //! - [`build`]: raw stacks and exact totals turned into the model (through [`build::Lookups`],
 //!   so it is tested without a live system).
@@ -18,6 +19,7 @@ pub mod aggregate;
 pub mod blocked;
 pub mod build;
 pub mod dump;
+pub mod dump_native;
 pub mod events;
 pub mod launch;
 pub mod session;

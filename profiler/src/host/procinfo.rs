@@ -180,6 +180,24 @@ fn parse_syscall(text: &str) -> Option<(i64, [u64; 6], u64)> {
     Some((nr, args, hex().unwrap_or(0)))
 }
 
+/// The user stack and instruction pointers of a thread blocked in the kernel, from the end of
+/// `/proc/PID/task/TID/syscall` ("NR ARGS... SP PC", or "-1 SP PC" outside a syscall): where
+/// `dump --native` starts without the task iterator's registers. None while it runs.
+pub fn thread_user_sp_pc(pid: u32, tid: u32) -> Option<(u64, u64)> {
+    parse_sp_pc(&std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/syscall")).ok()?)
+}
+
+fn parse_sp_pc(text: &str) -> Option<(u64, u64)> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    fields.first()?.parse::<i64>().ok()?;
+    if fields.len() != 3 && fields.len() != 9 {
+        return None;
+    }
+    let [.., sp, pc] = fields.as_slice() else { return None };
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok().filter(|&v| v != 0);
+    Some((hex(sp)?, hex(pc)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,5 +258,15 @@ mod tests {
         );
         tx.send(()).unwrap();
         t.join().unwrap();
+    }
+
+    #[test]
+    fn sp_and_pc_of_a_blocked_thread_in_a_syscall_or_not() {
+        let in_call = "230 0x1 0x0 0x7ffd5c2a1b40 0x0 0x0 0x0 0x7ffd5c2a1b28 0x7f0d1c2e5f3a\n";
+        assert_eq!(parse_sp_pc(in_call), Some((0x7ffd5c2a1b28, 0x7f0d1c2e5f3a)));
+        assert_eq!(parse_sp_pc("-1 0x7ffd00001000 0x401000\n"), Some((0x7ffd00001000, 0x401000)));
+        assert_eq!(parse_sp_pc("running\n"), None);
+        assert_eq!(parse_sp_pc("-1\n"), None);
+        assert_eq!(parse_sp_pc(""), None);
     }
 }

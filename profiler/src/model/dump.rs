@@ -35,10 +35,33 @@ pub struct DumpThread {
     pub frames: Vec<DumpFrame>,
     /// Kernel frames, innermost first (from the task iterator).
     pub kernel_frames: Vec<String>,
+    /// With `--native`: the user stack, innermost first, native frames with the Python frames
+    /// in place of the interpreter's eval-loop frames that run them (as `profile --native`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native: Option<Vec<DumpStackFrame>>,
+    /// With `--native`: why `native` is empty or where its walk stopped short
+    /// ("running, no native stack", "unwind stopped: no unwind info", ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub native_note: Option<String>,
+}
+
+/// A frame of a mixed stack (`--native`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum DumpStackFrame {
+    /// A native function: its symbol (None when it has none), the file mapped there
+    /// (`libc.so.6`), the address and its offset in that file (for `addr2line`).
+    Native {
+        function: Option<String>,
+        library: Option<String>,
+        address: u64,
+        offset: Option<u64>,
+    },
+    Python(DumpFrame),
 }
 
 /// A Python frame.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DumpFrame {
     pub function: String,
     pub file: String,

@@ -7,8 +7,10 @@
 //! - [`procmaps`]: a process's executable mappings and the files behind them.
 //! - [`registry`]: which tables are in the kernel, for which processes, within a fixed budget.
 //! - [`merge`]: Python frames put in place of the eval-loop frames that ran them.
+//! - [`stack`]: a blocked thread's stack walked from userspace with the same tables (`dump`).
 pub mod merge;
 pub mod procmaps;
 pub mod registry;
 pub mod rules;
+pub mod stack;
 pub mod table;

@@ -2,7 +2,7 @@
 //! Python stack innermost first (py-spy's `dump` layout).
 use std::fmt::Write as _;
 
-use crate::model::dump::{DumpProcess, DumpThread};
+use crate::model::dump::{DumpFrame, DumpProcess, DumpStackFrame, DumpThread};
 
 /// "blocked in accept on tcp listen 127.0.0.1:8000 for 12.3 s [idle]", "running", ...
 fn state_line(t: &DumpThread) -> String {
@@ -30,6 +30,28 @@ fn state_line(t: &DumpThread) -> String {
     s
 }
 
+fn python_frame(out: &mut String, f: &DumpFrame) {
+    match f.line {
+        Some(line) => {
+            let _ = writeln!(out, "    {} ({}:{line})", f.function, f.file);
+        }
+        None => {
+            let _ = writeln!(out, "    {} ({})", f.function, f.file);
+        }
+    }
+}
+
+/// `qsort (libc.so.6)`; without a symbol `[unknown] (libfoo.so+0x1a2b)`, as in profiles.
+fn native_frame(out: &mut String, f: &DumpStackFrame) {
+    let DumpStackFrame::Native { function, library, address, offset } = f else { return };
+    let at = match (library, offset) {
+        (Some(l), Some(o)) if function.is_none() => format!("{l}+{o:#x}"),
+        (Some(l), _) => l.clone(),
+        (None, _) => format!("{address:#x}"),
+    };
+    let _ = writeln!(out, "    {} ({at})", function.as_deref().unwrap_or("[unknown]"));
+}
+
 pub fn text(processes: &[DumpProcess]) -> String {
     let mut out = String::new();
     for p in processes {
@@ -47,13 +69,22 @@ pub fn text(processes: &[DumpProcess]) -> String {
                 None => format!("({})", t.name),
             };
             let _ = writeln!(out, "\nThread {} {name}: {}", t.tid, state_line(t));
-            for f in &t.frames {
-                match f.line {
-                    Some(line) => {
-                        let _ = writeln!(out, "    {} ({}:{line})", f.function, f.file);
+            match &t.native {
+                // `--native`: the mixed stack, then why it is missing or where it stopped.
+                Some(stack) => {
+                    for f in stack {
+                        match f {
+                            DumpStackFrame::Python(f) => python_frame(&mut out, f),
+                            DumpStackFrame::Native { .. } => native_frame(&mut out, f),
+                        }
                     }
-                    None => {
-                        let _ = writeln!(out, "    {} ({})", f.function, f.file);
+                    if let Some(note) = &t.native_note {
+                        let _ = writeln!(out, "    ({note})");
+                    }
+                }
+                None => {
+                    for f in &t.frames {
+                        python_frame(&mut out, f);
                     }
                 }
             }
@@ -88,6 +119,8 @@ mod tests {
                 DumpFrame { function: "run".into(), file: "threading.py".into(), line: Some(1010) },
             ],
             kernel_frames: vec![],
+            native: None,
+            native_note: None,
         };
         let p = DumpProcess {
             pid: 10,
@@ -100,5 +133,58 @@ mod tests {
             text(&[p]),
             "Process 10: python3\nPython v3.13.1\n\nThread 12 \"waiter\" (python3): sleeping in futex on PyMutex for 2.0 s [lock]\n    wait_for_lock (/srv/app.py:30)\n    run (threading.py:1010)\n\n"
         );
+    }
+
+    #[test]
+    fn native_stacks_show_libraries_python_frames_in_place_and_the_note() {
+        let py = DumpFrame { function: "call_chain".into(), file: "/srv/app.py".into(), line: Some(7) };
+        let native = |function: Option<&str>, offset| DumpStackFrame::Native {
+            function: function.map(str::to_string),
+            library: Some("libchain.so".into()),
+            address: 0x7f00_0000_1234,
+            offset,
+        };
+        let mut t = DumpThread {
+            tid: 12,
+            name: "python3".into(),
+            python_name: None,
+            state: "sleeping".into(),
+            syscall: Some("clock_nanosleep".into()),
+            target: None,
+            category: Some("sleep".into()),
+            blocked_s: None,
+            gil: None,
+            frames: vec![py.clone()],
+            kernel_frames: vec![],
+            native: Some(vec![
+                native(Some("h"), Some(0x1234)),
+                native(None, Some(0x1100)),
+                DumpStackFrame::Python(py.clone()),
+            ]),
+            native_note: Some("unwind stopped: bad frame".into()),
+        };
+        let p = |t: DumpThread| DumpProcess {
+            pid: 10,
+            comm: "python3".into(),
+            cmdline: None,
+            python_version: Some("3.12.1".into()),
+            threads: vec![t],
+        };
+        assert_eq!(
+            text(&[p(t.clone())]),
+            "Process 10: python3\nPython v3.12.1\n\nThread 12 (python3): sleeping in clock_nanosleep [sleep]\n    h (libchain.so)\n    [unknown] (libchain.so+0x1100)\n    call_chain (/srv/app.py:7)\n    (unwind stopped: bad frame)\n\n"
+        );
+        // JSON: frames tagged by kind, the Python frames also where they were.
+        let json = serde_json::to_value(&t).unwrap();
+        assert_eq!(json["native"][0]["kind"], "native");
+        assert_eq!(json["native"][0]["function"], "h");
+        assert_eq!(json["native"][2]["kind"], "python");
+        assert_eq!(json["native"][2]["line"], 7);
+        assert_eq!(json["frames"][0]["function"], "call_chain");
+        // Without --native neither field is written.
+        t.native = None;
+        t.native_note = None;
+        let json = serde_json::to_value(&t).unwrap();
+        assert!(json.get("native").is_none() && json.get("native_note").is_none());
     }
 }
