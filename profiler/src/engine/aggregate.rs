@@ -59,6 +59,9 @@ pub(super) enum RawFrame {
     Native { addr: u64, leaf: bool },
 }
 
+/// A stack's user and kernel parts.
+type StackParts = (Box<[RawFrame]>, Box<[u64]>);
+
 /// One distinct stack of a thread, in one wait.
 #[derive(Hash, PartialEq, Eq, Clone)]
 pub(super) struct RawStack {
@@ -312,7 +315,7 @@ impl Aggregator {
         symbols: &mut Symbols,
         python: &mut PythonRegistry,
         keep: bool,
-    ) -> Option<(Box<[RawFrame]>, Box<[u64]>)> {
+    ) -> Option<StackParts> {
         // Borrowed unless the name is not UTF-8: most events' thread name is unchanged, and
         // allocating it per event showed in the daemon's profile.
         let thread_name = comm_cow(&s.comm);

@@ -113,3 +113,52 @@ impl<S> Repeats<S> {
         self.seen.retain(|k, _| k.pid != pid);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use profiler_common::OffCpuInfo;
+
+    use super::*;
+
+    fn sample(blocked_ns: u64, kernel: &[u64]) -> Sample {
+        Sample {
+            cpu: 0,
+            pid: 10,
+            tid: 11,
+            time_ns: blocked_ns * 3,
+            comm: [b'w'; TASK_COMM_LEN],
+            kernel_stack: kernel.to_vec(),
+            user_stack: vec![0x1000],
+            py_status: 0,
+            py_frames: vec![PyFrameRecord { code: 0x2000, instr: 0x2010, fingerprint: 7, owner: 0 }],
+            off: OffCpuInfo { blocked_ns, runq_ns: 5, syscall_nr: 230, arg0: 0, state: 1, switches: 1 },
+            user_sp: 0,
+            user_end: 0,
+            user_cfa: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn events_differing_only_in_their_times_are_repeats() {
+        let mut repeats = Repeats::<u32>::default();
+        let mut first = sample(50_000_000, &[1, 2, 3]);
+        let key = RepeatKey::take(&mut first);
+        assert!(first.kernel_stack.is_empty(), "the parts were moved, not copied");
+        key.restore_copy(&mut first);
+        assert_eq!(first, sample(50_000_000, &[1, 2, 3]), "restored whole");
+        repeats.remember(key, Placed { runq: Some(1), blocked: Some(2), generation: 0 });
+
+        let mut again = sample(49_000_000, &[1, 2, 3]);
+        let placed = repeats.get(&RepeatKey::take(&mut again)).expect("a repeat");
+        assert_eq!((placed.runq, placed.blocked), (Some(1), Some(2)));
+
+        let mut other_stack = sample(50_000_000, &[1, 2, 4]);
+        assert!(repeats.get(&RepeatKey::take(&mut other_stack)).is_none());
+        let mut other_call = sample(50_000_000, &[1, 2, 3]);
+        other_call.off.arg0 = 1;
+        assert!(repeats.get(&RepeatKey::take(&mut other_call)).is_none());
+
+        repeats.forget(10);
+        assert!(repeats.get(&RepeatKey::take(&mut sample(1, &[1, 2, 3]))).is_none(), "exec forgets the process");
+    }
+}

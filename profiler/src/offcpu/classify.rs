@@ -301,6 +301,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_generation_changes_when_a_stable_answer_may() {
+        let mut c = Classifier::default();
+        // clock_nanosleep and a futex are stable; read(fd) is looked at on every event.
+        assert!(Classifier::is_stable(libc::SYS_clock_nanosleep, 0));
+        assert!(Classifier::is_stable(libc::SYS_futex, 0x1000));
+        assert!(Classifier::is_stable(-1, 0));
+        assert!(!Classifier::is_stable(libc::SYS_read, 3));
+        let g = c.generation();
+        c.mark_loop_idle(1, libc::SYS_epoll_wait, 4);
+        assert_eq!(c.generation(), g + 1);
+        c.mark_loop_idle(1, libc::SYS_epoll_wait, 4);
+        assert_eq!(c.generation(), g + 1, "marked already: no change");
+        c.set_gil(1, (0x1000, 0x1100));
+        c.set_gil(1, (0x1000, 0x1100));
+        c.set_parking_lot(1);
+        assert_eq!(c.generation(), g + 3);
+        c.forget(1);
+        assert_eq!(c.generation(), g + 4);
+    }
+
+    #[test]
     fn classifies_by_state_and_syscall() {
         let mut c = Classifier::default();
         let me = std::process::id();
