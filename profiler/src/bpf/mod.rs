@@ -566,21 +566,26 @@ impl Bpf {
     /// sums keyed like the kernel's: a thread blocked when profiling ends (or a window is
     /// cut) has waited all that time, though the kernel adds it only when the thread runs.
     pub fn offcpu_in_progress(&self, times: &[(u32, ThreadTimes)], now: u64) -> Vec<(OffCpuKey, OffCpuSum)> {
+        // The calls in flight, read once in batches: two look-ups per sleeping thread of the
+        // host were hundreds of syscalls per window.
+        let in_flight: std::collections::HashMap<u32, profiler_common::InFlight> = batch::read_all(&self.in_flight)
+            .unwrap_or_else(|| self.in_flight.iter().filter_map(Result::ok).collect())
+            .into_iter()
+            .collect();
         times
             .iter()
             .filter(|(_, t)| t.off_since_ns != 0 && t.off_since_ns < now)
             // A thread's last switch-out is its exit: it is not waiting, it is gone.
             .filter(|(tid, t)| {
-                let exiting = self
-                    .in_flight
-                    .get(tid, 0)
-                    .is_ok_and(|c| c.syscall_nr == libc::SYS_exit || c.syscall_nr == libc::SYS_exit_group);
+                let exiting = in_flight
+                    .get(tid)
+                    .is_some_and(|c| c.syscall_nr == libc::SYS_exit || c.syscall_nr == libc::SYS_exit_group);
                 !exiting && crate::host::procinfo::thread_alive(t.pid, *tid)
             })
             .map(|&(tid, t)| {
                 // As the kernel will split it when the thread runs again.
                 let (blocked_ns, runq_ns) = split_off_interval(t.off_state, t.off_since_ns, t.wake_ns, now);
-                let call = self.in_flight.get(&tid, 0).ok();
+                let call = in_flight.get(&tid).copied();
                 let key = OffCpuKey {
                     tid,
                     state: t.off_state,
@@ -602,8 +607,12 @@ impl Bpf {
             let _ = self.thread_times.remove(tid);
             let _ = self.in_flight.remove(tid);
         }
-        let keys: Vec<OffCpuKey> =
-            self.offcpu_sums.keys().filter_map(Result::ok).filter(|k| tids.contains(&k.tid)).collect();
+        // The keys from a batch read (aya's `keys()` is one syscall per entry of the map).
+        let tids: std::collections::HashSet<u32> = tids.iter().copied().collect();
+        let keys: Vec<OffCpuKey> = match batch::read_all(&self.offcpu_sums) {
+            Some(all) => all.into_iter().map(|(k, _)| k).filter(|k| tids.contains(&k.tid)).collect(),
+            None => self.offcpu_sums.keys().filter_map(Result::ok).filter(|k| tids.contains(&k.tid)).collect(),
+        };
         for k in keys {
             let _ = self.offcpu_sums.remove(&k);
         }

@@ -9,7 +9,10 @@ use foldhash::{HashMap, HashSet};
 use profiler_common::{PY_FRAME_IS_ENTRY, PY_OWNER_ENTRY_MIN, off_state, py_status, unwind};
 
 use crate::{
-    engine::events::{Sample, comm_str},
+    engine::{
+        events::{Sample, comm_cow},
+        repeats::{Placed, RepeatKey, Repeats},
+    },
     host::{
         cgroup::{self, CgroupIdentity},
         procinfo,
@@ -55,6 +58,9 @@ pub(super) enum RawFrame {
     /// instruction itself (other addresses are return addresses, looked up at addr - 1).
     Native { addr: u64, leaf: bool },
 }
+
+/// A stack's user and kernel parts.
+type StackParts = (Box<[RawFrame]>, Box<[u64]>);
 
 /// One distinct stack of a thread, in one wait.
 #[derive(Hash, PartialEq, Eq, Clone)]
@@ -141,6 +147,8 @@ pub struct Aggregator {
     /// (waits still going on, weighed up to a snapshot that does not end the window).
     /// With the event count when they began.
     provisional: Option<(Vec<(RawStack, u64)>, u64)>,
+    /// Off-CPU events worked out this window, for their repeats.
+    repeats: Repeats<RawStack>,
 }
 
 /// Where an event's stack is accumulated: its wait, weight and what it meant for a loop.
@@ -161,20 +169,32 @@ impl Aggregator {
         self.samples += 1;
         let ids = self.python_frames(&s, python);
         let at = Placement { wait: ON_CPU, ns: self.period_ns, on_cpu: true, on_loop: LoopWait::NONE };
-        self.add_stack(s, ids, at, symbols, python);
+        self.add_stack(s, ids, &[at], symbols, python, false);
     }
 
     /// A long blocking syscall: its blocked time goes to the wait's category, its run-queue
     /// time (after the wakeup) to `runqueue`, both on the stack it blocked in.
     pub fn add_off_cpu(
         &mut self,
-        s: Sample,
+        mut s: Sample,
         symbols: &mut Symbols,
         python: &mut PythonRegistry,
         classifier: &mut Classifier,
     ) {
         self.off_cpu_events += 1;
-        python.observe(s.pid);
+        // A repeat of an event worked out before in this window: its weights go straight to
+        // the stacks that one was added to (see engine::repeats).
+        let repeat = (s.user_end == unwind::end::FRAME_POINTERS
+            && Classifier::is_stable(s.off.syscall_nr, s.off.arg0)
+            && python.version(s.pid).is_some())
+        .then(|| RepeatKey::take(&mut s));
+        if let Some(key) = &repeat {
+            if self.add_repeat(key, s.off.runq_ns, s.off.blocked_ns, classifier.generation()) {
+                classifier.skip_event(s.tid, s.off.syscall_nr, s.off.arg0);
+                return;
+            }
+            key.restore_copy(&mut s);
+        }
         let ids = self.python_frames(&s, python);
         let polls = s.off.syscall_nr >= 0 && syscalls::class(s.off.syscall_nr as u64) == syscalls::SyscallClass::Poll;
         let state = {
@@ -196,16 +216,56 @@ impl Aggregator {
         };
         let wait = classifier.classify_event(s.pid, s.tid, s.off.state, s.off.syscall_nr, s.off.arg0);
         let (blocked_ns, runq_ns) = (s.off.blocked_ns, s.off.runq_ns);
-        if runq_ns > 0 {
-            let id = self.intern_wait(Wait::runqueue_after(&wait));
-            let at = Placement { wait: id, ns: runq_ns, on_cpu: false, on_loop };
-            self.add_stack(s.clone(), ids.clone(), at, symbols, python);
+        // Both parts on the same stack, built once.
+        let runq_wait = (runq_ns > 0).then(|| self.intern_wait(Wait::runqueue_after(&wait)));
+        let blocked_wait = (blocked_ns > 0).then(|| self.intern_wait(wait));
+        let places: Vec<Placement> = [(runq_wait, runq_ns), (blocked_wait, blocked_ns)]
+            .into_iter()
+            .filter_map(|(id, ns)| Some(Placement { wait: id?, ns, on_cpu: false, on_loop }))
+            .collect();
+        if places.is_empty() {
+            return;
         }
-        if blocked_ns > 0 {
-            let id = self.intern_wait(wait);
-            let at = Placement { wait: id, ns: blocked_ns, on_cpu: false, on_loop };
-            self.add_stack(s, ids, at, symbols, python);
+        let (pid, tid) = (s.pid, s.tid);
+        let stacks = self.add_stack(s, ids, &places, symbols, python, repeat.is_some());
+        if let (Some(key), Some((user, kernel))) = (repeat, stacks) {
+            let raw = |wait: u32| RawStack { pid, tid, wait, user: user.clone(), kernel: kernel.clone(), on_loop };
+            let placed = Placed {
+                runq: runq_wait.map(raw),
+                blocked: blocked_wait.map(raw),
+                generation: classifier.generation(),
+            };
+            self.repeats.remember(key, placed);
         }
+    }
+
+    /// Adds a repeated event's weights to the stacks its first occurrence went to; false when
+    /// it must be worked out again (not seen, the classifier changed since, or a part that was
+    /// zero then is not now).
+    fn add_repeat(&mut self, key: &RepeatKey, runq_ns: u64, blocked_ns: u64, generation: u64) -> bool {
+        let Some(placed) = self.repeats.get(key) else { return false };
+        if placed.generation != generation
+            || (runq_ns > 0 && placed.runq.is_none())
+            || (blocked_ns > 0 && placed.blocked.is_none())
+        {
+            return false;
+        }
+        for (stack, ns) in [(&placed.runq, runq_ns), (&placed.blocked, blocked_ns)] {
+            let Some(stack) = stack.as_ref().filter(|_| ns > 0) else { continue };
+            if let Some((p, _)) = &mut self.provisional {
+                p.push((stack.clone(), ns));
+            }
+            match self.stacks.get_mut(stack) {
+                Some(w) => {
+                    w.samples += 1;
+                    w.ns += ns;
+                }
+                None => {
+                    self.stacks.insert(stack.clone(), Weight { samples: 1, ns });
+                }
+            }
+        }
+        true
     }
 
     /// A thread was preempted outside a syscall: keep its stacks until we learn how long it
@@ -231,7 +291,7 @@ impl Aggregator {
         let id = self.intern_wait(Wait::preempted());
         let ids = self.python_frames(&s, python);
         let at = Placement { wait: id, ns: runq_ns, on_cpu: false, on_loop: LoopWait::NONE };
-        self.add_stack(s, ids, at, symbols, python);
+        self.add_stack(s, ids, &[at], symbols, python, false);
     }
 
     fn intern_wait(&mut self, wait: Wait) -> u32 {
@@ -244,30 +304,38 @@ impl Aggregator {
         id
     }
 
+    /// Adds the sample's stack once per placement. The process was observed already
+    /// ([`Self::python_frames`] runs first on every path).
+    /// With `keep`, returns a copy of the stack's user and kernel parts.
     fn add_stack(
         &mut self,
         s: Sample,
         python_ids: Vec<u32>,
-        at: Placement,
+        places: &[Placement],
         symbols: &mut Symbols,
         python: &mut PythonRegistry,
-    ) {
-        let thread_name = comm_str(&s.comm);
+        keep: bool,
+    ) -> Option<StackParts> {
+        // Borrowed unless the name is not UTF-8: most events' thread name is unchanged, and
+        // allocating it per event showed in the daemon's profile.
+        let thread_name = comm_cow(&s.comm);
         self.processes.entry(s.pid).or_insert_with(|| {
             // Read eagerly: the process may be gone by the time the profile is written.
             let stat = procinfo::stat(s.pid);
             ProcessInfo {
                 ppid: stat.as_ref().map(|s| s.ppid),
-                comm: stat.map(|s| s.comm).unwrap_or_else(|| thread_name.clone()),
+                comm: stat.map(|s| s.comm).unwrap_or_else(|| thread_name.to_string()),
                 cmdline: procinfo::cmdline(s.pid),
                 cgroup: cgroup::identity(s.pid),
             }
         });
         let t = self.threads.entry((s.pid, s.tid)).or_insert_with(|| (String::new(), 0));
-        t.0 = thread_name;
-        t.1 += at.on_cpu as u64;
+        if t.0 != thread_name {
+            t.0 = thread_name.into_owned();
+        }
+        let on_cpu = places.iter().filter(|p| p.on_cpu).count() as u64;
+        t.1 += on_cpu;
 
-        python.observe(s.pid);
         if s.user_end == unwind::end::UNMAPPED {
             self.unmapped_pids.insert(s.pid);
         }
@@ -275,9 +343,9 @@ impl Aggregator {
         let mut user: Vec<RawFrame> = Vec::new();
         let mut native_only = true;
         if let Some(proc) = python.get_mut(s.pid) {
-            self.python_samples += at.on_cpu as u64;
+            self.python_samples += on_cpu;
             if !python_ids.is_empty() {
-                self.python_samples_with_frames += at.on_cpu as u64;
+                self.python_samples_with_frames += on_cpu;
                 native_only = false;
                 if walked {
                     user = self.mixed(&s, proc);
@@ -309,14 +377,20 @@ impl Aggregator {
             }
         }
         symbols.note_kernel_stack(&s.kernel_stack);
-        let key = RawStack {
-            pid: s.pid,
-            tid: s.tid,
-            wait: at.wait,
-            user: user.into_boxed_slice(),
-            kernel: s.kernel_stack.into_boxed_slice(),
-            on_loop: at.on_loop,
-        };
+        let (user, kernel) = (user.into_boxed_slice(), s.kernel_stack.into_boxed_slice());
+        let kept = keep.then(|| (user.clone(), kernel.clone()));
+        if let Some((last, rest)) = places.split_last() {
+            for at in rest {
+                self.weigh(s.pid, s.tid, at, user.clone(), kernel.clone());
+            }
+            self.weigh(s.pid, s.tid, last, user, kernel);
+        }
+        kept
+    }
+
+    /// Adds one placement's weight to a stack.
+    fn weigh(&mut self, pid: u32, tid: u32, at: &Placement, user: Box<[RawFrame]>, kernel: Box<[u64]>) {
+        let key = RawStack { pid, tid, wait: at.wait, user, kernel, on_loop: at.on_loop };
         if let Some((p, _)) = &mut self.provisional {
             p.push((key.clone(), at.ns));
         }
@@ -363,6 +437,7 @@ impl Aggregator {
             info.cmdline = procinfo::cmdline(pid).or_else(|| info.cmdline.take());
         }
         self.py_frames.retain(|(p, ..), _| *p != pid);
+        self.repeats.forget(pid);
     }
 
     /// A mixed stack, root first: the native walk with each eval-loop frame replaced by the

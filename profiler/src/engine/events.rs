@@ -197,9 +197,10 @@ fn read_stack(buf: &mut &[u8], len: usize) -> Vec<u64> {
 }
 
 /// A thread name from a NUL-padded `comm`.
-pub fn comm_str(comm: &[u8]) -> String {
+/// Borrowed when the name is valid UTF-8 (almost always): no allocation per event.
+pub fn comm_cow(comm: &[u8]) -> std::borrow::Cow<'_, str> {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+    String::from_utf8_lossy(&comm[..end])
 }
 
 #[cfg(test)]
@@ -240,7 +241,7 @@ mod tests {
         let raw = raw_sample(&[0xffff_ffff_8100_0000], &[0x401000, 0x401100, 0x401200]);
         let Ok(Event::Sample(s)) = decode(&raw) else { panic!("not a sample") };
         assert_eq!((s.cpu, s.pid, s.tid, s.time_ns), (1, 100, 101, 123_456));
-        assert_eq!(comm_str(&s.comm), "worker");
+        assert_eq!(comm_cow(&s.comm), "worker");
         assert_eq!(s.kernel_stack, vec![0xffff_ffff_8100_0000]);
         assert_eq!(s.user_stack, vec![0x401000, 0x401100, 0x401200]);
         assert_eq!(s.py_status, 3);

@@ -4,6 +4,7 @@
 //! - [`session`]: the pipeline's driver (start, tick, snapshot, rotate).
 //! - [`events`]: ring-buffer records decoded into typed events.
 //! - [`aggregate`]: samples and waits accumulated as raw stacks while profiling.
+//! - [`repeats`]: off-CPU events that repeat one worked out before in the window.
 //! - [`blocked`]: stacks of waits still going on at a snapshot (threads blocked all along).
 //! - [`dump`]: every thread of a process now, for `pyebpf dump`.
 //! - [`dump_native`]: its threads' native stacks, merged with their Python frames (`--native`).
@@ -22,6 +23,7 @@ pub mod dump;
 pub mod dump_native;
 pub mod events;
 pub mod launch;
+mod repeats;
 pub mod session;
 pub mod target;
 pub mod tasks;

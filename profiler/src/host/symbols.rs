@@ -31,6 +31,7 @@ use blazesym::{
         source::{Kernel, Process, Source},
     },
 };
+use foldhash::HashMap as FastMap;
 
 use crate::host::procinfo::{self, Mapping};
 
@@ -57,11 +58,13 @@ pub struct Symbols {
     symbolizer: Symbolizer,
     /// pid → address as looked up → what it is (per process, so that forgetting one is not a
     /// walk of every process's addresses).
-    user: HashMap<u32, HashMap<u64, UserSymbol>>,
+    /// foldhash, not SipHash: every event's frames are looked up here (a kernel stack is ~15
+    /// look-ups), thousands of events a second on a `--all` host.
+    user: FastMap<u32, FastMap<u64, UserSymbol>>,
     /// pid → its mappings as last read, and when they may be read again.
     maps: HashMap<u32, MapsCache>,
     /// Kernel address → its symbol (None: not in kallsyms).
-    kernel: HashMap<u64, Option<String>>,
+    kernel: FastMap<u64, Option<String>>,
     pending_user: HashMap<u32, BTreeSet<u64>>,
     pending_kernel: BTreeSet<u64>,
     /// Processes whose mappings blazesym holds (as last read here).
@@ -85,9 +88,9 @@ impl Symbols {
             Symbolizer::builder().enable_code_info(false).enable_inlined_fns(false).enable_demangling(true).build();
         Self {
             symbolizer,
-            user: HashMap::new(),
+            user: FastMap::default(),
             maps: HashMap::new(),
-            kernel: HashMap::new(),
+            kernel: FastMap::default(),
             pending_user: HashMap::new(),
             pending_kernel: BTreeSet::new(),
             vmas_given: HashSet::new(),

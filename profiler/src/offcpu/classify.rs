@@ -28,6 +28,8 @@ pub struct Classifier {
     loop_idle: std::collections::HashSet<(u32, i64, u64)>,
     /// Targets the kernel read at the syscall, waiting for their wait's stack event.
     kernel: KernelTargets,
+    /// Bumped whenever an answer given before may change (see [`Classifier::generation`]).
+    generation: u64,
 }
 
 impl Default for Classifier {
@@ -41,6 +43,7 @@ impl Default for Classifier {
             parking_lot: Default::default(),
             loop_idle: Default::default(),
             kernel: Default::default(),
+            generation: 0,
         }
     }
 }
@@ -50,6 +53,7 @@ impl Classifier {
         if self.gil.insert(pid, range) != Some(range) {
             // Futex waits of this process classified before its GIL was known: look again.
             self.cache.retain(|&(p, ..), _| p != pid);
+            self.generation += 1;
         }
     }
 
@@ -58,6 +62,7 @@ impl Classifier {
     pub fn set_parking_lot(&mut self, pid: u32) {
         if self.parking_lot.insert(pid) {
             self.cache.retain(|&(p, ..), _| p != pid);
+            self.generation += 1;
         }
     }
 
@@ -68,12 +73,37 @@ impl Classifier {
         self.parking_lot.remove(&pid);
         self.fds.forget_process(pid);
         self.loop_idle.retain(|&(p, ..)| p != pid);
+        self.generation += 1;
+    }
+
+    /// Changes whenever an answer of [`Classifier::classify_event`] for a stable wait (see
+    /// [`Classifier::is_stable`]) may differ from the one given before: a GIL or parking lot
+    /// learned, a loop's idle poll marked, a process forgotten. Callers that remember answers
+    /// (`engine::repeats`) check it.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether a wait's class depends only on the call and this classifier's state (its
+    /// generation), not on a descriptor: an fd can be reused and a socket gets its peer, so
+    /// those are looked at again on every event.
+    pub fn is_stable(syscall_nr: i64, arg0: u64) -> bool {
+        syscall_nr < 0 || !(syscalls::fd_arg(syscall_nr as u64) || is_poll_with_fds(syscall_nr, arg0))
+    }
+
+    /// A stable wait's event whose class the caller remembered: what
+    /// [`Classifier::classify_event`] does besides classifying (the kernel's record of the
+    /// thread's descriptor is for this event only).
+    pub fn skip_event(&mut self, tid: u32, syscall_nr: i64, arg0: u64) {
+        let _ = self.kernel.take(tid, syscall_nr, arg0);
     }
 
     /// Marks a wait as an event loop's idle poll (seen so on a stack that had it): from now
     /// on its intervals are [`Category::Idle`], including the short ones that carry no stack.
     pub fn mark_loop_idle(&mut self, pid: u32, syscall_nr: i64, arg0: u64) {
-        self.loop_idle.insert((pid, syscall_nr, arg0));
+        if self.loop_idle.insert((pid, syscall_nr, arg0)) {
+            self.generation += 1;
+        }
     }
 
     /// What the kernel read from the descriptor of thread `t.tid`'s wait, just before the
@@ -269,6 +299,27 @@ fn epoll_category(pid: u32, epfd: i32, fds: &mut FdCache) -> Category {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_generation_changes_when_a_stable_answer_may() {
+        let mut c = Classifier::default();
+        // clock_nanosleep and a futex are stable; read(fd) is looked at on every event.
+        assert!(Classifier::is_stable(libc::SYS_clock_nanosleep, 0));
+        assert!(Classifier::is_stable(libc::SYS_futex, 0x1000));
+        assert!(Classifier::is_stable(-1, 0));
+        assert!(!Classifier::is_stable(libc::SYS_read, 3));
+        let g = c.generation();
+        c.mark_loop_idle(1, libc::SYS_epoll_wait, 4);
+        assert_eq!(c.generation(), g + 1);
+        c.mark_loop_idle(1, libc::SYS_epoll_wait, 4);
+        assert_eq!(c.generation(), g + 1, "marked already: no change");
+        c.set_gil(1, (0x1000, 0x1100));
+        c.set_gil(1, (0x1000, 0x1100));
+        c.set_parking_lot(1);
+        assert_eq!(c.generation(), g + 3);
+        c.forget(1);
+        assert_eq!(c.generation(), g + 4);
+    }
 
     #[test]
     fn classifies_by_state_and_syscall() {

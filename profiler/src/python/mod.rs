@@ -457,7 +457,8 @@ fn recheck_due(checked: Instant, young_since: Option<Instant>) -> bool {
 #[derive(Default)]
 pub struct PythonRegistry {
     inspector: Inspector,
-    known: HashMap<u32, Known>,
+    /// foldhash: looked up for every event of every process on the host.
+    known: foldhash::HashMap<u32, Known>,
     /// Newly found Python processes whose layout the kernel needs.
     pending: Vec<(u32, PyProcInfo)>,
     /// Thread states found in userspace for the kernel's cache: (tid, tstate).
