@@ -35,7 +35,8 @@ pub const fn plausible_regs_offset(offset: u64) -> bool {
 }
 
 /// The offsets x86-64 kernels have: 16 or 32 KiB stacks (KASAN doubles it), with or without
-/// FRED's 16 bytes of padding at the top. Anything else is worth a look (userspace logs it).
+/// FRED's 16 bytes of padding at the top (`off_cpu::the_kernel_learns_where_user_registers_are`
+/// checks the learned value against these).
 pub const fn expected_regs_offset(offset: u64) -> bool {
     let mut i = 0;
     let sizes = [16u64 << 10, 32 << 10];
