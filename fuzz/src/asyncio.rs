@@ -277,19 +277,22 @@ pub fn stream_graph(objs: &mut Objects, l: &AsyncioLayout, kind: StreamKind, fd:
         instance(objs, l, "_SelectorSocketTransport", &[("_sock", sock)], header as u64 + 8)?.0
     };
     if kind == StreamKind::Asyncio {
+        let limit = objs.int_object(1 << 16)?;
         return Some(
-            instance(objs, l, "StreamReader", &[("_transport", transport), ("_limit", 0)], header as u64 + 8)?.0,
+            instance(objs, l, "StreamReader", &[("_transport", transport), ("_limit", limit)], header as u64 + 8)?.0,
         );
     }
     // `ResponseHandler(BaseProtocol, ...)`: `transport` is BaseProtocol's slot, right after
     // the instance's dict pointer.
     let slot = header + 8;
-    let (protocol, protocol_type) = instance(objs, l, "ResponseHandler", &[("_eof", 0)], slot as u64 + 8)?;
+    let eof = objs.int_object(0)?;
+    let (protocol, protocol_type) = instance(objs, l, "ResponseHandler", &[("_eof", eof)], slot as u64 + 8)?;
     objs.img.put_u64(protocol, slot, transport);
     let (tp_dict, tp_base) = type_dict_and_base(objs);
     let base = objs.type_object(0, "BaseProtocol", 0)?;
     objs.img.put_u64(protocol_type, tp_base, base);
-    objs.img.put_u64(protocol_type, tp_dict, objs.dict_object(&[])?);
+    let own_dict = objs.dict_object(&[])?;
+    objs.img.put_u64(protocol_type, tp_dict, own_dict);
     let member_def = objs.img.alloc(32)?;
     objs.img.put_i32(member_def, 8, 16);
     objs.img.put_u64(member_def, 16, slot as u64);
