@@ -122,7 +122,7 @@ impl<M: ReadMemory> Reader<'_, M> {
                 if !MEMBER_OBJECT.contains(&field_i32(&def, MEMBER_DEF_TYPE)?) {
                     return None;
                 }
-                return Some(field_u64(&def, MEMBER_DEF_OFFSET)?);
+                return field_u64(&def, MEMBER_DEF_OFFSET);
             }
             at = read_ptr(self.mem, at, o.type_dictoffset - TYPE_BASE_BEFORE_DICTOFFSET)?;
         }
