@@ -6,7 +6,7 @@
 use arbitrary::Arbitrary;
 use profiler::python::asyncio::{
     debug_section::AsyncioDebugOffsets,
-    layout::{AsyncioLayout, LIST_ITEMS, LIST_SIZE, SET_ENTRY_SIZE, SET_MASK, SET_TABLE},
+    layout::{AsyncioLayout, SET_ENTRY_SIZE},
     reader::{Registries, TaskListHeads},
 };
 
@@ -64,16 +64,16 @@ fn link(objs: &mut Objects, head: u64, nodes: &[u64]) {
 }
 
 /// A set (`PySetObject`) holding `keys`.
-fn set_object(objs: &mut Objects, keys: &[u64]) -> Option<u64> {
+fn set_object(objs: &mut Objects, l: &AsyncioLayout, keys: &[u64]) -> Option<u64> {
     let slots = (keys.len() + 1).next_power_of_two().max(8);
     let table = objs.img.alloc(slots * SET_ENTRY_SIZE)?;
     for (i, &key) in keys.iter().enumerate() {
         objs.img.put_u64(table, (i * SET_ENTRY_SIZE) as i64, key);
         objs.img.put_u64(table, (i * SET_ENTRY_SIZE + 8) as i64, key >> 4);
     }
-    let set = objs.img.alloc(SET_TABLE as usize + 8)?;
-    objs.img.put_u64(set, SET_MASK as i64, slots as u64 - 1);
-    objs.img.put_u64(set, SET_TABLE as i64, table);
+    let set = objs.img.alloc(l.set_table() as usize + 8)?;
+    objs.img.put_u64(set, l.set_mask() as i64, slots as u64 - 1);
+    objs.img.put_u64(set, l.set_table() as i64, table);
     Some(set)
 }
 
@@ -159,11 +159,11 @@ pub fn asyncio_graph(objs: &mut Objects, l: &AsyncioLayout, tasks: &[FuzzTask]) 
         // The waiter: another task, or a gather of it.
         let waiter = match t.awaits.map(|a| addrs[usize::from(a) % addrs.len()]) {
             Some(other) if t.gather => {
-                let list = objs.img.alloc(LIST_ITEMS as usize + 8)?;
+                let list = objs.img.alloc(l.list_items() as usize + 8)?;
                 let items = objs.img.alloc(8)?;
                 objs.img.put_u64(items, 0, other);
-                objs.img.put_u64(list, LIST_SIZE as i64, 1);
-                objs.img.put_u64(list, LIST_ITEMS as i64, items);
+                objs.img.put_u64(list, l.list_size() as i64, 1);
+                objs.img.put_u64(list, l.list_items() as i64, items);
                 let key = objs.ascii("_children")?;
                 let attrs = objs.dict_object(&[(key, list)])?;
                 let gather = objs.img.alloc(l.future_state as usize + 8)?;
@@ -200,8 +200,8 @@ pub fn asyncio_graph(objs: &mut Objects, l: &AsyncioLayout, tasks: &[FuzzTask]) 
     }
     link(objs, tstate + debug.tstate_tasks_head, &thread_list);
     link(objs, interp + debug.interp_tasks_head, &interp_list);
-    let weak_set = set_object(objs, &weak)?;
-    let set = set_object(objs, &plain)?;
+    let weak_set = set_object(objs, l, &weak)?;
+    let set = set_object(objs, l, &plain)?;
     let current = objs.dict_object(&current)?;
     Some(AsyncioGraph {
         registries: Registries {
@@ -215,6 +215,97 @@ pub fn asyncio_graph(objs: &mut Objects, l: &AsyncioLayout, tasks: &[FuzzTask]) 
     })
 }
 
+/// How a stream's socket is reached in [`stream_graph`].
+#[derive(Arbitrary, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// asyncio's `StreamReader._transport._sock`, a `socket.socket`.
+    Asyncio,
+    /// aiohttp's `ResponseHandler`: `transport` a `__slots__` member of its base, then `_sock`.
+    AiohttpSlot,
+    /// aiohttp's on uvloop: the slot holds a uvloop transport with a libuv TCP handle.
+    Uvloop,
+}
+
+/// Offsets of `PyTypeObject.tp_dict` and `tp_base` (before `tp_dictoffset`, every version).
+fn type_dict_and_base(objs: &Objects) -> (i64, i64) {
+    (objs.o.type_dictoffset - 24, objs.o.type_dictoffset - 32)
+}
+
+/// An instance of a new type `name` with a `__dict__` (at the first field) holding `attrs`.
+fn instance(objs: &mut Objects, l: &AsyncioLayout, name: &str, attrs: &[(&str, u64)], size: u64) -> Option<(u64, u64)> {
+    let header = l.header() as i64;
+    let ty = objs.type_object(0, name, header)?;
+    objs.img.put_u64(ty, objs.o.type_name + 8, size);
+    let mut items = Vec::new();
+    for &(key, value) in attrs {
+        items.push((objs.ascii(key)?, value));
+    }
+    let dict = objs.dict_object(&items)?;
+    let obj = objs.img.alloc(size as usize)?;
+    objs.img.put_u64(obj, objs.o.object_type, ty);
+    objs.img.put_u64(obj, header, dict);
+    Some((obj, ty))
+}
+
+/// A stream object whose socket is descriptor `fd`, reached as `kind` says (what
+/// `Reader::socket_fd` follows): the objects, types (with `tp_dict` and `tp_base` for the
+/// slot), member descriptor and libuv handle each path needs.
+pub fn stream_graph(objs: &mut Objects, l: &AsyncioLayout, kind: StreamKind, fd: i32) -> Option<u64> {
+    let o = objs.o;
+    let header = l.header() as i64;
+    let transport = if kind == StreamKind::Uvloop {
+        // Cython's struct: the vtable pointer, then `uv_handle_t *_handle`; the handle's
+        // `data` points back at the transport, its `type` is UV_TCP, its fd in `io_watcher`.
+        let ty = objs.type_object(0, "uvloop.loop.TCPTransport", 0)?;
+        let transport = objs.img.alloc(header as usize + 64)?;
+        objs.img.put_u64(transport, o.object_type, ty);
+        let vtable = objs.img.alloc(16)?;
+        objs.img.put_u64(vtable, 0, vtable + 8);
+        let handle = objs.img.alloc(192)?;
+        objs.img.put_u64(handle, 0, transport);
+        objs.img.put_u64(handle, 8, vtable);
+        objs.img.put_i32(handle, 16, 12);
+        objs.img.put_i32(handle, 184, fd);
+        objs.img.put_u64(transport, header, vtable);
+        objs.img.put_u64(transport, header + 8, handle);
+        transport
+    } else {
+        let sock_type = objs.type_object(0, "socket", 0)?;
+        let sock = objs.img.alloc(header as usize + 8)?;
+        objs.img.put_u64(sock, o.object_type, sock_type);
+        objs.img.put_i32(sock, header, fd);
+        instance(objs, l, "_SelectorSocketTransport", &[("_sock", sock)], header as u64 + 8)?.0
+    };
+    if kind == StreamKind::Asyncio {
+        let limit = objs.int_object(1 << 16)?;
+        return Some(
+            instance(objs, l, "StreamReader", &[("_transport", transport), ("_limit", limit)], header as u64 + 8)?.0,
+        );
+    }
+    // `ResponseHandler(BaseProtocol, ...)`: `transport` is BaseProtocol's slot, right after
+    // the instance's dict pointer.
+    let slot = header + 8;
+    let eof = objs.int_object(0)?;
+    let (protocol, protocol_type) = instance(objs, l, "ResponseHandler", &[("_eof", eof)], slot as u64 + 8)?;
+    objs.img.put_u64(protocol, slot, transport);
+    let (tp_dict, tp_base) = type_dict_and_base(objs);
+    let base = objs.type_object(0, "BaseProtocol", 0)?;
+    objs.img.put_u64(protocol_type, tp_base, base);
+    let own_dict = objs.dict_object(&[])?;
+    objs.img.put_u64(protocol_type, tp_dict, own_dict);
+    let member_def = objs.img.alloc(32)?;
+    objs.img.put_i32(member_def, 8, 16);
+    objs.img.put_u64(member_def, 16, slot as u64);
+    let descr_type = objs.type_object(0, "member_descriptor", 0)?;
+    let descr = objs.img.alloc(header as usize + 32)?;
+    objs.img.put_u64(descr, o.object_type, descr_type);
+    objs.img.put_u64(descr, header + 24, member_def);
+    let key = objs.ascii("transport")?;
+    let base_dict = objs.dict_object(&[(key, descr)])?;
+    objs.img.put_u64(base, tp_dict, base_dict);
+    Some(protocol)
+}
+
 /// Built graphs read back as the tasks that were put in, in every version with a task layout.
 #[cfg(test)]
 mod tests {
@@ -223,7 +314,7 @@ mod tests {
     use profiler::python::{
         asyncio::{
             layout,
-            reader::{Reader, TaskState, Waiter, read_tasks},
+            reader::{Reader, TaskState, TypeCache, Waiter, read_tasks},
         },
         offsets::for_version,
     };
@@ -234,10 +325,23 @@ mod tests {
         FuzzTask { name: Text { kind: 0, bytes: name.as_bytes().to_vec() }, depth, registry, awaits, gather, running }
     }
 
+    /// Every version with a task layout: (minor, free-threaded).
+    const VERSIONS: [(u8, bool); 9] = [
+        (8, false),
+        (9, false),
+        (10, false),
+        (11, false),
+        (12, false),
+        (13, false),
+        (14, false),
+        (15, false),
+        (13, true),
+    ];
+
     #[test]
     fn task_graphs_read_back() {
-        for minor in 8..=15 {
-            let (Some(o), Some(l)) = (for_version(3, minor, false), layout::for_version(minor, false)) else {
+        for (minor, ft) in VERSIONS {
+            let (Some(o), Some(l)) = (for_version(3, minor, ft), layout::for_version(minor, ft)) else {
                 panic!("3.{minor}: no layout")
             };
             let mut objs = Objects::new(o, 1 << 18).unwrap();
@@ -249,8 +353,8 @@ mod tests {
             ];
             let graph = asyncio_graph(&mut objs, l, &tasks).unwrap();
             let mem = objs.img.memory();
-            let mut type_names = HashMap::new();
-            let mut reader = Reader { mem: &mem, o, l, type_names: &mut type_names };
+            let mut types = TypeCache::default();
+            let mut reader = Reader { mem: &mem, o, l, types: &mut types };
             let raw = read_tasks(&mut reader, &graph.registries, &graph.heads);
             let by_name: HashMap<&str, _> = raw.iter().map(|t| (t.name.as_str(), t)).collect();
             assert_eq!(by_name.len(), 4, "3.{minor}: {raw:?}");
@@ -267,6 +371,39 @@ mod tests {
             );
             // The innermost coroutine's first local is the task (what `self` would be).
             assert_eq!(child.innermost_self, Some(graph.tasks[3]), "3.{minor}");
+        }
+    }
+
+    /// A stream's socket is found along each path, on every version; a uvloop handle that
+    /// does not point back at its transport gives none.
+    #[test]
+    fn stream_sockets_read_back() {
+        for (minor, ft) in VERSIONS {
+            let (o, l) = (for_version(3, minor, ft).unwrap(), layout::for_version(minor, ft).unwrap());
+            for (i, kind) in [StreamKind::Asyncio, StreamKind::AiohttpSlot, StreamKind::Uvloop].into_iter().enumerate()
+            {
+                let mut objs = Objects::new(o, 1 << 16).unwrap();
+                let fd = 40 + i as i32;
+                let stream = stream_graph(&mut objs, l, kind, fd).unwrap();
+                let (mem, mut types) = (objs.img.memory(), TypeCache::default());
+                let mut reader = Reader { mem: &mem, o, l, types: &mut types };
+                assert_eq!(reader.socket_fd(stream), Some(fd), "3.{minor} ft={ft} {kind:?}");
+                // Cached slot offsets give the same.
+                assert_eq!(reader.socket_fd(stream), Some(fd), "3.{minor} ft={ft} {kind:?}, cached");
+            }
+            let mut objs = Objects::new(o, 1 << 16).unwrap();
+            let stream = stream_graph(&mut objs, l, StreamKind::Uvloop, 7).unwrap();
+            // The slot's transport, then its handle pointer (the second word past the header).
+            let slot = l.header() + 8;
+            let transport =
+                u64::from_ne_bytes(objs.img.bytes[(stream - crate::BASE + slot) as usize..][..8].try_into().unwrap());
+            let handle_at = transport + l.header() + 8;
+            let handle =
+                u64::from_ne_bytes(objs.img.bytes[(handle_at - crate::BASE) as usize..][..8].try_into().unwrap());
+            objs.img.put_u64(handle, 0, handle);
+            let (mem, mut types) = (objs.img.memory(), TypeCache::default());
+            let mut reader = Reader { mem: &mem, o, l, types: &mut types };
+            assert_eq!(reader.socket_fd(stream), None, "3.{minor} ft={ft}: a handle not pointing back");
         }
     }
 }

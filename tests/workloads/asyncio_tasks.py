@@ -10,7 +10,9 @@ and all along
 - `gatherer`: `asyncio.gather` of two children; `grouper` (3.11+): a TaskGroup with a child;
 - `event-waiter`: waits on an asyncio.Event the whole run.
 Prints "ready", waits for a line on stdin, runs DURATION seconds, prints its counts as JSON.
-Usage: asyncio_tasks.py DURATION | asyncio_tasks.py upstream
+With `uvloop`, the loop is uvloop's (its transports are libuv handles; the upstream keeps
+asyncio's).
+Usage: asyncio_tasks.py DURATION [uvloop] | asyncio_tasks.py upstream
 """
 import asyncio
 import json
@@ -129,5 +131,9 @@ async def main(duration):
 if __name__ == "__main__":
     if sys.argv[1] == "upstream":
         run_upstream()
+    elif sys.argv[2:] == ["uvloop"]:
+        import uvloop
+
+        uvloop.run(main(float(sys.argv[1])))
     else:
         asyncio.run(main(float(sys.argv[1])))

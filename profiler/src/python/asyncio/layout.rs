@@ -1,4 +1,5 @@
-//! Where asyncio keeps a task's state, per CPython version (64-bit, with the GIL).
+//! Where asyncio keeps a task's state, per CPython version (64-bit; with the GIL, and
+//! free-threaded 3.13t).
 //!
 //! `TaskObj` and `FutureObj` are private structs of `Modules/_asynciomodule.c`: no header
 //! declares them, so an `offsetof` probe like `cargo xtask gen-python-offsets` has nothing to
@@ -52,16 +53,22 @@ pub struct AsyncioLayout {
     /// `FRAME_EXECUTING`, 0 up to 3.14 (whose earlier states are negative); 3.15 renumbered
     /// them from `FRAME_CREATED` = 0 to `FRAME_EXECUTING` = 4 (`FRAME_CLEARED` = 5).
     pub frame_state_executing: i8,
+    /// A free-threaded build's layout: its object header is 32 bytes (`ob_tid`, flags, mutex,
+    /// GC bits, two reference counts, then `ob_type` at 24), every object field 16 further on.
+    pub free_threaded: bool,
 }
 
-/// `PySetObject` (the same from 3.8 to 3.14 with the GIL): `mask` (slots - 1) and the `table`
-/// of `setentry {key, hash}`.
-pub const SET_MASK: u64 = 32;
-pub const SET_TABLE: u64 = 40;
+/// `PySetObject` (the same from 3.8 to 3.15): `fill`, `used`, `mask` (slots - 1) and the
+/// `table` of `setentry {key, hash}`, after the object header.
+const SET_MASK_PAST_HEADER: u64 = 16;
+const SET_TABLE_PAST_HEADER: u64 = 24;
 pub const SET_ENTRY_SIZE: usize = 16;
-/// `PyListObject.ob_item` (after `ob_size` at 16).
-pub const LIST_SIZE: u64 = 16;
-pub const LIST_ITEMS: u64 = 24;
+/// `PyListObject`: `ob_size` right after the object header, then `ob_item`.
+const LIST_SIZE_PAST_HEADER: u64 = 0;
+const LIST_ITEMS_PAST_HEADER: u64 = 8;
+/// `sizeof(PyObject)`: with the GIL, and free-threaded.
+const HEADER: u64 = 16;
+const HEADER_FREE_THREADED: u64 = 32;
 
 /// Future states (`fut_state`).
 pub const STATE_PENDING: i32 = 0;
@@ -83,6 +90,7 @@ const fn layout(minor: u8, task: [i64; 4], generator: [i64; 3], frame: [i64; 3])
         frame_stackpointer: -1,
         awaited_below_top: 1,
         frame_state_executing: 0,
+        free_threaded: false,
     }
 }
 
@@ -96,7 +104,10 @@ const fn layout(minor: u8, task: [i64; 4], generator: [i64; 3], frame: [i64; 3])
 /// follows `owner` and `visited` (74, 75) at 80.
 /// 3.15 (Debian sid's 3.15, checked live the same way): the 3.14 layout, with the frame states
 /// renumbered and the awaited object one slot below the top of the stack.
-const TABLE: [AsyncioLayout; 8] = [
+/// 3.13t (the probe with the free-threaded 3.13.15t built by `cargo xtask setup-pythons`): the
+/// task's, future's and coroutine's fields 16 bytes further on than 3.13's (the object header),
+/// the frame's where they were (a frame is no object), `wr_object` after the longer header.
+const TABLE: [AsyncioLayout; 9] = [
     layout(8, [104, 112, 120, 72], [-1, -1, 16], [72, 360, -1]),
     layout(9, [144, 152, 160, 80], [-1, -1, 16], [72, 360, -1]),
     layout(10, [152, 160, 168, 88], [-1, -1, 16], [80, 352, 64]),
@@ -110,18 +121,45 @@ const TABLE: [AsyncioLayout; 8] = [
         frame_state_executing: 4,
         ..layout(15, [120, 128, 136, 104], [72, 67, -1], [-1, 80, -1])
     },
+    AsyncioLayout {
+        weakref_object: 32,
+        free_threaded: true,
+        ..layout(13, [128, 136, 144, 112], [88, 83, -1], [64, 72, -1])
+    },
 ];
 
-/// The layout of CPython 3.`minor` with the GIL; None for versions without one (3.16+ and
-/// free-threaded builds are not read yet).
+/// The layout of CPython 3.`minor`, free-threaded or not; None for versions without one
+/// (3.16+; free-threaded 3.14t and 3.15t, which were never run here to be probed).
 pub fn for_version(minor: u8, free_threaded: bool) -> Option<&'static AsyncioLayout> {
-    if free_threaded {
-        return None;
-    }
-    TABLE.iter().find(|l| l.minor == minor)
+    TABLE.iter().find(|l| l.minor == minor && l.free_threaded == free_threaded)
 }
 
 impl AsyncioLayout {
+    /// `sizeof(PyObject)`: where an object's own fields start.
+    pub fn header(&self) -> u64 {
+        if self.free_threaded { HEADER_FREE_THREADED } else { HEADER }
+    }
+
+    /// `PySetObject.mask`.
+    pub fn set_mask(&self) -> u64 {
+        self.header() + SET_MASK_PAST_HEADER
+    }
+
+    /// `PySetObject.table`.
+    pub fn set_table(&self) -> u64 {
+        self.header() + SET_TABLE_PAST_HEADER
+    }
+
+    /// `PyListObject.ob_size`.
+    pub fn list_size(&self) -> u64 {
+        self.header() + LIST_SIZE_PAST_HEADER
+    }
+
+    /// `PyListObject.ob_item`.
+    pub fn list_items(&self) -> u64 {
+        self.header() + LIST_ITEMS_PAST_HEADER
+    }
+
     /// Is a `gi_frame_state` one of a frame that can be read (created, suspended or running),
     /// not completed or cleared?
     pub fn frame_alive(&self, state: i8) -> bool {
@@ -145,6 +183,22 @@ mod tests {
             // The task's fields follow the future's, in the order TaskObj declares them.
             assert!(l.future_state < l.task_fut_waiter && l.task_fut_waiter < l.task_coro && l.task_coro < l.task_name);
         }
-        assert!(for_version(16, false).is_none() && for_version(13, true).is_none());
+        assert!(for_version(16, false).is_none() && for_version(14, true).is_none());
+        // 3.13t: every object field one header (16 bytes) further on, the frame's unmoved.
+        let (gil, ft) = (for_version(13, false).unwrap(), for_version(13, true).unwrap());
+        for (a, b) in [
+            (gil.task_fut_waiter, ft.task_fut_waiter),
+            (gil.task_coro, ft.task_coro),
+            (gil.task_name, ft.task_name),
+            (gil.future_state, ft.future_state),
+            (gil.gen_iframe, ft.gen_iframe),
+            (gil.gen_frame_state, ft.gen_frame_state),
+            (gil.weakref_object, ft.weakref_object),
+        ] {
+            assert_eq!(b - a, 16);
+        }
+        assert_eq!((gil.frame_stacktop, gil.frame_localsplus), (ft.frame_stacktop, ft.frame_localsplus));
+        assert_eq!((gil.set_mask(), gil.set_table(), gil.list_items()), (32, 40, 24));
+        assert_eq!((ft.set_mask(), ft.set_table(), ft.list_items()), (48, 56, 40));
     }
 }

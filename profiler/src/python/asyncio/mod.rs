@@ -5,6 +5,7 @@
 pub mod debug_section;
 pub mod layout;
 pub mod reader;
+pub mod transport;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,7 +13,7 @@ use std::{
 };
 
 pub use reader::TaskState;
-use reader::{RawTask, Reader, Registries, TaskListHeads, Waiter};
+use reader::{RawTask, Reader, Registries, TaskListHeads, TypeCache, Waiter};
 
 use super::{PyFrame, PythonProcess, Resolved};
 
@@ -41,7 +42,7 @@ pub struct TaskSample {
 pub struct AsyncioState {
     registries: Option<Registries>,
     looked: Option<Instant>,
-    type_names: HashMap<u64, String>,
+    types: TypeCache,
     /// Why this process's tasks are not read (said once), e.g. a 3.14 whose `_AsyncioDebug`
     /// disagrees with the version's task layout.
     refused: Option<String>,
@@ -122,7 +123,7 @@ impl PythonProcess {
             },
             None => TaskListHeads::default(),
         };
-        let mut reader = Reader { mem: &self.mem, o: &self.offsets, l, type_names: &mut state.type_names };
+        let mut reader = Reader { mem: &self.mem, o: &self.offsets, l, types: &mut state.types };
         let mut raw: Vec<RawTask> = reader::read_tasks(&mut reader, registries, &heads);
         // A running task's coroutines are executing: their frames are on the thread's stack,
         // above the task's coroutine frame, with the functions they call.
@@ -153,7 +154,7 @@ impl PythonProcess {
                 .collect();
             chains.push(frames);
         }
-        let mut reader = Reader { mem: &self.mem, o: &self.offsets, l, type_names: &mut state.type_names };
+        let mut reader = Reader { mem: &self.mem, o: &self.offsets, l, types: &mut state.types };
         let mut fds: HashMap<u64, i32> = HashMap::new();
         // Before 3.11 a frame names its function, not its class: which lock it is comes from
         // the type of the method's `self`.

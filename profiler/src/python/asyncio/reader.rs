@@ -24,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use profiler_common::PyFrameRecord;
 
 use super::debug_section::AsyncioDebugOffsets;
-use super::layout::{AsyncioLayout, LIST_ITEMS, LIST_SIZE, SET_ENTRY_SIZE, SET_MASK, SET_TABLE, STATE_PENDING};
+use super::layout::{AsyncioLayout, SET_ENTRY_SIZE, STATE_PENDING};
 use crate::host::memory::{ReadMemory, field_i32, field_u64};
 use crate::python::offsets::PyOffsets;
 use crate::python::thread_names::{
@@ -160,18 +160,18 @@ pub fn find_registries(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64) 
 }
 
 /// The keys of a set, dummies and all (callers type-check what they get).
-pub fn set_keys(mem: &impl ReadMemory, set: u64) -> Option<Vec<u64>> {
-    let mask = mem.u64(set.checked_add(SET_MASK)?)?;
+pub fn set_keys(mem: &impl ReadMemory, l: &AsyncioLayout, set: u64) -> Option<Vec<u64>> {
+    let mask = mem.u64(set.checked_add(l.set_mask())?)?;
     let slots = mask.checked_add(1).filter(|s| s.is_power_of_two() && *s <= MAX_SET_SLOTS)?;
-    let table = mem.u64(set.checked_add(SET_TABLE)?)?;
+    let table = mem.u64(set.checked_add(l.set_table())?)?;
     let raw = mem.bytes(table, slots as usize * SET_ENTRY_SIZE)?;
     Some(raw.chunks_exact(SET_ENTRY_SIZE).filter_map(|e| field_u64(e, 0)).filter(|&k| k != 0).collect())
 }
 
 /// A list's items (bounded).
-fn list_items(mem: &impl ReadMemory, list: u64, max: usize) -> Option<Vec<u64>> {
-    let len = usize::try_from(mem.u64(list.checked_add(LIST_SIZE)?)? as i64).ok()?.min(max);
-    let items = mem.u64(list.checked_add(LIST_ITEMS)?)?;
+fn list_items(mem: &impl ReadMemory, l: &AsyncioLayout, list: u64, max: usize) -> Option<Vec<u64>> {
+    let len = usize::try_from(mem.u64(list.checked_add(l.list_size())?)? as i64).ok()?.min(max);
+    let items = mem.u64(list.checked_add(l.list_items())?)?;
     let raw = mem.bytes(items, len * 8)?;
     Some(raw.chunks_exact(8).filter_map(|c| field_u64(c, 0)).filter(|&p| p != 0).collect())
 }
@@ -181,24 +181,46 @@ pub struct Reader<'a, M: ReadMemory> {
     pub mem: &'a M,
     pub o: &'a PyOffsets,
     pub l: &'a AsyncioLayout,
+    /// What never changes about a type.
+    pub types: &'a mut TypeCache,
+}
+
+/// What the reader learnt about a process's types, kept between snapshots. Bounded: heap types
+/// come and go (a stale entry is caught by the checks on what it leads to).
+#[derive(Debug, Default)]
+pub struct TypeCache {
     /// type address → `tp_name`.
-    pub type_names: &'a mut HashMap<u64, String>,
+    names: HashMap<u64, String>,
+    /// (type address, member name) → the member's offset in instances, None when the type has
+    /// no such slot.
+    pub(super) slots: HashMap<(u64, String), Option<u64>>,
+}
+
+/// Entries of each `TypeCache` map at most.
+const MAX_CACHED_TYPES: usize = 4096;
+
+impl TypeCache {
+    pub(super) fn remember_slot(&mut self, key: (u64, String), offset: Option<u64>) {
+        if self.slots.len() >= MAX_CACHED_TYPES {
+            self.slots.clear();
+        }
+        self.slots.insert(key, offset);
+    }
 }
 
 impl<M: ReadMemory> Reader<'_, M> {
     /// The `tp_name` of `obj`'s type.
     pub fn type_name(&mut self, obj: u64) -> Option<&str> {
         let ty = read_ptr(self.mem, obj, self.o.object_type)?;
-        if !self.type_names.contains_key(&ty) {
+        if !self.types.names.contains_key(&ty) {
             let name_ptr = read_ptr(self.mem, ty, self.o.type_name)?;
             let name = self.mem.c_string(name_ptr, 128)?;
-            // Bounded: heap types come and go.
-            if self.type_names.len() > 4096 {
-                self.type_names.clear();
+            if self.types.names.len() >= MAX_CACHED_TYPES {
+                self.types.names.clear();
             }
-            self.type_names.insert(ty, name);
+            self.types.names.insert(ty, name);
         }
-        self.type_names.get(&ty).map(String::as_str)
+        self.types.names.get(&ty).map(String::as_str)
     }
 
     fn is_task(&mut self, obj: u64) -> bool {
@@ -210,7 +232,7 @@ impl<M: ReadMemory> Reader<'_, M> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for &set in &reg.weak_sets {
-            for weak in set_keys(self.mem, set).unwrap_or_default() {
+            for weak in set_keys(self.mem, self.l, set).unwrap_or_default() {
                 let Some(task) = read_ptr(self.mem, weak, self.l.weakref_object) else { continue };
                 if out.len() < MAX_TASKS && seen.insert(task) {
                     out.push(task);
@@ -218,7 +240,7 @@ impl<M: ReadMemory> Reader<'_, M> {
             }
         }
         for &set in &reg.sets {
-            for task in set_keys(self.mem, set).unwrap_or_default() {
+            for task in set_keys(self.mem, self.l, set).unwrap_or_default() {
                 if out.len() < MAX_TASKS && seen.insert(task) {
                     out.push(task);
                 }
@@ -325,7 +347,7 @@ impl<M: ReadMemory> Reader<'_, M> {
             Some("_GatheringFuture") => {
                 let children = attribute_items(self.mem, self.o, fut)
                     .and_then(|attrs| find_str_keys(self.mem, self.o, &attrs, ["_children"])[0])
-                    .and_then(|list| list_items(self.mem, list, MAX_CHILDREN))
+                    .and_then(|list| list_items(self.mem, self.l, list, MAX_CHILDREN))
                     .unwrap_or_default();
                 Waiter::Gather(children)
             }
@@ -338,37 +360,10 @@ impl<M: ReadMemory> Reader<'_, M> {
     pub fn task_set_attribute(&mut self, obj: u64, attr: &str) -> Vec<u64> {
         let Some(attrs) = attribute_items(self.mem, self.o, obj) else { return Vec::new() };
         let [set] = find_str_keys(self.mem, self.o, &attrs, [attr]);
-        let mut tasks = set.and_then(|s| set_keys(self.mem, s)).unwrap_or_default();
+        let mut tasks = set.and_then(|s| set_keys(self.mem, self.l, s)).unwrap_or_default();
         tasks.truncate(MAX_CHILDREN);
         tasks.retain(|&t| self.is_task(t));
         tasks
-    }
-
-    /// The descriptor of the socket behind a stream object (asyncio's `StreamReader`, aiohttp's):
-    /// its transport's `_sock`, found along the attribute paths those libraries use.
-    pub fn socket_fd(&mut self, stream: u64) -> Option<i32> {
-        const PATHS: [&[&str]; 3] =
-            [&["_transport", "_sock"], &["_protocol", "transport", "_sock"], &["transport", "_sock"]];
-        PATHS.iter().find_map(|path| self.follow(stream, path).and_then(|sock| self.sock_fd(sock)))
-    }
-
-    fn follow(&mut self, obj: u64, path: &[&str]) -> Option<u64> {
-        let mut at = obj;
-        for name in path {
-            let attrs = attribute_items(self.mem, self.o, at)?;
-            at = find_str_keys(self.mem, self.o, &attrs, [*name])[0]?;
-        }
-        Some(at)
-    }
-
-    /// `socket.socket`'s descriptor: `PySocketSockObject.sock_fd`, an int right after the
-    /// object header (the same in every version).
-    fn sock_fd(&mut self, sock: u64) -> Option<i32> {
-        if self.type_name(sock)? != "socket" {
-            return None;
-        }
-        let b = self.mem.bytes(sock.checked_add(16)?, 4)?;
-        Some(i32::from_ne_bytes([b[0], b[1], b[2], b[3]])).filter(|fd| (0..1 << 24).contains(fd))
     }
 
     /// The await chain from `coro` down: one record per coroutine or generator.
