@@ -22,7 +22,6 @@ mod off_cpu;
 mod on_cpu;
 mod python;
 mod stacks;
-mod syscall_regs;
 mod task_iter;
 mod wait_target;
 
