@@ -54,15 +54,7 @@ fn dump_native_shows_c_frames_in_order_with_the_python_frames_on_every_interpret
         assert_success(&out);
         let doc: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))?;
         let p = &doc["processes"][0];
-        let thread = |name: &str| {
-            p["threads"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["python_name"] == name)
-                .cloned()
-                .ok_or(format!("no thread {name}: {p}"))
-        };
+        let thread = |name: &str| python_thread(p, name).map_err(|e| format!("{e}: {p}"));
         // C under Python: the sleep in libc, then h, g, f, then the Python caller and its
         // caller, and the walk reached the thread's start.
         let t = thread("c_sleeper")?;

@@ -194,15 +194,7 @@ fn dump_names_each_threads_function_and_the_waiters_lock_wait() {
         if p["pid"] != target.pid() || p["threads"].as_array().map_or(0, Vec::len) != 5 {
             return Err(format!("expected 5 threads of {pid}: {p}"));
         }
-        let thread = |name: &str| {
-            p["threads"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|t| t["python_name"] == name)
-                .cloned()
-                .ok_or(format!("no {name}"))
-        };
+        let thread = |name: &str| python_thread(p, name);
         for (name, function) in [
             ("acceptor", "accept_forever"),
             ("sleeper", "sleep_an_hour"),
