@@ -58,7 +58,7 @@ fn dump_native_shows_c_frames_in_order_with_the_python_frames_on_every_interpret
         // C under Python: the sleep in libc, then h, g, f, then the Python caller and its
         // caller, and the walk reached the thread's start.
         let t = thread("c_sleeper")?;
-        let f = functions(&t);
+        let f = functions(t);
         if !in_order(&f, &["chain_h", "chain_g", "chain_f", "call_chain", "c_sleeper"]) || !t["native_note"].is_null() {
             return Err(format!("c_sleeper: {f:?} ({})", t["native_note"]));
         }
@@ -73,7 +73,7 @@ fn dump_native_shows_c_frames_in_order_with_the_python_frames_on_every_interpret
         // C between Python frames: the callback's Python frame innermost, the C chain below it,
         // the Python caller below that.
         let t = thread("cb_sleeper")?;
-        let f = functions(&t);
+        let f = functions(t);
         if !in_order(&f, &["in_callback", "chain_cb_h", "chain_cb_g", "chain_cb_f", "call_with_callback", "cb_sleeper"])
         {
             return Err(format!("cb_sleeper: {f:?} ({})", t["native_note"]));
