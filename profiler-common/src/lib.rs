@@ -13,6 +13,7 @@
 //! tested on the host. `profiler`'s `bpf::contract` test checks the built object against it.
 #![cfg_attr(not(test), no_std)]
 
+pub mod exit_gate;
 pub mod futex_arg;
 pub mod poll_arg;
 pub mod task_iter;
@@ -62,6 +63,8 @@ pub mod map_size {
     /// Syscalls in flight, one per tracked thread (LRU: a thread killed mid-syscall never
     /// exits it).
     pub const IN_FLIGHT: u32 = 65536;
+    /// One [`super::exit_gate::ExitGate`] per CPU.
+    pub const EXIT_GATE: u32 = 1;
     /// Bytes of the `EVENTS` ring buffer as compiled; userspace resizes it at load time to fit
     /// the sampling rate, so this only matters to a loader that does not.
     pub const EVENTS_DEFAULT_BYTES: u32 = 4 << 20;
@@ -349,12 +352,15 @@ pub struct ThreadTimes {
     pub stacks_sampled_out: u64,
 }
 
-/// A syscall in flight on a thread, keyed by tid.
+/// A syscall in flight on a thread, keyed by tid: made at the call's first switch-out (a call
+/// that never switches out has none), removed at its `sys_exit`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InFlight {
     pub syscall_nr: i64,
     pub arg0: u64,
+    /// When the record was made: the call's first switch-out (when tracking began, for a
+    /// thread found asleep). Informational; nothing reads it.
     pub entry_ns: u64,
     pub blocked_ns: u64,
     pub runq_ns: u64,
@@ -495,10 +501,11 @@ pub mod names {
     pub const MAP_THREAD_TIMES: &str = "THREAD_TIMES";
     /// LRU hash map tid → [`super::InFlight`].
     pub const MAP_IN_FLIGHT: &str = "IN_FLIGHT";
+    /// Per-CPU array of one [`super::exit_gate::ExitGate`].
+    pub const MAP_EXIT_GATE: &str = "EXIT_GATE";
     /// Raw tracepoint programs of the off-CPU tracker.
     pub const PROG_SCHED_SWITCH: &str = "sched_switch";
     pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
-    pub const PROG_SYS_ENTER: &str = "sys_enter";
     pub const PROG_SYS_EXIT: &str = "sys_exit";
     /// LRU map tid → [`super::TstateEntry`].
     pub const MAP_TSTATE_CACHE: &str = "TSTATE_CACHE";
@@ -548,7 +555,7 @@ pub mod names {
     ];
 
     /// Every map of the object.
-    pub const MAPS: [&str; 18] = [
+    pub const MAPS: [&str; 19] = [
         MAP_EVENTS,
         MAP_STATS,
         MAP_TARGET_PIDS,
@@ -567,6 +574,7 @@ pub mod names {
         MAP_UNWIND_SCRATCH,
         MAP_UNWIND_PROGS_PERF,
         MAP_UNWIND_PROGS_RAW_TP,
+        MAP_EXIT_GATE,
     ];
     /// Every global of the object, with its size in bytes.
     pub const GLOBALS: [(&str, usize); 15] = [
@@ -587,24 +595,22 @@ pub mod names {
         (GLOBAL_WAIT_TARGET_OFFSETS, size_of::<super::wait_target::WaitTargetOffsets>()),
     ];
     /// The raw tracepoint programs and the tracepoint each is attached to.
-    pub const RAW_TRACEPOINTS: [(&str, &str); 6] = [
+    pub const RAW_TRACEPOINTS: [(&str, &str); 5] = [
         (PROG_EXEC, "sched_process_exec"),
         (PROG_FORK, "sched_process_fork"),
         (PROG_SCHED_SWITCH, "sched_switch"),
         (PROG_SCHED_WAKEUP, "sched_wakeup"),
-        (PROG_SYS_ENTER, "sys_enter"),
         (PROG_SYS_EXIT, "sys_exit"),
     ];
     /// Every program of the object: the perf-event sampler, the raw tracepoints, and the
     /// unwinders they tail-call.
-    pub const PROGRAMS: [&str; 10] = [
+    pub const PROGRAMS: [&str; 9] = [
         PROG_ON_CPU,
         RAW_TRACEPOINTS[0].0,
         RAW_TRACEPOINTS[1].0,
         RAW_TRACEPOINTS[2].0,
         RAW_TRACEPOINTS[3].0,
         RAW_TRACEPOINTS[4].0,
-        RAW_TRACEPOINTS[5].0,
         PROG_UNWIND_PERF,
         RAW_TP_UNWINDERS[0].0,
         RAW_TP_UNWINDERS[1].0,
@@ -636,6 +642,7 @@ pod!(
     OffCpuSum,
     ThreadTimes,
     InFlight,
+    exit_gate::ExitGate,
     unwind::PageEntry,
     unwind::RuleRec,
     unwind::TableInfo,
@@ -661,6 +668,7 @@ const _: () = {
     assert!(size_of::<OffCpuSum>() == 3 * 8);
     assert!(size_of::<ThreadTimes>() == 4 * 8 + 2 * 4 + 3 * 8);
     assert!(size_of::<InFlight>() == 5 * 8 + 2 * 4);
+    assert!(size_of::<exit_gate::ExitGate>() == 2 * 4 + 8);
     assert!(size_of::<PyProcInfo>() == 8 + 16 * 2);
     assert!(
         size_of::<SampleEvent>()

@@ -184,7 +184,7 @@ impl UnwindMaps {
     }
 }
 
-/// The first argument the kernel's `sys_enter` records for syscall `nr` (see
+/// The first argument the kernel records for syscall `nr` at its first switch-out (see
 /// `profiler_common::poll_arg` and `futex_arg`), worked out for a thread found already in the
 /// call, from its arguments and stack pointer and its process's memory.
 pub fn recorded_arg0(memory: &crate::host::memory::Memory, nr: i64, args: &[u64; 6], sp: u64) -> u64 {
