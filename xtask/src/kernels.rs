@@ -50,6 +50,7 @@ pub const GUEST_TESTS: [(&str, &[&str]); 2] = [
             "kernel_core_native_frame_pointer_chain",
             "kernel_core_python_chain_and_thread_names",
             "kernel_core_off_cpu_categories_with_targets",
+            "kernel_core_dump_running_and_runnable",
         ],
     ),
     // Wait targets read from the kernel's own structs, at offsets each kernel's BTF gives.

@@ -165,7 +165,8 @@ fn every_program_is_named_and_in_its_section() {
 #[test]
 fn every_global_is_named_with_its_size() {
     let found = contents().globals;
-    let listed: BTreeMap<String, usize> = names::GLOBALS.iter().map(|&(name, size)| (name.to_owned(), size)).collect();
+    let listed: BTreeMap<String, usize> =
+        names::GLOBALS.iter().chain(&task_iter::GLOBALS).map(|&(name, size)| (name.to_owned(), size)).collect();
     // A global userspace does not set would keep its zero initialiser; one it sets that the
     // object lacks fails the load (`override_global` with `must_exist`).
     assert_eq!(found, listed, "globals in the object vs names::GLOBALS");

@@ -316,6 +316,7 @@ impl Bpf {
         };
         let off_cpu = cfg.off_cpu as u8;
         let wait_targets = wait_target_offsets::wait_target_offsets(btf.as_ref());
+        let task_sched = task_iter::sched_offsets(btf.as_ref());
         if cfg.off_cpu && wait_targets.enabled == 0 {
             log::warn!(
                 "the kernel's BTF lacks the fd table or file members: wait targets are looked up in /proc after the fact"
@@ -367,6 +368,7 @@ impl Bpf {
             .override_global(names::GLOBAL_TASK_STACK_OFFSET, &task_stack, true)
             .override_global(names::GLOBAL_TASK_STATE_OFFSET, &task_state, true)
             .override_global(names::GLOBAL_WAIT_TARGET_OFFSETS, &wait_targets, true)
+            .override_global(profiler_common::task_iter::GLOBAL_TASK_SCHED_OFFSETS, &task_sched, true)
             .map_max_entries(names::MAP_EVENTS, ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| {
