@@ -371,7 +371,9 @@ pub struct PyFrameRecord {
     /// The instruction: `f_lasti` (3.8–3.10) or the `prev_instr` / `instr_ptr` pointer (3.11+).
     pub instr: u64,
     /// `co_firstlineno` read from the code object: tells a code object apart from a later one
-    /// allocated at the same address.
+    /// allocated at the same address. 0 where [`PyProcInfo::code_firstlineno`] is
+    /// [`PY_OFFSET_NONE`] (3.11+ with the GIL: `instr` points into the code object itself, and
+    /// userspace checks that instead).
     pub fingerprint: u32,
     /// `_PyInterpreterFrame.owner` (3.11+), 0 before; plus [`PY_FRAME_IS_ENTRY`].
     pub owner: u32,
@@ -426,6 +428,8 @@ pub struct PyProcInfo {
     pub frame_instr_size: u16,
     /// `_PyInterpreterFrame.owner` (a byte), 3.11+.
     pub frame_owner: u16,
+    /// `co_firstlineno`, read per frame as [`PyFrameRecord::fingerprint`]; [`PY_OFFSET_NONE`]
+    /// when the walk skips that read (see `python::fingerprint_offset` in userspace).
     pub code_firstlineno: u16,
     /// Bytes of a frame to read at once to get all its fields above (≤ [`PY_FRAME_READ_MAX`]).
     pub frame_read_len: u16,

@@ -57,7 +57,7 @@ pub fn walk(mem: &impl ReadMemory, info: &PyProcInfo, tstate: u64, max_depth: us
         if info.frame_is_entry != PY_OFFSET_NONE && field(&chunk, info.frame_is_entry, 1) != 0 {
             owner |= PY_FRAME_IS_ENTRY;
         }
-        let fingerprint = if code != 0 {
+        let fingerprint = if code != 0 && info.code_firstlineno != PY_OFFSET_NONE {
             let mut b = [0u8; 4];
             if mem.read(code.wrapping_add(info.code_firstlineno as u64), &mut b) { u32::from_le_bytes(b) } else { 0 }
         } else {
