@@ -94,6 +94,13 @@ mod tests {
             }
             let info = super::proc_info(0, o);
             assert_eq!(info.code_firstlineno == profiler_common::PY_OFFSET_NONE, !needed);
+            // Where the fingerprint is `f_globals` instead: a word of its own inside the read.
+            if !needed {
+                let g = info.frame_globals;
+                assert!(g % 8 == 0 && g + 8 <= info.frame_read_len, "3.{minor}: f_globals at {g}");
+                let words = [info.frame_code, info.frame_previous, info.frame_instr, info.frame_owner & !7];
+                assert!(!words.contains(&g), "3.{minor}: f_globals at {g} overlaps {words:?}");
+            }
         }
     }
 
@@ -156,19 +163,42 @@ pub fn proc_info(runtime_addr: u64, o: &PyOffsets) -> PyProcInfo {
         code_firstlineno: off(fingerprint_offset(o)),
         frame_read_len: frame_read_len(o),
         frame_is_entry: off(frame_is_entry(o)),
+        frame_globals: off(frame_globals(o)),
+        _pad: [0; 3],
     }
 }
 
 /// Where the frame walk reads each frame's fingerprint (`co_firstlineno`), or -1 where it reads
 /// none. 3.11+ builds with the GIL need none: the frame's instruction pointer points into its
 /// code object's own bytecode (`co_code_adaptive`), so [`PythonProcess::resolve`] ties a frame
-/// to the object it caches by checking the pointer falls inside it, and re-checks the object
-/// now and then (see [`CODE_RECHECK`]). That read was about half the kernel's cost per frame.
-/// Before 3.11 the instruction is an offset (`f_lasti`), and free-threaded 3.14+ may point into
-/// a per-thread copy of the bytecode elsewhere: both keep the fingerprint.
+/// to the object it caches by checking the pointer falls inside it, and the kernel's
+/// fingerprint is the frame's `f_globals` instead (see [`frame_globals`]), which it has read
+/// anyway; the object is re-checked now and then (see [`CODE_RECHECK`]). The code object's
+/// read was about half the kernel's cost per frame. Before 3.11 the instruction is an offset
+/// (`f_lasti`), and free-threaded 3.14+ may point into a per-thread copy of the bytecode
+/// elsewhere: both keep the fingerprint, as does a frame layout [`frame_globals`] does not know.
 fn fingerprint_offset(o: &PyOffsets) -> i64 {
     let instr_in_code = o.frame_instr_ptr >= 0 && o.code_code_adaptive >= 0 && o.code_units >= 0;
-    if instr_in_code && o.code_tlbc < 0 { -1 } else { o.code_firstlineno }
+    if instr_in_code && o.code_tlbc < 0 && frame_globals(o) >= 0 { -1 } else { o.code_firstlineno }
+}
+
+/// `_PyInterpreterFrame.f_globals` (3.11+): the dict of the module the frame's code belongs to
+/// (borrowed from the frame's function, which the frame holds, so it outlives the frame). Its
+/// address keeps code objects of different modules apart when one is freed and another takes
+/// its address: an import's module code, freed once the import is done, whose address a later
+/// module's function took (all module code has `co_firstlineno` 1, so the old fingerprint did
+/// not tell those apart either). Not in the generated table (CPython's debug offsets leave it
+/// out): placed from the headers, for the two layouts known, and -1 (keep `co_firstlineno`)
+/// for any other. 3.11 (`pycore_frame.h`): `f_func, f_globals, f_builtins, f_locals, f_code,
+/// frame_obj, previous, prev_instr`; 3.12-3.15 (`pycore_frame.h`,
+/// `pycore_interpframe_structs.h`): `f_code`/`f_executable, previous, f_funcobj, f_globals,
+/// f_builtins, f_locals, frame_obj, prev_instr`/`instr_ptr`.
+fn frame_globals(o: &PyOffsets) -> i64 {
+    match (o.frame_code, o.frame_previous, o.frame_instr_ptr) {
+        (32, 48, 56) => 8,
+        (0, 8, 56) => 24,
+        _ => -1,
+    }
 }
 
 /// A code object cached at an address without a fingerprint is checked again this long after
@@ -197,7 +227,10 @@ fn frame_is_entry(o: &PyOffsets) -> i64 {
 /// Bytes from a frame's start that cover every field the kernel reads from it.
 fn frame_read_len(o: &PyOffsets) -> u16 {
     let instr_end = if o.frame_lasti >= 0 { o.frame_lasti + o.frame_lasti_size } else { o.frame_instr_ptr + 8 };
-    let end = [o.frame_previous + 8, o.frame_code + 8, instr_end, o.frame_owner + 1].into_iter().max().unwrap_or(0);
+    let end = [o.frame_previous + 8, o.frame_code + 8, instr_end, o.frame_owner + 1, frame_globals(o) + 8]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     (((end + 7) / 8) * 8) as u16
 }
 
@@ -387,8 +420,8 @@ impl PythonProcess {
         }
         let (mem, o) = (&self.mem, &self.offsets);
         let (mut changed, mut checked) = (Vec::new(), 0);
-        self.codes.retain(|&(addr, fingerprint), cached| {
-            if fingerprint != 0 || checked >= MAX_RECHECKS || now.duration_since(cached.checked) < CODE_RECHECK {
+        self.codes.retain(|&(addr, _), cached| {
+            if checked >= MAX_RECHECKS || now.duration_since(cached.checked) < CODE_RECHECK {
                 return true;
             }
             checked += 1;
@@ -412,9 +445,10 @@ impl PythonProcess {
             return Resolved::Unknown;
         }
         let (mem, code_type) = (&self.mem, &mut self.code_type);
-        // No fingerprint from the walk (see `fingerprint_offset`): the instruction pointer,
-        // inside the object's bytecode, is what ties the frame to it.
-        let by_instr = rec.fingerprint == 0 && fingerprint_offset(o) < 0;
+        // No `co_firstlineno` from the walk (see `fingerprint_offset`; the fingerprint is the
+        // frame's globals): the instruction pointer, inside the object's bytecode, is what ties
+        // the frame to it.
+        let by_instr = fingerprint_offset(o) < 0;
         let mut read = || {
             if !code::is_code(mem, o, rec.code, code_type) {
                 return None;
