@@ -97,7 +97,7 @@ mod tests {
             // Where the fingerprint is `f_globals` instead: a word of its own inside the read.
             if !needed {
                 let g = info.frame_globals;
-                assert!(g % 8 == 0 && g + 8 <= info.frame_read_len, "3.{minor}: f_globals at {g}");
+                assert!(g.is_multiple_of(8) && g + 8 <= info.frame_read_len, "3.{minor}: f_globals at {g}");
                 let words = [info.frame_code, info.frame_previous, info.frame_instr, info.frame_owner & !7];
                 assert!(!words.contains(&g), "3.{minor}: f_globals at {g} overlaps {words:?}");
             }
