@@ -376,8 +376,11 @@ pub struct PyFrameRecord {
     pub code: u64,
     /// The instruction: `f_lasti` (3.8–3.10) or the `prev_instr` / `instr_ptr` pointer (3.11+).
     pub instr: u64,
-    /// `co_firstlineno` read from the code object: tells a code object apart from a later one
-    /// allocated at the same address.
+    /// Tells a code object apart from a later one allocated at the same address: its
+    /// `co_firstlineno` read from the code object (3.8–3.10, free-threaded 3.14+), or, where
+    /// [`PyProcInfo::code_firstlineno`] is [`PY_OFFSET_NONE`] (3.11+ with the GIL), the low 32
+    /// bits of the frame's `f_globals` (its module's dict), and userspace checks that `instr`
+    /// points into the code object's own bytecode.
     pub fingerprint: u32,
     /// `_PyInterpreterFrame.owner` (3.11+), 0 before; plus [`PY_FRAME_IS_ENTRY`].
     pub owner: u32,
@@ -432,11 +435,19 @@ pub struct PyProcInfo {
     pub frame_instr_size: u16,
     /// `_PyInterpreterFrame.owner` (a byte), 3.11+.
     pub frame_owner: u16,
+    /// `co_firstlineno`, read per frame as [`PyFrameRecord::fingerprint`]; [`PY_OFFSET_NONE`]
+    /// when the walk skips that read (see `python::fingerprint_offset` in userspace).
     pub code_firstlineno: u16,
     /// Bytes of a frame to read at once to get all its fields above (≤ [`PY_FRAME_READ_MAX`]).
     pub frame_read_len: u16,
     /// `_PyInterpreterFrame.is_entry` (a byte, 3.11 only).
     pub frame_is_entry: u16,
+    /// `_PyInterpreterFrame.f_globals`, whose low 32 bits are the frame's
+    /// [`PyFrameRecord::fingerprint`] where [`Self::code_firstlineno`] is [`PY_OFFSET_NONE`]
+    /// (3.11+ with the GIL): taken from the frame's own read, no read of the code object.
+    pub frame_globals: u16,
+    /// Keeps the size a multiple of 8 with no implicit padding.
+    pub _pad: [u16; 3],
 }
 
 /// Indices into the per-CPU `STATS` counter array.
@@ -669,7 +680,7 @@ const _: () = {
     assert!(size_of::<ThreadTimes>() == 4 * 8 + 2 * 4 + 3 * 8);
     assert!(size_of::<InFlight>() == 5 * 8 + 2 * 4);
     assert!(size_of::<exit_gate::ExitGate>() == 2 * 4 + 8);
-    assert!(size_of::<PyProcInfo>() == 8 + 16 * 2);
+    assert!(size_of::<PyProcInfo>() == 8 + 20 * 2);
     assert!(
         size_of::<SampleEvent>()
             == 4 * 4
