@@ -2,7 +2,7 @@
 //! server in `accept()`, a thread asleep for an hour, a lock holder and its waiter) carry
 //! their Python function for their whole wall time, not `short waits (no stack)`; every
 //! thread's stacks add up to its exact totals.
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use integration_tests::{python::*, *};
 
@@ -194,9 +194,13 @@ fn category_shares_match_schedstat_under_contention() {
 #[test]
 fn dump_names_each_threads_function_and_the_waiters_lock_wait() {
     for_each_interpreter("dump", |interp| {
+        let spawned = Instant::now();
         let target = start_ready(interp, "blocked.py", &[]);
         let pid = target.pid().to_string();
+        // Every thread is blocked before "ready", so at the dump for at least this long.
+        std::thread::sleep(Duration::from_secs(1));
         let out = run(pyebpf().args(["dump", "--pid", &pid, "--json"]), Duration::from_secs(60));
+        let lived = spawned.elapsed().as_secs_f64();
         assert_success(&out);
         let doc: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))?;
         let p = &doc["processes"][0];
@@ -222,6 +226,12 @@ fn dump_names_each_threads_function_and_the_waiters_lock_wait() {
             }
             if t["state"] != "sleeping" || t["blocked_s"].as_f64().is_none_or(|s| s <= 0.0) {
                 return Err(format!("{name}: not shown blocked: {t}"));
+            }
+            // Truth: blocked since before "ready" (1 s before the dump began), and not before
+            // the process started (a clock other than the scheduler's put it 25 s too long).
+            let blocked = t["blocked_s"].as_f64().unwrap();
+            if !(0.95..=lived + 0.05).contains(&blocked) {
+                return Err(format!("{name}: blocked for {blocked:.3} s, truth 1 s to {lived:.3} s: {t}"));
             }
         }
         let waiter = thread("waiter")?;

@@ -13,7 +13,7 @@ use profiler_common::{
 use super::dump_native::{NativeDump, PyFrame};
 use crate::{
     bpf::{Bpf, BpfConfig, recorded_arg0},
-    host::{clock::monotonic_ns, memory::Memory, procinfo, symbols::Symbols},
+    host::{clock, memory::Memory, procinfo, symbols::Symbols},
     model::{
         Category,
         dump::{DumpFrame, DumpProcess, DumpThread},
@@ -98,13 +98,16 @@ fn cpu_state(r: &TaskRecord) -> Option<CpuState> {
     Some(CpuState::Runnable { cpu: r.cpu, queued_s, in_syscall })
 }
 
-/// Seconds since the thread last ran (`se.exec_start` in /proc/PID/task/TID/sched, the
-/// scheduler's clock in ms; CLOCK_MONOTONIC is within a tick of it).
-fn off_cpu_for(pid: u32, tid: u32, now_ns: u64) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("se.exec_start"))?;
-    let ms: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
-    Some(((now_ns as f64 / 1e6 - ms) / 1e3).max(0.0))
+/// Seconds since the thread last ran: its `se.exec_start` (in /proc/PID/task/TID/sched, the
+/// task clock of the CPU it last ran on, where a sleeping thread stays) against that CPU's task
+/// clock now. CLOCK_MONOTONIC is not that clock: it counts the CPU's interrupt and steal time,
+/// and a 1.5 s sleep dumped as 25.8 s on the build VM.
+fn off_cpu_for(pid: u32, tid: u32, clocks: &mut HashMap<u32, Option<f64>>) -> Option<f64> {
+    let sched = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched")).ok()?;
+    let exec_start = clock::exec_start_ms(&sched)?;
+    let cpu = procinfo::thread_cpu(pid, tid)?;
+    let now = (*clocks.entry(cpu).or_insert_with(|| clock::task_clock_ms(cpu)))?;
+    Some(((now - exec_start) / 1e3).max(0.0))
 }
 
 /// The dump of every target process, in pid order. `bpf` is None when the kernel refused
@@ -168,7 +171,8 @@ pub fn dump(target: &DumpTarget, kernel_frames: bool, native: bool) -> Vec<DumpP
     if let Some(d) = &mut native_dump {
         d.capture(&tasks);
     }
-    let now = monotonic_ns();
+    // Each CPU's task clock now, read once (see `off_cpu_for`).
+    let mut clocks: HashMap<u32, Option<f64>> = HashMap::new();
     let mut symbols = Symbols::new();
     if kernel_frames {
         for r in tasks.values() {
@@ -275,7 +279,7 @@ pub fn dump(target: &DumpTarget, kernel_frames: bool, native: bool) -> Vec<DumpP
                         syscall: wait.as_ref().map(|(nr, _)| syscalls::name(*nr as u64).into_owned()),
                         target: wait.as_ref().and_then(|(_, w)| w.target.clone()),
                         category,
-                        blocked_s: if blocked { off_cpu_for(pid, t.tid, now) } else { None },
+                        blocked_s: if blocked { off_cpu_for(pid, t.tid, &mut clocks) } else { None },
                         gil,
                         frames,
                         kernel_frames: kernel,
