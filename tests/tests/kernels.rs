@@ -196,6 +196,13 @@ fn kernel_core_dump_running_and_runnable() {
     set_affinity(0, other).unwrap();
     let spinners: Vec<KillOnDrop> = (0..2).map(|_| KillOnDrop(start_spin(600.0, 0))).collect();
     let pids: Vec<u32> = spinners.iter().map(KillOnDrop::pid).collect();
+    // Both in their loop before either is made FIFO: a spinner preempted for good while still
+    // starting (the loader mapping its libraries) would hold its mm's lock, and the dump's
+    // read of its maps would wait in D state as long as the other one spins (seen once: 6 min).
+    poll(Duration::from_secs(60), "both spinners spinning", || {
+        let ran: Vec<u64> = pids.iter().map(|&p| schedstat(p).map(|s| s.0)).collect::<Result<_, _>>()?;
+        if ran.iter().all(|&ns| ns >= 20_000_000) { Ok(()) } else { Err(format!("CPU ns so far {ran:?}")) }
+    });
     for &pid in &pids {
         set_affinity(pid, cpu).unwrap();
         set_fifo(pid, true).unwrap();
