@@ -23,6 +23,7 @@ mod on_cpu;
 mod python;
 mod stacks;
 mod task_iter;
+mod task_life;
 mod wait_target;
 
 #[cfg(not(test))]
