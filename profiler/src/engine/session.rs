@@ -637,6 +637,13 @@ impl Session {
         if !dead_pids.is_empty() || !dead_tids.is_empty() {
             log::debug!("forgot {} exited processes and {} exited threads", dead_pids.len(), dead_tids.len());
         }
+        // What is kept across windows (issue 13: memory must stay flat with processes coming
+        // and going).
+        log::debug!(
+            "kept: processes known {:?} (all, Python), symbols {:?} (user, maps, pending, given to blazesym, kernel)",
+            self.python.sizes(),
+            self.symbols.sizes(),
+        );
     }
 
     /// Hands the kernel the layout of Python processes found since the last call.

@@ -219,6 +219,12 @@ impl Symbols {
         self.vmas_given.clear();
     }
 
+    /// Entries per table (per-process symbols, maps, pending addresses, processes handed to
+    /// blazesym; kernel symbols), for the session's debug log of what it keeps.
+    pub fn sizes(&self) -> [usize; 5] {
+        [self.user.len(), self.maps.len(), self.pending_user.len(), self.vmas_given.len(), self.kernel.len()]
+    }
+
     /// Drops a process's cached symbols (after an exec its addresses mean other things, after
     /// its exit nothing), and releases its files in blazesym: a file no other process we
     /// symbolized maps is dropped with its parsed symbols.

@@ -670,6 +670,11 @@ impl PythonRegistry {
         std::mem::take(&mut self.pending)
     }
 
+    /// Processes looked at so far, and the Python ones among them.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.known.len(), self.known.values().filter(|k| matches!(k, Known::Python(_))).count())
+    }
+
     /// Has process `pid` been looked at (sampled, or a target)?
     pub fn knows(&self, pid: u32) -> bool {
         self.known.contains_key(&pid)
