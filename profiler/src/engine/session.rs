@@ -338,7 +338,11 @@ impl Session {
                 let name = comm_cow(&comm);
                 agg.thread_named(pid, tid, &name);
                 python.thread_exited(pid, tid);
-                exits.thread_exited(pid, tid, Some(name.into_owned()));
+                // Threads with kernel state and exact totals: Python processes' and explicit
+                // targets' (with `--all`, every exiting process's last thread comes too).
+                if !running.is_host() || python.version(pid).is_some() {
+                    exits.thread_exited(pid, tid, Some(name.into_owned()));
+                }
                 match (process, guessed) {
                     (true, false) => exits.process_exited(pid),
                     (true, true) => exits.leader_exited(pid),
@@ -622,17 +626,23 @@ impl Session {
     fn forget_exited(&mut self) {
         let (dead_tids, dead_pids) = self.exits.end_window();
         self.bpf.forget_threads(&dead_tids);
+        let host = self.running.is_host();
         for &pid in &dead_pids {
             if let (Some(n), Some(maps)) = (&mut self.native, &mut self.bpf.unwind) {
                 n.registry.forget(pid, &mut Sink(maps));
             }
-            self.bpf.forget_process(pid);
-            self.python.forget(pid);
-            if let Some(tasks) = &mut self.tasks {
-                tasks.forget(pid);
+            // Its kernel target and layout entries went at its exit (`unmap_exited`). Waits
+            // and asyncio tasks are tracked for Python processes and explicit targets only:
+            // with `--all`, thousands of short-lived processes a window are not looked for
+            // in their tables.
+            if !host || self.python.version(pid).is_some() {
+                if let Some(tasks) = &mut self.tasks {
+                    tasks.forget(pid);
+                }
+                self.classifier.forget(pid);
             }
+            self.python.forget(pid);
             self.symbols.forget(pid);
-            self.classifier.forget(pid);
         }
         if !dead_pids.is_empty() || !dead_tids.is_empty() {
             log::debug!("forgot {} exited processes and {} exited threads", dead_pids.len(), dead_tids.len());
