@@ -9,8 +9,8 @@
 //! names) is still needed by the window's profile, so it is dropped when the window ends.
 //!
 //! Events are missed when the ring buffer is full (a burst of samples): any lost event makes
-//! the next tick rescan /proc, and so does a rescan every [`RESCAN_EVERY`] regardless
-//! (without the exit hook, every [`RESCAN_WITHOUT_EVENTS`]).
+//! the next tick rescan /proc (at most once a second), and so does a rescan every
+//! [`RESCAN_EVERY`] regardless (without the exit hook, every [`RESCAN_WITHOUT_EVENTS`]).
 use std::{
     collections::{HashMap, HashSet},
     time::{Duration, Instant},
@@ -18,7 +18,9 @@ use std::{
 
 /// The safety net: /proc is rescanned this often even when no event was lost.
 pub const RESCAN_EVERY: Duration = Duration::from_secs(30);
-/// How often /proc is rescanned when the kernel sends no exit events (hooks not attached).
+/// How often /proc is rescanned when the kernel sends no exit events (hooks not attached), and
+/// at most when events keep being lost (a host so loaded that the ring overflows all along
+/// would otherwise rescan at every tick).
 pub const RESCAN_WITHOUT_EVENTS: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -90,8 +92,9 @@ impl Exits {
     /// kernel sends exit events.
     pub fn rescan_due(&mut self, now: Instant, lost: u64, events: bool) -> bool {
         let every = if events { RESCAN_EVERY } else { RESCAN_WITHOUT_EVENTS };
+        let since = self.rescanned.map(|t| now.saturating_duration_since(t));
         let due =
-            lost > self.lost_at_rescan || self.rescanned.is_none_or(|t| now.saturating_duration_since(t) >= every);
+            since.is_none_or(|since| since >= every || (lost > self.lost_at_rescan && since >= RESCAN_WITHOUT_EVENTS));
         if due {
             self.rescanned = Some(now);
             self.lost_at_rescan = lost;
@@ -154,8 +157,10 @@ mod tests {
         assert!(e.rescan_due(t0, 0, true), "the first tick rescans");
         assert!(!e.rescan_due(t0 + Duration::from_secs(1), 0, true));
         assert!(e.rescan_due(t0 + Duration::from_secs(2), 5, true), "lost events");
-        assert!(!e.rescan_due(t0 + Duration::from_secs(3), 5, true));
-        assert!(e.rescan_due(t0 + Duration::from_secs(3), 5, false), "no exit events: every second");
+        assert!(!e.rescan_due(t0 + Duration::from_millis(2500), 9, true), "lost again, within a second");
+        assert!(e.rescan_due(t0 + Duration::from_secs(3), 9, true), "lost again, a second later");
+        assert!(!e.rescan_due(t0 + Duration::from_millis(3500), 9, true));
+        assert!(e.rescan_due(t0 + Duration::from_secs(4), 9, false), "no exit events: every second");
         assert!(e.rescan_due(t0 + RESCAN_EVERY + Duration::from_secs(4), 5, true));
     }
 }
