@@ -591,7 +591,7 @@ impl Bpf {
     /// sums keyed like the kernel's: a thread blocked when profiling ends (or a window is
     /// cut) has waited all that time, though the kernel adds it only when the thread runs.
     pub fn offcpu_in_progress(&self, times: &[(u32, ThreadTimes)], now: u64) -> Vec<(OffCpuKey, OffCpuSum)> {
-        self.offcpu_in_progress_of(times, now, |pid, tid| crate::host::procinfo::thread_alive(pid, tid))
+        self.offcpu_in_progress_of(times, now, crate::host::procinfo::thread_alive)
     }
 
     /// [`Bpf::offcpu_in_progress`], with `alive(pid, tid)` telling a thread that has not
