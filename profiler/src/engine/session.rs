@@ -26,7 +26,7 @@ use crate::{
         exits::Exits,
         target::{CommandEnd, Running, TargetSpec},
         tasks::{self, TaskConfig, TaskSampler},
-        totals::{ThreadTotals, classify_waits, thread_totals},
+        totals::{ClassifiedWaits, ThreadTotals, thread_totals},
     },
     host::{
         clock::monotonic_ns,
@@ -124,6 +124,8 @@ pub struct Session {
     max_depth: u32,
     /// Threads and processes that exited in the window.
     exits: Exits,
+    /// The waits classified at housekeeping ticks, so each tick classifies only what changed.
+    classified: ClassifiedWaits,
 }
 
 /// The native unwinder's side in userspace: which processes the kernel has mappings of, and
@@ -236,6 +238,7 @@ impl Session {
             window_start_ns,
             max_depth: cfg.max_depth,
             exits: Exits::default(),
+            classified: ClassifiedWaits::default(),
             bpf,
             running,
             tasks: cfg.tasks.map(TaskSampler::new),
@@ -283,7 +286,7 @@ impl Session {
             }
             self.symbols.resolve_pending();
             self.python.refresh_thread_names();
-            classify_waits(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
+            self.classified.classify(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
             let joined = self.running.discover(&mut self.bpf);
             for &pid in &joined {
                 self.python.observe(pid);

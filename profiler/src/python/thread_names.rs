@@ -415,6 +415,23 @@ pub(super) fn dict_lookup<const N: usize>(
     Some(find_str_keys(mem, o, &dict_items(mem, o, dict)?, names))
 }
 
+/// What changes whenever a key is added to a dict: its keys object (replaced when the table
+/// grows), the entries used in it (appended to, never reused before a resize) and its live
+/// count. Two reads, where a look-up by name reads every key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DictMark {
+    keys: u64,
+    entries: usize,
+    used: u64,
+}
+
+/// The [`DictMark`] of the dict at `dict` now; None if it cannot be read as one.
+pub(super) fn dict_mark(mem: &impl ReadMemory, o: &PyOffsets, dict: u64) -> Option<DictMark> {
+    let header = read_dict_header(mem, o, dict)?;
+    let head = mem.bytes(header.keys, o.dict_keys_indices as usize)?;
+    Some(DictMark { keys: header.keys, entries: entry_layout(o, &head)?.count, used: header.used })
+}
+
 // ---- instance attributes -----------------------------------------------------------------------
 
 /// Where an instance's attributes are at one moment.
@@ -700,6 +717,19 @@ mod tests {
 
             let found = dict_lookup(&mem, o, addr(&dict), ["_native_id", "_name", "gone", "missing"]);
             assert_eq!(found, Some([Some(0x1002), Some(0x1001), None, None]), "3.{minor}");
+            // The mark holds while nothing is added, and changes when an entry is appended (even
+            // with the live count unchanged: one deleted, one added) or the keys are replaced.
+            let mark = dict_mark(&mem, o, addr(&dict)).expect("a dict's mark");
+            assert_eq!(dict_mark(&mem, o, addr(&dict)), Some(mark), "3.{minor}");
+            let appended = keys_head(o, slots, names.len() as u64 + 1, false);
+            bytemuck_bytes(&mut keys)[..appended.len()].copy_from_slice(&appended);
+            assert_ne!(dict_mark(&mem, o, addr(&dict)), Some(mark), "3.{minor}");
+            bytemuck_bytes(&mut keys)[..head.len()].copy_from_slice(&head);
+            assert_eq!(dict_mark(&mem, o, addr(&dict)), Some(mark), "3.{minor}");
+            let moved = keys.clone();
+            set(&mut dict, o.dict_keys, addr(&moved));
+            assert_ne!(dict_mark(&mem, o, addr(&dict)), Some(mark), "3.{minor}");
+            set(&mut dict, o.dict_keys, addr(&keys));
             // ma_used disagreeing with the entries reads as a dict changing under us.
             set(&mut dict, o.dict_used, 4);
             assert_eq!(dict_lookup(&mem, o, addr(&dict), ["_name"]), None, "3.{minor}");
