@@ -394,9 +394,29 @@ pub(super) fn find_str_keys<const N: usize>(
     names: [&str; N],
 ) -> [Option<u64>; N] {
     let mut found = [None; N];
-    for &(key, value) in items {
-        if let Some(i) = (0..N).find(|&i| found[i].is_none() && str_is(mem, o, key, names[i])) {
-            found[i] = Some(value);
+    // Every key's header and the first bytes of its text, in one vectored read: a key whose
+    // length or text differs is ruled out without a read of its own (a module's globals have
+    // a hundred keys and more). A key that could not be read so is compared as before.
+    let head = usize::try_from(o.unicode_ascii_data).unwrap_or(0);
+    let width = head + names.iter().map(|n| n.len()).max().unwrap_or(0);
+    let mut copies = vec![0u8; items.len() * width];
+    let read = {
+        let mut reads: Vec<(u64, &mut [u8])> =
+            items.iter().map(|&(key, _)| key).zip(copies.chunks_exact_mut(width.max(1))).collect();
+        mem.read_each(&mut reads)
+    };
+    for (i, &(key, value)) in items.iter().enumerate() {
+        let copy = copies.get(i * width..(i + 1) * width);
+        let is = |want: &str| match (read.get(i), copy) {
+            (Some(true), Some(copy)) => {
+                ascii_len(o, &copy[..head]) == Some(want.len())
+                    && &copy[head..head + want.len()] == want.as_bytes()
+                    && is_a(mem, o, key, o.type_flag_unicode_subclass)
+            }
+            _ => str_is(mem, o, key, want),
+        };
+        if let Some(n) = (0..N).find(|&n| found[n].is_none() && is(names[n])) {
+            found[n] = Some(value);
             if found.iter().all(Option::is_some) {
                 break;
             }
