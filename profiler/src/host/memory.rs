@@ -18,6 +18,12 @@ pub trait ReadMemory {
         self.read(addr, &mut buf).then_some(buf)
     }
 
+    /// Fills each buffer from its address; whether each was read whole. [`Memory`] makes one
+    /// call for many (a dict's keys: one `process_vm_readv` instead of one per key).
+    fn read_each(&self, reads: &mut [(u64, &mut [u8])]) -> Vec<bool> {
+        reads.iter_mut().map(|(addr, buf)| self.read(*addr, buf)).collect()
+    }
+
     fn u64(&self, addr: u64) -> Option<u64> {
         let mut b = [0u8; 8];
         self.read(addr, &mut b).then(|| u64::from_ne_bytes(b))
@@ -74,6 +80,50 @@ impl ReadMemory for Memory {
         // SAFETY: `local` covers exactly `buf`; the kernel checks `remote`.
         let n = unsafe { libc::process_vm_readv(self.pid as i32, &local, 1, &remote, 1, 0) };
         n == buf.len() as isize
+    }
+
+    /// Vectored: the kernel copies the elements in order and stops at the first it cannot
+    /// read whole (an element is never split), so the count of bytes says which were read;
+    /// the next call starts after the one that failed.
+    fn read_each(&self, reads: &mut [(u64, &mut [u8])]) -> Vec<bool> {
+        let mut ok = vec![false; reads.len()];
+        let (mut next, total) = (0, reads.len());
+        while next < total {
+            let batch = &mut reads[next..(next + MAX_IOVECS).min(total)];
+            let local: Vec<libc::iovec> = batch
+                .iter_mut()
+                .map(|(_, buf)| libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() })
+                .collect();
+            let remote: Vec<libc::iovec> = batch
+                .iter()
+                .map(|(addr, buf)| libc::iovec { iov_base: *addr as *mut libc::c_void, iov_len: buf.len() })
+                .collect();
+            // SAFETY: each local iovec covers exactly one of the buffers, borrowed mutably for
+            // the call; the kernel checks the remote ones.
+            let n = unsafe {
+                libc::process_vm_readv(
+                    self.pid as i32,
+                    local.as_ptr(),
+                    local.len() as libc::c_ulong,
+                    remote.as_ptr(),
+                    remote.len() as libc::c_ulong,
+                    0,
+                )
+            };
+            let mut left = usize::try_from(n).unwrap_or(0);
+            let mut whole = 0;
+            while whole < batch.len()
+                && left >= batch[whole].1.len()
+                && (batch[whole].0 != 0 || batch[whole].1.is_empty())
+            {
+                left -= batch[whole].1.len();
+                ok[next + whole] = true;
+                whole += 1;
+            }
+            // Element `whole` (if any) failed.
+            next += whole + 1;
+        }
+        ok
     }
 }
 
@@ -156,6 +206,9 @@ impl<M: ReadMemory> ReadMemory for PageCache<M> {
     }
 }
 
+/// Elements per vectored call (the kernel's `UIO_MAXIOV`).
+const MAX_IOVECS: usize = 1024;
+
 /// An address space made of one byte image mapped at `base`: what the fuzzers and unit tests
 /// hand the parsers instead of a live process. Reads outside the image fail, as unmapped
 /// memory does.
@@ -206,6 +259,33 @@ mod tests {
         let s = b"hello\0world";
         assert_eq!(me.c_string(s.as_ptr() as u64, 100).as_deref(), Some("hello"));
         assert_eq!(me.c_string(s.as_ptr() as u64, 3), None);
+    }
+
+    #[test]
+    fn vectored_reads_say_which_were_read() {
+        let me = Memory::new(std::process::id());
+        let (a, b) = (0x1111_u64, 0x2222_u64);
+        let (mut x, mut y, mut z, mut e) = ([0u8; 8], [0u8; 8], [0u8; 8], [0u8; 0]);
+        let mut reads: Vec<(u64, &mut [u8])> =
+            vec![(&raw const a as u64, &mut x), (8, &mut y), (&raw const b as u64, &mut z), (0, &mut e)];
+        assert_eq!(me.read_each(&mut reads), [true, false, true, true]);
+        assert_eq!((u64::from_ne_bytes(x), u64::from_ne_bytes(z)), (a, b));
+        // More elements than one call takes, the same answers as one read each.
+        let values: Vec<u64> = (0..2500).collect();
+        let mut bufs = vec![[0u8; 8]; values.len()];
+        let mut reads: Vec<(u64, &mut [u8])> = values
+            .iter()
+            .zip(bufs.iter_mut())
+            .enumerate()
+            .map(|(i, (v, buf))| (if i % 700 == 3 { 16 } else { std::ptr::from_ref(v) as u64 }, buf.as_mut_slice()))
+            .collect();
+        let ok = me.read_each(&mut reads);
+        for (i, (v, buf)) in values.iter().zip(&bufs).enumerate() {
+            assert_eq!(ok[i], i % 700 != 3, "{i}");
+            if ok[i] {
+                assert_eq!(u64::from_ne_bytes(*buf), *v);
+            }
+        }
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct TaskSample {
 pub struct AsyncioState {
     registries: Option<Registries>,
     looked: Option<Instant>,
+    /// `sys.modules` as it was when last read without `asyncio.tasks` (see
+    /// [`reader::find_registries`]).
+    modules_without_tasks: Option<crate::python::thread_names::DictMark>,
     types: TypeCache,
     /// Why this process's tasks are not read (said once), e.g. a 3.14 whose `_AsyncioDebug`
     /// disagrees with the version's task layout.
@@ -73,7 +76,12 @@ impl PythonProcess {
                 return None;
             }
             state.looked = Some(Instant::now());
-            state.registries = reader::find_registries(&self.mem, &self.offsets, self.interpreter.runtime_addr);
+            state.registries = reader::find_registries(
+                &self.mem,
+                &self.offsets,
+                self.interpreter.runtime_addr,
+                &mut state.modules_without_tasks,
+            );
             if let Some(registries) = state.registries.as_mut()
                 && v.minor >= 14
             {
