@@ -508,6 +508,9 @@ impl Session {
         };
         // The old window's tables are gone: give their pages back (see host::heap).
         crate::host::heap::release_free_memory();
+        // And the pages of other programs' files the symbolizer read (see host::mapped_files).
+        let advised = crate::host::mapped_files::release_mapped_files();
+        log::debug!("released the pages of {} MiB of symbolized files", advised >> 20);
         profile
     }
 
