@@ -224,6 +224,12 @@ pub enum StreamKind {
     AiohttpSlot,
     /// aiohttp's on uvloop: the slot holds a uvloop transport with a libuv TCP handle.
     Uvloop,
+    /// asyncio's over TLS: `StreamReader._transport` is an `_SSLProtocolTransport`, whose
+    /// `_ssl_protocol._transport` holds `_sock`.
+    AsyncioTls,
+    /// aiohttp's on uvloop over TLS: the slot holds uvloop's `_SSLProtocolTransport`, a `cdef`
+    /// object pointing to an `SSLProtocol` that points to the TCP transport (and back to it).
+    UvloopTls,
 }
 
 /// Offsets of `PyTypeObject.tp_dict` and `tp_base` (before `tp_dictoffset`, every version).
@@ -253,7 +259,8 @@ fn instance(objs: &mut Objects, l: &AsyncioLayout, name: &str, attrs: &[(&str, u
 pub fn stream_graph(objs: &mut Objects, l: &AsyncioLayout, kind: StreamKind, fd: i32) -> Option<u64> {
     let o = objs.o;
     let header = l.header() as i64;
-    let transport = if kind == StreamKind::Uvloop {
+    let uvloop = matches!(kind, StreamKind::Uvloop | StreamKind::UvloopTls);
+    let mut transport = if uvloop {
         // Cython's struct: the vtable pointer, then `uv_handle_t *_handle`; the handle's
         // `data` points back at the transport, its `type` is UV_TCP, its fd in `io_watcher`.
         let ty = objs.type_object(0, "uvloop.loop.TCPTransport", 0)?;
@@ -276,7 +283,30 @@ pub fn stream_graph(objs: &mut Objects, l: &AsyncioLayout, kind: StreamKind, fd:
         objs.img.put_i32(sock, header, fd);
         instance(objs, l, "_SelectorSocketTransport", &[("_sock", sock)], header as u64 + 8)?.0
     };
-    if kind == StreamKind::Asyncio {
+    if kind == StreamKind::AsyncioTls {
+        let (protocol, _) = instance(objs, l, "SSLProtocol", &[("_transport", transport)], header as u64 + 8)?;
+        transport = instance(objs, l, "_SSLProtocolTransport", &[("_ssl_protocol", protocol)], header as u64 + 8)?.0;
+    }
+    if kind == StreamKind::UvloopTls {
+        // `_SSLProtocolTransport`: `_loop`, `_ssl_protocol`, ...; `SSLProtocol`: its vtable,
+        // then fields, `_app_transport` (back to the TLS transport) before `_transport`.
+        let tls_type = objs.type_object(0, "uvloop.loop._SSLProtocolTransport", 0)?;
+        let protocol_type = objs.type_object(0, "uvloop.loop.SSLProtocol", 0)?;
+        let loop_type = objs.type_object(0, "uvloop.loop.Loop", 0)?;
+        let event_loop = objs.img.alloc(header as usize + 8)?;
+        objs.img.put_u64(event_loop, o.object_type, loop_type);
+        let tls = objs.img.alloc(header as usize + 32)?;
+        objs.img.put_u64(tls, o.object_type, tls_type);
+        let protocol = objs.img.alloc(header as usize + 8 * 16)?;
+        objs.img.put_u64(protocol, o.object_type, protocol_type);
+        objs.img.put_u64(tls, header, event_loop);
+        objs.img.put_u64(tls, header + 8, protocol);
+        objs.img.put_u64(protocol, header + 8 * 7, event_loop);
+        objs.img.put_u64(protocol, header + 8 * 8, tls);
+        objs.img.put_u64(protocol, header + 8 * 10, transport);
+        transport = tls;
+    }
+    if matches!(kind, StreamKind::Asyncio | StreamKind::AsyncioTls) {
         let limit = objs.int_object(1 << 16)?;
         return Some(
             instance(objs, l, "StreamReader", &[("_transport", transport), ("_limit", limit)], header as u64 + 8)?.0,
@@ -380,8 +410,14 @@ mod tests {
     fn stream_sockets_read_back() {
         for (minor, ft) in VERSIONS {
             let (o, l) = (for_version(3, minor, ft).unwrap(), layout::for_version(minor, ft).unwrap());
-            for (i, kind) in [StreamKind::Asyncio, StreamKind::AiohttpSlot, StreamKind::Uvloop].into_iter().enumerate()
-            {
+            let kinds = [
+                StreamKind::Asyncio,
+                StreamKind::AiohttpSlot,
+                StreamKind::Uvloop,
+                StreamKind::AsyncioTls,
+                StreamKind::UvloopTls,
+            ];
+            for (i, kind) in kinds.into_iter().enumerate() {
                 let mut objs = Objects::new(o, 1 << 16).unwrap();
                 let fd = 40 + i as i32;
                 let stream = stream_graph(&mut objs, l, kind, fd).unwrap();

@@ -7,8 +7,8 @@
 //! events and stop-the-world pauses): `_PyParkingLot_Park` puts a `wait_entry` with a
 //! semaphore on its stack and sleeps on that semaphore, so the futex address is on the stack
 //! and never the mutex's own byte. The GIL and `pthread` locks (C extensions, libc) are futexes
-//! in their own objects, elsewhere. The kernel sets the bit at `sys_enter` ([`encode`], from the
-//! stack pointer in the syscall's registers); userspace does the same for threads already
+//! in their own objects, elsewhere. The kernel sets the bit at the syscall's first switch-out ([`encode`],
+//! from the stack pointer in the thread's saved user registers); userspace does the same for threads already
 //! asleep when tracking starts (`/proc/PID/task/TID/syscall` gives the stack pointer too) and
 //! reads it back with [`decode`].
 

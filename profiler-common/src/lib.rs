@@ -13,6 +13,7 @@
 //! tested on the host. `profiler`'s `bpf::contract` test checks the built object against it.
 #![cfg_attr(not(test), no_std)]
 
+pub mod exit_gate;
 pub mod futex_arg;
 pub mod lifecycle;
 pub mod poll_arg;
@@ -63,6 +64,8 @@ pub mod map_size {
     /// Syscalls in flight, one per tracked thread (LRU: a thread killed mid-syscall never
     /// exits it).
     pub const IN_FLIGHT: u32 = 65536;
+    /// One [`super::exit_gate::ExitGate`] per CPU.
+    pub const EXIT_GATE: u32 = 1;
     /// Bytes of the `EVENTS` ring buffer as compiled; userspace resizes it at load time to fit
     /// the sampling rate, so this only matters to a loader that does not.
     pub const EVENTS_DEFAULT_BYTES: u32 = 4 << 20;
@@ -362,12 +365,15 @@ pub struct ThreadTimes {
     pub stacks_sampled_out: u64,
 }
 
-/// A syscall in flight on a thread, keyed by tid.
+/// A syscall in flight on a thread, keyed by tid: made at the call's first switch-out (a call
+/// that never switches out has none), removed at its `sys_exit`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InFlight {
     pub syscall_nr: i64,
     pub arg0: u64,
+    /// When the record was made: the call's first switch-out (when tracking began, for a
+    /// thread found asleep). Informational; nothing reads it.
     pub entry_ns: u64,
     pub blocked_ns: u64,
     pub runq_ns: u64,
@@ -383,8 +389,11 @@ pub struct PyFrameRecord {
     pub code: u64,
     /// The instruction: `f_lasti` (3.8–3.10) or the `prev_instr` / `instr_ptr` pointer (3.11+).
     pub instr: u64,
-    /// `co_firstlineno` read from the code object: tells a code object apart from a later one
-    /// allocated at the same address.
+    /// Tells a code object apart from a later one allocated at the same address: its
+    /// `co_firstlineno` read from the code object (3.8–3.10, free-threaded 3.14+), or, where
+    /// [`PyProcInfo::code_firstlineno`] is [`PY_OFFSET_NONE`] (3.11+ with the GIL), the low 32
+    /// bits of the frame's `f_globals` (its module's dict), and userspace checks that `instr`
+    /// points into the code object's own bytecode.
     pub fingerprint: u32,
     /// `_PyInterpreterFrame.owner` (3.11+), 0 before; plus [`PY_FRAME_IS_ENTRY`].
     pub owner: u32,
@@ -439,11 +448,19 @@ pub struct PyProcInfo {
     pub frame_instr_size: u16,
     /// `_PyInterpreterFrame.owner` (a byte), 3.11+.
     pub frame_owner: u16,
+    /// `co_firstlineno`, read per frame as [`PyFrameRecord::fingerprint`]; [`PY_OFFSET_NONE`]
+    /// when the walk skips that read (see `python::fingerprint_offset` in userspace).
     pub code_firstlineno: u16,
     /// Bytes of a frame to read at once to get all its fields above (≤ [`PY_FRAME_READ_MAX`]).
     pub frame_read_len: u16,
     /// `_PyInterpreterFrame.is_entry` (a byte, 3.11 only).
     pub frame_is_entry: u16,
+    /// `_PyInterpreterFrame.f_globals`, whose low 32 bits are the frame's
+    /// [`PyFrameRecord::fingerprint`] where [`Self::code_firstlineno`] is [`PY_OFFSET_NONE`]
+    /// (3.11+ with the GIL): taken from the frame's own read, no read of the code object.
+    pub frame_globals: u16,
+    /// Keeps the size a multiple of 8 with no implicit padding.
+    pub _pad: [u16; 3],
 }
 
 /// Indices into the per-CPU `STATS` counter array.
@@ -508,10 +525,11 @@ pub mod names {
     pub const MAP_THREAD_TIMES: &str = "THREAD_TIMES";
     /// LRU hash map tid → [`super::InFlight`].
     pub const MAP_IN_FLIGHT: &str = "IN_FLIGHT";
+    /// Per-CPU array of one [`super::exit_gate::ExitGate`].
+    pub const MAP_EXIT_GATE: &str = "EXIT_GATE";
     /// Raw tracepoint programs of the off-CPU tracker.
     pub const PROG_SCHED_SWITCH: &str = "sched_switch";
     pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
-    pub const PROG_SYS_ENTER: &str = "sys_enter";
     pub const PROG_SYS_EXIT: &str = "sys_exit";
     /// LRU map tid → [`super::TstateEntry`].
     pub const MAP_TSTATE_CACHE: &str = "TSTATE_CACHE";
@@ -567,7 +585,7 @@ pub mod names {
     ];
 
     /// Every map of the object.
-    pub const MAPS: [&str; 18] = [
+    pub const MAPS: [&str; 19] = [
         MAP_EVENTS,
         MAP_STATS,
         MAP_TARGET_PIDS,
@@ -586,6 +604,7 @@ pub mod names {
         MAP_UNWIND_SCRATCH,
         MAP_UNWIND_PROGS_PERF,
         MAP_UNWIND_PROGS_RAW_TP,
+        MAP_EXIT_GATE,
     ];
     /// Every global of the object, with its size in bytes.
     pub const GLOBALS: [(&str, usize); 16] = [
@@ -607,31 +626,29 @@ pub mod names {
         (GLOBAL_LIFECYCLE_OFFSETS, size_of::<super::lifecycle::LifecycleOffsets>()),
     ];
     /// The raw tracepoint programs and the tracepoint each is attached to.
-    pub const RAW_TRACEPOINTS: [(&str, &str); 8] = [
+    pub const RAW_TRACEPOINTS: [(&str, &str); 7] = [
         (PROG_EXEC, "sched_process_exec"),
         (PROG_FORK, "sched_process_fork"),
         (PROG_SCHED_SWITCH, "sched_switch"),
         (PROG_SCHED_WAKEUP, "sched_wakeup"),
-        (PROG_SYS_ENTER, "sys_enter"),
         (PROG_SYS_EXIT, "sys_exit"),
         (PROG_EXIT, "sched_process_exit"),
         (PROG_RENAME, "task_rename"),
     ];
     /// Every program of the object: the perf-event sampler, the raw tracepoints, and the
     /// unwinders they tail-call.
-    pub const PROGRAMS: [&str; 12] = [
+    pub const PROGRAMS: [&str; 11] = [
         PROG_ON_CPU,
         RAW_TRACEPOINTS[0].0,
         RAW_TRACEPOINTS[1].0,
         RAW_TRACEPOINTS[2].0,
         RAW_TRACEPOINTS[3].0,
         RAW_TRACEPOINTS[4].0,
-        RAW_TRACEPOINTS[5].0,
         PROG_UNWIND_PERF,
         RAW_TP_UNWINDERS[0].0,
         RAW_TP_UNWINDERS[1].0,
+        RAW_TRACEPOINTS[5].0,
         RAW_TRACEPOINTS[6].0,
-        RAW_TRACEPOINTS[7].0,
     ];
 }
 
@@ -660,6 +677,7 @@ pod!(
     OffCpuSum,
     ThreadTimes,
     InFlight,
+    exit_gate::ExitGate,
     unwind::PageEntry,
     unwind::RuleRec,
     unwind::TableInfo,
@@ -685,7 +703,8 @@ const _: () = {
     assert!(size_of::<OffCpuSum>() == 3 * 8);
     assert!(size_of::<ThreadTimes>() == 4 * 8 + 2 * 4 + 3 * 8);
     assert!(size_of::<InFlight>() == 5 * 8 + 2 * 4);
-    assert!(size_of::<PyProcInfo>() == 8 + 16 * 2);
+    assert!(size_of::<exit_gate::ExitGate>() == 2 * 4 + 8);
+    assert!(size_of::<PyProcInfo>() == 8 + 20 * 2);
     assert!(
         size_of::<SampleEvent>()
             == 4 * 4

@@ -1,6 +1,6 @@
 //! What `arg0` holds for the poll family, whose first argument is not an fd: a count (`select`)
 //! or a pointer (`poll`), which says nothing about what the thread waits for. The kernel
-//! replaces it at `sys_enter` ([`encode`]) so that waits can be told apart by the descriptors
+//! replaces it at the call's first switch-out ([`encode`]) so that waits can be told apart by the descriptors
 //! they wait on (a server waiting on its listening socket is idle, not doing network I/O), and
 //! userspace reads it back with [`decode`]. Userspace also encodes, for threads already asleep
 //! in one of these calls when tracking starts: both go through [`encode`], each with its own

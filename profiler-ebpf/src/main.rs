@@ -22,6 +22,7 @@ mod off_cpu;
 mod on_cpu;
 mod python;
 mod stacks;
+mod syscall_regs;
 mod task_iter;
 mod task_life;
 mod wait_target;

@@ -7,7 +7,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
 };
 use profiler_common::{
-    InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, UnwindScratch, map_size,
+    InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, UnwindScratch,
+    exit_gate::ExitGate,
+    map_size,
     unwind::{Mapping, PageEntry, ProcMaps, RuleRec, TableInfo},
 };
 
@@ -44,6 +46,11 @@ pub static THREAD_TIMES: LruHashMap<u32, ThreadTimes> = LruHashMap::with_max_ent
 /// The syscall each tracked thread is in. LRU: a thread killed mid-syscall never exits it.
 #[map]
 pub static IN_FLIGHT: LruHashMap<u32, InFlight> = LruHashMap::with_max_entries(map_size::IN_FLIGHT, 0);
+
+/// Per CPU: which thread's `sys_exit` may have something to report, and where user registers
+/// are on a kernel stack (see `profiler_common::exit_gate`).
+#[map]
+pub static EXIT_GATE: PerCpuArray<ExitGate> = PerCpuArray::with_max_entries(map_size::EXIT_GATE, 0);
 
 /// Per-CPU counters, indexed by `profiler_common::stat`. Per-CPU because BPF has no cheap
 /// 64-bit atomics on every kernel, and userspace sums them anyway.

@@ -6,10 +6,13 @@
 //!   interval; closes the off-CPU interval of the thread coming in, splitting it into blocked
 //!   time and run-queue wait (from `sched_wakeup`), and adds it to that thread's exact sums,
 //!   keyed by the syscall it is blocked in.
-//! - `sys_enter` / `sys_exit`: the syscall in flight per thread (number, first argument). A
-//!   syscall whose blocked time reaches the threshold is reported at `sys_exit` with the
-//!   thread's stacks: the thread is back in its own context there, and its Python and user
-//!   stacks are still the ones it blocked in, so one unwind covers every switch of the call.
+//! - The syscall in flight per thread (number, first argument) is recorded at its first
+//!   switch-out, from the thread's saved user registers (`syscall_regs.rs`): no program runs
+//!   at `sys_enter`, and a call that never switches out costs `sys_exit` one per-CPU read (the
+//!   gate, `profiler_common::exit_gate`). A syscall whose blocked time reaches the threshold is
+//!   reported at `sys_exit` with the thread's stacks: the thread is back in its own context
+//!   there, and its Python and user stacks are still the ones it blocked in, so one unwind
+//!   covers every switch of the call.
 //!
 //! `sched_switch` reads arguments 0–2 only (preempt, prev, next): the fourth, `prev_state`, exists
 //! since 5.18, and the kernel refuses to attach a raw tracepoint program that reads past the
@@ -19,31 +22,25 @@
 //! per-tid, never per-CPU, since a thread can block on one CPU and wake on another.
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel},
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
 use profiler_common::{
-    EventKind, InFlight, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, ThreadTimes, futex_arg, off_state,
-    poll_arg, scratch_slot, split_off_interval, stat,
+    EventKind, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, ThreadTimes, exit_gate::ExitGate, futex_arg,
+    off_state, poll_arg, scratch_slot, split_off_interval, stat,
 };
 
 use crate::{
     maps::{
-        EVENTS, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, UNWIND_PROGS_RAW_TP, UNWIND_SCRATCH, bump, is_offcpu_target,
-        offcpu_stack_cost_ns, offcpu_threshold_ns, task_ids, task_state_offset,
+        EVENTS, EXIT_GATE, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, UNWIND_PROGS_RAW_TP, UNWIND_SCRATCH, bump,
+        is_offcpu_target, offcpu_stack_cost_ns, offcpu_threshold_ns, task_ids, task_state_offset,
     },
-    native, stacks, wait_target,
+    native, stacks, syscall_regs, wait_target,
 };
 
 /// Task state bit of an uninterruptible sleep.
 const TASK_UNINTERRUPTIBLE: u64 = 0x2;
-/// x86-64 `struct pt_regs` offset of `di`, the first syscall argument (uapi, stable).
-const PT_REGS_DI: u64 = 112;
-/// ... and of `si`, the second.
-const PT_REGS_SI: u64 = 104;
-/// ... and of `sp`, the caller's stack pointer.
-const PT_REGS_SP: u64 = 152;
 
 /// The switched-out task's state (`__state`, or the low half of `state` before 5.14): 0 when
 /// runnable, `TASK_UNINTERRUPTIBLE` set in a `D` sleep. Without the offset (a kernel whose BTF
@@ -80,18 +77,26 @@ fn times(tid: u32, tgid: u32) -> Option<*mut ThreadTimes> {
 }
 
 /// Closes the off-CPU interval of `next`, the thread coming in, and opens its on-CPU one.
+/// Arms this CPU's exit gate (disarmed by the caller) when `next` is in a syscall on record:
+/// its `sys_exit`, on this CPU before any other switch, is the one to look at.
 #[inline(always)]
-fn account_incoming(next: u64, now: u64) {
+fn account_incoming(next: u64, now: u64, gate: Option<*mut ExitGate>) {
     let Some((next_tid, next_tgid)) = task_ids(next) else { return };
     if next_tid == 0 || !is_offcpu_target(next_tgid) {
         return;
     }
     let Some(t) = times(next_tid, next_tgid) else { return };
     let t = unsafe { &mut *t };
+    let call = IN_FLIGHT.get_ptr_mut(&next_tid);
+    if call.is_some()
+        && let Some(g) = gate
+    {
+        unsafe { (*g).armed_tid = next_tid };
+    }
     if t.off_since_ns != 0 {
         let (blocked, runq) = split_off_interval(t.off_state, t.off_since_ns, t.wake_ns, now);
         let mut key = OffCpuKey { tid: next_tid, state: t.off_state, syscall_nr: -1, arg0: 0 };
-        let in_syscall = IN_FLIGHT.get_ptr(&next_tid).is_some();
+        let in_syscall = call.is_some();
         if t.off_state == off_state::RUNNABLE && !in_syscall && runq >= offcpu_threshold_ns() {
             let end = PreemptEndEvent {
                 kind: EventKind::PreemptEnd as u32,
@@ -105,7 +110,7 @@ fn account_incoming(next: u64, now: u64) {
                 bump(stat::LOST);
             }
         }
-        if let Some(call) = IN_FLIGHT.get_ptr_mut(&next_tid) {
+        if let Some(call) = call {
             let call = unsafe { &mut *call };
             key.syscall_nr = call.syscall_nr;
             key.arg0 = call.arg0;
@@ -155,9 +160,14 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     let prev: u64 = ctx.arg(1);
     let next: u64 = ctx.arg(2);
+    // Every switch disarms this CPU's exit gate; the incoming thread may arm it again.
+    let gate = EXIT_GATE.get_ptr_mut(0);
+    if let Some(g) = gate {
+        unsafe { (*g).armed_tid = 0 };
+    }
     // The thread coming in first: the outgoing one's stack may be walked by a tail call to
     // the native unwinder below, which never returns here.
-    account_incoming(next, now);
+    account_incoming(next, now, gate);
 
     // The thread going out is the current one.
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -179,10 +189,12 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
         } else {
             off_state::SLEEPING
         };
+        let regs_offset = gate.map_or(0, |g| unsafe { (*g).regs_offset });
+        let in_syscall = syscall_regs::track_current_syscall(prev_tid, regs_offset, now);
         // Preempted outside a syscall: no sys_exit will come to take the stack it waits
         // in, so take it now, in its own context; userspace keeps it until the wait's end.
         if t.off_state == off_state::RUNNABLE
-            && IN_FLIGHT.get_ptr(&prev_tid).is_none()
+            && !in_syscall
             && take_stack_budget(t, now)
             && let Some(s) = UNWIND_SCRATCH.get_ptr_mut(scratch_slot::SCHED_SWITCH)
         {
@@ -215,36 +227,22 @@ pub fn sched_wakeup(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-#[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if !is_offcpu_target(tgid) {
-        return 0;
-    }
-    let regs: u64 = ctx.arg(0);
-    let nr: i64 = ctx.arg(1);
-    let mut arg0 = unsafe { bpf_probe_read_kernel((regs + PT_REGS_DI) as *const u64) }.unwrap_or(0);
-    // The poll family's first argument is a count or a pointer: record which descriptors it
-    // waits on instead (one user read, only for these four syscalls).
-    if poll_arg::is_poll_family(nr) {
-        let arg1 = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SI) as *const u64) }.unwrap_or(0);
-        arg0 = poll_arg::encode(nr, arg0, arg1, |addr| unsafe { bpf_probe_read_user(addr as *const u64) }.ok());
-    }
-    // A futex word on the waiter's own stack is a parking-lot wait (CPython's PyMutex): mark it.
-    if nr == futex_arg::SYS_FUTEX {
-        let sp = unsafe { bpf_probe_read_kernel((regs + PT_REGS_SP) as *const u64) }.unwrap_or(0);
-        arg0 = futex_arg::encode(nr, arg0, sp);
-    }
-    let call = InFlight { syscall_nr: nr, arg0, entry_ns: unsafe { bpf_ktime_get_ns() }, ..Default::default() };
-    let _ = IN_FLIGHT.insert(&tid, &call, 0);
-    0
-}
-
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let Some(g) = EXIT_GATE.get_ptr_mut(0) else { return 0 };
+    // SAFETY: this CPU's slot; sched_switch writes it only on this CPU, between our runs.
+    let g = unsafe { &mut *g };
+    // The syscall's own pt_regs are task_pt_regs(current): where sched_switch finds them.
+    if g.regs_offset == 0 {
+        g.regs_offset = syscall_regs::learn_regs_offset(ctx.arg(0));
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // The common case: a syscall that never switched out while tracked.
+    if g.armed_tid == 0 || g.armed_tid != tid {
+        return 0;
+    }
+    g.armed_tid = 0;
     let Some(call) = (unsafe { IN_FLIGHT.get(&tid) }) else { return 0 };
     let call = *call;
     let _ = IN_FLIGHT.remove(&tid);

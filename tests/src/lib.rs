@@ -14,6 +14,7 @@ pub use serde_json::Value;
 
 pub mod consumers;
 pub mod python;
+pub mod sched;
 pub mod sched_trace;
 pub mod services;
 

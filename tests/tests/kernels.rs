@@ -181,3 +181,59 @@ fn kernel_core_off_cpu_categories_with_targets() {
         Ok(())
     });
 }
+
+/// `dump` on each kernel: the task iterator's CPU state (`on_cpu`, the CPU, the run-queue wait
+/// from `sched_info` and the run queue's clock, at offsets from that kernel's BTF). Two C
+/// spinners pinned to one CPU at one SCHED_FIFO priority: the first keeps the CPU, the second
+/// waits for it all along (its schedstat does not move across the dump), and must be dumped
+/// `runnable` on that CPU with its wait so far.
+#[test]
+fn kernel_core_dump_running_and_runnable() {
+    use integration_tests::sched::*;
+    let cpus = allowed_cpus();
+    let (Some(&other), Some(&cpu)) = (cpus.first(), cpus.last()) else { panic!("no CPUs allowed") };
+    assert_ne!(cpu, other, "two CPUs needed (one for the spinners, one for the dump)");
+    set_affinity(0, other).unwrap();
+    let spinners: Vec<KillOnDrop> = (0..2).map(|_| KillOnDrop(start_spin(600.0, 0))).collect();
+    let pids: Vec<u32> = spinners.iter().map(KillOnDrop::pid).collect();
+    // Both in their loop before either is made FIFO: a spinner preempted for good while still
+    // starting (the loader mapping its libraries) would hold its mm's lock, and the dump's
+    // read of its maps would wait in D state as long as the other one spins (seen once: 6 min).
+    poll(Duration::from_secs(60), "both spinners spinning", || {
+        let ran: Vec<u64> = pids.iter().map(|&p| schedstat(p).map(|s| s.0)).collect::<Result<_, _>>()?;
+        if ran.iter().all(|&ns| ns >= 20_000_000) { Ok(()) } else { Err(format!("CPU ns so far {ran:?}")) }
+    });
+    for &pid in &pids {
+        set_affinity(pid, cpu).unwrap();
+        set_fifo(pid, true).unwrap();
+    }
+    let (before, waiter) = poll(Duration::from_secs(60), "one spinner alone on the CPU", || {
+        let first: Vec<_> = pids.iter().map(|&p| schedstat(p)).collect::<Result<_, _>>()?;
+        std::thread::sleep(Duration::from_millis(300));
+        let second: Vec<_> = pids.iter().map(|&p| schedstat(p)).collect::<Result<_, _>>()?;
+        match (0..2).filter(|&i| first[i] == second[i]).collect::<Vec<_>>()[..] {
+            [i] => Ok((first[i], i)),
+            _ => Err(format!("{first:?} then {second:?}")),
+        }
+    });
+    let out = run(
+        pyebpf().args(["dump", "--json", "--pid", &pids[0].to_string(), "--pid", &pids[1].to_string()]),
+        Duration::from_secs(600),
+    );
+    assert_success(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("task iterator"), "the task iterator loads: {stderr}");
+    assert_eq!(schedstat(pids[waiter]).unwrap(), before, "the waiter did not run during the dump");
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let thread = |pid: u32| {
+        let p = doc["processes"].as_array().unwrap().iter().find(|p| p["pid"] == pid).unwrap();
+        p["threads"][0].clone()
+    };
+    let t = thread(pids[waiter]);
+    assert!(
+        t["state"] == "runnable" && t["cpu"] == cpu && t["runqueue_s"].as_f64().is_some_and(|s| s >= 0.28),
+        "the waiting spinner: {t}"
+    );
+    let t = thread(pids[1 - waiter]);
+    assert!((t["state"] == "running" || t["state"] == "runnable") && t["cpu"] == cpu, "the running spinner: {t}");
+}

@@ -303,3 +303,62 @@ fn off_cpu_stacks_of_cpu_bound_threads_keep_their_python_frames() {
         Ok(())
     });
 }
+
+/// IDs of the BPF maps a process holds open, from its /proc/PID/fdinfo.
+fn maps_held_by(pid: u32) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).into_iter().flatten().flatten() {
+        let info = std::fs::read_to_string(fd.path()).unwrap_or_default();
+        ids.extend(info.lines().filter_map(|l| l.strip_prefix("map_id:")).filter_map(|v| v.trim().parse::<u64>().ok()));
+    }
+    ids
+}
+
+#[test]
+fn the_kernel_learns_where_user_registers_are() {
+    // sched_switch reads a thread's syscall from its saved user registers at
+    // `task->stack + offset`, the offset learned from sys_exit's own registers on each CPU. It
+    // must be what this kernel's layout gives (16 or 32 KiB stacks, with or without FRED's
+    // padding, minus sizeof(pt_regs)) on every CPU, or every wait's syscall would be garbage.
+    let target = KillOnDrop(start_spin(30.0, 0));
+    let dir = tempfile::tempdir().unwrap();
+    let child = spawn_sampling(
+        pyebpf().args(["profile", "-d", "20", "--pid", &target.pid().to_string(), "-o"]).arg(dir.path().join("p.json")),
+    );
+    let child = KillOnDrop(child);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let offsets = poll(Duration::from_secs(20), "every CPU's learned offset", || {
+        let held = maps_held_by(child.0.id());
+        let gate = bpftool_list("map")
+            .into_iter()
+            .find(|m| m["name"] == "EXIT_GATE" && m["id"].as_u64().is_some_and(|id| held.contains(&id)))
+            .ok_or("no EXIT_GATE map held by pyebpf")?;
+        let out = std::process::Command::new("bpftool")
+            .args(["map", "dump", "id", &gate["id"].to_string(), "-j"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let dump: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let mut offsets = Vec::new();
+        for cpu in dump[0]["values"].as_array().ok_or("no per-CPU values")? {
+            let bytes: Vec<u8> = cpu["value"]
+                .as_array()
+                .ok_or("value not bytes")?
+                .iter()
+                .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+                .collect();
+            let offset = u64::from_le_bytes(bytes.get(8..16).ok_or("short value")?.try_into().unwrap());
+            if offset == 0 {
+                return Err(format!("CPU {} has not learned it yet", cpu["cpu"]));
+            }
+            offsets.push(offset);
+        }
+        if offsets.len() < cpus {
+            return Err(format!("{} CPUs in the map, {cpus} online", offsets.len()));
+        }
+        Ok(offsets)
+    });
+    // As profiler_common::exit_gate::expected_regs_offset: 168 is sizeof(struct pt_regs).
+    let expected: Vec<u64> = [16u64 << 10, 32 << 10].iter().flat_map(|top| [top - 168, top - 16 - 168]).collect();
+    assert!(offsets.iter().all(|o| expected.contains(o)), "learned offsets {offsets:?}, expected one of {expected:?}");
+    assert!(offsets.iter().all(|o| *o == offsets[0]), "CPUs disagree: {offsets:?}");
+}

@@ -2,7 +2,7 @@
 //! server in `accept()`, a thread asleep for an hour, a lock holder and its waiter) carry
 //! their Python function for their whole wall time, not `short waits (no stack)`; every
 //! thread's stacks add up to its exact totals.
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use integration_tests::{python::*, *};
 
@@ -78,9 +78,6 @@ fn threads_blocked_since_before_the_profile_carry_their_function() {
 }
 
 #[test]
-#[ignore = "on a quiet host the run-queue/blocked split can differ from schedstat's by 2+ points while \
-            ftrace's event-timed split agrees with ours (3.14: runqueue 32.2% ours, 32.3% ftrace, 34.3% \
-            schedstat); run_delay's start is not explained yet (DESIGN, Shares under contention)"]
 fn category_shares_match_schedstat_under_contention() {
     // A write+fsync loop beside more CPU burners than CPUs, in a child process the workload
     // forks for it: over the child's whole life, from its creation to its exit, its time in
@@ -98,6 +95,12 @@ fn category_shares_match_schedstat_under_contention() {
     // time to its run-queue time before comparing (about a tenth of the loop's CPU time here);
     // and the microseconds at the end of each run that the scheduler charges to the next task
     // go back to the loop's on-CPU time.
+    // The scheduler also starts a woken thread's `run_delay` before `sched_wakeup`, where
+    // pyebpf starts its run-queue wait: at the run queue's clock update in `try_to_wake_up`,
+    // before the enqueue and the preemption check, microseconds each time (DESIGN). No event
+    // marks it; it lies after `sched_waking`, so up to the sum of the waking-to-wakeup spans
+    // of schedstat's run-queue time may be blocked time in pyebpf's: runqueue and blocked are
+    // compared with that interval, within 2 points; cpu, exactly known, with its value.
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
     for_each_interpreter("shares under contention", |interp| {
         use std::io::{BufRead as _, Write as _};
@@ -145,6 +148,7 @@ fn category_shares_match_schedstat_under_contention() {
         let (true_cpu, true_runq) = ((on_cpu - moved + short) * 100.0 / wall, (runq + moved) * 100.0 / wall);
         let (charged_cpu, charged_runq) = (on_cpu * 100.0 / wall, runq * 100.0 / wall);
         let true_blocked = 100.0 - true_cpu - true_runq;
+        let span = runs.wakeup_span_ns as f64 * 100.0 / wall;
         let profile = read_json(&json);
         let p = process(&profile, pid).ok_or("the loop's process is missing")?;
         let t =
@@ -155,7 +159,7 @@ fn category_shares_match_schedstat_under_contention() {
         let blocked = 100.0 - cpu - runq;
         let traced = (runs.on_cpu_ns + runs.runq_ns + runs.blocked_ns).max(1) as f64;
         eprintln!(
-            "{}: cpu {cpu:.2}% (schedstat {true_cpu:.2}%, as charged {:.2}%), runqueue {runq:.2}% ({true_runq:.2}%, {:.2}%), blocked {blocked:.2}% ({true_blocked:.2}%); charged before the switch-in {:.1} ms and short {:.1} ms of {:.1} ms in {} runs; ftrace: cpu {:.2}%, runqueue {:.2}%, blocked {:.2}% of {:.3} s; wall {:.3} s ({:.3} s): {}",
+            "{}: cpu {cpu:.2}% (schedstat {true_cpu:.2}%, as charged {:.2}%), runqueue {runq:.2}% ({true_runq:.2}%, {:.2}%), blocked {blocked:.2}% ({true_blocked:.2}%); charged before the switch-in {:.1} ms and short {:.1} ms of {:.1} ms in {} runs; {} wakeups, sched_waking to sched_wakeup {:.1} ms ({span:.2} points); ftrace: cpu {:.2}%, runqueue {:.2}%, blocked {:.2}% of {:.3} s; wall {:.3} s ({:.3} s): {}",
             interp.label,
             charged_cpu,
             charged_runq,
@@ -163,6 +167,8 @@ fn category_shares_match_schedstat_under_contention() {
             short / 1e6,
             on_cpu / 1e6,
             runs.runs,
+            runs.wakeups,
+            runs.wakeup_span_ns as f64 / 1e6,
             runs.on_cpu_ns as f64 * 100.0 / traced,
             runs.runq_ns as f64 * 100.0 / traced,
             runs.blocked_ns as f64 * 100.0 / traced,
@@ -171,11 +177,14 @@ fn category_shares_match_schedstat_under_contention() {
             wall / 1e9,
             t["totals_ns"]
         );
-        for (what, ours, truth) in
-            [("cpu", cpu, true_cpu), ("runqueue", runq, true_runq), ("blocked", blocked, true_blocked)]
-        {
-            if (ours - truth).abs() > 2.0 {
-                return Err(format!("{what} {ours:.1}%, schedstat {truth:.1}%: {}", t["totals_ns"]));
+        // Each share against the interval schedstat's stamps allow (its low and high ends).
+        for (what, ours, low, high) in [
+            ("cpu", cpu, true_cpu, true_cpu),
+            ("runqueue", runq, true_runq - span, true_runq),
+            ("blocked", blocked, true_blocked, true_blocked + span),
+        ] {
+            if ours < low - 2.0 || ours > high + 2.0 {
+                return Err(format!("{what} {ours:.1}%, schedstat {low:.1}-{high:.1}%: {runs:?} {}", t["totals_ns"]));
             }
         }
         stacks_add_up(p)
@@ -185,9 +194,13 @@ fn category_shares_match_schedstat_under_contention() {
 #[test]
 fn dump_names_each_threads_function_and_the_waiters_lock_wait() {
     for_each_interpreter("dump", |interp| {
+        let spawned = Instant::now();
         let target = start_ready(interp, "blocked.py", &[]);
         let pid = target.pid().to_string();
+        // Every thread is blocked before "ready", so at the dump for at least this long.
+        std::thread::sleep(Duration::from_secs(1));
         let out = run(pyebpf().args(["dump", "--pid", &pid, "--json"]), Duration::from_secs(60));
+        let lived = spawned.elapsed().as_secs_f64();
         assert_success(&out);
         let doc: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("not JSON: {e}"))?;
         let p = &doc["processes"][0];
@@ -213,6 +226,12 @@ fn dump_names_each_threads_function_and_the_waiters_lock_wait() {
             }
             if t["state"] != "sleeping" || t["blocked_s"].as_f64().is_none_or(|s| s <= 0.0) {
                 return Err(format!("{name}: not shown blocked: {t}"));
+            }
+            // Truth: blocked since before "ready" (1 s before the dump began), and not before
+            // the process started (a clock other than the scheduler's put it 25 s too long).
+            let blocked = t["blocked_s"].as_f64().unwrap();
+            if !(0.95..=lived + 0.05).contains(&blocked) {
+                return Err(format!("{name}: blocked for {blocked:.3} s, truth 1 s to {lived:.3} s: {t}"));
             }
         }
         let waiter = thread("waiter")?;

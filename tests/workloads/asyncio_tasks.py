@@ -11,16 +11,59 @@ and all along
 - `event-waiter`: waits on an asyncio.Event the whole run.
 Prints "ready", waits for a line on stdin, runs DURATION seconds, prints its counts as JSON.
 With `uvloop`, the loop is uvloop's (its transports are libuv handles; the upstream keeps
-asyncio's).
-Usage: asyncio_tasks.py DURATION [uvloop] | asyncio_tasks.py upstream
+asyncio's). With `tls`, the upstream serves TLS (a self-signed test certificate, below) and
+the fetcher's stream is a TLS stream (its transport writes through an SSL protocol to the TCP
+transport that holds the socket).
+Usage: asyncio_tasks.py DURATION [uvloop] [tls] | asyncio_tasks.py upstream [tls]
 """
 import asyncio
 import json
+import os
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 
 DELAY = 0.040
+
+# A self-signed certificate and its key for the upstream's TLS, for this test only
+# (`openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 36500`).
+TEST_CERT_AND_KEY = """\
+-----BEGIN CERTIFICATE-----
+MIIBgDCCASWgAwIBAgIUepJYQ9UbuhJPCC+RQnChMZpRxB0wCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJMTI3LjAuMC4xMCAXDTI2MTIwNTAyMjI0N1oYDzIxMjYxMTEx
+MDIyMjQ3WjAUMRIwEAYDVQQDDAkxMjcuMC4wLjEwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAAQ1A+REIg9R8d7M9cXNQIt9J3YPUPJ+QXjGc0eAOPphG7AMHoVTNfaQ
+0Pus/IajK22vL7aVjZujh3O9Vi55LKUNo1MwUTAdBgNVHQ4EFgQUjbKOQgcYoZK4
+DnraYMXlvIcaWkYwHwYDVR0jBBgwFoAUjbKOQgcYoZK4DnraYMXlvIcaWkYwDwYD
+VR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEAssfH2nNuUz7bx0RK1Dhm
++9mL/MnBHhi+jaoCmbuywLgCIQCaPWaAYbWT76/0JX2JT/nIYPh6cg53hGi1OwL2
+Svreuw==
+-----END CERTIFICATE-----
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgpn1K38Z1yfgYrlrV
+Jx/VAh0zYQSehNaHFOiW9guGVH2hRANCAAQ1A+REIg9R8d7M9cXNQIt9J3YPUPJ+
+QXjGc0eAOPphG7AMHoVTNfaQ0Pus/IajK22vL7aVjZujh3O9Vi55LKUN
+-----END PRIVATE KEY-----
+"""
+
+
+def server_tls():
+    with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as f:
+        f.write(TEST_CERT_AND_KEY)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(f.name)
+    os.unlink(f.name)
+    return ctx
+
+
+def client_tls():
+    # The test's own self-signed upstream: nothing to verify.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 async def upstream_handler(reader, writer):
@@ -35,9 +78,9 @@ async def upstream_handler(reader, writer):
     writer.close()
 
 
-def run_upstream():
+def run_upstream(tls):
     async def main():
-        server = await asyncio.start_server(upstream_handler, "127.0.0.1", 0)
+        server = await asyncio.start_server(upstream_handler, "127.0.0.1", 0, ssl=server_tls() if tls else None)
         print(server.sockets[0].getsockname()[1], flush=True)
         async with server:
             await server.serve_forever()
@@ -45,8 +88,8 @@ def run_upstream():
     asyncio.run(main())
 
 
-async def fetch_upstream(port, stats, stop):
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def fetch_upstream(port, tls, stats, stop):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_tls() if tls else None)
     while not stop.is_set():
         t = time.monotonic()
         writer.write(b"get\n")
@@ -95,8 +138,8 @@ async def event_waiter(event):
     await event.wait()  # event-wait
 
 
-async def main(duration):
-    upstream = subprocess.Popen([sys.executable, __file__, "upstream"], stdout=subprocess.PIPE)
+async def main(duration, tls):
+    upstream = subprocess.Popen([sys.executable, __file__, "upstream"] + (["tls"] if tls else []), stdout=subprocess.PIPE)
     port = int(upstream.stdout.readline())
     print("ready", flush=True)
     sys.stdin.readline()
@@ -107,7 +150,7 @@ async def main(duration):
     loop = asyncio.get_running_loop()
     first_half = asyncio.Event()
     tasks = [
-        loop.create_task(fetch_upstream(port, stats, first_half), name="fetcher"),
+        loop.create_task(fetch_upstream(port, tls, stats, first_half), name="fetcher"),
         loop.create_task(parent_gather(stop), name="gatherer"),
         loop.create_task(event_waiter(event), name="event-waiter"),
     ]
@@ -129,11 +172,12 @@ async def main(duration):
 
 
 if __name__ == "__main__":
+    options = sys.argv[2:]
     if sys.argv[1] == "upstream":
-        run_upstream()
-    elif sys.argv[2:] == ["uvloop"]:
+        run_upstream("tls" in options)
+    elif "uvloop" in options:
         import uvloop
 
-        uvloop.run(main(float(sys.argv[1])))
+        uvloop.run(main(float(sys.argv[1]), "tls" in options))
     else:
-        asyncio.run(main(float(sys.argv[1])))
+        asyncio.run(main(float(sys.argv[1]), "tls" in options))

@@ -126,6 +126,9 @@ pub enum Which {
         /// pyebpf's --task-rate.
         #[arg(long, default_value_t = 10)]
         task_rate: u32,
+        /// Another pyebpf binary measured side by side in the same rounds (before/after).
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
     },
     /// Following process trees: a fork storm's rate alone, profiled with its children
     /// followed, without, and beside an unrelated followed target; pyebpf's CPU and the fork
@@ -191,9 +194,16 @@ pub fn run(root: &Path, bin: &Path, which: Which) -> anyhow::Result<()> {
                 baseline: baseline.clone(),
             },
         ),
-        Which::Tasks { seconds, rounds, live_tasks, connections, task_rate } => crate::bench_tasks::run(
+        Which::Tasks { seconds, rounds, live_tasks, connections, task_rate, ref baseline } => crate::bench_tasks::run(
             bin,
-            crate::bench_tasks::Options { seconds, rounds, live_tasks, connections, task_rate },
+            crate::bench_tasks::Options {
+                seconds,
+                rounds,
+                live_tasks,
+                connections,
+                task_rate,
+                baseline: baseline.clone(),
+            },
         ),
         Which::Trees { seconds, rounds } => crate::bench_trees::run(bin, seconds, rounds),
         Which::Python { seconds, rounds, no_pin } => {

@@ -44,7 +44,7 @@ pub fn run(root: &Path, bin: &Path, seconds: u64, rounds: usize) -> anyhow::Resu
         );
         if threshold == "0" {
             println!("  BPF cost per run (this run):");
-            for name in ["sched_switch", "sched_wakeup", "sys_enter", "sys_exit", "on_cpu_sample"] {
+            for name in ["sched_switch", "sched_wakeup", "sys_exit", "on_cpu_sample"] {
                 if let Some((runs, ns)) = program(&profile, name) {
                     println!("    {name:<14} {runs:>10} runs {:>8.0} ns/run", ns as f64 / runs.max(1) as f64);
                 }

@@ -3,7 +3,9 @@
 //! on events and timers) serves short requests (`GET /health`) under a fixed wrk load, measured
 //! in one run without a profiler, with `pyebpf profile --all`, and with `--all --no-tasks`
 //! (the same without task snapshots, so the snapshots' own share shows). Rounds rotate the
-//! order; medians over rounds, with ratios to the baseline, and pyebpf's own CPU.
+//! order; medians over rounds, with ratios to the baseline, and pyebpf's own CPU. With
+//! `--baseline BIN`, another pyebpf binary runs both profiled configurations in the same
+//! rounds (before/after a change, side by side).
 use std::{path::Path, process::Command, time::Instant};
 
 use anyhow::Context as _;
@@ -18,6 +20,8 @@ pub struct Options {
     pub connections: u32,
     /// pyebpf's `--task-rate` (Hz); its `--task-budget` stays the default.
     pub task_rate: u32,
+    /// Another pyebpf binary measured in the same rounds.
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,6 +29,9 @@ enum Config {
     Baseline,
     Pyebpf,
     PyebpfNoTasks,
+    /// The `--baseline` binary's `--all` and `--all --no-tasks`.
+    OtherPyebpf,
+    OtherPyebpfNoTasks,
 }
 
 impl Config {
@@ -33,6 +40,8 @@ impl Config {
             Config::Baseline => "no profiler",
             Config::Pyebpf => "pyebpf --all",
             Config::PyebpfNoTasks => "pyebpf --all --no-tasks",
+            Config::OtherPyebpf => "baseline bin --all",
+            Config::OtherPyebpfNoTasks => "baseline bin --all --no-tasks",
         }
     }
 }
@@ -53,6 +62,15 @@ pub fn run(bin: &Path, opts: Options) -> anyhow::Result<()> {
     // A private copy: a rebuild of target/release/pyebpf during the rounds cannot change it.
     let pyebpf = dir.path().join("pyebpf");
     std::fs::copy(bin, &pyebpf).with_context(|| format!("cannot copy {}", bin.display()))?;
+    let other = match &opts.baseline {
+        Some(base) => {
+            let copy = dir.path().join("pyebpf-baseline");
+            std::fs::copy(base, &copy).with_context(|| format!("cannot copy {}", base.display()))?;
+            println!("baseline bin: {}", base.display());
+            Some(copy)
+        }
+        None => None,
+    };
     let port = free_port();
     let live = opts.live_tasks.to_string();
     let service = start_aiohttp(env, port, &["--role", "app", "--upstream-port", "9", "--live-tasks", &live]);
@@ -66,7 +84,10 @@ pub fn run(bin: &Path, opts: Options) -> anyhow::Result<()> {
     let load = Load::new(port, &["/health"]).connections(opts.connections);
     // Warm-up: imports, the live tasks' first rounds, CPU frequency.
     load.clone().duration_secs(2).run();
-    let configs = [Config::Baseline, Config::Pyebpf, Config::PyebpfNoTasks];
+    let mut configs = vec![Config::Baseline, Config::Pyebpf, Config::PyebpfNoTasks];
+    if other.is_some() {
+        configs.extend([Config::OtherPyebpf, Config::OtherPyebpfNoTasks]);
+    }
     let mut runs: Vec<(Config, Run)> = Vec::new();
     // Per round, each configuration's requests/s over that round's baseline: drift between
     // rounds on a shared machine cancels out of these.
@@ -75,7 +96,11 @@ pub fn run(bin: &Path, opts: Options) -> anyhow::Result<()> {
         let mut order = configs.to_vec();
         order.rotate_left(round % configs.len());
         for &config in &order {
-            let run = measure(config, &pyebpf, pid, &load, &opts, dir.path())?;
+            let bin = match config {
+                Config::OtherPyebpf | Config::OtherPyebpfNoTasks => other.as_deref().unwrap_or(&pyebpf),
+                _ => &pyebpf,
+            };
+            let run = measure(config, bin, pid, &load, &opts, dir.path())?;
             eprintln!(
                 "  round {}: {:<26} {:>8.1} req/s, p99 {:>6.1} ms{}",
                 round + 1,
@@ -103,12 +128,12 @@ fn measure(config: Config, pyebpf: &Path, pid: u32, load: &Load, opts: &Options,
     let json = dir.join("profile.json");
     let mut profiler = match config {
         Config::Baseline => None,
-        Config::Pyebpf | Config::PyebpfNoTasks => {
+        Config::Pyebpf | Config::PyebpfNoTasks | Config::OtherPyebpf | Config::OtherPyebpfNoTasks => {
             let mut cmd = Command::new(pyebpf);
             cmd.args(["profile", "--all", "--no-summary", "--task-rate", &opts.task_rate.to_string(), "-o"])
                 .arg(&json)
                 .env("RUST_LOG", "info");
-            if config == Config::PyebpfNoTasks {
+            if matches!(config, Config::PyebpfNoTasks | Config::OtherPyebpfNoTasks) {
                 cmd.arg("--no-tasks");
             }
             Some(Profiler::start(cmd, &format!("pid {pid}: CPython "))?)

@@ -19,6 +19,7 @@ mod module_graph;
 mod python_offsets;
 mod pythons;
 mod setup;
+mod tcg;
 mod test_tools;
 mod util;
 
@@ -93,6 +94,11 @@ enum Task {
         /// Guest memory in MiB.
         #[arg(long, default_value_t = 3072)]
         memory: u32,
+        /// TCG threading: `single` (one host thread for every vCPU) or `multi`. Default:
+        /// `multi` on qemu 8.1 and newer, `single` before (stale translated code after kernel
+        /// text patching; see xtask/src/tcg.rs).
+        #[arg(long, value_enum)]
+        tcg_thread: Option<tcg::Threading>,
     },
     /// Measure the profiler's cost; prints ratios measured side by side in one run.
     Bench {
@@ -143,7 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Task::Lint => lint::run(&root),
         Task::Test { args } => test(&root, &args),
-        Task::TestKernels { only, refresh, smoke, script, smp, memory } => {
+        Task::TestKernels { only, refresh, smoke, script, smp, memory, tcg_thread } => {
             let bin = build(&root)?;
             let opts = kernels::Options {
                 only,
@@ -152,6 +158,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 script,
                 smp,
                 memory_mib: memory,
+                tcg_thread,
             };
             kernels::run(&root, &bin, &opts)
         }

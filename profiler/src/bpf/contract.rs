@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 use profiler_common::{
-    InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, UnwindScratch, map_size, names, task_iter,
+    InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, UnwindScratch,
+    exit_gate::ExitGate,
+    map_size, names, task_iter,
     unwind::{Mapping, PageEntry, ProcMaps, RuleRec, TableInfo},
 };
 
@@ -96,6 +98,7 @@ fn every_map_is_named_and_shaped_as_userspace_reads_it() {
             (BPF_MAP_TYPE_LRU_HASH, u32_size, size(size_of::<ThreadTimes>()), map_size::THREAD_TIMES),
         ),
         (names::MAP_IN_FLIGHT, (BPF_MAP_TYPE_LRU_HASH, u32_size, size(size_of::<InFlight>()), map_size::IN_FLIGHT)),
+        (names::MAP_EXIT_GATE, (BPF_MAP_TYPE_PERCPU_ARRAY, u32_size, size(size_of::<ExitGate>()), map_size::EXIT_GATE)),
         (names::MAP_UNWIND_ROWS, (BPF_MAP_TYPE_ARRAY, u32_size, size(size_of::<u64>()), map_size::UNWIND_ROW_PAIRS)),
         (names::MAP_UNWIND_PAGES, (BPF_MAP_TYPE_ARRAY, u32_size, size(size_of::<PageEntry>()), map_size::UNWIND_PAGES)),
         (names::MAP_UNWIND_RULES, (BPF_MAP_TYPE_ARRAY, u32_size, size(size_of::<RuleRec>()), map_size::UNWIND_RULES)),
@@ -162,7 +165,8 @@ fn every_program_is_named_and_in_its_section() {
 #[test]
 fn every_global_is_named_with_its_size() {
     let found = contents().globals;
-    let listed: BTreeMap<String, usize> = names::GLOBALS.iter().map(|&(name, size)| (name.to_owned(), size)).collect();
+    let listed: BTreeMap<String, usize> =
+        names::GLOBALS.iter().chain(&task_iter::GLOBALS).map(|&(name, size)| (name.to_owned(), size)).collect();
     // A global userspace does not set would keep its zero initialiser; one it sets that the
     // object lacks fails the load (`override_global` with `must_exist`).
     assert_eq!(found, listed, "globals in the object vs names::GLOBALS");

@@ -184,7 +184,7 @@ impl UnwindMaps {
     }
 }
 
-/// The first argument the kernel's `sys_enter` records for syscall `nr` (see
+/// The first argument the kernel records for syscall `nr` at its first switch-out (see
 /// `profiler_common::poll_arg` and `futex_arg`), worked out for a thread found already in the
 /// call, from its arguments and stack pointer and its process's memory.
 pub fn recorded_arg0(memory: &crate::host::memory::Memory, nr: i64, args: &[u64; 6], sp: u64) -> u64 {
@@ -319,6 +319,7 @@ impl Bpf {
         };
         let off_cpu = cfg.off_cpu as u8;
         let wait_targets = wait_target_offsets::wait_target_offsets(btf.as_ref());
+        let task_sched = task_iter::sched_offsets(btf.as_ref());
         if cfg.off_cpu && wait_targets.enabled == 0 {
             log::warn!(
                 "the kernel's BTF lacks the fd table or file members: wait targets are looked up in /proc after the fact"
@@ -380,6 +381,7 @@ impl Bpf {
             .override_global(names::GLOBAL_TASK_STATE_OFFSET, &task_state, true)
             .override_global(names::GLOBAL_WAIT_TARGET_OFFSETS, &wait_targets, true)
             .override_global(names::GLOBAL_LIFECYCLE_OFFSETS, &lifecycle, true)
+            .override_global(profiler_common::task_iter::GLOBAL_TASK_SCHED_OFFSETS, &task_sched, true)
             .map_max_entries(names::MAP_EVENTS, ring_bytes)
             .load(EBPF_OBJECT)
             .map_err(|e| {

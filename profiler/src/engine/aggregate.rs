@@ -439,6 +439,17 @@ impl Aggregator {
         }
     }
 
+    /// Code objects found replaced at their addresses (see
+    /// [`crate::python::PythonRegistry::recheck_codes`]): frames named from them are resolved
+    /// again when next met.
+    pub fn forget_codes(&mut self, codes: &[(u32, u64)]) {
+        if codes.is_empty() {
+            return;
+        }
+        let codes: std::collections::HashSet<(u32, u64)> = codes.iter().copied().collect();
+        self.py_frames.retain(|&(pid, code, ..), _| !codes.contains(&(pid, code)));
+    }
+
     /// Process `pid` called exec: read its name and command line again; frames resolved for
     /// its old program no longer apply.
     pub fn exec(&mut self, pid: u32) {

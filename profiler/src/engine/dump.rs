@@ -5,12 +5,15 @@
 //! userspace) and who holds the GIL. Waits are classified as in profiles.
 use std::collections::HashMap;
 
-use profiler_common::{off_state, task_iter::TaskRecord};
+use profiler_common::{
+    off_state,
+    task_iter::{TASK_HAS_ON_CPU, TASK_HAS_QUEUED, TASK_HAS_REGS, TaskRecord},
+};
 
 use super::dump_native::{NativeDump, PyFrame};
 use crate::{
     bpf::{Bpf, BpfConfig, recorded_arg0},
-    host::{clock::monotonic_ns, memory::Memory, procinfo, symbols::Symbols},
+    host::{clock, memory::Memory, procinfo, symbols::Symbols},
     model::{
         Category,
         dump::{DumpFrame, DumpProcess, DumpThread},
@@ -62,13 +65,49 @@ fn proc_threads(pid: u32) -> Vec<ProcThread> {
     out
 }
 
-/// Seconds since the thread last ran (`se.exec_start` in /proc/PID/task/TID/sched, the
-/// scheduler's clock in ms; CLOCK_MONOTONIC is within a tick of it).
-fn off_cpu_for(pid: u32, tid: u32, now_ns: u64) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("se.exec_start"))?;
-    let ms: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
-    Some(((now_ns as f64 / 1e6 - ms) / 1e3).max(0.0))
+/// Where a thread in state R is, from its task iterator record: on a CPU or waiting for one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum CpuState {
+    Running {
+        cpu: u32,
+    },
+    /// Waiting on `cpu`'s run queue for `queued_s` so far (when the kernel keeps it);
+    /// `in_syscall`: it is inside one (woken in it, or preempted there), as far as known.
+    Runnable {
+        cpu: u32,
+        queued_s: Option<f64>,
+        in_syscall: Option<bool>,
+    },
+}
+
+/// Running or runnable, for a thread /proc shows in state R, from the iterator's record of it
+/// (None without one, or without `on_cpu` in this kernel, or when the record saw it asleep:
+/// /proc is read after the iterator, so the thread woke in between).
+fn cpu_state(r: &TaskRecord) -> Option<CpuState> {
+    if r.flags & TASK_HAS_ON_CPU == 0 || r.state != 0 {
+        return None;
+    }
+    if r.on_cpu != 0 {
+        return Some(CpuState::Running { cpu: r.cpu });
+    }
+    // `last_queued` and the run queue's clock are one clock; a wait that moved to another
+    // CPU's queue compares two CPUs' clocks, which may disagree by a little: never below 0.
+    let queued_s = (r.flags & TASK_HAS_QUEUED != 0 && r.last_queued != 0 && r.rq_clock != 0)
+        .then(|| r.rq_clock.saturating_sub(r.last_queued) as f64 / 1e9);
+    let in_syscall = (r.flags & TASK_HAS_REGS != 0).then_some(r.syscall_nr >= 0);
+    Some(CpuState::Runnable { cpu: r.cpu, queued_s, in_syscall })
+}
+
+/// Seconds since the thread last ran: its `se.exec_start` (in /proc/PID/task/TID/sched, the
+/// task clock of the CPU it last ran on, where a sleeping thread stays) against that CPU's task
+/// clock now. CLOCK_MONOTONIC is not that clock: it counts the CPU's interrupt and steal time,
+/// and a 1.5 s sleep dumped as 25.8 s on the build VM.
+fn off_cpu_for(pid: u32, tid: u32, clocks: &mut HashMap<u32, Option<f64>>) -> Option<f64> {
+    let sched = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/sched")).ok()?;
+    let exec_start = clock::exec_start_ms(&sched)?;
+    let cpu = procinfo::thread_cpu(pid, tid)?;
+    let now = (*clocks.entry(cpu).or_insert_with(|| clock::task_clock_ms(cpu)))?;
+    Some(((now - exec_start) / 1e3).max(0.0))
 }
 
 /// The dump of every target process, in pid order. `bpf` is None when the kernel refused
@@ -132,7 +171,8 @@ pub fn dump(target: &DumpTarget, kernel_frames: bool, native: bool) -> Vec<DumpP
     if let Some(d) = &mut native_dump {
         d.capture(&tasks);
     }
-    let now = monotonic_ns();
+    // Each CPU's task clock now, read once (see `off_cpu_for`).
+    let mut clocks: HashMap<u32, Option<f64>> = HashMap::new();
     let mut symbols = Symbols::new();
     if kernel_frames {
         for r in tasks.values() {
@@ -166,14 +206,19 @@ pub fn dump(target: &DumpTarget, kernel_frames: bool, native: bool) -> Vec<DumpP
                 .into_iter()
                 .map(|t| {
                     let task = tasks.get(&t.tid);
+                    let on_cpu = task.filter(|_| t.state == 'R').and_then(cpu_state);
+                    let runnable = matches!(on_cpu, Some(CpuState::Runnable { .. }));
                     let syscall = match task {
-                        Some(r) if r.flags & profiler_common::task_iter::TASK_HAS_REGS != 0 && r.state != 0 => {
+                        // A runnable thread is off the CPU: its saved registers hold still too.
+                        Some(r) if r.flags & TASK_HAS_REGS != 0 && (r.state != 0 || runnable) => {
                             (r.syscall_nr >= 0).then_some((r.syscall_nr, r.args, r.sp))
                         }
                         _ => t.syscall,
                     };
                     let blocked = t.state == 'S' || t.state == 'D';
-                    let wait = syscall.filter(|_| blocked).map(|(nr, args, sp)| {
+                    // A runnable thread's syscall is named (woken in a GIL wait, it still waits
+                    // for the GIL), its wait is for a CPU.
+                    let wait = syscall.filter(|_| blocked || runnable).map(|(nr, args, sp)| {
                         let state = if t.state == 'D' { off_state::UNINTERRUPTIBLE } else { off_state::SLEEPING };
                         let arg0 = recorded_arg0(&memory, nr, &args, sp);
                         (nr, classifier.classify(pid, state, nr, arg0))
@@ -216,25 +261,39 @@ pub fn dump(target: &DumpTarget, kernel_frames: bool, native: bool) -> Vec<DumpP
                     let (native, native_note) = match &mut native_dump {
                         Some(d) => {
                             let p = python.get_mut(pid).map(|p| &*p);
-                            let (stack, note) = d.thread(pid, t.tid, t.state, &py, p);
+                            let (stack, note) = d.thread(pid, t.tid, t.state == 'R' && !runnable, &py, p);
                             (Some(stack), note)
                         }
                         None => (None, None),
+                    };
+                    let (state, category) = match on_cpu {
+                        Some(CpuState::Running { .. }) => ("running", None),
+                        Some(CpuState::Runnable { .. }) => ("runnable", Some(Category::Runqueue.name().to_string())),
+                        None => (state_name(t.state), wait.as_ref().map(|(_, w)| w.category.name().to_string())),
                     };
                     DumpThread {
                         tid: t.tid,
                         name: procinfo::thread_comm(pid, t.tid).unwrap_or_default(),
                         python_name: python.thread_name(pid, t.tid).map(str::to_string),
-                        state: state_name(t.state).to_string(),
+                        state: state.to_string(),
                         syscall: wait.as_ref().map(|(nr, _)| syscalls::name(*nr as u64).into_owned()),
                         target: wait.as_ref().and_then(|(_, w)| w.target.clone()),
-                        category: wait.as_ref().map(|(_, w)| w.category.name().to_string()),
-                        blocked_s: if blocked { off_cpu_for(pid, t.tid, now) } else { None },
+                        category,
+                        blocked_s: if blocked { off_cpu_for(pid, t.tid, &mut clocks) } else { None },
                         gil,
                         frames,
                         kernel_frames: kernel,
                         native,
                         native_note,
+                        cpu: match on_cpu {
+                            Some(CpuState::Running { cpu } | CpuState::Runnable { cpu, .. }) => Some(cpu),
+                            None => None,
+                        },
+                        runqueue_s: match on_cpu {
+                            Some(CpuState::Runnable { queued_s, .. }) => queued_s,
+                            _ => None,
+                        },
+                        preempted: matches!(on_cpu, Some(CpuState::Runnable { in_syscall: Some(false), .. })),
                     }
                 })
                 .collect();

@@ -6,15 +6,17 @@
 //!
 //! Registers: the task iterator's (`bpf_task_pt_regs`, 5.15+: ip, sp, bp), else
 //! `/proc/PID/task/TID/syscall`'s sp and pc (no bp: frames whose CFA is rbp-based before any
-//! frame restored rbp stop the walk, marked). A thread on a CPU, or runnable, has no stable
-//! registers: it is reported as running, with its Python frames only. A thread that ran
+//! frame restored rbp stop the walk, marked). A thread on a CPU has no stable registers: it is
+//! reported as running, with its Python frames only; a runnable one (preempted, or woken and
+//! not yet run) is off the CPU and walked as a blocked one, from the iterator's registers
+//! (/proc has none for it). A thread that ran
 //! between the registers and the end of its walk (its schedstat switch count moved) may have
 //! changed its stack under the walk: its native frames are dropped, said so.
 use std::collections::HashMap;
 
 use profiler_common::{
     PY_FRAME_IS_ENTRY, PY_OWNER_ENTRY_MIN, PyFrameRecord,
-    task_iter::{TASK_HAS_REGS, TaskRecord},
+    task_iter::{TASK_HAS_ON_CPU, TASK_HAS_REGS, TaskRecord},
     unwind::{Regs, end},
 };
 
@@ -59,7 +61,7 @@ pub struct NativeDump {
 
 /// A thread's native stack as captured.
 enum Captured {
-    /// On a CPU or runnable: no stable registers.
+    /// On a CPU (or runnable where the kernel cannot tell): no stable registers.
     Running,
     NoRegs,
     /// It ran between its registers and the end of its walk.
@@ -133,13 +135,19 @@ impl NativeDump {
             let mem = Memory::new(pid);
             for tid in task_ids(pid) {
                 let task = tasks.get(&tid);
+                // On a CPU, or in state 0 where the kernel cannot say whether it is on one.
+                let running = |r: &TaskRecord| r.state == 0 && (r.flags & TASK_HAS_ON_CPU == 0 || r.on_cpu != 0);
                 let regs = match task {
-                    Some(r) if r.state == 0 => None,
+                    Some(r) if running(r) => None,
+                    // Off the CPU (blocked, or runnable: preempted or woken, not yet run): the
+                    // registers it entered the kernel with hold still until it runs.
                     Some(r) if r.flags & TASK_HAS_REGS != 0 && r.ip != 0 => Some(Regs { pc: r.ip, sp: r.sp, bp: r.bp }),
+                    // Runnable without the iterator's registers: /proc says "running", no sp.
+                    Some(r) if r.state == 0 => None,
                     _ => procinfo::thread_user_sp_pc(pid, tid).map(|(sp, pc)| Regs { pc, sp, bp: 0 }),
                 };
                 let captured = match regs {
-                    None if task.is_some_and(|r| r.state == 0) => Captured::Running,
+                    None if task.is_some_and(running) => Captured::Running,
                     None => Captured::NoRegs,
                     Some(regs) => {
                         let walk = self.unwinder.walk(pid, regs, &mem, MAX_FRAMES);
@@ -157,19 +165,19 @@ impl NativeDump {
     }
 
     /// One thread's mixed stack, innermost first, and a note when it is missing or cut short.
-    /// `state` is its /proc state letter (read after the capture), `py` its Python frames
-    /// innermost first.
+    /// `running`: /proc (read after the capture) shows it running, or runnable where the
+    /// kernel cannot tell; `py`: its Python frames innermost first.
     pub fn thread(
         &mut self,
         pid: u32,
         tid: u32,
-        state: char,
+        running: bool,
         py: &[PyFrame],
         proc: Option<&PythonProcess>,
     ) -> (Vec<DumpStackFrame>, Option<String>) {
         let python_only = || py.iter().filter_map(|(_, f)| f.clone().map(DumpStackFrame::Python)).collect();
         let (leaf_sp, walk) = match self.walks.remove(&tid) {
-            _ if state == 'R' => return (python_only(), Some(RUNNING.into())),
+            _ if running => return (python_only(), Some(RUNNING.into())),
             Some(Captured::Walked(sp, walk)) => (sp, walk),
             Some(Captured::Running) => return (python_only(), Some(RUNNING.into())),
             Some(Captured::Ran) => return (python_only(), Some(RAN.into())),

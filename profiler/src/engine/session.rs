@@ -283,6 +283,8 @@ impl Session {
             }
             self.symbols.resolve_pending();
             self.python.refresh_thread_names();
+            let replaced = self.python.recheck_codes();
+            self.agg.forget_codes(&replaced);
             classify_waits(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
             let joined = self.running.discover(&mut self.bpf);
             for &pid in &joined {

@@ -1,7 +1,15 @@
 //! asyncio task sampling: snapshots of every task of every asyncio process (see
 //! `python::asyncio`), taken from the session's tick at `--task-rate` within a CPU budget
-//! (`--task-budget`), each weighted by the wall time since the process's previous snapshot,
-//! and summed per (task, await chain, state, target) into `processes[].tasks`.
+//! (`--task-budget`), each weighted by wall time, and summed per (task, await chain, state,
+//! target) into `processes[].tasks`.
+//!
+//! Each gap between two snapshots of a process is split in halves: the first goes to the
+//! tasks as the earlier snapshot saw them, the second to the later one's (each snapshot stands
+//! for the time nearest to it). Weighing a whole gap by its end gave a late snapshot (the
+//! profiler's tick delayed ~0.9 s on a loaded host) the whole gap in states it only reached at
+//! the end: a fetcher's last round trip counted as `main` being ready after it. The earlier
+//! snapshot's half is added when the later one is taken, so it lands in the later one's window
+//! when a window boundary falls between them.
 //!
 //! The budget is adaptive: after each round of snapshots the next one waits at least
 //! `cost / budget` (a round that took 2 ms under a 1% budget is followed by 200 ms of
@@ -52,7 +60,27 @@ type Key = (String, Vec<PythonFrame>, &'static str, Option<String>, Option<usize
 struct ProcessTasks {
     state: AsyncioState,
     last: Option<Instant>,
+    /// The previous snapshot's tasks, owed the first half of the gap to the next one.
+    previous: Vec<Key>,
     sums: HashMap<Key, u64>,
+}
+
+impl ProcessTasks {
+    /// Weighs a snapshot taken at `at`: half the gap since the previous one to each (the
+    /// first snapshot stands for `period`).
+    fn record(&mut self, keys: Vec<Key>, at: Instant, period: Duration) {
+        match self.last {
+            Some(last) => {
+                let gap = at.duration_since(last).min(MAX_WEIGHT).as_nanos() as u64;
+                let earlier = gap / 2;
+                add(&mut self.sums, &self.previous, earlier);
+                add(&mut self.sums, &keys, gap - earlier);
+            }
+            None => add(&mut self.sums, &keys, period.min(MAX_WEIGHT).as_nanos() as u64),
+        }
+        self.last = Some(at);
+        self.previous = keys;
+    }
 }
 
 /// The sampler: per-process state and sums for the current window.
@@ -111,14 +139,8 @@ impl TaskSampler {
                     t.target = Some(target.to_string());
                 }
             }
-            let at = Instant::now();
-            let weight = match entry.last {
-                Some(last) => at.duration_since(last).min(MAX_WEIGHT),
-                None => Duration::from_secs_f64(1.0 / self.cfg.rate_hz).min(MAX_WEIGHT),
-            };
-            entry.last = Some(at);
+            entry.record(keys(tasks), Instant::now(), Duration::from_secs_f64(1.0 / self.cfg.rate_hz));
             self.snapshots += 1;
-            add(&mut entry.sums, tasks, weight.as_nanos() as u64);
         }
         let cost = Duration::from_nanos(thread_cpu_ns().saturating_sub(cpu_started));
         self.spent += cost;
@@ -181,14 +203,31 @@ fn next_average(average: Option<f64>, counted: u32, cost_s: f64) -> f64 {
     }
 }
 
-fn add(sums: &mut HashMap<Key, u64>, tasks: Vec<TaskSample>, weight_ns: u64) {
-    for t in tasks {
-        // The handler: the innermost coroutine of application code (a running task's chain also
-        // holds the plain functions its step calls).
-        let handler = t.frames.iter().rposition(|f| f.coroutine && is_application(&f.file));
-        let frames = t.frames.iter().map(model_frame).collect();
-        *sums.entry((aggregate_name(&t.name).to_string(), frames, t.state.as_str(), t.target, handler)).or_default() +=
-            weight_ns;
+/// A snapshot's tasks as the keys their time is summed under.
+fn keys(tasks: Vec<TaskSample>) -> Vec<Key> {
+    tasks
+        .into_iter()
+        .map(|t| {
+            // The handler: the innermost coroutine of application code (a running task's chain
+            // also holds the plain functions its step calls).
+            let handler = t.frames.iter().rposition(|f| f.coroutine && is_application(&f.file));
+            let frames = t.frames.iter().map(model_frame).collect();
+            (aggregate_name(&t.name).to_string(), frames, t.state.as_str(), t.target, handler)
+        })
+        .collect()
+}
+
+fn add(sums: &mut HashMap<Key, u64>, keys: &[Key], weight_ns: u64) {
+    if weight_ns == 0 {
+        return;
+    }
+    for key in keys {
+        match sums.get_mut(key) {
+            Some(sum) => *sum += weight_ns,
+            None => {
+                sums.insert(key.clone(), weight_ns);
+            }
+        }
     }
 }
 
@@ -219,6 +258,23 @@ mod tests {
 
     /// A first round that reads new code objects does not set the pace: the cheapest of the
     /// first rounds does, and later spikes move the average a bounded step.
+    #[test]
+    fn each_gap_is_split_between_the_snapshots_around_it() {
+        let key = |state: &'static str| ("fetcher".to_string(), Vec::new(), state, None, None);
+        let mut p = ProcessTasks::default();
+        let t0 = Instant::now();
+        p.record(vec![key("awaiting")], t0, Duration::from_millis(50));
+        // Late by 900 ms: the fetcher was awaiting until about half way, then done.
+        p.record(vec![key("running")], t0 + Duration::from_millis(900), Duration::from_millis(50));
+        assert_eq!(p.sums[&key("awaiting")], 50_000_000 + 450_000_000);
+        assert_eq!(p.sums[&key("running")], 450_000_000);
+        // A new window: the pending half of the next gap goes to the snapshot before it.
+        p.sums.clear();
+        p.record(vec![], t0 + Duration::from_millis(1000), Duration::from_millis(50));
+        assert_eq!(p.sums.get(&key("running")), Some(&50_000_000));
+        assert_eq!(p.sums.len(), 1);
+    }
+
     #[test]
     fn the_budget_starts_from_the_cheapest_first_round() {
         let mut average = None;

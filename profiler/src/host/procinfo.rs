@@ -125,6 +125,14 @@ pub fn mappings(pid: u32) -> Option<Vec<Mapping>> {
     )
 }
 
+/// The CPU a thread runs on or last ran on (/proc/PID/task/TID/stat's `processor`, the 39th
+/// field; a sleeping thread stays on the CPU it left until it is woken).
+pub fn thread_cpu(pid: u32, tid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    // Fields after the command's closing parenthesis start at the 3rd (state).
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(39 - 3)?.parse().ok()
+}
+
 /// A thread found asleep: its state and, when it sleeps in a syscall, the call's number and
 /// arguments (from /proc/PID/task/TID/syscall).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -21,9 +21,12 @@ pub struct DumpThread {
     pub name: String,
     /// `threading.Thread.name`.
     pub python_name: Option<String>,
-    /// `running` (on a CPU or waiting for one), `sleeping`, `disk-sleep`, `stopped`, ...
+    /// `running` (on a CPU), `runnable` (waiting for one: preempted, or woken and not yet
+    /// run), `sleeping`, `disk-sleep`, `stopped`, ... Where the kernel cannot tell the first two
+    /// apart (no task iterator, no `task_struct.on_cpu`), `running` means either, as `cpu` null.
     pub state: String,
-    /// The syscall it is blocked in, its target and the category of the wait.
+    /// The syscall it is blocked in (or, runnable, is in), its target and the category of the
+    /// wait (`runqueue` for a runnable thread).
     pub syscall: Option<String>,
     pub target: Option<String>,
     pub category: Option<String>,
@@ -43,6 +46,13 @@ pub struct DumpThread {
     /// ("running, no native stack", "unwind stopped: no unwind info", ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub native_note: Option<String>,
+    /// `running`: the CPU it is on; `runnable`: the CPU whose run queue it waits on.
+    pub cpu: Option<u32>,
+    /// `runnable`: how long it has waited for a CPU so far (seconds; the run queue's clock,
+    /// which lags by up to a tick); None where the kernel does not keep it (CONFIG_SCHED_INFO).
+    pub runqueue_s: Option<f64>,
+    /// `runnable` and not in a syscall: it was preempted (interrupted in user code).
+    pub preempted: bool,
 }
 
 /// A frame of a mixed stack (`--native`).

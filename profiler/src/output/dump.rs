@@ -4,7 +4,8 @@ use std::fmt::Write as _;
 
 use crate::model::dump::{DumpFrame, DumpProcess, DumpStackFrame, DumpThread};
 
-/// "blocked in accept on tcp listen 127.0.0.1:8000 for 12.3 s [idle]", "running", ...
+/// "blocked in accept on tcp listen 127.0.0.1:8000 for 12.3 s [idle]", "running on CPU 1",
+/// "runnable (preempted, waiting for CPU 0 for 12.5 ms) [runqueue]", ...
 fn state_line(t: &DumpThread) -> String {
     let mut s = String::new();
     match &t.syscall {
@@ -15,6 +16,20 @@ fn state_line(t: &DumpThread) -> String {
             }
         }
         None => s.push_str(&t.state),
+    }
+    match (t.state.as_str(), t.cpu) {
+        ("running", Some(cpu)) => {
+            let _ = write!(s, " on CPU {cpu}");
+        }
+        ("runnable", Some(cpu)) => {
+            s.push_str(if t.preempted { " (preempted, waiting for CPU " } else { " (waiting for CPU " });
+            let _ = write!(s, "{cpu}");
+            if let Some(secs) = t.runqueue_s {
+                let _ = write!(s, " for {:.1} ms", secs * 1e3);
+            }
+            s.push(')');
+        }
+        _ => {}
     }
     if let Some(secs) = t.blocked_s {
         let _ = write!(s, " for {secs:.1} s");
@@ -121,6 +136,9 @@ mod tests {
             kernel_frames: vec![],
             native: None,
             native_note: None,
+            cpu: None,
+            runqueue_s: None,
+            preempted: false,
         };
         let p = DumpProcess {
             pid: 10,
@@ -133,6 +151,46 @@ mod tests {
             text(&[p]),
             "Process 10: python3\nPython v3.13.1\n\nThread 12 \"waiter\" (python3): sleeping in futex on PyMutex for 2.0 s [lock]\n    wait_for_lock (/srv/app.py:30)\n    run (threading.py:1010)\n\n"
         );
+    }
+
+    /// Running, runnable (preempted in user code, or in a syscall and waiting for the GIL), and
+    /// where the kernel could not tell.
+    #[test]
+    fn running_and_runnable_threads_say_which_cpu_and_how_long_they_wait() {
+        let thread = |state: &str, cpu, runqueue_s, preempted| DumpThread {
+            tid: 12,
+            name: "python3".into(),
+            python_name: None,
+            state: state.into(),
+            syscall: None,
+            target: None,
+            category: (state == "runnable").then(|| "runqueue".into()),
+            blocked_s: None,
+            gil: None,
+            frames: vec![],
+            kernel_frames: vec![],
+            native: None,
+            native_note: None,
+            cpu,
+            runqueue_s,
+            preempted,
+        };
+        assert_eq!(state_line(&thread("running", Some(1), None, false)), "running on CPU 1");
+        assert_eq!(
+            state_line(&thread("runnable", Some(0), Some(0.01234), true)),
+            "runnable (preempted, waiting for CPU 0 for 12.3 ms) [runqueue]"
+        );
+        let mut t = thread("runnable", Some(3), None, false);
+        t.syscall = Some("futex".into());
+        t.gil = Some("waiting".into());
+        assert_eq!(state_line(&t), "runnable in futex (waiting for CPU 3) [runqueue], waiting for the GIL");
+        assert_eq!(state_line(&thread("running", None, None, false)), "running");
+        let json = serde_json::to_value(thread("runnable", Some(0), Some(0.5), true)).unwrap();
+        assert_eq!(
+            (json["state"].as_str(), json["cpu"].as_u64(), json["runqueue_s"].as_f64()),
+            (Some("runnable"), Some(0), Some(0.5))
+        );
+        assert_eq!(json["preempted"], true);
     }
 
     #[test]
@@ -162,6 +220,9 @@ mod tests {
                 DumpStackFrame::Python(py.clone()),
             ]),
             native_note: Some("unwind stopped: bad frame".into()),
+            cpu: None,
+            runqueue_s: None,
+            preempted: false,
         };
         let p = |t: DumpThread| DumpProcess {
             pid: 10,

@@ -73,6 +73,18 @@ impl CodeObject {
         self.map_from_copies(instr).unwrap_or(instr)
     }
 
+    /// Does a 3.11+ instruction pointer point into this object's own bytecode? From one unit
+    /// before its first (`prev_instr` of a frame not started yet, 3.11–3.12) to its end
+    /// (`instr_ptr` past the last unit). False when the bytecode's extent is unknown.
+    pub fn holds_instr(&self, instr: u64) -> bool {
+        self.code_bytes != 0 && instr.wrapping_sub(self.code_start.wrapping_sub(2)) <= self.code_bytes + 2
+    }
+
+    /// The object's address in its process.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
     fn in_copy(&self, start: u64, instr: u64) -> bool {
         instr.wrapping_sub(start) < self.code_bytes
     }
@@ -308,6 +320,27 @@ mod tests {
         let mem = ImageMemory { base, image };
         let mut c = CodeObject { addr: base, code_bytes: 64, ..code(Vec::new(), main) };
         assert_eq!(c.main_copy_instr(&mem, ft, copy + 10), copy + 10);
+    }
+
+    /// 3.11+ without a fingerprint: a frame is tied to a cached code object only if its
+    /// instruction pointer is inside that object's bytecode (one unit before it: a frame not
+    /// started yet in 3.11-3.12), so code now at the address whose bytecode ends earlier, or
+    /// a corrupt pointer, is read again rather than named from the cache.
+    #[test]
+    fn instruction_pointers_tie_a_frame_to_its_own_bytecode_only() {
+        let start = 0x7f00_0000_1000u64;
+        let c = CodeObject { code_bytes: 64, ..code(Vec::new(), start) };
+        for instr in [start - 2, start, start + 10, start + 64] {
+            assert!(c.holds_instr(instr), "{instr:#x}");
+        }
+        for instr in [start - 4, start + 66, 0, u64::MAX, start.wrapping_neg()] {
+            assert!(!c.holds_instr(instr), "{instr:#x}");
+        }
+        // Bytecode of unknown extent ties nothing.
+        assert!(!code(Vec::new(), start).holds_instr(start + 2));
+        // At the bottom of the address space the range does not wrap into everything.
+        let low = CodeObject { code_bytes: 64, ..code(Vec::new(), 0) };
+        assert!(low.holds_instr(0) && low.holds_instr(64) && !low.holds_instr(66) && !low.holds_instr(u64::MAX - 8));
     }
 
     /// Found by the `code_object` fuzzer: a corrupt 3.10 `f_lasti` overflowed when turned into

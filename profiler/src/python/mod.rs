@@ -12,7 +12,7 @@ pub mod thread_names;
 pub mod walk;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map::Entry},
     fmt,
     time::{Duration, Instant},
 };
@@ -83,6 +83,28 @@ mod tests {
     }
 
     #[test]
+    fn the_walk_reads_a_fingerprint_only_where_the_instruction_cannot_tie_the_frame() {
+        for ((_, minor, free_threaded), o) in super::offsets_generated::TABLE {
+            let at = super::fingerprint_offset(o);
+            // f_lasti (an offset) before 3.11; per-thread bytecode copies in free-threaded 3.14+.
+            let needed = *minor < 11 || (*free_threaded && *minor >= 14);
+            assert_eq!(at >= 0, needed, "3.{minor}{}", if *free_threaded { "t" } else { "" });
+            if needed {
+                assert_eq!(at, o.code_firstlineno);
+            }
+            let info = super::proc_info(0, o);
+            assert_eq!(info.code_firstlineno == profiler_common::PY_OFFSET_NONE, !needed);
+            // Where the fingerprint is `f_globals` instead: a word of its own inside the read.
+            if !needed {
+                let g = info.frame_globals;
+                assert!(g.is_multiple_of(8) && g + 8 <= info.frame_read_len, "3.{minor}: f_globals at {g}");
+                let words = [info.frame_code, info.frame_previous, info.frame_instr, info.frame_owner & !7];
+                assert!(!words.contains(&g), "3.{minor}: f_globals at {g} overlaps {words:?}");
+            }
+        }
+    }
+
+    #[test]
     fn frame_fields_fit_the_kernels_single_read() {
         for ((major, minor, _), o) in super::offsets_generated::TABLE {
             let len = super::frame_read_len(o);
@@ -138,11 +160,57 @@ pub fn proc_info(runtime_addr: u64, o: &PyOffsets) -> PyProcInfo {
         frame_instr: off(instr),
         frame_instr_size: instr_size as u16,
         frame_owner: off(o.frame_owner),
-        code_firstlineno: off(o.code_firstlineno),
+        code_firstlineno: off(fingerprint_offset(o)),
         frame_read_len: frame_read_len(o),
         frame_is_entry: off(frame_is_entry(o)),
+        frame_globals: off(frame_globals(o)),
+        _pad: [0; 3],
     }
 }
+
+/// Where the frame walk reads each frame's fingerprint (`co_firstlineno`), or -1 where it reads
+/// none. 3.11+ builds with the GIL need none: the frame's instruction pointer points into its
+/// code object's own bytecode (`co_code_adaptive`), so [`PythonProcess::resolve`] ties a frame
+/// to the object it caches by checking the pointer falls inside it, and the kernel's
+/// fingerprint is the frame's `f_globals` instead (see [`frame_globals`]), which it has read
+/// anyway; the object is re-checked now and then (see [`CODE_RECHECK`]). The code object's
+/// read was about half the kernel's cost per frame. Before 3.11 the instruction is an offset
+/// (`f_lasti`), and free-threaded 3.14+ may point into a per-thread copy of the bytecode
+/// elsewhere: both keep the fingerprint, as does a frame layout [`frame_globals`] does not know.
+fn fingerprint_offset(o: &PyOffsets) -> i64 {
+    let instr_in_code = o.frame_instr_ptr >= 0 && o.code_code_adaptive >= 0 && o.code_units >= 0;
+    if instr_in_code && o.code_tlbc < 0 && frame_globals(o) >= 0 { -1 } else { o.code_firstlineno }
+}
+
+/// `_PyInterpreterFrame.f_globals` (3.11+): the dict of the module the frame's code belongs to
+/// (borrowed from the frame's function, which the frame holds, so it outlives the frame). Its
+/// address keeps code objects of different modules apart when one is freed and another takes
+/// its address: an import's module code, freed once the import is done, whose address a later
+/// module's function took (all module code has `co_firstlineno` 1, so the old fingerprint did
+/// not tell those apart either). Not in the generated table (CPython's debug offsets leave it
+/// out): placed from the headers, for the two layouts known, and -1 (keep `co_firstlineno`)
+/// for any other. 3.11 (`pycore_frame.h`): `f_func, f_globals, f_builtins, f_locals, f_code,
+/// frame_obj, previous, prev_instr`; 3.12-3.15 (`pycore_frame.h`,
+/// `pycore_interpframe_structs.h`): `f_code`/`f_executable, previous, f_funcobj, f_globals,
+/// f_builtins, f_locals, frame_obj, prev_instr`/`instr_ptr`.
+fn frame_globals(o: &PyOffsets) -> i64 {
+    match (o.frame_code, o.frame_previous, o.frame_instr_ptr) {
+        (32, 48, 56) => 8,
+        (0, 8, 56) => 24,
+        _ => -1,
+    }
+}
+
+/// A code object cached at an address without a fingerprint is checked again this long after
+/// its last check: its `co_firstlineno` re-read (one 4-byte read), or, if it could not be read,
+/// the whole object when next met. Code freed and another allocated at its address whose
+/// bytecode also spans the frame's instruction pointer is caught here (and by
+/// [`PythonRegistry::recheck_codes`] for frames the aggregator has already named), so a name
+/// may stay stale this long at most, plus the cap below.
+const CODE_RECHECK: Duration = Duration::from_secs(5);
+/// Cached code objects re-checked at most per process per [`PythonRegistry::recheck_codes`]
+/// call (four a second): those not reached are due first the next time.
+const MAX_RECHECKS: usize = 256;
 
 /// `_PyInterpreterFrame.is_entry` (3.11 only: the first frame of each `_PyEval_EvalFrameDefault`
 /// call; 3.12 replaced it by entry frames). Not in the generated table: in 3.11's struct it is
@@ -159,7 +227,10 @@ fn frame_is_entry(o: &PyOffsets) -> i64 {
 /// Bytes from a frame's start that cover every field the kernel reads from it.
 fn frame_read_len(o: &PyOffsets) -> u16 {
     let instr_end = if o.frame_lasti >= 0 { o.frame_lasti + o.frame_lasti_size } else { o.frame_instr_ptr + 8 };
-    let end = [o.frame_previous + 8, o.frame_code + 8, instr_end, o.frame_owner + 1].into_iter().max().unwrap_or(0);
+    let end = [o.frame_previous + 8, o.frame_code + 8, instr_end, o.frame_owner + 1, frame_globals(o) + 8]
+        .into_iter()
+        .max()
+        .unwrap_or(0);
     (((end + 7) / 8) * 8) as u16
 }
 
@@ -202,7 +273,7 @@ pub struct PythonProcess {
     mem: Memory,
     code_type: Option<u64>,
     /// (code address, fingerprint) → code object; None when it could not be read.
-    codes: HashMap<(u64, u32), Option<CodeObject>>,
+    codes: HashMap<(u64, u32), CachedCode>,
     /// tid → `threading.Thread.name`, as last read.
     thread_names: HashMap<u32, String>,
     /// When to read them again (new threads, renames).
@@ -331,6 +402,31 @@ impl PythonProcess {
         self.mem.u64(start.wrapping_add(o.gil_last_holder as u64)).filter(|&t| t != 0)
     }
 
+    /// Re-checks code objects cached without a fingerprint that are due (see
+    /// [`CODE_RECHECK`], at most [`MAX_RECHECKS`]): returns the addresses of those that
+    /// changed, or held no readable code, and drops them so they are read again when met.
+    pub fn recheck_codes(&mut self, now: Instant) -> Vec<u64> {
+        if fingerprint_offset(&self.offsets) >= 0 {
+            return Vec::new();
+        }
+        let (mem, o) = (&self.mem, &self.offsets);
+        let (mut changed, mut checked) = (Vec::new(), 0);
+        self.codes.retain(|&(addr, _), cached| {
+            if checked >= MAX_RECHECKS || now.duration_since(cached.checked) < CODE_RECHECK {
+                return true;
+            }
+            checked += 1;
+            let current = cached.code.as_ref().is_some_and(|code| same_firstlineno(mem, o, code));
+            if current {
+                cached.checked = now;
+            } else {
+                changed.push(addr);
+            }
+            current
+        });
+        changed
+    }
+
     pub fn resolve(&mut self, rec: &PyFrameRecord) -> Resolved {
         let o = &self.offsets;
         if is_shim_owner(o, rec.owner) {
@@ -340,13 +436,29 @@ impl PythonProcess {
             return Resolved::Unknown;
         }
         let (mem, code_type) = (&self.mem, &mut self.code_type);
-        let code = self.codes.entry((rec.code, rec.fingerprint)).or_insert_with(|| {
+        // No `co_firstlineno` from the walk (see `fingerprint_offset`; the fingerprint is the
+        // frame's globals): the instruction pointer, inside the object's bytecode, is what ties
+        // the frame to it.
+        let by_instr = fingerprint_offset(o) < 0;
+        let mut read = || {
             if !code::is_code(mem, o, rec.code, code_type) {
                 return None;
             }
-            code::read_code(mem, o, rec.code).filter(|c| c.firstlineno as u32 == rec.fingerprint)
-        });
-        let Some(code) = code else { return Resolved::Unknown };
+            code::read_code(mem, o, rec.code)
+                .filter(|c| if by_instr { c.holds_instr(rec.instr) } else { c.firstlineno as u32 == rec.fingerprint })
+        };
+        let now = Instant::now();
+        let cached = match self.codes.entry((rec.code, rec.fingerprint)) {
+            Entry::Occupied(e) => {
+                let cached = e.into_mut();
+                if by_instr && !cached.still_current(mem, o, rec.instr, now) {
+                    *cached = CachedCode { code: read(), checked: now };
+                }
+                cached
+            }
+            Entry::Vacant(e) => e.insert(CachedCode { code: read(), checked: now }),
+        };
+        let Some(code) = &mut cached.code else { return Resolved::Unknown };
         let generator = o.frame_owned_by_generator >= 0 && rec.owner as i64 == o.frame_owned_by_generator;
         // Free-threaded 3.14+: the frame may run its thread's own copy of the bytecode.
         let instr =
@@ -362,6 +474,41 @@ impl PythonProcess {
             }),
         }
     }
+}
+
+/// A code object as read from a process at some address (None: it could not be read, or was
+/// not the frame's), and when that was last checked.
+struct CachedCode {
+    code: Option<CodeObject>,
+    checked: Instant,
+}
+
+impl CachedCode {
+    /// Is this still the code object of a frame with no fingerprint at `instr`? Its bytecode
+    /// must span `instr`; past [`CODE_RECHECK`] its `co_firstlineno` is read again too (one
+    /// 4-byte read), and an address that held no readable code is read again whole.
+    fn still_current(&mut self, mem: &impl ReadMemory, o: &PyOffsets, instr: u64, now: Instant) -> bool {
+        let due = now.duration_since(self.checked) >= CODE_RECHECK;
+        let Some(code) = &self.code else { return !due };
+        if !code.holds_instr(instr) {
+            return false;
+        }
+        if !due {
+            return true;
+        }
+        let same = same_firstlineno(mem, o, code);
+        if same {
+            self.checked = now;
+        }
+        same
+    }
+}
+
+/// Does the code object's `co_firstlineno` still read as when it was cached?
+fn same_firstlineno(mem: &impl ReadMemory, o: &PyOffsets, code: &CodeObject) -> bool {
+    let mut first = [0u8; 4];
+    mem.read(code.addr().wrapping_add(o.code_firstlineno as u64), &mut first)
+        && i32::from_ne_bytes(first) == code.firstlineno
 }
 
 /// Thread states of one process by what identifies their thread (see
@@ -594,6 +741,20 @@ impl PythonRegistry {
             Some(Known::Python(p)) => Some(p.version()),
             _ => None,
         }
+    }
+
+    /// (pid, code address) of cached code objects found replaced or unreadable in every Python
+    /// process (see [`PythonProcess::recheck_codes`]): frames named from them must be
+    /// resolved again.
+    pub fn recheck_codes(&mut self) -> Vec<(u32, u64)> {
+        let now = Instant::now();
+        let mut changed = Vec::new();
+        for (&pid, known) in &mut self.known {
+            if let Known::Python(p) = known {
+                changed.extend(p.recheck_codes(now).into_iter().map(|code| (pid, code)));
+            }
+        }
+        changed
     }
 
     /// Refreshes the Python thread names of every Python process (rate-limited per process).

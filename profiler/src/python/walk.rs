@@ -57,7 +57,9 @@ pub fn walk(mem: &impl ReadMemory, info: &PyProcInfo, tstate: u64, max_depth: us
         if info.frame_is_entry != PY_OFFSET_NONE && field(&chunk, info.frame_is_entry, 1) != 0 {
             owner |= PY_FRAME_IS_ENTRY;
         }
-        let fingerprint = if code != 0 {
+        let fingerprint = if info.code_firstlineno == PY_OFFSET_NONE {
+            field(&chunk, info.frame_globals, 4) as u32
+        } else if code != 0 {
             let mut b = [0u8; 4];
             if mem.read(code.wrapping_add(info.code_firstlineno as u64), &mut b) { u32::from_le_bytes(b) } else { 0 }
         } else {
@@ -94,6 +96,8 @@ mod tests {
             code_firstlineno: 48,
             frame_read_len: 72,
             frame_is_entry: PY_OFFSET_NONE,
+            frame_globals: 24,
+            _pad: [0; 3],
         }
     }
 
@@ -134,5 +138,24 @@ mod tests {
         // An unreadable thread state.
         let (frames, status) = walk(&mem, &info(), 8, 10);
         assert!(frames.is_empty() && status & py_status::READ_ERROR != 0);
+    }
+
+    /// 3.11+ with the GIL: no read of the code object; the fingerprint is the low half of the
+    /// frame's `f_globals`, so frames of two modules' code at one address differ.
+    #[test]
+    fn without_a_firstlineno_offset_the_fingerprint_is_the_frames_globals() {
+        const BASE: u64 = 0x10000;
+        let mut img = vec![0u8; 4096];
+        put(&mut img, 16, BASE + 256);
+        put(&mut img, 256, BASE + 1024);
+        put(&mut img, 256 + 8, BASE + 512);
+        put(&mut img, 256 + 24, 0x7f00_dead_b000);
+        put(&mut img, 512, BASE + 1024);
+        put(&mut img, 512 + 24, 0x7f00_beef_c000);
+        put(&mut img, 1024 + 48, 7);
+        let info = PyProcInfo { code_firstlineno: PY_OFFSET_NONE, ..info() };
+        let (frames, _) = walk(&ImageMemory { base: BASE, image: img }, &info, BASE, 10);
+        let prints: Vec<u32> = frames.iter().map(|f| f.fingerprint).collect();
+        assert_eq!(prints, [0xdead_b000, 0xbeef_c000]);
     }
 }

@@ -14,6 +14,15 @@
 //! at a fixed offset: libuv keeps its public structs ABI-stable within a major version, and
 //! every uvloop release bundles libuv 1.x (`tests/probes/uvloop_layout.py` checks the offsets
 //! live). Every read is bounded and checked; anything unexpected gives no descriptor.
+//!
+//! **TLS.** A TLS stream's transport is an `_SSLProtocolTransport` that writes through its SSL
+//! protocol to the TCP transport below it, which holds the socket. asyncio's (every version
+//! 3.8+) keeps them as attributes: `_ssl_protocol`, then the protocol's `_transport`.
+//! uvloop's are `cdef` classes again (`_SSLProtocolTransport` holds `_loop`, `_ssl_protocol`,
+//! `_closed`, `context`; `SSLProtocol` holds `_transport` about a dozen words in, after its
+//! vtable pointer and the handshake state), so each is recognized by type among the object's
+//! first words: the protocol is the `uvloop.loop.SSLProtocol` object, the transport below it
+//! the uvloop transport (not the TLS one it also points back to) whose libuv handle checks out.
 use super::reader::Reader;
 use crate::host::memory::{ReadMemory, field_i32, field_u64};
 use crate::python::thread_names::{attribute_items, dict_lookup, find_str_keys, read_ptr};
@@ -55,6 +64,17 @@ const UV_STREAM_FD: i64 = 184;
 const HANDLE_SEARCH_WORDS: u64 = 8;
 /// The prefix of uvloop's own types (`tp_name` of a Cython class is `module.Class`).
 const UVLOOP_TYPES: &str = "uvloop.loop.";
+/// The TLS transport's type, asyncio's (`asyncio.sslproto`, a Python class: `tp_name` is the
+/// bare class name) and uvloop's (`uvloop.loop._SSLProtocolTransport`).
+const TLS_TRANSPORT: &str = "_SSLProtocolTransport";
+/// uvloop's SSL protocol type.
+const UVLOOP_SSL_PROTOCOL: &str = "uvloop.loop.SSLProtocol";
+/// Words searched for the SSL protocol in uvloop's TLS transport, and for the transport below
+/// in the protocol (it is the 11th or 12th field of `SSLProtocol`, depending on padding).
+const TLS_TRANSPORT_WORDS: u64 = 8;
+const SSL_PROTOCOL_WORDS: u64 = 24;
+/// TLS over TLS (a proxy's tunnel) is followed this many levels down.
+const MAX_TLS_LEVELS: u32 = 2;
 
 impl<M: ReadMemory> Reader<'_, M> {
     /// The descriptor of the socket behind a stream object (asyncio's `StreamReader`, aiohttp's
@@ -62,11 +82,57 @@ impl<M: ReadMemory> Reader<'_, M> {
     pub fn socket_fd(&mut self, stream: u64) -> Option<i32> {
         TRANSPORT_PATHS.iter().find_map(|path| {
             let transport = self.follow(stream, path)?;
-            match self.attribute(transport, "_sock") {
-                Some(sock) => self.sock_fd(sock),
-                None => self.uvloop_fd(transport),
-            }
+            self.transport_fd(transport, MAX_TLS_LEVELS)
         })
+    }
+
+    /// The descriptor behind a transport: its socket, its libuv handle's, or (TLS) the one of
+    /// the transport its SSL protocol writes to, `levels` deep at most.
+    fn transport_fd(&mut self, transport: u64, levels: u32) -> Option<i32> {
+        if let Some(sock) = self.attribute(transport, "_sock") {
+            return self.sock_fd(sock);
+        }
+        let tls = self.type_name(transport)?.ends_with(TLS_TRANSPORT);
+        if !tls {
+            return self.uvloop_fd(transport);
+        }
+        let below =
+            self.follow(transport, &["_ssl_protocol", "_transport"]).or_else(|| self.uvloop_tls_below(transport))?;
+        if below == transport || levels == 0 {
+            return None;
+        }
+        self.transport_fd(below, levels - 1)
+    }
+
+    /// The transport below a uvloop TLS transport: its SSL protocol recognized by type among
+    /// its first words, then, among the protocol's, a uvloop transport other than this one
+    /// (the protocol points back to it as `_app_transport`) with a libuv stream handle.
+    fn uvloop_tls_below(&mut self, tls: u64) -> Option<u64> {
+        if !self.type_name(tls)?.starts_with(UVLOOP_TYPES) {
+            return None;
+        }
+        let protocol = self
+            .object_words(tls, TLS_TRANSPORT_WORDS)?
+            .into_iter()
+            .find(|&p| self.type_name(p) == Some(UVLOOP_SSL_PROTOCOL))?;
+        self.object_words(protocol, SSL_PROTOCOL_WORDS)?.into_iter().find(|&p| {
+            p != tls
+                && self.type_name(p).is_some_and(|n| n.starts_with(UVLOOP_TYPES) && !n.ends_with(TLS_TRANSPORT))
+                && self.uvloop_fd(p).is_some()
+        })
+    }
+
+    /// The non-null, aligned words among an object's first `words` after its header, other
+    /// than the object itself: candidate pointers to the objects a `cdef` class holds.
+    fn object_words(&mut self, obj: u64, words: u64) -> Option<Vec<u64>> {
+        let bytes = self.mem.bytes(obj.checked_add(self.l.header())?, (words * 8) as usize)?;
+        Some(
+            bytes
+                .chunks_exact(8)
+                .filter_map(|w| field_u64(w, 0))
+                .filter(|&p| p != 0 && p != obj && p.is_multiple_of(8))
+                .collect(),
+        )
     }
 
     /// The object reached from `obj` through the attributes `path`.
@@ -144,12 +210,9 @@ impl<M: ReadMemory> Reader<'_, M> {
         if !self.type_name(transport)?.starts_with(UVLOOP_TYPES) {
             return None;
         }
-        let header = self.l.header();
-        let words = self.mem.bytes(transport.checked_add(header)?, (HANDLE_SEARCH_WORDS * 8) as usize)?;
-        let handle = words
-            .chunks_exact(8)
-            .filter_map(|w| field_u64(w, 0))
-            .filter(|&p| p != 0 && p != transport && p.is_multiple_of(8))
+        let handle = self
+            .object_words(transport, HANDLE_SEARCH_WORDS)?
+            .into_iter()
             .find(|&p| self.is_stream_handle_of(p, transport))?;
         let fd = field_i32(&self.mem.bytes(handle.checked_add(UV_STREAM_FD as u64)?, 4)?, 0)?;
         (0..1 << 24).contains(&fd).then_some(fd)
