@@ -513,6 +513,9 @@ impl Session {
         };
         // The old window's tables are gone: give their pages back (see host::heap).
         crate::host::heap::release_free_memory();
+        // And the pages of other programs' files the symbolizer read (see host::mapped_files).
+        let advised = crate::host::mapped_files::release_mapped_files();
+        log::debug!("released the pages of {} MiB of symbolized files", advised >> 20);
         profile
     }
 
@@ -631,21 +634,17 @@ impl Session {
     fn forget_exited(&mut self) {
         let (dead_tids, dead_pids) = self.exits.end_window();
         self.bpf.forget_threads(&dead_tids);
-        let host = self.running.is_host();
         for &pid in &dead_pids {
             if let (Some(n), Some(maps)) = (&mut self.native, &mut self.bpf.unwind) {
                 n.registry.forget(pid, &mut Sink(maps));
             }
-            // Its kernel target and layout entries went at its exit (`unmap_exited`). Waits
-            // and asyncio tasks are tracked for Python processes and explicit targets only:
-            // with `--all`, thousands of short-lived processes a window are not looked for
-            // in their tables.
-            if !host || self.python.version(pid).is_some() {
-                if let Some(tasks) = &mut self.tasks {
-                    tasks.forget(pid);
-                }
-                self.classifier.forget(pid);
+            // Its kernel target and layout entries went at its exit (`unmap_exited`). Every
+            // process, Python or not: the classes of a `/bin/true`'s waits piled up under
+            // `--all` before (issue 13); both are a few hash removals per process.
+            if let Some(tasks) = &mut self.tasks {
+                tasks.forget(pid);
             }
+            self.classifier.forget(pid);
             self.python.forget(pid);
             self.symbols.forget(pid);
         }
@@ -655,9 +654,10 @@ impl Session {
         // What is kept across windows (issue 13: memory must stay flat with processes coming
         // and going).
         log::debug!(
-            "kept: processes known {:?} (all, Python), symbols {:?} (user, maps, pending, given to blazesym, kernel)",
+            "kept: processes known {:?} (all, Python), symbols {:?} (user, maps, pending, given to blazesym, kernel), wait classes of {} processes",
             self.python.sizes(),
             self.symbols.sizes(),
+            self.classifier.processes_cached(),
         );
     }
 
