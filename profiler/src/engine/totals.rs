@@ -134,8 +134,11 @@ mod tests {
         // A key the sums no longer hold is forgotten.
         w.classify(&times, &[(read, sum(2))], &mut c);
         assert!(!w.seen.contains_key(&sleep));
-        // The classifier's generation moving: everything classified again.
-        c.forget(pid + 1);
+        // The classifier's generation moving (it forgets a process it had classes of):
+        // everything classified again.
+        let before = c.generation();
+        c.forget(pid);
+        assert_ne!(c.generation(), before);
         w.classify(&times, &[(read, sum(2))], &mut c);
         assert_eq!((w.seen[&read].generation, w.seen[&read].rechecks_left), (c.generation(), FD_RECHECK_PASSES));
     }
