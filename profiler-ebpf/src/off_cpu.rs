@@ -27,14 +27,14 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use profiler_common::{
-    EventKind, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, ThreadTimes, exit_gate::ExitGate, futex_arg,
-    off_state, poll_arg, scratch_slot, split_off_interval, stat,
+    EventKind, OffCpuInfo, OffCpuKey, OffCpuSum, PreemptEndEvent, ThreadTimes, child_wait, exit_gate::ExitGate,
+    futex_arg, off_state, poll_arg, scratch_slot, split_off_interval, stat,
 };
 
 use crate::{
     maps::{
         EVENTS, EXIT_GATE, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, UNWIND_PROGS_RAW_TP, UNWIND_SCRATCH, bump,
-        is_offcpu_target, offcpu_stack_cost_ns, offcpu_threshold_ns, task_ids, task_state_offset,
+        is_offcpu_target, offcpu_stack_cost_ns, offcpu_threshold_ns, task_ids, task_state_offset, track_epoch,
     },
     native, stacks, syscall_regs, wait_target,
 };
@@ -76,15 +76,12 @@ fn times(tid: u32, tgid: u32) -> Option<*mut ThreadTimes> {
     THREAD_TIMES.get_ptr_mut(&tid)
 }
 
-/// Closes the off-CPU interval of `next`, the thread coming in, and opens its on-CPU one.
-/// Arms this CPU's exit gate (disarmed by the caller) when `next` is in a syscall on record:
-/// its `sys_exit`, on this CPU before any other switch, is the one to look at.
+/// Closes the off-CPU interval of `next` (thread `next_tid` of tracked process `next_tgid`),
+/// the thread coming in, and opens its on-CPU one. Arms this CPU's exit gate (disarmed by the
+/// caller) when `next` is in a syscall on record: its `sys_exit`, on this CPU before any other
+/// switch, is the one to look at.
 #[inline(always)]
-fn account_incoming(next: u64, now: u64, gate: Option<*mut ExitGate>) {
-    let Some((next_tid, next_tgid)) = task_ids(next) else { return };
-    if next_tid == 0 || !is_offcpu_target(next_tgid) {
-        return;
-    }
+fn account_incoming(next_tid: u32, next_tgid: u32, now: u64, gate: Option<*mut ExitGate>) {
     let Some(t) = times(next_tid, next_tgid) else { return };
     let t = unsafe { &mut *t };
     let call = IN_FLIGHT.get_ptr_mut(&next_tid);
@@ -156,24 +153,55 @@ pub fn open_first_wait(tid: u32, tgid: u32) {
 
 #[raw_tracepoint(tracepoint = "sched_switch")]
 pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
-    let now = unsafe { bpf_ktime_get_ns() };
     let preempt: u64 = ctx.arg(0);
     let prev: u64 = ctx.arg(1);
     let next: u64 = ctx.arg(2);
-    // Every switch disarms this CPU's exit gate; the incoming thread may arm it again.
     let gate = EXIT_GATE.get_ptr_mut(0);
+    let epoch = track_epoch();
+    // The thread going out is the current one: the one switched in last on this CPU, whose
+    // tracking was decided then and still holds if the tracked set has not changed since (see
+    // `profiler_common::exit_gate`). Most switches of the host are of untracked tasks, and
+    // this is what they cost: no helper call, no hash lookup for `prev`.
+    let mut prev_ids = None;
+    let mut known = false;
     if let Some(g) = gate {
-        unsafe { (*g).armed_tid = 0 };
+        let g = unsafe { &mut *g };
+        // Every switch disarms this CPU's exit gate; the incoming thread may arm it again.
+        g.armed_tid = 0;
+        if g.running_task == prev && g.running_epoch == epoch {
+            known = true;
+            if g.running_tid != 0 {
+                prev_ids = Some((g.running_tid, g.running_tgid));
+            }
+        }
     }
+    if !known {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        let (prev_tgid, prev_tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+        if prev_tid != 0 && is_offcpu_target(prev_tgid) {
+            prev_ids = Some((prev_tid, prev_tgid));
+        }
+    }
+    let next_ids = task_ids(next).filter(|&(tid, tgid)| tid != 0 && is_offcpu_target(tgid));
+    if let Some(g) = gate {
+        let g = unsafe { &mut *g };
+        let (tid, tgid) = next_ids.unwrap_or((0, 0));
+        g.running_task = next;
+        g.running_epoch = epoch;
+        g.running_tid = tid;
+        g.running_tgid = tgid;
+    }
+    if prev_ids.is_none() && next_ids.is_none() {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
     // The thread coming in first: the outgoing one's stack may be walked by a tail call to
     // the native unwinder below, which never returns here.
-    account_incoming(next, now, gate);
+    if let Some((next_tid, next_tgid)) = next_ids {
+        account_incoming(next_tid, next_tgid, now, gate);
+    }
 
-    // The thread going out is the current one.
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (prev_tgid, prev_tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if prev_tid != 0
-        && is_offcpu_target(prev_tgid)
+    if let Some((prev_tid, prev_tgid)) = prev_ids
         && let Some(t) = times(prev_tid, prev_tgid)
     {
         let t = unsafe { &mut *t };
@@ -236,10 +264,13 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if g.regs_offset == 0 {
         g.regs_offset = syscall_regs::learn_regs_offset(ctx.arg(0));
     }
+    // The common case: a syscall that never switched out while tracked (nothing armed).
+    if g.armed_tid == 0 {
+        return 0;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    // The common case: a syscall that never switched out while tracked.
-    if g.armed_tid == 0 || g.armed_tid != tid {
+    if g.armed_tid != tid {
         return 0;
     }
     g.armed_tid = 0;
@@ -255,7 +286,11 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     }
     // What the descriptor waited on was, sent ahead of the stack (the poll family's and
     // futex's recorded arguments are not descriptors).
-    if !poll_arg::is_poll_family(call.syscall_nr) && call.syscall_nr != futex_arg::SYS_FUTEX {
+    // A child wait's is not recorded at all.
+    if !poll_arg::is_poll_family(call.syscall_nr)
+        && call.syscall_nr != futex_arg::SYS_FUTEX
+        && !child_wait::is_child_wait(call.syscall_nr)
+    {
         wait_target::send(tgid, tid, call.syscall_nr, call.arg0);
     }
     let Some(s) = UNWIND_SCRATCH.get_ptr_mut(scratch_slot::SYS_EXIT) else { return 0 };

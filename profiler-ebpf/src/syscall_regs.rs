@@ -10,7 +10,7 @@
 //! The registers are at `task->stack + regs_offset`, learned at `sys_exit` (see
 //! `profiler_common::exit_gate`): `bpf_task_pt_regs` would need 5.15 and a BTF task pointer.
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user};
-use profiler_common::{InFlight, exit_gate::plausible_regs_offset, futex_arg, poll_arg};
+use profiler_common::{InFlight, child_wait, exit_gate::plausible_regs_offset, futex_arg, poll_arg};
 
 use crate::maps::{IN_FLIGHT, task_stack_offset};
 
@@ -61,7 +61,8 @@ pub fn track_current_syscall(tid: u32, regs_offset: u64, now: u64) -> bool {
         let _ = IN_FLIGHT.remove(&tid);
         return false;
     }
-    let mut arg0 = kernel_u64(regs + PT_REGS_DI).unwrap_or(0);
+    // A child wait's pid is not kept: each child would be a key of its own.
+    let mut arg0 = if child_wait::is_child_wait(nr) { 0 } else { kernel_u64(regs + PT_REGS_DI).unwrap_or(0) };
     // The poll family's first argument is a count or a pointer: record which descriptors it
     // waits on instead (one user read, only for these four syscalls).
     if poll_arg::is_poll_family(nr) {

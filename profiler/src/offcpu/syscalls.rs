@@ -655,6 +655,19 @@ mod tests {
     }
 
     #[test]
+    fn the_kernel_keys_exactly_the_child_waits_without_their_argument() {
+        // The kernel records 0 instead of the pid for these (`profiler_common::child_wait`),
+        // which is safe only because their class takes nothing from the argument.
+        assert_eq!(profiler_common::child_wait::SYS_WAIT4, libc::SYS_wait4);
+        assert_eq!(profiler_common::child_wait::SYS_WAITID, libc::SYS_waitid);
+        for &(nr, name) in SYSCALLS {
+            let child_wait = profiler_common::child_wait::is_child_wait(nr as i64);
+            assert_eq!(child_wait, class(nr as u64) == SyscallClass::Wait, "{name}");
+            assert!(!(child_wait && fd_arg(nr as u64)), "{name}");
+        }
+    }
+
+    #[test]
     fn fd_argument() {
         assert!(fd_arg(libc::SYS_read as u64));
         assert!(fd_arg(libc::SYS_epoll_wait as u64));
