@@ -362,3 +362,85 @@ fn the_kernel_learns_where_user_registers_are() {
     assert!(offsets.iter().all(|o| expected.contains(o)), "learned offsets {offsets:?}, expected one of {expected:?}");
     assert!(offsets.iter().all(|o| *o == offsets[0]), "CPUs disagree: {offsets:?}");
 }
+
+/// The `OFFCPU_SUMS` keys pyebpf's kernel side holds for thread `tid` in syscall `nr`, with
+/// their counts, from a dump of the map the process `holder` has open.
+fn offcpu_keys_of(holder: u32, tid: u32, nr: i64) -> Result<Vec<(u64, u64)>, String> {
+    let held = maps_held_by(holder);
+    let sums = bpftool_list("map")
+        .into_iter()
+        .find(|m| m["name"] == "OFFCPU_SUMS" && m["id"].as_u64().is_some_and(|id| held.contains(&id)))
+        .ok_or("no OFFCPU_SUMS map held by pyebpf")?;
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "dump", "id", &sums["id"].to_string(), "-j"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let dump: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    let bytes = |v: &Value| -> Vec<u8> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+            .collect()
+    };
+    let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
+    let mut keys = Vec::new();
+    for entry in dump.as_array().ok_or("dump not an array")? {
+        // profiler_common::OffCpuKey { tid: u32, state: u32, syscall_nr: i64, arg0: u64 } and
+        // OffCpuSum { blocked_ns, runq_ns, count }.
+        let (k, v) = (bytes(&entry["key"]), bytes(&entry["value"]));
+        if k.len() != 24 || v.len() != 24 {
+            return Err(format!("unexpected key/value sizes {} {}", k.len(), v.len()));
+        }
+        if u32::from_le_bytes(k[0..4].try_into().unwrap()) == tid && word(&k, 8) as i64 == nr {
+            keys.push((word(&k, 16), word(&v, 16)));
+        }
+    }
+    Ok(keys)
+}
+
+#[test]
+fn waits_for_children_are_one_key_not_one_per_child() {
+    // A process that starts children waits for each in wait4 with the child's pid as first
+    // argument. Keyed by it, every child made an OFFCPU_SUMS key of its own (28,000 of one
+    // spawner's in the map, which userspace reads whole 4 times a second); the kernel records
+    // 0 for these calls instead (profiler_common::child_wait). One interpreter is enough: the
+    // calls are libc's, whatever the version.
+    const CHILDREN: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let script = format!(
+        "import os, subprocess, sys, time\n\
+         while not os.path.exists({go:?}): time.sleep(0.01)\n\
+         for _ in range({CHILDREN}): subprocess.run(['/bin/sleep', '0.01'])\n\
+         print('done', flush=True)\n\
+         time.sleep(60)\n",
+        go = go.to_str().unwrap()
+    );
+    let spawner = KillOnDrop(
+        std::process::Command::new("/usr/bin/python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the spawner"),
+    );
+    let child = KillOnDrop(spawn_sampling(
+        pyebpf()
+            .args(["profile", "-d", "30", "--pid", &spawner.pid().to_string(), "-o"])
+            .arg(dir.path().join("p.json")),
+    ));
+    std::fs::write(&go, b"").unwrap();
+    let keys = poll(Duration::from_secs(25), "the spawner's wait4 sums", || {
+        let keys = offcpu_keys_of(child.pid(), spawner.pid(), libc::SYS_wait4)?;
+        let waits: u64 = keys.iter().map(|&(_, count)| count).sum();
+        // Nearly every child's wait switched out (its child sleeps 10 ms; one of 60 did not
+        // in a run on the loaded host: a child done before its parent waited).
+        if waits < CHILDREN as u64 * 9 / 10 {
+            return Err(format!("{waits} wait4 intervals of {CHILDREN} children so far: {keys:?}"));
+        }
+        Ok(keys)
+    });
+    // One key per state the thread was switched out in (asleep, and maybe preempted or in a D
+    // state on the way), all with argument 0.
+    assert!(keys.len() <= 3 && keys.iter().all(|&(arg0, _)| arg0 == 0), "wait4 keys: {keys:?}");
+}
