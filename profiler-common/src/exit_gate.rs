@@ -12,17 +12,6 @@
 //! saved user registers. It is a constant of the kernel build (`THREAD_SIZE`, minus the top
 //! padding of FRED kernels, minus `sizeof(struct pt_regs)`), but not one userspace can know
 //! for sure, so the kernel learns it: `sys_exit`'s first argument is `task_pt_regs(current)`.
-//!
-//! And it remembers the task `sched_switch` switched in last on the CPU, with whether its
-//! process was tracked then (`running_*`): that task is the one the CPU's next `sched_switch`
-//! switches out (every switch runs the program), so the outgoing thread's tracking is decided
-//! by comparing the `prev` pointer with `running_task` instead of a `bpf_get_current_pid_tgid`
-//! and a `PY_PROCS` lookup, most switches of the host being of untracked tasks. The answer is
-//! only reused while the set of tracked processes has not changed since: both sides bump a
-//! counter of the `TRACK_EPOCH` array when they change it (userspace [`TRACK_EPOCH_USER`] when
-//! it adds or removes a target or a CPython process, the exec hook [`TRACK_EPOCH_KERNEL`] when
-//! an exec makes a tracked process untracked or changes a thread's id), and the remembered
-//! answer carries their sum, which only grows.
 
 /// The value of the one-slot per-CPU `EXIT_GATE` array.
 #[repr(C)]
@@ -34,19 +23,7 @@ pub struct ExitGate {
     pub _pad: u32,
     /// `task_pt_regs(task) - task->stack`, learned at this CPU's first `sys_exit`; 0 until then.
     pub regs_offset: u64,
-    /// The `task_struct` switched in last on this CPU (0: none seen yet).
-    pub running_task: u64,
-    /// The sum of the `TRACK_EPOCH` counters when `running_tid` was decided.
-    pub running_epoch: u64,
-    /// That task's tid and tgid if its process was tracked then; 0 if not.
-    pub running_tid: u32,
-    pub running_tgid: u32,
 }
-
-/// Slots of the `TRACK_EPOCH` array: each side writes only its own.
-pub const TRACK_EPOCH_USER: u32 = 0;
-pub const TRACK_EPOCH_KERNEL: u32 = 1;
-pub const TRACK_EPOCH_SLOTS: u32 = 2;
 
 /// `sizeof(struct pt_regs)` on x86-64 (uapi, stable).
 pub const PT_REGS_SIZE: u64 = 168;

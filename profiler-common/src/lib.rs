@@ -67,8 +67,6 @@ pub mod map_size {
     pub const IN_FLIGHT: u32 = 65536;
     /// One [`super::exit_gate::ExitGate`] per CPU.
     pub const EXIT_GATE: u32 = 1;
-    /// The two counters of changes to the tracked set (see [`super::exit_gate`]).
-    pub const TRACK_EPOCH: u32 = super::exit_gate::TRACK_EPOCH_SLOTS;
     /// Bytes of the `EVENTS` ring buffer as compiled; userspace resizes it at load time to fit
     /// the sampling rate, so this only matters to a loader that does not.
     pub const EVENTS_DEFAULT_BYTES: u32 = 4 << 20;
@@ -530,8 +528,6 @@ pub mod names {
     pub const MAP_IN_FLIGHT: &str = "IN_FLIGHT";
     /// Per-CPU array of one [`super::exit_gate::ExitGate`].
     pub const MAP_EXIT_GATE: &str = "EXIT_GATE";
-    /// Array of two `u64` counters of changes to the tracked set (see [`super::exit_gate`]).
-    pub const MAP_TRACK_EPOCH: &str = "TRACK_EPOCH";
     /// Raw tracepoint programs of the off-CPU tracker.
     pub const PROG_SCHED_SWITCH: &str = "sched_switch";
     pub const PROG_SCHED_WAKEUP: &str = "sched_wakeup";
@@ -590,7 +586,7 @@ pub mod names {
     ];
 
     /// Every map of the object.
-    pub const MAPS: [&str; 20] = [
+    pub const MAPS: [&str; 19] = [
         MAP_EVENTS,
         MAP_STATS,
         MAP_TARGET_PIDS,
@@ -610,7 +606,6 @@ pub mod names {
         MAP_UNWIND_PROGS_PERF,
         MAP_UNWIND_PROGS_RAW_TP,
         MAP_EXIT_GATE,
-        MAP_TRACK_EPOCH,
     ];
     /// Every global of the object, with its size in bytes.
     pub const GLOBALS: [(&str, usize); 16] = [
@@ -709,7 +704,7 @@ const _: () = {
     assert!(size_of::<OffCpuSum>() == 3 * 8);
     assert!(size_of::<ThreadTimes>() == 4 * 8 + 2 * 4 + 3 * 8);
     assert!(size_of::<InFlight>() == 5 * 8 + 2 * 4);
-    assert!(size_of::<exit_gate::ExitGate>() == 2 * 4 + 8 + 2 * 8 + 2 * 4);
+    assert!(size_of::<exit_gate::ExitGate>() == 2 * 4 + 8);
     assert!(size_of::<PyProcInfo>() == 8 + 20 * 2);
     assert!(
         size_of::<SampleEvent>()

@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
 use profiler_common::{EventKind, ExecEvent, stat};
 
-use crate::maps::{EVENTS, PY_PROCS, UNWIND_PROCS, bump, bump_track_epoch, is_target, target_all};
+use crate::maps::{EVENTS, PY_PROCS, UNWIND_PROCS, bump, is_target};
 
 /// A raw tracepoint: attaching needs no tracefs mount.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
@@ -13,12 +13,7 @@ pub fn process_exec(_ctx: RawTracePointContext) -> i32 {
     if !is_target(tgid) {
         return 0;
     }
-    // No longer a CPython process (so no longer tracked, unless an explicit target, whose
-    // exec'ing thread takes the leader's tid): `sched_switch` must not reuse what it decided
-    // for this task at its switch-in (see `profiler_common::exit_gate`).
-    if PY_PROCS.remove(&tgid).is_ok() || !target_all() {
-        bump_track_epoch();
-    }
+    let _ = PY_PROCS.remove(&tgid);
     // Its mappings are the old program's too.
     let _ = UNWIND_PROCS.remove(&tgid);
     let event = ExecEvent { kind: EventKind::Exec as u32, pid: tgid };

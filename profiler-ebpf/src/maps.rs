@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use profiler_common::{
     InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, UnwindScratch,
-    exit_gate::{ExitGate, TRACK_EPOCH_KERNEL, TRACK_EPOCH_USER},
+    exit_gate::ExitGate,
     map_size,
     unwind::{Mapping, PageEntry, ProcMaps, RuleRec, TableInfo},
 };
@@ -51,30 +51,6 @@ pub static IN_FLIGHT: LruHashMap<u32, InFlight> = LruHashMap::with_max_entries(m
 /// are on a kernel stack (see `profiler_common::exit_gate`).
 #[map]
 pub static EXIT_GATE: PerCpuArray<ExitGate> = PerCpuArray::with_max_entries(map_size::EXIT_GATE, 0);
-
-/// Counters of changes to the set of tracked processes, one written by userspace and one by
-/// the exec hook: `sched_switch` reuses the tracking of the task it switched in last only
-/// while their sum is unchanged (see `profiler_common::exit_gate`). An array: its lookups are
-/// inlined by the verifier.
-#[map]
-pub static TRACK_EPOCH: Array<u64> = Array::with_max_entries(map_size::TRACK_EPOCH, 0);
-
-/// The sum of the `TRACK_EPOCH` counters (it only grows).
-#[inline(always)]
-pub fn track_epoch() -> u64 {
-    let user = TRACK_EPOCH.get(TRACK_EPOCH_USER).copied().unwrap_or(0);
-    let kernel = TRACK_EPOCH.get(TRACK_EPOCH_KERNEL).copied().unwrap_or(0);
-    user.wrapping_add(kernel)
-}
-
-/// The set of tracked processes changed here (an exec). Not atomic: two CPUs bumping at once
-/// may add 1 instead of 2, but the sum still moves, which is all a reader looks at.
-#[inline(always)]
-pub fn bump_track_epoch() {
-    if let Some(p) = TRACK_EPOCH.get_ptr_mut(TRACK_EPOCH_KERNEL) {
-        unsafe { *p = (*p).wrapping_add(1) };
-    }
-}
 
 /// Per-CPU counters, indexed by `profiler_common::stat`. Per-CPU because BPF has no cheap
 /// 64-bit atomics on every kernel, and userspace sums them anyway.

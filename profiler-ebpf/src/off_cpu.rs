@@ -34,7 +34,7 @@ use profiler_common::{
 use crate::{
     maps::{
         EVENTS, EXIT_GATE, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, UNWIND_PROGS_RAW_TP, UNWIND_SCRATCH, bump,
-        is_offcpu_target, offcpu_stack_cost_ns, offcpu_threshold_ns, task_ids, task_state_offset, track_epoch,
+        is_offcpu_target, offcpu_stack_cost_ns, offcpu_threshold_ns, task_ids, task_state_offset,
     },
     native, stacks, syscall_regs, wait_target,
 };
@@ -156,41 +156,17 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     let prev: u64 = ctx.arg(1);
     let next: u64 = ctx.arg(2);
+    // Every switch disarms this CPU's exit gate; the incoming thread may arm it again.
     let gate = EXIT_GATE.get_ptr_mut(0);
-    let epoch = track_epoch();
-    // The thread going out is the current one: the one switched in last on this CPU, whose
-    // tracking was decided then and still holds if the tracked set has not changed since (see
-    // `profiler_common::exit_gate`). Most switches of the host are of untracked tasks, and
-    // this is what they cost: no helper call, no hash lookup for `prev`.
-    let mut prev_ids = None;
-    let mut known = false;
     if let Some(g) = gate {
-        let g = unsafe { &mut *g };
-        // Every switch disarms this CPU's exit gate; the incoming thread may arm it again.
-        g.armed_tid = 0;
-        if g.running_task == prev && g.running_epoch == epoch {
-            known = true;
-            if g.running_tid != 0 {
-                prev_ids = Some((g.running_tid, g.running_tgid));
-            }
-        }
-    }
-    if !known {
-        let pid_tgid = bpf_get_current_pid_tgid();
-        let (prev_tgid, prev_tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-        if prev_tid != 0 && is_offcpu_target(prev_tgid) {
-            prev_ids = Some((prev_tid, prev_tgid));
-        }
+        unsafe { (*g).armed_tid = 0 };
     }
     let next_ids = task_ids(next).filter(|&(tid, tgid)| tid != 0 && is_offcpu_target(tgid));
-    if let Some(g) = gate {
-        let g = unsafe { &mut *g };
-        let (tid, tgid) = next_ids.unwrap_or((0, 0));
-        g.running_task = next;
-        g.running_epoch = epoch;
-        g.running_tid = tid;
-        g.running_tgid = tgid;
-    }
+    // The thread going out is the current one.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (prev_tgid, prev_tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let prev_ids = (prev_tid != 0 && is_offcpu_target(prev_tgid)).then_some((prev_tid, prev_tgid));
+    // Most switches of the host are of untracked tasks: no clock read for them.
     if prev_ids.is_none() && next_ids.is_none() {
         return 0;
     }

@@ -99,7 +99,6 @@ fn every_map_is_named_and_shaped_as_userspace_reads_it() {
         ),
         (names::MAP_IN_FLIGHT, (BPF_MAP_TYPE_LRU_HASH, u32_size, size(size_of::<InFlight>()), map_size::IN_FLIGHT)),
         (names::MAP_EXIT_GATE, (BPF_MAP_TYPE_PERCPU_ARRAY, u32_size, size(size_of::<ExitGate>()), map_size::EXIT_GATE)),
-        (names::MAP_TRACK_EPOCH, (BPF_MAP_TYPE_ARRAY, u32_size, size(size_of::<u64>()), map_size::TRACK_EPOCH)),
         (names::MAP_UNWIND_ROWS, (BPF_MAP_TYPE_ARRAY, u32_size, size(size_of::<u64>()), map_size::UNWIND_ROW_PAIRS)),
         (names::MAP_UNWIND_PAGES, (BPF_MAP_TYPE_ARRAY, u32_size, size(size_of::<PageEntry>()), map_size::UNWIND_PAGES)),
         (names::MAP_UNWIND_RULES, (BPF_MAP_TYPE_ARRAY, u32_size, size(size_of::<RuleRec>()), map_size::UNWIND_RULES)),

@@ -216,10 +216,6 @@ pub struct Bpf {
     offcpu_sums: HashMap<MapData, OffCpuKey, OffCpuSum>,
     thread_times: HashMap<MapData, u32, ThreadTimes>,
     in_flight: HashMap<MapData, u32, profiler_common::InFlight>,
-    /// Userspace's counter of changes to the tracked set, and the kernel's copy of it (see
-    /// `profiler_common::exit_gate`): bumped after every change to `TARGET_PIDS` or `PY_PROCS`.
-    track_epoch: Array<MapData, u64>,
-    track_epoch_user: u64,
     /// The native unwinder's tables (with `--native`).
     pub unwind: Option<UnwindMaps>,
     /// The task iterator: loaded on first use (None: not yet; Some(None): the kernel
@@ -449,7 +445,6 @@ impl Bpf {
         let thread_times =
             HashMap::try_from(ebpf.take_map(names::MAP_THREAD_TIMES).context("THREAD_TIMES map missing")?)?;
         let in_flight = HashMap::try_from(ebpf.take_map(names::MAP_IN_FLIGHT).context("IN_FLIGHT map missing")?)?;
-        let track_epoch = Array::try_from(ebpf.take_map(names::MAP_TRACK_EPOCH).context("TRACK_EPOCH map missing")?)?;
         Ok(Self {
             ebpf,
             events,
@@ -461,8 +456,6 @@ impl Bpf {
             offcpu_sums,
             thread_times,
             in_flight,
-            track_epoch,
-            track_epoch_user: 0,
             unwind,
             task_iter: None,
             _stats_fd: stats_fd,
@@ -505,20 +498,7 @@ impl Bpf {
 
     /// Starts sampling process `pid` (all its threads).
     pub fn add_target(&mut self, pid: u32) -> anyhow::Result<()> {
-        let added =
-            self.targets.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the BPF target map"));
-        self.tracked_set_changed();
-        added
-    }
-
-    /// Tells `sched_switch` that the set of tracked processes changed, after the change: the
-    /// tracking it decided for the task running on each CPU must be decided again (see
-    /// `profiler_common::exit_gate`). Only this side writes its slot.
-    fn tracked_set_changed(&mut self) {
-        self.track_epoch_user += 1;
-        if let Err(e) = self.track_epoch.set(profiler_common::exit_gate::TRACK_EPOCH_USER, self.track_epoch_user, 0) {
-            log::warn!("cannot update the BPF tracked-set counter: {e}");
-        }
+        self.targets.insert(pid, 1, 0).with_context(|| format!("cannot add pid {pid} to the BPF target map"))
     }
 
     /// Samples process `pid` and follows it: every child it forks from now on is a target
@@ -577,12 +557,9 @@ impl Bpf {
 
     /// Tells the unwinder where process `pid` keeps its Python threads and frames.
     pub fn set_python(&mut self, pid: u32, info: &PyProcInfo) -> anyhow::Result<()> {
-        let added = self
-            .py_procs
+        self.py_procs
             .insert(pid, *info, 0)
-            .with_context(|| format!("cannot add pid {pid} to the BPF Python process map"));
-        self.tracked_set_changed();
-        added
+            .with_context(|| format!("cannot add pid {pid} to the BPF Python process map"))
     }
 
     /// Tells the unwinder which `PyThreadState` belongs to thread `tid`.
@@ -682,12 +659,9 @@ impl Bpf {
 
     /// Drops an exited process's Python layout, target entry and mappings.
     pub fn forget_process(&mut self, pid: u32) {
-        let python = self.py_procs.remove(&pid).is_ok();
-        let target = self.targets.remove(&pid).is_ok();
+        let _ = self.py_procs.remove(&pid);
+        let _ = self.targets.remove(&pid);
         let _ = self.followed.remove(&pid);
-        if python || target {
-            self.tracked_set_changed();
-        }
         if let Some(u) = &mut self.unwind {
             u.remove_process(pid);
         }
