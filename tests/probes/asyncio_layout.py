@@ -15,6 +15,12 @@ def word(addr):
     return ctypes.c_uint64.from_address(addr).value
 
 
+def ref(addr):
+    # A 3.14+ frame's `_PyStackRef`s carry tag bits in the low bits (free-threaded builds tag
+    # deferred references such as code objects): the object is the word with them cleared.
+    return word(addr) & ~3
+
+
 def i32(addr):
     return ctypes.c_int32.from_address(addr).value
 
@@ -77,7 +83,7 @@ async def main():
     if v >= (3, 11):
         code_in_frame = 32 if v == (3, 11) else 0
         gsize = type(coro).__basicsize__
-        hits = [o for o in range(16, gsize + 256, 8) if word(id(coro) + o + code_in_frame) == id(code)]
+        hits = [o for o in range(16, gsize + 256, 8) if ref(id(coro) + o + code_in_frame) == id(code)]
         # 3.11 also has gi_code at 16, which the inline frame's f_code search may find first.
         hits = [o for o in hits if o + code_in_frame != 16 or v != (3, 11)]
         iframe = hits[0]
@@ -85,7 +91,13 @@ async def main():
         out["gen_frame_ptr"] = -1
         # gi_frame_state: the int8 right before the frame's padding; suspended vs created.
         created = outer(fut)
-        states = [o for o in range(16, iframe) if i8(id(coro) + o) != i8(id(created) + o) and i8(id(created) + o) < 0]
+        # FRAME_CREATED is -2 (3.11, 3.12) or -3 (3.13, 3.14), 0 from 3.15 (which renumbered
+        # the states upwards); a suspended coroutine's state is a little above it.
+        states = [
+            o
+            for o in range(16, iframe)
+            if -3 <= i8(id(created) + o) <= 0 and i8(id(created) + o) < i8(id(coro) + o) <= i8(id(created) + o) + 4
+        ]
         created.close()
         out["gen_frame_state"] = one(states, "frame_state")
         out["gen_state_created"] = i8(id(created) + out["gen_frame_state"]) if False else None
@@ -93,14 +105,21 @@ async def main():
         # field saying where the stack ends (3.11–3.13: int stacktop, slots from localsplus).
         inner_coro = coro.cr_await
         frame = id(coro) + iframe
-        slot = [o for o in range(0, 512, 8) if word(frame + o) == id(inner_coro)]
+        slot = [o for o in range(0, 512, 8) if ref(frame + o) == id(inner_coro)]
         assert slot, "awaited object on the stack"
         slot = slot[-1]
         if v >= (3, 14):
-            sp = [o for o in range(0, 128, 8) if word(frame + o) == frame + slot + 8]
+            # The awaited object is the top of the stack, or (3.15) one slot below it.
+            for below in (1, 2):
+                sp = [o for o in range(0, 128, 8) if word(frame + o) == frame + slot + 8 * below]
+                if sp:
+                    break
             out["frame_stackpointer"] = one(sp, "stackpointer")
+            out["awaited_below_top"] = below
             out["frame_stacktop"] = -1
-            out["frame_localsplus"] = -1
+            # localsplus: the frame's first local, the argument `fut`.
+            # (`fut` is on the value stack too, further on: the first hit.)
+            out["frame_localsplus"] = [o for o in range(64, 128, 8) if ref(frame + o) == id(fut)][0]
         else:
             localsplus = 72
             index = (slot - localsplus) // 8 + 1

@@ -213,10 +213,10 @@ fn check_tasks(interp: &Interpreter, workload_args: &[&str]) -> Result<(), Strin
     Ok(())
 }
 
-/// Does pyebpf read this interpreter's tasks? Free-threaded: 3.13t's task layout is known,
-/// 3.14t's and 3.15t's are not. Says so when it does not.
+/// Does pyebpf read this interpreter's tasks (3.8-3.15, with the GIL or free-threaded)? Says so
+/// when it does not.
 fn task_layout_known(interp: &Interpreter) -> bool {
-    let known = !(interp.free_threaded && interp.minor != 13) && interp.minor < 16;
+    let known = interp.minor < 16;
     if !known {
         eprintln!("{}: asyncio task layouts not read for this version (skipped)", interp.label);
     }

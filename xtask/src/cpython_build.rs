@@ -241,7 +241,90 @@ fn fetch_source(root: &Path, minor: u8) -> Result<PathBuf> {
         let why = why.lines().find(|l| l.starts_with("E:")).unwrap_or("no tarball").to_owned();
         errors.push(format!("{version}: {why}"));
     }
-    bail!("no {package} source package could be fetched ({})", errors.join("; "))
+    // The archive's index names only its newest upload, whose files this mirror may not have
+    // (sid's python3.14 3.14.10 and python3.15 3.15.2 answer 404 here) while the pool still
+    // keeps earlier ones. Any release of the minor version serves the tests: the layouts they
+    // need are the minor version's (and `_Py_DebugOffsets` is checked live).
+    match fetch_from_pool(root, &package, &versions, &dir) {
+        Ok(tarball) => Ok(tarball),
+        Err(e) => {
+            bail!("no {package} source package could be fetched ({}; earlier releases: {e:#})", errors.join("; "))
+        }
+    }
+}
+
+/// Earlier upstream releases of the minor version, newest first, below the newest one the index
+/// lists: its earlier patch releases, then the release candidates of its `.0`.
+fn earlier_releases(listed: &[String]) -> Vec<String> {
+    let Some(newest) = listed.iter().max_by_key(|v| version_key(v)) else { return Vec::new() };
+    let upstream = newest.split('-').next().unwrap_or(newest);
+    let upstream = upstream.split('~').next().unwrap_or(upstream);
+    let parts: Vec<&str> = upstream.split('.').collect();
+    let [major, minor, patch] = parts[..] else { return Vec::new() };
+    let Ok(patch) = patch.parse::<u32>() else { return Vec::new() };
+    let mut out: Vec<String> = (0..patch).rev().map(|p| format!("{major}.{minor}.{p}")).collect();
+    out.extend((1..=RELEASE_CANDIDATES).rev().map(|rc| format!("{major}.{minor}.0~rc{rc}")));
+    out
+}
+
+/// Release candidates of a `.0` tried (CPython makes 2-3; its ABI is frozen from the first).
+const RELEASE_CANDIDATES: u32 = 3;
+/// Debian revisions tried per upstream release.
+const REVISIONS: u32 = 3;
+
+/// Fetches an earlier release's `.orig.tar.xz` from the archive's pool, found through its `.dsc`
+/// (not in the index, so fetched by name) and checked against the SHA-256 the `.dsc` gives, with
+/// apt's own downloader in the test root (its proxy settings apply).
+fn fetch_from_pool(root: &Path, package: &str, listed: &[String], dir: &Path) -> Result<PathBuf> {
+    let sources = fs::read_to_string(root.join("etc/apt/sources.list")).unwrap_or_default();
+    let mirror = sources
+        .lines()
+        .find_map(|l| l.strip_prefix("deb ").and_then(|rest| rest.split_whitespace().next()))
+        .context("the test root's sources.list names no archive")?
+        .trim_end_matches('/')
+        .to_owned();
+    let prefix = package.chars().next().unwrap_or('p');
+    let pool = format!("{mirror}/pool/main/{prefix}/{package}");
+    let inside = format!("/{SOURCES_IN_ROOT}");
+    let download = |name: &str, hash: Option<&str>| -> bool {
+        let mut args = vec!["/usr/lib/apt/apt-helper".to_owned(), "download-file".to_owned()];
+        args.push(format!("{pool}/{name}"));
+        args.push(format!("{inside}/{name}"));
+        if let Some(hash) = hash {
+            args.push(format!("SHA256:{hash}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pythons::chroot(root, &args).output().is_ok_and(|o| o.status.success())
+    };
+    for upstream in earlier_releases(listed) {
+        for revision in 1..=REVISIONS {
+            let dsc = format!("{package}_{upstream}-{revision}.dsc");
+            if !download(&dsc, None) {
+                continue;
+            }
+            let text = fs::read_to_string(dir.join(&dsc)).unwrap_or_default();
+            let _ = fs::remove_file(dir.join(&dsc));
+            let Some((hash, tarball)) = orig_tarball_checksum(&text) else { continue };
+            eprintln!("xtask: fetching {tarball} from the archive's pool (not in its index)");
+            if download(&tarball, Some(&hash)) {
+                return Ok(dir.join(tarball));
+            }
+            let _ = fs::remove_file(dir.join(&tarball));
+        }
+    }
+    bail!("none in {pool}")
+}
+
+/// The `.orig.tar.xz` named in a `.dsc`'s `Checksums-Sha256` field, with its SHA-256.
+fn orig_tarball_checksum(dsc: &str) -> Option<(String, String)> {
+    dsc.lines().skip_while(|l| !l.starts_with("Checksums-Sha256:")).skip(1).take_while(|l| l.starts_with(' ')).find_map(
+        |l| {
+            let mut fields = l.split_whitespace();
+            let (hash, _size, name) = (fields.next()?, fields.next()?, fields.next()?);
+            (name.ends_with(".orig.tar.xz") && hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| (hash.to_owned(), name.to_owned()))
+        },
+    )
 }
 
 /// Sort key of a Debian version like "3.14.10-1": its numbers in order.
@@ -261,4 +344,35 @@ fn enable_sources(root: &Path) -> Result<()> {
         fs::write(&list, sources.concat())?;
     }
     pythons::apt_update_in(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn earlier_releases_count_down_then_release_candidates() {
+        let listed = vec!["3.14.9-1".to_owned(), "3.14.10-1".to_owned()];
+        let got = earlier_releases(&listed);
+        assert_eq!(got.first().map(String::as_str), Some("3.14.9"));
+        assert_eq!(got[9], "3.14.0");
+        assert_eq!(&got[10..], ["3.14.0~rc3", "3.14.0~rc2", "3.14.0~rc1"]);
+        assert_eq!(earlier_releases(&["3.15.0~rc2-1".to_owned()]), ["3.15.0~rc3", "3.15.0~rc2", "3.15.0~rc1"]);
+        assert!(earlier_releases(&["garbage".to_owned()]).is_empty());
+    }
+
+    #[test]
+    fn the_orig_tarball_checksum_is_read_from_the_dsc() {
+        let dsc = "Format: 3.0 (quilt)\nChecksums-Sha1:\n 0123 1 python3.14_3.14.7.orig.tar.xz\n\
+                   Checksums-Sha256:\n 3b48dac8fb59f62eaa67ac83c1eb12bda1b7a08406dd286e252c11a66be27f81 24053924 python3.14_3.14.7.orig.tar.xz\n \
+                   43187e8f368dfdcb77ef1f879c50dcacfb1438ca01657859f2a06cfaf9c3cd2a 223864 python3.14_3.14.7-1.debian.tar.xz\nFiles:\n";
+        assert_eq!(
+            orig_tarball_checksum(dsc),
+            Some((
+                "3b48dac8fb59f62eaa67ac83c1eb12bda1b7a08406dd286e252c11a66be27f81".to_owned(),
+                "python3.14_3.14.7.orig.tar.xz".to_owned()
+            ))
+        );
+        assert_eq!(orig_tarball_checksum("Checksums-Sha256:\n nothex 1 a.orig.tar.xz\n"), None);
+    }
 }

@@ -1,5 +1,5 @@
 //! Where asyncio keeps a task's state, per CPython version (64-bit; with the GIL, and
-//! free-threaded 3.13t).
+//! free-threaded 3.13t-3.15t).
 //!
 //! `TaskObj` and `FutureObj` are private structs of `Modules/_asynciomodule.c`: no header
 //! declares them, so an `offsetof` probe like `cargo xtask gen-python-offsets` has nothing to
@@ -107,7 +107,11 @@ const fn layout(minor: u8, task: [i64; 4], generator: [i64; 3], frame: [i64; 3])
 /// 3.13t (the probe with the free-threaded 3.13.15t built by `cargo xtask setup-pythons`): the
 /// task's, future's and coroutine's fields 16 bytes further on than 3.13's (the object header),
 /// the frame's where they were (a frame is no object), `wr_object` after the longer header.
-const TABLE: [AsyncioLayout; 9] = [
+/// 3.14t (the probe with 3.14.7t, built from the archive's pool): 3.14's, shifted the same way;
+/// the frame's `tlbc_index` (72) moves `return_offset`, `owner` and `visited` up to 76-79,
+/// `localsplus` stays at 80.
+/// 3.15t (the probe with 3.15.0rc1t, built the same way): 3.15's, shifted by the header.
+const TABLE: [AsyncioLayout; 11] = [
     layout(8, [104, 112, 120, 72], [-1, -1, 16], [72, 360, -1]),
     layout(9, [144, 152, 160, 80], [-1, -1, 16], [72, 360, -1]),
     layout(10, [152, 160, 168, 88], [-1, -1, 16], [80, 352, 64]),
@@ -126,10 +130,24 @@ const TABLE: [AsyncioLayout; 9] = [
         free_threaded: true,
         ..layout(13, [128, 136, 144, 112], [88, 83, -1], [64, 72, -1])
     },
+    AsyncioLayout {
+        frame_stackpointer: 64,
+        weakref_object: 32,
+        free_threaded: true,
+        ..layout(14, [136, 144, 152, 120], [88, 83, -1], [-1, 80, -1])
+    },
+    AsyncioLayout {
+        frame_stackpointer: 64,
+        awaited_below_top: 2,
+        frame_state_executing: 4,
+        weakref_object: 32,
+        free_threaded: true,
+        ..layout(15, [136, 144, 152, 120], [88, 83, -1], [-1, 80, -1])
+    },
 ];
 
 /// The layout of CPython 3.`minor`, free-threaded or not; None for versions without one
-/// (3.16+; free-threaded 3.14t and 3.15t, which were never run here to be probed).
+/// (3.16+).
 pub fn for_version(minor: u8, free_threaded: bool) -> Option<&'static AsyncioLayout> {
     TABLE.iter().find(|l| l.minor == minor && l.free_threaded == free_threaded)
 }
@@ -183,9 +201,17 @@ mod tests {
             // The task's fields follow the future's, in the order TaskObj declares them.
             assert!(l.future_state < l.task_fut_waiter && l.task_fut_waiter < l.task_coro && l.task_coro < l.task_name);
         }
-        assert!(for_version(16, false).is_none() && for_version(14, true).is_none());
-        // 3.13t: every object field one header (16 bytes) further on, the frame's unmoved.
+        assert!(for_version(16, false).is_none() && for_version(16, true).is_none());
+        // Free-threaded: every object field one header (16 bytes) further on, the frame's unmoved.
+        for minor in [13, 14, 15] {
+            shifted_by_the_header(for_version(minor, false).unwrap(), for_version(minor, true).unwrap());
+        }
         let (gil, ft) = (for_version(13, false).unwrap(), for_version(13, true).unwrap());
+        assert_eq!((gil.set_mask(), gil.set_table(), gil.list_items()), (32, 40, 24));
+        assert_eq!((ft.set_mask(), ft.set_table(), ft.list_items()), (48, 56, 40));
+    }
+
+    fn shifted_by_the_header(gil: &AsyncioLayout, ft: &AsyncioLayout) {
         for (a, b) in [
             (gil.task_fut_waiter, ft.task_fut_waiter),
             (gil.task_coro, ft.task_coro),
@@ -195,10 +221,15 @@ mod tests {
             (gil.gen_frame_state, ft.gen_frame_state),
             (gil.weakref_object, ft.weakref_object),
         ] {
-            assert_eq!(b - a, 16);
+            assert_eq!(b - a, 16, "3.{}t", gil.minor);
         }
-        assert_eq!((gil.frame_stacktop, gil.frame_localsplus), (ft.frame_stacktop, ft.frame_localsplus));
-        assert_eq!((gil.set_mask(), gil.set_table(), gil.list_items()), (32, 40, 24));
-        assert_eq!((ft.set_mask(), ft.set_table(), ft.list_items()), (48, 56, 40));
+        assert_eq!(
+            (gil.frame_stacktop, gil.frame_localsplus, gil.frame_stackpointer),
+            (ft.frame_stacktop, ft.frame_localsplus, ft.frame_stackpointer)
+        );
+        assert_eq!(
+            (gil.awaited_below_top, gil.frame_state_executing),
+            (ft.awaited_below_top, ft.frame_state_executing)
+        );
     }
 }
