@@ -25,6 +25,7 @@ mod stacks;
 mod syscall_regs;
 mod task_iter;
 mod task_life;
+mod unseen_wakeup;
 mod wait_target;
 
 #[cfg(not(test))]

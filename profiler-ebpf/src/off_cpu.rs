@@ -4,7 +4,8 @@
 //!   run-queue wait before it first runs.
 //! - `sched_switch`: closes the on-CPU interval of the thread going out and opens its off-CPU
 //!   interval; closes the off-CPU interval of the thread coming in, splitting it into blocked
-//!   time and run-queue wait (from `sched_wakeup`), and adds it to that thread's exact sums,
+//!   time and run-queue wait (from `sched_wakeup`; a wakeup not seen, from the scheduler's
+//!   stamp: `unseen_wakeup.rs`), and adds it to that thread's exact sums,
 //!   keyed by the syscall it is blocked in.
 //! - The syscall in flight per thread (number, first argument) is recorded at its first
 //!   switch-out, from the thread's saved user registers (`syscall_regs.rs`): no program runs
@@ -36,7 +37,7 @@ use crate::{
         EVENTS, EXIT_GATE, IN_FLIGHT, OFFCPU_SUMS, THREAD_TIMES, UNWIND_PROGS_RAW_TP, UNWIND_SCRATCH, bump,
         is_offcpu_target, offcpu_stack_cost_ns, offcpu_threshold_ns, task_ids, task_state_offset,
     },
-    native, stacks, syscall_regs, wait_target,
+    native, stacks, syscall_regs, unseen_wakeup, wait_target,
 };
 
 /// Task state bit of an uninterruptible sleep.
@@ -81,7 +82,7 @@ fn times(tid: u32, tgid: u32) -> Option<*mut ThreadTimes> {
 /// caller) when `next` is in a syscall on record: its `sys_exit`, on this CPU before any other
 /// switch, is the one to look at.
 #[inline(always)]
-fn account_incoming(next_tid: u32, next_tgid: u32, now: u64, gate: Option<*mut ExitGate>) {
+fn account_incoming(next: u64, next_tid: u32, next_tgid: u32, now: u64, gate: Option<*mut ExitGate>) {
     let Some(t) = times(next_tid, next_tgid) else { return };
     let t = unsafe { &mut *t };
     let call = IN_FLIGHT.get_ptr_mut(&next_tid);
@@ -91,7 +92,13 @@ fn account_incoming(next_tid: u32, next_tgid: u32, now: u64, gate: Option<*mut E
         unsafe { (*g).armed_tid = next_tid };
     }
     if t.off_since_ns != 0 {
-        let (blocked, runq) = split_off_interval(t.off_state, t.off_since_ns, t.wake_ns, now);
+        // A sleep whose wakeup was not seen: its wait from the scheduler's stamp.
+        let wake_ns = if t.off_state != off_state::RUNNABLE && (t.wake_ns < t.off_since_ns || t.wake_ns > now) {
+            unseen_wakeup::wait_start(next, t.off_since_ns, now).unwrap_or(0)
+        } else {
+            t.wake_ns
+        };
+        let (blocked, runq) = split_off_interval(t.off_state, t.off_since_ns, wake_ns, now);
         let mut key = OffCpuKey { tid: next_tid, state: t.off_state, syscall_nr: -1, arg0: 0 };
         let in_syscall = call.is_some();
         if t.off_state == off_state::RUNNABLE && !in_syscall && runq >= offcpu_threshold_ns() {
@@ -174,7 +181,7 @@ pub fn sched_switch(ctx: RawTracePointContext) -> i32 {
     // The thread coming in first: the outgoing one's stack may be walked by a tail call to
     // the native unwinder below, which never returns here.
     if let Some((next_tid, next_tgid)) = next_ids {
-        account_incoming(next_tid, next_tgid, now, gate);
+        account_incoming(next, next_tid, next_tgid, now, gate);
     }
 
     if let Some((prev_tid, prev_tgid)) = prev_ids

@@ -27,7 +27,7 @@ static TASK_SCRATCH: PerCpuArray<TaskRecord> = PerCpuArray::with_max_entries(1, 
 /// Where a task's CPU state is (`dump`: running, or waiting for a CPU and since when), set by
 /// userspace before load from the kernel's BTF; 0 = not in this kernel.
 #[unsafe(no_mangle)]
-static TASK_SCHED_OFFSETS: TaskSchedOffsets =
+pub(crate) static TASK_SCHED_OFFSETS: TaskSchedOffsets =
     TaskSchedOffsets { on_cpu: 0, cpu: 0, last_queued: 0, se_cfs_rq: 0, cfs_rq_rq: 0, rq_clock: 0 };
 
 /// x86-64 `struct pt_regs` offsets (uapi, stable): `orig_ax` (the syscall), the six argument

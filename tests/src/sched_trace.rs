@@ -59,6 +59,9 @@ impl SchedTrace {
         let trace = SchedTrace { instance };
         trace.write("tracing_on", "0")?;
         trace.write("buffer_size_kb", BUFFER_KIB)?;
+        // The clock `bpf_ktime_get_ns` reads: events of different CPUs compare (the default,
+        // `local`, is each CPU's own), and each time is comparable with pyebpf's own.
+        trace.write("trace_clock", "mono")?;
         trace.write(
             "events/sched/sched_switch/filter",
             &format!("prev_comm == \"{comm}\" || next_comm == \"{comm}\""),
@@ -88,7 +91,13 @@ impl SchedTrace {
                 return Err(format!("ftrace lost {lost} events on {}", cpu.file_name().to_string_lossy()));
             }
         }
-        fs::read_to_string(self.instance.join("trace")).map_err(|e| e.to_string())
+        let text = fs::read_to_string(self.instance.join("trace")).map_err(|e| e.to_string())?;
+        // `PYEBPF_TEST_TRACE_DIR=DIR`: keep the trace for an event-by-event look.
+        if let Some(dir) = std::env::var_os("PYEBPF_TEST_TRACE_DIR") {
+            let name = self.instance.file_name().unwrap_or_default().to_string_lossy().into_owned();
+            let _ = fs::write(Path::new(&dir).join(format!("{name}-{}.txt", now_ns())), &text);
+        }
+        Ok(text)
     }
 
     fn write(&self, file: &str, value: &str) -> Result<(), String> {
@@ -104,6 +113,10 @@ impl Drop for SchedTrace {
         }
         let _ = fs::remove_dir(&self.instance);
     }
+}
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
 /// One thread's runs as ftrace saw them and what the scheduler charged for them.

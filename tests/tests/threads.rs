@@ -164,7 +164,7 @@ fn category_shares_match_schedstat_under_contention() {
         let blocked = 100.0 - cpu - runq;
         let traced = (runs.on_cpu_ns + runs.runq_ns + runs.blocked_ns).max(1) as f64;
         eprintln!(
-            "{}: cpu {cpu:.2}% (schedstat {true_cpu:.2}%, as charged {:.2}%), runqueue {runq:.2}% ({true_runq:.2}%, {:.2}%), blocked {blocked:.2}% ({true_blocked:.2}%); charged before the switch-in {:.1} ms and short {:.1} ms of {:.1} ms in {} runs; {} wakeups, sched_waking to sched_wakeup {:.1} ms ({span:.2} points); ftrace: cpu {:.2}%, runqueue {:.2}%, blocked {:.2}% of {:.3} s; wall {:.3} s ({:.3} s): {}",
+            "{} (pid {pid}): cpu {cpu:.2}% (schedstat {true_cpu:.2}%, as charged {:.2}%), runqueue {runq:.2}% ({true_runq:.2}%, {:.2}%), blocked {blocked:.2}% ({true_blocked:.2}%); charged before the switch-in {:.1} ms and short {:.1} ms of {:.1} ms in {} runs; {} wakeups, sched_waking to sched_wakeup {:.1} ms ({span:.2} points); ftrace: cpu {:.2}%, runqueue {:.2}%, blocked {:.2}% of {:.3} s; wall {:.3} s ({:.3} s): {}",
             interp.label,
             charged_cpu,
             charged_runq,
