@@ -299,7 +299,9 @@ impl Session {
             let replaced = self.python.recheck_codes();
             self.agg.forget_codes(&replaced);
             let t = self.cost.add(Phase::Codes, t);
-            self.classified.classify(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
+            let lost = self.bpf.life_events.then(|| self.bpf.lost());
+            let bpf = &self.bpf;
+            self.classified.classify(lost, || bpf.thread_times(), &bpf.offcpu_sums(), &mut self.classifier);
             let t = self.cost.add(Phase::Classify, t);
             let joined = self.running.discover(&mut self.bpf);
             for &pid in &joined {
@@ -318,7 +320,18 @@ impl Session {
     /// Hands every waiting ring-buffer record to the aggregator.
     pub fn drain(&mut self) {
         let Session {
-            bpf, agg, symbols, python, classifier, awaiting_exec, decode_errors, native, running, exits, ..
+            bpf,
+            agg,
+            symbols,
+            python,
+            classifier,
+            awaiting_exec,
+            decode_errors,
+            native,
+            running,
+            exits,
+            classified,
+            ..
         } = self;
         let mut seen_pids = HashSet::new();
         let mut seen = |pid: u32| {
@@ -351,8 +364,9 @@ impl Session {
                 python.thread_renamed(pid, tid);
             }
             // Every process on the host with `--all`: only those looked at so far matter.
-            Ok(Event::Exit { pid, .. }) if !python.knows(pid) => {}
+            Ok(Event::Exit { pid, tid, .. }) if !python.knows(pid) => classified.thread_exited(tid),
             Ok(Event::Exit { pid, tid, comm, process, guessed }) => {
+                classified.thread_exited(tid);
                 let name = comm_cow(&comm);
                 agg.thread_named(pid, tid, &name);
                 python.thread_exited(pid, tid);
@@ -374,6 +388,7 @@ impl Session {
                 }
             }
             Ok(Event::Exec { pid }) if *awaiting_exec == Some(pid) => {
+                classified.process_execed(pid);
                 *awaiting_exec = None;
                 running.exec(pid);
                 // Its interpreter is mapped only now, by the dynamic loader: look at it for a
@@ -382,6 +397,7 @@ impl Session {
                 python.exec(pid);
             }
             Ok(Event::Exec { pid }) => {
+                classified.process_execed(pid);
                 running.exec(pid);
                 // A new program in the same pid: forget what we knew and look again.
                 python.exec(pid);
