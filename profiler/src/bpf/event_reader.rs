@@ -10,19 +10,13 @@
 //! Memory is bounded: past `cap` bytes waiting, records are dropped and counted like the
 //! kernel's own losses. The cap only matters while the session is stalled; between drains the
 //! queue holds what 50 ms of events take.
-//!
-//! The reader copies only while the session is behind ([`BEHIND`] since its last drain): a
-//! session that keeps up takes its records straight from the kernel's buffer, without a copy.
-//! Every record copied once more was the reader's whole cost, and the copy's (~6 KiB a sample
-//! record, written by one thread and read by the other) a tenth of a `daemon --all`'s CPU beside
-//! 20 services of 4 threads.
 use std::{
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -39,14 +33,6 @@ const KEEP_BYTES: usize = 4 << 20;
 /// Each record in the queue: its length (native u32), then its bytes.
 const LEN_BYTES: usize = size_of::<u32>();
 
-/// The session is behind when its last drain ended this long ago: twice its drain interval
-/// (50 ms). The kernel's buffer holds at least half a second of records.
-const BEHIND: Duration = Duration::from_millis(100);
-
-/// A drain that takes records straight from the kernel's buffer stops after this long (the
-/// reader cannot copy meanwhile); the rest waits for the reader or the next drain.
-const DIRECT_MAX: Duration = Duration::from_millis(20);
-
 pub struct EventReader {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -59,21 +45,6 @@ pub struct EventReader {
 struct Shared {
     state: Mutex<State>,
     stop: AtomicBool,
-    /// When the reader started: the clock of `drained_ms`.
-    started: Instant,
-    /// When the session's last drain ended, in milliseconds since `started`.
-    drained_ms: AtomicU64,
-}
-
-impl Shared {
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    /// The session's last drain ended more than [`BEHIND`] ago.
-    fn session_behind(&self) -> bool {
-        self.now_ms().saturating_sub(self.drained_ms.load(Ordering::Relaxed)) > BEHIND.as_millis() as u64
-    }
 }
 
 struct State {
@@ -105,15 +76,11 @@ impl EventReader {
         let shared = Arc::new(Shared {
             state: Mutex::new(State { ring, queued: Vec::new(), cap, dropped: 0 }),
             stop: AtomicBool::new(false),
-            started: Instant::now(),
-            drained_ms: AtomicU64::new(0),
         });
         let reader = Arc::clone(&shared);
         let thread = std::thread::Builder::new().name("pyebpf-events".into()).spawn(move || {
             while !reader.stop.load(Ordering::Relaxed) {
-                if reader.session_behind() {
-                    reader.state.lock().unwrap_or_else(PoisonError::into_inner).read_ring();
-                }
+                reader.state.lock().unwrap_or_else(PoisonError::into_inner).read_ring();
                 std::thread::sleep(READ_INTERVAL);
             }
         })?;
@@ -122,37 +89,17 @@ impl EventReader {
 
     /// Hands every record written so far to `f`, oldest first: the queued ones, then what is
     /// in the kernel's buffer now (so a drain sees everything the kernel wrote before it, as
-    /// reading the buffer directly did). With nothing queued, the kernel's buffer is read in
-    /// place, under the lock, for up to [`DIRECT_MAX`]; otherwise (and for what is left after
-    /// that) `f` runs on copies without the lock: the reader keeps reading while the session
-    /// works through them. Returns how many records there were.
+    /// reading the buffer directly did). `f` runs without the lock: the reader keeps reading
+    /// while the session works through them. Returns how many records there were.
     pub fn drain(&mut self, mut f: impl FnMut(&[u8])) -> usize {
-        let n = self.drain_records(&mut f);
-        self.shared.drained_ms.store(self.shared.now_ms(), Ordering::Relaxed);
-        n
-    }
-
-    fn drain_records(&mut self, f: &mut impl FnMut(&[u8])) -> usize {
         let mut batch = std::mem::take(&mut self.spare);
         batch.clear();
-        let mut n = 0;
         {
             let mut state = self.shared.state.lock().unwrap_or_else(PoisonError::into_inner);
-            if state.queued.is_empty() {
-                // Kept up: nothing older waits in the queue, so the kernel's buffer is next in
-                // order. Its records in place, for at most DIRECT_MAX; the rest is copied.
-                let started = Instant::now();
-                while let Some(item) = state.ring.next() {
-                    f(&item);
-                    n += 1;
-                    if n % 32 == 0 && started.elapsed() > DIRECT_MAX {
-                        break;
-                    }
-                }
-            }
             state.read_ring();
             std::mem::swap(&mut state.queued, &mut batch);
         }
+        let mut n = 0;
         let mut rest = batch.as_slice();
         while rest.len() >= LEN_BYTES {
             let len = u32::from_ne_bytes(rest[..LEN_BYTES].try_into().unwrap()) as usize;
