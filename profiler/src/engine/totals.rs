@@ -66,13 +66,19 @@ pub struct ClassifiedWaits {
 struct ThreadPids {
     pid_of: HashMap<u32, u32>,
     /// Threads the sums named that the last read did not have (evicted from the LRU map, or
-    /// not timed yet): not a reason to read again until something else is.
+    /// not timed yet): read for again after [`MISSING_RETRY_PASSES`], not on every pass.
     missing: std::collections::HashSet<u32>,
+    /// Passes since the last read.
+    passes: u8,
     /// Processes that exec'd since the last pass: their threads leave `pid_of` then.
     execed: std::collections::HashSet<u32>,
     /// The count of lost events at the last read (None: never read).
     read_at: Option<u64>,
 }
+
+/// Passes (~1 s) after which threads the last read did not have are read for again: as
+/// long as a thread was skipped before it had times.
+const MISSING_RETRY_PASSES: u8 = 4;
 
 /// Lost events so far (a thread's exit may be among them), or None when the session cannot
 /// tell thread exits at all (the exit hook is not attached): then every pass reads the times.
@@ -90,11 +96,14 @@ impl ThreadPids {
             let execed = std::mem::take(&mut self.execed);
             self.pid_of.retain(|_, pid| !execed.contains(pid));
         }
+        self.passes = self.passes.saturating_add(1);
+        let retry_missing = !self.missing.is_empty() && self.passes >= MISSING_RETRY_PASSES;
         let unknown = |tid: &u32| !self.pid_of.contains_key(tid) && !self.missing.contains(tid);
-        if lost.is_none() || self.read_at != lost || sums.iter().any(|(k, _)| unknown(&k.tid)) {
+        if lost.is_none() || self.read_at != lost || retry_missing || sums.iter().any(|(k, _)| unknown(&k.tid)) {
             self.pid_of = times().iter().map(|(tid, t)| (*tid, t.pid)).collect();
             self.missing = sums.iter().map(|(k, _)| k.tid).filter(|t| !self.pid_of.contains_key(t)).collect();
             self.read_at = lost;
+            self.passes = 0;
         }
         &self.pid_of
     }
@@ -239,6 +248,12 @@ mod tests {
         assert!(read);
         let (m, read) = get(&mut w, Some(0), &[11, 99], &[]);
         assert!(!read && !m.contains_key(&99));
+        // ...until a few passes later, when it may have times.
+        for _ in 2..MISSING_RETRY_PASSES {
+            assert!(!get(&mut w, Some(0), &[11, 99], &[]).1);
+        }
+        let (m, read) = get(&mut w, Some(0), &[11, 99], &[(11, 10), (99, 10)]);
+        assert!(read && m[&99] == 10);
         // A thread exited (its id may be another process's now): read again when named.
         w.thread_exited(11);
         let (m, read) = get(&mut w, Some(0), &[11], &[(11, 20)]);
