@@ -230,12 +230,9 @@ impl Aggregator {
         let stacks = self.add_stack(s, ids, &places, symbols, python, repeat.is_some());
         if let (Some(key), Some((user, kernel))) = (repeat, stacks) {
             let raw = |wait: u32| RawStack { pid, tid, wait, user: user.clone(), kernel: kernel.clone(), on_loop };
-            let placed = Placed {
-                runq: runq_wait.map(raw),
-                blocked: blocked_wait.map(raw),
-                generation: classifier.generation(),
-            };
-            self.repeats.remember(key, placed);
+            let placed = Placed::new(runq_wait.map(raw), blocked_wait.map(raw), classifier.generation());
+            let stacks = &mut self.stacks;
+            self.repeats.remember(key, placed, |stack, w| add_weight(stacks, stack, w));
         }
     }
 
@@ -243,29 +240,36 @@ impl Aggregator {
     /// it must be worked out again (not seen, the classifier changed since, or a part that was
     /// zero then is not now).
     fn add_repeat(&mut self, key: &RepeatKey, runq_ns: u64, blocked_ns: u64, generation: u64) -> bool {
-        let Some(placed) = self.repeats.get(key) else { return false };
+        let Some(placed) = self.repeats.get_mut(key) else { return false };
         if placed.generation != generation
             || (runq_ns > 0 && placed.runq.is_none())
             || (blocked_ns > 0 && placed.blocked.is_none())
         {
             return false;
         }
-        for (stack, ns) in [(&placed.runq, runq_ns), (&placed.blocked, blocked_ns)] {
+        for (i, (stack, ns)) in [(&placed.runq, runq_ns), (&placed.blocked, blocked_ns)].into_iter().enumerate() {
             let Some(stack) = stack.as_ref().filter(|_| ns > 0) else { continue };
-            if let Some((p, _)) = &mut self.provisional {
-                p.push((stack.clone(), ns));
-            }
-            match self.stacks.get_mut(stack) {
-                Some(w) => {
-                    w.samples += 1;
-                    w.ns += ns;
+            match &mut self.provisional {
+                // A snapshot's waits in progress, to be taken back: on the stack itself.
+                Some((p, _)) => {
+                    p.push((stack.clone(), ns));
+                    add_weight(&mut self.stacks, stack, Weight { samples: 1, ns });
                 }
+                // Summed on the entry until the stacks are needed (see engine::repeats).
                 None => {
-                    self.stacks.insert(stack.clone(), Weight { samples: 1, ns });
+                    placed.pending[i].samples += 1;
+                    placed.pending[i].ns += ns;
                 }
             }
         }
         true
+    }
+
+    /// Adds the repeats' weights summed since the last call to their stacks: before anything
+    /// reads the stacks whole.
+    fn flush_repeats(&mut self) {
+        let stacks = &mut self.stacks;
+        self.repeats.take_pending(|stack, w| add_weight(stacks, stack, w));
     }
 
     /// A thread was preempted outside a syscall: keep its stacks until we learn how long it
@@ -400,7 +404,9 @@ impl Aggregator {
     }
 
     /// Stacks added from now on are provisional, until [`Aggregator::retract_provisional`].
+    /// The repeats' weights are added to the stacks first: the snapshot reads them whole.
     pub fn begin_provisional(&mut self) {
+        self.flush_repeats();
         self.provisional = Some((Vec::new(), self.off_cpu_events));
     }
 
@@ -458,7 +464,8 @@ impl Aggregator {
             info.cmdline = procinfo::cmdline(pid).or_else(|| info.cmdline.take());
         }
         self.py_frames.retain(|(p, ..), _| *p != pid);
-        self.repeats.forget(pid);
+        let stacks = &mut self.stacks;
+        self.repeats.forget(pid, |stack, w| add_weight(stacks, stack, w));
     }
 
     /// A mixed stack, root first: the native walk with each eval-loop frame replaced by the
@@ -571,6 +578,19 @@ fn stop_marker(end: u32) -> Option<Marker> {
 /// The model's view of a Python frame the interpreter named.
 fn model_frame(f: &PyFrame) -> PythonFrame {
     PythonFrame { function: f.function.clone(), file: f.file.clone(), line: f.line, first_line: f.first_line }
+}
+
+/// Adds `w` to `stack`'s weight.
+fn add_weight(stacks: &mut HashMap<RawStack, Weight>, stack: &RawStack, w: Weight) {
+    match stacks.get_mut(stack) {
+        Some(sum) => {
+            sum.samples += w.samples;
+            sum.ns += w.ns;
+        }
+        None => {
+            stacks.insert(stack.clone(), w);
+        }
+    }
 }
 
 #[cfg(test)]

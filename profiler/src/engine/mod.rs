@@ -6,6 +6,7 @@
 //! - [`exits`]: threads and processes that exited in the window (kernel events, a /proc
 //!   rescan as safety net).
 //! - [`aggregate`]: samples and waits accumulated as raw stacks while profiling.
+//! - [`phase_cost`]: the session's own CPU per part of its work (debug log).
 //! - [`repeats`]: off-CPU events that repeat one worked out before in the window.
 //! - [`blocked`]: stacks of waits still going on at a snapshot (threads blocked all along).
 //! - [`dump`]: every thread of a process now, for `pyebpf dump`.
@@ -26,6 +27,7 @@ pub mod dump_native;
 pub mod events;
 pub mod exits;
 pub mod launch;
+pub mod phase_cost;
 mod repeats;
 pub mod session;
 pub mod target;

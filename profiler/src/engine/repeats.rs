@@ -12,12 +12,18 @@
 //! processes known to be Python. The classifier's generation is checked on every hit: a GIL
 //! found, a parking lot, an event loop's idle poll seen, or a process forgotten since makes
 //! the event worked out again. The aggregator is new each window, and so is this.
+//!
+//! A repeat's weights are summed here, on the entry the look-up found ([`Placed::pending`]),
+//! and added to the aggregator's stacks when it needs them whole ([`Repeats::take_pending`]:
+//! at a snapshot, before an entry is replaced or forgotten). Adding them to the stacks on every
+//! repeat was two more look-ups of whole stacks per event (hashing and comparing ~50 frames
+//! each, in tables the event's thread had left cold): the largest part of the drain.
 use std::hash::{Hash, Hasher};
 
 use foldhash::HashMap;
 use profiler_common::{PyFrameRecord, TASK_COMM_LEN};
 
-use super::events::Sample;
+use super::{aggregate::Weight, events::Sample};
 
 /// Distinct events remembered per window at most; past it, new ones are not remembered (a
 /// window rarely has more distinct off-CPU stacks than this).
@@ -85,6 +91,23 @@ pub(super) struct Placed<S> {
     pub blocked: Option<S>,
     /// The classifier's generation when it was worked out.
     pub generation: u64,
+    /// Repeats' weights not yet added to the stacks: `[runq, blocked]`.
+    pub pending: [Weight; 2],
+}
+
+impl<S> Placed<S> {
+    pub(super) fn new(runq: Option<S>, blocked: Option<S>, generation: u64) -> Self {
+        Placed { runq, blocked, generation, pending: [Weight::default(); 2] }
+    }
+
+    /// The stacks and the repeats' weights not added to them yet, which are zeroed.
+    fn drain_pending(&mut self) -> impl Iterator<Item = (&S, Weight)> {
+        let pending = std::mem::take(&mut self.pending);
+        [self.runq.as_ref(), self.blocked.as_ref()]
+            .into_iter()
+            .zip(pending)
+            .filter_map(|(stack, w)| Some((stack?, w)).filter(|(_, w)| w.samples > 0))
+    }
 }
 
 pub(super) struct Repeats<S> {
@@ -98,19 +121,36 @@ impl<S> Default for Repeats<S> {
 }
 
 impl<S> Repeats<S> {
-    pub(super) fn get(&self, key: &RepeatKey) -> Option<&Placed<S>> {
-        self.seen.get(key)
+    pub(super) fn get_mut(&mut self, key: &RepeatKey) -> Option<&mut Placed<S>> {
+        self.seen.get_mut(key)
     }
 
-    pub(super) fn remember(&mut self, key: RepeatKey, placed: Placed<S>) {
-        if self.seen.len() < MAX_ENTRIES || self.seen.contains_key(&key) {
-            self.seen.insert(key, placed);
+    /// Remembers where an event went; `add` takes the weights of repeats the entry it replaces
+    /// still held.
+    pub(super) fn remember(&mut self, key: RepeatKey, placed: Placed<S>, mut add: impl FnMut(&S, Weight)) {
+        if (self.seen.len() < MAX_ENTRIES || self.seen.contains_key(&key))
+            && let Some(mut old) = self.seen.insert(key, placed)
+        {
+            old.drain_pending().for_each(|(s, w)| add(s, w));
         }
     }
 
-    /// Process `pid` exec'd: its frames and symbols are a new program's.
-    pub(super) fn forget(&mut self, pid: u32) {
-        self.seen.retain(|k, _| k.pid != pid);
+    /// Hands `add` every repeat's weight not added to its stack yet.
+    pub(super) fn take_pending(&mut self, mut add: impl FnMut(&S, Weight)) {
+        for placed in self.seen.values_mut() {
+            placed.drain_pending().for_each(|(s, w)| add(s, w));
+        }
+    }
+
+    /// Process `pid` exec'd: its frames and symbols are a new program's. `add` takes the
+    /// weights of its repeats not added yet.
+    pub(super) fn forget(&mut self, pid: u32, mut add: impl FnMut(&S, Weight)) {
+        self.seen.retain(|k, placed| {
+            if k.pid == pid {
+                placed.drain_pending().for_each(|(s, w)| add(s, w));
+            }
+            k.pid != pid
+        });
     }
 }
 
@@ -146,19 +186,53 @@ mod tests {
         assert!(first.kernel_stack.is_empty(), "the parts were moved, not copied");
         key.restore_copy(&mut first);
         assert_eq!(first, sample(50_000_000, &[1, 2, 3]), "restored whole");
-        repeats.remember(key, Placed { runq: Some(1), blocked: Some(2), generation: 0 });
+        repeats.remember(key, Placed::new(Some(1), Some(2), 0), |_, _| panic!("nothing replaced"));
 
         let mut again = sample(49_000_000, &[1, 2, 3]);
-        let placed = repeats.get(&RepeatKey::take(&mut again)).expect("a repeat");
+        let placed = repeats.get_mut(&RepeatKey::take(&mut again)).expect("a repeat");
         assert_eq!((placed.runq, placed.blocked), (Some(1), Some(2)));
 
         let mut other_stack = sample(50_000_000, &[1, 2, 4]);
-        assert!(repeats.get(&RepeatKey::take(&mut other_stack)).is_none());
+        assert!(repeats.get_mut(&RepeatKey::take(&mut other_stack)).is_none());
         let mut other_call = sample(50_000_000, &[1, 2, 3]);
         other_call.off.arg0 = 1;
-        assert!(repeats.get(&RepeatKey::take(&mut other_call)).is_none());
+        assert!(repeats.get_mut(&RepeatKey::take(&mut other_call)).is_none());
 
-        repeats.forget(10);
-        assert!(repeats.get(&RepeatKey::take(&mut sample(1, &[1, 2, 3]))).is_none(), "exec forgets the process");
+        repeats.forget(10, |_, _| {});
+        assert!(repeats.get_mut(&RepeatKey::take(&mut sample(1, &[1, 2, 3]))).is_none(), "exec forgets the process");
+    }
+
+    #[test]
+    fn pending_weights_are_handed_over_once_whenever_an_entry_is_taken_replaced_or_forgotten() {
+        let key = || RepeatKey::take(&mut sample(1, &[1, 2, 3]));
+        let mut repeats = Repeats::<u32>::default();
+        let mut added = Vec::new();
+        let pend = |repeats: &mut Repeats<u32>, runq: u64, blocked: u64| {
+            let p = repeats.get_mut(&key()).unwrap();
+            p.pending[0].samples += 1;
+            p.pending[0].ns += runq;
+            p.pending[1].samples += 1;
+            p.pending[1].ns += blocked;
+        };
+        repeats.remember(key(), Placed::new(Some(1), Some(2), 0), |_, _| panic!("nothing replaced"));
+        pend(&mut repeats, 5, 50);
+        pend(&mut repeats, 6, 60);
+        repeats.take_pending(|&s, w| added.push((s, w.samples, w.ns)));
+        assert_eq!(added, [(1, 2, 11), (2, 2, 110)]);
+        added.clear();
+        repeats.take_pending(|&s, w| added.push((s, w.samples, w.ns)));
+        assert!(added.is_empty(), "taken once");
+
+        // Replaced (worked out again): the old entry's weights go to its own stacks.
+        pend(&mut repeats, 7, 70);
+        repeats.remember(key(), Placed::new(None, Some(3), 1), |&s, w| added.push((s, w.samples, w.ns)));
+        assert_eq!(added, [(1, 1, 7), (2, 1, 70)]);
+        added.clear();
+
+        // A part without a stack has nothing to hand over; forgetting hands over the rest.
+        let p = repeats.get_mut(&key()).unwrap();
+        p.pending[1] = Weight { samples: 1, ns: 80 };
+        repeats.forget(10, |&s, w| added.push((s, w.samples, w.ns)));
+        assert_eq!(added, [(3, 1, 80)]);
     }
 }

@@ -24,6 +24,7 @@ use crate::{
         build::{self, Lookups, ProcessNames},
         events::{self, Event, comm_cow},
         exits::Exits,
+        phase_cost::{Phase, PhaseCost},
         target::{CommandEnd, Running, TargetSpec},
         tasks::{self, TaskConfig, TaskSampler},
         totals::{ClassifiedWaits, ThreadTotals, thread_totals},
@@ -126,6 +127,8 @@ pub struct Session {
     exits: Exits,
     /// The waits classified at housekeeping ticks, so each tick classifies only what changed.
     classified: ClassifiedWaits,
+    /// The session's CPU per part of its work (with debug logging).
+    cost: PhaseCost,
 }
 
 /// The native unwinder's side in userspace: which processes the kernel has mappings of, and
@@ -239,6 +242,7 @@ impl Session {
             max_depth: cfg.max_depth,
             exits: Exits::default(),
             classified: ClassifiedWaits::default(),
+            cost: PhaseCost::new(),
             bpf,
             running,
             tasks: cfg.tasks.map(TaskSampler::new),
@@ -271,11 +275,14 @@ impl Session {
     /// Call every [`DRAIN_INTERVAL`]: drains the ring buffer, and every few calls symbolizes,
     /// reads thread names and classifies new waits. `Some(reason)` once the targets are gone.
     pub fn tick(&mut self) -> Option<String> {
+        let t = self.cost.start();
         self.drain();
+        let t = self.cost.add(Phase::Drain, t);
         self.ticks += 1;
         if let Some(tasks) = &mut self.tasks {
             tasks.tick(&mut self.python);
         }
+        let t = self.cost.add(Phase::Tasks, t);
         if self.ticks.is_multiple_of(HOUSEKEEPING_EVERY) {
             self.unmap_exited();
             if self.exits.rescan_due(Instant::now(), self.bpf.lost(), self.bpf.life_events) {
@@ -284,11 +291,18 @@ impl Session {
                     self.python.observe(pid);
                 }
             }
+            let t = self.cost.add(Phase::Exits, t);
             self.symbols.resolve_pending();
+            let t = self.cost.add(Phase::Symbols, t);
             self.python.refresh_thread_names();
+            let t = self.cost.add(Phase::ThreadNames, t);
             let replaced = self.python.recheck_codes();
             self.agg.forget_codes(&replaced);
-            self.classified.classify(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
+            let t = self.cost.add(Phase::Codes, t);
+            let lost = self.bpf.life_events.then(|| self.bpf.lost());
+            let bpf = &self.bpf;
+            self.classified.classify(lost, || bpf.thread_times(), &bpf.offcpu_sums(), &mut self.classifier);
+            let t = self.cost.add(Phase::Classify, t);
             let joined = self.running.discover(&mut self.bpf);
             for &pid in &joined {
                 self.python.observe(pid);
@@ -297,6 +311,7 @@ impl Session {
             if !joined.is_empty() {
                 self.register_python();
             }
+            self.cost.add(Phase::Discover, t);
             return self.running.finished();
         }
         None
@@ -305,14 +320,25 @@ impl Session {
     /// Hands every waiting ring-buffer record to the aggregator.
     pub fn drain(&mut self) {
         let Session {
-            bpf, agg, symbols, python, classifier, awaiting_exec, decode_errors, native, running, exits, ..
+            bpf,
+            agg,
+            symbols,
+            python,
+            classifier,
+            awaiting_exec,
+            decode_errors,
+            native,
+            running,
+            exits,
+            classified,
+            ..
         } = self;
         let mut seen_pids = HashSet::new();
         let mut seen = |pid: u32| {
             seen_pids.insert(pid);
         };
         let mut execed = Vec::new();
-        bpf.drain(|record| match events::decode(record) {
+        let records = bpf.drain(|record| match events::decode(record) {
             Ok(Event::Sample(s)) if *awaiting_exec == Some(s.pid) => {}
             Ok(Event::Sample(s)) => {
                 seen(s.pid);
@@ -338,8 +364,9 @@ impl Session {
                 python.thread_renamed(pid, tid);
             }
             // Every process on the host with `--all`: only those looked at so far matter.
-            Ok(Event::Exit { pid, .. }) if !python.knows(pid) => {}
+            Ok(Event::Exit { pid, tid, .. }) if !python.knows(pid) => classified.thread_exited(tid),
             Ok(Event::Exit { pid, tid, comm, process, guessed }) => {
+                classified.thread_exited(tid);
                 let name = comm_cow(&comm);
                 agg.thread_named(pid, tid, &name);
                 python.thread_exited(pid, tid);
@@ -361,6 +388,7 @@ impl Session {
                 }
             }
             Ok(Event::Exec { pid }) if *awaiting_exec == Some(pid) => {
+                classified.process_execed(pid);
                 *awaiting_exec = None;
                 running.exec(pid);
                 // Its interpreter is mapped only now, by the dynamic loader: look at it for a
@@ -369,6 +397,7 @@ impl Session {
                 python.exec(pid);
             }
             Ok(Event::Exec { pid }) => {
+                classified.process_execed(pid);
                 running.exec(pid);
                 // A new program in the same pid: forget what we knew and look again.
                 python.exec(pid);
@@ -381,6 +410,7 @@ impl Session {
                 *decode_errors += 1;
             }
         });
+        self.cost.records += records as u64;
         if let Some(n) = native.as_mut() {
             n.seen.extend(seen_pids);
             n.execed.extend(execed);
@@ -418,7 +448,9 @@ impl Session {
     /// The profile of the current window (since the start or the last [`Session::rotate`]),
     /// with everything collected so far drained and symbolized.
     pub fn snapshot(&mut self) -> Profile {
+        let t = self.cost.start();
         self.drain();
+        let t = self.cost.add(Phase::Drain, t);
         // Waits going on now weigh their stacks up to now, in this profile only: the window
         // goes on after a snapshot (the daemon's), and their end will weigh them again.
         self.agg.begin_provisional();
@@ -435,8 +467,11 @@ impl Session {
             let Session { blocked, bpf, agg, symbols, python, classifier, .. } = self;
             blocked.add(bpf, &window, agg, symbols, python, classifier);
         }
+        let t = self.cost.add(Phase::Blocked, t);
         self.symbols.resolve_all();
+        let t = self.cost.add(Phase::Symbols, t);
         self.python.refresh_thread_names();
+        let t = self.cost.add(Phase::ThreadNames, t);
         let (times, sums) = (self.bpf.thread_times(), self.sums_so_far(now));
         let totals = self.window_totals(&times, &sums, now);
         self.agg.note_sampled_out(&times);
@@ -481,6 +516,7 @@ impl Session {
             }),
         };
         self.agg.retract_provisional();
+        self.cost.add(Phase::Build, t);
         profile
     }
 
@@ -488,6 +524,7 @@ impl Session {
     /// processes that have exited is dropped here, so a long-running session stays bounded.
     pub fn rotate(&mut self) -> Profile {
         let profile = self.snapshot();
+        let t = self.cost.start();
         if let Some(tasks) = &mut self.tasks {
             tasks.clear_window();
         }
@@ -516,6 +553,10 @@ impl Session {
         // And the pages of other programs' files the symbolizer read (see host::mapped_files).
         let advised = crate::host::mapped_files::release_mapped_files();
         log::debug!("released the pages of {} MiB of symbolized files", advised >> 20);
+        self.cost.add(Phase::Rotate, t);
+        if let Some(line) = self.cost.report() {
+            log::debug!("{line}");
+        }
         profile
     }
 

@@ -52,6 +52,61 @@ const FD_RECHECK_PASSES: u8 = 4;
 pub struct ClassifiedWaits {
     /// Key → what it was classified at.
     seen: HashMap<OffCpuKey, Seen>,
+    /// Whose thread each key's is.
+    pids: ThreadPids,
+}
+
+/// The process of each tracked thread, as `THREAD_TIMES` had it when last read here. Read
+/// again only when a sum names a thread not seen at the last read, or when events may have
+/// been lost; a thread that exits, or whose process execs, leaves it at once (its id may be
+/// another process's next). The batch read walks all 65,536 buckets of the map whatever it
+/// holds, and 4 passes a second of it, with `OFFCPU_SUMS`' walk, were the largest part of a
+/// `daemon --all`'s housekeeping beside 20 idle services.
+#[derive(Default)]
+struct ThreadPids {
+    pid_of: HashMap<u32, u32>,
+    /// Threads the sums named that the last read did not have (evicted from the LRU map, or
+    /// not timed yet): read for again after [`MISSING_RETRY_PASSES`], not on every pass.
+    missing: std::collections::HashSet<u32>,
+    /// Passes since the last read.
+    passes: u8,
+    /// Processes that exec'd since the last pass: their threads leave `pid_of` then.
+    execed: std::collections::HashSet<u32>,
+    /// The count of lost events at the last read (None: never read).
+    read_at: Option<u64>,
+}
+
+/// Passes (~1 s) after which threads the last read did not have are read for again: as
+/// long as a thread was skipped before it had times.
+const MISSING_RETRY_PASSES: u8 = 4;
+
+/// Lost events so far (a thread's exit may be among them), or None when the session cannot
+/// tell thread exits at all (the exit hook is not attached): then every pass reads the times.
+pub type LostEvents = Option<u64>;
+
+impl ThreadPids {
+    /// The tid → pid map for `sums`, read from `times()` when it may be incomplete or stale.
+    fn get(
+        &mut self,
+        lost: LostEvents,
+        sums: &[(OffCpuKey, OffCpuSum)],
+        times: impl FnOnce() -> Vec<(u32, ThreadTimes)>,
+    ) -> &HashMap<u32, u32> {
+        if !self.execed.is_empty() {
+            let execed = std::mem::take(&mut self.execed);
+            self.pid_of.retain(|_, pid| !execed.contains(pid));
+        }
+        self.passes = self.passes.saturating_add(1);
+        let retry_missing = !self.missing.is_empty() && self.passes >= MISSING_RETRY_PASSES;
+        let unknown = |tid: &u32| !self.pid_of.contains_key(tid) && !self.missing.contains(tid);
+        if lost.is_none() || self.read_at != lost || retry_missing || sums.iter().any(|(k, _)| unknown(&k.tid)) {
+            self.pid_of = times().iter().map(|(tid, t)| (*tid, t.pid)).collect();
+            self.missing = sums.iter().map(|(k, _)| k.tid).filter(|t| !self.pid_of.contains_key(t)).collect();
+            self.read_at = lost;
+            self.passes = 0;
+        }
+        &self.pid_of
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -62,14 +117,35 @@ struct Seen {
 }
 
 impl ClassifiedWaits {
+    /// Thread `tid` exited: its id may be another process's from now on.
+    pub fn thread_exited(&mut self, tid: u32) {
+        self.pids.pid_of.remove(&tid);
+        self.pids.missing.remove(&tid);
+    }
+
+    /// Process `pid` exec'd: a thread other than its leader that calls exec takes the leader's
+    /// id, and its own is freed without an exit.
+    pub fn process_execed(&mut self, pid: u32) {
+        if self.pids.execed.len() < 4096 {
+            self.pids.execed.insert(pid);
+        } else {
+            self.pids.read_at = None;
+            self.pids.pid_of.clear();
+        }
+    }
+
+    /// `times` reads `THREAD_TIMES`, when needed (see [`ThreadPids`]).
     pub fn classify(
         &mut self,
-        times: &[(u32, ThreadTimes)],
+        lost: LostEvents,
+        times: impl FnOnce() -> Vec<(u32, ThreadTimes)>,
         sums: &[(OffCpuKey, OffCpuSum)],
         classifier: &mut Classifier,
     ) {
         let mut current: HashMap<OffCpuKey, Seen> = HashMap::with_capacity(sums.len());
-        for (pid, key, sum) in with_pids(times, sums) {
+        let pid_of = self.pids.get(lost, sums, times);
+        for (key, sum) in sums {
+            let Some(&pid) = pid_of.get(&key.tid) else { continue };
             let generation = classifier.generation();
             let seen = match self.seen.get(key) {
                 Some(&s) if s.count == sum.count && s.generation == generation && s.rechecks_left == 0 => s,
@@ -118,28 +194,79 @@ mod tests {
         let (sleep, read) = (key(35, 0), key(0, 0));
         let mut c = Classifier::default();
         let mut w = ClassifiedWaits::default();
-        w.classify(&times, &[(sleep, sum(1)), (read, sum(1))], &mut c);
+        w.classify(None, || times.to_vec(), &[(sleep, sum(1)), (read, sum(1))], &mut c);
         assert_eq!(w.seen[&sleep].rechecks_left, 0);
         assert_eq!(w.seen[&read].rechecks_left, FD_RECHECK_PASSES);
         // Unchanged: the descriptor wait is looked at again a few passes, then left alone.
         for left in (0..FD_RECHECK_PASSES).rev() {
-            w.classify(&times, &[(sleep, sum(1)), (read, sum(1))], &mut c);
+            w.classify(None, || times.to_vec(), &[(sleep, sum(1)), (read, sum(1))], &mut c);
             assert_eq!(w.seen[&read].rechecks_left, left);
         }
-        w.classify(&times, &[(sleep, sum(1)), (read, sum(1))], &mut c);
+        w.classify(None, || times.to_vec(), &[(sleep, sum(1)), (read, sum(1))], &mut c);
         assert_eq!(w.seen[&read].rechecks_left, 0);
         // One more wait on it: looked at again.
-        w.classify(&times, &[(sleep, sum(1)), (read, sum(2))], &mut c);
+        w.classify(None, || times.to_vec(), &[(sleep, sum(1)), (read, sum(2))], &mut c);
         assert_eq!((w.seen[&read].count, w.seen[&read].rechecks_left), (2, FD_RECHECK_PASSES));
         // A key the sums no longer hold is forgotten.
-        w.classify(&times, &[(read, sum(2))], &mut c);
+        w.classify(None, || times.to_vec(), &[(read, sum(2))], &mut c);
         assert!(!w.seen.contains_key(&sleep));
         // The classifier's generation moving (it forgets a process it had classes of):
         // everything classified again.
         let before = c.generation();
         c.forget(pid);
         assert_ne!(c.generation(), before);
-        w.classify(&times, &[(read, sum(2))], &mut c);
+        w.classify(None, || times.to_vec(), &[(read, sum(2))], &mut c);
         assert_eq!((w.seen[&read].generation, w.seen[&read].rechecks_left), (c.generation(), FD_RECHECK_PASSES));
+    }
+
+    #[test]
+    fn thread_pids_are_read_again_only_when_a_thread_may_have_changed_process() {
+        let key = |tid| OffCpuKey { tid, state: 1, syscall_nr: 35, arg0: 0 };
+        let sum = OffCpuSum { blocked_ns: 1, runq_ns: 0, count: 1 };
+        let get = |w: &mut ClassifiedWaits, lost: LostEvents, tids: &[u32], times: &[(u32, u32)]| {
+            let sums: Vec<_> = tids.iter().map(|&t| (key(t), sum)).collect();
+            let times: Vec<_> = times.iter().map(|&(tid, pid)| (tid, ThreadTimes::new(pid, 0, 0))).collect();
+            let mut read = false;
+            let map = w
+                .pids
+                .get(lost, &sums, || {
+                    read = true;
+                    times
+                })
+                .clone();
+            (map, read)
+        };
+        let mut w = ClassifiedWaits::default();
+        let (m, read) = get(&mut w, Some(0), &[11, 12], &[(11, 10), (12, 10)]);
+        assert!(read && m[&11] == 10 && m[&12] == 10);
+        // Same threads, nothing lost: the cache.
+        let (_, read) = get(&mut w, Some(0), &[11, 12], &[]);
+        assert!(!read);
+        // A thread not seen at the last read: read again; one the map lacks is not read for
+        // again.
+        let (_, read) = get(&mut w, Some(0), &[11, 99], &[(11, 10)]);
+        assert!(read);
+        let (m, read) = get(&mut w, Some(0), &[11, 99], &[]);
+        assert!(!read && !m.contains_key(&99));
+        // ...until a few passes later, when it may have times.
+        for _ in 2..MISSING_RETRY_PASSES {
+            assert!(!get(&mut w, Some(0), &[11, 99], &[]).1);
+        }
+        let (m, read) = get(&mut w, Some(0), &[11, 99], &[(11, 10), (99, 10)]);
+        assert!(read && m[&99] == 10);
+        // A thread exited (its id may be another process's now): read again when named.
+        w.thread_exited(11);
+        let (m, read) = get(&mut w, Some(0), &[11], &[(11, 20)]);
+        assert!(read && m[&11] == 20);
+        // Its process exec'd: the same.
+        w.process_execed(20);
+        let (m, read) = get(&mut w, Some(0), &[11], &[(11, 30)]);
+        assert!(read && m[&11] == 30);
+        // Events lost: read again. Cannot tell exits at all: read every time.
+        let (_, read) = get(&mut w, Some(1), &[11], &[(11, 30)]);
+        assert!(read);
+        let (_, read) = get(&mut w, None, &[11], &[(11, 30)]);
+        let (_, again) = get(&mut w, None, &[11], &[(11, 30)]);
+        assert!(read && again);
     }
 }
