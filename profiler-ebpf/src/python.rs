@@ -52,8 +52,15 @@ const WINDOW_WORDS: usize = WINDOW_BYTES / 8;
 const PAGE_MASK: u64 = !4095;
 
 /// A copy of `[lo, hi)` of the walked thread's memory: `words[0]` holds the word at `lo`.
+/// `lo` and `hi` are kept here, not in registers, and loaded again for each frame: the
+/// verifier then knows nothing of them, and the states it walks after a window read (where
+/// it learned bounds on them) and after a frame found in the window are the same. Kept in
+/// registers, they doubled its states per frame and the `sys_exit` program went over the
+/// 1M-instruction limit.
 #[repr(C)]
 pub struct FrameWindow {
+    lo: u64,
+    hi: u64,
     words: [u64; WINDOW_WORDS],
 }
 
@@ -184,8 +191,9 @@ pub fn unwind(
     let below = if info.frame_owner != PY_OFFSET_NONE { WINDOW_BYTES as u64 } else { 0 };
     let Some(window) = PY_WINDOWS.get_ptr_mut(slot) else { return status };
     let window = unsafe { &mut *window };
-    // The window holds [lo, hi) of the thread's memory; empty at first.
-    let (mut lo, mut hi) = (0u64, 0u64);
+    // Empty at first.
+    window.lo = 0;
+    window.hi = 0;
     let mut n = 0u32;
     #[allow(
         clippy::needless_range_loop,
@@ -205,6 +213,7 @@ pub fn unwind(
             break;
         }
         let end = frame.wrapping_add(read_len as u64);
+        let (lo, hi) = unsafe { (core::ptr::read_volatile(&window.lo), core::ptr::read_volatile(&window.hi)) };
         if frame < lo || end > hi || end < frame {
             // One read for all the frame's fields, and on 3.11+ for the memory below it, where
             // its callers' frames usually are: the reads, not the arithmetic, are the cost.
@@ -223,9 +232,10 @@ pub fn unwind(
                 status |= py_status::READ_ERROR;
                 break;
             }
-            (lo, hi) = (start, end);
+            window.lo = start;
+            window.hi = end;
         }
-        let at_word = (frame.wrapping_sub(lo) >> 3) as usize;
+        let at_word = (frame.wrapping_sub(unsafe { core::ptr::read_volatile(&window.lo) }) >> 3) as usize;
         // 3.14's f_executable is a tagged _PyStackRef. Code objects are 8-byte aligned in every
         // version, so clearing the low bits is a no-op before 3.14. (A constant: a per-process
         // mask from PyProcInfo cost the verifier ~10K more instructions per program.)
