@@ -8,6 +8,7 @@
 #![no_main]
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
+use profiler::host::memory::PageCache;
 use profiler::python::{
     asyncio::{
         debug_section::AsyncioDebugOffsets,
@@ -30,6 +31,8 @@ struct Input {
     stream: StreamKind,
     pokes: Vec<Poke>,
     section: Vec<u8>,
+    /// Pages the snapshot's page cache may keep (from 1: most reads then go past it).
+    cache_pages: u8,
 }
 
 fuzz_target!(|input: Input| {
@@ -61,4 +64,9 @@ fuzz_target!(|input: Input| {
             assert!(reader.thread_frames(frame).len() <= 256);
         }
     }
+    // A snapshot reads through a page cache (`PageCache`): the same tasks, whatever its size.
+    let cached = PageCache::with_capacity(mem.clone(), usize::from(input.cache_pages) + 1);
+    let mut types = TypeCache::default();
+    let mut reader = Reader { mem: &cached, o, l, types: &mut types };
+    assert_eq!(read_tasks(&mut reader, &graph.registries, &graph.heads), raw);
 });

@@ -15,6 +15,7 @@
 
 pub mod exit_gate;
 pub mod futex_arg;
+pub mod lifecycle;
 pub mod poll_arg;
 pub mod task_iter;
 mod times;
@@ -131,6 +132,15 @@ pub enum EventKind {
     /// What the descriptor of the `OffCpu` event that follows referred to: a
     /// [`wait_target::WaitTargetEvent`].
     WaitTarget = 8,
+    /// A new thread of a CPython process (`sched_process_fork` with the child in the parent's
+    /// thread group): a [`lifecycle::TaskEvent`].
+    ThreadStart = 9,
+    /// A thread of a tracked process changed its name (`task_rename`): a
+    /// [`lifecycle::TaskEvent`] with the new name.
+    Rename = 10,
+    /// A thread of a tracked process exited, or the last thread of a profiled process
+    /// (`sched_process_exit`): a [`lifecycle::TaskEvent`] with its last name.
+    Exit = 11,
 }
 
 impl EventKind {
@@ -144,6 +154,9 @@ impl EventKind {
             6 => Some(Self::PreemptEnd),
             7 => Some(Self::Fork),
             8 => Some(Self::WaitTarget),
+            9 => Some(Self::ThreadStart),
+            10 => Some(Self::Rename),
+            11 => Some(Self::Exit),
             _ => None,
         }
     }
@@ -532,6 +545,12 @@ pub mod names {
     pub const PROG_EXEC: &str = "process_exec";
     /// The `sched_process_fork` raw tracepoint program (process trees).
     pub const PROG_FORK: &str = "process_fork";
+    /// The `sched_process_exit` and `task_rename` raw tracepoint programs (thread and process
+    /// life, see [`super::lifecycle`]).
+    pub const PROG_EXIT: &str = "process_exit";
+    pub const PROG_RENAME: &str = "task_rename";
+    /// [`super::lifecycle::LifecycleOffsets`] global: where the exit hook finds `signal->live`.
+    pub const GLOBAL_LIFECYCLE_OFFSETS: &str = "LIFECYCLE_OFFSETS";
     /// `u8` global: 1 = walk native stacks with the DWARF unwinder (`--native`).
     pub const GLOBAL_NATIVE: &str = "NATIVE";
     /// `u32` global: offset of `stack` in `task_struct` (from kernel BTF): where a task's user
@@ -588,7 +607,7 @@ pub mod names {
         MAP_EXIT_GATE,
     ];
     /// Every global of the object, with its size in bytes.
-    pub const GLOBALS: [(&str, usize); 15] = [
+    pub const GLOBALS: [(&str, usize); 16] = [
         (GLOBAL_TARGET_ALL, 1),
         (GLOBAL_KERNEL_STACKS, 1),
         (GLOBAL_SELF_PID, 4),
@@ -604,18 +623,21 @@ pub mod names {
         (GLOBAL_TASK_STACK_OFFSET, 4),
         (GLOBAL_TASK_STATE_OFFSET, 4),
         (GLOBAL_WAIT_TARGET_OFFSETS, size_of::<super::wait_target::WaitTargetOffsets>()),
+        (GLOBAL_LIFECYCLE_OFFSETS, size_of::<super::lifecycle::LifecycleOffsets>()),
     ];
     /// The raw tracepoint programs and the tracepoint each is attached to.
-    pub const RAW_TRACEPOINTS: [(&str, &str); 5] = [
+    pub const RAW_TRACEPOINTS: [(&str, &str); 7] = [
         (PROG_EXEC, "sched_process_exec"),
         (PROG_FORK, "sched_process_fork"),
         (PROG_SCHED_SWITCH, "sched_switch"),
         (PROG_SCHED_WAKEUP, "sched_wakeup"),
         (PROG_SYS_EXIT, "sys_exit"),
+        (PROG_EXIT, "sched_process_exit"),
+        (PROG_RENAME, "task_rename"),
     ];
     /// Every program of the object: the perf-event sampler, the raw tracepoints, and the
     /// unwinders they tail-call.
-    pub const PROGRAMS: [&str; 9] = [
+    pub const PROGRAMS: [&str; 11] = [
         PROG_ON_CPU,
         RAW_TRACEPOINTS[0].0,
         RAW_TRACEPOINTS[1].0,
@@ -625,6 +647,8 @@ pub mod names {
         PROG_UNWIND_PERF,
         RAW_TP_UNWINDERS[0].0,
         RAW_TP_UNWINDERS[1].0,
+        RAW_TRACEPOINTS[5].0,
+        RAW_TRACEPOINTS[6].0,
     ];
 }
 

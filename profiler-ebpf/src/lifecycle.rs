@@ -6,14 +6,15 @@
 //! the child of a process in `FOLLOWED` becomes a target and followed, inherits its parent's
 //! CPython layout (a forked child is a copy of the parent's memory), and userspace is told
 //! with a `Fork` event (it names the process and learns its parent). A new thread or child of a
-//! tracked process gets its first off-CPU interval opened (`off_cpu::open_first_wait`). Forks
-//! of other processes return at once: two hash lookups per fork.
+//! tracked process gets its first off-CPU interval opened (`off_cpu::open_first_wait`), and a
+//! new thread of a CPython process is announced (`ThreadStart`: userspace reads its Python
+//! name). Forks of other processes return at once: three hash lookups per fork.
 //! An exec keeps the pid, so an exec'd child stays followed (`exec.rs` reports the exec).
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext};
-use profiler_common::{EventKind, ForkEvent, fork_flags, stat};
+use profiler_common::{EventKind, ForkEvent, TASK_COMM_LEN, fork_flags, lifecycle::TaskEvent, stat};
 
 use crate::{
-    maps::{EVENTS, FOLLOWED, PY_PROCS, TARGET_PIDS, bump, is_offcpu_target, task_ids},
+    maps::{EVENTS, FOLLOWED, PY_PROCS, TARGET_PIDS, bump, is_offcpu_target, self_pid, task_ids},
     off_cpu,
 };
 
@@ -23,7 +24,10 @@ use crate::{
 pub fn process_fork(ctx: RawTracePointContext) -> i32 {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
     let followed = FOLLOWED.get_ptr(&parent).is_some();
-    if !followed && !is_offcpu_target(parent) {
+    // A CPython process's new thread is announced (its Python name is read then), whether or
+    // not off-CPU time is tracked.
+    let python = parent != self_pid() && PY_PROCS.get_ptr(&parent).is_some();
+    if !followed && !python && !is_offcpu_target(parent) {
         return 0;
     }
     let child_task: u64 = ctx.arg(1);
@@ -31,6 +35,18 @@ pub fn process_fork(ctx: RawTracePointContext) -> i32 {
     if child == parent {
         // A new thread: profiled with its process; its time counts from now.
         off_cpu::open_first_wait(child_tid, child);
+        if python {
+            let event = TaskEvent {
+                kind: EventKind::ThreadStart as u32,
+                pid: child,
+                tid: child_tid,
+                flags: 0,
+                comm: [0; TASK_COMM_LEN],
+            };
+            if EVENTS.output::<TaskEvent>(&event, 0).is_err() {
+                bump(stat::LOST);
+            }
+        }
         return 0;
     }
     if !followed || child == 0 {

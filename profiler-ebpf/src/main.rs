@@ -24,6 +24,7 @@ mod python;
 mod stacks;
 mod syscall_regs;
 mod task_iter;
+mod task_life;
 mod wait_target;
 
 #[cfg(not(test))]

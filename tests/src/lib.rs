@@ -331,8 +331,18 @@ pub fn http_get(port: u16, path: &str, timeout: Duration) -> std::io::Result<(u1
 
 /// Resident memory of a process, in KiB (VmRSS).
 pub fn rss_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// Resident anonymous memory of a process, in KiB (RssAnon: its own heap and stacks, without
+/// the pages of files it maps).
+pub fn rss_anon_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
+    status.lines().find_map(|l| l.strip_prefix(field))?.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// Runs `check` until it returns Some or `timeout` passes; the last error is in the panic.

@@ -473,15 +473,15 @@ fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
     poll(Duration::from_secs(30), "daemon serving", || {
         http_get(port, "/", Duration::from_secs(2)).map_err(|e| e.to_string())
     });
-    // The daemon's RSS every 500 ms, from now until the end of the test.
+    // The daemon's RSS (VmRSS and its anonymous part) every 500 ms, from now until the end.
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let sampler = {
         let sampling = sampling.clone();
         std::thread::spawn(move || {
             let (start, mut rss) = (Instant::now(), Vec::new());
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(kib) = rss_kib(d) {
-                    rss.push((start.elapsed().as_secs_f64(), kib));
+                if let (Some(kib), Some(anon)) = (rss_kib(d), rss_anon_kib(d)) {
+                    rss.push((start.elapsed().as_secs_f64(), kib, anon));
                 }
                 std::thread::sleep(Duration::from_millis(500));
             }
@@ -608,16 +608,24 @@ fn daemon_serves_prometheus_and_pprof_with_flat_memory_and_stops_cleanly() {
     let metrics = String::from_utf8(http_get(port, "/metrics", Duration::from_secs(5)).unwrap().1).unwrap();
     assert!(metrics.contains("\npyebpf_push_errors_total 0\n"), "{metrics}");
 
-    // Memory stays flat while windows rotate out (1 s windows, 5 s kept; the symbolizer's file
-    // caches are dropped every 10 s): the peak of the last 10 s is no higher than the peak of
-    // the 10 s before.
+    // Memory stays flat while windows rotate out (1 s windows, 5 s kept): the peak of the
+    // daemon's own memory (RssAnon) over the last 10 s is no higher than over the 10 s before.
+    // VmRSS also counts the pages of the files it maps to symbolize, whichever binaries run on
+    // the host meanwhile (such as `go tool pprof` above): printed, not bounded (it failed the
+    // old VmRSS bound in two suite runs, 69 -> 86 and 50 -> 64 MB).
     std::thread::sleep(Duration::from_secs(26).saturating_sub(serving.elapsed()));
     sampling.store(false, std::sync::atomic::Ordering::Relaxed);
     let rss = sampler.join().unwrap();
-    let peak = |from: f64, to: f64| rss.iter().filter(|(t, _)| (from..to).contains(t)).map(|(_, k)| *k).max().unwrap();
-    let (early, late) = (peak(5.0, 15.0), peak(16.0, 26.5));
-    eprintln!("daemon RSS peak: {early} KiB over 5-15 s, {late} KiB over 16-26 s");
-    assert!(late <= early + early / 10 + 4096, "RSS grew from {early} to {late} KiB");
+    let peak = |from: f64, to: f64, anon: bool| {
+        rss.iter().filter(|(t, ..)| (from..to).contains(t)).map(|&(_, k, a)| if anon { a } else { k }).max().unwrap()
+    };
+    let (early, late) = (peak(5.0, 15.0, true), peak(16.0, 26.5, true));
+    eprintln!(
+        "daemon RssAnon peak: {early} KiB over 5-15 s, {late} KiB over 16-26 s (VmRSS {} and {} KiB)",
+        peak(5.0, 15.0, false),
+        peak(16.0, 26.5, false)
+    );
+    assert!(late <= early + early / 10 + 4096, "RssAnon grew from {early} to {late} KiB");
 
     // SIGTERM: a clean stop, and every BPF program it loaded is gone.
     let programs = bpf_programs_of(d);

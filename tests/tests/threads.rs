@@ -101,6 +101,11 @@ fn category_shares_match_schedstat_under_contention() {
     // marks it; it lies after `sched_waking`, so up to the sum of the waking-to-wakeup spans
     // of schedstat's run-queue time may be blocked time in pyebpf's: runqueue and blocked are
     // compared with that interval, within 2 points; cpu, exactly known, with its value.
+    // The interval stays: the stamp cannot be had at the switch-in either. There the run
+    // queue's clock is, for two thirds of this loop's wakeups, the one its preempting wakeup
+    // stamped (the clock skip above), so `clock - last_queued` is 0 and the wait is in the
+    // charge; taking the larger of it and the wait from `sched_wakeup` moved 0.01 points
+    // (DESIGN, Shares under contention, fifth pass; `tests/probes/run_delay_lead.bt`).
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get()) as u32;
     for_each_interpreter("shares under contention", |interp| {
         use std::io::{BufRead as _, Write as _};

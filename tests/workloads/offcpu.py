@@ -61,12 +61,19 @@ def wait_for_lock(lock):
             pass
 
 
+MAX_FILE_BYTES = 16 << 20
+
+
 def fsync_loop(path):
     with open(path, "wb") as f:
         while time.time() < END:
             f.write(b"x" * 65536)
             f.flush()
             os.fsync(f.fileno())
+            # Bounded: a killed run leaves this file behind (at gigabytes a minute unbounded,
+            # a few runs filled the test machine's disk).
+            if f.tell() >= MAX_FILE_BYTES:
+                f.seek(0)
 
 
 def spin():

@@ -94,6 +94,8 @@ struct Row {
     /// copies), without the file pages VmRSS also counts (binaries blazesym mapped to
     /// symbolize, shared with the page cache and reclaimable).
     anon_end_mib: f64,
+    /// RssAnon at the window's start: with the end, whether the daemon's own memory grows.
+    anon_start_mib: f64,
     lost: u64,
     samples: u64,
     processes: u64,
@@ -161,7 +163,7 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
         }
     }
     println!(
-        "\n(CPU = the daemon's utime+stime over the window / the window, in % of one CPU; RSS = VmRSS; anon = RssAnon at the window's end, VmRSS without file pages; lost = ring-buffer events lost over the whole run)"
+        "\n(CPU = the daemon's utime+stime over the window / the window, in % of one CPU; RSS = VmRSS; anon = RssAnon at the window's start and end, VmRSS without file pages; lost = ring-buffer events lost over the whole run)"
     );
     Ok(())
 }
@@ -173,11 +175,11 @@ fn copy_bin(from: &Path, to: &Path) -> anyhow::Result<PathBuf> {
 
 fn print_rows(scenario: u32, bins: &[(String, PathBuf)], rows: &[Vec<Row>]) {
     println!(
-        "  {:<44} {:>8} {:>22} {:>9} {:>10} {:>9} {:>7} {:>10}{}",
+        "  {:<44} {:>8} {:>22} {:>15} {:>10} {:>9} {:>7} {:>10}{}",
         "binary",
         "CPU",
         "RSS start/end/peak MiB",
-        "anon MiB",
+        "anon start/end",
         "samples",
         "processes",
         "lost",
@@ -188,11 +190,11 @@ fn print_rows(scenario: u32, bins: &[(String, PathBuf)], rows: &[Vec<Row>]) {
         let m = |f: fn(&Row) -> f64| median(runs.iter().map(f).collect());
         let (lo, hi) = runs.iter().fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(r.cpu_pct), hi.max(r.cpu_pct)));
         println!(
-            "  {:<44} {:>7.2}% {:>22} {:>9.1} {:>10.0} {:>9.0} {:>7} {:>10}{}",
+            "  {:<44} {:>7.2}% {:>22} {:>15} {:>10.0} {:>9.0} {:>7} {:>10}{}",
             name,
             m(|r| r.cpu_pct),
             format!("{:.1}/{:.1}/{:.1}", m(|r| r.rss_start_mib), m(|r| r.rss_end_mib), m(|r| r.rss_peak_mib)),
-            m(|r| r.anon_end_mib),
+            format!("{:.1}/{:.1}", m(|r| r.anon_start_mib), m(|r| r.anon_end_mib)),
             m(|r| r.samples as f64),
             m(|r| r.processes as f64),
             runs.iter().map(|r| r.lost).sum::<u64>(),
@@ -337,6 +339,7 @@ fn measure_daemon(bin: &Path, workload: &Workload, opts: &Options) -> anyhow::Re
     let run_started = Instant::now();
     std::thread::sleep(Duration::from_secs(opts.warmup));
     let (ticks0, rss0, spawned0, t0) = (cpu_ticks(pid), rss_kib(pid, "VmRSS:"), workload.spawned(), Instant::now());
+    let anon0 = rss_kib(pid, "RssAnon:");
     let mut peak = rss0;
     while t0.elapsed() < Duration::from_secs(opts.seconds) {
         std::thread::sleep(Duration::from_millis(500));
@@ -366,6 +369,7 @@ fn measure_daemon(bin: &Path, workload: &Workload, opts: &Options) -> anyhow::Re
         rss_end_mib: rss1 as f64 / 1024.0,
         rss_peak_mib: peak.max(rss1) as f64 / 1024.0,
         anon_end_mib: anon1 as f64 / 1024.0,
+        anon_start_mib: anon0 as f64 / 1024.0,
         lost: profile["lost_events"].as_u64().unwrap_or(0),
         samples: profile["samples"].as_u64().unwrap_or(0),
         processes: profile["processes"].as_array().map_or(0, |p| p.len() as u64),

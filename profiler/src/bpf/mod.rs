@@ -225,6 +225,9 @@ pub struct Bpf {
     pub cpus: usize,
     /// Off-CPU tracking is on.
     off_cpu: bool,
+    /// The exit and rename hooks are attached: thread and process life come as events (else
+    /// the session rescans /proc at every window).
+    pub life_events: bool,
     /// What one off-CPU stack costs of a thread's budget (see the kernel's `take_stack_budget`).
     stack_cost_ns: u64,
     cpu_list: Vec<u32>,
@@ -322,6 +325,15 @@ impl Bpf {
                 "the kernel's BTF lacks the fd table or file members: wait targets are looked up in /proc after the fact"
             );
         }
+        let lifecycle = profiler_common::lifecycle::LifecycleOffsets {
+            task_signal: btf.as_ref().and_then(|b| b.offset_of("task_struct", &["signal"])).unwrap_or(0),
+            signal_live: btf.as_ref().and_then(|b| b.offset_of("signal_struct", &["live"])).unwrap_or(0),
+        };
+        if lifecycle.task_signal == 0 || lifecycle.signal_live == 0 {
+            log::warn!(
+                "no task_struct.signal or signal_struct.live in the kernel's BTF: a process whose main thread exits before its other threads is noticed by the periodic rescan only"
+            );
+        }
         let native = cfg.native_rows.is_some() as u8;
         let task_stack = btf.as_ref().and_then(|b| b.offset_of("task_struct", &["stack"])).unwrap_or(0);
         if native != 0 && task_stack == 0 {
@@ -368,6 +380,7 @@ impl Bpf {
             .override_global(names::GLOBAL_TASK_STACK_OFFSET, &task_stack, true)
             .override_global(names::GLOBAL_TASK_STATE_OFFSET, &task_state, true)
             .override_global(names::GLOBAL_WAIT_TARGET_OFFSETS, &wait_targets, true)
+            .override_global(names::GLOBAL_LIFECYCLE_OFFSETS, &lifecycle, true)
             .override_global(profiler_common::task_iter::GLOBAL_TASK_SCHED_OFFSETS, &task_sched, true)
             .map_max_entries(names::MAP_EVENTS, ring_bytes)
             .load(EBPF_OBJECT)
@@ -388,17 +401,28 @@ impl Bpf {
         })?;
         // Attached by `start_sampling`, once the caller has registered what it knows of.
 
-        // The exec hook always; the fork hook when children are followed; the scheduler and
-        // syscall hooks only for off-CPU tracking.
+        // The exec and exit hooks always; the fork hook (children followed, new Python
+        // threads announced) and the rename hook when the task's ids can be read; the
+        // scheduler and syscall hooks only for off-CPU tracking.
+        let mut life_events = task_ids_known;
         for (prog, tracepoint) in names::RAW_TRACEPOINTS {
             let wanted = match prog {
-                names::PROG_EXEC => true,
-                names::PROG_FORK => cfg.follow_children,
+                names::PROG_EXEC | names::PROG_EXIT => true,
+                names::PROG_FORK | names::PROG_RENAME => task_ids_known,
                 _ => cfg.off_cpu,
             };
-            if wanted {
-                attach_raw_tracepoint(&mut ebpf, prog, tracepoint)?;
+            if !wanted {
+                continue;
             }
+            // Thread and process life are known from /proc without them (a slower rescan).
+            if matches!(prog, names::PROG_EXIT | names::PROG_RENAME) {
+                if let Err(e) = attach_raw_tracepoint(&mut ebpf, prog, tracepoint) {
+                    log::warn!("{e:#}: thread exits and renames are found by rescanning /proc");
+                    life_events = false;
+                }
+                continue;
+            }
+            attach_raw_tracepoint(&mut ebpf, prog, tracepoint)?;
         }
 
         let unwind = match cfg.native_rows {
@@ -436,6 +460,7 @@ impl Bpf {
             _stats_fd: stats_fd,
             cpus: cpu_list.len(),
             off_cpu: cfg.off_cpu,
+            life_events,
             stack_cost_ns,
             // A fixed period, not a frequency: each sample then stands for exactly 1/F s of CPU.
             period_ns: (1_000_000_000u64 / cfg.frequency as u64).max(1),
@@ -568,6 +593,17 @@ impl Bpf {
     /// sums keyed like the kernel's: a thread blocked when profiling ends (or a window is
     /// cut) has waited all that time, though the kernel adds it only when the thread runs.
     pub fn offcpu_in_progress(&self, times: &[(u32, ThreadTimes)], now: u64) -> Vec<(OffCpuKey, OffCpuSum)> {
+        self.offcpu_in_progress_of(times, now, crate::host::procinfo::thread_alive)
+    }
+
+    /// [`Bpf::offcpu_in_progress`], with `alive(pid, tid)` telling a thread that has not
+    /// exited (the session knows from exit events, without reading /proc per thread).
+    pub fn offcpu_in_progress_of(
+        &self,
+        times: &[(u32, ThreadTimes)],
+        now: u64,
+        alive: impl Fn(u32, u32) -> bool,
+    ) -> Vec<(OffCpuKey, OffCpuSum)> {
         // The calls in flight, read once in batches: two look-ups per sleeping thread of the
         // host were hundreds of syscalls per window.
         let in_flight: std::collections::HashMap<u32, profiler_common::InFlight> = batch::read_all(&self.in_flight)
@@ -582,7 +618,7 @@ impl Bpf {
                 let exiting = in_flight
                     .get(tid)
                     .is_some_and(|c| c.syscall_nr == libc::SYS_exit || c.syscall_nr == libc::SYS_exit_group);
-                !exiting && crate::host::procinfo::thread_alive(t.pid, *tid)
+                !exiting && alive(t.pid, *tid)
             })
             .map(|&(tid, t)| {
                 // As the kernel will split it when the thread runs again.
@@ -628,6 +664,12 @@ impl Bpf {
         if let Some(u) = &mut self.unwind {
             u.remove_process(pid);
         }
+    }
+
+    /// Events lost so far (the kernel's ring buffer full, or the reader's queue): one map
+    /// read, where [`Bpf::counters`] reads every counter.
+    pub fn lost(&self) -> u64 {
+        self.stats.get(&stat::LOST, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0) + self.events.dropped()
     }
 
     pub fn counters(&self) -> Counters {

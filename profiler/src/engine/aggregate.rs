@@ -429,6 +429,16 @@ impl Aggregator {
         }
     }
 
+    /// Thread `tid` of process `pid` is named `name` now (a rename, or its name at exit): a
+    /// thread seen in this window shows its last name, even if not sampled after it.
+    pub fn thread_named(&mut self, pid: u32, tid: u32, name: &str) {
+        if let Some(t) = self.threads.get_mut(&(pid, tid))
+            && t.0 != name
+        {
+            t.0 = name.to_string();
+        }
+    }
+
     /// Code objects found replaced at their addresses (see
     /// [`crate::python::PythonRegistry::recheck_codes`]): frames named from them are resolved
     /// again when next met.

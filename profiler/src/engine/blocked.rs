@@ -31,12 +31,14 @@ pub struct BlockedStacks {
 }
 
 /// What a snapshot needs to weigh waits in progress.
-pub struct Window {
+pub struct Window<'a> {
     /// CLOCK_MONOTONIC ns: the window's start and now.
     pub start_ns: u64,
     pub now_ns: u64,
     pub threshold_ns: u64,
     pub max_depth: usize,
+    /// Threads that exited (their last switch-out was no wait).
+    pub exits: &'a super::exits::Exits,
 }
 
 /// The part of an off-CPU interval inside the window that starts at `start`, split as the
@@ -70,7 +72,7 @@ impl BlockedStacks {
     pub fn add(
         &mut self,
         bpf: &mut Bpf,
-        window: &Window,
+        window: &Window<'_>,
         agg: &mut Aggregator,
         symbols: &mut Symbols,
         python: &mut PythonRegistry,
@@ -78,7 +80,7 @@ impl BlockedStacks {
     ) {
         let times: HashMap<u32, ThreadTimes> = bpf.thread_times().into_iter().collect();
         let list: Vec<(u32, ThreadTimes)> = times.iter().map(|(&tid, &t)| (tid, t)).collect();
-        let in_progress = bpf.offcpu_in_progress(&list, window.now_ns);
+        let in_progress = bpf.offcpu_in_progress_of(&list, window.now_ns, |_, tid| !window.exits.thread_gone(tid));
         let waits: Vec<(OffCpuKey, ThreadTimes)> =
             long_waits(&times, &in_progress, window.threshold_ns).map(|(k, t)| (*k, *t)).collect();
         // Only waits still going on are kept.

@@ -5,7 +5,9 @@
 use bytes::Buf;
 use profiler_common::{
     EventKind, ExecEvent, ForkEvent, MAX_NATIVE_FRAMES, MAX_PY_FRAMES, OffCpuInfo, PreemptEndEvent, PyFrameRecord,
-    SampleEvent, TASK_COMM_LEN, ThreadMissEvent, unwind,
+    SampleEvent, TASK_COMM_LEN, ThreadMissEvent,
+    lifecycle::{TaskEvent, task_flags},
+    unwind,
 };
 
 use crate::offcpu::kernel_target::KernelTarget;
@@ -66,6 +68,26 @@ pub enum Event {
         tid: u32,
         key_offset: u32,
         key: u64,
+    },
+    /// Thread `tid` of CPython process `pid` was created.
+    ThreadStart {
+        pid: u32,
+        tid: u32,
+    },
+    /// Thread `tid` of a tracked process `pid` took the name `comm`.
+    Renamed {
+        pid: u32,
+        tid: u32,
+        comm: [u8; TASK_COMM_LEN],
+    },
+    /// Thread `tid` of process `pid` exited, named `comm` then; `process`: it was the last
+    /// of its process (`guessed`: the kernel could only tell that it was the main thread).
+    Exit {
+        pid: u32,
+        tid: u32,
+        comm: [u8; TASK_COMM_LEN],
+        process: bool,
+        guessed: bool,
     },
 }
 
@@ -182,6 +204,26 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
             buf.advance(4);
             Ok(Event::PreemptEnd { pid, tid, since_ns: buf.get_u64_ne(), runq_ns: buf.get_u64_ne() })
         }
+        Some(kind @ (EventKind::ThreadStart | EventKind::Rename | EventKind::Exit)) => {
+            if buf.len() < size_of::<TaskEvent>() {
+                return Err(DecodeError::Short { len: buf.len() });
+            }
+            buf.advance(4);
+            let (pid, tid, flags) = (buf.get_u32_ne(), buf.get_u32_ne(), buf.get_u32_ne());
+            let mut comm = [0u8; TASK_COMM_LEN];
+            buf.copy_to_slice(&mut comm);
+            Ok(match kind {
+                EventKind::ThreadStart => Event::ThreadStart { pid, tid },
+                EventKind::Rename => Event::Renamed { pid, tid, comm },
+                _ => Event::Exit {
+                    pid,
+                    tid,
+                    comm,
+                    process: flags & task_flags::GROUP_DEAD != 0,
+                    guessed: flags & task_flags::GROUP_GUESSED != 0,
+                },
+            })
+        }
         None => Err(DecodeError::UnknownKind(kind)),
     }
 }
@@ -268,6 +310,31 @@ mod tests {
         assert_eq!(raw.len(), size_of::<ForkEvent>());
         assert_eq!(decode(&raw), Ok(Event::Fork { pid: 4322, ppid: 4321, flags: 3 }));
         assert_eq!(decode(&raw[..12]), Err(DecodeError::Short { len: 12 }));
+    }
+
+    #[test]
+    fn decodes_thread_start_rename_and_exit() {
+        let raw = |kind: EventKind, flags: u32| {
+            let mut raw = Vec::new();
+            for word in [kind as u32, 4321, 4330, flags] {
+                raw.extend_from_slice(&word.to_ne_bytes());
+            }
+            raw.extend_from_slice(b"worker-2\0\0\0\0\0\0\0\0");
+            assert_eq!(raw.len(), size_of::<TaskEvent>());
+            raw
+        };
+        assert_eq!(decode(&raw(EventKind::ThreadStart, 0)), Ok(Event::ThreadStart { pid: 4321, tid: 4330 }));
+        let Ok(Event::Renamed { pid: 4321, tid: 4330, comm }) = decode(&raw(EventKind::Rename, 0)) else {
+            panic!("not a rename")
+        };
+        assert_eq!(comm_cow(&comm), "worker-2");
+        let Ok(Event::Exit { pid: 4321, tid: 4330, process: true, guessed: false, .. }) =
+            decode(&raw(EventKind::Exit, task_flags::GROUP_DEAD))
+        else {
+            panic!("not a process exit")
+        };
+        let Ok(Event::Exit { process: false, .. }) = decode(&raw(EventKind::Exit, 0)) else { panic!("not an exit") };
+        assert_eq!(decode(&raw(EventKind::Exit, 0)[..20]), Err(DecodeError::Short { len: 20 }));
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //!
 //! - [`session`]: the pipeline's driver (start, tick, snapshot, rotate).
 //! - [`events`]: ring-buffer records decoded into typed events.
+//! - [`exits`]: threads and processes that exited in the window (kernel events, a /proc
+//!   rescan as safety net).
 //! - [`aggregate`]: samples and waits accumulated as raw stacks while profiling.
 //! - [`repeats`]: off-CPU events that repeat one worked out before in the window.
 //! - [`blocked`]: stacks of waits still going on at a snapshot (threads blocked all along).
@@ -22,6 +24,7 @@ pub mod build;
 pub mod dump;
 pub mod dump_native;
 pub mod events;
+pub mod exits;
 pub mod launch;
 mod repeats;
 pub mod session;

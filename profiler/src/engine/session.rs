@@ -22,10 +22,11 @@ use crate::{
         aggregate::Aggregator,
         blocked::{BlockedStacks, Window},
         build::{self, Lookups, ProcessNames},
-        events::{self, Event},
+        events::{self, Event, comm_cow},
+        exits::Exits,
         target::{CommandEnd, Running, TargetSpec},
         tasks::{self, TaskConfig, TaskSampler},
-        totals::{ThreadTotals, classify_waits, thread_totals},
+        totals::{ClassifiedWaits, ThreadTotals, thread_totals},
     },
     host::{
         clock::monotonic_ns,
@@ -121,6 +122,10 @@ pub struct Session {
     /// The window's start on CLOCK_MONOTONIC (the kernel's clock).
     window_start_ns: u64,
     max_depth: u32,
+    /// Threads and processes that exited in the window.
+    exits: Exits,
+    /// The waits classified at housekeeping ticks, so each tick classifies only what changed.
+    classified: ClassifiedWaits,
 }
 
 /// The native unwinder's side in userspace: which processes the kernel has mappings of, and
@@ -232,6 +237,8 @@ impl Session {
             blocked: BlockedStacks::default(),
             window_start_ns,
             max_depth: cfg.max_depth,
+            exits: Exits::default(),
+            classified: ClassifiedWaits::default(),
             bpf,
             running,
             tasks: cfg.tasks.map(TaskSampler::new),
@@ -270,15 +277,18 @@ impl Session {
             tasks.tick(&mut self.python);
         }
         if self.ticks.is_multiple_of(HOUSEKEEPING_EVERY) {
-            // Followed children whose fork event was lost are looked at as new targets.
-            for pid in self.running.sweep(&mut self.bpf) {
-                self.python.observe(pid);
+            self.unmap_exited();
+            if self.exits.rescan_due(Instant::now(), self.bpf.lost(), self.bpf.life_events) {
+                // Followed children whose fork event was lost are looked at as new targets.
+                for pid in self.rescan() {
+                    self.python.observe(pid);
+                }
             }
             self.symbols.resolve_pending();
             self.python.refresh_thread_names();
             let replaced = self.python.recheck_codes();
             self.agg.forget_codes(&replaced);
-            classify_waits(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
+            self.classified.classify(&self.bpf.thread_times(), &self.bpf.offcpu_sums(), &mut self.classifier);
             let joined = self.running.discover(&mut self.bpf);
             for &pid in &joined {
                 self.python.observe(pid);
@@ -294,7 +304,9 @@ impl Session {
 
     /// Hands every waiting ring-buffer record to the aggregator.
     pub fn drain(&mut self) {
-        let Session { bpf, agg, symbols, python, classifier, awaiting_exec, decode_errors, native, running, .. } = self;
+        let Session {
+            bpf, agg, symbols, python, classifier, awaiting_exec, decode_errors, native, running, exits, ..
+        } = self;
         let mut seen_pids = HashSet::new();
         let mut seen = |pid: u32| {
             seen_pids.insert(pid);
@@ -317,6 +329,31 @@ impl Session {
                 agg.preempt_end(tid, since_ns, runq_ns, symbols, python)
             }
             Ok(Event::ThreadMiss { pid, tid, key_offset, key }) => python.thread_miss(pid, tid, key_offset, key),
+            Ok(Event::ThreadStart { pid, tid }) => {
+                exits.started(tid);
+                python.thread_started(pid, tid);
+            }
+            Ok(Event::Renamed { pid, tid, comm }) => {
+                agg.thread_named(pid, tid, &comm_cow(&comm));
+                python.thread_renamed(pid, tid);
+            }
+            // Every process on the host with `--all`: only those looked at so far matter.
+            Ok(Event::Exit { pid, .. }) if !python.knows(pid) => {}
+            Ok(Event::Exit { pid, tid, comm, process, guessed }) => {
+                let name = comm_cow(&comm);
+                agg.thread_named(pid, tid, &name);
+                python.thread_exited(pid, tid);
+                // Threads with kernel state and exact totals: Python processes' and explicit
+                // targets' (with `--all`, every exiting process's last thread comes too).
+                if !running.is_host() || python.version(pid).is_some() {
+                    exits.thread_exited(pid, tid, Some(name.into_owned()));
+                }
+                match (process, guessed) {
+                    (true, false) => exits.process_exited(pid),
+                    (true, true) => exits.leader_exited(pid),
+                    _ => {}
+                }
+            }
             Ok(Event::Fork { pid, ppid, flags }) => {
                 running.forked(pid, ppid);
                 if flags & fork_flags::FOLLOWED != 0 {
@@ -393,6 +430,7 @@ impl Session {
                 now_ns: now,
                 threshold_ns: self.off_cpu_threshold_ns,
                 max_depth: self.max_depth.min(profiler_common::MAX_PY_FRAMES as u32) as usize,
+                exits: &self.exits,
             };
             let Session { blocked, bpf, agg, symbols, python, classifier, .. } = self;
             blocked.add(bpf, &window, agg, symbols, python, classifier);
@@ -430,7 +468,7 @@ impl Session {
                 &mut self.tasks,
                 build::build(
                     &self.agg,
-                    &Live { symbols: &self.symbols, python: &self.python, running: &self.running },
+                    &Live { symbols: &self.symbols, python: &self.python, running: &self.running, exits: &self.exits },
                     &totals,
                 ),
             ),
@@ -475,6 +513,9 @@ impl Session {
         };
         // The old window's tables are gone: give their pages back (see host::heap).
         crate::host::heap::release_free_memory();
+        // And the pages of other programs' files the symbolizer read (see host::mapped_files).
+        let advised = crate::host::mapped_files::release_mapped_files();
+        log::debug!("released the pages of {} MiB of symbolized files", advised >> 20);
         profile
     }
 
@@ -510,7 +551,8 @@ impl Session {
     fn sums_so_far(&self, now: u64) -> Vec<(OffCpuKey, OffCpuSum)> {
         let mut sums: HashMap<OffCpuKey, OffCpuSum> = self.bpf.offcpu_sums().into_iter().collect();
         let times = self.bpf.thread_times();
-        for (key, part) in self.bpf.offcpu_in_progress(&times, now) {
+        let exits = &self.exits;
+        for (key, part) in self.bpf.offcpu_in_progress_of(&times, now, |_, tid| !exits.thread_gone(tid)) {
             let s = sums.entry(key).or_default();
             s.blocked_ns += part.blocked_ns;
             s.runq_ns += part.runq_ns;
@@ -554,38 +596,69 @@ impl Session {
         totals
     }
 
-    /// Drops processes and threads that no longer exist from every cache and kernel map.
-    fn forget_exited(&mut self) {
-        let times = self.bpf.thread_times();
-        let mut dead_pids: Vec<u32> = Vec::new();
-        let mut dead_tids: Vec<u32> = Vec::new();
-        for (tid, t) in &times {
-            if !std::path::Path::new(&format!("/proc/{}/task/{tid}", t.pid)).exists() {
-                dead_tids.push(*tid);
-                if !procinfo::is_alive(t.pid) && !dead_pids.contains(&t.pid) {
-                    dead_pids.push(t.pid);
-                }
+    /// Drops exited processes from the kernel's target and layout maps as soon as their exit
+    /// is known, so that a pid reused meanwhile is not profiled for them.
+    fn unmap_exited(&mut self) {
+        let host = self.running.is_host();
+        for pid in self.exits.take_unmapped(procinfo::is_alive) {
+            self.running.exited(pid);
+            // With `--all` only Python processes have entries (the unwinder's mappings are
+            // dropped with the rest when the window ends).
+            if !host || self.python.version(pid).is_some() {
+                self.bpf.forget_process(pid);
             }
         }
-        dead_pids.extend(self.python.known_pids().into_iter().filter(|&pid| !procinfo::is_alive(pid)));
-        dead_pids.sort_unstable();
-        dead_pids.dedup();
+    }
+
+    /// The safety net behind exit and fork events (see [`Exits`]): tracked threads and known
+    /// processes that /proc no longer lists, followed processes that exited. Returns the
+    /// followed children not known before (their fork event was lost).
+    fn rescan(&mut self) -> Vec<u32> {
+        for (tid, t) in self.bpf.thread_times() {
+            if !self.exits.thread_gone(tid) && !std::path::Path::new(&format!("/proc/{}/task/{tid}", t.pid)).exists() {
+                self.exits.thread_exited(t.pid, tid, None);
+            }
+        }
+        for pid in self.python.known_pids() {
+            if !procinfo::is_alive(pid) {
+                self.exits.process_exited(pid);
+            }
+        }
+        let added = self.running.sweep(&mut self.bpf);
+        self.unmap_exited();
+        added
+    }
+
+    /// Drops the processes and threads that exited in the window that just ended from every
+    /// cache and kernel map.
+    fn forget_exited(&mut self) {
+        let (dead_tids, dead_pids) = self.exits.end_window();
         self.bpf.forget_threads(&dead_tids);
         for &pid in &dead_pids {
             if let (Some(n), Some(maps)) = (&mut self.native, &mut self.bpf.unwind) {
                 n.registry.forget(pid, &mut Sink(maps));
             }
-            self.bpf.forget_process(pid);
-            self.python.forget(pid);
+            // Its kernel target and layout entries went at its exit (`unmap_exited`). Every
+            // process, Python or not: the classes of a `/bin/true`'s waits piled up under
+            // `--all` before (issue 13); both are a few hash removals per process.
             if let Some(tasks) = &mut self.tasks {
                 tasks.forget(pid);
             }
-            self.symbols.forget(pid);
             self.classifier.forget(pid);
+            self.python.forget(pid);
+            self.symbols.forget(pid);
         }
         if !dead_pids.is_empty() || !dead_tids.is_empty() {
             log::debug!("forgot {} exited processes and {} exited threads", dead_pids.len(), dead_tids.len());
         }
+        // What is kept across windows (issue 13: memory must stay flat with processes coming
+        // and going).
+        log::debug!(
+            "kept: processes known {:?} (all, Python), symbols {:?} (user, maps, pending, given to blazesym, kernel), wait classes of {} processes",
+            self.python.sizes(),
+            self.symbols.sizes(),
+            self.classifier.processes_cached(),
+        );
     }
 
     /// Hands the kernel the layout of Python processes found since the last call.
@@ -624,6 +697,7 @@ struct Live<'a> {
     symbols: &'a Symbols,
     python: &'a PythonRegistry,
     running: &'a Running,
+    exits: &'a Exits,
 }
 
 impl Lookups for Live<'_> {
@@ -668,6 +742,10 @@ impl Lookups for Live<'_> {
     }
 
     fn thread_name(&self, pid: u32, tid: u32) -> Option<String> {
-        procinfo::thread_comm(pid, tid)
+        // A thread that exited is named as it was at its exit.
+        match self.exits.last_name(pid, tid) {
+            Some(name) => Some(name.to_string()),
+            None => procinfo::thread_comm(pid, tid),
+        }
     }
 }

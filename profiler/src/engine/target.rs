@@ -318,6 +318,18 @@ impl Running {
         self.tree.as_ref()?.comm(pid)
     }
 
+    /// Process `pid` exited (the kernel's exit event).
+    pub fn exited(&mut self, pid: u32) {
+        if let Some(tree) = &mut self.tree {
+            tree.exited(pid);
+        }
+    }
+
+    /// Is every process on the host a target (`--all`: no per-process target map)?
+    pub fn is_host(&self) -> bool {
+        matches!(self.started, Started::All)
+    }
+
     /// Housekeeping of the followed processes (see [`Tree::sweep`]): the pids of followed
     /// children not seen before (their fork event was lost).
     pub fn sweep(&mut self, bpf: &mut Bpf) -> Vec<u32> {

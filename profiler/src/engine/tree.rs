@@ -6,15 +6,10 @@
 //! each (the JSON's `ppid`), the descendants already running when profiling starts (found by
 //! one walk of /proc), and the kernel maps cleaned of exited members, so they stay bounded
 //! however many children come and go (gunicorn replacing workers, a pool's tasks).
-use std::{
-    collections::{HashMap, HashSet, hash_map::Entry},
-    time::{Duration, Instant},
-};
+use std::collections::{HashMap, HashSet, hash_map::Entry};
 
 use crate::{bpf::Bpf, host::procinfo};
 
-/// How often exited members are looked for and lost fork events made up for.
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Walks of /proc at start, at most: a descendant forked by a process found in one walk, before
 /// that process was followed, is found by the next.
 const START_WALKS: usize = 8;
@@ -55,7 +50,6 @@ impl Member {
 #[derive(Default)]
 pub struct Tree {
     members: HashMap<u32, Member>,
-    last_sweep: Option<Instant>,
 }
 
 impl Tree {
@@ -153,14 +147,19 @@ impl Tree {
         member.starttime == Some(stat.starttime)
     }
 
-    /// At most every [`SWEEP_EVERY`]: marks members that exited and drops them from the
-    /// kernel's maps, and adds children the kernel followed whose fork event was lost (a full
-    /// ring buffer). Returns the pids added.
-    pub fn sweep(&mut self, bpf: &mut Bpf) -> Vec<u32> {
-        if self.last_sweep.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
-            return Vec::new();
+    /// Member `pid` exited (the kernel's exit event; the session drops it from the kernel's
+    /// maps).
+    pub fn exited(&mut self, pid: u32) {
+        if let Some(m) = self.members.get_mut(&pid) {
+            m.exited = true;
         }
-        self.last_sweep = Some(Instant::now());
+    }
+
+    /// The safety net behind exit and fork events (the session's /proc rescan, see
+    /// [`super::exits`]): marks members that exited and drops them from the kernel's maps,
+    /// and adds children the kernel followed whose fork event was lost (a full ring buffer).
+    /// Returns the pids added.
+    pub fn sweep(&mut self, bpf: &mut Bpf) -> Vec<u32> {
         let mut added = Vec::new();
         let in_kernel: HashSet<u32> = bpf.followed().into_iter().collect();
         for &pid in &in_kernel {

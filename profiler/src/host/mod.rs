@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod clock;
 pub mod heap;
+pub mod mapped_files;
 pub mod memory;
 pub mod privileges;
 pub mod procinfo;

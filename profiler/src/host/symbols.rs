@@ -69,6 +69,11 @@ pub struct Symbols {
     pending_kernel: BTreeSet<u64>,
     /// Processes whose mappings blazesym holds (as last read here).
     vmas_given: HashSet<u32>,
+    /// Those of them that were in our mount namespace then: the paths their maps list name
+    /// the same files here (see [`symbolize_exited`]).
+    same_mount_ns: HashSet<u32>,
+    /// Our own mount namespace (`/proc/self/ns/mnt`'s link).
+    own_mount_ns: Option<std::path::PathBuf>,
 }
 
 /// Return addresses point after the call; look up the call itself (the leaf is a real IP).
@@ -94,6 +99,8 @@ impl Symbols {
             pending_user: HashMap::new(),
             pending_kernel: BTreeSet::new(),
             vmas_given: HashSet::new(),
+            same_mount_ns: HashSet::new(),
+            own_mount_ns: std::fs::read_link("/proc/self/ns/mnt").ok(),
         }
     }
 
@@ -157,10 +164,16 @@ impl Symbols {
                     vmas.cache_perf_map = false;
                     if self.symbolizer.cache(&vmas.into()).is_ok() {
                         self.vmas_given.insert(pid);
+                        let mount_ns = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+                        if mount_ns.is_some() && mount_ns == self.own_mount_ns {
+                            self.same_mount_ns.insert(pid);
+                        }
                     }
                 }
                 let src = Source::Process(Process::new(Pid::from(pid)));
-                let results = self.symbolizer.symbolize(&src, Input::AbsAddr(&code)).ok();
+                let results = self.symbolizer.symbolize(&src, Input::AbsAddr(&code)).ok().or_else(|| {
+                    self.same_mount_ns.contains(&pid).then(|| symbolize_exited(&self.symbolizer, pid, &code)).flatten()
+                });
                 for (i, &addr) in code.iter().enumerate() {
                     let symbol = match results.as_ref().and_then(|r| r.get(i)) {
                         Some(Symbolized::Sym(sym)) => {
@@ -217,6 +230,13 @@ impl Symbols {
     pub fn drop_file_caches(&mut self) {
         self.symbolizer = Self::new().symbolizer;
         self.vmas_given.clear();
+        self.same_mount_ns.clear();
+    }
+
+    /// Entries per table (per-process symbols, maps, pending addresses, processes handed to
+    /// blazesym; kernel symbols), for the session's debug log of what it keeps.
+    pub fn sizes(&self) -> [usize; 5] {
+        [self.user.len(), self.maps.len(), self.pending_user.len(), self.vmas_given.len(), self.kernel.len()]
     }
 
     /// Drops a process's cached symbols (after an exec its addresses mean other things, after
@@ -225,6 +245,7 @@ impl Symbols {
     pub fn forget(&mut self, pid: u32) {
         self.user.remove(&pid);
         self.pending_user.remove(&pid);
+        self.same_mount_ns.remove(&pid);
         if self.vmas_given.remove(&pid) {
             // blazesym names each file by the process's /proc/PID/map_files entry.
             let mappings = self.maps.get(&pid).map(|c| c.mappings.as_slice()).unwrap_or_default();
@@ -236,6 +257,22 @@ impl Symbols {
         }
         self.maps.remove(&pid);
     }
+}
+
+/// The symbols of `addrs` in process `pid` when symbolizing them through its
+/// `/proc/PID/map_files` entries failed: it exited meanwhile (blazesym fails the whole batch
+/// when one entry is gone). Under emulation, parsing libc's debug file takes seconds, and a
+/// command that ran a few seconds lost every name (`kernel_core_native_frame_pointer_chain`
+/// on 5.10, main and lifecycle alike). blazesym still holds the mappings it was handed while
+/// the process lived: their files are opened by the paths the maps listed, which name the
+/// same files here only in the mount namespace the process was in when they were handed
+/// over (the caller checks). vDSO and perf-map lookups need the live process: off.
+fn symbolize_exited<'a>(symbolizer: &'a Symbolizer, pid: u32, addrs: &[u64]) -> Option<Vec<Symbolized<'a>>> {
+    let mut by_path = Process::new(Pid::from(pid));
+    by_path.map_files = false;
+    by_path.vdso = false;
+    by_path.perf_map = false;
+    symbolizer.symbolize(&Source::Process(by_path), Input::AbsAddr(addrs)).ok()
 }
 
 /// Re-reading the maps of a process: at least this long after the last read...
@@ -368,6 +405,44 @@ mod tests {
         }
         // DATA_SYMBOL has a symbol of its own, which the address must not take.
         assert_eq!(symbols.user_symbol(pid, data + 1, 1), Some(&UserSymbol::NotCode));
+    }
+
+    #[test]
+    fn a_process_that_exits_before_its_addresses_are_symbolized_is_named_from_its_files() {
+        let first: fn() = addresses_outside_executable_mappings_are_not_code_and_get_no_symbol;
+        let later: fn() = a_process_that_exits_before_its_addresses_are_symbolized_is_named_from_its_files;
+        let (first, later) = (first as usize as u64 + 4, later as usize as u64 + 4);
+        // A forked child has this process's layout: the same addresses name the same code.
+        // SAFETY: the child only sleeps and exits (async-signal-safe calls), nothing else.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            // SAFETY: as above.
+            unsafe {
+                libc::sleep(30);
+                libc::_exit(0);
+            }
+        }
+        let pid = child as u32;
+        let name = |symbols: &Symbols, addr: u64| match symbols.user_symbol(pid, addr, 0) {
+            Some(UserSymbol::Code(s)) => s.name.clone(),
+            other => panic!("{addr:#x}: {other:?}"),
+        };
+        let mut symbols = Symbols::new();
+        // Alive: its maps are read and handed to blazesym.
+        symbols.note_user(pid, first, true);
+        symbols.resolve_pending();
+        assert!(name(&symbols, first).is_some_and(|n| n.contains("addresses_outside")));
+        // Gone (reaped) before the next batch: its map_files entries with it.
+        // SAFETY: plain syscalls on our own child.
+        unsafe {
+            libc::kill(child, libc::SIGKILL);
+            libc::waitpid(child, std::ptr::null_mut(), 0);
+        }
+        symbols.note_user(pid, later, true);
+        symbols.resolve_pending();
+        let named = name(&symbols, later);
+        assert!(named.as_deref().is_some_and(|n| n.contains("exits_before_its_addresses")), "{named:?}");
     }
 
     #[test]

@@ -15,9 +15,15 @@ use crate::{
 
 /// Turns (state, syscall, first argument) into a [`Wait`], looking fds up in /proc while the
 /// process still has them open. Results are cached per (pid, state, syscall, argument).
+///
+/// Everything kept per process sits under its pid, so that forgetting a process is one removal,
+/// not a scan of every process's entries: with `--all`, a host starting 1,000 short-lived
+/// processes a second has every one of them to forget (issue 13: before, only Python processes
+/// were forgotten, and the classes of the others' waits piled up for the daemon's life).
 pub struct Classifier {
     fds: FdCache,
-    cache: HashMap<(u32, u32, i64, u64), Wait>,
+    /// pid → (state, syscall, argument) → class.
+    cache: HashMap<u32, HashMap<(u32, i64, u64), Wait>>,
     /// pid → address range of its GIL, for telling GIL waits from other futex waits.
     gil: HashMap<u32, (u64, u64)>,
     /// Processes whose locks wait in a parking lot (CPython 3.13+): a futex on the waiter's
@@ -25,7 +31,8 @@ pub struct Classifier {
     parking_lot: std::collections::HashSet<u32>,
     /// (pid, syscall, argument) of waits seen, from their stacks, to be an event loop waiting
     /// for work: every interval with that key is idle time, stack or not.
-    loop_idle: std::collections::HashSet<(u32, i64, u64)>,
+    /// pid → (syscall, argument).
+    loop_idle: HashMap<u32, std::collections::HashSet<(i64, u64)>>,
     /// Targets the kernel read at the syscall, waiting for their wait's stack event.
     kernel: KernelTargets,
     /// Bumped whenever an answer given before may change (see [`Classifier::generation`]).
@@ -52,7 +59,7 @@ impl Classifier {
     pub fn set_gil(&mut self, pid: u32, range: (u64, u64)) {
         if self.gil.insert(pid, range) != Some(range) {
             // Futex waits of this process classified before its GIL was known: look again.
-            self.cache.retain(|&(p, ..), _| p != pid);
+            self.cache.remove(&pid);
             self.generation += 1;
         }
     }
@@ -61,19 +68,32 @@ impl Classifier {
     /// the waiter's stack are waits for a `PyMutex`.
     pub fn set_parking_lot(&mut self, pid: u32) {
         if self.parking_lot.insert(pid) {
-            self.cache.retain(|&(p, ..), _| p != pid);
+            self.cache.remove(&pid);
             self.generation += 1;
         }
     }
 
-    /// Process `pid` exited: drop its cached classes, descriptors and GIL range.
+    /// Process `pid` exited: drop its cached classes, descriptors and GIL range. A few hash
+    /// removals, whatever the number of processes known.
     pub fn forget(&mut self, pid: u32) {
-        self.cache.retain(|&(p, ..), _| p != pid);
-        self.gil.remove(&pid);
-        self.parking_lot.remove(&pid);
+        let known = [
+            self.cache.remove(&pid).is_some(),
+            self.gil.remove(&pid).is_some(),
+            self.parking_lot.remove(&pid),
+            self.loop_idle.remove(&pid).is_some(),
+        ];
         self.fds.forget_process(pid);
-        self.loop_idle.retain(|&(p, ..)| p != pid);
-        self.generation += 1;
+        // Answers given for a process never classified cannot change: the generation (which
+        // makes `engine::repeats` work its remembered events out again) moves only when one
+        // may have.
+        if known.contains(&true) {
+            self.generation += 1;
+        }
+    }
+
+    /// How many processes have classes cached (the debug log of what is kept across windows).
+    pub fn processes_cached(&self) -> usize {
+        self.cache.len()
     }
 
     /// Changes whenever an answer of [`Classifier::classify_event`] for a stable wait (see
@@ -101,7 +121,7 @@ impl Classifier {
     /// Marks a wait as an event loop's idle poll (seen so on a stack that had it): from now
     /// on its intervals are [`Category::Idle`], including the short ones that carry no stack.
     pub fn mark_loop_idle(&mut self, pid: u32, syscall_nr: i64, arg0: u64) {
-        if self.loop_idle.insert((pid, syscall_nr, arg0)) {
+        if self.loop_idle.entry(pid).or_default().insert((syscall_nr, arg0)) {
             self.generation += 1;
         }
     }
@@ -132,8 +152,8 @@ impl Classifier {
             syscall: Some(syscalls::name(syscall_nr as u64).into_owned()),
             target: Some(target.to_string()),
         };
-        self.cache.insert((pid, state, syscall_nr, arg0), wait.clone());
-        if state == off_state::SLEEPING && self.loop_idle.contains(&(pid, syscall_nr, arg0)) {
+        self.cache.entry(pid).or_default().insert((state, syscall_nr, arg0), wait.clone());
+        if state == off_state::SLEEPING && self.is_loop_idle(pid, syscall_nr, arg0) {
             return Wait { category: Category::Idle, ..wait };
         }
         wait
@@ -142,31 +162,36 @@ impl Classifier {
     /// The blocked part of an interval (its run-queue part is always [`Category::Runqueue`]).
     pub fn classify(&mut self, pid: u32, state: u32, syscall_nr: i64, arg0: u64) -> Wait {
         let mut wait = self.classify_by_fd(pid, state, syscall_nr, arg0);
-        if state == off_state::SLEEPING && self.loop_idle.contains(&(pid, syscall_nr, arg0)) {
+        if state == off_state::SLEEPING && self.is_loop_idle(pid, syscall_nr, arg0) {
             wait.category = Category::Idle;
             wait.target.get_or_insert_with(|| LOOP_IDLE_TARGET.to_string());
         }
         wait
     }
 
+    fn is_loop_idle(&self, pid: u32, syscall_nr: i64, arg0: u64) -> bool {
+        self.loop_idle.get(&pid).is_some_and(|polls| polls.contains(&(syscall_nr, arg0)))
+    }
+
     fn classify_by_fd(&mut self, pid: u32, state: u32, syscall_nr: i64, arg0: u64) -> Wait {
-        let key = (pid, state, syscall_nr, arg0);
+        let key = (state, syscall_nr, arg0);
         let fd_based = syscall_nr >= 0 && (syscalls::fd_arg(syscall_nr as u64) || is_poll_with_fds(syscall_nr, arg0));
-        if let Some(w) = self.cache.get(&key) {
+        if let Some(w) = self.cache.get(&pid).and_then(|waits| waits.get(&key)) {
             if !fd_based {
                 return w.clone();
             }
             // An fd can be closed and reused, and a socket's peer may not be listed yet: look
             // again while the process has it, keep the last answer once it is gone.
             let fresh = self.classify_uncached(pid, state, syscall_nr, arg0);
+            let waits = self.cache.entry(pid).or_default();
             if fresh.target.is_none() {
-                return self.cache[&key].clone();
+                return waits[&key].clone();
             }
-            self.cache.insert(key, fresh.clone());
+            waits.insert(key, fresh.clone());
             return fresh;
         }
         let wait = self.classify_uncached(pid, state, syscall_nr, arg0);
-        self.cache.insert(key, wait.clone());
+        self.cache.entry(pid).or_default().insert(key, wait.clone());
         wait
     }
 
@@ -319,6 +344,29 @@ mod tests {
         assert_eq!(c.generation(), g + 3);
         c.forget(1);
         assert_eq!(c.generation(), g + 4);
+        c.forget(2);
+        assert_eq!(c.generation(), g + 4, "nothing known of process 2: no answer can change");
+    }
+
+    #[test]
+    fn forgetting_a_process_leaves_nothing_of_it() {
+        let mut c = Classifier::default();
+        for pid in 100..1100 {
+            c.classify(pid, off_state::SLEEPING, libc::SYS_clock_nanosleep, 0);
+            c.classify(pid, off_state::RUNNABLE, -1, 0);
+        }
+        c.classify(7, off_state::SLEEPING, libc::SYS_futex, 0x1000);
+        c.mark_loop_idle(7, libc::SYS_epoll_wait, 4);
+        assert_eq!(c.processes_cached(), 1001);
+        for pid in 100..1100 {
+            c.forget(pid);
+        }
+        assert_eq!(c.processes_cached(), 1, "only the live process is left");
+        let w = c.classify(7, off_state::SLEEPING, libc::SYS_epoll_wait, 4);
+        assert_eq!(w.category, Category::Idle, "the live process keeps its marks");
+        c.forget(7);
+        assert_eq!(c.processes_cached(), 0);
+        assert!(c.loop_idle.is_empty() && c.gil.is_empty() && c.parking_lot.is_empty());
     }
 
     #[test]

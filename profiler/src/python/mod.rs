@@ -287,22 +287,13 @@ impl PythonProcess {
         self.interpreter.version
     }
 
-    /// Reads the Python thread names again when a thread without one has appeared, or for
-    /// renames now and then (see [`name_refresh`]). Names of threads that have ended are
-    /// kept: their samples still need them.
+    /// Reads the Python thread names again when a thread without one has appeared or one
+    /// renamed itself, or for renames now and then (see [`name_refresh`]). Names of threads
+    /// that have ended are kept: their samples still need them.
     pub fn refresh_thread_names(&mut self) {
         let now = Instant::now();
-        let pid = self.mem.pid;
-        let mut tids = Vec::new();
-        let due = self.names_refresh.due(now, &self.thread_names, || {
-            tids = name_refresh::task_ids(pid);
-            tids.clone()
-        });
-        if !due {
+        if !self.names_refresh.due(now, &self.thread_names) {
             return;
-        }
-        if tids.is_empty() {
-            tids = name_refresh::task_ids(pid);
         }
         let names = thread_names::thread_names(
             &self.mem,
@@ -317,7 +308,7 @@ impl PythonProcess {
         } else {
             self.thread_names.extend(names);
         }
-        self.names_refresh.read_done(now, &self.thread_names, &tids);
+        self.names_refresh.read_done(now, &self.thread_names);
     }
 
     pub fn thread_name(&self, tid: u32) -> Option<&str> {
@@ -775,6 +766,28 @@ impl PythonRegistry {
         }
     }
 
+    /// The kernel reported a new thread of process `pid`: its Python name is read soon.
+    pub fn thread_started(&mut self, pid: u32, tid: u32) {
+        if let Some(Known::Python(p)) = self.known.get_mut(&pid) {
+            p.names_refresh.started(tid);
+        }
+    }
+
+    /// Thread `tid` of process `pid` changed its OS name (on 3.14+ `threading` does so when
+    /// a thread's name is set from the thread itself): its Python name is read again soon.
+    pub fn thread_renamed(&mut self, pid: u32, tid: u32) {
+        if let Some(Known::Python(p)) = self.known.get_mut(&pid) {
+            p.names_refresh.renamed(tid);
+        }
+    }
+
+    /// Thread `tid` of process `pid` exited (its name, if read, is kept for its samples).
+    pub fn thread_exited(&mut self, pid: u32, tid: u32) {
+        if let Some(Known::Python(p)) = self.known.get_mut(&pid) {
+            p.names_refresh.exited(tid);
+        }
+    }
+
     /// `threading.Thread.name` of a thread, when it could be read.
     pub fn thread_name(&self, pid: u32, tid: u32) -> Option<&str> {
         match self.known.get(&pid) {
@@ -816,6 +829,16 @@ impl PythonRegistry {
 
     pub fn take_pending(&mut self) -> Vec<(u32, PyProcInfo)> {
         std::mem::take(&mut self.pending)
+    }
+
+    /// Processes looked at so far, and the Python ones among them.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.known.len(), self.known.values().filter(|k| matches!(k, Known::Python(_))).count())
+    }
+
+    /// Has process `pid` been looked at (sampled, or a target)?
+    pub fn knows(&self, pid: u32) -> bool {
+        self.known.contains_key(&pid)
     }
 
     /// Every process looked at so far.

@@ -1,66 +1,74 @@
-//! When to read a process's Python thread names again: when a thread appears that has no name
-//! yet, and otherwise only now and then, for renames.
+//! When to read a process's Python thread names again: when the kernel says a thread appeared
+//! or renamed itself, and otherwise only now and then, for renames it cannot see.
 //!
 //! Reading the names walks `threading`'s dicts in the target's memory (dozens of
 //! `process_vm_readv` calls per thread); doing it every second for every Python process was a
-//! fifth of a `--all` daemon's CPU on a host with 20 idle services. Listing the process's
-//! threads (`/proc/PID/task`, one directory read) says whether one is new. A thread listed
-//! before it registers with `threading` (the read raced its start) is tried again on the next
-//! checks, up to [`TRIES`] times; native threads that never get a Python name stop costing
-//! anything after that. `Thread.name = ...` changes nothing the kernel shows, so renames are
-//! picked up by a read every [`RENAMES_EVERY`].
-use std::collections::{HashMap, HashSet};
+//! fifth of a `--all` daemon's CPU on a host with 20 idle services, and listing each process's
+//! threads every second to notice new ones was most of what was left. The kernel now reports
+//! a CPython process's new threads (the fork hook) and every rename (`task_rename`: 3.14+
+//! gives a `threading.Thread`'s name to the OS thread when it starts and when the thread
+//! renames itself, and `pthread_setname_np`, `prctl` do on every version). A thread that has
+//! not registered with `threading` yet when it is read (the read raced its start) is tried
+//! again, up to [`TRIES`] times; native threads that never get a Python name stop costing
+//! anything after that. `Thread.name = ...` on 3.8–3.13, or from another thread, changes
+//! nothing the kernel shows: those renames are picked up by a read every [`RENAMES_EVERY`].
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// How often the thread list is checked for new threads.
-pub const CHECK_EVERY: Duration = Duration::from_secs(1);
-/// How often the names are read again regardless (renamed threads).
+/// Reads for new threads at most this often (a server starting a thread per request).
+pub const NEW_THREADS_EVERY: Duration = Duration::from_secs(1);
+/// Reads for a rename the kernel saw at most this often: soon, since a thread that renames
+/// itself may exit shortly after, and `threading` forgets it then.
+pub const RENAMED_EVERY: Duration = Duration::from_millis(200);
+/// How often the names are read again regardless (renames the kernel does not see).
 pub const RENAMES_EVERY: Duration = Duration::from_secs(30);
 /// Reads a thread without a Python name is worth (it may not have registered yet).
 const TRIES: u8 = 3;
 
 #[derive(Default)]
 pub struct NameRefresh {
-    checked: Option<Instant>,
     read: Option<Instant>,
-    /// Threads without a name after a read, and how many reads they were absent from.
+    /// New threads without a name yet, and how many reads they were absent from.
     unnamed: HashMap<u32, u8>,
+    /// A thread renamed itself since the last read.
+    renamed: bool,
 }
 
 impl NameRefresh {
-    /// Is a read due at `now`? `tids` lists the process's threads (called only when the
-    /// thread list is due for a check); `named` are the threads that have a name.
-    pub fn due(&mut self, now: Instant, named: &HashMap<u32, String>, tids: impl FnOnce() -> Vec<u32>) -> bool {
-        if self.checked.is_some_and(|t| now.saturating_duration_since(t) < CHECK_EVERY) {
-            return false;
-        }
-        self.checked = Some(now);
-        if self.read.is_none_or(|t| now.saturating_duration_since(t) >= RENAMES_EVERY) {
-            return true;
-        }
-        let tids = tids();
-        let live: HashSet<u32> = tids.iter().copied().collect();
-        // Threads gone: nothing more to learn about them.
-        self.unnamed.retain(|tid, _| live.contains(tid));
-        tids.iter().any(|tid| !named.contains_key(tid) && self.unnamed.get(tid).is_none_or(|&n| n < TRIES))
+    /// The kernel reported a new thread.
+    pub fn started(&mut self, tid: u32) {
+        self.unnamed.entry(tid).or_insert(0);
     }
 
-    /// Records a read at `now` that found `named`, with `tids` the threads listed for it.
-    pub fn read_done(&mut self, now: Instant, named: &HashMap<u32, String>, tids: &[u32]) {
+    /// The kernel reported a rename (a new thread's first name, on 3.14+).
+    pub fn renamed(&mut self, tid: u32) {
+        self.renamed = true;
+        self.unnamed.entry(tid).or_insert(0);
+    }
+
+    /// The thread exited: nothing more to learn about it.
+    pub fn exited(&mut self, tid: u32) {
+        self.unnamed.remove(&tid);
+    }
+
+    /// Is a read due at `now`? `named` are the threads that have a name.
+    pub fn due(&self, now: Instant, named: &HashMap<u32, String>) -> bool {
+        let Some(read) = self.read else { return true };
+        let since = now.saturating_duration_since(read);
+        since >= RENAMES_EVERY
+            || (self.renamed && since >= RENAMED_EVERY)
+            || (since >= NEW_THREADS_EVERY && self.unnamed.keys().any(|tid| !named.contains_key(tid)))
+    }
+
+    /// Records a read at `now` after which `named` are the threads with a name.
+    pub fn read_done(&mut self, now: Instant, named: &HashMap<u32, String>) {
         self.read = Some(now);
-        for &tid in tids {
-            if !named.contains_key(&tid) {
-                *self.unnamed.entry(tid).or_default() += 1;
-            }
-        }
+        self.renamed = false;
+        self.unnamed.retain(|tid, tries| {
+            *tries += 1;
+            !named.contains_key(tid) && *tries < TRIES
+        });
     }
-}
-
-/// The thread ids of a process, as /proc/PID/task lists them (empty once it is gone).
-pub fn task_ids(pid: u32) -> Vec<u32> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| d.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -72,23 +80,28 @@ mod tests {
     }
 
     #[test]
-    fn reads_on_new_threads_and_for_renames_only() {
+    fn reads_on_new_threads_renames_and_now_and_then() {
         let mut r = NameRefresh::default();
         let t0 = Instant::now();
         let at = |s: f64| t0 + Duration::from_secs_f64(s);
         // The first check reads.
-        assert!(r.due(at(0.0), &names(&[]), || vec![1, 2]));
-        r.read_done(at(0.0), &names(&[1, 2]), &[1, 2]);
-        // Same threads, all named: nothing to read, and the list is not even asked for
-        // within CHECK_EVERY.
-        assert!(!r.due(at(0.5), &names(&[1, 2]), || panic!("checked too soon")));
-        assert!(!r.due(at(1.0), &names(&[1, 2]), || vec![1, 2]));
-        // A new thread: read.
-        assert!(r.due(at(2.0), &names(&[1, 2]), || vec![1, 2, 3]));
-        r.read_done(at(2.0), &names(&[1, 2, 3]), &[1, 2, 3]);
-        assert!(!r.due(at(3.0), &names(&[1, 2, 3]), || vec![1, 2, 3]));
-        // Renames: a read every RENAMES_EVERY.
-        assert!(r.due(at(32.5), &names(&[1, 2, 3]), || vec![1, 2, 3]));
+        assert!(r.due(at(0.0), &names(&[])));
+        r.read_done(at(0.0), &names(&[1, 2]));
+        // Nothing new: no read until RENAMES_EVERY.
+        assert!(!r.due(at(5.0), &names(&[1, 2])));
+        // A new thread: read, at most every NEW_THREADS_EVERY.
+        r.started(3);
+        assert!(r.due(at(5.0), &names(&[1, 2])));
+        r.read_done(at(5.0), &names(&[1, 2, 3]));
+        assert!(!r.due(at(6.0), &names(&[1, 2, 3])));
+        // A rename: read soon.
+        r.renamed(2);
+        assert!(!r.due(at(5.1), &names(&[1, 2, 3])));
+        assert!(r.due(at(5.3), &names(&[1, 2, 3])));
+        r.read_done(at(5.3), &names(&[1, 2, 3]));
+        assert!(!r.due(at(6.0), &names(&[1, 2, 3])));
+        // Renames the kernel cannot see: a read every RENAMES_EVERY.
+        assert!(r.due(at(35.5), &names(&[1, 2, 3])));
     }
 
     #[test]
@@ -97,13 +110,19 @@ mod tests {
         let t0 = Instant::now();
         let at = |s: u64| t0 + Duration::from_secs(s);
         let named = names(&[1]);
+        r.read_done(at(0), &named);
+        r.started(9);
         let mut reads = 0;
-        for s in 0..10 {
-            if r.due(at(s), &named, || vec![1, 9]) {
+        for s in 1..10 {
+            if r.due(at(s), &named) {
                 reads += 1;
-                r.read_done(at(s), &named, &[1, 9]);
+                r.read_done(at(s), &named);
             }
         }
         assert_eq!(reads, usize::from(TRIES), "thread 9 (native) is given up after {TRIES} reads");
+        // One that exits is given up at once.
+        r.started(10);
+        r.exited(10);
+        assert!(!r.due(at(12), &named));
     }
 }

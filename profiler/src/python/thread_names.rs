@@ -394,9 +394,29 @@ pub(super) fn find_str_keys<const N: usize>(
     names: [&str; N],
 ) -> [Option<u64>; N] {
     let mut found = [None; N];
-    for &(key, value) in items {
-        if let Some(i) = (0..N).find(|&i| found[i].is_none() && str_is(mem, o, key, names[i])) {
-            found[i] = Some(value);
+    // Every key's header and the first bytes of its text, in one vectored read: a key whose
+    // length or text differs is ruled out without a read of its own (a module's globals have
+    // a hundred keys and more). A key that could not be read so is compared as before.
+    let head = usize::try_from(o.unicode_ascii_data).unwrap_or(0);
+    let width = head + names.iter().map(|n| n.len()).max().unwrap_or(0);
+    let mut copies = vec![0u8; items.len() * width];
+    let read = {
+        let mut reads: Vec<(u64, &mut [u8])> =
+            items.iter().map(|&(key, _)| key).zip(copies.chunks_exact_mut(width.max(1))).collect();
+        mem.read_each(&mut reads)
+    };
+    for (i, &(key, value)) in items.iter().enumerate() {
+        let copy = copies.get(i * width..(i + 1) * width);
+        let is = |want: &str| match (read.get(i), copy) {
+            (Some(true), Some(copy)) => {
+                ascii_len(o, &copy[..head]) == Some(want.len())
+                    && &copy[head..head + want.len()] == want.as_bytes()
+                    && is_a(mem, o, key, o.type_flag_unicode_subclass)
+            }
+            _ => str_is(mem, o, key, want),
+        };
+        if let Some(n) = (0..N).find(|&n| found[n].is_none() && is(names[n])) {
+            found[n] = Some(value);
             if found.iter().all(Option::is_some) {
                 break;
             }
@@ -413,6 +433,23 @@ pub(super) fn dict_lookup<const N: usize>(
     names: [&str; N],
 ) -> Option<[Option<u64>; N]> {
     Some(find_str_keys(mem, o, &dict_items(mem, o, dict)?, names))
+}
+
+/// What changes whenever a key is added to a dict: its keys object (replaced when the table
+/// grows), the entries used in it (appended to, never reused before a resize) and its live
+/// count. Two reads, where a look-up by name reads every key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DictMark {
+    keys: u64,
+    entries: usize,
+    used: u64,
+}
+
+/// The [`DictMark`] of the dict at `dict` now; None if it cannot be read as one.
+pub(super) fn dict_mark(mem: &impl ReadMemory, o: &PyOffsets, dict: u64) -> Option<DictMark> {
+    let header = read_dict_header(mem, o, dict)?;
+    let head = mem.bytes(header.keys, o.dict_keys_indices as usize)?;
+    Some(DictMark { keys: header.keys, entries: entry_layout(o, &head)?.count, used: header.used })
 }
 
 // ---- instance attributes -----------------------------------------------------------------------
@@ -700,6 +737,19 @@ mod tests {
 
             let found = dict_lookup(&mem, o, addr(&dict), ["_native_id", "_name", "gone", "missing"]);
             assert_eq!(found, Some([Some(0x1002), Some(0x1001), None, None]), "3.{minor}");
+            // The mark holds while nothing is added, and changes when an entry is appended (even
+            // with the live count unchanged: one deleted, one added) or the keys are replaced.
+            let mark = dict_mark(&mem, o, addr(&dict)).expect("a dict's mark");
+            assert_eq!(dict_mark(&mem, o, addr(&dict)), Some(mark), "3.{minor}");
+            let appended = keys_head(o, slots, names.len() as u64 + 1, false);
+            bytemuck_bytes(&mut keys)[..appended.len()].copy_from_slice(&appended);
+            assert_ne!(dict_mark(&mem, o, addr(&dict)), Some(mark), "3.{minor}");
+            bytemuck_bytes(&mut keys)[..head.len()].copy_from_slice(&head);
+            assert_eq!(dict_mark(&mem, o, addr(&dict)), Some(mark), "3.{minor}");
+            let moved = keys.clone();
+            set(&mut dict, o.dict_keys, addr(&moved));
+            assert_ne!(dict_mark(&mem, o, addr(&dict)), Some(mark), "3.{minor}");
+            set(&mut dict, o.dict_keys, addr(&keys));
             // ma_used disagreeing with the entries reads as a dict changing under us.
             set(&mut dict, o.dict_used, 4);
             assert_eq!(dict_lookup(&mem, o, addr(&dict), ["_name"]), None, "3.{minor}");

@@ -16,6 +16,7 @@ pub use reader::TaskState;
 use reader::{RawTask, Reader, Registries, TaskListHeads, TypeCache, Waiter};
 
 use super::{PyFrame, PythonProcess, Resolved};
+use crate::host::memory::PageCache;
 
 /// How often a process whose `asyncio.tasks` is not imported yet is looked at again.
 const LOOK_AGAIN_EVERY: Duration = Duration::from_secs(2);
@@ -42,6 +43,9 @@ pub struct TaskSample {
 pub struct AsyncioState {
     registries: Option<Registries>,
     looked: Option<Instant>,
+    /// `sys.modules` as it was when last read without `asyncio.tasks` (see
+    /// [`reader::find_registries`]).
+    modules_without_tasks: Option<crate::python::thread_names::DictMark>,
     types: TypeCache,
     /// Why this process's tasks are not read (said once), e.g. a 3.14 whose `_AsyncioDebug`
     /// disagrees with the version's task layout.
@@ -72,7 +76,12 @@ impl PythonProcess {
                 return None;
             }
             state.looked = Some(Instant::now());
-            state.registries = reader::find_registries(&self.mem, &self.offsets, self.interpreter.runtime_addr);
+            state.registries = reader::find_registries(
+                &self.mem,
+                &self.offsets,
+                self.interpreter.runtime_addr,
+                &mut state.modules_without_tasks,
+            );
             if let Some(registries) = state.registries.as_mut()
                 && v.minor >= 14
             {
@@ -104,10 +113,12 @@ impl PythonProcess {
             return None;
         }
         let registries = state.registries.as_ref()?;
+        // Every read of this snapshot goes through one page cache (see `PageCache`).
+        let snap = PageCache::new(self.mem);
         let heads = match registries.lists {
             Some(debug) => TaskListHeads {
                 thread_states: super::thread_states(
-                    &self.mem,
+                    &snap,
                     &self.offsets,
                     self.interpreter.runtime_addr,
                     debug.tstate_running_task,
@@ -116,14 +127,14 @@ impl PythonProcess {
                 .map(|(tstate, _)| tstate)
                 .collect(),
                 interpreter: crate::python::thread_names::main_interpreter(
-                    &self.mem,
+                    &snap,
                     &self.offsets,
                     self.interpreter.runtime_addr,
                 ),
             },
             None => TaskListHeads::default(),
         };
-        let mut reader = Reader { mem: &self.mem, o: &self.offsets, l, types: &mut state.types };
+        let mut reader = Reader { mem: &snap, o: &self.offsets, l, types: &mut state.types };
         let mut raw: Vec<RawTask> = reader::read_tasks(&mut reader, registries, &heads);
         // A running task's coroutines are executing: their frames are on the thread's stack,
         // above the task's coroutine frame, with the functions they call.
@@ -154,7 +165,7 @@ impl PythonProcess {
                 .collect();
             chains.push(frames);
         }
-        let mut reader = Reader { mem: &self.mem, o: &self.offsets, l, types: &mut state.types };
+        let mut reader = Reader { mem: &snap, o: &self.offsets, l, types: &mut state.types };
         let mut fds: HashMap<u64, i32> = HashMap::new();
         // Before 3.11 a frame names its function, not its class: which lock it is comes from
         // the type of the method's `self`.
@@ -183,6 +194,7 @@ impl PythonProcess {
                 _ => {}
             }
         }
+        log::trace!("pid {}: asyncio snapshot read {} pages", self.mem.pid, snap.pages());
         let names: HashMap<u64, String> = raw.iter().map(|t| (t.addr, t.name.clone())).collect();
         // child → the task awaiting it.
         let mut parent: HashMap<u64, u64> = HashMap::new();
@@ -240,7 +252,7 @@ impl PythonProcess {
     ) -> Vec<Vec<(u64, profiler_common::PyFrameRecord)>> {
         let o = &self.offsets;
         let Ok(key) = u64::try_from(o.tstate_frame) else { return Vec::new() };
-        super::thread_states(&self.mem, o, self.interpreter.runtime_addr, key)
+        super::thread_states(reader.mem, o, self.interpreter.runtime_addr, key)
             .into_iter()
             .filter_map(|(_, frame)| {
                 // 3.11–3.12: the thread state points to a `_PyCFrame`, which points to the frame.

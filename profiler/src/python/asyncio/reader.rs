@@ -28,7 +28,7 @@ use super::layout::{AsyncioLayout, SET_ENTRY_SIZE, STATE_PENDING};
 use crate::host::memory::{ReadMemory, field_i32, field_u64};
 use crate::python::offsets::PyOffsets;
 use crate::python::thread_names::{
-    attribute_items, dict_items, dict_lookup, find_str_keys, read_int, read_ptr, read_str,
+    DictMark, attribute_items, dict_items, dict_lookup, dict_mark, find_str_keys, read_int, read_ptr, read_str,
 };
 
 /// Tasks read per snapshot at most (a leak of millions must not stall the profiler).
@@ -142,11 +142,29 @@ pub fn read_tasks<M: ReadMemory>(reader: &mut Reader<'_, M>, reg: &Registries, h
 }
 
 /// Finds asyncio's registries; None while `asyncio.tasks` is not imported.
-pub fn find_registries(mem: &impl ReadMemory, o: &PyOffsets, runtime_addr: u64) -> Option<Registries> {
+///
+/// `absent_at` is `sys.modules`' mark when it was last read whole without `asyncio.tasks`:
+/// while the mark is the same no module was added, so the look-up (one read per key: ~50
+/// for a plain interpreter, every 2 s per process) is not made again. The mark is taken
+/// before the look-up, so a module added meanwhile changes the next one.
+pub fn find_registries(
+    mem: &impl ReadMemory,
+    o: &PyOffsets,
+    runtime_addr: u64,
+    absent_at: &mut Option<DictMark>,
+) -> Option<Registries> {
     let interp = crate::python::thread_names::main_interpreter(mem, o, runtime_addr)?;
     let modules = read_ptr(mem, interp, o.interp_modules)?;
+    let mark = dict_mark(mem, o, modules);
+    if mark.is_some() && mark == *absent_at {
+        return None;
+    }
     let [tasks] = dict_lookup(mem, o, modules, ["asyncio.tasks"])?;
-    let globals = read_ptr(mem, tasks?, o.module_dict)?;
+    let Some(tasks) = tasks else {
+        *absent_at = mark;
+        return None;
+    };
+    let globals = read_ptr(mem, tasks, o.module_dict)?;
     let [all, scheduled, eager, current] =
         dict_lookup(mem, o, globals, ["_all_tasks", "_scheduled_tasks", "_eager_tasks", "_current_tasks"])?;
     let mut found = Registries { current, ..Registries::default() };
