@@ -17,6 +17,7 @@ pub mod exit_gate;
 pub mod futex_arg;
 pub mod lifecycle;
 pub mod poll_arg;
+pub mod sample_record;
 pub mod task_iter;
 mod times;
 pub mod unwind;

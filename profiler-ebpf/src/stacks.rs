@@ -38,7 +38,7 @@ fn is_kernel_thread() -> bool {
 /// The scratch slot of the program that builds an event of `kind` (each program kind has its
 /// own, see `UNWIND_SCRATCH`): the Python unwinder's window is per slot too.
 #[inline(always)]
-fn scratch_slot_of(kind: u32) -> u32 {
+pub fn scratch_slot_of(kind: u32) -> u32 {
     if kind == EventKind::OnCpuSample as u32 {
         scratch_slot::ON_CPU
     } else if kind == EventKind::Preempted as u32 {
