@@ -129,7 +129,7 @@ const _: () = {
     // The head is SampleEvent's fixed fields, in its order, up to `off`.
     assert!(offset_of!(SampleHead, off) == offset_of!(SampleEvent, off));
     assert!(offset_of!(SampleHead, user_sp) == 96);
-    assert!(PY_FRAME_BYTES % 8 == 0);
+    assert!(PY_FRAME_BYTES.is_multiple_of(8));
     // The mask is every length up to MAX_NATIVE_FRAMES and nothing above.
     assert!((MAX_NATIVE_FRAMES + 1).is_power_of_two());
     // A full record is as large as a SampleEvent: packing never needs more room.
