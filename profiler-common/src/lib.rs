@@ -18,6 +18,7 @@ pub mod exit_gate;
 pub mod futex_arg;
 pub mod lifecycle;
 pub mod poll_arg;
+pub mod sample_record;
 pub mod task_iter;
 mod times;
 pub mod unwind;
@@ -585,8 +586,16 @@ pub mod names {
         (PROG_UNWIND_SCHED_SWITCH, super::scratch_slot::SCHED_SWITCH),
     ];
 
+    /// Per-CPU array, one per [`super::scratch_slot`], of the Python unwinder's window of a
+    /// thread's frame memory (two `u64` bounds and 1 KiB; kernel side only).
+    pub const MAP_PY_WINDOWS: &str = "PY_WINDOWS";
+    /// Per-CPU array, one per [`super::scratch_slot`], of
+    /// [`super::sample_record::SampleRecord`]: where a sample is packed before it is sent
+    /// (kernel side only).
+    pub const MAP_SAMPLE_OUT: &str = "SAMPLE_OUT";
+
     /// Every map of the object.
-    pub const MAPS: [&str; 19] = [
+    pub const MAPS: [&str; 21] = [
         MAP_EVENTS,
         MAP_STATS,
         MAP_TARGET_PIDS,
@@ -606,6 +615,8 @@ pub mod names {
         MAP_UNWIND_PROGS_PERF,
         MAP_UNWIND_PROGS_RAW_TP,
         MAP_EXIT_GATE,
+        MAP_PY_WINDOWS,
+        MAP_SAMPLE_OUT,
     ];
     /// Every global of the object, with its size in bytes.
     pub const GLOBALS: [(&str, usize); 16] = [

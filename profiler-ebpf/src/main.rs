@@ -21,6 +21,7 @@ mod native;
 mod off_cpu;
 mod on_cpu;
 mod python;
+mod sample_out;
 mod stacks;
 mod syscall_regs;
 mod task_iter;

@@ -224,3 +224,10 @@ pub fn bump(counter: u32) {
         unsafe { *p += 1 };
     }
 }
+
+/// The Python unwinder's copy of a window of the walked thread's frame memory (see
+/// `python::FrameWindow`), one per scratch slot: an on-CPU sample can interrupt a `sys_exit`
+/// program walking on the same CPU. Too large for the 512-byte BPF stack.
+#[map]
+pub static PY_WINDOWS: PerCpuArray<crate::python::FrameWindow> =
+    PerCpuArray::with_max_entries(profiler_common::scratch_slot::COUNT, 0);

@@ -9,14 +9,13 @@
 //! reservation cannot be held across tail calls.
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_RB_NO_WAKEUP,
     helpers::{bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_current_task},
     macros::{perf_event, raw_tracepoint},
     maps::ProgramArray,
     programs::{PerfEventContext, RawTracePointContext},
 };
 use profiler_common::{
-    MAX_NATIVE_FRAMES, SampleEvent, UNWIND_PROG_INDEX, UnwindScratch, scratch_slot, stat,
+    MAX_NATIVE_FRAMES, UNWIND_PROG_INDEX, UnwindScratch, scratch_slot, stat,
     unwind::{
         FRAMES_PER_RUN, NO_TABLE, Regs, Step, UnwindState, UserMemory, end, find_mapping, find_row, frame_pointer_step,
         mapping_flags, row_of_pair, step,
@@ -24,8 +23,8 @@ use profiler_common::{
 };
 
 use crate::maps::{
-    EVENTS, UNWIND_MAPPINGS, UNWIND_PAGES, UNWIND_PROCS, UNWIND_PROGS_PERF, UNWIND_PROGS_RAW_TP, UNWIND_ROWS,
-    UNWIND_RULES, UNWIND_SCRATCH, UNWIND_TABLES, bump, native, task_stack_offset,
+    UNWIND_MAPPINGS, UNWIND_PAGES, UNWIND_PROCS, UNWIND_PROGS_PERF, UNWIND_PROGS_RAW_TP, UNWIND_ROWS, UNWIND_RULES,
+    UNWIND_SCRATCH, UNWIND_TABLES, bump, native, task_stack_offset,
 };
 
 /// x86-64 `struct pt_regs` (uapi, stable): size and the offsets of the registers the walk needs.
@@ -161,10 +160,10 @@ pub fn start<C: EbpfContext>(ctx: &C, progs: &ProgramArray, index: u32) {
     unsafe { progs.tail_call(ctx, index) };
 }
 
-/// Sends the event in the scratch record.
+/// Sends the event in the scratch record (its filled part: `sample_out`).
 #[inline(always)]
 pub fn submit(s: &UnwindScratch) {
-    if EVENTS.output::<SampleEvent>(&s.ev, BPF_RB_NO_WAKEUP as u64).is_err() {
+    if !crate::sample_out::send(&s.ev) {
         bump(stat::LOST);
     }
 }

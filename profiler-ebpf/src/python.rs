@@ -14,7 +14,7 @@ use profiler_common::{
     PY_OWNER_ENTRY_MIN, PyFrameRecord, PyProcInfo, ThreadMissEvent, TstateEntry, py_status, stat,
 };
 
-use crate::maps::{EVENTS, TSTATE_CACHE, bump, fsbase_offset, py_max_depth};
+use crate::maps::{EVENTS, PY_WINDOWS, TSTATE_CACHE, bump, fsbase_offset, py_max_depth};
 
 /// Sub-interpreters walked at most (the main interpreter is the last in the list).
 const MAX_INTERPRETERS: u32 = 2;
@@ -38,17 +38,42 @@ fn read_u32(addr: u64) -> Option<u32> {
 
 /// Bytes of a frame read at once (every field the walk needs lies within them).
 const FRAME_BYTES: usize = PY_FRAME_READ_MAX;
-const FRAME_WORDS: usize = FRAME_BYTES / 8;
 
-/// A little-endian field of `size` bytes (1, 4 or 8) at byte offset `off` of a frame chunk.
-/// Fields never straddle words: they are naturally aligned in CPython's structs.
+/// Bytes of a 3.11+ thread's frame memory read at once. Those frames (`_PyInterpreterFrame`)
+/// are pushed on the thread's data stack, each right above its caller's locals, so one read
+/// of the memory below a frame usually holds its next callers too (a small function's frame
+/// with its locals is ~100-200 bytes): one `bpf_probe_read_user` per ~5-8 frames instead of
+/// one per frame. The read, not its length, is the cost (~100 ns a call).
+const WINDOW_BYTES: usize = 1024;
+const WINDOW_WORDS: usize = WINDOW_BYTES / 8;
+/// A window never reaches below the page of the frame it was read for: that page is mapped
+/// (the frame is in it), the one below may not be (the start of a data-stack chunk), and a
+/// failed read would end the walk.
+const PAGE_MASK: u64 = !4095;
+
+/// A copy of `[lo, hi)` of the walked thread's memory: `words[0]` holds the word at `lo`.
+/// `lo` and `hi` are kept here, not in registers, and loaded again for each frame: the
+/// verifier then knows nothing of them, and the states it walks after a window read (where
+/// it learned bounds on them) and after a frame found in the window are the same. Kept in
+/// registers, they doubled its states per frame and the `sys_exit` program went over the
+/// 1M-instruction limit.
+#[repr(C)]
+pub struct FrameWindow {
+    lo: u64,
+    hi: u64,
+    words: [u64; WINDOW_WORDS],
+}
+
+/// A little-endian field of `size` bytes (1, 4 or 8) at byte offset `off` of the frame that
+/// starts at word `frame_word` of the window. Fields never straddle words: they are naturally
+/// aligned in CPython's structs, and frames are 8-byte aligned.
 #[inline(always)]
-fn field(chunk: &[u64; FRAME_WORDS], off: u16, size: u16) -> u64 {
-    let word = (off >> 3) as usize;
-    if word >= FRAME_WORDS {
+fn field(window: &FrameWindow, frame_word: usize, off: u16, size: u16) -> u64 {
+    let word = frame_word + (off >> 3) as usize;
+    if word >= WINDOW_WORDS {
         return 0;
     }
-    let value = chunk[word] >> ((off & 7) * 8);
+    let value = window.words[word] >> ((off & 7) * 8);
     match size {
         1 => value & 0xff,
         4 => value & 0xffff_ffff,
@@ -133,9 +158,17 @@ fn find_tstate(info: &PyProcInfo, tgid: u32, tid: u32) -> Option<u64> {
 }
 
 /// Walks the current thread's Python frames into `out` (innermost first). Returns the
-/// `py_status` bits and sets `*len`.
+/// `py_status` bits and sets `*len`. `slot` is the caller's [`profiler_common::scratch_slot`]
+/// (programs that may interrupt each other on a CPU use different windows).
 #[inline(always)]
-pub fn unwind(info: &PyProcInfo, tgid: u32, tid: u32, out: &mut [PyFrameRecord; MAX_PY_FRAMES], len: &mut u32) -> u32 {
+pub fn unwind(
+    info: &PyProcInfo,
+    tgid: u32,
+    tid: u32,
+    slot: u32,
+    out: &mut [PyFrameRecord; MAX_PY_FRAMES],
+    len: &mut u32,
+) -> u32 {
     let mut status = py_status::PYTHON_PROCESS;
     *len = 0;
     let Some(tstate) = find_tstate(info, tgid, tid) else {
@@ -153,8 +186,15 @@ pub fn unwind(info: &PyProcInfo, tgid: u32, tid: u32, out: &mut [PyFrameRecord; 
     }
     let depth = py_max_depth();
     let read_len = (info.frame_read_len as usize).min(FRAME_BYTES);
+    // Frames before 3.11 (`PyFrameObject`s, allocated one by one) are not next to their
+    // callers: each is read alone. (`owner` came with the data-stack frames.)
+    let below = if info.frame_owner != PY_OFFSET_NONE { WINDOW_BYTES as u64 } else { 0 };
+    let Some(window) = PY_WINDOWS.get_ptr_mut(slot) else { return status };
+    let window = unsafe { &mut *window };
+    // Empty at first.
+    window.lo = 0;
+    window.hi = 0;
     let mut n = 0u32;
-    let mut chunk = [0u64; FRAME_WORDS];
     #[allow(
         clippy::needless_range_loop,
         reason = "a counted loop with a constant bound is what the verifier sees through; `i` is also the depth"
@@ -167,41 +207,60 @@ pub fn unwind(info: &PyProcInfo, tgid: u32, tid: u32, out: &mut [PyFrameRecord; 
             status |= py_status::TRUNCATED;
             break;
         }
-        // One read for all the frame's fields: the reads, not the arithmetic, are the cost.
-        // The length is loaded and bounded here, next to the call: 5.10's verifier does not
-        // carry a bound learned after a register was spilled to the stack back to the spilled
-        // copy, and LLVM spilled the length bounded once before the loop ("invalid indirect
-        // access to stack ... size=65535" on Debian 11's kernel).
-        let len = unsafe { core::ptr::read_volatile(&read_len) }.min(FRAME_BYTES);
-        let bytes = unsafe { core::slice::from_raw_parts_mut(chunk.as_mut_ptr().cast::<u8>(), len) };
-        if unsafe { bpf_probe_read_user_buf(frame as *const u8, bytes) }.is_err() {
+        if frame & 7 != 0 {
+            // Not a frame: CPython's are 8-byte aligned.
             status |= py_status::READ_ERROR;
             break;
         }
+        let end = frame.wrapping_add(read_len as u64);
+        let (lo, hi) = unsafe { (core::ptr::read_volatile(&window.lo), core::ptr::read_volatile(&window.hi)) };
+        if frame < lo || end > hi || end < frame {
+            // One read for all the frame's fields, and on 3.11+ for the memory below it, where
+            // its callers' frames usually are: the reads, not the arithmetic, are the cost.
+            let start = end.saturating_sub(below).max(frame & PAGE_MASK).min(frame);
+            // The length is loaded and bounded here, next to the call: 5.10's verifier does not
+            // carry a bound learned after a register was spilled to the stack back to the
+            // spilled copy ("invalid indirect access to stack ... size=65535" on Debian 11's
+            // kernel when LLVM spilled a length bounded before the loop).
+            let len = unsafe { core::ptr::read_volatile(&end) }.wrapping_sub(start) as usize;
+            if len == 0 || len > WINDOW_BYTES {
+                status |= py_status::READ_ERROR;
+                break;
+            }
+            let bytes = unsafe { core::slice::from_raw_parts_mut(window.words.as_mut_ptr().cast::<u8>(), len) };
+            if unsafe { bpf_probe_read_user_buf(start as *const u8, bytes) }.is_err() {
+                status |= py_status::READ_ERROR;
+                break;
+            }
+            window.lo = start;
+            window.hi = end;
+        }
+        let at_word = (frame.wrapping_sub(unsafe { core::ptr::read_volatile(&window.lo) }) >> 3) as usize;
         // 3.14's f_executable is a tagged _PyStackRef. Code objects are 8-byte aligned in every
         // version, so clearing the low bits is a no-op before 3.14. (A constant: a per-process
         // mask from PyProcInfo cost the verifier ~10K more instructions per program.)
-        let code = field(&chunk, info.frame_code, 8) & !PY_CODE_TAG_MASK;
-        let instr = field(&chunk, info.frame_instr, info.frame_instr_size);
-        let mut owner = if info.frame_owner != PY_OFFSET_NONE { field(&chunk, info.frame_owner, 1) as u32 } else { 0 };
+        let code = field(window, at_word, info.frame_code, 8) & !PY_CODE_TAG_MASK;
+        let instr = field(window, at_word, info.frame_instr, info.frame_instr_size);
+        let mut owner =
+            if info.frame_owner != PY_OFFSET_NONE { field(window, at_word, info.frame_owner, 1) as u32 } else { 0 };
         // An entry frame (3.12+) runs no code: its own address is what ties it to the C frame
         // of the eval call it belongs to, in mixed stacks.
         let instr = if owner >= PY_OWNER_ENTRY_MIN { frame } else { instr };
-        if info.frame_is_entry != PY_OFFSET_NONE && field(&chunk, info.frame_is_entry, 1) != 0 {
+        if info.frame_is_entry != PY_OFFSET_NONE && field(window, at_word, info.frame_is_entry, 1) != 0 {
             owner |= PY_FRAME_IS_ENTRY;
         }
         // The fingerprint tells a code object from another later allocated at the same address.
         // Where userspace gives no `co_firstlineno` offset (3.11+ with the GIL) it is the
-        // frame's `f_globals`, already in the chunk: the code object's read was one
+        // frame's `f_globals`, already read: the code object's read was one
         // user-memory read per frame, about half of the walk's cost.
         let fingerprint = if info.code_firstlineno != PY_OFFSET_NONE {
             if code != 0 { read_u32(at(code, info.code_firstlineno)).unwrap_or(0) } else { 0 }
         } else {
-            field(&chunk, info.frame_globals, 4) as u32
+            field(window, at_word, info.frame_globals, 4) as u32
         };
         out[i] = PyFrameRecord { code, instr, fingerprint, owner };
         n = i as u32 + 1;
-        frame = field(&chunk, info.frame_previous, 8);
+        frame = field(window, at_word, info.frame_previous, 8);
     }
     // Frames left beyond the bound (the loop ends at MAX_PY_FRAMES without the check firing
     // when the bound is MAX_PY_FRAMES itself).

@@ -11,7 +11,9 @@ use aya_ebpf::{
         generated::{bpf_get_current_task, bpf_get_stack},
     },
 };
-use profiler_common::{MAX_NATIVE_FRAMES, OffCpuInfo, SampleEvent, TASK_COMM_LEN, unwind::end};
+use profiler_common::{
+    EventKind, MAX_NATIVE_FRAMES, OffCpuInfo, SampleEvent, TASK_COMM_LEN, scratch_slot, unwind::end,
+};
 
 use crate::{
     maps::{PY_PROCS, kernel_stacks, task_flags_offset},
@@ -31,6 +33,19 @@ fn is_kernel_thread() -> bool {
     }
     let task = unsafe { bpf_get_current_task() };
     unsafe { bpf_probe_read_kernel((task + off as u64) as *const u32) }.is_ok_and(|flags| flags & PF_KTHREAD != 0)
+}
+
+/// The scratch slot of the program that builds an event of `kind` (each program kind has its
+/// own, see `UNWIND_SCRATCH`): the Python unwinder's window is per slot too.
+#[inline(always)]
+pub fn scratch_slot_of(kind: u32) -> u32 {
+    if kind == EventKind::OnCpuSample as u32 {
+        scratch_slot::ON_CPU
+    } else if kind == EventKind::Preempted as u32 {
+        scratch_slot::SCHED_SWITCH
+    } else {
+        scratch_slot::SYS_EXIT
+    }
 }
 
 /// # Safety
@@ -60,7 +75,9 @@ pub unsafe fn fill(ctx: *mut c_void, ev: *mut SampleEvent, kind: u32, tgid: u32,
 
         (*ev).py_frames_len = 0;
         (*ev).py_status = match PY_PROCS.get(&tgid) {
-            Some(info) => python::unwind(info, tgid, tid, &mut (*ev).py_frames, &mut (*ev).py_frames_len),
+            Some(info) => {
+                python::unwind(info, tgid, tid, scratch_slot_of(kind), &mut (*ev).py_frames, &mut (*ev).py_frames_len)
+            }
             None => 0,
         };
     }

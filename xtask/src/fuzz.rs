@@ -175,6 +175,16 @@ fn write_seeds(fuzz_dir: &Path) -> anyhow::Result<()> {
     record[50..52].copy_from_slice(&6u16.to_le_bytes());
     record[64..68].copy_from_slice(&[127, 0, 0, 1]);
     std::fs::write(wait_target.join("seed-tcp"), &record)?;
+    // An on-CPU sample as the kernel packs it (profiler_common::sample_record): the 112-byte
+    // head, then 1 kernel address, 3 user addresses and their 3 CFAs (`user_end` 1: walked by
+    // the DWARF unwinder), 2 Python frames of 24 bytes.
+    let mut sample = vec![0u8; 112 + 7 * 8 + 2 * 24];
+    sample[0..4].copy_from_slice(&1u32.to_le_bytes());
+    for (at, len) in [(24, 1u32), (28, 3), (32, 2)] {
+        sample[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    sample[104..108].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(wait_target.join("seed-sample"), &sample)?;
 
     // Small shared objects shaped like libpython: _PyRuntime (starting with 3.13's debug
     // cookie, or not) and Py_Version (3.11+), or neither.

@@ -9,7 +9,9 @@ use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 use profiler_common::{
     InFlight, OffCpuKey, OffCpuSum, PyProcInfo, ThreadTimes, TstateEntry, UnwindScratch,
     exit_gate::ExitGate,
-    map_size, names, task_iter,
+    map_size, names,
+    sample_record::SampleRecord,
+    scratch_slot, task_iter,
     unwind::{Mapping, PageEntry, ProcMaps, RuleRec, TableInfo},
 };
 
@@ -117,6 +119,12 @@ fn every_map_is_named_and_shaped_as_userspace_reads_it() {
         ),
         (names::MAP_UNWIND_PROGS_PERF, (BPF_MAP_TYPE_PROG_ARRAY, u32_size, u32_size, map_size::UNWIND_PROGS)),
         (names::MAP_UNWIND_PROGS_RAW_TP, (BPF_MAP_TYPE_PROG_ARRAY, u32_size, u32_size, map_size::UNWIND_PROGS)),
+        // profiler-ebpf's python::FrameWindow: `lo`, `hi` and a 1 KiB window.
+        (names::MAP_PY_WINDOWS, (BPF_MAP_TYPE_PERCPU_ARRAY, u32_size, size(2 * 8 + 1024), scratch_slot::COUNT)),
+        (
+            names::MAP_SAMPLE_OUT,
+            (BPF_MAP_TYPE_PERCPU_ARRAY, u32_size, size(size_of::<SampleRecord>()), scratch_slot::COUNT),
+        ),
         (
             task_iter::MAP_TASK_SCRATCH,
             (BPF_MAP_TYPE_PERCPU_ARRAY, u32_size, size(size_of::<task_iter::TaskRecord>()), 1),

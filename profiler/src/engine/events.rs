@@ -5,9 +5,9 @@
 use bytes::Buf;
 use profiler_common::{
     EventKind, ExecEvent, ForkEvent, MAX_NATIVE_FRAMES, MAX_PY_FRAMES, OffCpuInfo, PreemptEndEvent, PyFrameRecord,
-    SampleEvent, TASK_COMM_LEN, ThreadMissEvent,
+    TASK_COMM_LEN, ThreadMissEvent,
     lifecycle::{TaskEvent, task_flags},
-    unwind,
+    sample_record::{HEAD_BYTES, SampleHead},
 };
 
 use crate::offcpu::kernel_target::KernelTarget;
@@ -93,7 +93,13 @@ pub enum Event {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum DecodeError {
-    Short { len: usize },
+    Short {
+        len: usize,
+    },
+    /// A sample whose stack length is past its array's size.
+    BadLength {
+        kind: u32,
+    },
     UnknownKind(u32),
 }
 
@@ -108,8 +114,9 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
             KernelTarget::decode(buf).map(Event::WaitTarget).ok_or(DecodeError::Short { len: buf.len() })
         }
         Some(kind @ (EventKind::OnCpuSample | EventKind::OffCpu | EventKind::Preempted)) => {
+            // The head, then the filled part of each stack (profiler_common::sample_record).
             let len = buf.len();
-            if len < size_of::<SampleEvent>() {
+            if len < HEAD_BYTES {
                 return Err(DecodeError::Short { len });
             }
             buf.advance(4);
@@ -117,9 +124,9 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
             let pid = buf.get_u32_ne();
             let tid = buf.get_u32_ne();
             let time_ns = buf.get_u64_ne();
-            let kernel_len = (buf.get_u32_ne() as usize).min(MAX_NATIVE_FRAMES);
-            let user_len = (buf.get_u32_ne() as usize).min(MAX_NATIVE_FRAMES);
-            let py_len = (buf.get_u32_ne() as usize).min(MAX_PY_FRAMES);
+            let kernel_len = buf.get_u32_ne();
+            let user_len = buf.get_u32_ne();
+            let py_len = buf.get_u32_ne();
             let py_status = buf.get_u32_ne();
             let mut comm = [0u8; TASK_COMM_LEN];
             buf.copy_to_slice(&mut comm);
@@ -131,26 +138,37 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
                 state: buf.get_u32_ne(),
                 switches: buf.get_u32_ne(),
             };
-            let kernel_stack = read_stack(&mut buf, kernel_len);
-            let user_stack = read_stack(&mut buf, user_len);
-            let mut py_frames = Vec::with_capacity(py_len);
-            for _ in 0..py_len {
-                py_frames.push(PyFrameRecord {
+            let user_sp = buf.get_u64_ne();
+            let user_end = buf.get_u32_ne();
+            buf.advance(4);
+            // The parts are placed by these lengths: one past its array cannot be laid out.
+            if kernel_len as usize > MAX_NATIVE_FRAMES
+                || user_len as usize > MAX_NATIVE_FRAMES
+                || py_len as usize > MAX_PY_FRAMES
+            {
+                return Err(DecodeError::BadLength { kind: kind as u32 });
+            }
+            let head = SampleHead {
+                kernel_stack_len: kernel_len,
+                user_stack_len: user_len,
+                py_frames_len: py_len,
+                user_end,
+                ..SampleHead::default()
+            };
+            if len < head.layout().len {
+                return Err(DecodeError::Short { len });
+            }
+            let kernel_stack = read_words(&mut buf, kernel_len as usize);
+            let user_stack = read_words(&mut buf, user_len as usize);
+            let user_cfa = if head.has_cfa() { read_words(&mut buf, user_len as usize) } else { Vec::new() };
+            let py_frames = (0..py_len)
+                .map(|_| PyFrameRecord {
                     code: buf.get_u64_ne(),
                     instr: buf.get_u64_ne(),
                     fingerprint: buf.get_u32_ne(),
                     owner: buf.get_u32_ne(),
-                });
-            }
-            buf.advance((MAX_PY_FRAMES - py_len) * size_of::<PyFrameRecord>());
-            let user_sp = buf.get_u64_ne();
-            let user_end = buf.get_u32_ne();
-            buf.advance(4);
-            let user_cfa = if user_end == unwind::end::FRAME_POINTERS {
-                Vec::new()
-            } else {
-                read_stack(&mut buf, user_stack.len())
-            };
+                })
+                .collect();
             let sample = Sample {
                 cpu,
                 pid,
@@ -228,14 +246,9 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
     }
 }
 
-/// Reads `len` addresses from a fixed `MAX_NATIVE_FRAMES` array and skips the rest of it.
-fn read_stack(buf: &mut &[u8], len: usize) -> Vec<u64> {
-    let mut stack = Vec::with_capacity(len);
-    for _ in 0..len {
-        stack.push(buf.get_u64_ne());
-    }
-    buf.advance((MAX_NATIVE_FRAMES - len) * 8);
-    stack
+/// Reads `len` 8-byte words (the caller checked that they are there).
+fn read_words(buf: &mut &[u8], len: usize) -> Vec<u64> {
+    (0..len).map(|_| buf.get_u64_ne()).collect()
 }
 
 /// A thread name from a NUL-padded `comm`.
@@ -249,7 +262,31 @@ pub fn comm_cow(comm: &[u8]) -> std::borrow::Cow<'_, str> {
 mod tests {
     use super::*;
 
-    fn raw_sample(kernel: &[u64], user: &[u64]) -> Vec<u8> {
+    use profiler_common::{SampleEvent, sample_record::SampleRecord, unwind};
+
+    /// A sample packed as the kernel's `sample_out::send` packs it: the head from the full
+    /// event, then each part at the place the layout gives it.
+    fn pack(ev: &SampleEvent) -> Vec<u8> {
+        let head = SampleHead::of(ev).unwrap();
+        let at = head.layout();
+        let mut rec = SampleRecord { head, body: [0; profiler_common::sample_record::BODY_WORDS] };
+        let (k, u, p) = (head.kernel_stack_len as usize, head.user_stack_len as usize, head.py_frames_len as usize);
+        rec.body[..k].copy_from_slice(&ev.kernel_stack[..k]);
+        rec.body[at.user_at..at.user_at + u].copy_from_slice(&ev.user_stack[..u]);
+        rec.body[at.cfa_at..at.cfa_at + at.cfa_len].copy_from_slice(&ev.user_cfa[..at.cfa_len]);
+        for (i, f) in ev.py_frames[..p].iter().enumerate() {
+            let w = at.py_at + 3 * i;
+            rec.body[w] = f.code;
+            rec.body[w + 1] = f.instr;
+            rec.body[w + 2] = f.fingerprint as u64 | (f.owner as u64) << 32;
+        }
+        // SAFETY: SampleRecord is repr(C) plain integers without padding.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(std::ptr::from_ref(&rec).cast::<u8>(), size_of::<SampleRecord>()) };
+        bytes[..at.len].to_vec()
+    }
+
+    fn event(kernel: &[u64], user: &[u64], user_end: u32) -> SampleEvent {
         let mut ev = SampleEvent {
             kind: EventKind::OnCpuSample as u32,
             cpu: 1,
@@ -266,7 +303,7 @@ mod tests {
             user_stack: [0; MAX_NATIVE_FRAMES],
             py_frames: [PyFrameRecord::default(); MAX_PY_FRAMES],
             user_sp: 0x7ff0,
-            user_end: unwind::end::CLEAN,
+            user_end,
             _pad: 0,
             user_cfa: [0; MAX_NATIVE_FRAMES],
         };
@@ -274,8 +311,11 @@ mod tests {
         ev.py_frames[0] = PyFrameRecord { code: 0xc0de, instr: 0x1a57, fingerprint: 42, owner: 1 };
         ev.kernel_stack[..kernel.len()].copy_from_slice(kernel);
         ev.user_stack[..user.len()].copy_from_slice(user);
-        // SAFETY: SampleEvent is repr(C) plain integers without padding.
-        unsafe { std::slice::from_raw_parts(std::ptr::from_ref(&ev).cast::<u8>(), size_of::<SampleEvent>()) }.to_vec()
+        ev
+    }
+
+    fn raw_sample(kernel: &[u64], user: &[u64]) -> Vec<u8> {
+        pack(&event(kernel, user, unwind::end::CLEAN))
     }
 
     #[test]
@@ -348,10 +388,35 @@ mod tests {
     }
 
     #[test]
-    fn clamps_lengths_from_a_corrupt_record() {
-        let mut raw = raw_sample(&[], &[]);
-        raw[24..28].copy_from_slice(&9999u32.to_ne_bytes());
+    fn sends_only_the_filled_parts() {
+        let raw = raw_sample(&[0xffff_ffff_8100_0000], &[0x401000, 0x401100, 0x401200]);
+        assert_eq!(raw.len(), HEAD_BYTES + (1 + 3 + 3) * 8 + size_of::<PyFrameRecord>());
+        // A frame-pointer stack has no CFAs: they take no room.
+        let ev = event(&[], &[0x401000, 0x401100], unwind::end::FRAME_POINTERS);
+        let raw = pack(&ev);
+        assert_eq!(raw.len(), HEAD_BYTES + 2 * 8 + size_of::<PyFrameRecord>());
         let Ok(Event::Sample(s)) = decode(&raw) else { panic!("not a sample") };
-        assert_eq!(s.kernel_stack.len(), MAX_NATIVE_FRAMES);
+        assert_eq!(s.user_stack, vec![0x401000, 0x401100]);
+        assert!(s.user_cfa.is_empty() && s.kernel_stack.is_empty());
+        assert_eq!(s.py_frames, vec![PyFrameRecord { code: 0xc0de, instr: 0x1a57, fingerprint: 42, owner: 1 }]);
+    }
+
+    #[test]
+    fn rejects_a_record_shorter_than_its_lengths_say() {
+        let raw = raw_sample(&[], &[1, 2, 3]);
+        for cut in [HEAD_BYTES, raw.len() - 8, raw.len() - 1] {
+            assert_eq!(decode(&raw[..cut]), Err(DecodeError::Short { len: cut }));
+        }
+        assert!(matches!(decode(&raw), Ok(Event::Sample(_))));
+    }
+
+    #[test]
+    fn rejects_lengths_past_the_arrays() {
+        for field in [24, 28, 32] {
+            let mut raw = raw_sample(&[], &[]);
+            raw.resize(size_of::<SampleEvent>() * 2, 0);
+            raw[field..field + 4].copy_from_slice(&9999u32.to_ne_bytes());
+            assert_eq!(decode(&raw), Err(DecodeError::BadLength { kind: EventKind::OnCpuSample as u32 }));
+        }
     }
 }
