@@ -121,7 +121,19 @@ fn ring_buffer_overflow_is_counted_and_the_profile_stays_valid() {
         cmd.args(["--pid", &w.pid().to_string()]);
     }
     let start = Instant::now();
-    let out = run(&mut cmd, TIMEOUT);
+    // A consumer that stalls (a busy or descheduled profiler on a loaded host): stopped for
+    // 1.5 s mid-profile, with its reader thread, while the kernel keeps writing. Records are
+    // small enough (only their filled part is sent) that a running reader keeps up with this
+    // burst on its own, so the stall is what fills the buffer.
+    let child = spawn_sampling(&mut cmd);
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = child.id() as i32;
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let out = wait_output(child, TIMEOUT);
     let took = start.elapsed();
     assert_success(&out);
     // Bounded: draining a buffer that refills as fast as it empties must not stall the stop.
@@ -529,7 +541,9 @@ fn huge_code_objects_long_names_non_utf8_files_and_deep_recursion() {
     });
 }
 
-/// Starts `chain.py 30 1` in new pid and mount namespaces. With `chroot`, the interpreter is
+/// Starts `chain.py 120 1` in new pid and mount namespaces (killed with the guard; 120 s so
+/// that the first of a dozen interpreters, started one after the other on a loaded host, still
+/// runs when the profile starts). With `chroot`, the interpreter is
 /// bind-mounted at /opt/pyebpf-ns-python inside a chroot (a path that does not exist on the
 /// host) and the workloads at /work; without, the host's paths are used. Returns the
 /// `unshare` process and the interpreter's pid as the host sees it.
@@ -552,12 +566,12 @@ ln -sfn usr/bin "$root/bin"; ln -sfn usr/lib "$root/lib"; ln -sfn usr/lib64 "$ro
 for d in usr etc dev; do mount --bind "/$d" "$root/$d"; done
 mount --bind "$prefix" "$root/opt/pyebpf-ns-python"
 mount --bind "$work" "$root/work"
-exec chroot "$root" /usr/bin/env LD_LIBRARY_PATH=/opt/pyebpf-ns-python/lib "/opt/pyebpf-ns-python/bin/$exe" /work/chain.py 30 1
+exec chroot "$root" /usr/bin/env LD_LIBRARY_PATH=/opt/pyebpf-ns-python/lib "/opt/pyebpf-ns-python/bin/$exe" /work/chain.py 120 1
 "#;
             cmd.args(["bash", "-c", script, "bash"]).arg(root).arg(prefix).arg(exe).arg(&workloads);
         }
         None => {
-            cmd.arg(&interp.path).arg(workloads.join("chain.py")).args(["30", "1"]);
+            cmd.arg(&interp.path).arg(workloads.join("chain.py")).args(["120", "1"]);
         }
     }
     // (stderr: a chrooted interpreter killed at the end complains about libgcc_s.)
