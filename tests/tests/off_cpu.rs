@@ -314,6 +314,29 @@ fn maps_held_by(pid: u32) -> Vec<u64> {
     ids
 }
 
+/// `bpftool map dump -j` of the map called `name` that process `holder` has open.
+fn dump_held_map(holder: u32, name: &str) -> Result<Value, String> {
+    let held = maps_held_by(holder);
+    let map = bpftool_list("map")
+        .into_iter()
+        .find(|m| m["name"] == name && m["id"].as_u64().is_some_and(|id| held.contains(&id)))
+        .ok_or(format!("no {name} map held by pyebpf"))?;
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "dump", "id", &map["id"].to_string(), "-j"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// The bytes of a key or value in a `bpftool -j` dump (a list of "0x.." strings).
+fn dump_bytes(v: &Value) -> Vec<u8> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+        .collect()
+}
+
 #[test]
 fn the_kernel_learns_where_user_registers_are() {
     // sched_switch reads a thread's syscall from its saved user registers at
@@ -328,24 +351,10 @@ fn the_kernel_learns_where_user_registers_are() {
     let child = KillOnDrop(child);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let offsets = poll(Duration::from_secs(20), "every CPU's learned offset", || {
-        let held = maps_held_by(child.0.id());
-        let gate = bpftool_list("map")
-            .into_iter()
-            .find(|m| m["name"] == "EXIT_GATE" && m["id"].as_u64().is_some_and(|id| held.contains(&id)))
-            .ok_or("no EXIT_GATE map held by pyebpf")?;
-        let out = std::process::Command::new("bpftool")
-            .args(["map", "dump", "id", &gate["id"].to_string(), "-j"])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let dump: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        let dump = dump_held_map(child.0.id(), "EXIT_GATE")?;
         let mut offsets = Vec::new();
         for cpu in dump[0]["values"].as_array().ok_or("no per-CPU values")? {
-            let bytes: Vec<u8> = cpu["value"]
-                .as_array()
-                .ok_or("value not bytes")?
-                .iter()
-                .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
-                .collect();
+            let bytes = dump_bytes(&cpu["value"]);
             let offset = u64::from_le_bytes(bytes.get(8..16).ok_or("short value")?.try_into().unwrap());
             if offset == 0 {
                 return Err(format!("CPU {} has not learned it yet", cpu["cpu"]));
@@ -366,29 +375,13 @@ fn the_kernel_learns_where_user_registers_are() {
 /// The `OFFCPU_SUMS` keys pyebpf's kernel side holds for thread `tid` in syscall `nr`, with
 /// their counts, from a dump of the map the process `holder` has open.
 fn offcpu_keys_of(holder: u32, tid: u32, nr: i64) -> Result<Vec<(u64, u64)>, String> {
-    let held = maps_held_by(holder);
-    let sums = bpftool_list("map")
-        .into_iter()
-        .find(|m| m["name"] == "OFFCPU_SUMS" && m["id"].as_u64().is_some_and(|id| held.contains(&id)))
-        .ok_or("no OFFCPU_SUMS map held by pyebpf")?;
-    let out = std::process::Command::new("bpftool")
-        .args(["map", "dump", "id", &sums["id"].to_string(), "-j"])
-        .output()
-        .map_err(|e| e.to_string())?;
-    let dump: Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
-    let bytes = |v: &Value| -> Vec<u8> {
-        v.as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
-            .collect()
-    };
+    let dump = dump_held_map(holder, "OFFCPU_SUMS")?;
     let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap());
     let mut keys = Vec::new();
     for entry in dump.as_array().ok_or("dump not an array")? {
         // profiler_common::OffCpuKey { tid: u32, state: u32, syscall_nr: i64, arg0: u64 } and
         // OffCpuSum { blocked_ns, runq_ns, count }.
-        let (k, v) = (bytes(&entry["key"]), bytes(&entry["value"]));
+        let (k, v) = (dump_bytes(&entry["key"]), dump_bytes(&entry["value"]));
         if k.len() != 24 || v.len() != 24 {
             return Err(format!("unexpected key/value sizes {} {}", k.len(), v.len()));
         }

@@ -120,17 +120,17 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
                 return Err(DecodeError::Short { len });
             }
             buf.advance(4);
-            let cpu = buf.get_u32_ne();
-            let pid = buf.get_u32_ne();
-            let tid = buf.get_u32_ne();
-            let time_ns = buf.get_u64_ne();
-            let kernel_len = buf.get_u32_ne();
-            let user_len = buf.get_u32_ne();
-            let py_len = buf.get_u32_ne();
-            let py_status = buf.get_u32_ne();
-            let mut comm = [0u8; TASK_COMM_LEN];
-            buf.copy_to_slice(&mut comm);
-            let off = OffCpuInfo {
+            let mut head = SampleHead { kind: kind as u32, ..SampleHead::default() };
+            head.cpu = buf.get_u32_ne();
+            head.pid = buf.get_u32_ne();
+            head.tid = buf.get_u32_ne();
+            head.time_ns = buf.get_u64_ne();
+            head.kernel_stack_len = buf.get_u32_ne();
+            head.user_stack_len = buf.get_u32_ne();
+            head.py_frames_len = buf.get_u32_ne();
+            head.py_status = buf.get_u32_ne();
+            buf.copy_to_slice(&mut head.comm);
+            head.off = OffCpuInfo {
                 blocked_ns: buf.get_u64_ne(),
                 runq_ns: buf.get_u64_ne(),
                 syscall_nr: buf.get_i64_ne(),
@@ -138,29 +138,21 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
                 state: buf.get_u32_ne(),
                 switches: buf.get_u32_ne(),
             };
-            let user_sp = buf.get_u64_ne();
-            let user_end = buf.get_u32_ne();
+            head.user_sp = buf.get_u64_ne();
+            head.user_end = buf.get_u32_ne();
             buf.advance(4);
+            let (kernel_len, user_len, py_len) =
+                (head.kernel_stack_len as usize, head.user_stack_len as usize, head.py_frames_len as usize);
             // The parts are placed by these lengths: one past its array cannot be laid out.
-            if kernel_len as usize > MAX_NATIVE_FRAMES
-                || user_len as usize > MAX_NATIVE_FRAMES
-                || py_len as usize > MAX_PY_FRAMES
-            {
+            if kernel_len > MAX_NATIVE_FRAMES || user_len > MAX_NATIVE_FRAMES || py_len > MAX_PY_FRAMES {
                 return Err(DecodeError::BadLength { kind: kind as u32 });
             }
-            let head = SampleHead {
-                kernel_stack_len: kernel_len,
-                user_stack_len: user_len,
-                py_frames_len: py_len,
-                user_end,
-                ..SampleHead::default()
-            };
             if len < head.layout().len {
                 return Err(DecodeError::Short { len });
             }
-            let kernel_stack = read_words(&mut buf, kernel_len as usize);
-            let user_stack = read_words(&mut buf, user_len as usize);
-            let user_cfa = if head.has_cfa() { read_words(&mut buf, user_len as usize) } else { Vec::new() };
+            let kernel_stack = read_words(&mut buf, kernel_len);
+            let user_stack = read_words(&mut buf, user_len);
+            let user_cfa = if head.has_cfa() { read_words(&mut buf, user_len) } else { Vec::new() };
             let py_frames = (0..py_len)
                 .map(|_| PyFrameRecord {
                     code: buf.get_u64_ne(),
@@ -170,18 +162,18 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
                 })
                 .collect();
             let sample = Sample {
-                cpu,
-                pid,
-                tid,
-                time_ns,
-                comm,
+                cpu: head.cpu,
+                pid: head.pid,
+                tid: head.tid,
+                time_ns: head.time_ns,
+                comm: head.comm,
                 kernel_stack,
                 user_stack,
-                py_status,
+                py_status: head.py_status,
                 py_frames,
-                off,
-                user_sp,
-                user_end,
+                off: head.off,
+                user_sp: head.user_sp,
+                user_end: head.user_end,
                 user_cfa,
             };
             Ok(match kind {
