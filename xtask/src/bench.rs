@@ -103,7 +103,8 @@ pub enum Which {
         /// Rounds per scenario (each binary once per round, in rotating order).
         #[arg(long, default_value_t = 1)]
         rounds: usize,
-        /// Another pyebpf binary measured side by side in the daemon scenarios (before/after).
+        /// Another pyebpf binary measured side by side in the daemon scenarios and scenario 2
+        /// (before/after).
         #[arg(long)]
         baseline: Option<std::path::PathBuf>,
     },
@@ -164,6 +165,7 @@ pub fn run(root: &Path, bin: &Path, which: Which) -> anyhow::Result<()> {
                 connections,
                 threads: threads.clone(),
                 with_py_spy: true,
+                baseline: None,
             },
         ),
         Which::Native { seconds } => crate::bench_native::run(root, bin, seconds),

@@ -6,7 +6,7 @@
 //!    threads (4) each waking `--wake-hz` times a second (20) and doing a little work, plus one
 //!    CPU-bound Python process;
 //! 2. `profile --all` under the gunicorn gthread web load: the `overhead` benchmark, pyebpf
-//!    against no profiler only (throughput and p99 ratios);
+//!    (and the `--baseline` binary) against no profiler only (throughput and p99 ratios);
 //! 3. `daemon --all` with `--many` Python processes (500), one thread each waking once a second;
 //! 4. `daemon --all` while `--spawn-rate` short-lived processes a second (1,000; `/bin/true`,
 //!    fork+exec+exit) come and go, beside the one CPU-bound Python process.
@@ -145,7 +145,9 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
                 print_rows(scenario, &bins, &rows);
             }
             2 => {
-                println!("\n(2) profile --all under gunicorn gthread web load (the overhead benchmark, pyebpf only)");
+                println!(
+                    "\n(2) profile --all under gunicorn gthread web load (the overhead benchmark, pyebpf and the baseline bin)"
+                );
                 bench_overhead::run(
                     root,
                     &bins[0].1,
@@ -156,6 +158,7 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
                         connections: 16,
                         threads: vec![16],
                         with_py_spy: false,
+                        baseline: opts.baseline.clone(),
                     },
                 )?;
             }

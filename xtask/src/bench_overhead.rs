@@ -24,6 +24,8 @@ use crate::bench_python;
 enum Config {
     Baseline,
     Pyebpf,
+    /// The `baseline` binary's `profile --all`.
+    OtherPyebpf,
     PySpy,
     PySpyNonblocking,
 }
@@ -33,6 +35,7 @@ impl Config {
         match self {
             Config::Baseline => "no profiler",
             Config::Pyebpf => "pyebpf --all (on+off-CPU)",
+            Config::OtherPyebpf => "baseline bin --all",
             Config::PySpy => "py-spy record",
             Config::PySpyNonblocking => "py-spy record --nonblocking",
         }
@@ -47,6 +50,8 @@ pub struct Options {
     pub threads: Vec<u32>,
     /// Also measure py-spy (`bench agent` compares pyebpf with no profiler only).
     pub with_py_spy: bool,
+    /// Another pyebpf binary measured in the same rounds (before/after a change).
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 /// One measured load run.
@@ -74,7 +79,19 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
     // A private copy: a rebuild of target/release/pyebpf during the rounds cannot change it.
     let pyebpf = dir.path().join("pyebpf");
     std::fs::copy(bin, &pyebpf).with_context(|| format!("cannot copy {}", bin.display()))?;
+    let other = match &opts.baseline {
+        Some(base) => {
+            let copy = dir.path().join("pyebpf-baseline");
+            std::fs::copy(base, &copy).with_context(|| format!("cannot copy {}", base.display()))?;
+            println!("baseline bin: {}", base.display());
+            Some(copy)
+        }
+        None => None,
+    };
     let mut configs = vec![Config::Baseline, Config::Pyebpf];
+    if other.is_some() {
+        configs.push(Config::OtherPyebpf);
+    }
     if py_spy.is_some() {
         configs.extend([Config::PySpy, Config::PySpyNonblocking]);
     }
@@ -101,8 +118,11 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
             let mut order = configs.clone();
             order.rotate_left(round % configs.len());
             for &config in &order {
-                let run =
-                    measure(config, &pyebpf, py_spy.as_deref(), worker, &load, opts.seconds, opts.rate, dir.path())?;
+                let bin = match config {
+                    Config::OtherPyebpf => other.as_deref().unwrap_or(&pyebpf),
+                    _ => &pyebpf,
+                };
+                let run = measure(config, bin, py_spy.as_deref(), worker, &load, opts.seconds, opts.rate, dir.path())?;
                 runs.push((config, run));
             }
         }
@@ -134,7 +154,7 @@ fn measure(
     let json = dir.join("profile.json");
     let mut profiler = match config {
         Config::Baseline => None,
-        Config::Pyebpf => {
+        Config::Pyebpf | Config::OtherPyebpf => {
             let mut cmd = Command::new(pyebpf);
             cmd.args(["profile", "--all", "--no-summary", "-F", &rate.to_string(), "-o"])
                 .arg(&json)
@@ -167,7 +187,7 @@ fn measure(
         run.profiler_rss_mib = peak_rss_kib(pid).map(|k| k as f64 / 1024.0);
         let printed = p.stop()?;
         match config {
-            Config::Pyebpf => {
+            Config::Pyebpf | Config::OtherPyebpf => {
                 let profile: Value = serde_json::from_slice(&std::fs::read(&json)?)?;
                 run.samples = profile["samples"].as_u64();
                 run.lost = profile["lost_events"].as_u64();

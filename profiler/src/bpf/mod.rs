@@ -433,8 +433,9 @@ impl Bpf {
 
         let events = RingBuf::try_from(ebpf.take_map(names::MAP_EVENTS).context("EVENTS map missing")?)?;
         // Records wait in userspace for up to 8 buffers' worth while the session is busy.
-        let events = event_reader::EventReader::start(events, ring_bytes as usize * READER_QUEUE_BUFFERS)
-            .context("cannot start the ring buffer's reader thread")?;
+        let events =
+            event_reader::EventReader::start(events, ring_bytes as usize, ring_bytes as usize * READER_QUEUE_BUFFERS)
+                .context("cannot start the ring buffer's reader thread")?;
         let stats = PerCpuArray::try_from(ebpf.take_map(names::MAP_STATS).context("STATS map missing")?)?;
         let targets = HashMap::try_from(ebpf.take_map(names::MAP_TARGET_PIDS).context("TARGET_PIDS map missing")?)?;
         let followed = HashMap::try_from(ebpf.take_map(names::MAP_FOLLOWED).context("FOLLOWED map missing")?)?;

@@ -41,6 +41,7 @@ pub async fn run(args: ProfileArgs) -> anyhow::Result<u8> {
     let stop_reason = runner::drive(&mut session, &mut stop, |_| Ok(None)).await?;
 
     let profile = session.snapshot();
+    session.log_cost();
     let command_end = session.stop();
     let stopped_on_terminal = session.command_stopped_on_terminal();
     log::info!("profiling stopped: {stop_reason}");

@@ -1,5 +1,5 @@
-//! The session's own CPU per part of its work, logged once per window at debug level
-//! (`RUST_LOG=pyebpf=debug`, or `-v -v`): where a `daemon --all` spends its time, measured
+//! The session's own CPU per part of its work, logged once per window (and at a `profile`'s end) at debug level
+//! (`RUST_LOG=pyebpf=debug`, or `-v -v`): where a `daemon --all` or a `profile` spends its time, measured
 //! inside it with the thread's CPU clock, so the shares hold on a loaded host where wall time
 //! and a sampling profiler's counts do not.
 //!

@@ -554,10 +554,16 @@ impl Session {
         let advised = crate::host::mapped_files::release_mapped_files();
         log::debug!("released the pages of {} MiB of symbolized files", advised >> 20);
         self.cost.add(Phase::Rotate, t);
+        self.log_cost();
+        profile
+    }
+
+    /// Logs the session's CPU per phase since the last call (debug level; see
+    /// [`PhaseCost`]): once per window, and by `profile` once at its end.
+    pub fn log_cost(&mut self) {
         if let Some(line) = self.cost.report() {
             log::debug!("{line}");
         }
-        profile
     }
 
     /// Ends what is left of a command we started (or leaves it running, as configured); what
