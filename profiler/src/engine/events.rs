@@ -7,7 +7,7 @@ use profiler_common::{
     EventKind, ExecEvent, ForkEvent, MAX_NATIVE_FRAMES, MAX_PY_FRAMES, OffCpuInfo, PreemptEndEvent, PyFrameRecord,
     TASK_COMM_LEN, ThreadMissEvent,
     lifecycle::{TaskEvent, task_flags},
-    sample_record::{HEAD_BYTES, SampleHead},
+    sample_record::{HEAD_BYTES, Layout, SampleHead},
 };
 
 use crate::offcpu::kernel_target::KernelTarget;
@@ -36,7 +36,7 @@ pub struct Sample {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub enum Event<'a> {
     Sample(Sample),
     /// Process `pid` called exec.
     Exec {
@@ -48,8 +48,9 @@ pub enum Event {
         ppid: u32,
         flags: u32,
     },
-    /// A long blocking syscall, with the stacks it blocked in.
-    OffCpu(Sample),
+    /// A long blocking syscall, with the stacks it blocked in: checked, its parts left in the
+    /// record.
+    OffCpu(PackedSample<'a>),
     /// A thread preempted outside a syscall, with its stacks; `time_ns` is the switch-out.
     Preempted(Sample),
     /// The run-queue wait that followed the preemption at `since_ns`.
@@ -104,7 +105,7 @@ pub enum DecodeError {
 }
 
 /// Decodes one ring-buffer record.
-pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(mut buf: &[u8]) -> Result<Event<'_>, DecodeError> {
     if buf.len() < 4 {
         return Err(DecodeError::Short { len: buf.len() });
     }
@@ -113,75 +114,12 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
         Some(EventKind::WaitTarget) => {
             KernelTarget::decode(buf).map(Event::WaitTarget).ok_or(DecodeError::Short { len: buf.len() })
         }
-        Some(kind @ (EventKind::OnCpuSample | EventKind::OffCpu | EventKind::Preempted)) => {
-            // The head, then the filled part of each stack (profiler_common::sample_record).
-            let len = buf.len();
-            if len < HEAD_BYTES {
-                return Err(DecodeError::Short { len });
-            }
-            buf.advance(4);
-            let mut head = SampleHead { kind: kind as u32, ..SampleHead::default() };
-            head.cpu = buf.get_u32_ne();
-            head.pid = buf.get_u32_ne();
-            head.tid = buf.get_u32_ne();
-            head.time_ns = buf.get_u64_ne();
-            head.kernel_stack_len = buf.get_u32_ne();
-            head.user_stack_len = buf.get_u32_ne();
-            head.py_frames_len = buf.get_u32_ne();
-            head.py_status = buf.get_u32_ne();
-            buf.copy_to_slice(&mut head.comm);
-            head.off = OffCpuInfo {
-                blocked_ns: buf.get_u64_ne(),
-                runq_ns: buf.get_u64_ne(),
-                syscall_nr: buf.get_i64_ne(),
-                arg0: buf.get_u64_ne(),
-                state: buf.get_u32_ne(),
-                switches: buf.get_u32_ne(),
-            };
-            head.user_sp = buf.get_u64_ne();
-            head.user_end = buf.get_u32_ne();
-            buf.advance(4);
-            let (kernel_len, user_len, py_len) =
-                (head.kernel_stack_len as usize, head.user_stack_len as usize, head.py_frames_len as usize);
-            // The parts are placed by these lengths: one past its array cannot be laid out.
-            if kernel_len > MAX_NATIVE_FRAMES || user_len > MAX_NATIVE_FRAMES || py_len > MAX_PY_FRAMES {
-                return Err(DecodeError::BadLength { kind: kind as u32 });
-            }
-            if len < head.layout().len {
-                return Err(DecodeError::Short { len });
-            }
-            let kernel_stack = read_words(&mut buf, kernel_len);
-            let user_stack = read_words(&mut buf, user_len);
-            let user_cfa = if head.has_cfa() { read_words(&mut buf, user_len) } else { Vec::new() };
-            let py_frames = (0..py_len)
-                .map(|_| PyFrameRecord {
-                    code: buf.get_u64_ne(),
-                    instr: buf.get_u64_ne(),
-                    fingerprint: buf.get_u32_ne(),
-                    owner: buf.get_u32_ne(),
-                })
-                .collect();
-            let sample = Sample {
-                cpu: head.cpu,
-                pid: head.pid,
-                tid: head.tid,
-                time_ns: head.time_ns,
-                comm: head.comm,
-                kernel_stack,
-                user_stack,
-                py_status: head.py_status,
-                py_frames,
-                off: head.off,
-                user_sp: head.user_sp,
-                user_end: head.user_end,
-                user_cfa,
-            };
-            Ok(match kind {
-                EventKind::OffCpu => Event::OffCpu(sample),
-                EventKind::Preempted => Event::Preempted(sample),
-                _ => Event::Sample(sample),
-            })
+        Some(kind @ (EventKind::OnCpuSample | EventKind::Preempted)) => {
+            let sample = PackedSample::parse(kind, buf)?.sample();
+            Ok(if kind == EventKind::Preempted { Event::Preempted(sample) } else { Event::Sample(sample) })
         }
+        // Checked, not copied out: most are repeats (see engine::repeats).
+        Some(EventKind::OffCpu) => PackedSample::parse(EventKind::OffCpu, buf).map(Event::OffCpu),
         Some(EventKind::Exec) => {
             if buf.len() < size_of::<ExecEvent>() {
                 return Err(DecodeError::Short { len: buf.len() });
@@ -238,6 +176,96 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
     }
 }
 
+/// A sample record whose head was read and whose lengths were checked: each part lies where
+/// the head's layout puts it, inside the record. [`PackedSample::sample`] copies the parts out;
+/// [`super::repeats`] reads an off-CPU event's identity from [`PackedSample::bytes`] instead,
+/// without copying anything out of a repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedSample<'a> {
+    pub head: SampleHead,
+    pub layout: Layout,
+    /// The record up to the end of its last part (a longer record's tail is not read).
+    pub bytes: &'a [u8],
+}
+
+impl<'a> PackedSample<'a> {
+    /// Reads the head of a record of a sample `kind` and checks what it places: every length
+    /// within its array (a part placed past its array cannot be laid out), and the record long
+    /// enough for the parts they place. The only check of a sample record: every path that
+    /// reads one goes through it.
+    fn parse(kind: EventKind, record: &'a [u8]) -> Result<Self, DecodeError> {
+        let len = record.len();
+        if len < HEAD_BYTES {
+            return Err(DecodeError::Short { len });
+        }
+        let mut buf = &record[4..];
+        let mut head = SampleHead { kind: kind as u32, ..SampleHead::default() };
+        head.cpu = buf.get_u32_ne();
+        head.pid = buf.get_u32_ne();
+        head.tid = buf.get_u32_ne();
+        head.time_ns = buf.get_u64_ne();
+        head.kernel_stack_len = buf.get_u32_ne();
+        head.user_stack_len = buf.get_u32_ne();
+        head.py_frames_len = buf.get_u32_ne();
+        head.py_status = buf.get_u32_ne();
+        buf.copy_to_slice(&mut head.comm);
+        head.off = OffCpuInfo {
+            blocked_ns: buf.get_u64_ne(),
+            runq_ns: buf.get_u64_ne(),
+            syscall_nr: buf.get_i64_ne(),
+            arg0: buf.get_u64_ne(),
+            state: buf.get_u32_ne(),
+            switches: buf.get_u32_ne(),
+        };
+        head.user_sp = buf.get_u64_ne();
+        head.user_end = buf.get_u32_ne();
+        if head.kernel_stack_len as usize > MAX_NATIVE_FRAMES
+            || head.user_stack_len as usize > MAX_NATIVE_FRAMES
+            || head.py_frames_len as usize > MAX_PY_FRAMES
+        {
+            return Err(DecodeError::BadLength { kind: kind as u32 });
+        }
+        let layout = head.layout();
+        if len < layout.len {
+            return Err(DecodeError::Short { len });
+        }
+        Ok(PackedSample { head, layout, bytes: &record[..layout.len] })
+    }
+
+    /// The sample, its parts copied out of the record.
+    pub fn sample(&self) -> Sample {
+        let head = &self.head;
+        let mut body = &self.bytes[HEAD_BYTES..];
+        let user_len = head.user_stack_len as usize;
+        let kernel_stack = read_words(&mut body, head.kernel_stack_len as usize);
+        let user_stack = read_words(&mut body, user_len);
+        let user_cfa = read_words(&mut body, self.layout.cfa_len);
+        let py_frames = (0..head.py_frames_len)
+            .map(|_| PyFrameRecord {
+                code: body.get_u64_ne(),
+                instr: body.get_u64_ne(),
+                fingerprint: body.get_u32_ne(),
+                owner: body.get_u32_ne(),
+            })
+            .collect();
+        Sample {
+            cpu: head.cpu,
+            pid: head.pid,
+            tid: head.tid,
+            time_ns: head.time_ns,
+            comm: head.comm,
+            kernel_stack,
+            user_stack,
+            py_status: head.py_status,
+            py_frames,
+            off: head.off,
+            user_sp: head.user_sp,
+            user_end: head.user_end,
+            user_cfa,
+        }
+    }
+}
+
 /// Reads `len` 8-byte words (the caller checked that they are there).
 fn read_words(buf: &mut &[u8], len: usize) -> Vec<u64> {
     (0..len).map(|_| buf.get_u64_ne()).collect()
@@ -250,33 +278,39 @@ pub fn comm_cow(comm: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&comm[..end])
 }
 
+/// A sample packed as the kernel's `sample_out::send` packs it: the head from the full
+/// event, then each part at the place the layout gives it.
+#[cfg(test)]
+pub(super) fn pack(ev: &profiler_common::SampleEvent) -> Vec<u8> {
+    let head = SampleHead::of(ev).unwrap();
+    let at = head.layout();
+    let mut rec =
+        profiler_common::sample_record::SampleRecord { head, body: [0; profiler_common::sample_record::BODY_WORDS] };
+    let (k, u, p) = (head.kernel_stack_len as usize, head.user_stack_len as usize, head.py_frames_len as usize);
+    rec.body[..k].copy_from_slice(&ev.kernel_stack[..k]);
+    rec.body[at.user_at..at.user_at + u].copy_from_slice(&ev.user_stack[..u]);
+    rec.body[at.cfa_at..at.cfa_at + at.cfa_len].copy_from_slice(&ev.user_cfa[..at.cfa_len]);
+    for (i, f) in ev.py_frames[..p].iter().enumerate() {
+        let w = at.py_at + 3 * i;
+        rec.body[w] = f.code;
+        rec.body[w + 1] = f.instr;
+        rec.body[w + 2] = f.fingerprint as u64 | (f.owner as u64) << 32;
+    }
+    // SAFETY: SampleRecord is repr(C) plain integers without padding.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            std::ptr::from_ref(&rec).cast::<u8>(),
+            size_of::<profiler_common::sample_record::SampleRecord>(),
+        )
+    };
+    bytes[..at.len].to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use profiler_common::{SampleEvent, sample_record::SampleRecord, unwind};
-
-    /// A sample packed as the kernel's `sample_out::send` packs it: the head from the full
-    /// event, then each part at the place the layout gives it.
-    fn pack(ev: &SampleEvent) -> Vec<u8> {
-        let head = SampleHead::of(ev).unwrap();
-        let at = head.layout();
-        let mut rec = SampleRecord { head, body: [0; profiler_common::sample_record::BODY_WORDS] };
-        let (k, u, p) = (head.kernel_stack_len as usize, head.user_stack_len as usize, head.py_frames_len as usize);
-        rec.body[..k].copy_from_slice(&ev.kernel_stack[..k]);
-        rec.body[at.user_at..at.user_at + u].copy_from_slice(&ev.user_stack[..u]);
-        rec.body[at.cfa_at..at.cfa_at + at.cfa_len].copy_from_slice(&ev.user_cfa[..at.cfa_len]);
-        for (i, f) in ev.py_frames[..p].iter().enumerate() {
-            let w = at.py_at + 3 * i;
-            rec.body[w] = f.code;
-            rec.body[w + 1] = f.instr;
-            rec.body[w + 2] = f.fingerprint as u64 | (f.owner as u64) << 32;
-        }
-        // SAFETY: SampleRecord is repr(C) plain integers without padding.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(std::ptr::from_ref(&rec).cast::<u8>(), size_of::<SampleRecord>()) };
-        bytes[..at.len].to_vec()
-    }
+    use profiler_common::{SampleEvent, unwind};
 
     fn event(kernel: &[u64], user: &[u64], user_end: u32) -> SampleEvent {
         let mut ev = SampleEvent {

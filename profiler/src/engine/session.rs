@@ -344,9 +344,9 @@ impl Session {
                 seen(s.pid);
                 agg.add(s, symbols, python)
             }
-            Ok(Event::OffCpu(s)) => {
-                seen(s.pid);
-                agg.add_off_cpu(s, symbols, python, classifier)
+            Ok(Event::OffCpu(rec)) => {
+                seen(rec.head.pid);
+                agg.add_off_cpu_record(&rec, symbols, python, classifier)
             }
             Ok(Event::WaitTarget(t)) => classifier.kernel_target(&t),
             Ok(Event::Preempted(s)) if *awaiting_exec == Some(s.pid) => {}
