@@ -2,15 +2,18 @@
 //!
 //! Records are read with `bytes::Buf` rather than by casting pointers: a record that is short or
 //! of an unknown kind is rejected and counted, never trusted.
+use std::mem::offset_of;
+
 use bytes::Buf;
 use profiler_common::{
     EventKind, ExecEvent, ForkEvent, MAX_NATIVE_FRAMES, MAX_PY_FRAMES, OffCpuInfo, PreemptEndEvent, PyFrameRecord,
     TASK_COMM_LEN, ThreadMissEvent,
     lifecycle::{TaskEvent, task_flags},
     sample_record::{HEAD_BYTES, Layout, SampleHead},
+    wait_target::WaitTargetEvent,
 };
 
-use crate::offcpu::kernel_target::KernelTarget;
+use crate::offcpu::{classify::Classifier, kernel_target::KernelTarget};
 
 /// An on-CPU sample, stacks leaf first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +65,14 @@ pub enum Event<'a> {
     },
     /// What the descriptor of the `OffCpu` event that follows referred to.
     WaitTarget(KernelTarget),
+    /// A record of what the first argument of thread `tid`'s call referred to, for a call
+    /// whose first argument is no descriptor ([`Classifier::names_descriptor`]): never used to
+    /// name a wait, so not decoded. A `time.sleep` loop sent one with every wait
+    /// (`clock_nanosleep`'s clock id, 1, read as the descriptor of stdout): half of a
+    /// `--all` daemon's records in scenario 1.
+    UnusedWaitTarget {
+        tid: u32,
+    },
     /// The kernel could not find thread `tid`'s `PyThreadState` in its bounded scan: the one
     /// whose field at `key_offset` holds `key`.
     ThreadMiss {
@@ -112,6 +123,15 @@ pub fn decode(mut buf: &[u8]) -> Result<Event<'_>, DecodeError> {
     let kind = u32::from_ne_bytes(buf[..4].try_into().unwrap());
     match EventKind::from_u32(kind) {
         Some(EventKind::WaitTarget) => {
+            if buf.len() < size_of::<WaitTargetEvent>() {
+                return Err(DecodeError::Short { len: buf.len() });
+            }
+            let tid = u32::from_ne_bytes(buf[offset_of!(WaitTargetEvent, tid)..][..4].try_into().unwrap());
+            let syscall_nr =
+                i64::from_ne_bytes(buf[offset_of!(WaitTargetEvent, syscall_nr)..][..8].try_into().unwrap());
+            if !Classifier::names_descriptor(syscall_nr) {
+                return Ok(Event::UnusedWaitTarget { tid });
+            }
             KernelTarget::decode(buf).map(Event::WaitTarget).ok_or(DecodeError::Short { len: buf.len() })
         }
         Some(kind @ (EventKind::OnCpuSample | EventKind::Preempted)) => {
@@ -401,6 +421,24 @@ mod tests {
         };
         let Ok(Event::Exit { process: false, .. }) = decode(&raw(EventKind::Exit, 0)) else { panic!("not an exit") };
         assert_eq!(decode(&raw(EventKind::Exit, 0)[..20]), Err(DecodeError::Short { len: 20 }));
+    }
+
+    #[test]
+    fn a_wait_target_of_a_call_without_a_descriptor_is_not_decoded() {
+        let target = |syscall_nr: i64| {
+            let mut raw = vec![0u8; size_of::<WaitTargetEvent>()];
+            raw[..4].copy_from_slice(&(EventKind::WaitTarget as u32).to_ne_bytes());
+            raw[8..12].copy_from_slice(&4330u32.to_ne_bytes());
+            raw[16..24].copy_from_slice(&syscall_nr.to_ne_bytes());
+            raw[24..32].copy_from_slice(&1u64.to_ne_bytes());
+            raw
+        };
+        let sleep = target(libc::SYS_clock_nanosleep);
+        assert_eq!(decode(&sleep), Ok(Event::UnusedWaitTarget { tid: 4330 }));
+        let Ok(Event::WaitTarget(t)) = decode(&target(libc::SYS_read)) else { panic!("not decoded") };
+        assert_eq!((t.tid, t.syscall_nr, t.arg0), (4330, libc::SYS_read, 1));
+        // Checked first, as a decoded one is.
+        assert_eq!(decode(&sleep[..40]), Err(DecodeError::Short { len: 40 }));
     }
 
     #[test]
