@@ -10,8 +10,8 @@ use profiler_common::{PY_FRAME_IS_ENTRY, PY_OWNER_ENTRY_MIN, off_state, py_statu
 
 use crate::{
     engine::{
-        events::{Sample, comm_cow},
-        repeats::{Placed, RepeatKey, Repeats},
+        events::{PackedSample, Sample, comm_cow},
+        repeats::{Placed, Repeats},
     },
     host::{
         cgroup::{self, CgroupIdentity},
@@ -172,29 +172,54 @@ impl Aggregator {
         self.add_stack(s, ids, &[at], symbols, python, false);
     }
 
-    /// A long blocking syscall: its blocked time goes to the wait's category, its run-queue
-    /// time (after the wakeup) to `runqueue`, both on the stack it blocked in.
-    pub fn add_off_cpu(
+    /// A long blocking syscall from the ring buffer: its blocked time goes to the wait's
+    /// category, its run-queue time (after the wakeup) to `runqueue`, both on the stack it
+    /// blocked in. A repeat of an event worked out before in this window is found from the
+    /// record's bytes and its weights go straight to the stacks that one was added to, without
+    /// decoding it (see engine::repeats).
+    pub fn add_off_cpu_record(
         &mut self,
-        mut s: Sample,
+        rec: &PackedSample<'_>,
         symbols: &mut Symbols,
         python: &mut PythonRegistry,
         classifier: &mut Classifier,
     ) {
-        self.off_cpu_events += 1;
-        // A repeat of an event worked out before in this window: its weights go straight to
-        // the stacks that one was added to (see engine::repeats).
-        let repeat = (s.user_end == unwind::end::FRAME_POINTERS
-            && Classifier::is_stable(s.off.syscall_nr, s.off.arg0)
-            && python.version(s.pid).is_some())
-        .then(|| RepeatKey::take(&mut s));
-        if let Some(key) = &repeat {
-            if self.add_repeat(key, s.off.runq_ns, s.off.blocked_ns, classifier.generation()) {
-                classifier.skip_event(s.tid, s.off.syscall_nr, s.off.arg0);
-                return;
-            }
-            key.restore_copy(&mut s);
+        let h = &rec.head;
+        let repeatable = h.user_end == unwind::end::FRAME_POINTERS
+            && Classifier::is_stable(h.off.syscall_nr, h.off.arg0)
+            && python.version(h.pid).is_some();
+        if repeatable && self.add_repeat(rec, classifier.generation()) {
+            self.off_cpu_events += 1;
+            classifier.skip_event(h.tid, h.off.syscall_nr, h.off.arg0);
+            return;
         }
+        self.work_out_off_cpu(rec.sample(), symbols, python, classifier, repeatable.then_some(rec));
+    }
+
+    /// A wait's stacks not sent as a record (a wait still going on at a snapshot, see
+    /// [`super::blocked`]): worked out in full, as [`Self::add_off_cpu_record`] works out an
+    /// event it has not seen.
+    pub fn add_off_cpu(
+        &mut self,
+        s: Sample,
+        symbols: &mut Symbols,
+        python: &mut PythonRegistry,
+        classifier: &mut Classifier,
+    ) {
+        self.work_out_off_cpu(s, symbols, python, classifier, None);
+    }
+
+    /// Resolves, classifies and adds an off-CPU event; remembered for its repeats under
+    /// `record`'s bytes when given.
+    fn work_out_off_cpu(
+        &mut self,
+        s: Sample,
+        symbols: &mut Symbols,
+        python: &mut PythonRegistry,
+        classifier: &mut Classifier,
+        record: Option<&PackedSample<'_>>,
+    ) {
+        self.off_cpu_events += 1;
         let ids = self.python_frames(&s, python);
         let polls = s.off.syscall_nr >= 0 && syscalls::class(s.off.syscall_nr as u64) == syscalls::SyscallClass::Poll;
         let state = {
@@ -227,20 +252,21 @@ impl Aggregator {
             return;
         }
         let (pid, tid) = (s.pid, s.tid);
-        let stacks = self.add_stack(s, ids, &places, symbols, python, repeat.is_some());
-        if let (Some(key), Some((user, kernel))) = (repeat, stacks) {
+        let stacks = self.add_stack(s, ids, &places, symbols, python, record.is_some());
+        if let (Some(record), Some((user, kernel))) = (record, stacks) {
             let raw = |wait: u32| RawStack { pid, tid, wait, user: user.clone(), kernel: kernel.clone(), on_loop };
             let placed = Placed::new(runq_wait.map(raw), blocked_wait.map(raw), classifier.generation());
             let stacks = &mut self.stacks;
-            self.repeats.remember(key, placed, |stack, w| add_weight(stacks, stack, w));
+            self.repeats.remember(record, placed, |stack, w| add_weight(stacks, stack, w));
         }
     }
 
     /// Adds a repeated event's weights to the stacks its first occurrence went to; false when
     /// it must be worked out again (not seen, the classifier changed since, or a part that was
     /// zero then is not now).
-    fn add_repeat(&mut self, key: &RepeatKey, runq_ns: u64, blocked_ns: u64, generation: u64) -> bool {
-        let Some(placed) = self.repeats.get_mut(key) else { return false };
+    fn add_repeat(&mut self, rec: &PackedSample<'_>, generation: u64) -> bool {
+        let (runq_ns, blocked_ns) = (rec.head.off.runq_ns, rec.head.off.blocked_ns);
+        let Some(placed) = self.repeats.get_mut(rec) else { return false };
         if placed.generation != generation
             || (runq_ns > 0 && placed.runq.is_none())
             || (blocked_ns > 0 && placed.blocked.is_none())
@@ -250,7 +276,10 @@ impl Aggregator {
         for (i, (stack, ns)) in [(&placed.runq, runq_ns), (&placed.blocked, blocked_ns)].into_iter().enumerate() {
             let Some(stack) = stack.as_ref().filter(|_| ns > 0) else { continue };
             match &mut self.provisional {
-                // A snapshot's waits in progress, to be taken back: on the stack itself.
+                // Added while a snapshot's stacks are provisional, to be taken back with them:
+                // on the stack itself. (The session drains the ring before a snapshot and the
+                // waits in progress are worked out in full, so no repeat comes now; kept so
+                // that anything added meanwhile is taken back alike.)
                 Some((p, _)) => {
                     p.push((stack.clone(), ns));
                     add_weight(&mut self.stacks, stack, Weight { samples: 1, ns });

@@ -2,15 +2,18 @@
 //!
 //! Records are read with `bytes::Buf` rather than by casting pointers: a record that is short or
 //! of an unknown kind is rejected and counted, never trusted.
+use std::mem::offset_of;
+
 use bytes::Buf;
 use profiler_common::{
     EventKind, ExecEvent, ForkEvent, MAX_NATIVE_FRAMES, MAX_PY_FRAMES, OffCpuInfo, PreemptEndEvent, PyFrameRecord,
     TASK_COMM_LEN, ThreadMissEvent,
     lifecycle::{TaskEvent, task_flags},
-    sample_record::{HEAD_BYTES, SampleHead},
+    sample_record::{HEAD_BYTES, Layout, SampleHead},
+    wait_target::WaitTargetEvent,
 };
 
-use crate::offcpu::kernel_target::KernelTarget;
+use crate::offcpu::{classify::Classifier, kernel_target::KernelTarget};
 
 /// An on-CPU sample, stacks leaf first.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +39,7 @@ pub struct Sample {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
+pub enum Event<'a> {
     Sample(Sample),
     /// Process `pid` called exec.
     Exec {
@@ -48,8 +51,9 @@ pub enum Event {
         ppid: u32,
         flags: u32,
     },
-    /// A long blocking syscall, with the stacks it blocked in.
-    OffCpu(Sample),
+    /// A long blocking syscall, with the stacks it blocked in: checked, its parts left in the
+    /// record.
+    OffCpu(PackedSample<'a>),
     /// A thread preempted outside a syscall, with its stacks; `time_ns` is the switch-out.
     Preempted(Sample),
     /// The run-queue wait that followed the preemption at `since_ns`.
@@ -61,6 +65,14 @@ pub enum Event {
     },
     /// What the descriptor of the `OffCpu` event that follows referred to.
     WaitTarget(KernelTarget),
+    /// A record of what the first argument of thread `tid`'s call referred to, for a call
+    /// whose first argument is no descriptor ([`Classifier::names_descriptor`]): never used to
+    /// name a wait, so not decoded. A `time.sleep` loop sent one with every wait
+    /// (`clock_nanosleep`'s clock id, 1, read as the descriptor of stdout): half of a
+    /// `--all` daemon's records in scenario 1.
+    UnusedWaitTarget {
+        tid: u32,
+    },
     /// The kernel could not find thread `tid`'s `PyThreadState` in its bounded scan: the one
     /// whose field at `key_offset` holds `key`.
     ThreadMiss {
@@ -104,84 +116,30 @@ pub enum DecodeError {
 }
 
 /// Decodes one ring-buffer record.
-pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
+pub fn decode(mut buf: &[u8]) -> Result<Event<'_>, DecodeError> {
     if buf.len() < 4 {
         return Err(DecodeError::Short { len: buf.len() });
     }
     let kind = u32::from_ne_bytes(buf[..4].try_into().unwrap());
     match EventKind::from_u32(kind) {
         Some(EventKind::WaitTarget) => {
+            if buf.len() < size_of::<WaitTargetEvent>() {
+                return Err(DecodeError::Short { len: buf.len() });
+            }
+            let tid = u32::from_ne_bytes(buf[offset_of!(WaitTargetEvent, tid)..][..4].try_into().unwrap());
+            let syscall_nr =
+                i64::from_ne_bytes(buf[offset_of!(WaitTargetEvent, syscall_nr)..][..8].try_into().unwrap());
+            if !Classifier::names_descriptor(syscall_nr) {
+                return Ok(Event::UnusedWaitTarget { tid });
+            }
             KernelTarget::decode(buf).map(Event::WaitTarget).ok_or(DecodeError::Short { len: buf.len() })
         }
-        Some(kind @ (EventKind::OnCpuSample | EventKind::OffCpu | EventKind::Preempted)) => {
-            // The head, then the filled part of each stack (profiler_common::sample_record).
-            let len = buf.len();
-            if len < HEAD_BYTES {
-                return Err(DecodeError::Short { len });
-            }
-            buf.advance(4);
-            let mut head = SampleHead { kind: kind as u32, ..SampleHead::default() };
-            head.cpu = buf.get_u32_ne();
-            head.pid = buf.get_u32_ne();
-            head.tid = buf.get_u32_ne();
-            head.time_ns = buf.get_u64_ne();
-            head.kernel_stack_len = buf.get_u32_ne();
-            head.user_stack_len = buf.get_u32_ne();
-            head.py_frames_len = buf.get_u32_ne();
-            head.py_status = buf.get_u32_ne();
-            buf.copy_to_slice(&mut head.comm);
-            head.off = OffCpuInfo {
-                blocked_ns: buf.get_u64_ne(),
-                runq_ns: buf.get_u64_ne(),
-                syscall_nr: buf.get_i64_ne(),
-                arg0: buf.get_u64_ne(),
-                state: buf.get_u32_ne(),
-                switches: buf.get_u32_ne(),
-            };
-            head.user_sp = buf.get_u64_ne();
-            head.user_end = buf.get_u32_ne();
-            buf.advance(4);
-            let (kernel_len, user_len, py_len) =
-                (head.kernel_stack_len as usize, head.user_stack_len as usize, head.py_frames_len as usize);
-            // The parts are placed by these lengths: one past its array cannot be laid out.
-            if kernel_len > MAX_NATIVE_FRAMES || user_len > MAX_NATIVE_FRAMES || py_len > MAX_PY_FRAMES {
-                return Err(DecodeError::BadLength { kind: kind as u32 });
-            }
-            if len < head.layout().len {
-                return Err(DecodeError::Short { len });
-            }
-            let kernel_stack = read_words(&mut buf, kernel_len);
-            let user_stack = read_words(&mut buf, user_len);
-            let user_cfa = if head.has_cfa() { read_words(&mut buf, user_len) } else { Vec::new() };
-            let py_frames = (0..py_len)
-                .map(|_| PyFrameRecord {
-                    code: buf.get_u64_ne(),
-                    instr: buf.get_u64_ne(),
-                    fingerprint: buf.get_u32_ne(),
-                    owner: buf.get_u32_ne(),
-                })
-                .collect();
-            let sample = Sample {
-                cpu: head.cpu,
-                pid: head.pid,
-                tid: head.tid,
-                time_ns: head.time_ns,
-                comm: head.comm,
-                kernel_stack,
-                user_stack,
-                py_status: head.py_status,
-                py_frames,
-                off: head.off,
-                user_sp: head.user_sp,
-                user_end: head.user_end,
-                user_cfa,
-            };
-            Ok(match kind {
-                EventKind::OffCpu => Event::OffCpu(sample),
-                EventKind::Preempted => Event::Preempted(sample),
-                _ => Event::Sample(sample),
-            })
+        Some(kind @ (EventKind::OnCpuSample | EventKind::Preempted)) => {
+            let sample = PackedSample::parse(kind, buf)?.sample();
+            Ok(if kind == EventKind::Preempted { Event::Preempted(sample) } else { Event::Sample(sample) })
         }
+        // Checked, not copied out: most are repeats (see engine::repeats).
+        Some(EventKind::OffCpu) => PackedSample::parse(EventKind::OffCpu, buf).map(Event::OffCpu),
         Some(EventKind::Exec) => {
             if buf.len() < size_of::<ExecEvent>() {
                 return Err(DecodeError::Short { len: buf.len() });
@@ -238,6 +196,96 @@ pub fn decode(mut buf: &[u8]) -> Result<Event, DecodeError> {
     }
 }
 
+/// A sample record whose head was read and whose lengths were checked: each part lies where
+/// the head's layout puts it, inside the record. [`PackedSample::sample`] copies the parts out;
+/// [`super::repeats`] reads an off-CPU event's identity from [`PackedSample::bytes`] instead,
+/// without copying anything out of a repeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedSample<'a> {
+    pub head: SampleHead,
+    pub layout: Layout,
+    /// The record up to the end of its last part (a longer record's tail is not read).
+    pub bytes: &'a [u8],
+}
+
+impl<'a> PackedSample<'a> {
+    /// Reads the head of a record of a sample `kind` and checks what it places: every length
+    /// within its array (a part placed past its array cannot be laid out), and the record long
+    /// enough for the parts they place. The only check of a sample record: every path that
+    /// reads one goes through it.
+    fn parse(kind: EventKind, record: &'a [u8]) -> Result<Self, DecodeError> {
+        let len = record.len();
+        if len < HEAD_BYTES {
+            return Err(DecodeError::Short { len });
+        }
+        let mut buf = &record[4..];
+        let mut head = SampleHead { kind: kind as u32, ..SampleHead::default() };
+        head.cpu = buf.get_u32_ne();
+        head.pid = buf.get_u32_ne();
+        head.tid = buf.get_u32_ne();
+        head.time_ns = buf.get_u64_ne();
+        head.kernel_stack_len = buf.get_u32_ne();
+        head.user_stack_len = buf.get_u32_ne();
+        head.py_frames_len = buf.get_u32_ne();
+        head.py_status = buf.get_u32_ne();
+        buf.copy_to_slice(&mut head.comm);
+        head.off = OffCpuInfo {
+            blocked_ns: buf.get_u64_ne(),
+            runq_ns: buf.get_u64_ne(),
+            syscall_nr: buf.get_i64_ne(),
+            arg0: buf.get_u64_ne(),
+            state: buf.get_u32_ne(),
+            switches: buf.get_u32_ne(),
+        };
+        head.user_sp = buf.get_u64_ne();
+        head.user_end = buf.get_u32_ne();
+        if head.kernel_stack_len as usize > MAX_NATIVE_FRAMES
+            || head.user_stack_len as usize > MAX_NATIVE_FRAMES
+            || head.py_frames_len as usize > MAX_PY_FRAMES
+        {
+            return Err(DecodeError::BadLength { kind: kind as u32 });
+        }
+        let layout = head.layout();
+        if len < layout.len {
+            return Err(DecodeError::Short { len });
+        }
+        Ok(PackedSample { head, layout, bytes: &record[..layout.len] })
+    }
+
+    /// The sample, its parts copied out of the record.
+    pub fn sample(&self) -> Sample {
+        let head = &self.head;
+        let mut body = &self.bytes[HEAD_BYTES..];
+        let user_len = head.user_stack_len as usize;
+        let kernel_stack = read_words(&mut body, head.kernel_stack_len as usize);
+        let user_stack = read_words(&mut body, user_len);
+        let user_cfa = read_words(&mut body, self.layout.cfa_len);
+        let py_frames = (0..head.py_frames_len)
+            .map(|_| PyFrameRecord {
+                code: body.get_u64_ne(),
+                instr: body.get_u64_ne(),
+                fingerprint: body.get_u32_ne(),
+                owner: body.get_u32_ne(),
+            })
+            .collect();
+        Sample {
+            cpu: head.cpu,
+            pid: head.pid,
+            tid: head.tid,
+            time_ns: head.time_ns,
+            comm: head.comm,
+            kernel_stack,
+            user_stack,
+            py_status: head.py_status,
+            py_frames,
+            off: head.off,
+            user_sp: head.user_sp,
+            user_end: head.user_end,
+            user_cfa,
+        }
+    }
+}
+
 /// Reads `len` 8-byte words (the caller checked that they are there).
 fn read_words(buf: &mut &[u8], len: usize) -> Vec<u64> {
     (0..len).map(|_| buf.get_u64_ne()).collect()
@@ -250,33 +298,39 @@ pub fn comm_cow(comm: &[u8]) -> std::borrow::Cow<'_, str> {
     String::from_utf8_lossy(&comm[..end])
 }
 
+/// A sample packed as the kernel's `sample_out::send` packs it: the head from the full
+/// event, then each part at the place the layout gives it.
+#[cfg(test)]
+pub(super) fn pack(ev: &profiler_common::SampleEvent) -> Vec<u8> {
+    let head = SampleHead::of(ev).unwrap();
+    let at = head.layout();
+    let mut rec =
+        profiler_common::sample_record::SampleRecord { head, body: [0; profiler_common::sample_record::BODY_WORDS] };
+    let (k, u, p) = (head.kernel_stack_len as usize, head.user_stack_len as usize, head.py_frames_len as usize);
+    rec.body[..k].copy_from_slice(&ev.kernel_stack[..k]);
+    rec.body[at.user_at..at.user_at + u].copy_from_slice(&ev.user_stack[..u]);
+    rec.body[at.cfa_at..at.cfa_at + at.cfa_len].copy_from_slice(&ev.user_cfa[..at.cfa_len]);
+    for (i, f) in ev.py_frames[..p].iter().enumerate() {
+        let w = at.py_at + 3 * i;
+        rec.body[w] = f.code;
+        rec.body[w + 1] = f.instr;
+        rec.body[w + 2] = f.fingerprint as u64 | (f.owner as u64) << 32;
+    }
+    // SAFETY: SampleRecord is repr(C) plain integers without padding.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            std::ptr::from_ref(&rec).cast::<u8>(),
+            size_of::<profiler_common::sample_record::SampleRecord>(),
+        )
+    };
+    bytes[..at.len].to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use profiler_common::{SampleEvent, sample_record::SampleRecord, unwind};
-
-    /// A sample packed as the kernel's `sample_out::send` packs it: the head from the full
-    /// event, then each part at the place the layout gives it.
-    fn pack(ev: &SampleEvent) -> Vec<u8> {
-        let head = SampleHead::of(ev).unwrap();
-        let at = head.layout();
-        let mut rec = SampleRecord { head, body: [0; profiler_common::sample_record::BODY_WORDS] };
-        let (k, u, p) = (head.kernel_stack_len as usize, head.user_stack_len as usize, head.py_frames_len as usize);
-        rec.body[..k].copy_from_slice(&ev.kernel_stack[..k]);
-        rec.body[at.user_at..at.user_at + u].copy_from_slice(&ev.user_stack[..u]);
-        rec.body[at.cfa_at..at.cfa_at + at.cfa_len].copy_from_slice(&ev.user_cfa[..at.cfa_len]);
-        for (i, f) in ev.py_frames[..p].iter().enumerate() {
-            let w = at.py_at + 3 * i;
-            rec.body[w] = f.code;
-            rec.body[w + 1] = f.instr;
-            rec.body[w + 2] = f.fingerprint as u64 | (f.owner as u64) << 32;
-        }
-        // SAFETY: SampleRecord is repr(C) plain integers without padding.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(std::ptr::from_ref(&rec).cast::<u8>(), size_of::<SampleRecord>()) };
-        bytes[..at.len].to_vec()
-    }
+    use profiler_common::{SampleEvent, unwind};
 
     fn event(kernel: &[u64], user: &[u64], user_end: u32) -> SampleEvent {
         let mut ev = SampleEvent {
@@ -367,6 +421,24 @@ mod tests {
         };
         let Ok(Event::Exit { process: false, .. }) = decode(&raw(EventKind::Exit, 0)) else { panic!("not an exit") };
         assert_eq!(decode(&raw(EventKind::Exit, 0)[..20]), Err(DecodeError::Short { len: 20 }));
+    }
+
+    #[test]
+    fn a_wait_target_of_a_call_without_a_descriptor_is_not_decoded() {
+        let target = |syscall_nr: i64| {
+            let mut raw = vec![0u8; size_of::<WaitTargetEvent>()];
+            raw[..4].copy_from_slice(&(EventKind::WaitTarget as u32).to_ne_bytes());
+            raw[8..12].copy_from_slice(&4330u32.to_ne_bytes());
+            raw[16..24].copy_from_slice(&syscall_nr.to_ne_bytes());
+            raw[24..32].copy_from_slice(&1u64.to_ne_bytes());
+            raw
+        };
+        let sleep = target(libc::SYS_clock_nanosleep);
+        assert_eq!(decode(&sleep), Ok(Event::UnusedWaitTarget { tid: 4330 }));
+        let Ok(Event::WaitTarget(t)) = decode(&target(libc::SYS_read)) else { panic!("not decoded") };
+        assert_eq!((t.tid, t.syscall_nr, t.arg0), (4330, libc::SYS_read, 1));
+        // Checked first, as a decoded one is.
+        assert_eq!(decode(&sleep[..40]), Err(DecodeError::Short { len: 40 }));
     }
 
     #[test]

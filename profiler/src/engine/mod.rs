@@ -28,7 +28,7 @@ pub mod events;
 pub mod exits;
 pub mod launch;
 pub mod phase_cost;
-mod repeats;
+pub mod repeats;
 pub mod session;
 pub mod target;
 pub mod tasks;

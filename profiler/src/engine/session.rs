@@ -344,11 +344,12 @@ impl Session {
                 seen(s.pid);
                 agg.add(s, symbols, python)
             }
-            Ok(Event::OffCpu(s)) => {
-                seen(s.pid);
-                agg.add_off_cpu(s, symbols, python, classifier)
+            Ok(Event::OffCpu(rec)) => {
+                seen(rec.head.pid);
+                agg.add_off_cpu_record(&rec, symbols, python, classifier)
             }
             Ok(Event::WaitTarget(t)) => classifier.kernel_target(&t),
+            Ok(Event::UnusedWaitTarget { tid }) => classifier.unused_kernel_target(tid),
             Ok(Event::Preempted(s)) if *awaiting_exec == Some(s.pid) => {}
             Ok(Event::Preempted(s)) => agg.preempted(s),
             Ok(Event::PreemptEnd { tid, since_ns, runq_ns, .. }) => {

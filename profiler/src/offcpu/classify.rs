@@ -132,6 +132,20 @@ impl Classifier {
         self.kernel.record(t);
     }
 
+    /// The kernel's record of thread `tid`'s descriptor came for a call whose first argument
+    /// is none ([`Classifier::names_descriptor`]): it would only have replaced the thread's
+    /// previous record, and so it does, without being decoded.
+    pub fn unused_kernel_target(&mut self, tid: u32) {
+        self.kernel.forget(tid);
+    }
+
+    /// Whether a wait in `syscall_nr` is named from its descriptor (the kernel's record of it,
+    /// or /proc): its first argument is one. The kernel sends its record for other calls too
+    /// (`clock_nanosleep`'s clock id read as a descriptor), and it is never used for them.
+    pub fn names_descriptor(syscall_nr: i64) -> bool {
+        syscall_nr >= 0 && syscalls::fd_arg(syscall_nr as u64)
+    }
+
     /// A wait reported with its stack: named from the kernel's record of its descriptor when
     /// one came with it (the descriptor may be closed or reused by now), else as [`classify`].
     /// The kernel's answer is also kept as the last one for the (pid, state, syscall,
@@ -141,7 +155,7 @@ impl Classifier {
     /// [`classify`]: Classifier::classify
     pub fn classify_event(&mut self, pid: u32, tid: u32, state: u32, syscall_nr: i64, arg0: u64) -> Wait {
         let kernel = self.kernel.take(tid, syscall_nr, arg0).flatten();
-        let fd_wait = syscall_nr >= 0 && state != off_state::RUNNABLE && syscalls::fd_arg(syscall_nr as u64);
+        let fd_wait = state != off_state::RUNNABLE && Self::names_descriptor(syscall_nr);
         let (Some(target), true) = (kernel, fd_wait) else {
             return self.classify(pid, state, syscall_nr, arg0);
         };
@@ -346,6 +360,45 @@ mod tests {
         assert_eq!(c.generation(), g + 4);
         c.forget(2);
         assert_eq!(c.generation(), g + 4, "nothing known of process 2: no answer can change");
+    }
+
+    #[test]
+    fn an_unused_kernel_record_supersedes_the_threads_previous_one() {
+        assert!(Classifier::names_descriptor(libc::SYS_read));
+        assert!(Classifier::names_descriptor(libc::SYS_epoll_wait));
+        assert!(!Classifier::names_descriptor(libc::SYS_clock_nanosleep));
+        assert!(!Classifier::names_descriptor(libc::SYS_futex));
+        assert!(!Classifier::names_descriptor(-1));
+        let pipe = |tid| KernelTarget {
+            pid: 1,
+            tid,
+            syscall_nr: libc::SYS_read,
+            arg0: 5,
+            flags: profiler_common::wait_target::target_flags::FILE,
+            ino: 99,
+            dev: 0,
+            mode: profiler_common::wait_target::file_type::FIFO,
+            sk_family: 0,
+            sk_protocol: 0,
+            sk_state: 0,
+            local: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            peer: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            parts: Vec::new(),
+        };
+        // No such process: /proc cannot name the descriptor.
+        let pid = u32::MAX - 1;
+        let unnamed = Classifier::default().classify_event(pid, 2, off_state::SLEEPING, libc::SYS_read, 5);
+        let event = |c: &mut Classifier| c.classify_event(pid, 2, off_state::SLEEPING, libc::SYS_read, 5);
+        let mut c = Classifier::default();
+        c.kernel_target(&pipe(2));
+        c.unused_kernel_target(3);
+        let named = event(&mut c);
+        assert_ne!(named, unnamed, "the kernel's record names the wait; another thread's does not touch it");
+        // A fresh classifier: the first one keeps its answer for the wait's key.
+        let mut c = Classifier::default();
+        c.kernel_target(&pipe(2));
+        c.unused_kernel_target(2);
+        assert_eq!(event(&mut c), unnamed, "superseded, as a decoded record would have been");
     }
 
     #[test]

@@ -137,6 +137,11 @@ impl KernelTargets {
         self.pending.insert(t.tid, (t.syscall_nr, t.arg0, target));
     }
 
+    /// Thread `tid`'s last record is superseded by one not kept.
+    pub fn forget(&mut self, tid: u32) {
+        self.pending.remove(&tid);
+    }
+
     /// The kernel's target for thread `tid`'s wait in (`syscall_nr`, `arg0`), if its record
     /// came just before. `Some(None)`: the kernel saw the descriptor but cannot name it.
     pub fn take(&mut self, tid: u32, syscall_nr: i64, arg0: u64) -> Option<Option<FdTarget>> {
