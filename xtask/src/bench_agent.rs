@@ -106,10 +106,10 @@ struct Row {
 pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
     let (python, python_name) = bench_python::find_python()?;
     let dir = tempfile::tempdir()?;
-    // Private copies: a rebuild during the rounds cannot change what is measured.
-    let mut bins = vec![("this build".to_string(), copy_bin(bin, &dir.path().join("pyebpf"))?)];
-    if let Some(base) = &opts.baseline {
-        bins.push((format!("baseline ({})", base.display()), copy_bin(base, &dir.path().join("pyebpf-baseline"))?));
+    let (this, other) = bench_overhead::private_copies(dir.path(), bin, opts.baseline.as_deref())?;
+    let mut bins = vec![("this build".to_string(), this)];
+    if let (Some(base), Some(copy)) = (&opts.baseline, other) {
+        bins.push((format!("baseline ({})", base.display()), copy));
     }
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!(
@@ -169,11 +169,6 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
         "\n(CPU = the daemon's utime+stime over the window / the window, in % of one CPU; RSS = VmRSS; anon = RssAnon at the window's start and end, VmRSS without file pages; lost = ring-buffer events lost over the whole run)"
     );
     Ok(())
-}
-
-fn copy_bin(from: &Path, to: &Path) -> anyhow::Result<PathBuf> {
-    std::fs::copy(from, to).with_context(|| format!("cannot copy {}", from.display()))?;
-    Ok(to.to_path_buf())
 }
 
 fn print_rows(scenario: u32, bins: &[(String, PathBuf)], rows: &[Vec<Row>]) {

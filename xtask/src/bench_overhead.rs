@@ -8,7 +8,7 @@
 //! every thread per sample gets slower as the target grows.
 use std::{
     io::{BufRead, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex, mpsc},
     time::{Duration, Instant},
@@ -51,7 +51,7 @@ pub struct Options {
     /// Also measure py-spy (`bench agent` compares pyebpf with no profiler only).
     pub with_py_spy: bool,
     /// Another pyebpf binary measured in the same rounds (before/after a change).
-    pub baseline: Option<std::path::PathBuf>,
+    pub baseline: Option<PathBuf>,
 }
 
 /// One measured load run.
@@ -76,18 +76,10 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
         None
     };
     let dir = tempfile::tempdir()?;
-    // A private copy: a rebuild of target/release/pyebpf during the rounds cannot change it.
-    let pyebpf = dir.path().join("pyebpf");
-    std::fs::copy(bin, &pyebpf).with_context(|| format!("cannot copy {}", bin.display()))?;
-    let other = match &opts.baseline {
-        Some(base) => {
-            let copy = dir.path().join("pyebpf-baseline");
-            std::fs::copy(base, &copy).with_context(|| format!("cannot copy {}", base.display()))?;
-            println!("baseline bin: {}", base.display());
-            Some(copy)
-        }
-        None => None,
-    };
+    let (pyebpf, other) = private_copies(dir.path(), bin, opts.baseline.as_deref())?;
+    if let Some(base) = &opts.baseline {
+        println!("baseline bin: {}", base.display());
+    }
     let mut configs = vec![Config::Baseline, Config::Pyebpf];
     if other.is_some() {
         configs.push(Config::OtherPyebpf);
@@ -141,6 +133,17 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
     clippy::too_many_arguments,
     reason = "one measurement's set-up, from its one caller's loop; a struct would only rename them"
 )]
+/// Private copies in `dir` of the binary measured and of the `--baseline` one, if any: a
+/// rebuild of target/release/pyebpf during the rounds cannot change what is measured.
+pub(crate) fn private_copies(dir: &Path, bin: &Path, baseline: Option<&Path>) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+    let copy = |from: &Path, name: &str| -> anyhow::Result<PathBuf> {
+        let to = dir.join(name);
+        std::fs::copy(from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
+        Ok(to)
+    };
+    Ok((copy(bin, "pyebpf")?, baseline.map(|b| copy(b, "pyebpf-baseline")).transpose()?))
+}
+
 fn measure(
     config: Config,
     pyebpf: &Path,

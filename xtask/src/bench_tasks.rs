@@ -8,10 +8,9 @@
 //! rounds (before/after a change, side by side).
 use std::{path::Path, process::Command, time::Instant};
 
-use anyhow::Context as _;
 use integration_tests::services::{Load, LoadReport, free_port, python_env, start_aiohttp};
 
-use crate::bench_overhead::{Profiler, cpu_ticks, median};
+use crate::bench_overhead::{Profiler, cpu_ticks, median, private_copies};
 
 pub struct Options {
     pub seconds: u64,
@@ -59,18 +58,10 @@ struct Run {
 pub fn run(bin: &Path, opts: Options) -> anyhow::Result<()> {
     let env = python_env();
     let dir = tempfile::tempdir()?;
-    // A private copy: a rebuild of target/release/pyebpf during the rounds cannot change it.
-    let pyebpf = dir.path().join("pyebpf");
-    std::fs::copy(bin, &pyebpf).with_context(|| format!("cannot copy {}", bin.display()))?;
-    let other = match &opts.baseline {
-        Some(base) => {
-            let copy = dir.path().join("pyebpf-baseline");
-            std::fs::copy(base, &copy).with_context(|| format!("cannot copy {}", base.display()))?;
-            println!("baseline bin: {}", base.display());
-            Some(copy)
-        }
-        None => None,
-    };
+    let (pyebpf, other) = private_copies(dir.path(), bin, opts.baseline.as_deref())?;
+    if let Some(base) = &opts.baseline {
+        println!("baseline bin: {}", base.display());
+    }
     let port = free_port();
     let live = opts.live_tasks.to_string();
     let service = start_aiohttp(env, port, &["--role", "app", "--upstream-port", "9", "--live-tasks", &live]);
