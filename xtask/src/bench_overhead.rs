@@ -129,13 +129,13 @@ pub fn run(root: &Path, bin: &Path, opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one measurement's set-up, from its one caller's loop; a struct would only rename them"
-)]
 /// Private copies in `dir` of the binary measured and of the `--baseline` one, if any: a
 /// rebuild of target/release/pyebpf during the rounds cannot change what is measured.
-pub(crate) fn private_copies(dir: &Path, bin: &Path, baseline: Option<&Path>) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
+pub(crate) fn private_copies(
+    dir: &Path,
+    bin: &Path,
+    baseline: Option<&Path>,
+) -> anyhow::Result<(PathBuf, Option<PathBuf>)> {
     let copy = |from: &Path, name: &str| -> anyhow::Result<PathBuf> {
         let to = dir.join(name);
         std::fs::copy(from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
@@ -144,6 +144,10 @@ pub(crate) fn private_copies(dir: &Path, bin: &Path, baseline: Option<&Path>) ->
     Ok((copy(bin, "pyebpf")?, baseline.map(|b| copy(b, "pyebpf-baseline")).transpose()?))
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one measurement's set-up, from its one caller's loop; a struct would only rename them"
+)]
 fn measure(
     config: Config,
     pyebpf: &Path,
